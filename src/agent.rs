@@ -1,0 +1,166 @@
+//! Wiring: store → engine (+ drivers) → bus, telemetry; start and orderly stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Topics;
+use crate::bus::{self, BusConfig, BusStats, Pump};
+use crate::config::{Config, TerminalConfig};
+use crate::drivers::ip::IpDriver;
+use crate::drivers::unavailable::Unavailable;
+use crate::drivers::DynDriver;
+use crate::engine::{Engine, EngineConfig};
+use crate::store::Store;
+
+/// Incoming packet limit for the MQTT client (CRATES.md: thin-edge uses 16 MiB).
+const MAX_INCOMING: usize = 16 * 1024 * 1024;
+
+/// How long a stopping agent lets running device operations reach a journalled end.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn build_drivers(cfg: &Config) -> Vec<(String, DynDriver)> {
+    cfg.terminals
+        .iter()
+        .map(|t| {
+            let d: DynDriver = match t {
+                TerminalConfig::Ip(ip) => Arc::new(IpDriver::new(
+                    ip.addr.clone(),
+                    ip.connect_timeout,
+                    ip.op_timeout,
+                )),
+                other => Arc::new(Unavailable::new(other.kind_name())),
+            };
+            (t.id().to_string(), d)
+        })
+        .collect()
+}
+
+fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
+    let ep = cfg.mqtt.endpoint()?;
+    if ep.tls {
+        anyhow::bail!(
+            "mqtt.url: mqtts:// is not supported by this build yet; use mqtt:// on a trusted network or a local TLS bridge"
+        );
+    }
+    let password = match &cfg.mqtt.password_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("mqtt.password_file: cannot read {}", p.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(BusConfig {
+        host: ep.host,
+        port: ep.port,
+        client_id: cfg.mqtt.client_id.clone(),
+        keep_alive: cfg.mqtt.keep_alive,
+        username: cfg.mqtt.username.clone(),
+        password,
+        max_incoming: MAX_INCOMING.max(cfg.commands.max_bytes * 4),
+        backoff_min: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(30),
+    })
+}
+
+/// Run the agent until `shutdown` is cancelled, then stop in order: stop taking commands,
+/// let running operations reach a journalled point, publish what is in the outbox,
+/// publish `offline`, disconnect.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let bus_cfg = bus_config(&cfg)?;
+    let (store, report) = Store::open(&cfg.store.path)
+        .with_context(|| format!("store.path: cannot open the store at {}", cfg.store.path.display()))?;
+    if report.corrupt_records > 0 {
+        tracing::error!(count = report.corrupt_records, "store holds undecodable records");
+    }
+    let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
+    let outbox_notify = Arc::new(Notify::new());
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let engine_stop = CancellationToken::new();
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            default_ttl: cfg.commands.default_ttl,
+            max_bytes: cfg.commands.max_bytes,
+            queue_depth: cfg.commands.queue_depth,
+            health_interval: Duration::from_secs(30),
+            version: crate::VERSION.to_string(),
+        },
+        build_drivers(&cfg),
+        outbox_notify.clone(),
+        out_tx.clone(),
+        engine_stop.clone(),
+    );
+    // Resume before the first new command can arrive.
+    engine.start().context("resuming unfinished commands")?;
+
+    let started_at = crate::api::ts(engine.started_at());
+    let mut online = json!({ "v": 1, "state": "online", "version": crate::VERSION, "started_at": started_at });
+    if report.moved_aside.is_some() || report.corrupt_records > 0 {
+        online["store"] = serde_json::to_value(&report).unwrap_or_default();
+    }
+
+    let bus_stats = Arc::new(BusStats::default());
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+    let pump_stop = CancellationToken::new();
+    let conn_stop = CancellationToken::new();
+    let pump = Pump {
+        store: store.clone(),
+        topics: topics.clone(),
+        conn_rx,
+        out_rx,
+        outbox_notify: outbox_notify.clone(),
+        online,
+        shutdown: pump_stop.clone(),
+        stop_conn: conn_stop.clone(),
+    };
+    let pump_task = tokio::spawn(pump.run());
+    let conn_task = tokio::spawn(bus::run_connection(
+        bus_cfg,
+        topics,
+        cmd_tx,
+        conn_tx,
+        bus_stats.clone(),
+        conn_stop.clone(),
+    ));
+    let intake_engine = engine.clone();
+    let intake_task = tokio::spawn(async move { intake_engine.run_intake(cmd_rx).await });
+    let telemetry_task = tokio::spawn(crate::telemetry::run(
+        engine.clone(),
+        bus_stats.clone(),
+        cfg.telemetry.interval,
+        out_tx,
+        engine_stop.clone(),
+    ));
+    tracing::info!(agent_id = %cfg.agent_id, terminals = cfg.terminals.len(), "agent started");
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping: no new commands; waiting for running operations");
+    engine_stop.cancel();
+    let _ = intake_task.await;
+    if !engine.drain(DRAIN_TIMEOUT).await {
+        tracing::warn!("running operations did not finish in time; they resume at next start");
+    }
+    let _ = telemetry_task.await;
+    // Give the pump a moment to hand the last results to the broker.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while store.outbox_len() > 0 && bus_stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            outbox_notify.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    pump_stop.cancel();
+    let _ = pump_task.await;
+    let _ = conn_task.await;
+    store.commit().await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}

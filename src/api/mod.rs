@@ -1,0 +1,36 @@
+//! The MQTT contract (`mqtt-api.md`): message types, topics and validation. No I/O.
+
+pub mod command;
+pub mod result;
+pub mod topics;
+
+pub use command::{parse_command, Command, Op, Rejection};
+pub use result::{ErrorBody, ErrorCode, Evt, FinalState, PaymentInfo, ResultMsg};
+pub use topics::Topics;
+
+/// The contract version every payload carries as `"v"`.
+pub const API_VERSION: u8 = 1;
+
+/// How many bytes of a bad payload are echoed back in `raw`.
+pub const RAW_ECHO_BYTES: usize = 256;
+
+/// `[A-Za-z0-9._:-]{1,64}` — request ids (`mqtt-api.md`: Commands).
+pub fn is_valid_request_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// `[A-Za-z0-9_-]{1,64}` — agent and terminal ids.
+pub fn is_valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// RFC 3339 with millisecond precision, UTC (`Z`).
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,178 @@
+//! The only publisher: status and terminal state (retained), progress and telemetry
+//! (QoS 0, dropped while offline), and results from the outbox (QoS 1, deleted on PUBACK).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnEvent, Fifo, Tag};
+use crate::api::Topics;
+use crate::engine::Outbound;
+use crate::store::Store;
+
+/// Most outbox entries in flight on one connection (below rumqttc's inflight of 1000, so
+/// packet ids never collide).
+const MAX_INFLIGHT: usize = 500;
+
+pub struct Pump {
+    pub(crate) store: Store,
+    pub(crate) topics: Topics,
+    pub(crate) conn_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    pub(crate) out_rx: mpsc::UnboundedReceiver<Outbound>,
+    pub(crate) outbox_notify: Arc<Notify>,
+    /// The retained `online` status payload.
+    pub(crate) online: Value,
+    /// Cancelled when the agent stops: publish `offline`, disconnect, then cancel `stop_conn`.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stop_conn: CancellationToken,
+}
+
+struct Conn {
+    client: AsyncClient,
+    fifo: Fifo,
+}
+
+impl Conn {
+    async fn publish(&self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, tag: Tag) -> bool {
+        // The tag goes in first: rumqttc reports `Outgoing::Publish` in request order.
+        if let Ok(mut f) = self.fifo.lock() {
+            f.push_back(tag);
+        }
+        self.client.publish(topic, qos, retain, payload).await.is_ok()
+    }
+}
+
+impl Pump {
+    pub async fn run(mut self) {
+        let mut conn: Option<Conn> = None;
+        let mut cursor = 0u64;
+        let mut inflight: HashSet<u64> = HashSet::new();
+        let mut terminals: BTreeMap<String, Value> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                ev = self.conn_rx.recv() => match ev {
+                    Some(ConnEvent::Connected { client, fifo }) => {
+                        let c = Conn { client, fifo };
+                        c.publish(self.topics.status(), QoS::AtLeastOnce, true, self.online.to_string().into_bytes(), Tag::None).await;
+                        for (id, payload) in &terminals {
+                            c.publish(self.topics.terminal(id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
+                        }
+                        conn = Some(c);
+                        cursor = 0;
+                        inflight.clear();
+                    }
+                    Some(ConnEvent::Disconnected) => {
+                        conn = None;
+                        inflight.clear();
+                        continue;
+                    }
+                    Some(ConnEvent::Acked(Tag::Outbox(seq))) => {
+                        if let Err(e) = self.store.outbox_remove(seq) {
+                            tracing::error!(seq, error = %e, "could not delete acknowledged outbox entry");
+                        }
+                        inflight.remove(&seq);
+                    }
+                    Some(ConnEvent::Acked(_)) => continue,
+                    None => break,
+                },
+                _ = self.outbox_notify.notified() => {}
+                o = self.out_rx.recv() => {
+                    match o {
+                        Some(Outbound::Evt(e)) => {
+                            if let Some(c) = &conn {
+                                c.publish(self.topics.evt(), QoS::AtMostOnce, false, e.to_bytes(), Tag::None).await;
+                            }
+                        }
+                        Some(Outbound::Telemetry(v)) => {
+                            if let Some(c) = &conn {
+                                c.publish(self.topics.telemetry(), QoS::AtMostOnce, false, v.to_string().into_bytes(), Tag::None).await;
+                            }
+                        }
+                        Some(Outbound::Terminal { id, payload }) => {
+                            if let Some(c) = &conn {
+                                c.publish(self.topics.terminal(&id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
+                            }
+                            terminals.insert(id, payload);
+                        }
+                        None => break,
+                    }
+                    continue;
+                }
+            }
+            if let Some(c) = &conn {
+                self.drain(c, &mut cursor, &mut inflight).await;
+            }
+        }
+        self.goodbye(conn).await;
+        self.stop_conn.cancel();
+    }
+
+    async fn drain(&self, c: &Conn, cursor: &mut u64, inflight: &mut HashSet<u64>) {
+        while inflight.len() < MAX_INFLIGHT {
+            let batch = match self.store.outbox_from(*cursor, MAX_INFLIGHT - inflight.len()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox read failed");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            for (seq, msg) in batch {
+                let topic = format!("{}/{}", self.topics.root(), msg.topic);
+                if !c.publish(topic, QoS::AtLeastOnce, false, msg.payload.into_bytes(), Tag::Outbox(seq)).await {
+                    return;
+                }
+                inflight.insert(seq);
+                *cursor = seq + 1;
+            }
+        }
+    }
+
+    /// Clean shutdown: publish `offline` (retained) and wait briefly for its PUBACK, then
+    /// disconnect so the broker does not fire the will as well.
+    async fn goodbye(&mut self, conn: Option<Conn>) {
+        let Some(c) = conn else { return };
+        c.publish(
+            self.topics.status(),
+            QoS::AtLeastOnce,
+            true,
+            br#"{"v":1,"state":"offline"}"#.to_vec(),
+            Tag::Offline,
+        )
+        .await;
+        let wait = async {
+            while let Some(ev) = self.conn_rx.recv().await {
+                match ev {
+                    ConnEvent::Acked(Tag::Offline) => return,
+                    ConnEvent::Acked(Tag::Outbox(seq)) => {
+                        let _ = self.store.outbox_remove(seq);
+                    }
+                    ConnEvent::Disconnected => return,
+                    _ => {}
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
+            tracing::warn!("broker did not acknowledge the offline status in time");
+        }
+        let _ = c.client.disconnect().await;
+        // Give the connection task a moment to write the DISCONNECT packet.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(ev) = self.conn_rx.recv().await {
+                if matches!(ev, ConnEvent::Disconnected) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}

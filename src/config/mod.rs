@@ -1,0 +1,469 @@
+//! Typed configuration (spec/config.md): one TOML file plus `POSBRIDGE__SECTION__KEY`
+//! environment overrides, loaded with the `config` crate and validated before use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+mod load;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use validate::MqttEndpoint;
+
+/// Where `posbridge run|check|doctor` look when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/posbridge/posbridge.toml";
+const MASK: &str = "***";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("environment variable {name} is not valid UTF-8")]
+    EnvNotUnicode { name: String },
+    #[error("{origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("unknown key \"{key}\" in {origin}{}", hint(expected))]
+    UnknownKey {
+        key: String,
+        origin: String,
+        expected: Option<String>,
+    },
+    #[error("missing key \"{key}\" in {origin}")]
+    MissingKey { key: String, origin: String },
+    #[error("{key}: {message}{}", origin.as_deref().map(|o| format!(" (in {o})")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        message: String,
+        origin: Option<String>,
+    },
+}
+
+fn hint(expected: &Option<String>) -> String {
+    expected
+        .as_deref()
+        .map(|e| format!("; expected {e}"))
+        .unwrap_or_default()
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+            origin: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub agent_id: String,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub commands: CommandsConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub terminals: Vec<TerminalConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`; see [`MqttConfig::endpoint`].
+    pub url: String,
+    /// Empty in the file means `"posbridge-" + agent_id` (filled in by `load`).
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive", with = "duration_str")]
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Empty in the file means `<path>/device.key` (filled in by `load`).
+    pub key_file: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/posbridge"),
+            key_file: PathBuf::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    #[serde(with = "duration_str")]
+    pub default_ttl: Duration,
+    pub max_bytes: usize,
+    pub queue_depth: usize,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            default_ttl: Duration::from_secs(120),
+            max_bytes: 65536,
+            queue_depth: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// When non-empty, only signed command envelopes are accepted.
+    pub command_keys: Vec<CommandKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandKey {
+    pub kid: String,
+    pub public_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `info,sled=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// journald under systemd, text on a tty.
+    #[default]
+    Auto,
+    Journald,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Verify,
+    Pin,
+    Insecure,
+}
+
+/// Which provider environment a Paywall/Kuveyt terminal talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderMode {
+    Test,
+    Live,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Usb,
+    /// Simulator and tests only.
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TerminalConfig {
+    Kaspi(KaspiTerminal),
+    Ip(IpTerminal),
+    Token(TokenTerminal),
+    Paywall(PaywallTerminal),
+    Kuveyt(KuveytTerminal),
+}
+
+impl TerminalConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            TerminalConfig::Kaspi(t) => &t.id,
+            TerminalConfig::Ip(t) => &t.id,
+            TerminalConfig::Token(t) => &t.id,
+            TerminalConfig::Paywall(t) => &t.id,
+            TerminalConfig::Kuveyt(t) => &t.id,
+        }
+    }
+
+    /// The `kind` value as written in the file.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            TerminalConfig::Kaspi(_) => "kaspi",
+            TerminalConfig::Ip(_) => "ip",
+            TerminalConfig::Token(_) => "token",
+            TerminalConfig::Paywall(_) => "paywall",
+            TerminalConfig::Kuveyt(_) => "kuveyt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KaspiTerminal {
+    pub id: String,
+    /// Base URL; the driver appends `/v2`.
+    pub url: String,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Name to verify when `url` uses an IP address.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub tls_name: Option<String>,
+    /// `tls = "pin"`: hex SHA-256 of the terminal's DER certificate.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub pin_sha256: Option<String>,
+    /// `tls = "verify"`: extra trusted CA besides the system roots.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub ca_file: Option<PathBuf>,
+    /// Empty in the file means `"posbridge-" + agent_id` (filled in by `load`).
+    #[serde(default)]
+    pub register_name: String,
+    #[serde(default = "yes")]
+    pub protected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpTerminal {
+    pub id: String,
+    /// `host:port`.
+    pub addr: String,
+    #[serde(default = "default_connect_timeout", with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// How long to wait for the terminal to answer a pay.
+    #[serde(default = "default_op_timeout", with = "duration_str")]
+    pub op_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenTerminal {
+    pub id: String,
+    #[serde(default)]
+    pub transport: Transport,
+    #[serde(default)]
+    pub usb: UsbFilter,
+    /// `host:port`, used when `transport = "tcp"`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub addr: Option<String>,
+    /// Verify the certificate chain and the fiscal serial.
+    #[serde(default)]
+    pub strict: bool,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_company_name")]
+    pub company_name: String,
+}
+
+/// Optional filters picking one USB device among several.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[serde(remote = "Self")]
+pub struct UsbFilter {
+    pub vid: Option<u16>,
+    pub pid: Option<u16>,
+    #[serde(deserialize_with = "non_empty")]
+    pub serial: Option<String>,
+}
+
+// Named errors inside the table: serde reports them under "terminals[i]" only.
+impl<'de> Deserialize<'de> for UsbFilter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        UsbFilter::deserialize(d).map_err(|e| serde::de::Error::custom(format!("usb: {e}")))
+    }
+}
+
+impl Serialize for UsbFilter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        UsbFilter::serialize(self, s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaywallTerminal {
+    pub id: String,
+    /// Required: a real-money mode is never chosen by default.
+    pub mode: ProviderMode,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub test_url: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub live_url: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub terminal_guid: Option<String>,
+    /// Or `posbridge secret set <id> api_key`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_key_file: Option<PathBuf>,
+}
+
+// Repeats PaywallTerminal's first keys on purpose: `#[serde(flatten)]` would switch off
+// deny_unknown_fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KuveytTerminal {
+    pub id: String,
+    /// Required: a real-money mode is never chosen by default.
+    pub mode: ProviderMode,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub test_url: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub live_url: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub return_url: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub cancel_url: Option<String>,
+    /// Or `posbridge secret set <id> api_key`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub api_secret_file: Option<PathBuf>,
+}
+
+fn default_topic_prefix() -> String {
+    "posbridge".into()
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_op_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_company_name() -> String {
+    "posbridge".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// config.md writes "not set" as `""`; the typed config says `None`.
+fn non_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    let text: Option<String> = Option::deserialize(d)?;
+    Ok(text.filter(|s| !s.is_empty()).map(T::from))
+}
+
+/// Durations are humantime strings in the file (`"120s"`, `"5m"`) and in `check` output.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. \"30s\" or \"5m\""
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*value))
+    }
+}
+
+impl Config {
+    /// The effective configuration for `posbridge check`, secrets masked.
+    pub fn masked_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_else(
+            |e| serde_json::json!({ "error": format!("cannot render the configuration: {e}") }),
+        );
+        mask_secrets(&mut value);
+        value
+    }
+}
+
+/// Keys whose values are secrets (never printed or logged); `*_file` keys hold paths.
+pub fn is_secret_key(name: &str) -> bool {
+    const SECRET_WORDS: [&str; 5] = ["password", "secret", "api_key", "token", "private"];
+    let name = name.to_ascii_lowercase();
+    !name.ends_with("_file") && SECRET_WORDS.iter().any(|w| name.contains(w))
+}
+
+fn mask_secrets(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if is_secret_key(key) {
+                    if !v.is_null() {
+                        *v = serde_json::Value::String(MASK.into());
+                    }
+                } else if let (true, Some(url)) = (key.ends_with("url"), v.as_str()) {
+                    *v = serde_json::Value::String(validate::redact_userinfo(url));
+                } else {
+                    mask_secrets(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}

@@ -1,0 +1,278 @@
+//! `posbridge demo`: an embedded broker, the IP terminal simulator, the agent and a
+//! scripted cloud POS in one process on loopback. Prints what crosses the wire and exits
+//! 0 only when every step got its expected outcome.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::sim::ip::{IpSim, SimOptions};
+
+/// One scripted step: what the cloud sends and what it must get back.
+struct Step {
+    title: &'static str,
+    payload: Vec<u8>,
+    /// `None` for a payload with no usable id (the result carries `"id": null`).
+    id: Option<&'static str>,
+    expect_state: &'static str,
+    expect_code: Option<&'static str>,
+}
+
+fn cmd(v: Value) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+/// A cloud POS: an MQTT client subscribed to the agent's outbound topics.
+pub struct CloudPos {
+    pub client: AsyncClient,
+    events: EventLoop,
+    root: String,
+    quiet: bool,
+}
+
+impl CloudPos {
+    pub async fn connect(port: u16, root: &str, quiet: bool) -> anyhow::Result<CloudPos> {
+        let mut o = MqttOptions::new(format!("cloud-pos-{}", std::process::id()), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(10));
+        o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        let (client, mut events) = AsyncClient::new(o, 100);
+        events.network_options.set_tcp_nodelay(true);
+        client.subscribe(format!("{root}/#"), QoS::AtLeastOnce).await?;
+        let mut pos = CloudPos {
+            client,
+            events,
+            root: root.to_string(),
+            quiet,
+        };
+        // Wait for the subscription to be in place.
+        pos.next_matching(Duration::from_secs(5), |ev| matches!(ev, Incoming::SubAck(_)))
+            .await
+            .context("subscribing the cloud POS")?;
+        Ok(pos)
+    }
+
+    pub async fn send(&self, payload: Vec<u8>) -> anyhow::Result<()> {
+        if !self.quiet {
+            println!("  cloud → {}/cmd  {}", self.root, String::from_utf8_lossy(&payload));
+        }
+        self.client
+            .publish(format!("{}/cmd", self.root), QoS::AtLeastOnce, false, payload)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_matching(
+        &mut self,
+        within: Duration,
+        mut f: impl FnMut(&Incoming) -> bool,
+    ) -> anyhow::Result<Incoming> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.poll())
+                .await
+                .context("timed out waiting for the agent")??;
+            if let Event::Incoming(i) = ev {
+                if f(&i) {
+                    return Ok(i);
+                }
+            }
+        }
+    }
+
+    /// Wait for a message on `{root}/{sub}` whose JSON satisfies `pred`; print the traffic.
+    pub async fn wait_for(
+        &mut self,
+        sub: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let topic = format!("{}/{}", self.root, sub);
+        let root = self.root.clone();
+        let quiet = self.quiet;
+        let mut found = None;
+        self.next_matching(within, |i| {
+            let Incoming::Publish(p) = i else { return false };
+            let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+            if !quiet && !p.topic.ends_with("/cmd") {
+                let short = p.topic.strip_prefix(&root).unwrap_or(&p.topic);
+                println!("  agent → {short:<22} {v}");
+            }
+            if p.topic == topic && pred(&v) {
+                found = Some(v);
+                true
+            } else {
+                false
+            }
+        })
+        .await?;
+        found.context("no message")
+    }
+}
+
+pub async fn run(quiet: bool) -> anyhow::Result<bool> {
+    let port = crate::broker::start_embedded().context("starting the embedded broker")?;
+    let shutdown = CancellationToken::new();
+    let sim = IpSim::bind(
+        "127.0.0.1:0".parse()?,
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(7),
+            delay_ms: 300,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting the IP terminal simulator")?;
+    let sim_addr = sim.local_addr();
+    let stats = sim.stats();
+    let control = sim.control();
+    let sim_task = sim.spawn(shutdown.clone());
+
+    let dir = tempfile::tempdir().context("temporary store directory")?;
+    let cfg = Config::from_toml_str(&format!(
+        r#"
+agent_id = "demo-shop"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+[store]
+path = "{store}"
+[telemetry]
+interval = "5s"
+[[terminals]]
+id = "ip-1"
+kind = "ip"
+addr = "{sim_addr}"
+"#,
+        store = dir.path().join("store").display()
+    ))?;
+    let root = "posbridge/demo-shop";
+    println!("posbridge demo: broker 127.0.0.1:{port}, IP terminal simulator {sim_addr}, agent demo-shop");
+    let mut pos = CloudPos::connect(port, root, quiet).await?;
+    let agent_stop = CancellationToken::new();
+    let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone()));
+    pos.wait_for("status", Duration::from_secs(10), |v| v["state"] == "online")
+        .await
+        .context("agent never came online")?;
+
+    let past = crate::api::ts(chrono::Utc::now() - chrono::Duration::minutes(5));
+    let steps = vec![
+        Step {
+            title: "payment (approved)",
+            payload: cmd(json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"})),
+            id: Some("demo-pay-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title: "payment (declined by the terminal)",
+            payload: cmd(json!({"v":1,"id":"demo-pay-2","op":"payment","terminal":"ip-1","amount":2500,"currency":"AZN"})),
+            id: Some("demo-pay-2"),
+            expect_state: "failed",
+            expect_code: None,
+        },
+        Step {
+            title: "duplicate id (answered from the store, never charged again)",
+            payload: cmd(json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"})),
+            id: Some("demo-pay-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title: "refund by original",
+            payload: cmd(json!({"v":1,"id":"demo-refund-1","op":"refund","terminal":"ip-1","amount":500,"original":"demo-pay-1"})),
+            id: Some("demo-refund-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title: "malformed command",
+            payload: br#"{"v":1,"id":"demo-bad","op":"payment","amount":"#.to_vec(),
+            id: None,
+            expect_state: "rejected",
+            expect_code: Some("bad_request"),
+        },
+        Step {
+            title: "expired command (deadline already past)",
+            payload: cmd(json!({"v":1,"id":"demo-late-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":past})),
+            id: Some("demo-late-1"),
+            expect_state: "expired",
+            expect_code: Some("expired"),
+        },
+        Step {
+            title: "unknown terminal",
+            payload: cmd(json!({"v":1,"id":"demo-pay-9","op":"payment","terminal":"nope","amount":100,"currency":"AZN"})),
+            id: Some("demo-pay-9"),
+            expect_state: "rejected",
+            expect_code: Some("unknown_terminal"),
+        },
+    ];
+
+    let mut ok = true;
+    let mut first_txn = None;
+    for (n, step) in steps.iter().enumerate() {
+        println!("\n[{}] {}", n + 1, step.title);
+        if step.id == Some("demo-pay-2") {
+            control.set_fail_rate(1.0);
+        } else {
+            control.set_fail_rate(0.0);
+        }
+        pos.send(step.payload.clone()).await?;
+        let want_id = step.id.map(|s| Value::String(s.into())).unwrap_or(Value::Null);
+        let res = pos
+            .wait_for("result", Duration::from_secs(15), |v| v["id"] == want_id)
+            .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                println!("  ✗ no result: {e:#}");
+                ok = false;
+                continue;
+            }
+        };
+        let state_ok = res["state"] == step.expect_state;
+        let code_ok = step.expect_code.is_none_or(|c| res["error"]["code"] == c);
+        let mut extra_ok = true;
+        if step.id == Some("demo-pay-1") {
+            let txn = res["payment"]["transaction_id"].clone();
+            match &first_txn {
+                None => first_txn = Some(txn),
+                Some(t) => extra_ok = *t == txn && stats.executions("demo-pay-1") == 1,
+            }
+        }
+        if state_ok && code_ok && extra_ok {
+            println!("  ✓ {} {}", res["state"], res["error"]["code"].as_str().unwrap_or(""));
+        } else {
+            println!("  ✗ expected {} {:?}, got {}", step.expect_state, step.expect_code, res);
+            ok = false;
+        }
+    }
+    println!(
+        "\nterminal executed {} operations for {} requests; demo-pay-1 charged {} time(s)",
+        stats.total_executions(),
+        stats.requests(),
+        stats.executions("demo-pay-1")
+    );
+
+    agent_stop.cancel();
+    match agent.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("agent failed: {e:#}"),
+        Err(e) => bail!("agent task failed: {e}"),
+    }
+    let offline = pos
+        .wait_for("status", Duration::from_secs(5), |v| v["state"] == "offline")
+        .await
+        .is_ok();
+    if !offline {
+        println!("  ✗ agent did not publish offline on shutdown");
+        ok = false;
+    }
+    shutdown.cancel();
+    let _ = sim_task.await;
+    println!("\n{}", if ok { "demo: all steps passed" } else { "demo: FAILED" });
+    Ok(ok)
+}

@@ -1,0 +1,143 @@
+//! Terminal drivers: one module per kind behind one small trait.
+//!
+//! A driver starts an operation, reports progress, gives a final outcome and says how to
+//! resume from the journal after a crash. It never decides `succeeded`/`failed` by guess:
+//! when the device's answer cannot be learned, the outcome is `unknown`.
+
+pub mod ip;
+pub mod unavailable;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::api::{Command, ErrorBody, ErrorCode, Evt, FinalState, Op, PaymentInfo, Rejection};
+use crate::store::{CommandRecord, JournalEntry, Store, StoreError};
+
+/// The final outcome of one device operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub state: FinalState,
+    pub payment: Option<PaymentInfo>,
+    pub device: Option<Value>,
+    pub error: Option<ErrorBody>,
+}
+
+impl Outcome {
+    pub fn succeeded(payment: Option<PaymentInfo>, device: Option<Value>) -> Self {
+        Outcome {
+            state: FinalState::Succeeded,
+            payment,
+            device,
+            error: None,
+        }
+    }
+
+    pub fn failed(code: ErrorCode, message: impl Into<String>, device: Option<Value>) -> Self {
+        Outcome {
+            state: FinalState::Failed,
+            payment: None,
+            device,
+            error: Some(ErrorBody::new(code, message)),
+        }
+    }
+
+    /// Nobody can know: the engine adds `needs_reconciliation: true`.
+    pub fn unknown(code: ErrorCode, message: impl Into<String>) -> Self {
+        Outcome {
+            state: FinalState::Unknown,
+            payment: None,
+            device: None,
+            error: Some(ErrorBody::new(code, message)),
+        }
+    }
+
+    pub fn with_device_code(mut self, code: Value) -> Self {
+        if let Some(e) = &mut self.error {
+            e.device_code = Some(code);
+        }
+        self
+    }
+}
+
+/// Identity and reachability of a terminal, published retained on `terminals/{id}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// `connected`, `disconnected`, `error`.
+    pub state: &'static str,
+    pub identity: Value,
+    pub error: Option<String>,
+}
+
+/// What a running operation may do besides talking to its device.
+pub struct OpContext {
+    pub record: CommandRecord,
+    store: Store,
+    evt: mpsc::UnboundedSender<Evt>,
+}
+
+impl OpContext {
+    pub fn new(record: CommandRecord, store: Store, evt: mpsc::UnboundedSender<Evt>) -> Self {
+        OpContext { record, store, evt }
+    }
+
+    pub fn cmd(&self) -> &Command {
+        &self.record.cmd
+    }
+
+    /// Append a step to the command's journal and make it durable before returning.
+    /// Drivers call this before and after every device step that can move money.
+    pub async fn journal(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
+        self.record.journal.push(JournalEntry {
+            step: step.to_string(),
+            at: chrono::Utc::now(),
+            data,
+        });
+        crate::faults::hit(&format!("journal:{step}:before"));
+        self.store.write(&[&self.record], &[])?;
+        self.store.commit().await?;
+        crate::faults::hit(&format!("journal:{step}:after"));
+        Ok(())
+    }
+
+    /// Progress on `evt` (`in_progress` with a device sub-state). May be lost.
+    pub fn progress(&self, sub_state: &str, detail: Option<Value>) {
+        let mut e = Evt::new(&self.record.cmd.id, "in_progress");
+        e.sub_state = Some(sub_state.to_string());
+        e.detail = detail;
+        let _ = self.evt.send(e);
+    }
+}
+
+#[async_trait]
+pub trait Driver: Send + Sync {
+    fn kind(&self) -> &'static str;
+
+    fn supports(&self, op: Op) -> bool;
+
+    /// Checks only this device can make (amount granularity, basket rules), before the
+    /// command is queued. The default accepts everything.
+    fn validate(&self, _cmd: &Command) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// Run a device op (`payment`, `refund`, `device_info`, …) from the start.
+    async fn execute(&self, ctx: &mut OpContext) -> Outcome;
+
+    /// The process died while this op was running: recover its outcome from the journal
+    /// and the device, or say `unknown`.
+    async fn resume(&self, ctx: &mut OpContext) -> Outcome;
+
+    /// Ask the device again about a command whose outcome was `unknown` (`status` op).
+    /// `None` when the device cannot say.
+    async fn query(&self, _record: &CommandRecord) -> Option<Outcome> {
+        None
+    }
+
+    /// Probe reachability and identity for the retained terminal state.
+    async fn health(&self) -> Health;
+}
+
+pub type DynDriver = Arc<dyn Driver>;

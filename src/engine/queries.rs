@@ -1,0 +1,214 @@
+//! Ops the engine answers itself: `ping`, `list`, `status`, `cancel`.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::intake::After;
+use super::{lock, Inner};
+use crate::api::{ErrorCode, FinalState, Op};
+use crate::drivers::Outcome;
+use crate::store::{CmdState, CommandRecord, StoreError};
+
+fn refused(code: ErrorCode, msg: String) -> Outcome {
+    Outcome {
+        state: FinalState::Rejected,
+        ..Outcome::failed(code, msg, None)
+    }
+}
+
+/// A field the answer carries besides the common ones.
+enum Answer {
+    None,
+    Agent(Value),
+    Items(Vec<Value>),
+    Target(Value),
+}
+
+pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<After>, StoreError> {
+    let mut extra: Option<CommandRecord> = None;
+    let (outcome, answer) = match rec.cmd.op {
+        Op::Ping => {
+            let uptime = (Utc::now() - inner.started_at).num_seconds();
+            let agent = json!({ "version": inner.cfg.version, "uptime_s": uptime, "started_at": crate::api::ts(inner.started_at) });
+            (Outcome::succeeded(None, None), Answer::Agent(agent))
+        }
+        Op::List => (Outcome::succeeded(None, None), Answer::Items(list(inner, &rec)?)),
+        Op::Status => {
+            let target = rec.cmd.target.clone().unwrap_or_default();
+            match inner.store.get(&target)? {
+                None => (not_found(&target), Answer::None),
+                Some(t) if t.state == CmdState::Unknown && t.reconciled.is_none() && device_of(inner, &t).is_some() => {
+                    // Ask the device again (mqtt-api.md: status of an unknown outcome).
+                    rec.state = CmdState::Running;
+                    rec.started_at = Some(Utc::now());
+                    inner.store.write(&[&rec], &[])?;
+                    return Ok(vec![After::Query(rec.cmd.id.clone())]);
+                }
+                Some(t) => (Outcome::succeeded(None, None), Answer::Target(t.summary())),
+            }
+        }
+        Op::Cancel => {
+            let target = rec.cmd.target.clone().unwrap_or_default();
+            match inner.store.get(&target)? {
+                None => (not_found(&target), Answer::None),
+                Some(mut t) => {
+                    if dequeue(inner, &t) {
+                        let o = Outcome {
+                            state: FinalState::Cancelled,
+                            ..Outcome::failed(
+                                ErrorCode::CancelledByCustomer,
+                                format!("cancelled while queued by command {}", rec.cmd.id),
+                                None,
+                            )
+                        };
+                        inner.finalize(&mut t, o, &[])?;
+                        let summary = t.summary();
+                        extra = Some(t);
+                        (Outcome::succeeded(None, None), Answer::Target(summary))
+                    } else {
+                        let why = if t.state.is_final() {
+                            format!("{target:?} already ended {}", t.state.as_str())
+                        } else {
+                            format!("{target:?} is already running on the terminal, which cannot cancel it; it goes on to its real outcome")
+                        };
+                        (Outcome::failed(ErrorCode::NotCancellable, why, None), Answer::None)
+                    }
+                }
+            }
+        }
+        _ => (refused(ErrorCode::UnsupportedOp, "not an engine op".into()), Answer::None),
+    };
+    let extra: Vec<&CommandRecord> = extra.iter().collect();
+    inner.finalize_with(&mut rec, outcome, &extra, |res| match answer {
+        Answer::None => {}
+        Answer::Agent(v) => res.agent = Some(v),
+        Answer::Items(v) => res.items = Some(v),
+        Answer::Target(v) => res.target = Some(v),
+    })?;
+    Ok(vec![])
+}
+
+fn not_found(target: &str) -> Outcome {
+    refused(ErrorCode::NotFound, format!("no command {target:?} is known to this agent"))
+}
+
+/// Remove a queued command from its terminal's queue; false if it was not queued (already
+/// running or finished). Queue membership, not the stored state, decides: the worker pops
+/// under the same lock.
+fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
+    let Some(term) = t.cmd.terminal.as_ref().and_then(|tid| inner.terminals.get(tid)) else {
+        return false;
+    };
+    let mut q = lock(&term.queue);
+    let before = q.len();
+    q.retain(|id| *id != t.cmd.id);
+    before != q.len()
+}
+
+fn list(inner: &Inner, rec: &CommandRecord) -> Result<Vec<Value>, StoreError> {
+    let limit = rec.cmd.limit.unwrap_or(50) as usize;
+    let mut items = Vec::new();
+    for r in inner.store.recent() {
+        let r = r?;
+        if items.len() >= limit {
+            break;
+        }
+        if let Some(since) = rec.cmd.since {
+            if r.received_at < since {
+                // Newest first: everything after this is older still.
+                break;
+            }
+        }
+        if rec.cmd.terminal.as_ref().is_some_and(|t| r.cmd.terminal.as_ref() != Some(t)) {
+            continue;
+        }
+        if rec.cmd.state.as_ref().is_some_and(|s| r.state.as_str() != s) {
+            continue;
+        }
+        items.push(r.summary());
+    }
+    Ok(items)
+}
+
+fn device_of(inner: &Inner, rec: &CommandRecord) -> Option<crate::drivers::DynDriver> {
+    rec.cmd
+        .terminal
+        .as_ref()
+        .and_then(|t| inner.terminals.get(t))
+        .map(|t| t.driver.clone())
+}
+
+/// `status` of an `unknown` command: ask the device, then answer with what it said.
+pub(super) fn spawn_query(inner: Arc<Inner>, status_id: String) {
+    let tasks = inner.tasks.clone();
+    tasks.spawn(async move {
+        if let Err(e) = run_query(&inner, &status_id).await {
+            tracing::error!(id = %status_id, error = %e, "status query failed");
+        }
+    });
+}
+
+async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
+    let Some(mut rec) = inner.store.get(status_id)? else {
+        return Ok(());
+    };
+    let target_id = rec.cmd.target.clone().unwrap_or_default();
+    let Some(mut target) = inner.store.get(&target_id)? else {
+        return inner
+            .finish(&mut rec, refused(ErrorCode::NotFound, format!("no command {target_id:?}")))
+            .await;
+    };
+    let learned = match device_of(inner, &target) {
+        Some(d) => d.query(&target).await,
+        None => None,
+    };
+    if let Some(o) = learned {
+        // The target keeps its one published `unknown` result; what the device says now is
+        // recorded beside it and answered here.
+        let mut r = crate::api::ResultMsg::new(Some(target_id.clone()), o.state);
+        r.payment = o.payment;
+        r.device = o.device;
+        r.error = o.error;
+        r.finished_at = Some(crate::api::ts(Utc::now()));
+        target.reconciled = Some(r);
+        inner.store.write(&[&target], &[])?;
+    }
+    let summary = target.summary();
+    inner.finalize_with(&mut rec, Outcome::succeeded(None, None), &[], |res| {
+        res.target = Some(summary)
+    })?;
+    inner.store.commit().await?;
+    inner.outbox_notify.notify_one();
+    Ok(())
+}
+
+/// Unfinished at start with no terminal to run on.
+pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
+    let inner2 = inner.clone();
+    inner.tasks.spawn(async move {
+        let id = rec.cmd.id.clone();
+        let r = async {
+            match rec.cmd.op {
+                Op::Status => run_query(&inner2, &id).await,
+                _ => {
+                    let mut rec = rec;
+                    let o = if rec.state == CmdState::Running && rec.cmd.op.moves_money() {
+                        Outcome::unknown(
+                            ErrorCode::UnknownTerminal,
+                            "terminal no longer configured; the outcome cannot be learned",
+                        )
+                    } else {
+                        refused(ErrorCode::UnknownTerminal, "terminal no longer configured".into())
+                    };
+                    inner2.finish(&mut rec, o).await
+                }
+            }
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::error!(id = %id, error = %e, "could not settle an orphaned command");
+        }
+    });
+}

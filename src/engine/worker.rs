@@ -1,0 +1,112 @@
+//! One worker per terminal: resumes what was running at start, then runs the queue one
+//! command at a time, and keeps the retained terminal state true while idle.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::{lock, Inner, Terminal};
+use crate::api::{ErrorCode, Evt, FinalState};
+use crate::drivers::{OpContext, Outcome};
+use crate::store::{CmdState, StoreError};
+
+pub(super) async fn run(inner: Arc<Inner>, t: Arc<Terminal>) {
+    let resume: Vec<String> = std::mem::take(&mut *lock(&t.resume));
+    for id in resume {
+        if let Err(e) = run_one(&inner, &t, &id, true).await {
+            tracing::error!(terminal = %t.id, id = %id, error = %e, "resume failed; will retry at next start");
+        }
+    }
+    probe(&inner, &t).await;
+    loop {
+        let next = lock(&t.queue).pop_front();
+        let id = match next {
+            Some(id) => id,
+            None => {
+                tokio::select! {
+                    biased;
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = t.wake.notified() => continue,
+                    _ = tokio::time::sleep(inner.cfg.health_interval) => {
+                        probe(&inner, &t).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        if inner.shutdown.is_cancelled() {
+            // Not started: it stays queued in the store and runs after the restart.
+            return;
+        }
+        *lock(&t.running) = Some(id.clone());
+        if let Err(e) = run_one(&inner, &t, &id, false).await {
+            // The command stays `running`/`queued` in the store; a restart resumes it.
+            tracing::error!(terminal = %t.id, id = %id, error = %e, "store failure while running a command");
+        }
+        *lock(&t.running) = None;
+    }
+}
+
+async fn probe(inner: &Inner, t: &Terminal) {
+    let h = t.driver.health().await;
+    inner.set_terminal_state(t, h.state, Some(h.identity), h.error);
+}
+
+async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Result<(), StoreError> {
+    let Some(mut rec) = inner.store.get(id)? else {
+        return Ok(());
+    };
+    let span = tracing::info_span!("command", id = %id, op = rec.cmd.op.as_str(), terminal = %t.id);
+    let _g = span.enter();
+    if resuming {
+        tracing::warn!(steps = rec.journal.len(), "resuming a command that was running when the agent stopped");
+        inner.set_terminal_state(t, "busy", None, None);
+        let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
+        let outcome = t.driver.resume(&mut ctx).await;
+        let mut rec = ctx.record;
+        note_error(inner, t, &outcome);
+        inner.finish(&mut rec, outcome).await?;
+        return Ok(());
+    }
+    if rec.state != CmdState::Queued {
+        return Ok(());
+    }
+    let now = Utc::now();
+    if now > rec.expires_at {
+        // mqtt-api.md: not started on the device by its deadline → expired, device untouched.
+        let outcome = Outcome {
+            state: FinalState::Expired,
+            ..Outcome::failed(ErrorCode::Expired, "deadline passed while queued; the terminal was not touched", None)
+        };
+        return inner.finish(&mut rec, outcome).await;
+    }
+    rec.state = CmdState::Running;
+    rec.started_at = Some(now);
+    let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
+    // Durable before any device step: a crash from here on resumes through the driver.
+    ctx.journal("started", json!({ "terminal": t.id })).await?;
+    inner.set_terminal_state(t, "busy", None, None);
+    let mut e = Evt::new(id, "in_progress");
+    e.sub_state = Some("started".into());
+    inner.evt(e);
+    let outcome = t.driver.execute(&mut ctx).await;
+    let mut rec = ctx.record;
+    note_error(inner, t, &outcome);
+    inner.finish(&mut rec, outcome).await?;
+    crate::faults::hit("worker:finished");
+    Ok(())
+}
+
+/// After an operation, the terminal's retained state follows what the device showed.
+fn note_error(inner: &Inner, t: &Terminal, o: &Outcome) {
+    match &o.error {
+        Some(e) if e.code == ErrorCode::DeviceUnavailable => {
+            inner.set_terminal_state(t, "disconnected", None, Some(e.message.clone()))
+        }
+        Some(e) if o.state == FinalState::Unknown => {
+            inner.set_terminal_state(t, "error", None, Some(e.message.clone()))
+        }
+        _ => inner.set_terminal_state(t, "connected", None, None),
+    }
+}

@@ -1,0 +1,19 @@
+//! posbridge: an edge agent between a cloud POS (MQTT) and shop payment/fiscal terminals.
+
+pub mod agent; //       wiring: store + engine + bus + drivers + telemetry
+pub mod api; //         the MQTT contract: types, topics, validation (no I/O)
+#[cfg(feature = "embedded-broker")]
+pub mod broker; //      embedded rumqttd for the demo and tests
+pub mod bus; //         MQTT connection, manual acks, outbox pump, status/will
+pub mod config; //      typed configuration (file + POSBRIDGE__ env)
+#[cfg(feature = "embedded-broker")]
+pub mod demo; //        `posbridge demo`: broker + simulator + agent + scripted cloud POS
+pub mod drivers; //     one module per terminal kind behind one trait
+pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
+pub mod faults; //      test-only abort points
+pub mod sim; //         device simulators (`posbridge sim …`)
+pub mod store; //       sled store: commands, journal, outbox; group commit + fdatasync
+pub mod telemetry; //   periodic metrics
+
+/// The agent's version, as reported on `status` and `ping`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,193 @@
+//! CLI only: parse arguments, load config, call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use posbridge::config::{Config, LogFormat, DEFAULT_PATH};
+
+#[derive(Parser)]
+#[command(name = "posbridge", version, about = "Edge agent between a cloud POS (MQTT) and shop payment terminals")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (what systemd starts).
+    Run {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print the effective settings (secrets masked).
+    Check {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Embedded broker + IP terminal simulator + agent + a scripted cloud POS, on loopback.
+    #[cfg(feature = "embedded-broker")]
+    Demo {
+        /// Print only the summary, not every message.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run one device simulator in the foreground.
+    Sim {
+        #[command(subcommand)]
+        kind: SimKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimKind {
+    /// The generic IP terminal (ip-terminal.md, protocol v1).
+    Ip {
+        /// Address to listen on (the seed's default is 0.0.0.0:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long, default_value = "0.0.0.0")]
+        host: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Probability that a payment fails (0.0–1.0).
+        #[arg(long, default_value_t = 0.1)]
+        fail_rate: f64,
+        /// Seed for a deterministic sequence of outcomes.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Simulated customer time per payment, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    // sled logs at TRACE/DEBUG; keep it quiet unless asked for.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sled=warn,rumqttd=off,rumqttc=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        _ => builder.init(),
+    }
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        }
+        t.cancel();
+    });
+    token
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("posbridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { config } => {
+                let cfg = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("posbridge: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                init_logging(cfg.log.format, &cfg.log.level);
+                match posbridge::agent::run(cfg, shutdown_on_signals()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        eprintln!("posbridge: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Cmd::Check { config } => match Config::load(&config) {
+                Ok(cfg) => {
+                    match serde_json::to_string_pretty(&cfg.masked_json()) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => eprintln!("posbridge: {e}"),
+                    }
+                    eprintln!("posbridge: {} is valid", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("posbridge: {e}");
+                    ExitCode::from(2)
+                }
+            },
+            #[cfg(feature = "embedded-broker")]
+            Cmd::Demo { quiet } => {
+                init_logging(LogFormat::Text, "error");
+                match posbridge::demo::run(quiet).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("posbridge demo: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Cmd::Sim { kind } => match kind {
+                SimKind::Ip { listen, host, port, fail_rate, seed, delay_ms } => {
+                    init_logging(LogFormat::Text, "info");
+                    let addr = match listen {
+                        Some(a) => a,
+                        None => match format!("{host}:{port}").parse() {
+                            Ok(a) => a,
+                            Err(e) => {
+                                eprintln!("posbridge sim ip: --host/--port: {e}");
+                                return ExitCode::from(2);
+                            }
+                        },
+                    };
+                    let opts = posbridge::sim::ip::SimOptions {
+                        fail_rate,
+                        seed,
+                        delay_ms,
+                        ..Default::default()
+                    };
+                    match posbridge::sim::ip::IpSim::bind(addr, opts).await {
+                        Ok(sim) => {
+                            println!("ip terminal simulator listening on {}", sim.local_addr());
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim ip: cannot listen on {addr}: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+            },
+        }
+    })
+}

@@ -1,0 +1,4 @@
+//! Device simulators shipped in the binary (`posbridge sim …`), used by the tests, the
+//! demo and field engineers.
+
+pub mod ip;

@@ -1,0 +1,146 @@
+//! What the store keeps per command.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::{Command, FinalState, ResultMsg};
+
+/// Lifecycle of a stored command: `queued` → `running` → one final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+impl CmdState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, CmdState::Queued | CmdState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CmdState::Queued => "queued",
+            CmdState::Running => "running",
+            CmdState::Succeeded => "succeeded",
+            CmdState::Failed => "failed",
+            CmdState::Unknown => "unknown",
+            CmdState::Rejected => "rejected",
+            CmdState::Expired => "expired",
+            CmdState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<FinalState> for CmdState {
+    fn from(s: FinalState) -> Self {
+        match s {
+            FinalState::Succeeded => CmdState::Succeeded,
+            FinalState::Failed => CmdState::Failed,
+            FinalState::Unknown => CmdState::Unknown,
+            FinalState::Rejected => CmdState::Rejected,
+            FinalState::Expired => CmdState::Expired,
+            FinalState::Cancelled => CmdState::Cancelled,
+        }
+    }
+}
+
+/// One durable step of a device operation (`mqtt-api.md`: Durability promise 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub step: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// Arrival order (sled `generate_id`, monotonic across restarts).
+    pub seq: u64,
+    pub cmd: Command,
+    pub state: CmdState,
+    pub received_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<JournalEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultMsg>,
+    /// Payments: ids of refunds accepted against this payment (over-refund check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refunds: Vec<String>,
+    /// A later `status` query learned the real outcome of an `unknown` command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled: Option<ResultMsg>,
+}
+
+impl CommandRecord {
+    pub fn last_step(&self, step: &str) -> Option<&JournalEntry> {
+        self.journal.iter().rev().find(|j| j.step == step)
+    }
+
+    /// The summary used in `list` items and `status` answers.
+    pub fn summary(&self) -> Value {
+        let mut v = serde_json::json!({
+            "id": self.cmd.id,
+            "op": self.cmd.op,
+            "state": self.state.as_str(),
+            "received_at": crate::api::ts(self.received_at),
+        });
+        let obj = v.as_object_mut();
+        if let Some(o) = obj {
+            if let Some(t) = &self.cmd.terminal {
+                o.insert("terminal".into(), Value::String(t.clone()));
+            }
+            if let Some(a) = self.cmd.amount {
+                o.insert("amount".into(), a.into());
+            }
+            if let Some(c) = &self.cmd.currency {
+                o.insert("currency".into(), Value::String(c.clone()));
+            }
+            if let Some(r) = &self.result {
+                if let Some(f) = &r.finished_at {
+                    o.insert("finished_at".into(), Value::String(f.clone()));
+                }
+                if r.needs_reconciliation {
+                    o.insert("needs_reconciliation".into(), Value::Bool(true));
+                }
+                if let Ok(rv) = serde_json::to_value(r) {
+                    o.insert("result".into(), rv);
+                }
+            }
+            if let Some(r) = &self.reconciled {
+                if let Ok(rv) = serde_json::to_value(r) {
+                    o.insert("reconciled".into(), rv);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// A message waiting in the outbox for the broker's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutMsg {
+    /// Topic below `{root}` (`result`).
+    pub topic: String,
+    pub payload: String,
+}
+
+impl OutMsg {
+    pub fn result(r: &ResultMsg) -> Self {
+        OutMsg {
+            topic: "result".into(),
+            payload: String::from_utf8_lossy(&r.to_bytes()).into_owned(),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Group commit: one `flush` + `fdatasync` covers every write issued before the sync
+//! started. A caller registers *after* its write, and is answered only by a sync that
+//! began after it registered, so no acknowledgement can run ahead of the sync covering it.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Clone)]
+pub struct Syncer {
+    tx: mpsc::UnboundedSender<Waiter>,
+}
+
+impl Syncer {
+    pub fn start(db: sled::Db, data_file: PathBuf, blobs_dir: PathBuf) -> Syncer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiters = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    waiters.push(w);
+                }
+                let db = db.clone();
+                let data_file = data_file.clone();
+                let blobs_dir = blobs_dir.clone();
+                let res = tokio::task::spawn_blocking(move || durable_flush(&db, &data_file, &blobs_dir))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, "store sync failed");
+                }
+                for w in waiters {
+                    let _ = w.send(res.clone());
+                }
+            }
+        });
+        Syncer { tx }
+    }
+
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(tx)
+            .map_err(|_| StoreError::Sync("syncer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Sync("syncer stopped".into()))?
+            .map_err(StoreError::Sync)
+    }
+}
+
+/// sled `flush` (write + `sync_file_range`), then `fdatasync` of the data file so the
+/// bytes and the metadata needed to read them survive a power cut. Values too large for
+/// a segment live in `blobs/` files, which sled writes without syncing: sync those too.
+fn durable_flush(
+    db: &sled::Db,
+    data_file: &std::path::Path,
+    blobs_dir: &std::path::Path,
+) -> Result<(), String> {
+    db.flush().map_err(|e| format!("flush: {e}"))?;
+    let f = File::open(data_file).map_err(|e| format!("open {}: {e}", data_file.display()))?;
+    f.sync_data()
+        .map_err(|e| format!("fdatasync {}: {e}", data_file.display()))?;
+    if let Ok(entries) = std::fs::read_dir(blobs_dir) {
+        for entry in entries.flatten() {
+            if let Ok(f) = File::open(entry.path()) {
+                f.sync_data()
+                    .map_err(|e| format!("fdatasync {}: {e}", entry.path().display()))?;
+            }
+        }
+        if let Ok(d) = File::open(blobs_dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

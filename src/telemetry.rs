@@ -1,0 +1,74 @@
+//! Periodic metrics on `{root}/telemetry` (`mqtt-api.md`: Telemetry).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BusStats;
+use crate::engine::{Engine, Outbound};
+
+pub fn snapshot(engine: &Engine, bus: &BusStats) -> Value {
+    let uptime = (chrono::Utc::now() - engine.started_at()).num_seconds();
+    let mut v = json!({
+        "v": crate::api::API_VERSION,
+        "ts": crate::api::ts(chrono::Utc::now()),
+        "uptime_s": uptime,
+        "version": crate::VERSION,
+        "mqtt_reconnects": bus.reconnects.load(Ordering::Relaxed),
+        "outbox_len": engine.store().outbox_len(),
+        "queue_len": engine.queue_lens(),
+        "commands": engine.stats().by_state(),
+        "commands_received": engine.stats().commands_received.load(Ordering::Relaxed),
+        "store_bytes": engine.store().size_on_disk(),
+        "rss_bytes": rss_bytes(),
+        "last_error": engine.last_errors(),
+    });
+    if let Some(t) = cpu_temp_c() {
+        v["cpu_temp_c"] = json!(t);
+    }
+    v
+}
+
+pub async fn run(
+    engine: Engine,
+    bus: Arc<BusStats>,
+    interval: Duration,
+    out: mpsc::UnboundedSender<Outbound>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let _ = out.send(Outbound::Telemetry(snapshot(&engine, &bus)));
+            }
+        }
+    }
+}
+
+/// Resident set size from `/proc/self/statm` (Linux), 0 elsewhere.
+pub fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+fn cpu_temp_c() -> Option<f64> {
+    let s = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").ok()?;
+    let milli: f64 = s.trim().parse().ok()?;
+    Some(milli / 1000.0)
+}
