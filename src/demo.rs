@@ -159,7 +159,7 @@ addr = "{sim_addr}"
         .context("agent never came online")?;
 
     let past = crate::api::ts(chrono::Utc::now() - chrono::Duration::minutes(5));
-    let steps = vec![
+    let steps = [
         Step {
             title: "payment (approved)",
             payload: cmd(json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"})),

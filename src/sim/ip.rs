@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::drivers::ip::proto::{
     decode_request, encode_response, read_line_bounded, ErrorCode, LineRead, Request, Response,
-    MAX_LINE,
+    MAX_LINE, PROTOCOL_VERSION,
 };
 
 /// Connections served at once; further clients wait in the listen backlog.
@@ -315,13 +315,13 @@ impl Shared {
                 Some(Response {
                     ok: true,
                     terminal_id: Some(self.terminal_id.clone()),
-                    version: Some("1".into()),
+                    version: Some(PROTOCOL_VERSION.into()),
                     ..Response::default()
                 })
             }
             Request::Status { r#ref } => {
                 let resp = self.status(r#ref);
-                tracing::info!(op = "status", "ref" = %r#ref, outcome = outcome(&resp));
+                tracing::info!(op = "status", "ref" = %r#ref, outcome = outcome(&resp), "status");
                 Some(resp)
             }
             Request::Pay { r#ref, amount, .. } | Request::Refund { r#ref, amount, .. } => {

@@ -80,6 +80,22 @@ fn seq_of(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
+/// Errors that mean the files are damaged (move aside and start fresh), as opposed to
+/// errors of the environment (permissions, a second process holding the lock, a full
+/// disk), which must stop the agent with a clear message instead.
+fn is_damage(e: &StoreError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        StoreError::Sled(sled::Error::Corruption { .. }) => true,
+        StoreError::Sled(sled::Error::Unsupported(_)) => true,
+        StoreError::Sled(sled::Error::ReportableBug(_)) => true,
+        StoreError::Sled(sled::Error::Io(io)) => {
+            matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
+        }
+        _ => false,
+    }
+}
+
 impl Store {
     /// Open (or create) the store at `path`. A store that sled cannot open, or whose
     /// checksum fails, is renamed to `<path>.damaged-<timestamp>` and a fresh one is started;
@@ -88,6 +104,7 @@ impl Store {
         let mut report = OpenReport::default();
         let db = match Self::try_open(path) {
             Ok(db) => db,
+            Err(e) if !is_damage(&e) => return Err(e),
             Err(e) => {
                 let aside = PathBuf::from(format!(
                     "{}.damaged-{}",

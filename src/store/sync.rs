@@ -11,21 +11,23 @@ use super::StoreError;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// The syncer task holds no `Db` between requests (each request brings one), so dropping
+/// the last `Store` closes the database at once and it can be reopened.
 #[derive(Clone)]
 pub struct Syncer {
-    tx: mpsc::UnboundedSender<Waiter>,
+    db: sled::Db,
+    tx: mpsc::UnboundedSender<(sled::Db, Waiter)>,
 }
 
 impl Syncer {
     pub fn start(db: sled::Db, data_file: PathBuf, blobs_dir: PathBuf) -> Syncer {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(sled::Db, Waiter)>();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            while let Some((db, first)) = rx.recv().await {
                 let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
+                while let Ok((_, w)) = rx.try_recv() {
                     waiters.push(w);
                 }
-                let db = db.clone();
                 let data_file = data_file.clone();
                 let blobs_dir = blobs_dir.clone();
                 let res = tokio::task::spawn_blocking(move || durable_flush(&db, &data_file, &blobs_dir))
@@ -39,13 +41,13 @@ impl Syncer {
                 }
             }
         });
-        Syncer { tx }
+        Syncer { db, tx }
     }
 
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(tx)
+            .send((self.db.clone(), tx))
             .map_err(|_| StoreError::Sync("syncer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Sync("syncer stopped".into()))?

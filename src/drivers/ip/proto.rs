@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 /// Longest line either side accepts, terminator excluded (`ip-terminal.md`: max 64 KiB per line).
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// The `version` a v1 terminal reports on `ping`.
+pub const PROTOCOL_VERSION: &str = "1";
+
 /// How much of a bad line an error message quotes.
 const QUOTE_PREFIX: usize = 64;
 
@@ -166,7 +169,7 @@ pub enum ProtoError {
     Io(#[from] io::Error),
     #[error("line longer than {MAX_LINE} bytes")]
     LineTooLong,
-    #[error("bad response: {0}")]
+    #[error("malformed message: {0}")]
     BadResponse(String),
 }
 
