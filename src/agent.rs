@@ -74,10 +74,17 @@ fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
 /// publish `offline`, disconnect.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let bus_cfg = bus_config(&cfg)?;
-    let (store, report) = Store::open(&cfg.store.path)
-        .with_context(|| format!("store.path: cannot open the store at {}", cfg.store.path.display()))?;
+    let (store, report) = Store::open(&cfg.store.path).with_context(|| {
+        format!(
+            "store.path: cannot open the store at {}",
+            cfg.store.path.display()
+        )
+    })?;
     if report.corrupt_records > 0 {
-        tracing::error!(count = report.corrupt_records, "store holds undecodable records");
+        tracing::error!(
+            count = report.corrupt_records,
+            "store holds undecodable records"
+        );
     }
     let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
     let outbox_notify = Arc::new(Notify::new());
@@ -101,7 +108,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     engine.start().context("resuming unfinished commands")?;
 
     let started_at = crate::api::ts(engine.started_at());
-    let mut online = json!({ "v": 1, "state": "online", "version": crate::VERSION, "started_at": started_at });
+    let mut online =
+        json!({ "v": 1, "state": "online", "version": crate::VERSION, "started_at": started_at });
     if report.moved_aside.is_some() || report.corrupt_records > 0 {
         online["store"] = serde_json::to_value(&report).unwrap_or_default();
     }
@@ -151,7 +159,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let _ = telemetry_task.await;
     // Give the pump a moment to hand the last results to the broker.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while store.outbox_len() > 0 && bus_stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+        while store.outbox_len() > 0
+            && bus_stats
+                .connected
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             outbox_notify.notify_one();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

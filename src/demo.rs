@@ -36,12 +36,18 @@ pub struct CloudPos {
 
 impl CloudPos {
     pub async fn connect(port: u16, root: &str, quiet: bool) -> anyhow::Result<CloudPos> {
-        let mut o = MqttOptions::new(format!("cloud-pos-{}", std::process::id()), "127.0.0.1", port);
+        let mut o = MqttOptions::new(
+            format!("cloud-pos-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
         o.set_keep_alive(Duration::from_secs(10));
         o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         let (client, mut events) = AsyncClient::new(o, 100);
         events.network_options.set_tcp_nodelay(true);
-        client.subscribe(format!("{root}/#"), QoS::AtLeastOnce).await?;
+        client
+            .subscribe(format!("{root}/#"), QoS::AtLeastOnce)
+            .await?;
         let mut pos = CloudPos {
             client,
             events,
@@ -49,18 +55,29 @@ impl CloudPos {
             quiet,
         };
         // Wait for the subscription to be in place.
-        pos.next_matching(Duration::from_secs(5), |ev| matches!(ev, Incoming::SubAck(_)))
-            .await
-            .context("subscribing the cloud POS")?;
+        pos.next_matching(Duration::from_secs(5), |ev| {
+            matches!(ev, Incoming::SubAck(_))
+        })
+        .await
+        .context("subscribing the cloud POS")?;
         Ok(pos)
     }
 
     pub async fn send(&self, payload: Vec<u8>) -> anyhow::Result<()> {
         if !self.quiet {
-            println!("  cloud → {}/cmd  {}", self.root, String::from_utf8_lossy(&payload));
+            println!(
+                "  cloud → {}/cmd  {}",
+                self.root,
+                String::from_utf8_lossy(&payload)
+            );
         }
         self.client
-            .publish(format!("{}/cmd", self.root), QoS::AtLeastOnce, false, payload)
+            .publish(
+                format!("{}/cmd", self.root),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await?;
         Ok(())
     }
@@ -95,7 +112,9 @@ impl CloudPos {
         let quiet = self.quiet;
         let mut found = None;
         self.next_matching(within, |i| {
-            let Incoming::Publish(p) = i else { return false };
+            let Incoming::Publish(p) = i else {
+                return false;
+            };
             let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
             if !quiet && !p.topic.ends_with("/cmd") {
                 let short = p.topic.strip_prefix(&root).unwrap_or(&p.topic);
@@ -154,36 +173,46 @@ addr = "{sim_addr}"
     let mut pos = CloudPos::connect(port, root, quiet).await?;
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone()));
-    pos.wait_for("status", Duration::from_secs(10), |v| v["state"] == "online")
-        .await
-        .context("agent never came online")?;
+    pos.wait_for("status", Duration::from_secs(10), |v| {
+        v["state"] == "online"
+    })
+    .await
+    .context("agent never came online")?;
 
     let past = crate::api::ts(chrono::Utc::now() - chrono::Duration::minutes(5));
     let steps = [
         Step {
             title: "payment (approved)",
-            payload: cmd(json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"})),
+            payload: cmd(
+                json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
+            ),
             id: Some("demo-pay-1"),
             expect_state: "succeeded",
             expect_code: None,
         },
         Step {
             title: "payment (declined by the terminal)",
-            payload: cmd(json!({"v":1,"id":"demo-pay-2","op":"payment","terminal":"ip-1","amount":2500,"currency":"AZN"})),
+            payload: cmd(
+                json!({"v":1,"id":"demo-pay-2","op":"payment","terminal":"ip-1","amount":2500,"currency":"AZN"}),
+            ),
             id: Some("demo-pay-2"),
             expect_state: "failed",
             expect_code: None,
         },
         Step {
             title: "duplicate id (answered from the store, never charged again)",
-            payload: cmd(json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"})),
+            payload: cmd(
+                json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
+            ),
             id: Some("demo-pay-1"),
             expect_state: "succeeded",
             expect_code: None,
         },
         Step {
             title: "refund by original",
-            payload: cmd(json!({"v":1,"id":"demo-refund-1","op":"refund","terminal":"ip-1","amount":500,"original":"demo-pay-1"})),
+            payload: cmd(
+                json!({"v":1,"id":"demo-refund-1","op":"refund","terminal":"ip-1","amount":500,"original":"demo-pay-1"}),
+            ),
             id: Some("demo-refund-1"),
             expect_state: "succeeded",
             expect_code: None,
@@ -197,14 +226,18 @@ addr = "{sim_addr}"
         },
         Step {
             title: "expired command (deadline already past)",
-            payload: cmd(json!({"v":1,"id":"demo-late-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":past})),
+            payload: cmd(
+                json!({"v":1,"id":"demo-late-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":past}),
+            ),
             id: Some("demo-late-1"),
             expect_state: "expired",
             expect_code: Some("expired"),
         },
         Step {
             title: "unknown terminal",
-            payload: cmd(json!({"v":1,"id":"demo-pay-9","op":"payment","terminal":"nope","amount":100,"currency":"AZN"})),
+            payload: cmd(
+                json!({"v":1,"id":"demo-pay-9","op":"payment","terminal":"nope","amount":100,"currency":"AZN"}),
+            ),
             id: Some("demo-pay-9"),
             expect_state: "rejected",
             expect_code: Some("unknown_terminal"),
@@ -221,7 +254,10 @@ addr = "{sim_addr}"
             control.set_fail_rate(0.0);
         }
         pos.send(step.payload.clone()).await?;
-        let want_id = step.id.map(|s| Value::String(s.into())).unwrap_or(Value::Null);
+        let want_id = step
+            .id
+            .map(|s| Value::String(s.into()))
+            .unwrap_or(Value::Null);
         let res = pos
             .wait_for("result", Duration::from_secs(15), |v| v["id"] == want_id)
             .await;
@@ -244,9 +280,16 @@ addr = "{sim_addr}"
             }
         }
         if state_ok && code_ok && extra_ok {
-            println!("  ✓ {} {}", res["state"], res["error"]["code"].as_str().unwrap_or(""));
+            println!(
+                "  ✓ {} {}",
+                res["state"],
+                res["error"]["code"].as_str().unwrap_or("")
+            );
         } else {
-            println!("  ✗ expected {} {:?}, got {}", step.expect_state, step.expect_code, res);
+            println!(
+                "  ✗ expected {} {:?}, got {}",
+                step.expect_state, step.expect_code, res
+            );
             ok = false;
         }
     }
@@ -264,7 +307,9 @@ addr = "{sim_addr}"
         Err(e) => bail!("agent task failed: {e}"),
     }
     let offline = pos
-        .wait_for("status", Duration::from_secs(5), |v| v["state"] == "offline")
+        .wait_for("status", Duration::from_secs(5), |v| {
+            v["state"] == "offline"
+        })
         .await
         .is_ok();
     if !offline {
@@ -273,6 +318,13 @@ addr = "{sim_addr}"
     }
     shutdown.cancel();
     let _ = sim_task.await;
-    println!("\n{}", if ok { "demo: all steps passed" } else { "demo: FAILED" });
+    println!(
+        "\n{}",
+        if ok {
+            "demo: all steps passed"
+        } else {
+            "demo: FAILED"
+        }
+    );
     Ok(ok)
 }

@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 use posbridge::config::{Config, LogFormat, DEFAULT_PATH};
 
 #[derive(Parser)]
-#[command(name = "posbridge", version, about = "Edge agent between a cloud POS (MQTT) and shop payment terminals")]
+#[command(
+    name = "posbridge",
+    version,
+    about = "Edge agent between a cloud POS (MQTT) and shop payment terminals"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -70,7 +74,9 @@ fn init_logging(format: LogFormat, level: &str) {
     // sled logs at TRACE/DEBUG; keep it quiet unless asked for.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},sled=warn,rumqttd=off,rumqttc=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         _ => builder.init(),
@@ -81,13 +87,14 @@ fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
@@ -157,7 +164,14 @@ fn main() -> ExitCode {
                 }
             }
             Cmd::Sim { kind } => match kind {
-                SimKind::Ip { listen, host, port, fail_rate, seed, delay_ms } => {
+                SimKind::Ip {
+                    listen,
+                    host,
+                    port,
+                    fail_rate,
+                    seed,
+                    delay_ms,
+                } => {
                     init_logging(LogFormat::Text, "info");
                     let addr = match listen {
                         Some(a) => a,

@@ -278,9 +278,17 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(l) if (1..=500).contains(&l) => Some(l as u32),
-            _ => return Err(fail("field limit: expected an integer from 1 to 500".into())),
+            _ => {
+                return Err(fail(
+                    "field limit: expected an integer from 1 to 500".into(),
+                ))
+            }
         },
-        Some(_) => return Err(fail("field limit: expected an integer from 1 to 500".into())),
+        Some(_) => {
+            return Err(fail(
+                "field limit: expected an integer from 1 to 500".into(),
+            ))
+        }
     };
 
     // Per-op requirements (mqtt-api.md: Per op).
@@ -288,7 +296,10 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         if present {
             Ok(())
         } else {
-            Err(fail(format!("field {field}: required for op {}", op.as_str())))
+            Err(fail(format!(
+                "field {field}: required for op {}",
+                op.as_str()
+            )))
         }
     };
     match op {
@@ -400,7 +411,9 @@ fn opt_amount(obj: &Map<String, Value>, key: &str) -> Result<Option<i64>, String
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(a) if a > 0 => Ok(Some(a)),
-            Some(_) => Err(format!("field {key}: must be a positive integer (minor units)")),
+            Some(_) => Err(format!(
+                "field {key}: must be a positive integer (minor units)"
+            )),
             None => Err(format!(
                 "field {key}: expected an integer in minor units, got {n}"
             )),
@@ -436,7 +449,10 @@ mod tests {
 
     #[test]
     fn oversize_is_rejected_unparsed() {
-        let big = format!(r#"{{"v":1,"id":"x","op":"ping","pad":"{}"}}"#, "a".repeat(2000));
+        let big = format!(
+            r#"{{"v":1,"id":"x","op":"ping","pad":"{}"}}"#,
+            "a".repeat(2000)
+        );
         let r = parse_command(big.as_bytes(), 1024).expect_err("too big");
         assert_eq!(r.id, None);
         assert!(r.message.contains("max_bytes"));
@@ -445,12 +461,16 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_field_and_keeps_id() {
-        let r = parse(r#"{"v":1,"id":"a1","op":"payment","terminal":"t","amount":"12","currency":"KZT"}"#)
-            .expect_err("bad amount");
+        let r = parse(
+            r#"{"v":1,"id":"a1","op":"payment","terminal":"t","amount":"12","currency":"KZT"}"#,
+        )
+        .expect_err("bad amount");
         assert_eq!(r.id.as_deref(), Some("a1"));
         assert!(r.message.starts_with("field amount"), "{}", r.message);
-        let r = parse(r#"{"v":1,"id":"a1","op":"payment","terminal":"t","amount":12.5,"currency":"KZT"}"#)
-            .expect_err("fractional amount");
+        let r = parse(
+            r#"{"v":1,"id":"a1","op":"payment","terminal":"t","amount":12.5,"currency":"KZT"}"#,
+        )
+        .expect_err("fractional amount");
         assert!(r.message.starts_with("field amount"), "{}", r.message);
     }
 
@@ -464,16 +484,23 @@ mod tests {
 
     #[test]
     fn per_op_requirements() {
-        assert!(parse(r#"{"v":1,"id":"a","op":"payment","terminal":"t","amount":1}"#)
-            .expect_err("currency")
-            .message
-            .contains("currency"));
+        assert!(
+            parse(r#"{"v":1,"id":"a","op":"payment","terminal":"t","amount":1}"#)
+                .expect_err("currency")
+                .message
+                .contains("currency")
+        );
         assert!(parse(r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1}"#).is_err());
-        assert!(parse(r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1,"original":"p1"}"#).is_ok());
-        assert!(parse(r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1,"transaction_id":"x"}"#)
-            .expect_err("method")
-            .message
-            .contains("method"));
+        assert!(parse(
+            r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1,"original":"p1"}"#
+        )
+        .is_ok());
+        assert!(parse(
+            r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1,"transaction_id":"x"}"#
+        )
+        .expect_err("method")
+        .message
+        .contains("method"));
         assert!(parse(r#"{"v":1,"id":"a","op":"cancel"}"#).is_err());
         assert!(parse(r#"{"v":1,"id":"a","op":"list","limit":501}"#).is_err());
         assert!(parse(r#"{"v":1,"id":"a","op":"list","state":"bogus"}"#).is_err());

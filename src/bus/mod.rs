@@ -21,7 +21,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -129,11 +131,15 @@ pub(crate) async fn run_connection(
                     }
                     tracing::info!(session_present = ack.session_present, "connected to broker");
                     if !first {
-                        stats.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats
+                            .reconnects
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     first = false;
                     connected = true;
-                    stats.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stats
+                        .connected
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     backoff = cfg.backoff_min;
                     // Subscribe every time: cheap, and covers a broker that lost the session
                     // (rumqttc #1014/#1056).
@@ -189,7 +195,9 @@ pub(crate) async fn run_connection(
             }
         }
         if connected {
-            stats.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             let _ = pump_tx.send(ConnEvent::Disconnected);
         }
         drop(el);
@@ -197,8 +205,12 @@ pub(crate) async fn run_connection(
             break;
         }
         // Capped exponential backoff with jitter so a fleet does not reconnect in lockstep.
-        let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-        tracing::info!(delay_ms = (backoff + jitter).as_millis() as u64, "reconnecting to broker");
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+        tracing::info!(
+            delay_ms = (backoff + jitter).as_millis() as u64,
+            "reconnecting to broker"
+        );
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff + jitter) => {}

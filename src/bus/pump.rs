@@ -38,12 +38,22 @@ struct Conn {
 }
 
 impl Conn {
-    async fn publish(&self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, tag: Tag) -> bool {
+    async fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        tag: Tag,
+    ) -> bool {
         // The tag goes in first: rumqttc reports `Outgoing::Publish` in request order.
         if let Ok(mut f) = self.fifo.lock() {
             f.push_back(tag);
         }
-        self.client.publish(topic, qos, retain, payload).await.is_ok()
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .is_ok()
     }
 }
 
@@ -116,7 +126,10 @@ impl Pump {
 
     async fn drain(&self, c: &Conn, cursor: &mut u64, inflight: &mut HashSet<u64>) {
         while inflight.len() < MAX_INFLIGHT {
-            let batch = match self.store.outbox_from(*cursor, MAX_INFLIGHT - inflight.len()) {
+            let batch = match self
+                .store
+                .outbox_from(*cursor, MAX_INFLIGHT - inflight.len())
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "outbox read failed");
@@ -128,7 +141,16 @@ impl Pump {
             }
             for (seq, msg) in batch {
                 let topic = format!("{}/{}", self.topics.root(), msg.topic);
-                if !c.publish(topic, QoS::AtLeastOnce, false, msg.payload.into_bytes(), Tag::Outbox(seq)).await {
+                if !c
+                    .publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        msg.payload.into_bytes(),
+                        Tag::Outbox(seq),
+                    )
+                    .await
+                {
                     return;
                 }
                 inflight.insert(seq);
@@ -161,7 +183,10 @@ impl Pump {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), wait)
+            .await
+            .is_err()
+        {
             tracing::warn!("broker did not acknowledge the offline status in time");
         }
         let _ = c.client.disconnect().await;

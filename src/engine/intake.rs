@@ -10,9 +10,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use super::{lock, queries, Engine, Inner};
-use crate::api::{
-    parse_command, Command, ErrorCode, Evt, FinalState, Op, ResultMsg,
-};
+use crate::api::{parse_command, Command, ErrorCode, Evt, FinalState, Op, ResultMsg};
 use crate::drivers::Outcome;
 use crate::store::{CmdState, CommandRecord, OutMsg, StoreError};
 
@@ -139,7 +137,12 @@ impl Inner {
         }
     }
 
-    fn reject(&self, rec: &mut CommandRecord, code: ErrorCode, msg: String) -> Result<Vec<After>, StoreError> {
+    fn reject(
+        &self,
+        rec: &mut CommandRecord,
+        code: ErrorCode,
+        msg: String,
+    ) -> Result<Vec<After>, StoreError> {
         tracing::warn!(code = ?code, error = %msg, "command rejected");
         let mut o = Outcome::failed(code, msg, None);
         o.state = if code == ErrorCode::Expired {
@@ -164,7 +167,11 @@ impl Inner {
             return self.reject(
                 rec,
                 ErrorCode::UnsupportedOp,
-                format!("{} terminals do not support {}", term.driver.kind(), rec.cmd.op.as_str()),
+                format!(
+                    "{} terminals do not support {}",
+                    term.driver.kind(),
+                    rec.cmd.op.as_str()
+                ),
             );
         }
         if let Err(r) = term.driver.validate(&rec.cmd) {
@@ -225,22 +232,43 @@ impl Inner {
         orig_id: &str,
     ) -> Result<Result<CommandRecord, (ErrorCode, String)>, StoreError> {
         let Some(orig) = self.store.get(orig_id)? else {
-            return Ok(Err((ErrorCode::NotFound, format!("original payment {orig_id:?} is not known to this agent"))));
+            return Ok(Err((
+                ErrorCode::NotFound,
+                format!("original payment {orig_id:?} is not known to this agent"),
+            )));
         };
         if orig.cmd.op != Op::Payment {
-            return Ok(Err((ErrorCode::BadRequest, format!("field original: {orig_id:?} is a {}, not a payment", orig.cmd.op.as_str()))));
+            return Ok(Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "field original: {orig_id:?} is a {}, not a payment",
+                    orig.cmd.op.as_str()
+                ),
+            )));
         }
         if orig.cmd.terminal != cmd.terminal {
-            return Ok(Err((ErrorCode::BadRequest, format!("field original: {orig_id:?} ran on another terminal"))));
+            return Ok(Err((
+                ErrorCode::BadRequest,
+                format!("field original: {orig_id:?} ran on another terminal"),
+            )));
         }
         if orig.state != CmdState::Succeeded {
-            return Ok(Err((ErrorCode::BadRequest, format!("field original: payment {orig_id:?} is {}, not succeeded", orig.state.as_str()))));
+            return Ok(Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "field original: payment {orig_id:?} is {}, not succeeded",
+                    orig.state.as_str()
+                ),
+            )));
         }
         let paid = orig.cmd.amount.unwrap_or(0);
         let mut committed = 0i64;
         for rid in &orig.refunds {
             if let Some(r) = self.store.get(rid)? {
-                if matches!(r.state, CmdState::Queued | CmdState::Running | CmdState::Succeeded | CmdState::Unknown) {
+                if matches!(
+                    r.state,
+                    CmdState::Queued | CmdState::Running | CmdState::Succeeded | CmdState::Unknown
+                ) {
                     committed += r.cmd.amount.unwrap_or(0);
                 }
             }
@@ -249,10 +277,17 @@ impl Inner {
         if amount > paid - committed {
             return Ok(Err((
                 ErrorCode::InvalidAmount,
-                format!("refund of {amount} exceeds what is left of payment {orig_id:?} ({} of {paid})", paid - committed),
+                format!(
+                    "refund of {amount} exceeds what is left of payment {orig_id:?} ({} of {paid})",
+                    paid - committed
+                ),
             )));
         }
-        let pay = orig.result.as_ref().and_then(|r| r.payment.clone()).unwrap_or_default();
+        let pay = orig
+            .result
+            .as_ref()
+            .and_then(|r| r.payment.clone())
+            .unwrap_or_default();
         cmd.transaction_id = pay.transaction_id;
         cmd.method = pay.method;
         if cmd.currency.is_none() {
@@ -269,7 +304,11 @@ impl Inner {
                 Ok(vec![])
             }
             _ => {
-                let state = if rec.state == CmdState::Running { "in_progress" } else { "queued" };
+                let state = if rec.state == CmdState::Running {
+                    "in_progress"
+                } else {
+                    "queued"
+                };
                 let mut e = Evt::new(&rec.cmd.id, state);
                 e.detail = Some(serde_json::json!({ "duplicate": true }));
                 Ok(vec![After::Evt(e)])

@@ -283,7 +283,13 @@ impl Inner {
         let _ = self.out.send(Outbound::Evt(e));
     }
 
-    fn set_terminal_state(&self, t: &Terminal, state: &str, identity: Option<Value>, err: Option<String>) {
+    fn set_terminal_state(
+        &self,
+        t: &Terminal,
+        state: &str,
+        identity: Option<Value>,
+        err: Option<String>,
+    ) {
         let payload = {
             let mut v = lock(&t.state);
             let changed = v.state != state

@@ -34,12 +34,19 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             let agent = json!({ "version": inner.cfg.version, "uptime_s": uptime, "started_at": crate::api::ts(inner.started_at) });
             (Outcome::succeeded(None, None), Answer::Agent(agent))
         }
-        Op::List => (Outcome::succeeded(None, None), Answer::Items(list(inner, &rec)?)),
+        Op::List => (
+            Outcome::succeeded(None, None),
+            Answer::Items(list(inner, &rec)?),
+        ),
         Op::Status => {
             let target = rec.cmd.target.clone().unwrap_or_default();
             match inner.store.get(&target)? {
                 None => (not_found(&target), Answer::None),
-                Some(t) if t.state == CmdState::Unknown && t.reconciled.is_none() && device_of(inner, &t).is_some() => {
+                Some(t)
+                    if t.state == CmdState::Unknown
+                        && t.reconciled.is_none()
+                        && device_of(inner, &t).is_some() =>
+                {
                     // Ask the device again (mqtt-api.md: status of an unknown outcome).
                     rec.state = CmdState::Running;
                     rec.started_at = Some(Utc::now());
@@ -73,12 +80,18 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                         } else {
                             format!("{target:?} is already running on the terminal, which cannot cancel it; it goes on to its real outcome")
                         };
-                        (Outcome::failed(ErrorCode::NotCancellable, why, None), Answer::None)
+                        (
+                            Outcome::failed(ErrorCode::NotCancellable, why, None),
+                            Answer::None,
+                        )
                     }
                 }
             }
         }
-        _ => (refused(ErrorCode::UnsupportedOp, "not an engine op".into()), Answer::None),
+        _ => (
+            refused(ErrorCode::UnsupportedOp, "not an engine op".into()),
+            Answer::None,
+        ),
     };
     let extra: Vec<&CommandRecord> = extra.iter().collect();
     inner.finalize_with(&mut rec, outcome, &extra, |res| match answer {
@@ -91,14 +104,22 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
 }
 
 fn not_found(target: &str) -> Outcome {
-    refused(ErrorCode::NotFound, format!("no command {target:?} is known to this agent"))
+    refused(
+        ErrorCode::NotFound,
+        format!("no command {target:?} is known to this agent"),
+    )
 }
 
 /// Remove a queued command from its terminal's queue; false if it was not queued (already
 /// running or finished). Queue membership, not the stored state, decides: the worker pops
 /// under the same lock.
 fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
-    let Some(term) = t.cmd.terminal.as_ref().and_then(|tid| inner.terminals.get(tid)) else {
+    let Some(term) = t
+        .cmd
+        .terminal
+        .as_ref()
+        .and_then(|tid| inner.terminals.get(tid))
+    else {
         return false;
     };
     let mut q = lock(&term.queue);
@@ -121,10 +142,20 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<Vec<Value>, StoreError> {
                 break;
             }
         }
-        if rec.cmd.terminal.as_ref().is_some_and(|t| r.cmd.terminal.as_ref() != Some(t)) {
+        if rec
+            .cmd
+            .terminal
+            .as_ref()
+            .is_some_and(|t| r.cmd.terminal.as_ref() != Some(t))
+        {
             continue;
         }
-        if rec.cmd.state.as_ref().is_some_and(|s| r.state.as_str() != s) {
+        if rec
+            .cmd
+            .state
+            .as_ref()
+            .is_some_and(|s| r.state.as_str() != s)
+        {
             continue;
         }
         items.push(r.summary());
@@ -157,7 +188,10 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
     let target_id = rec.cmd.target.clone().unwrap_or_default();
     let Some(mut target) = inner.store.get(&target_id)? else {
         return inner
-            .finish(&mut rec, refused(ErrorCode::NotFound, format!("no command {target_id:?}")))
+            .finish(
+                &mut rec,
+                refused(ErrorCode::NotFound, format!("no command {target_id:?}")),
+            )
             .await;
     };
     let learned = match device_of(inner, &target) {
@@ -200,7 +234,10 @@ pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
                             "terminal no longer configured; the outcome cannot be learned",
                         )
                     } else {
-                        refused(ErrorCode::UnknownTerminal, "terminal no longer configured".into())
+                        refused(
+                            ErrorCode::UnknownTerminal,
+                            "terminal no longer configured".into(),
+                        )
                     };
                     inner2.finish(&mut rec, o).await
                 }

@@ -60,7 +60,10 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
     let span = tracing::info_span!("command", id = %id, op = rec.cmd.op.as_str(), terminal = %t.id);
     let _g = span.enter();
     if resuming {
-        tracing::warn!(steps = rec.journal.len(), "resuming a command that was running when the agent stopped");
+        tracing::warn!(
+            steps = rec.journal.len(),
+            "resuming a command that was running when the agent stopped"
+        );
         inner.set_terminal_state(t, "busy", None, None);
         let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
         let outcome = t.driver.resume(&mut ctx).await;
@@ -77,7 +80,11 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
         // mqtt-api.md: not started on the device by its deadline → expired, device untouched.
         let outcome = Outcome {
             state: FinalState::Expired,
-            ..Outcome::failed(ErrorCode::Expired, "deadline passed while queued; the terminal was not touched", None)
+            ..Outcome::failed(
+                ErrorCode::Expired,
+                "deadline passed while queued; the terminal was not touched",
+                None,
+            )
         };
         return inner.finish(&mut rec, outcome).await;
     }

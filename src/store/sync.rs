@@ -30,9 +30,10 @@ impl Syncer {
                 }
                 let data_file = data_file.clone();
                 let blobs_dir = blobs_dir.clone();
-                let res = tokio::task::spawn_blocking(move || durable_flush(&db, &data_file, &blobs_dir))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
+                let res =
+                    tokio::task::spawn_blocking(move || durable_flush(&db, &data_file, &blobs_dir))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
                 if let Err(e) = &res {
                     tracing::error!(error = %e, "store sync failed");
                 }

@@ -34,11 +34,16 @@ async fn records_and_outbox_survive_reopen() {
         let b = record(&store, "b");
         a.state = CmdState::Succeeded;
         let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
-        store.write(&[&a, &b], &[OutMsg::result(&res)]).expect("write");
+        store
+            .write(&[&a, &b], &[OutMsg::result(&res)])
+            .expect("write");
         store.commit().await.expect("commit");
     }
     let (store, _) = Store::open(&path).expect("reopen");
-    assert_eq!(store.get("a").expect("get").map(|r| r.state), Some(CmdState::Succeeded));
+    assert_eq!(
+        store.get("a").expect("get").map(|r| r.state),
+        Some(CmdState::Succeeded)
+    );
     let unfinished = store.unfinished().expect("unfinished");
     assert_eq!(unfinished.len(), 1);
     assert_eq!(unfinished[0].cmd.id, "b");
@@ -71,7 +76,10 @@ async fn damaged_store_is_moved_aside_not_deleted() {
     }
     let (store, report) = Store::open(&path).expect("open after damage");
     let aside = report.moved_aside.expect("moved aside");
-    assert!(std::path::Path::new(&aside).join("db").exists(), "damaged copy kept");
+    assert!(
+        std::path::Path::new(&aside).join("db").exists(),
+        "damaged copy kept"
+    );
     assert!(store.get("a").expect("get").is_none(), "fresh store");
 }
 

@@ -138,12 +138,20 @@ impl IpDriver {
             .journal(STEP_SENDING, json!({ "ref": r#ref, "addr": self.addr }))
             .await
         {
-            return Outcome::failed(ErrorCode::Internal, format!("journal write failed: {e}"), None);
+            return Outcome::failed(
+                ErrorCode::Internal,
+                format!("journal write failed: {e}"),
+                None,
+            );
         }
         let mut client = match self.connect().await {
             Ok(c) => c,
             Err(e) => {
-                return Outcome::failed(ErrorCode::DeviceUnavailable, self.unreachable_message(&e), None)
+                return Outcome::failed(
+                    ErrorCode::DeviceUnavailable,
+                    self.unreachable_message(&e),
+                    None,
+                )
             }
         };
         ctx.progress("WaitTerminal", None);
@@ -151,7 +159,11 @@ impl IpDriver {
             Ok(resp) if resp.is_in_progress() => None,
             Ok(resp) => Some(resp),
             Err(e) if !e.maybe_delivered() => {
-                return Outcome::failed(ErrorCode::DeviceUnavailable, self.unreachable_message(&e), None)
+                return Outcome::failed(
+                    ErrorCode::DeviceUnavailable,
+                    self.unreachable_message(&e),
+                    None,
+                )
             }
             Err(e) => {
                 tracing::warn!(r#ref, error = %e, "answer lost; asking the terminal by ref");
@@ -208,7 +220,11 @@ impl Driver for IpDriver {
                     Ok(resp) => Outcome::succeeded(None, serde_json::to_value(&resp).ok()),
                     Err(e) => Outcome::failed(ErrorCode::DeviceUnavailable, e.to_string(), None),
                 },
-                Err(e) => Outcome::failed(ErrorCode::DeviceUnavailable, self.unreachable_message(&e), None),
+                Err(e) => Outcome::failed(
+                    ErrorCode::DeviceUnavailable,
+                    self.unreachable_message(&e),
+                    None,
+                ),
             },
             _ => match Self::request_for(ctx.cmd()) {
                 Some(req) => self.run(ctx, req).await,
@@ -247,7 +263,9 @@ impl Driver for IpDriver {
             Ok(None) => expired(),
             Err(e) => Outcome::unknown(
                 ErrorCode::DeviceUnavailable,
-                format!("agent restarted during the operation and the terminal could not be asked: {e}"),
+                format!(
+                    "agent restarted during the operation and the terminal could not be asked: {e}"
+                ),
             ),
         }
     }

@@ -1,0 +1,329 @@
+//! The MQTT contract end to end: the real binary, a real broker (embedded rumqttd and
+//! mosquitto), the IP terminal simulator, a cloud POS client. Loopback only.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use posbridge::sim::ip::{IpSim, SimOptions};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+async fn sim(fail_rate: f64, delay_ms: u64) -> (IpSim, CancellationToken) {
+    let s = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate,
+            seed: Some(42),
+            delay_ms,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    (s, CancellationToken::new())
+}
+
+/// Every scenario of the demo plus the bad-input cases, against one broker.
+async fn contract_scenarios(broker: Broker, agent_id: &str) {
+    let (sim, stop) = sim(0.0, 0).await;
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let control = sim.control();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec {
+        max_bytes: 4096,
+        ..AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr)
+    };
+    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let status = cloud
+        .wait("status", Duration::from_secs(5), |v| v["state"] == "online")
+        .await;
+    assert_eq!(status["v"], 1);
+    assert!(status["version"].is_string() && status["started_at"].is_string());
+
+    // Approved payment.
+    cloud.send(pay("p-1", "ip-1", 1500)).await;
+    let r = cloud.result("p-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["op"], "payment");
+    assert_eq!(r["amount"], 1500);
+    let txn = r["payment"]["transaction_id"]
+        .as_str()
+        .expect("txn")
+        .to_string();
+    assert!(r["payment"]["card_mask"].is_string() && r["payment"]["auth_code"].is_string());
+    assert!(r["started_at"].is_string() && r["finished_at"].is_string());
+    // Progress went out on evt.
+    cloud
+        .wait("evt", Duration::from_secs(5), |v| {
+            v["id"] == "p-1" && v["state"] == "accepted"
+        })
+        .await;
+    cloud
+        .wait("evt", Duration::from_secs(5), |v| {
+            v["id"] == "p-1" && v["state"] == "in_progress"
+        })
+        .await;
+
+    // Declined payment.
+    control.set_fail_rate(1.0);
+    cloud.send(pay("p-2", "ip-1", 2500)).await;
+    let r = cloud.result("p-2").await;
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["error"]["code"].is_string() && r["error"]["device_code"].is_string(),
+        "{r}"
+    );
+    control.set_fail_rate(0.0);
+
+    // Duplicate id: the stored result again, never a second charge.
+    cloud.send(pay("p-1", "ip-1", 1500)).await;
+    let all = cloud
+        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "p-1")
+        .await;
+    assert_eq!(
+        all[0], all[1],
+        "a duplicate republishes the stored result unchanged"
+    );
+    assert_eq!(stats.executions("p-1"), 1);
+
+    // Refund by original, then an over-refund is refused before the terminal sees it.
+    cloud.send(json!({"v":1,"id":"r-1","op":"refund","terminal":"ip-1","amount":1000,"original":"p-1"})).await;
+    let r = cloud.result("r-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["currency"], "AZN");
+    cloud
+        .send(
+            json!({"v":1,"id":"r-2","op":"refund","terminal":"ip-1","amount":501,"original":"p-1"}),
+        )
+        .await;
+    let r = cloud.result("r-2").await;
+    assert_eq!(r["state"], "rejected");
+    assert_eq!(r["error"]["code"], "invalid_amount");
+    assert_eq!(stats.executions("r-2"), 0);
+    // Refund of a failed payment is refused.
+    cloud
+        .send(json!({"v":1,"id":"r-3","op":"refund","terminal":"ip-1","amount":1,"original":"p-2"}))
+        .await;
+    assert_eq!(cloud.result("r-3").await["state"], "rejected");
+
+    // Malformed JSON: rejected with id null and the raw bytes echoed.
+    cloud
+        .send_raw(br#"{"v":1,"id":"bad-1","op":"pay"#.to_vec())
+        .await;
+    let r = cloud
+        .wait("result", Duration::from_secs(10), |v| {
+            v["id"].is_null() && v["raw"].as_str().is_some_and(|s| s.contains("bad-1"))
+        })
+        .await;
+    assert_eq!(r["state"], "rejected");
+    assert_eq!(r["error"]["code"], "bad_request");
+
+    // Oversize payload (> commands.max_bytes = 4096): rejected unparsed, connection intact.
+    let big = format!(
+        r#"{{"v":1,"id":"big-1","op":"ping","pad":"{}"}}"#,
+        "x".repeat(10_000)
+    );
+    cloud.send_raw(big.into_bytes()).await;
+    let r = cloud
+        .wait("result", Duration::from_secs(10), |v| {
+            v["id"].is_null()
+                && v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("max_bytes"))
+        })
+        .await;
+    assert_eq!(r["raw"].as_str().map(str::len), Some(256));
+
+    // Wrong type names the field and keeps the id.
+    cloud.send(json!({"v":1,"id":"t-1","op":"payment","terminal":"ip-1","amount":"15","currency":"AZN"})).await;
+    let r = cloud.result("t-1").await;
+    assert_eq!(r["error"]["code"], "bad_request");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("amount")),
+        "{r}"
+    );
+
+    // Expired before it started: the device is never touched.
+    cloud.send(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"})).await;
+    let r = cloud.result("e-1").await;
+    assert_eq!(r["state"], "expired");
+    assert_eq!(stats.executions("e-1"), 0);
+
+    // Unknown terminal, unsupported op.
+    cloud.send(pay("u-1", "nope", 100)).await;
+    assert_eq!(
+        cloud.result("u-1").await["error"]["code"],
+        "unknown_terminal"
+    );
+    cloud
+        .send(json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"}))
+        .await;
+    assert_eq!(cloud.result("f-1").await["error"]["code"], "unsupported_op");
+
+    // device_info, ping, status, list.
+    cloud
+        .send(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
+        .await;
+    let r = cloud.result("d-1").await;
+    assert_eq!(r["state"], "succeeded");
+    assert_eq!(r["device"]["terminal_id"], "IPT-0001");
+    cloud.send(json!({"v":1,"id":"ping-1","op":"ping"})).await;
+    let r = cloud.result("ping-1").await;
+    assert_eq!(r["state"], "succeeded");
+    assert!(r["agent"]["uptime_s"].is_number());
+    cloud
+        .send(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
+        .await;
+    let r = cloud.result("s-1").await;
+    assert_eq!(r["target"]["state"], "succeeded");
+    assert_eq!(
+        r["target"]["result"]["payment"]["transaction_id"],
+        txn.as_str()
+    );
+    cloud
+        .send(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}))
+        .await;
+    assert_eq!(cloud.result("s-2").await["error"]["code"], "not_found");
+    cloud
+        .send(
+            json!({"v":1,"id":"l-1","op":"list","terminal":"ip-1","state":"succeeded","limit":10}),
+        )
+        .await;
+    let r = cloud.result("l-1").await;
+    let items = r["items"].as_array().expect("items");
+    let ids: Vec<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["d-1", "r-1", "p-1"],
+        "newest first, filtered: {r}"
+    );
+
+    // Retained terminal state and telemetry.
+    let t = cloud
+        .wait("terminals/ip-1", Duration::from_secs(10), |v| {
+            v["state"] == "connected"
+        })
+        .await;
+    assert_eq!(t["identity"]["terminal_id"], "IPT-0001");
+    let tel = cloud
+        .wait("telemetry", Duration::from_secs(10), |v| {
+            v["outbox_len"].is_number()
+        })
+        .await;
+    assert!(
+        tel["uptime_s"].is_number() && tel["queue_len"]["ip-1"].is_number(),
+        "{tel}"
+    );
+
+    // Clean shutdown publishes offline.
+    let st = agent.sigterm();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+    cloud
+        .wait("status", Duration::from_secs(10), |v| {
+            v["state"] == "offline"
+        })
+        .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_over_embedded_broker() {
+    contract_scenarios(embedded(), "shop-embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_over_mosquitto() {
+    if !mosquitto_available() {
+        return;
+    }
+    let m = Mosquitto::start();
+    contract_scenarios(Broker::Mosquitto(m), "shop-mosq").await;
+}
+
+/// Queue full → busy; cancel of a queued command; cancel of a running one fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_and_cancel() {
+    let broker = embedded();
+    let (sim, stop) = sim(0.0, 1500).await;
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec {
+        queue_depth: 2,
+        ..AgentSpec::new("shop-q", broker.port()).ip("ip-1", addr)
+    };
+    let cloud = Cloud::connect(broker.port(), "shop-q", "cloud-q", false).await;
+    let _agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+
+    cloud.send(pay("q-1", "ip-1", 100)).await;
+    cloud
+        .wait("evt", Duration::from_secs(10), |v| {
+            v["id"] == "q-1" && v["state"] == "in_progress"
+        })
+        .await;
+    cloud.send(pay("q-2", "ip-1", 100)).await;
+    cloud.send(pay("q-3", "ip-1", 100)).await;
+    cloud.send(pay("q-4", "ip-1", 100)).await;
+    let r = cloud.result("q-4").await;
+    assert_eq!(r["state"], "rejected");
+    assert_eq!(r["error"]["code"], "busy");
+
+    cloud
+        .send(json!({"v":1,"id":"c-1","op":"cancel","target":"q-3"}))
+        .await;
+    assert_eq!(cloud.result("c-1").await["state"], "succeeded");
+    let r = cloud.result("q-3").await;
+    assert_eq!(r["state"], "cancelled");
+    cloud
+        .send(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
+        .await;
+    let r = cloud.result("c-2").await;
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["error"]["code"], "not_cancellable");
+
+    assert_eq!(cloud.result("q-1").await["state"], "succeeded");
+    assert_eq!(cloud.result("q-2").await["state"], "succeeded");
+    assert_eq!(
+        stats.executions("q-3"),
+        0,
+        "a cancelled command never reaches the terminal"
+    );
+    assert_eq!(stats.executions("q-4"), 0);
+    stop.cancel();
+}
+
+/// A terminal that is not there: the payment fails cleanly (money cannot have moved), and
+/// the retained terminal state says disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_terminal_fails_cleanly() {
+    let broker = embedded();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-dead", broker.port()).ip("ip-1", dead);
+    let cloud = Cloud::connect(broker.port(), "shop-dead", "cloud-dead", false).await;
+    let _agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    cloud.send(pay("x-1", "ip-1", 100)).await;
+    let r = cloud.result("x-1").await;
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["error"]["code"], "device_unavailable");
+    assert!(r["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("could not connect")));
+    let t = cloud
+        .wait("terminals/ip-1", Duration::from_secs(10), |v| {
+            v["state"] == "disconnected"
+        })
+        .await;
+    assert!(t["last_error"].is_string());
+}
