@@ -84,7 +84,7 @@ impl Mosquitto {
         // CRATES.md: nodelay (latency), a deep queue (never drop QoS 1), big messages.
         writeln!(
             f,
-            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 100\nmessage_size_limit 0\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
+            "# As root, mosquitto drops to user mosquitto, which cannot write our temp dir.\nuser root\nlistener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 100\nmessage_size_limit 0\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
             port = self.port,
             dir = self.dir.path().display()
         )
@@ -151,6 +151,8 @@ pub struct Agent {
     pub config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// A program to run the agent under (e.g. strace) and its arguments.
+    wrapper: Vec<String>,
 }
 
 pub struct AgentSpec {
@@ -201,6 +203,15 @@ impl AgentSpec {
 impl Agent {
     /// Write the config into a fresh directory (store inside it) and start the binary.
     pub fn start(spec: &AgentSpec, dir: &Path) -> Agent {
+        Self::start_with(spec, dir, &[], &[])
+    }
+
+    pub fn start_with(
+        spec: &AgentSpec,
+        dir: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Agent {
         let config = dir.join("posbridge.toml");
         std::fs::write(&config, spec.toml(&dir.join("store"))).expect("write config");
         let mut a = Agent {
@@ -208,8 +219,9 @@ impl Agent {
             config,
             child: None,
             log: dir.join("agent.log"),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
-        a.spawn(&[]);
+        a.spawn(env);
         a
     }
 
@@ -219,7 +231,14 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)

@@ -1,0 +1,234 @@
+//! Durability: kill -9 at every journal point, broker outages, commands sent while the
+//! agent is down, and proof that the store really calls fdatasync.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use posbridge::sim::ip::{IpSim, SimOptions, SimStats};
+use tokio_util::sync::CancellationToken;
+
+async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
+    let s = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(1),
+            delay_ms,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    (s, CancellationToken::new())
+}
+
+/// The simulator has no event stream; poll its counter (bounded) until the terminal has
+/// executed `id`.
+async fn executed(stats: &SimStats, id: &str) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while stats.executions(id) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("terminal executed the operation");
+}
+
+/// Every point at which the agent writes something its promise depends on, in the order
+/// a payment on an IP terminal passes them.
+const POINTS: &[&str] = &[
+    "intake:stored",
+    "journal:started:before",
+    "journal:started:after",
+    "journal:ip_sending:before",
+    "journal:ip_sending:after",
+    "journal:ip_answered:before",
+    "journal:ip_answered:after",
+    "worker:finished",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_every_journal_point_never_charges_twice() {
+    let broker = embedded();
+    let (sim, stop) = sim(100).await;
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let _sim = sim.spawn(stop.clone());
+    for (n, point) in POINTS.iter().enumerate() {
+        let agent_id = format!("crash-{n}");
+        let id = format!("k-{n}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = AgentSpec::new(&agent_id, broker.port()).ip("ip-1", addr);
+        let cloud = Cloud::connect(
+            broker.port(),
+            &agent_id,
+            &format!("cloud-{agent_id}"),
+            false,
+        )
+        .await;
+        let mut agent =
+            Agent::start_with(&spec, dir.path(), &[(posbridge::faults::ENV, point)], &[]);
+        cloud.online().await;
+        cloud.send(pay(&id, "ip-1", 700)).await;
+        let st = agent
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
+        assert!(!st.success(), "{point}: aborted");
+        assert!(
+            agent.log().contains(&format!("aborting at {point}")),
+            "{point}"
+        );
+
+        agent.restart(&[]);
+        let r = cloud.result(&id).await;
+        assert_eq!(r["state"], "succeeded", "{point}: {r}\n{}", agent.log());
+        assert_eq!(
+            stats.executions(&id),
+            1,
+            "{point}: the terminal ran it exactly once"
+        );
+        // Any repeat delivery (allowed: at least once) carries the same outcome.
+        for other in cloud.results_for(&id) {
+            assert_eq!(
+                other["payment"]["transaction_id"], r["payment"]["transaction_id"],
+                "{point}"
+            );
+        }
+        let st = agent.sigterm();
+        assert!(st.success(), "{point}: clean stop after resume");
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_while_a_payment_runs_loses_nothing() {
+    if !mosquitto_available() {
+        return;
+    }
+    let mut m = Mosquitto::start();
+    let port = m.port;
+    let (sim, stop) = sim(1500).await;
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-outage", port).ip("ip-1", addr);
+    let cloud = Cloud::connect(port, "shop-outage", "cloud-outage", true).await;
+    let agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+
+    cloud.send(pay("o-1", "ip-1", 900)).await;
+    cloud
+        .wait("evt", Duration::from_secs(10), |v| {
+            v["id"] == "o-1" && v["state"] == "in_progress"
+        })
+        .await;
+    m.stop();
+    // The payment finishes while the broker is down; its result waits in the outbox.
+    executed(&stats, "o-1").await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !agent.log().contains("command finished") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("agent finished the payment offline");
+    m.restart();
+    let r = cloud.result("o-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(stats.executions("o-1"), 1);
+
+    // And the agent still takes commands on the new connection.
+    cloud.send(pay("o-2", "ip-1", 100)).await;
+    assert_eq!(cloud.result("o-2").await["state"], "succeeded");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
+    if !mosquitto_available() {
+        return;
+    }
+    let m = Mosquitto::start();
+    let (sim, stop) = sim(0).await;
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-down", m.port).ip("ip-1", addr);
+    let cloud = Cloud::connect(m.port, "shop-down", "cloud-down", false).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    agent.kill9();
+    // The will tells the cloud the agent is gone.
+    cloud
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "offline"
+        })
+        .await;
+    for i in 0..5 {
+        cloud.send(pay(&format!("w-{i}"), "ip-1", 100 + i)).await;
+    }
+    agent.restart(&[]);
+    for i in 0..5 {
+        let id = format!("w-{i}");
+        assert_eq!(cloud.result(&id).await["state"], "succeeded");
+        assert_eq!(stats.executions(&id), 1);
+    }
+    stop.cancel();
+}
+
+/// sled's flush is only sync_file_range; the store must fdatasync (CRATES.md). Trace it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_writes_are_fdatasynced() {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !strace_ok {
+        assert!(
+            std::env::var_os("POSBRIDGE_REQUIRE_MOSQUITTO").is_none(),
+            "CI must have strace (.ci/run installs it)"
+        );
+        eprintln!("SKIP: strace not installed");
+        return;
+    }
+    let broker = embedded();
+    let (sim, stop) = sim(0).await;
+    let addr = sim.local_addr();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("strace.out");
+    let trace_s = trace.display().to_string();
+    let spec = AgentSpec::new("shop-strace", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "shop-strace", "cloud-strace", false).await;
+    let mut agent = Agent::start_with(
+        &spec,
+        dir.path(),
+        &[],
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fdatasync",
+            "-o",
+            &trace_s,
+        ],
+    );
+    cloud.online().await;
+    cloud.send(pay("sync-1", "ip-1", 100)).await;
+    assert_eq!(cloud.result("sync-1").await["state"], "succeeded");
+    agent.kill9();
+    let out = std::fs::read_to_string(&trace).expect("trace");
+    let n = out.matches("fdatasync(").count();
+    // intake, started, ip_sending, ip_answered, final result: at least five syncs.
+    assert!(
+        n >= 5,
+        "expected ≥ 5 fdatasync calls for one payment, saw {n}:\n{out}"
+    );
+    stop.cancel();
+}
