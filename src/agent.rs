@@ -13,7 +13,7 @@ use crate::bus::{self, BusConfig, BusStats, Pump};
 use crate::config::{Config, TerminalConfig};
 use crate::drivers::ip::IpDriver;
 use crate::drivers::unavailable::Unavailable;
-use crate::drivers::DynDriver;
+use crate::drivers::{DriverEnv, DynDriver};
 use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
 
@@ -23,7 +23,7 @@ const MAX_INCOMING: usize = 16 * 1024 * 1024;
 /// How long a stopping agent lets running device operations reach a journalled end.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn build_drivers(cfg: &Config) -> Vec<(String, DynDriver)> {
+pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)> {
     cfg.terminals
         .iter()
         .map(|t| {
@@ -73,6 +73,13 @@ fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
 /// let running operations reach a journalled point, publish what is in the outbox,
 /// publish `offline`, disconnect.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if !cfg.security.command_keys.is_empty() {
+        // Accepting unsigned commands while the operator believes only signed ones pass
+        // would be worse than not starting.
+        anyhow::bail!(
+            "security.command_keys is set, but signed-command verification is not implemented in this build; remove the keys or upgrade"
+        );
+    }
     let bus_cfg = bus_config(&cfg)?;
     let (store, report) = Store::open(&cfg.store.path).with_context(|| {
         format!(
@@ -86,6 +93,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             "store holds undecodable records"
         );
     }
+    let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store.clone())
+        .context("store.key_file")?;
+    let env = DriverEnv {
+        store: store.clone(),
+        secrets,
+        agent_id: cfg.agent_id.clone(),
+    };
     let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
     let outbox_notify = Arc::new(Notify::new());
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -99,7 +113,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             health_interval: Duration::from_secs(30),
             version: crate::VERSION.to_string(),
         },
-        build_drivers(&cfg),
+        build_drivers(&cfg, &env),
         outbox_notify.clone(),
         out_tx.clone(),
         engine_stop.clone(),

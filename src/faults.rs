@@ -2,7 +2,7 @@
 //!
 //! `POSBRIDGE_FAULT_ABORT_AT=<point>` makes the agent call `abort()` (as sudden as
 //! `kill -9`: no destructors, no flush) the first time it reaches `<point>`, e.g.
-//! `journal:ip_pay_sent:before` or `intake:stored`. The crash tests use it to stop the
+//! `journal:ip_sending:before` or `intake:stored`. The crash tests use it to stop the
 //! agent exactly between two journal writes. Unset in production: the check is one
 //! comparison against an empty value.
 

@@ -39,10 +39,27 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Manage secrets stored encrypted at rest (AES-256-GCM under store.key_file).
+    Secret {
+        #[command(subcommand)]
+        action: SecretCmd,
+    },
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]
         kind: SimKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Store a secret for a terminal; the value is read from stdin (never echoed, never
+    /// logged). Stop the agent first: the store is single-process.
+    Set {
+        terminal: String,
+        name: String,
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -104,6 +121,34 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+async fn secret_set(config: &std::path::Path, terminal: &str, name: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Read};
+    let cfg = Config::load(config)?;
+    if !cfg.terminals.iter().any(|t| t.id() == terminal) {
+        anyhow::bail!(
+            "terminal {terminal:?} is not configured in {}",
+            config.display()
+        );
+    }
+    let value = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("value for {terminal}/{name}: "))?
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.trim_end_matches(['\r', '\n']).to_string()
+    };
+    let value = zeroize::Zeroizing::new(value);
+    if value.is_empty() {
+        anyhow::bail!("empty value: nothing stored");
+    }
+    let (store, _) = posbridge::store::Store::open(&cfg.store.path).map_err(|e| {
+        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
+    })?;
+    let secrets = posbridge::secrets::Secrets::open(&cfg.store.key_file, store)?;
+    secrets.set(terminal, name, value.as_bytes()).await?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +208,23 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Cmd::Secret {
+                action:
+                    SecretCmd::Set {
+                        terminal,
+                        name,
+                        config,
+                    },
+            } => match secret_set(&config, &terminal, &name).await {
+                Ok(()) => {
+                    eprintln!("posbridge: secret {terminal}/{name} stored (encrypted)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("posbridge secret set: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Cmd::Sim { kind } => match kind {
                 SimKind::Ip {
                     listen,

@@ -368,7 +368,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
 /// States a `list` may filter on: the running ones and the final ones.
 pub const LIST_STATES: &[&str] = &[
     "queued",
-    "running",
+    "in_progress",
     "succeeded",
     "failed",
     "unknown",

@@ -157,6 +157,7 @@ impl ResultMsg {
         m.terminal = r.terminal.clone();
         m.error = Some(ErrorBody::new(r.code, r.message.clone()));
         m.raw = r.raw.clone();
+        m.finished_at = Some(super::ts(chrono::Utc::now()));
         m
     }
 

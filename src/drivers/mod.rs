@@ -138,6 +138,35 @@ pub trait Driver: Send + Sync {
 
     /// Probe reachability and identity for the retained terminal state.
     async fn health(&self) -> Health;
+
+    /// Whether this running op can be cancelled on the device (e.g. Paywall
+    /// `sync/cancel`). When false, `cancel` of a running op answers `not_cancellable`.
+    fn can_cancel(&self, _record: &CommandRecord) -> bool {
+        false
+    }
+
+    /// Ask the device to cancel a running op. `Ok` means the device took the cancel; the
+    /// op itself still ends with its own result.
+    async fn cancel_running(&self, _record: &CommandRecord) -> Result<(), ErrorBody> {
+        Err(ErrorBody::new(
+            ErrorCode::NotCancellable,
+            "this terminal cannot cancel a running operation",
+        ))
+    }
+
+    /// `test` or `live` for cloud-backed terminals: carried on every result so a test
+    /// payment is never mistaken for a real one.
+    fn mode(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// What drivers get from the agent besides their own configuration.
+#[derive(Clone)]
+pub struct DriverEnv {
+    pub store: Store,
+    pub secrets: crate::secrets::Secrets,
+    pub agent_id: String,
 }
 
 pub type DynDriver = Arc<dyn Driver>;

@@ -76,6 +76,7 @@ impl Engine {
                     }
                 }
                 After::Query(id) => queries::spawn_query(inner.clone(), id),
+                After::CancelRunning(id) => queries::spawn_cancel(inner.clone(), id),
             }
         }
         Ok(())
@@ -87,6 +88,8 @@ pub(crate) enum After {
     Evt(Evt),
     Wake(String),
     Query(String),
+    /// Ask the device to cancel the running target of this `cancel` command.
+    CancelRunning(String),
 }
 
 impl Inner {

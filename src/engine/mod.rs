@@ -260,6 +260,13 @@ impl Inner {
         res.needs_reconciliation = outcome.state == FinalState::Unknown;
         res.started_at = rec.started_at.map(ts);
         res.finished_at = Some(ts(now));
+        res.mode = rec
+            .cmd
+            .terminal
+            .as_ref()
+            .and_then(|t| self.terminals.get(t))
+            .and_then(|t| t.driver.mode())
+            .map(str::to_string);
         decorate(&mut res);
         rec.state = outcome.state.into();
         rec.result = Some(res.clone());

@@ -74,6 +74,13 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                         let summary = t.summary();
                         extra = Some(t);
                         (Outcome::succeeded(None, None), Answer::Target(summary))
+                    } else if !t.state.is_final()
+                        && device_of(inner, &t).is_some_and(|d| d.can_cancel(&t))
+                    {
+                        rec.state = CmdState::Running;
+                        rec.started_at = Some(Utc::now());
+                        inner.store.write(&[&rec], &[])?;
+                        return Ok(vec![After::CancelRunning(rec.cmd.id.clone())]);
                     } else {
                         let why = if t.state.is_final() {
                             format!("{target:?} already ended {}", t.state.as_str())
@@ -205,6 +212,7 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
         r.payment = o.payment;
         r.device = o.device;
         r.error = o.error;
+        r.needs_reconciliation = o.state == FinalState::Unknown;
         r.finished_at = Some(crate::api::ts(Utc::now()));
         target.reconciled = Some(r);
         inner.store.write(&[&target], &[])?;
@@ -218,6 +226,41 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `cancel` of a running command on a device that can cancel: ask it, answer with what
+/// it said. The target ends with its own result from its worker.
+pub(super) fn spawn_cancel(inner: Arc<Inner>, cancel_id: String) {
+    let tasks = inner.tasks.clone();
+    tasks.spawn(async move {
+        if let Err(e) = run_cancel(&inner, &cancel_id).await {
+            tracing::error!(id = %cancel_id, error = %e, "cancel failed");
+        }
+    });
+}
+
+async fn run_cancel(inner: &Inner, cancel_id: &str) -> Result<(), StoreError> {
+    let Some(mut rec) = inner.store.get(cancel_id)? else {
+        return Ok(());
+    };
+    let target_id = rec.cmd.target.clone().unwrap_or_default();
+    let target = inner.store.get(&target_id)?;
+    let outcome = match (&target, target.as_ref().and_then(|t| device_of(inner, t))) {
+        (Some(t), Some(d)) if !t.state.is_final() => match d.cancel_running(t).await {
+            Ok(()) => Outcome::succeeded(None, None),
+            Err(e) => Outcome {
+                error: Some(e),
+                ..Outcome::failed(ErrorCode::NotCancellable, "", None)
+            },
+        },
+        (Some(t), _) => Outcome::failed(
+            ErrorCode::NotCancellable,
+            format!("{target_id:?} already ended {}", t.state.as_str()),
+            None,
+        ),
+        (None, _) => not_found(&target_id),
+    };
+    inner.finish(&mut rec, outcome).await
+}
+
 /// Unfinished at start with no terminal to run on.
 pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
     let inner2 = inner.clone();
@@ -226,6 +269,7 @@ pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
         let r = async {
             match rec.cmd.op {
                 Op::Status => run_query(&inner2, &id).await,
+                Op::Cancel => run_cancel(&inner2, &id).await,
                 _ => {
                     let mut rec = rec;
                     let o = if rec.state == CmdState::Running && rec.cmd.op.moves_money() {

@@ -58,11 +58,16 @@ pub struct Store {
     db: sled::Db,
     syncer: Syncer,
     path: PathBuf,
+    /// Outbox sequence numbers must become visible in order: the pump reads forward from
+    /// a cursor, so an entry with a lower seq landing after a higher one would be skipped
+    /// until the next reconnect. Allocation and apply happen under this lock.
+    write_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 const CMD: &[u8] = b"c\0";
 const RECENT: &[u8] = b"r\0";
 const OUTBOX: &[u8] = b"o\0";
+const SECRET: &[u8] = b"s\0";
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -73,6 +78,10 @@ fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
 
 fn seq_key(prefix: &[u8], seq: u64) -> Vec<u8> {
     key(prefix, &seq.to_be_bytes())
+}
+
+fn secret_key(terminal: &str, name: &str) -> Vec<u8> {
+    key(SECRET, format!("{terminal}\0{name}").as_bytes())
 }
 
 fn seq_of(k: &[u8]) -> Option<u64> {
@@ -97,10 +106,12 @@ fn is_damage(e: &StoreError) -> bool {
 }
 
 impl Store {
-    /// Open (or create) the store at `path`. A store that sled cannot open, or whose
-    /// checksum fails, is renamed to `<path>.damaged-<timestamp>` and a fresh one is started;
-    /// the report says so. Must be called inside a tokio runtime (the syncer is a task).
-    pub fn open(path: &Path) -> Result<(Store, OpenReport), StoreError> {
+    /// Open (or create) the store under `dir` (`store.path`); sled's files live in
+    /// `dir/sled`, beside the device key. A store that sled cannot open, or whose checksum
+    /// fails, is renamed to `dir/sled.damaged-<timestamp>` and a fresh one is started; the
+    /// report says so. Must be called inside a tokio runtime (the syncer is a task).
+    pub fn open(dir: &Path) -> Result<(Store, OpenReport), StoreError> {
+        let path = &dir.join("sled");
         let mut report = OpenReport::default();
         let db = match Self::try_open(path) {
             Ok(db) => db,
@@ -128,6 +139,7 @@ impl Store {
             db,
             syncer,
             path: path.to_path_buf(),
+            write_lock: Default::default(),
         };
         for item in store.db.scan_prefix(CMD) {
             let (k, v) = item?;
@@ -194,6 +206,7 @@ impl Store {
             batch.insert(key(CMD, r.cmd.id.as_bytes()), v);
             batch.insert(seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
         }
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         for m in outbox {
             let seq = self.next_seq()?;
             let v = serde_json::to_vec(m).map_err(|source| StoreError::Corrupt {
@@ -267,6 +280,16 @@ impl Store {
         }
         out.sort_by_key(|r| r.seq);
         Ok(out)
+    }
+
+    /// Store an already-encrypted secret (see `crate::secrets`). Not yet durable.
+    pub fn put_secret(&self, terminal: &str, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(secret_key(terminal, name), sealed)?;
+        Ok(())
+    }
+
+    pub fn get_secret(&self, terminal: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(secret_key(terminal, name))?.map(|v| v.to_vec()))
     }
 
     pub fn size_on_disk(&self) -> u64 {

@@ -11,6 +11,8 @@ use crate::api::{Command, FinalState, ResultMsg};
 #[serde(rename_all = "snake_case")]
 pub enum CmdState {
     Queued,
+    /// On the wire (`list`, `status`) this is `in_progress`, the word `evt` uses.
+    #[serde(rename = "in_progress", alias = "running")]
     Running,
     Succeeded,
     Failed,
@@ -28,7 +30,7 @@ impl CmdState {
     pub fn as_str(self) -> &'static str {
         match self {
             CmdState::Queued => "queued",
-            CmdState::Running => "running",
+            CmdState::Running => "in_progress",
             CmdState::Succeeded => "succeeded",
             CmdState::Failed => "failed",
             CmdState::Unknown => "unknown",

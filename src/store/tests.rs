@@ -67,7 +67,7 @@ async fn damaged_store_is_moved_aside_not_deleted() {
     }
     // Garble the data file and the config header.
     for name in ["conf", "db"] {
-        let p = path.join(name);
+        let p = path.join("sled").join(name);
         let mut bytes = std::fs::read(&p).expect("read");
         for b in bytes.iter_mut().take(64) {
             *b ^= 0xA5;
