@@ -26,7 +26,9 @@ pub const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("store: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
+    #[error("the store at {path} is in use by another process (is another posbridge running, or the agent while using `posbridge secret`?)")]
+    InUse { path: PathBuf },
     #[error("store I/O at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -87,6 +89,12 @@ fn secret_key(terminal: &str, name: &str) -> Vec<u8> {
 fn seq_of(k: &[u8]) -> Option<u64> {
     let b: [u8; 8] = k.get(2..10)?.try_into().ok()?;
     Some(u64::from_be_bytes(b))
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
 }
 
 /// Errors that mean the files are damaged (move aside and start fresh), as opposed to
@@ -162,7 +170,19 @@ impl Store {
             // We flush and fdatasync ourselves before every acknowledgement; sled's own
             // periodic flush only adds write amplification.
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled reports the flock failure as a custom io error (kind Other).
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::InUse {
+                        path: path.to_path_buf(),
+                    }
+                }
+                other => StoreError::Sled(other),
+            })?;
         // Walks every page: catches a store that opens but is internally inconsistent.
         db.checksum()?;
         Ok(db)

@@ -1,0 +1,223 @@
+//! The command line a field engineer uses: check, secret set, a damaged store at start.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("posbridge.toml");
+    std::fs::write(&p, body).expect("write config");
+    p
+}
+
+fn minimal(dir: &std::path::Path) -> String {
+    format!(
+        "agent_id = \"shop-1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"agent\"\npassword_file = \"{}/pw\"\n[store]\npath = \"{}/store\"\n[[terminals]]\nid = \"ip-1\"\nkind = \"ip\"\naddr = \"127.0.0.1:9\"\n",
+        dir.display(),
+        dir.display()
+    )
+}
+
+#[test]
+fn check_prints_effective_config_and_names_bad_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["agent_id"], "shop-1");
+    assert_eq!(
+        v["mqtt"]["client_id"], "posbridge-shop-1",
+        "defaults are shown"
+    );
+    assert_eq!(v["commands"]["default_ttl"], "2m");
+
+    let bad = write_config(
+        dir.path(),
+        &minimal(dir.path())
+            .replace("[commands]", "")
+            .replace("[store]", "[store]\nfoo = 1"),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store.foo") && err.contains("posbridge.toml"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn env_overrides_reach_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("POSBRIDGE__COMMANDS__QUEUE_DEPTH", "3")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["commands"]["queue_depth"], 3);
+}
+
+#[test]
+fn secret_set_stores_encrypted_and_never_echoes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    let mut child = Command::new(BIN)
+        .args(["secret", "set", "ip-1", "api_key", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"very-secret-value-123\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains("very-secret-value-123"));
+    // The key file exists, private; the value is not in any store file in clear.
+    let key = dir.path().join("store").join("device.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+    for entry in walk(&dir.path().join("store")) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(21).any(|w| w == b"very-secret-value-123"),
+            "plaintext secret found in {}",
+            entry.display()
+        );
+    }
+    // Unknown terminal is refused.
+    let out = Command::new(BIN)
+        .args(["secret", "set", "nope", "api_key", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not configured"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A store that cannot be opened is moved aside (never deleted), the agent starts on a
+/// fresh one, and says so on the retained status topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_store_is_reported_on_status() {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-damaged", broker.port())
+        .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
+    let cloud = Cloud::connect(broker.port(), "shop-damaged", "cloud-damaged", false).await;
+    // First run creates the store; then garble it while the agent is stopped.
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    assert!(agent.sigterm().success());
+    let sled_dir = dir.path().join("store").join("sled");
+    for name in ["conf", "db"] {
+        let p = sled_dir.join(name);
+        let mut bytes = std::fs::read(&p).expect("read");
+        for b in bytes.iter_mut().take(64) {
+            *b ^= 0x5A;
+        }
+        std::fs::write(&p, bytes).expect("write");
+    }
+    agent.restart(&[]);
+    let st = cloud
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online" && v["store"]["moved_aside"].is_string()
+        })
+        .await;
+    let aside = st["store"]["moved_aside"].as_str().expect("path");
+    assert!(
+        std::path::Path::new(aside).join("db").exists(),
+        "damaged copy kept at {aside}"
+    );
+    assert!(agent.log().contains("moving it aside"));
+}
+
+/// Two agents on one store: the second refuses to start instead of moving the first's
+/// live store aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_use_is_not_mistaken_for_damage() {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-twice", broker.port())
+        .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
+    let cloud = Cloud::connect(broker.port(), "shop-twice", "cloud-twice", false).await;
+    let _first = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.path().join("posbridge.toml"))
+        .output()
+        .expect("second agent");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+    let entries: Vec<String> = std::fs::read_dir(dir.path().join("store"))
+        .expect("store dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !entries.iter().any(|e| e.contains("damaged")),
+        "{entries:?}"
+    );
+}
