@@ -42,6 +42,8 @@ pub struct EngineConfig {
     /// How often an idle terminal is probed for the retained terminal state.
     pub health_interval: Duration,
     pub version: String,
+    /// When non-empty, only signed envelopes are accepted (`mqtt-api.md`: Signed commands).
+    pub command_keys: crate::api::envelope::CommandKeys,
 }
 
 struct Terminal {

@@ -19,6 +19,7 @@ fn record(store: &Store, id: &str) -> CommandRecord {
         journal: vec![],
         result: None,
         refunds: vec![],
+        sig: None,
         reconciled: None,
     }
 }
