@@ -42,11 +42,17 @@ pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)>
 
 fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
     let ep = cfg.mqtt.endpoint()?;
-    if ep.tls {
-        anyhow::bail!(
-            "mqtt.url: mqtts:// is not supported by this build yet; use mqtt:// on a trusted network or a local TLS bridge"
-        );
-    }
+    let tls = if ep.tls {
+        Some(crate::bus::tls::client_config(
+            &crate::bus::tls::TlsFiles {
+                ca_file: cfg.mqtt.ca_file.clone(),
+                client_cert_file: cfg.mqtt.client_cert_file.clone(),
+                client_key_file: cfg.mqtt.client_key_file.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
     let password = match &cfg.mqtt.password_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -66,6 +72,7 @@ fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
         max_incoming: MAX_INCOMING.max(cfg.commands.max_bytes * 4),
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
+        tls,
     })
 }
 
