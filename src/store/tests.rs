@@ -102,3 +102,61 @@ async fn concurrent_commits_all_complete() {
     }
     assert_eq!(store.unfinished().expect("list").len(), 50);
 }
+
+/// Fill a store with committed records, close it, damage it with `damage`, reopen.
+async fn damaged(damage: impl FnOnce(&std::path::Path)) -> (tempfile::TempDir, OpenReport, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    {
+        let (store, _) = Store::open(&path).expect("open");
+        for i in 0..2000 {
+            let r = record(&store, &format!("r{i}"));
+            store.write(&[&r], &[]).expect("write");
+        }
+        store.commit().await.expect("commit");
+    }
+    damage(&path.join("sled"));
+    let (store, report) = Store::open(&path).expect("reopen after damage");
+    (dir, report, store)
+}
+
+#[tokio::test]
+async fn truncated_data_file_is_detected_not_silently_shortened() {
+    let (_d, report, store) = damaged(|sled| {
+        let f = std::fs::OpenOptions::new().write(true).open(sled.join("db")).expect("open");
+        let len = f.metadata().expect("meta").len();
+        f.set_len(len / 2).expect("truncate");
+    })
+    .await;
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    assert!(report.error.as_deref().is_some_and(|e| e.contains("lost committed data")), "{report:?}");
+    assert!(store.unfinished().expect("list").is_empty(), "fresh store");
+}
+
+#[tokio::test]
+async fn missing_data_file_is_detected() {
+    let (_d, report, _s) = damaged(|sled| std::fs::remove_file(sled.join("db")).expect("rm")).await;
+    assert!(report.moved_aside.is_some(), "{report:?}");
+}
+
+#[tokio::test]
+async fn garbled_data_file_is_detected_even_when_sled_panics() {
+    let (_d, report, _s) = damaged(|sled| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(sled.join("db")).expect("open");
+        let len = f.metadata().expect("meta").len();
+        f.seek(SeekFrom::Start(len / 4)).expect("seek");
+        f.write_all(&[0xFF; 4096]).expect("garble");
+    })
+    .await;
+    let aside = report.moved_aside.expect("moved aside");
+    assert!(std::path::Path::new(&aside).join("db").exists(), "damaged copy kept");
+    assert!(std::path::Path::new(&format!("{aside}.mark")).exists(), "its watermark kept beside it");
+}
+
+#[tokio::test]
+async fn healthy_reopen_passes_the_watermark() {
+    let (_d, report, store) = damaged(|_| {}).await;
+    assert!(report.moved_aside.is_none(), "{report:?}");
+    assert_eq!(store.unfinished().expect("list").len(), 2000);
+}
