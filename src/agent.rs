@@ -28,11 +28,10 @@ pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)>
         .iter()
         .map(|t| {
             let d: DynDriver = match t {
-                TerminalConfig::Ip(ip) => Arc::new(IpDriver::new(
-                    ip.addr.clone(),
-                    ip.connect_timeout,
-                    ip.op_timeout,
-                )),
+                TerminalConfig::Ip(ip) => Arc::new(
+                    IpDriver::new(ip.addr.clone(), ip.connect_timeout, ip.op_timeout)
+                        .with_recovery_window(ip.recovery_window),
+                ),
                 other => Arc::new(Unavailable::new(other.kind_name())),
             };
             (t.id().to_string(), d)

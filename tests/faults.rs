@@ -73,7 +73,11 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         .unwrap_or(20261123);
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let mut mosq = if mosquitto_available() { Some(Mosquitto::start()) } else { None };
+    let mut mosq = if mosquitto_available() {
+        Some(Mosquitto::start())
+    } else {
+        None
+    };
     let port = match &mosq {
         Some(m) => m.port,
         None => embedded().port(),
@@ -89,7 +93,9 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec {
         queue_depth: 64,
-        ..AgentSpec::new("shop-faults", port).ip("ip-1", a1).ip("ip-2", a2)
+        ..AgentSpec::new("shop-faults", port)
+            .ip("ip-1", a1)
+            .ip("ip-2", a2)
     };
     let cloud = Cloud::connect(port, "shop-faults", "cloud-faults", true).await;
     let mut agent = Agent::start(&spec, dir.path());
@@ -168,7 +174,9 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     // Quiesce: every command id sent must reach a final result.
     for id in sent.keys() {
         cloud
-            .wait("result", Duration::from_secs(60), |v| v["id"] == id.as_str())
+            .wait("result", Duration::from_secs(60), |v| {
+                v["id"] == id.as_str()
+            })
             .await;
     }
     // Invariants.
@@ -176,13 +184,19 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in cloud.all("result") {
         if let Some(id) = r["id"].as_str() {
-            let key = format!("{}|{}|{}", r["state"], r["payment"]["transaction_id"], r["error"]["code"]);
+            let key = format!(
+                "{}|{}|{}",
+                r["state"], r["payment"]["transaction_id"], r["error"]["code"]
+            );
             by_id.entry(id.to_string()).or_default().insert(key);
         }
     }
     for (id, outcomes) in &by_id {
         if outcomes.len() != 1 {
-            violations.push(format!("{id}: {} different final outcomes {outcomes:?}", outcomes.len()));
+            violations.push(format!(
+                "{id}: {} different final outcomes {outcomes:?}",
+                outcomes.len()
+            ));
         }
     }
     for id in sent.keys() {
@@ -199,7 +213,9 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     assert!(st.success());
     agent.restart(&[]);
     let status = cloud
-        .wait("status", Duration::from_secs(20), |v| v["state"] == "online")
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online"
+        })
         .await;
     if status.get("store").is_some() {
         violations.push(format!("store reported damage: {status}"));

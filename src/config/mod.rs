@@ -293,6 +293,10 @@ pub struct IpTerminal {
     /// How long to wait for the terminal to answer a pay.
     #[serde(default = "default_op_timeout", with = "duration_str")]
     pub op_timeout: Duration,
+    /// After a lost answer, how long to keep asking the terminal `status` by ref before the
+    /// outcome is reported `unknown` (+ needs_reconciliation).
+    #[serde(default = "default_recovery_window", with = "duration_str")]
+    pub recovery_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -390,6 +394,10 @@ fn default_keep_alive() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_recovery_window() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_op_timeout() -> Duration {
     Duration::from_secs(120)
 }

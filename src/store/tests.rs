@@ -123,13 +123,22 @@ async fn damaged(damage: impl FnOnce(&std::path::Path)) -> (tempfile::TempDir, O
 #[tokio::test]
 async fn truncated_data_file_is_detected_not_silently_shortened() {
     let (_d, report, store) = damaged(|sled| {
-        let f = std::fs::OpenOptions::new().write(true).open(sled.join("db")).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(sled.join("db"))
+            .expect("open");
         let len = f.metadata().expect("meta").len();
         f.set_len(len / 2).expect("truncate");
     })
     .await;
     assert!(report.moved_aside.is_some(), "{report:?}");
-    assert!(report.error.as_deref().is_some_and(|e| e.contains("lost committed data")), "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("lost committed data")),
+        "{report:?}"
+    );
     assert!(store.unfinished().expect("list").is_empty(), "fresh store");
 }
 
@@ -143,15 +152,24 @@ async fn missing_data_file_is_detected() {
 async fn garbled_data_file_is_detected_even_when_sled_panics() {
     let (_d, report, _s) = damaged(|sled| {
         use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(sled.join("db")).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(sled.join("db"))
+            .expect("open");
         let len = f.metadata().expect("meta").len();
         f.seek(SeekFrom::Start(len / 4)).expect("seek");
         f.write_all(&[0xFF; 4096]).expect("garble");
     })
     .await;
     let aside = report.moved_aside.expect("moved aside");
-    assert!(std::path::Path::new(&aside).join("db").exists(), "damaged copy kept");
-    assert!(std::path::Path::new(&format!("{aside}.mark")).exists(), "its watermark kept beside it");
+    assert!(
+        std::path::Path::new(&aside).join("db").exists(),
+        "damaged copy kept"
+    );
+    assert!(
+        std::path::Path::new(&format!("{aside}.mark")).exists(),
+        "its watermark kept beside it"
+    );
 }
 
 #[tokio::test]
