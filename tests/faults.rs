@@ -172,15 +172,31 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     }
 
     // Quiesce: every command id sent must reach a final result.
-    for id in sent.keys() {
-        cloud
-            .wait("result", Duration::from_secs(60), |v| {
-                v["id"] == id.as_str()
-            })
-            .await;
-    }
-    // Invariants.
     let mut violations = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: BTreeSet<String> = cloud
+            .all("result")
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = sent.keys().filter(|id| !have.contains(*id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = agent.log();
+            for id in missing {
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(id.as_str())).collect();
+                violations.push(format!(
+                    "{id}: no result; agent log mentions:\n  {}",
+                    lines.join("\n  ")
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in cloud.all("result") {
         if let Some(id) = r["id"].as_str() {
