@@ -133,6 +133,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             health_interval: Duration::from_secs(30),
             version: crate::VERSION.to_string(),
             command_keys,
+            retention: cfg.store.retention,
         },
         build_drivers(&cfg, &env),
         outbox_notify.clone(),

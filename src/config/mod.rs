@@ -111,6 +111,10 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Empty in the file means `<path>/device.key` (filled in by `load`).
     pub key_file: PathBuf,
+    /// Finished commands older than this are deleted (ids older than this may run again:
+    /// the idempotency window). Unfinished ones are never deleted.
+    #[serde(with = "duration_str")]
+    pub retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +122,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("/var/lib/posbridge"),
             key_file: PathBuf::new(),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -335,6 +335,55 @@ impl Store {
         Ok(self.db.get(secret_key(terminal, name))?.map(|v| v.to_vec()))
     }
 
+    /// Delete finished records that finished before `before`, oldest first, at most
+    /// `limit`. The newest record is always kept (the watermark points at it). Returns how
+    /// many were deleted. Not synced: a prune lost in a crash simply happens again.
+    pub fn prune(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let newest = self
+            .db
+            .scan_prefix(RECENT)
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| seq_of(&k));
+        let mut deleted = 0;
+        for item in self.db.scan_prefix(RECENT) {
+            if deleted >= limit {
+                break;
+            }
+            let (k, id) = item?;
+            if seq_of(&k) == newest {
+                break;
+            }
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let finished_before = match self.get(&id) {
+                Ok(Some(r)) => {
+                    r.state.is_final()
+                        && r.result
+                            .as_ref()
+                            .and_then(|res| res.finished_at.as_deref())
+                            .and_then(|f| chrono::DateTime::parse_from_rfc3339(f).ok())
+                            .is_some_and(|f| f < before)
+                }
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if !finished_before {
+                // Keep scanning: an old unfinished record must not block pruning after it.
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            batch.remove(k.to_vec());
+            batch.remove(key(CMD, id.as_bytes()));
+            self.db.apply_batch(batch)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }

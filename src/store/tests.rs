@@ -178,3 +178,33 @@ async fn healthy_reopen_passes_the_watermark() {
     assert!(report.moved_aside.is_none(), "{report:?}");
     assert_eq!(store.unfinished().expect("list").len(), 2000);
 }
+
+#[tokio::test]
+async fn prune_deletes_old_finished_records_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let old = chrono::Utc::now() - chrono::Duration::days(40);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut r = record(&store, &format!("p{i}"));
+        if i != 2 {
+            let mut res = ResultMsg::new(Some(r.cmd.id.clone()), FinalState::Succeeded);
+            res.finished_at = Some(crate::api::ts(old));
+            r.state = CmdState::Succeeded;
+            r.result = Some(res);
+        }
+        store.write(&[&r], &[]).expect("write");
+        ids.push(r.cmd.id.clone());
+    }
+    store.commit().await.expect("commit");
+    let n = store
+        .prune(chrono::Utc::now() - chrono::Duration::days(30), 100)
+        .expect("prune");
+    // p0, p1, p3 go; p2 is unfinished; p4 is the newest and keeps the watermark valid.
+    assert_eq!(n, 3);
+    assert!(store.get("p0").expect("get").is_none());
+    assert!(store.get("p2").expect("get").is_some());
+    assert!(store.get("p4").expect("get").is_some());
+    let left: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id).collect();
+    assert_eq!(left, vec!["p4".to_string(), "p2".to_string()]);
+}
