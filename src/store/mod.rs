@@ -152,6 +152,16 @@ impl Store {
             }
         };
         let data_file = path.join("db");
+        // Whatever the outbox holds at open was read back from disk: durable.
+        if let Some(last) = db
+            .scan_prefix(OUTBOX)
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| seq_of(&k))
+        {
+            mark.note_outbox(last);
+            mark.outbox_synced(last);
+        }
         let syncer = Syncer::start(db.clone(), data_file, path.join("blobs"), mark);
         let store = Store {
             db,
@@ -246,8 +256,10 @@ impl Store {
             batch.insert(seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
         }
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut max_outbox = 0;
         for m in outbox {
             let seq = self.next_seq()?;
+            max_outbox = seq;
             let v = serde_json::to_vec(m).map_err(|source| StoreError::Corrupt {
                 key: format!("outbox/{seq}"),
                 source,
@@ -255,19 +267,27 @@ impl Store {
             batch.insert(seq_key(OUTBOX, seq), v);
         }
         self.db.apply_batch(batch)?;
-        // Only after the batch is applied: a sync that reads this mark covers the batch.
+        // Only after the batch is applied: a sync that reads these marks covers the batch.
         if let Some(max) = records.iter().map(|r| r.seq).max() {
             self.syncer.mark().note(max);
+        }
+        if max_outbox > 0 {
+            self.syncer.mark().note_outbox(max_outbox);
         }
         Ok(())
     }
 
-    /// Outbox entries with seq ≥ `from`, oldest first, at most `limit`.
+    /// Durable outbox entries with seq ≥ `from`, oldest first, at most `limit`. Entries
+    /// written but not yet covered by a completed sync are not returned.
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, OutMsg)>, StoreError> {
         let mut out = Vec::new();
+        let durable = self.syncer.mark().outbox_durable();
+        if durable < from {
+            return Ok(out);
+        }
         for item in self
             .db
-            .range(seq_key(OUTBOX, from)..seq_key(OUTBOX, u64::MAX))
+            .range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable))
             .take(limit)
         {
             let (k, v) = item?;
@@ -394,10 +414,17 @@ impl Store {
 /// data is durable. On open, that record must be there; if it is not, sled has silently
 /// lost committed data (a truncated or missing data file) and the store is treated as
 /// damaged instead of starting quietly from what is left.
+///
+/// It also keeps the outbox's durability line: the highest outbox seq covered by a
+/// completed sync. The pump publishes only up to that line, so no result can reach the
+/// cloud before it is on disk (a result published and then lost in a crash could be
+/// followed by a different outcome for the same id).
 pub(crate) struct Mark {
     path: PathBuf,
     noted: std::sync::atomic::AtomicU64,
     written: std::sync::atomic::AtomicU64,
+    outbox_noted: std::sync::atomic::AtomicU64,
+    outbox_durable: std::sync::atomic::AtomicU64,
 }
 
 impl Mark {
@@ -406,6 +433,8 @@ impl Mark {
             path,
             noted: Default::default(),
             written: Default::default(),
+            outbox_noted: Default::default(),
+            outbox_durable: Default::default(),
         }
     }
 
@@ -460,6 +489,27 @@ impl Mark {
 
     pub(crate) fn noted(&self) -> u64 {
         self.noted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_outbox(&self, seq: u64) {
+        self.outbox_noted
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Read before a flush starts: every outbox entry up to here is covered by it.
+    pub(crate) fn outbox_noted(&self) -> u64 {
+        self.outbox_noted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After the flush that started at `upto` completed.
+    pub(crate) fn outbox_synced(&self, upto: u64) {
+        self.outbox_durable
+            .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn outbox_durable(&self) -> u64 {
+        self.outbox_durable
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

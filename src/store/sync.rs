@@ -42,7 +42,9 @@ impl Syncer {
                 let mark = task_mark.clone();
                 let res = tokio::task::spawn_blocking(move || {
                     let upto = mark.noted();
+                    let outbox_upto = mark.outbox_noted();
                     durable_flush(&db, &data_file, &blobs_dir)?;
+                    mark.outbox_synced(outbox_upto);
                     mark.persist(upto)
                         .map_err(|e| format!("store watermark: {e}"))
                 })
