@@ -255,3 +255,87 @@ async fn kill9_between_basket_and_result_never_sells_twice() {
     assert!(ctl.total_sales() <= 3);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usb_transport_reports_device_unavailable_for_now() {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = AgentSpec::new("tok-usb", broker.port());
+    s.extra = "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"usb\"\n".into();
+    let cloud = Cloud::connect(broker.port(), "tok-usb", "cloud-tok-usb", false).await;
+    let _agent = Agent::start(&s, dir.path());
+    cloud.online().await;
+    cloud
+        .send(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"}))
+        .await;
+    let res = cloud.result("u-1").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "device_unavailable");
+    let msg = res["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("USB transport not in this build yet"), "{msg}");
+    // A bad basket is still rejected up front, whatever the transport.
+    let mut bad = sale("u-2");
+    bad["basket"]["items"][0]["section_no"] = json!("one");
+    cloud.send(bad).await;
+    let res = cloud.result("u-2").await;
+    assert_eq!(res["state"], "rejected");
+    assert!(res["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("field basket.items[0].section_no")));
+}
+
+/// Strict mode: a register whose certificate chains to the configured CA and whose
+/// serialNumber matches its fiscal number sells; one signed by another CA is refused at
+/// the handshake and never receives a basket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
+    use posbridge::sim::token::TestCa;
+    let broker = embedded();
+    let ca = TestCa::generate("Test OKC-S2").expect("ca");
+    let stranger = TestCa::generate("Not Kamu SM").expect("ca");
+    let good = TokenSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions::default(),
+        Some(&ca),
+    )
+    .await
+    .expect("sim");
+    let bad = TokenSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions::default(),
+        Some(&stranger),
+    )
+    .await
+    .expect("sim");
+    let (good_addr, bad_addr, bad_ctl) = (good.local_addr(), bad.local_addr(), bad.control());
+    let stop = CancellationToken::new();
+    good.spawn(stop.clone());
+    bad.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = dir.path().join("okc-s2.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("ca file");
+    let mut s = AgentSpec::new("tok-strict", broker.port());
+    for (id, addr) in [("token-1", good_addr), ("token-2", bad_addr)] {
+        s.extra.push_str(&format!(
+            "[[terminals]]\nid = \"{id}\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{addr}\"\nstrict = true\nca_file = \"{}\"\n",
+            ca_path.display()
+        ));
+    }
+    let cloud = Cloud::connect(broker.port(), "tok-strict", "cloud-tok-strict", false).await;
+    let agent = Agent::start(&s, dir.path());
+    cloud.online().await;
+    cloud.send(sale("st-1")).await;
+    let res = cloud.result("st-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
+
+    let mut other = sale("st-2");
+    other["terminal"] = json!("token-2");
+    cloud.send(other).await;
+    let res = cloud.result("st-2").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "device_error");
+    let msg = res["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("does not chain to the configured CA"), "{msg}");
+    assert_eq!(bad_ctl.baskets_received(), 0);
+    stop.cancel();
+}
