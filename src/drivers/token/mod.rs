@@ -249,44 +249,34 @@ impl TokenDriver {
             );
         }
         ctx.progress("BasketSent", Some(json!({ "basket_id": id })));
-        match session.send_basket(&body).await {
-            Ok(Ok(())) => {}
+        let lost = match session.send_basket(&body).await {
+            Ok(Ok(())) => {
+                ctx.progress("WaitCustomer", Some(json!({ "basket_id": id })));
+                match session
+                    .wait_sale(&id, self.cfg.op_timeout, NOT_PROCESSED_GRACE)
+                    .await
+                {
+                    Ok(Ok(end)) => {
+                        drop(slot);
+                        return self.finish(ctx, end_record(&end)).await;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                }
+            }
             Ok(Err(DeviceError::Error(text))) => {
                 // The register answered the basket with a type 60 instead of `1 OK`.
+                drop(slot);
                 let rec = json!({ "kind": "refused", "error": text });
                 return self.finish(ctx, rec).await;
             }
-            Ok(Err(e)) => {
-                *slot = None;
-                drop(slot);
-                return self.recover(ctx, &id, &format!("{e}")).await;
-            }
-            Err(e) => {
-                *slot = None;
-                drop(slot);
-                return self.recover(ctx, &id, &format!("{e}")).await;
-            }
-        }
-        ctx.progress("WaitCustomer", Some(json!({ "basket_id": id })));
-        let end = session
-            .wait_sale(&id, self.cfg.op_timeout, NOT_PROCESSED_GRACE)
-            .await;
-        match end {
-            Ok(Ok(end)) => {
-                drop(slot);
-                self.finish(ctx, end_record(&end)).await
-            }
-            Ok(Err(e)) => {
-                *slot = None;
-                drop(slot);
-                self.recover(ctx, &id, &format!("{e}")).await
-            }
-            Err(e) => {
-                *slot = None;
-                drop(slot);
-                self.recover(ctx, &id, &format!("{e}")).await
-            }
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        // The basket may have reached the register: this link is no longer trusted.
+        *slot = None;
+        drop(slot);
+        self.recover(ctx, &id, &lost).await
     }
 
     /// The basket may have reached the register but its answer is lost: reconnect and
