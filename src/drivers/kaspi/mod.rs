@@ -194,15 +194,16 @@ impl KaspiDriver {
             Ask::Status => "status",
             Ask::Actualize => "actualize",
         };
+        let answer = client
+            .call(route, &[("processId", process_id.to_string())])
+            .await;
         if ask == Ask::Actualize {
+            // After the answer: the terminal saw the call before this instant.
             if let Ok(mut m) = self.actualized.lock() {
                 m.insert(process_id.to_string(), Instant::now());
             }
         }
-        match client
-            .call(route, &[("processId", process_id.to_string())])
-            .await
-        {
+        match answer {
             Ok(data) => match StatusData::parse(&data) {
                 Ok(d) => Answer::Data(d),
                 Err(e) => Answer::Error(e),

@@ -100,6 +100,11 @@ impl Process {
     }
 
     pub fn on_answer(&mut self, asked: Ask, now: Instant, answer: Answer) -> Step {
+        if asked == Ask::Actualize {
+            // Counted from the answer, which comes after the terminal saw the call: the
+            // next one then reaches it at least `actualize_every` later.
+            self.last_actualize = Some(now);
+        }
         match answer {
             Answer::Data(d) => self.on_data(now, d),
             Answer::Error(e) => self.on_error(asked, now, e),
@@ -206,7 +211,6 @@ impl Process {
                 device_code: None,
             });
         }
-        self.last_actualize = Some(at);
         Step::Ask {
             ask: Ask::Actualize,
             at,
