@@ -150,6 +150,18 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     let stats = sim.stats();
     let control = sim.control();
     let sim_task = sim.spawn(shutdown.clone());
+    let kaspi = crate::sim::kaspi::KaspiSim::bind(
+        "127.0.0.1:0".parse()?,
+        crate::sim::kaspi::SimOptions {
+            seed: Some(7),
+            customer_time: Duration::from_millis(600),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting the Kaspi simulator")?;
+    let kaspi_url = kaspi.url();
+    let kaspi_task = kaspi.spawn(shutdown.clone());
 
     let dir = tempfile::tempdir().context("temporary store directory")?;
     let cfg = Config::from_toml_str(&format!(
@@ -165,6 +177,12 @@ interval = "5s"
 id = "ip-1"
 kind = "ip"
 addr = "{sim_addr}"
+[[terminals]]
+id = "kaspi-1"
+kind = "kaspi"
+url = "{kaspi_url}"
+protected = false
+poll_interval = "200ms"
 "#,
         store = dir.path().join("store").display()
     ))?;
@@ -216,6 +234,25 @@ addr = "{sim_addr}"
             id: Some("demo-refund-1"),
             expect_state: "succeeded",
             expect_code: None,
+        },
+        Step {
+            title: "Kaspi Smart POS: QR payment (approved; 1 511 ₸ = 151100 tiyn)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kaspi-1","op":"payment","terminal":"kaspi-1","amount":151100,"currency":"KZT"}),
+            ),
+            id: Some("demo-kaspi-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title:
+                "Kaspi Smart POS: amount in tiyn (rejected before the terminal: whole tenge only)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kaspi-2","op":"payment","terminal":"kaspi-1","amount":150050,"currency":"KZT"}),
+            ),
+            id: Some("demo-kaspi-2"),
+            expect_state: "rejected",
+            expect_code: Some("invalid_amount"),
         },
         Step {
             title: "malformed command",
@@ -318,6 +355,7 @@ addr = "{sim_addr}"
     }
     shutdown.cancel();
     let _ = sim_task.await;
+    let _ = kaspi_task.await;
     println!(
         "\n{}",
         if ok {
