@@ -98,6 +98,20 @@ fn register(spec: &AgentSpec, dir: &Path) -> std::process::Output {
         .expect("run register")
 }
 
+fn contains_in_dir(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            contains_in_dir(&p, needle)
+        } else {
+            std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_declines_refund_and_device_info_over_http() {
     let broker = embedded();
@@ -384,6 +398,16 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(s.stats.counts().revokes, 0);
 
+    // Tokens are encrypted at rest and never logged.
+    let (access, refresh) = s.stats.tokens_of("posbridge-test").expect("issued");
+    for needle in [&access, &refresh] {
+        assert!(
+            !contains_in_dir(&dir.path().join("store"), needle.as_bytes()),
+            "token in clear in the store"
+        );
+        assert!(!agent.log().contains(needle.as_str()), "token in the log");
+    }
+
     // 403: token past its expiration → one renewal, then the payment runs.
     s.control.expire_tokens_now();
     cloud.send(kzt("t-2", 11_200)).await;
@@ -510,6 +534,17 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
         m.contains("pin mismatch") && m.contains(&tls.cert_sha256),
         "{m}"
     );
+    // A payment to the mismatching terminal never leaves the agent: failed, not unknown.
+    cloud
+        .send(json!({"v":1,"id":"p-kaspi-2","op":"payment","terminal":"kaspi-2","amount":11_200,"currency":"KZT"}))
+        .await;
+    let r = result(&cloud, "p-kaspi-2").await;
+    assert_eq!(
+        (r["state"].as_str(), r["error"]["code"].as_str()),
+        (Some("failed"), Some("device_unavailable")),
+        "{r}"
+    );
+    assert_eq!(s.stats.counts().payments_started, 0);
     let unverified = result(&cloud, "i-kaspi-3").await;
     assert_eq!(unverified["state"], "failed", "{unverified}");
     assert_eq!(result(&cloud, "i-kaspi-4").await["state"], "succeeded");

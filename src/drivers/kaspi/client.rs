@@ -131,17 +131,19 @@ impl KaspiClient {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let transport = |e: reqwest::Error| CallError::Transport {
-            sent: !e.is_connect() && !e.is_builder(),
-            message: format!(
-                "{route}: {} ({})",
-                tls::chain(&e),
-                if e.is_connect() {
-                    "could not connect: is the terminal on, is the url right, does a firewall block port 8080?"
-                } else {
-                    "the request may have reached the terminal"
-                }
-            ),
+        // without_url: the query of /v2/revoke carries the refresh token.
+        let transport = |e: reqwest::Error| {
+            let connect = e.is_connect();
+            let sent = !connect && !e.is_builder();
+            let hint = if connect {
+                "could not connect: is the terminal on, is the url right, does a firewall block port 8080?"
+            } else {
+                "the request may have reached the terminal"
+            };
+            CallError::Transport {
+                sent,
+                message: format!("{route}: {} ({hint})", tls::chain(&e.without_url())),
+            }
         };
         let mut resp = req.send().await.map_err(transport)?;
         let http = resp.status().as_u16();

@@ -51,6 +51,9 @@ impl KaspiDriver {
         if cfg.actualize_interval < Duration::from_secs(10) {
             tracing::warn!(terminal = id, interval = ?cfg.actualize_interval, "actualize_interval is below the 10 s the Kaspi documentation allows (tests and simulators only)");
         }
+        if cfg.protected && cfg.url.starts_with("http://") {
+            tracing::warn!(terminal = id, "protected = true over http://: the access token travels in clear, and a terminal with protection on refuses plain HTTP; use https://");
+        }
         let client = KaspiClient::new(id, cfg, env.secrets.clone()).map_err(|e| {
             let msg = format!("terminal {id}: {e}");
             tracing::error!("{msg}");

@@ -40,6 +40,10 @@ pub fn build(id: &str, cfg: &KaspiTerminal) -> Result<Endpoint, String> {
         url.set_host(Some(name))
             .map_err(|e| format!("tls_name {name:?}: {e}"))?;
         b = b.resolve(name, SocketAddr::new(ip, port));
+    } else if let (Some(name), None) = (cfg.tls_name.as_deref(), ip) {
+        if url.host_str() != Some(name) {
+            tracing::warn!(terminal = id, tls_name = name, "tls_name is used only when url holds an IP address; the certificate is checked against the url's host name");
+        }
     }
     if https {
         match cfg.tls {

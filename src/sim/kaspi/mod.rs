@@ -177,6 +177,11 @@ impl SimStats {
     pub fn process_ids(&self) -> Vec<String> {
         self.shared.lock().process_ids()
     }
+
+    /// The current (access, refresh) token pair issued to a register name.
+    pub fn tokens_of(&self, name: &str) -> Option<(String, String)> {
+        self.shared.lock().tokens_of(name)
+    }
 }
 
 /// Fault knobs, settable while the simulator runs. Cheap to clone.

@@ -19,6 +19,13 @@ pub(super) struct Client {
 }
 
 impl Terminal {
+    /// The current (access, refresh) pair of a register name, for tests.
+    pub fn tokens_of(&self, name: &str) -> Option<(String, String)> {
+        self.clients
+            .get(name)
+            .map(|c| (c.access.clone(), c.refresh.clone()))
+    }
+
     /// Check the `accesstoken` header of a protected route.
     pub fn authorize(&mut self, token: Option<&str>) -> Result<(), Reply> {
         if !self.settings.protected {
