@@ -550,3 +550,62 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
     assert_eq!(result(&cloud, "i-kaspi-4").await["state"], "succeeded");
     assert!(agent.log().contains("tls = \\\"insecure\\\"") || agent.log().contains("insecure"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_waits_for_the_cashier_and_says_why_it_failed() {
+    let broker = embedded();
+    let s = sim(SimOptions {
+        cashier: Cashier::Ignore,
+        ..tls_opts(true)
+    })
+    .await;
+    let tls = s.tls.clone().expect("tls");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("sim-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).expect("ca");
+    let keys = format!(
+        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n",
+        ca.display()
+    );
+    let url = format!("https://127.0.0.1:{}", s.port);
+    let t = terminal("kaspi-1", &url, true, &keys)
+        .replace("register_timeout = \"10s\"", "register_timeout = \"1s\"");
+    let sp = spec("kaspi-reg", broker.port(), &[t]);
+
+    // Nobody presses anything: the command gives up after register_timeout.
+    let out = register(&sp, dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("did the cashier press"), "{err}");
+    // The cashier presses "Deny": the terminal's 105 text is shown.
+    s.control
+        .set_cashier(Cashier::Deny(Duration::from_millis(50)));
+    let out = register(&sp, dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Register Error"), "{err}");
+    // Without a token the agent refuses payments with the enrolment hint.
+    let cloud = Cloud::connect(broker.port(), "kaspi-reg", "cloud-kaspi-reg", false).await;
+    let mut agent = Agent::start(&sp, dir.path());
+    cloud.online().await;
+    cloud.send(kzt("n-1", 11_200)).await;
+    let r = result(&cloud, "n-1").await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("posbridge kaspi register kaspi-1")));
+    assert_eq!(s.stats.counts().payments_started, 0);
+    assert!(agent.sigterm().success());
+    // "Allow": registered, and the agent pays.
+    s.control
+        .set_cashier(Cashier::Allow(Duration::from_millis(50)));
+    let out = register(&sp, dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.spawn(&[]);
+    cloud.send(kzt("n-2", 11_200)).await;
+    assert_eq!(result(&cloud, "n-2").await["state"], "succeeded");
+}
