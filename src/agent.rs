@@ -12,6 +12,7 @@ use crate::api::Topics;
 use crate::bus::{self, BusConfig, BusStats, Pump};
 use crate::config::{Config, TerminalConfig};
 use crate::drivers::ip::IpDriver;
+use crate::drivers::kaspi::KaspiDriver;
 use crate::drivers::token::{TokenDriver, TokenSettings};
 use crate::drivers::unavailable::Unavailable;
 use crate::drivers::{DriverEnv, DynDriver};
@@ -37,6 +38,7 @@ pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> 
                     TokenSettings::from(tk),
                     env.agent_id.clone(),
                 )),
+                TerminalConfig::Kaspi(k) => Arc::new(KaspiDriver::new(&k.id, k, env)),
                 other => Arc::new(Unavailable::new(other.kind_name())),
             };
             (t.id().to_string(), d)

@@ -162,6 +162,18 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     .context("starting the Token register simulator")?;
     let token_addr = token_sim.local_addr();
     let token_task = token_sim.spawn(shutdown.clone());
+    let kaspi = crate::sim::kaspi::KaspiSim::bind(
+        "127.0.0.1:0".parse()?,
+        crate::sim::kaspi::SimOptions {
+            seed: Some(7),
+            customer_time: Duration::from_millis(600),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting the Kaspi simulator")?;
+    let kaspi_url = kaspi.url();
+    let kaspi_task = kaspi.spawn(shutdown.clone());
 
     let dir = tempfile::tempdir().context("temporary store directory")?;
     let cfg = Config::from_toml_str(&format!(
@@ -182,6 +194,12 @@ id = "token-1"
 kind = "token"
 transport = "tcp"
 addr = "{token_addr}"
+[[terminals]]
+id = "kaspi-1"
+kind = "kaspi"
+url = "{kaspi_url}"
+protected = false
+poll_interval = "200ms"
 "#,
         store = dir.path().join("store").display()
     ))?;
@@ -258,6 +276,25 @@ addr = "{token_addr}"
             id: Some("demo-fiscal-2"),
             expect_state: "rejected",
             expect_code: Some("bad_request"),
+        },
+        Step {
+            title: "Kaspi Smart POS: QR payment (approved; 1 511 ₸ = 151100 tiyn)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kaspi-1","op":"payment","terminal":"kaspi-1","amount":151100,"currency":"KZT"}),
+            ),
+            id: Some("demo-kaspi-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title:
+                "Kaspi Smart POS: amount in tiyn (rejected before the terminal: whole tenge only)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kaspi-2","op":"payment","terminal":"kaspi-1","amount":150050,"currency":"KZT"}),
+            ),
+            id: Some("demo-kaspi-2"),
+            expect_state: "rejected",
+            expect_code: Some("invalid_amount"),
         },
         Step {
             title: "malformed command",
@@ -361,6 +398,7 @@ addr = "{token_addr}"
     shutdown.cancel();
     let _ = sim_task.await;
     let _ = token_task.await;
+    let _ = kaspi_task.await;
     println!(
         "\n{}",
         if ok {

@@ -56,6 +56,11 @@ enum Cmd {
         /// File with the command JSON; stdin when absent. Its bytes are signed exactly as given.
         command: Option<PathBuf>,
     },
+    /// Kaspi Smart POS tools (registration of the register with the terminal).
+    Kaspi {
+        #[command(subcommand)]
+        action: KaspiCmd,
+    },
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]
@@ -70,6 +75,17 @@ enum SecretCmd {
     Set {
         terminal: String,
         name: String,
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KaspiCmd {
+    /// Register with the terminal's protected API: the cashier presses "Allow" on the
+    /// terminal; the tokens are stored encrypted. Stop the agent first (single-process store).
+    Register {
+        terminal: String,
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -109,6 +125,36 @@ enum SimKind {
         /// Simulated cashier/customer time per sale, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+    },
+    /// Kaspi Smart POS (kaspi.md, LAN API v2). Amount conventions: see the README.
+    Kaspi {
+        /// Address to listen on (the terminal's port is 8080).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Serve HTTPS with a generated certificate and require tokens (protected API).
+        #[arg(long)]
+        tls: bool,
+        /// The certificate's name with --tls.
+        #[arg(long, default_value = "pos1.kaspiros.kz")]
+        tls_name: String,
+        /// Write the simulator's CA certificate (PEM) here, for the driver's ca_file.
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
+        /// Seed for a deterministic sequence of methods, outcomes and ids.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Customer time per payment, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        customer_ms: u64,
+        /// Probability that an amount without a convention is declined (0.0–1.0).
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// The cashier presses "Allow" this long after a register request.
+        #[arg(long, default_value_t = 2000)]
+        approve_after_ms: u64,
+        /// Access token lifetime (e.g. "24h", "10m").
+        #[arg(long, default_value = "24h")]
+        token_lifetime: humantime::Duration,
     },
 }
 
@@ -288,6 +334,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Cmd::Kaspi {
+                action: KaspiCmd::Register { terminal, config },
+            } => {
+                init_logging(LogFormat::Text, "warn");
+                let cfg = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("posbridge: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match posbridge::drivers::kaspi::register::run(&cfg, &terminal).await {
+                    Ok(msg) => {
+                        eprintln!("posbridge: {msg}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("posbridge kaspi register: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Cmd::Sim { kind } => match kind {
                 SimKind::Ip {
                     listen,
@@ -347,6 +415,58 @@ fn main() -> ExitCode {
                         }
                         Err(e) => {
                             eprintln!("posbridge sim token: cannot start on {listen}: {e:#}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                SimKind::Kaspi {
+                    listen,
+                    tls,
+                    tls_name,
+                    ca_out,
+                    seed,
+                    customer_ms,
+                    fail_rate,
+                    approve_after_ms,
+                    token_lifetime,
+                } => {
+                    init_logging(LogFormat::Text, "info");
+                    let opts = posbridge::sim::kaspi::SimOptions {
+                        seed,
+                        customer_time: std::time::Duration::from_millis(customer_ms),
+                        tls_name: tls.then_some(tls_name),
+                        protected: tls,
+                        fail_rate,
+                        cashier: posbridge::sim::kaspi::Cashier::Allow(
+                            std::time::Duration::from_millis(approve_after_ms),
+                        ),
+                        token_lifetime: token_lifetime.into(),
+                        ..Default::default()
+                    };
+                    match posbridge::sim::kaspi::KaspiSim::bind(listen, opts).await {
+                        Ok(sim) => {
+                            println!("kaspi simulator listening on {}", sim.url());
+                            if let Some(t) = sim.tls() {
+                                println!(
+                                    "certificate for {}; pin_sha256 = \"{}\"",
+                                    t.name, t.cert_sha256
+                                );
+                                if let Some(path) = &ca_out {
+                                    if let Err(e) = std::fs::write(path, &t.ca_pem) {
+                                        eprintln!(
+                                            "posbridge sim kaspi: --ca-out {}: {e}",
+                                            path.display()
+                                        );
+                                        return ExitCode::FAILURE;
+                                    }
+                                    println!("CA certificate written to {}", path.display());
+                                }
+                            }
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim kaspi: cannot listen on {listen}: {e}");
                             ExitCode::FAILURE
                         }
                     }

@@ -285,6 +285,55 @@ pub struct KaspiTerminal {
     pub register_name: String,
     #[serde(default = "yes")]
     pub protected: bool,
+    /// `/v2/status` poll interval while a payment runs (kaspi.md: recommended 1 s).
+    #[serde(default = "kaspi::poll_interval", with = "duration_str")]
+    pub poll_interval: Duration,
+    /// Gap between two `/v2/actualize` calls (kaspi.md: at most once per 10 s).
+    #[serde(default = "kaspi::actualize_interval", with = "duration_str")]
+    pub actualize_interval: Duration,
+    /// How long an `unknown` process is actualized before the result says `unknown`.
+    #[serde(default = "kaspi::actualize_window", with = "duration_str")]
+    pub actualize_window: Duration,
+    /// Overall deadline of one payment/refund on the device (180 s QR + 60 s confirmation
+    /// + margin); past it the outcome is `unknown`, never guessed.
+    #[serde(default = "kaspi::payment_timeout", with = "duration_str")]
+    pub payment_timeout: Duration,
+    /// Timeout of one HTTP request to the terminal.
+    #[serde(default = "kaspi::request_timeout", with = "duration_str")]
+    pub request_timeout: Duration,
+    /// `posbridge kaspi register`: how long to wait for the cashier to press "Allow".
+    #[serde(default = "kaspi::register_timeout", with = "duration_str")]
+    pub register_timeout: Duration,
+    /// Renew the access token when less than this remains before `expirationDate`.
+    #[serde(default = "kaspi::renew_before", with = "duration_str")]
+    pub renew_before: Duration,
+}
+
+/// Defaults of the Kaspi terminal's timing keys (kaspi.md).
+mod kaspi {
+    use std::time::Duration;
+
+    pub fn poll_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn actualize_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn actualize_window() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn payment_timeout() -> Duration {
+        Duration::from_secs(260)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn register_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn renew_before() -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -218,6 +218,16 @@ impl KaspiTerminal {
         if self.register_name.trim().is_empty() {
             return invalid(format!("{at}.register_name"), "must not be empty");
         }
+        for (key, value) in [
+            ("poll_interval", self.poll_interval),
+            ("actualize_interval", self.actualize_interval),
+            ("actualize_window", self.actualize_window),
+            ("payment_timeout", self.payment_timeout),
+            ("request_timeout", self.request_timeout),
+            ("register_timeout", self.register_timeout),
+        ] {
+            check_positive(&format!("{at}.{key}"), value)?;
+        }
         Ok(())
     }
 }

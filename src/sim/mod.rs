@@ -2,4 +2,5 @@
 //! demo and field engineers.
 
 pub mod ip;
+pub mod kaspi;
 pub mod token;
