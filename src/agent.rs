@@ -12,6 +12,8 @@ use crate::api::Topics;
 use crate::bus::{self, BusConfig, BusStats, Pump};
 use crate::config::{Config, TerminalConfig};
 use crate::drivers::ip::IpDriver;
+use crate::drivers::kuveyt::KuveytDriver;
+use crate::drivers::paywall::PaywallDriver;
 use crate::drivers::unavailable::Unavailable;
 use crate::drivers::{DriverEnv, DynDriver};
 use crate::engine::{Engine, EngineConfig};
@@ -23,7 +25,7 @@ const MAX_INCOMING: usize = 16 * 1024 * 1024;
 /// How long a stopping agent lets running device operations reach a journalled end.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)> {
+pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> {
     cfg.terminals
         .iter()
         .map(|t| {
@@ -33,6 +35,8 @@ pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)>
                     ip.connect_timeout,
                     ip.op_timeout,
                 )),
+                TerminalConfig::Paywall(p) => Arc::new(PaywallDriver::new(p, env)),
+                TerminalConfig::Kuveyt(k) => Arc::new(KuveytDriver::new(k, env)),
                 other => Arc::new(Unavailable::new(other.kind_name())),
             };
             (t.id().to_string(), d)
