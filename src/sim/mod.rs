@@ -1,4 +1,7 @@
 //! Device simulators shipped in the binary (`posbridge sim …`), used by the tests, the
 //! demo and field engineers.
 
+pub mod http;
 pub mod ip;
+pub mod kuveyt;
+pub mod paywall;
