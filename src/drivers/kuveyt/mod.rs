@@ -461,12 +461,11 @@ impl Driver for KuveytDriver {
             return self.wait_paid(ctx, p, &created).await;
         }
         if ctx.record.last_step(STEP_CREATING).is_some() && Utc::now() > ctx.record.expires_at {
-            // The link's URL was never published (that happens after `created` is
-            // journalled), so no customer can have paid.
-            return Outcome::failed(
+            // The create may have reached the provider, but its URL was never published
+            // (that happens after `created` is journalled). Not guessed: reconcile.
+            return Outcome::unknown(
                 ErrorCode::Timeout,
-                "agent restarted before the payment link was shown and the deadline has passed; nobody can have paid",
-                None,
+                "agent restarted during the create request and the deadline has passed; the link was never shown, but the provider may hold it",
             );
         }
         if ctx.record.last_step(STEP_CREATING).is_none() && Utc::now() > ctx.record.expires_at {
