@@ -435,3 +435,39 @@ async fn crash_around_the_sale_resumes_and_sells_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_generated_certificate_and_ca_file() {
+    let opts = PaywallSimOptions {
+        tls: true,
+        ..Default::default()
+    };
+    // The certificate is made when the mock binds; the rig writes it for ca_file.
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, stop) = mock(opts).await;
+    let test_url = sim.base_url("test");
+    assert!(test_url.starts_with("https://127.0.0.1:"), "{test_url}");
+    std::fs::write(dir.path().join("ca.pem"), sim.cert_pem().expect("cert")).expect("ca");
+    let stats = sim.stats();
+    sim.spawn(stop.clone());
+    let mut spec = AgentSpec::new("pw-tls", broker.port());
+    spec.extra = terminal(
+        "test",
+        &test_url,
+        "https://paywall.invalid/live",
+        &format!(
+            "{}ca_file = \"{}\"\n",
+            key_files(dir.path()),
+            dir.path().join("ca.pem").display()
+        ),
+    );
+    let cloud = Cloud::connect(broker.port(), "pw-tls", "cloud-pw-tls", false).await;
+    let agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    cloud.send(sale("t-1", 2200)).await;
+    let res = cloud.result("t-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
+    assert_eq!(stats.payments_created(), 1);
+    stop.cancel();
+}
