@@ -325,6 +325,33 @@ async fn cancel_of_a_running_sale_goes_through_sync_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_the_device_received_the_sale_rolls_it_back() {
+    let r = rig("pw-rollback").await;
+    // 60: slow, and the device has not received the sale yet.
+    r.cloud.send(sale("rb-1", 2260)).await;
+    assert!(
+        r.stats
+            .wait_until(Duration::from_secs(20), |s| s.payments().iter().any(|p| p
+                .status
+                == posbridge::drivers::paywall::api::STATUS_WAITING))
+            .await
+    );
+    r.cloud
+        .send(json!({"v":1,"id":"rb-2","op":"cancel","target":"rb-1"}))
+        .await;
+    assert_eq!(r.cloud.result("rb-2").await["state"], "succeeded");
+    let res = r.cloud.result("rb-1").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "cancelled_by_customer");
+    assert_eq!(
+        r.stats.rollback_requests(),
+        1,
+        "sale/rollback, not sync/cancel"
+    );
+    assert_eq!(r.stats.cancel_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_or_odd_answers_are_resolved_by_inquiry() {
     let r = rig("pw-lost").await;
     // 55: answer lost; 57: 502 HTML after success; 58: empty body; 59: text/plain.

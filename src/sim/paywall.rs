@@ -242,6 +242,10 @@ impl PaywallStats {
         s.counters.cancel_requests + s.counters.rollback_requests
     }
 
+    pub fn rollback_requests(&self) -> u64 {
+        self.shared.lock().counters.rollback_requests
+    }
+
     pub fn list_requests(&self) -> u64 {
         self.shared.lock().counters.list_requests
     }
