@@ -13,8 +13,9 @@ use crate::bus::{self, BusConfig, BusStats, Pump};
 use crate::config::{Config, TerminalConfig};
 use crate::drivers::ip::IpDriver;
 use crate::drivers::kaspi::KaspiDriver;
+use crate::drivers::kuveyt::KuveytDriver;
+use crate::drivers::paywall::PaywallDriver;
 use crate::drivers::token::{TokenDriver, TokenSettings};
-use crate::drivers::unavailable::Unavailable;
 use crate::drivers::{DriverEnv, DynDriver};
 use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
@@ -39,7 +40,8 @@ pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> 
                     env.agent_id.clone(),
                 )),
                 TerminalConfig::Kaspi(k) => Arc::new(KaspiDriver::new(&k.id, k, env)),
-                other => Arc::new(Unavailable::new(other.kind_name())),
+                TerminalConfig::Paywall(p) => Arc::new(PaywallDriver::new(p, env)),
+                TerminalConfig::Kuveyt(k) => Arc::new(KuveytDriver::new(k, env)),
             };
             (t.id().to_string(), d)
         })

@@ -156,6 +156,45 @@ enum SimKind {
         #[arg(long, default_value = "24h")]
         token_lifetime: humantime::Duration,
     },
+    /// Mock Paywall PhysicalAPI (paywall.md): base URLs …/test and …/live; outcomes by
+    /// the amount's last two minor digits (README "Terminal: paywall").
+    Paywall {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        mock: MockArgs,
+        /// How long a slow sale waits on the "device" before succeeding, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        slow_ms: u64,
+    },
+    /// Mock pay-by-link API (kuveyt.md): base URLs …/test and …/live; outcomes by the
+    /// amount's last two minor digits (README "Terminal: kuveyt").
+    Kuveyt {
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        mock: MockArgs,
+    },
+}
+
+/// Options shared by the cloud mocks. The keys are the mock's own, not real secrets.
+#[derive(clap::Args)]
+struct MockArgs {
+    /// Serve HTTPS with a self-signed certificate made at start.
+    #[arg(long)]
+    tls: bool,
+    /// Where to write that certificate (PEM), for the agent's `ca_file`.
+    #[arg(long)]
+    cert_out: Option<PathBuf>,
+    #[arg(long, default_value = "test-api-key")]
+    test_api_key: String,
+    /// Paywall `apiclientprivate` / Kuveyt `X-Api-Secret` of the test environment.
+    #[arg(long, default_value = "test-secret")]
+    test_secret: String,
+    #[arg(long, default_value = "live-api-key")]
+    live_api_key: String,
+    #[arg(long, default_value = "live-secret")]
+    live_secret: String,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -246,6 +285,16 @@ fn sign(
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| anyhow::anyhow!("the command is not valid JSON: {e}"))?;
     Ok(posbridge::api::envelope::seal(&bytes, kid, &sk).to_string())
+}
+
+/// Write a mock's TLS certificate where the agent's `ca_file` can find it.
+fn write_cert(pem: Option<&str>, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match (pem, out) {
+        (Some(pem), Some(path)) => std::fs::write(path, pem)
+            .map_err(|e| anyhow::anyhow!("--cert-out {}: {e}", path.display())),
+        (None, Some(_)) => anyhow::bail!("--cert-out needs --tls"),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -357,6 +406,80 @@ fn main() -> ExitCode {
                 }
             }
             Cmd::Sim { kind } => match kind {
+                SimKind::Paywall {
+                    listen,
+                    mock,
+                    slow_ms,
+                } => {
+                    init_logging(LogFormat::Text, "info");
+                    use posbridge::sim::paywall::{Keys, PaywallSim, PaywallSimOptions};
+                    let opts = PaywallSimOptions {
+                        test: Keys {
+                            api_key: mock.test_api_key,
+                            client_key: mock.test_secret,
+                        },
+                        live: Keys {
+                            api_key: mock.live_api_key,
+                            client_key: mock.live_secret,
+                        },
+                        slow: std::time::Duration::from_millis(slow_ms),
+                        tls: mock.tls,
+                    };
+                    match PaywallSim::bind(listen, opts).await {
+                        Ok(sim) => {
+                            if let Err(e) = write_cert(sim.cert_pem(), mock.cert_out.as_deref()) {
+                                eprintln!("posbridge sim paywall: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                            println!(
+                                "paywall mock: test_url = {}  live_url = {}",
+                                sim.base_url("test"),
+                                sim.base_url("live")
+                            );
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim paywall: cannot listen on {listen}: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                SimKind::Kuveyt { listen, mock } => {
+                    init_logging(LogFormat::Text, "info");
+                    use posbridge::sim::kuveyt::{KuveytSim, KuveytSimOptions};
+                    use posbridge::sim::paywall::Keys;
+                    let opts = KuveytSimOptions {
+                        test: Keys {
+                            api_key: mock.test_api_key,
+                            client_key: mock.test_secret,
+                        },
+                        live: Keys {
+                            api_key: mock.live_api_key,
+                            client_key: mock.live_secret,
+                        },
+                        tls: mock.tls,
+                    };
+                    match KuveytSim::bind(listen, opts).await {
+                        Ok(sim) => {
+                            if let Err(e) = write_cert(sim.cert_pem(), mock.cert_out.as_deref()) {
+                                eprintln!("posbridge sim kuveyt: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                            println!(
+                                "kuveyt mock: test_url = {}  live_url = {}",
+                                sim.base_url("test"),
+                                sim.base_url("live")
+                            );
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim kuveyt: cannot listen on {listen}: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
                 SimKind::Ip {
                     listen,
                     host,

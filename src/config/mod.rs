@@ -427,6 +427,21 @@ pub struct PaywallTerminal {
     pub api_key_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "non_empty")]
     pub client_key_file: Option<PathBuf>,
+    /// How long a sync sale may take, customer time at the terminal included.
+    #[serde(default = "default_paywall_op_timeout", with = "duration_str")]
+    pub op_timeout: Duration,
+    /// After a lost or unusable answer: how long to keep asking Paywall about the sale
+    /// (by MerchantUniqueCode) before reporting `unknown`.
+    #[serde(default = "default_paywall_recovery_window", with = "duration_str")]
+    pub recovery_window: Duration,
+    /// ISO 4217 code → Paywall `CurrencyId`. Empty means `{ TRY = 1 }`, the only value
+    /// the Paywall documentation shows.
+    #[serde(default)]
+    pub currency_ids: std::collections::BTreeMap<String, u32>,
+    /// Extra trusted CA (PEM) for the provider's HTTPS, besides the system roots (tests,
+    /// private PKI).
+    #[serde(default, deserialize_with = "non_empty")]
+    pub ca_file: Option<PathBuf>,
 }
 
 // Repeats PaywallTerminal's first keys on purpose: `#[serde(flatten)]` would switch off
@@ -450,6 +465,13 @@ pub struct KuveytTerminal {
     pub api_key_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "non_empty")]
     pub api_secret_file: Option<PathBuf>,
+    /// How often a created payment is verified while the customer pays (kuveyt.md: every
+    /// few seconds, at least 2 s).
+    #[serde(default = "default_poll_interval", with = "duration_str")]
+    pub poll_interval: Duration,
+    /// Extra trusted CA (PEM) for the provider's HTTPS, besides the system roots.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_topic_prefix() -> String {
@@ -470,6 +492,15 @@ fn default_op_timeout() -> Duration {
 }
 fn default_quantity_scale() -> u32 {
     1000
+}
+fn default_paywall_op_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_paywall_recovery_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_company_name() -> String {
     "posbridge".into()

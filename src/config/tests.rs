@@ -528,6 +528,18 @@ fn cross_key_rules() {
         "id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\nreturn_url = \"https://u:p@x\""
     )
     .starts_with("terminals[0].return_url: credentials"));
+    assert!(
+        terminal("id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\npoll_interval = \"1s\"")
+            .starts_with("terminals[0].poll_interval: must be at least 2s")
+    );
+    assert!(terminal(&format!(
+        "{paywall}mode = \"disabled\"\ncurrency_ids = {{ try = 1 }}"
+    ))
+    .starts_with("terminals[0].currency_ids.try: "));
+    assert!(terminal(&format!(
+        "{paywall}mode = \"disabled\"\nop_timeout = \"0s\""
+    ))
+    .starts_with("terminals[0].op_timeout: "));
 }
 
 #[test]
