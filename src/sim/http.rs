@@ -181,3 +181,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     let a = l.local_addr()?;
     Ok((l, a))
 }
+
+/// Wait (bounded) until `check` holds, re-checking on every `changed` notification.
+/// Returns the last answer of `check`.
+pub async fn wait_until(
+    changed: &tokio::sync::Notify,
+    within: Duration,
+    check: impl Fn() -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let notified = changed.notified();
+        if check() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return check();
+        }
+    }
+}

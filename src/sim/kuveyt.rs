@@ -220,16 +220,7 @@ impl KuveytStats {
     }
 
     pub async fn wait_until(&self, within: Duration, pred: impl Fn(&KuveytStats) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.shared.changed.notified();
-            if pred(self) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return pred(self);
-            }
-        }
+        super::http::wait_until(&self.shared.changed, within, || pred(self)).await
     }
 
     /// The customer pays (`completed`) or gives up (`failed`, `cancelled`).

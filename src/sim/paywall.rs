@@ -279,16 +279,7 @@ impl PaywallStats {
 
     /// Wait (bounded) until `pred` holds; every state change wakes the check.
     pub async fn wait_until(&self, within: Duration, pred: impl Fn(&PaywallStats) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.shared.changed.notified();
-            if pred(self) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return pred(self);
-            }
-        }
+        super::http::wait_until(&self.shared.changed, within, || pred(self)).await
     }
 
     /// Finish a waiting sale as the customer would (`succeeded`, `failed`, `cancelled`).
