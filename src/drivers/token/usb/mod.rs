@@ -19,6 +19,8 @@ pub mod rusb_backend;
 pub mod stream;
 
 #[cfg(test)]
+mod driver_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
