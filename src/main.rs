@@ -56,6 +56,11 @@ enum Cmd {
         /// File with the command JSON; stdin when absent. Its bytes are signed exactly as given.
         command: Option<PathBuf>,
     },
+    /// USB tools for the Token register (`usb list`).
+    Usb {
+        #[command(subcommand)]
+        action: UsbCmd,
+    },
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]
@@ -73,6 +78,14 @@ enum SecretCmd {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum UsbCmd {
+    /// List USB devices: VID:PID, serial, whether it looks like a Token register, and
+    /// whether this user may open it. Opens nothing. Exit 0 (also when this system has
+    /// no USB subsystem; the message says so), 1 when listing failed otherwise.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -288,6 +301,24 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Cmd::Usb {
+                action: UsbCmd::List,
+            } => {
+                use posbridge::drivers::token::usb;
+                let port = usb::default_port(Default::default());
+                let devs = tokio::task::spawn_blocking(move || port.list())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(usb::UsbError::new(usb::UsbErrorKind::Other, e.to_string()))
+                    });
+                let failed = matches!(&devs, Err(e) if e.kind != usb::UsbErrorKind::NoSubsystem);
+                print!("{}", usb::list::render(devs));
+                if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
             Cmd::Sim { kind } => match kind {
                 SimKind::Ip {
                     listen,

@@ -347,3 +347,31 @@ async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
     assert_eq!(bad_ctl.baskets_received(), 0);
     stop.cancel();
 }
+
+/// `posbridge usb list` never panics; on a machine without USB (this one) it says so
+/// and exits 0.
+#[test]
+fn usb_list_reports_the_bus_or_its_absence() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args(["usb", "list"])
+        .output()
+        .expect("run posbridge");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if std::path::Path::new("/sys/bus/usb").exists() {
+        assert!(
+            stdout.starts_with("BUS-ADDR") || stdout.starts_with("no USB devices"),
+            "{stdout}"
+        );
+    } else {
+        assert!(
+            stdout.starts_with("no USB subsystem (/sys/bus/usb missing)"),
+            "{stdout}"
+        );
+    }
+}

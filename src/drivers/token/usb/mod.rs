@@ -11,6 +11,7 @@ pub mod aoa;
 pub mod descriptor;
 pub mod fake;
 pub mod hotplug;
+pub mod list;
 
 pub mod nusb_backend;
 pub mod port;
@@ -144,7 +145,7 @@ impl UsbError {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self.kind {
             UsbErrorKind::NoSubsystem => {
-                "this system shows no USB subsystem (/sys/bus/usb missing); in a container pass the host's /dev/bus/usb and /sys/bus/usb through, or run posbridge on the host"
+                "in a container pass the host's /dev/bus/usb and /sys/bus/usb through, or run posbridge on the host"
             }
             UsbErrorKind::NotFound => {
                 "is the register plugged in and switched on? check the USB cable, and the `usb` vid/pid/serial filter in the config (`posbridge usb list` shows what is on the bus)"

@@ -583,3 +583,31 @@ fn hotplug_state_machine() {
     );
     assert_eq!(p.present(), 1);
 }
+
+#[test]
+fn usb_list_renders_kinds_and_the_missing_subsystem() {
+    let out = super::list::render(Ok(vec![mouse(), android_device(5, "AV1"), acc(6)]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[1].contains("046d:c52b") && lines[1].contains(" - "),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("18d1:4ee1")
+            && lines[2].contains("AV1")
+            && lines[2].contains("candidate"),
+        "{out}"
+    );
+    assert!(
+        lines[3].contains("18d1:2d01") && lines[3].contains("accessory mode"),
+        "{out}"
+    );
+    // The fake's nodes do not exist here: "may open" says so instead of guessing.
+    assert!(lines[2].contains("/dev/bus/usb/001/005 missing"), "{out}");
+    let out = super::list::render(Err(no_subsystem()));
+    assert!(
+        out.starts_with("no USB subsystem (/sys/bus/usb missing)"),
+        "{out}"
+    );
+}
