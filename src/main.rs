@@ -61,6 +61,11 @@ enum Cmd {
         #[command(subcommand)]
         action: KaspiCmd,
     },
+    /// USB tools for the Token register (`usb list`).
+    Usb {
+        #[command(subcommand)]
+        action: UsbCmd,
+    },
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]
@@ -78,6 +83,14 @@ enum SecretCmd {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum UsbCmd {
+    /// List USB devices: VID:PID, serial, whether it looks like a Token register, and
+    /// whether this user may open it. Opens nothing. Exit 0 (also when this system has
+    /// no USB subsystem; the message says so), 1 when listing failed otherwise.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -403,6 +416,24 @@ fn main() -> ExitCode {
                         eprintln!("posbridge kaspi register: {e:#}");
                         ExitCode::FAILURE
                     }
+                }
+            }
+            Cmd::Usb {
+                action: UsbCmd::List,
+            } => {
+                use posbridge::drivers::token::usb;
+                let port = usb::default_port(Default::default());
+                let devs = tokio::task::spawn_blocking(move || port.list())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(usb::UsbError::new(usb::UsbErrorKind::Other, e.to_string()))
+                    });
+                let failed = matches!(&devs, Err(e) if e.kind != usb::UsbErrorKind::NoSubsystem);
+                print!("{}", usb::list::render(devs));
+                if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
                 }
             }
             Cmd::Sim { kind } => match kind {

@@ -395,6 +395,34 @@ pub struct UsbFilter {
     pub pid: Option<u16>,
     #[serde(deserialize_with = "non_empty")]
     pub serial: Option<String>,
+    /// Token/AOA: the identification strings sent to the register (`SEND_STRING` 0–5).
+    pub accessory: UsbAccessory,
+}
+
+/// Android Open Accessory identification strings; the register's app matches on them.
+/// Defaults are the vendor library's (`token.md` § USB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsbAccessory {
+    pub manufacturer: String,
+    pub model: String,
+    pub description: String,
+    pub version: String,
+    pub uri: String,
+    pub serial: String,
+}
+
+impl Default for UsbAccessory {
+    fn default() -> Self {
+        UsbAccessory {
+            manufacturer: "PCHost".into(),
+            model: "PCHost1".into(),
+            description: "Integration Hub".into(),
+            version: "2.5.0.1".into(),
+            uri: "https://github.com/TokenPublication".into(),
+            serial: "666".into(),
+        }
+    }
 }
 
 // Named errors inside the table: serde reports them under "terminals[i]" only.

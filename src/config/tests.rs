@@ -158,7 +158,8 @@ fn full_example_parses() {
         UsbFilter {
             vid: Some(0x18d1),
             pid: None,
-            serial: None
+            serial: None,
+            ..Default::default()
         }
     );
     assert_eq!((t.transport, t.addr.clone()), (Transport::Usb, None));

@@ -143,6 +143,13 @@ pub trait Driver: Send + Sync {
     /// Probe reachability and identity for the retained terminal state.
     async fn health(&self) -> Health;
 
+    /// Resolves when the terminal's state may have changed without an operation (a USB
+    /// device plugged in or out): the worker then probes `health()` at once instead of
+    /// waiting for the next interval. The default never resolves.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+
     /// Whether this running op can be cancelled on the device (e.g. Paywall
     /// `sync/cancel`). When false, `cancel` of a running op answers `not_cancellable`.
     fn can_cancel(&self, _record: &CommandRecord) -> bool {

@@ -28,6 +28,10 @@ pub(super) async fn run(inner: Arc<Inner>, t: Arc<Terminal>) {
                     biased;
                     _ = inner.shutdown.cancelled() => return,
                     _ = t.wake.notified() => continue,
+                    _ = t.driver.changed() => {
+                        probe(&inner, &t).await;
+                        continue;
+                    }
                     _ = tokio::time::sleep(inner.cfg.health_interval) => {
                         probe(&inner, &t).await;
                         continue;

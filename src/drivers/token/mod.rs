@@ -14,21 +14,26 @@ pub mod cert;
 pub mod codec;
 pub mod crypto;
 pub mod session;
+pub mod usb;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use self::basket::DeviceBasket;
 use self::session::{
     handshake, DevResult, DeviceError, Policy, Ready, SaleEnd, SaleResult, Session, TransportError,
 };
+use self::usb::hotplug::{Action, Event, Presence};
+use self::usb::{DevId, UsbPort};
 use super::{Driver, Health, OpContext, Outcome};
 use crate::api::{Command, ErrorBody, ErrorCode, FinalState, Op, PaymentInfo, Rejection};
-use crate::config::{TokenTerminal, Transport};
+use crate::config::{TokenTerminal, Transport, UsbFilter};
 
 /// Journal steps (durable before/after the device step they name).
 const STEP_BASKET: &str = "token_basket";
@@ -37,9 +42,11 @@ const STEP_RESULT: &str = "token_result";
 /// After a type 9 ("not processed"), how long a type 3 may still arrive.
 const NOT_PROCESSED_GRACE: Duration = Duration::from_secs(3);
 
-pub const USB_NOT_YET: &str = "USB transport not in this build yet (use transport = \"tcp\" with the simulator; USB/AOA is a later step)";
+/// How often the bus is rescanned for the register (the hotplug fallback where udev
+/// events do not reach the process).
+const RESCAN: Duration = Duration::from_secs(2);
 
-/// Any byte stream a session can run over (TCP now, USB later).
+/// Any byte stream a session can run over (USB, or TCP for the simulator).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Link = Session<Ready, Box<dyn Io>>;
@@ -48,6 +55,7 @@ type Link = Session<Ready, Box<dyn Io>>;
 pub struct TokenSettings {
     pub transport: Transport,
     pub addr: Option<String>,
+    pub usb: UsbFilter,
     pub strict: bool,
     pub ca_file: Option<std::path::PathBuf>,
     pub company_name: String,
@@ -62,6 +70,7 @@ impl From<&TokenTerminal> for TokenSettings {
         TokenSettings {
             transport: t.transport,
             addr: t.addr.clone(),
+            usb: t.usb.clone(),
             strict: t.strict,
             ca_file: t.ca_file.clone(),
             company_name: t.company_name.clone(),
@@ -105,6 +114,101 @@ pub struct TokenDriver {
     agent_id: String,
     /// The verified session, reused across operations (one op at a time per terminal).
     link: Mutex<Option<Link>>,
+    /// `transport = "usb"`: the port and the hotplug state.
+    usb: Option<Arc<UsbSide>>,
+}
+
+/// The USB side of a terminal: the port, which device the link is on, and what the
+/// hotplug watcher saw.
+pub struct UsbSide {
+    port: Arc<dyn UsbPort>,
+    presence: std::sync::Mutex<Presence>,
+    /// Woken on a relevant arrival or the loss of the linked device.
+    changed: Notify,
+    /// The linked device left the bus: the cached session is dead.
+    lost: AtomicBool,
+    watching: AtomicBool,
+    rescan: Duration,
+}
+
+impl UsbSide {
+    pub fn new(port: Arc<dyn UsbPort>, filter: UsbFilter, rescan: Duration) -> Arc<UsbSide> {
+        Arc::new(UsbSide {
+            port,
+            presence: std::sync::Mutex::new(Presence::new(filter)),
+            changed: Notify::new(),
+            lost: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
+            rescan,
+        })
+    }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
+        self.presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_linked(&self, id: Option<DevId>) {
+        self.presence().set_linked(id);
+    }
+
+    /// Feed one bus event; wakes the engine when the terminal's state may have changed.
+    pub fn apply(&self, ev: Event) {
+        let actions = self.presence().on(ev);
+        for a in actions {
+            match a {
+                Action::Connect => tracing::info!("token usb: register arrived"),
+                Action::Lost(id) => {
+                    tracing::warn!(?id, "token usb: register unplugged");
+                    self.lost.store(true, Ordering::SeqCst);
+                }
+            }
+            self.changed.notify_one();
+        }
+    }
+
+    /// Start the hotplug watcher once (needs a runtime; ends with the driver).
+    fn start_watching(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(watch_bus(
+            Arc::downgrade(self),
+            self.port.watch(),
+            self.rescan,
+        ));
+    }
+}
+
+/// OS hotplug events when they exist, plus a periodic rescan (containers and machines
+/// without udev netlink events only ever get the rescan).
+async fn watch_bus(side: Weak<UsbSide>, mut events: Option<usb::port::Events>, every: Duration) {
+    use futures_util::StreamExt;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        let ev = tokio::select! {
+            Some(ev) = async { match events.as_mut() { Some(e) => e.next().await, None => std::future::pending().await } } => ev,
+            _ = tick.tick() => {
+                let Some(port) = side.upgrade().map(|s| s.port.clone()) else { return };
+                match tokio::task::spawn_blocking(move || port.list()).await {
+                    Ok(Ok(devs)) => Event::Scan(devs),
+                    Ok(Err(e)) => {
+                        if !warned {
+                            tracing::warn!(error = %e, "token usb: cannot list USB devices; will keep trying");
+                            warned = true;
+                        }
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+            }
+        };
+        let Some(s) = side.upgrade() else { return };
+        s.apply(ev);
+    }
 }
 
 /// The basket id sent to the device: derived from the request id (`token.md`: basketID),
@@ -128,11 +232,44 @@ fn rejected(message: String) -> Outcome {
 
 impl TokenDriver {
     pub fn new(cfg: TokenSettings, agent_id: impl Into<String>) -> Self {
+        let usb = (cfg.transport == Transport::Usb)
+            .then(|| UsbSide::new(usb::default_port(cfg.usb.clone()), cfg.usb.clone(), RESCAN));
         TokenDriver {
             cfg,
             agent_id: agent_id.into(),
             link: Mutex::new(None),
+            usb,
         }
+    }
+
+    /// A USB terminal over the given port (tests: the recording fake).
+    pub fn with_usb(cfg: TokenSettings, agent_id: impl Into<String>, side: Arc<UsbSide>) -> Self {
+        TokenDriver {
+            cfg: TokenSettings {
+                transport: Transport::Usb,
+                ..cfg
+            },
+            agent_id: agent_id.into(),
+            link: Mutex::new(None),
+            usb: Some(side),
+        }
+    }
+
+    /// Open the USB accessory (blocking work on a blocking thread).
+    async fn usb_connect(&self) -> Result<Box<dyn Io>, ConnectError> {
+        let side = self
+            .usb
+            .clone()
+            .ok_or_else(|| ConnectError::Unavailable("no USB port".into()))?;
+        side.start_watching();
+        let port = side.port.clone();
+        let s = tokio::task::spawn_blocking(move || port.connect())
+            .await
+            .map_err(|e| ConnectError::Unavailable(format!("USB connect task failed: {e}")))?
+            .map_err(|e| ConnectError::Unavailable(format!("USB: {e}")))?;
+        side.lost.store(false, Ordering::SeqCst);
+        side.set_linked(Some(s.device().id()));
+        Ok(Box::new(s))
     }
 
     fn policy(&self) -> Result<Policy, ConnectError> {
@@ -165,7 +302,7 @@ impl TokenDriver {
     async fn connect(&self) -> Result<Link, ConnectError> {
         let policy = self.policy()?;
         let io: Box<dyn Io> = match self.cfg.transport {
-            Transport::Usb => return Err(ConnectError::Unavailable(USB_NOT_YET.into())),
+            Transport::Usb => self.usb_connect().await?,
             Transport::Tcp => {
                 let addr = self.cfg.addr.clone().unwrap_or_default();
                 let s = tokio::time::timeout(
@@ -191,16 +328,41 @@ impl TokenDriver {
                 );
                 Ok(s)
             }
-            Ok(Err(e)) => Err(ConnectError::Refused(e)),
-            Err(e) => Err(ConnectError::Unavailable(format!(
-                "handshake with the register failed: {e}"
-            ))),
+            Ok(Err(e)) => {
+                self.unlink();
+                Err(ConnectError::Refused(e))
+            }
+            Err(e) => {
+                self.unlink();
+                let hint = match (&e, self.cfg.transport) {
+                    (TransportError::Timeout(..), Transport::Usb) => {
+                        format!(
+                            " — {}",
+                            usb::UsbError::new(usb::UsbErrorKind::Timeout, "")
+                                .hint()
+                                .unwrap_or_default()
+                        )
+                    }
+                    _ => String::new(),
+                };
+                Err(ConnectError::Unavailable(format!(
+                    "handshake with the register failed: {e}{hint}"
+                )))
+            }
         }
     }
 
     /// A live, ready session: the cached one if it answers a device-info probe (so a
     /// stale link is found out before a basket is journalled), else a new one.
     async fn ready<'a>(&self, slot: &'a mut Option<Link>) -> Result<&'a mut Link, ConnectError> {
+        if self
+            .usb
+            .as_ref()
+            .is_some_and(|u| u.lost.swap(false, Ordering::SeqCst))
+        {
+            // Unplugged: no probe over a dead link.
+            *slot = None;
+        }
         if let Some(s) = slot.as_mut() {
             let policy = self.policy()?;
             match s.device_info(&policy).await {
@@ -357,6 +519,15 @@ impl TokenDriver {
                 *slot = None;
                 Outcome::failed(ErrorCode::DeviceUnavailable, e.to_string(), None)
             }
+        }
+    }
+}
+
+impl TokenDriver {
+    /// The link is down (the hotplug state machine may connect on the next arrival).
+    fn unlink(&self) {
+        if let Some(u) = &self.usb {
+            u.set_linked(None);
         }
     }
 }
@@ -526,13 +697,19 @@ impl Driver for TokenDriver {
         .await
     }
 
+    async fn changed(&self) {
+        match &self.usb {
+            Some(side) => {
+                side.start_watching();
+                side.changed.notified().await
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     async fn health(&self) -> Health {
-        if self.cfg.transport == Transport::Usb {
-            return Health {
-                state: "disconnected",
-                identity: Value::Null,
-                error: Some(USB_NOT_YET.into()),
-            };
+        if let Some(side) = &self.usb {
+            side.start_watching();
         }
         let mut slot = self.link.lock().await;
         match self.ready(&mut slot).await {
