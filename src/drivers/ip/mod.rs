@@ -51,7 +51,7 @@ impl IpDriver {
 
     fn unreachable_message(&self, e: &ProtoError) -> String {
         format!(
-            "could not connect to the terminal at {}: {e} (is it on, are the IP and port right, does a firewall block it?)",
+            "{e} (terminal {}: is it on, are the IP and port right, does a firewall block it?)",
             self.addr
         )
     }
