@@ -370,7 +370,7 @@ impl Cloud {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), subscribed.notified())
+        tokio::time::timeout(Duration::from_secs(30), subscribed.notified())
             .await
             .expect("cloud subscribed");
         Cloud {
