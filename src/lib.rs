@@ -11,9 +11,11 @@ pub mod demo; //        `posbridge demo`: broker + simulator + agent + scripted 
 pub mod drivers; //     one module per terminal kind behind one trait
 pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
 pub mod faults; //      test-only abort points
+pub mod logging; //     journald / text / JSON log sinks
 pub mod secrets; //     secrets at rest: AES-256-GCM under the device key
 pub mod sim; //         device simulators (`posbridge sim …`)
 pub mod store; //       sled store: commands, journal, outbox; group commit + fdatasync
+pub mod systemd; //     sd_notify readiness + watchdog fed by engine progress
 pub mod telemetry; //   periodic metrics
 
 /// The agent's version, as reported on `status` and `ping`.

@@ -87,17 +87,7 @@ enum SimKind {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // sled logs at TRACE/DEBUG; keep it quiet unless asked for.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sled=warn,rumqttd=off,rumqttc=warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        _ => builder.init(),
-    }
+    posbridge::logging::init(format, level);
 }
 
 fn shutdown_on_signals() -> CancellationToken {
