@@ -8,6 +8,7 @@ pub mod bus; //         MQTT connection, manual acks, outbox pump, status/will
 pub mod config; //      typed configuration (file + POSBRIDGE__ env)
 #[cfg(feature = "embedded-broker")]
 pub mod demo; //        `posbridge demo`: broker + simulator + agent + scripted cloud POS
+pub mod doctor; //      `posbridge doctor`: broker, store, clock, files, terminals
 pub mod drivers; //     one module per terminal kind behind one trait
 pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
 pub mod faults; //      test-only abort points

@@ -32,6 +32,12 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Check broker, agent, store, disk, clock, key and file permissions and every
+    /// terminal; prints a table with a fix per problem, exits 1 when anything FAILs.
+    Doctor {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Embedded broker + IP terminal simulator + agent + a scripted cloud POS, on loopback.
     #[cfg(feature = "embedded-broker")]
     Demo {
@@ -186,6 +192,16 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
+            Cmd::Doctor { config } => {
+                init_logging(LogFormat::Text, "error");
+                let checks = posbridge::doctor::run(&config).await;
+                print!("{}", posbridge::doctor::render(&checks));
+                if posbridge::doctor::failed(&checks) {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
             #[cfg(feature = "embedded-broker")]
             Cmd::Demo { quiet } => {
                 init_logging(LogFormat::Text, "error");

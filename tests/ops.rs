@@ -1,0 +1,251 @@
+//! Operations, black-box: `posbridge doctor` against a live broker + simulator + agent and
+//! against a dead broker, `posbridge provision`, and the agent's systemd notifications
+//! (READY/WATCHDOG/STOPPING) on a fake NOTIFY_SOCKET. Loopback only.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+use posbridge::sim::ip::{IpSim, SimOptions};
+use tokio_util::sync::CancellationToken;
+
+async fn sim() -> (std::net::SocketAddr, CancellationToken) {
+    let s = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(7),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let addr = s.local_addr();
+    let stop = CancellationToken::new();
+    let _task = s.spawn(stop.clone());
+    (addr, stop)
+}
+
+async fn posbridge(args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .await
+        .expect("run posbridge")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The table row of one check, e.g. `row(out, "broker")`.
+fn row<'a>(out: &'a str, check: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            l.strip_prefix(check)
+                .is_some_and(|rest| rest.starts_with("  "))
+        })
+        .unwrap_or_else(|| panic!("no {check:?} row in:\n{out}"))
+}
+
+fn status_of(row: &str) -> &str {
+    row.split_whitespace()
+        .find(|w| matches!(*w, "ok" | "WARN" | "FAIL"))
+        .unwrap_or("?")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_all_green_with_the_agent_running_then_stopped() {
+    let broker = embedded();
+    let (addr, _sim) = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-doc", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "shop-doc", "cloud-doc", false).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let config = agent.config.to_string_lossy().into_owned();
+
+    let out = posbridge(&["doctor", "--config", &config]).await;
+    let t = text(&out);
+    assert!(out.status.success(), "doctor failed:\n{t}");
+    assert!(!t.contains("FAIL"), "{t}");
+    assert_eq!(status_of(row(&t, "broker")), "ok", "{t}");
+    assert!(
+        row(&t, "broker").contains("posbridge-shop-doc-doctor"),
+        "{t}"
+    );
+    assert_eq!(status_of(row(&t, "agent")), "ok", "{t}");
+    assert!(row(&t, "agent").contains("online"), "{t}");
+    assert!(
+        row(&t, "store").contains("in use by the running agent (ok)"),
+        "{t}"
+    );
+    assert_eq!(status_of(row(&t, "device key")), "ok", "{t}");
+    assert_eq!(status_of(row(&t, "terminal ip-1 (ip)")), "ok", "{t}");
+    assert!(row(&t, "terminal ip-1 (ip)").contains("connected"), "{t}");
+    assert_eq!(status_of(row(&t, "clock")), "ok", "{t}");
+    assert_eq!(status_of(row(&t, "disk")), "ok", "{t}");
+
+    // The doctor's session did not disturb the agent's: a payment still goes through.
+    cloud.send(pay("doc-1", "ip-1", 700)).await;
+    assert_eq!(cloud.result("doc-1").await["state"], "succeeded");
+
+    // Agent stopped: the doctor opens the store itself and says the agent is offline
+    // (a warning, not a failure).
+    let st = agent.sigterm();
+    assert!(st.success());
+    let out = posbridge(&["doctor", "--config", &config]).await;
+    let t = text(&out);
+    assert!(out.status.success(), "doctor failed:\n{t}");
+    assert_eq!(status_of(row(&t, "agent")), "WARN", "{t}");
+    assert!(row(&t, "agent").contains("offline"), "{t}");
+    let store = row(&t, "store");
+    assert_eq!(status_of(store), "ok", "{t}");
+    assert!(store.contains("1 commands, 0 unfinished"), "{t}");
+    assert!(store.contains("outbox 0"), "{t}");
+    assert_eq!(status_of(row(&t, "terminal ip-1 (ip)")), "ok", "{t}");
+    // And the agent can take its store back afterwards.
+    agent.spawn(&[]);
+    cloud.send(pay("doc-2", "ip-1", 800)).await;
+    assert_eq!(cloud.result("doc-2").await["state"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = free_port();
+    let pw = dir.path().join("mqtt.password");
+    std::fs::write(&pw, "hunter2-not-for-logs\n").expect("pw");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    }
+    let config = dir.path().join("posbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "agent_id = \"shop-down\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{dead}\"\nusername = \"shop-down\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n",
+            pw.display(),
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let broker = row(&t, "broker");
+    assert_eq!(status_of(broker), "FAIL", "{t}");
+    assert!(broker.contains(&format!("127.0.0.1:{dead}")), "{t}");
+    // The fix hint is on the line after the failing row.
+    let after: Vec<&str> = t.lines().skip_while(|l| *l != broker).take(2).collect();
+    assert!(
+        after
+            .get(1)
+            .is_some_and(|l| l.contains("fix:") && l.contains("mqtt.url")),
+        "{t}"
+    );
+    assert_eq!(status_of(row(&t, "mqtt.password_file")), "ok", "{t}");
+    assert!(!t.contains("hunter2"), "the password leaked:\n{t}");
+    // Nothing was created where the agent's store will live.
+    assert!(!dir.path().join("store").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_a_config_error_as_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "agent_id = \"x\"\n[mqtt]\nurll = \"mqtt://127.0.0.1\"\n",
+    )
+    .expect("w");
+    let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert_eq!(status_of(row(&t, "config")), "FAIL", "{t}");
+    assert!(t.contains("mqtt.urll"), "{t}");
+}
+
+fn recv_all_until(sock: &UnixDatagram, stop: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !stop(&got) {
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => panic!("no notification (so far {got:?}): {e}"),
+        }
+    }
+    got
+}
+
+fn fake_notify_socket(dir: &Path) -> (UnixDatagram, String) {
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    (sock, path.to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_notifies_ready_feeds_the_watchdog_and_says_stopping() {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, path) = fake_notify_socket(dir.path());
+    let spec = AgentSpec::new("shop-sd", broker.port());
+    // WatchdogSec=1s: fed every 500 ms.
+    let mut agent = Agent::start_with(
+        &spec,
+        dir.path(),
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "1000000")],
+        &[],
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let got = recv_all_until(&sock, |g| {
+            g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3
+        });
+        (sock, got)
+    })
+    .await
+    .expect("join");
+    let (sock, got) = got;
+    assert!(got[0].starts_with("READY=1\n"), "{got:?}");
+    assert!(got[0].contains("connected to the broker"), "{got:?}");
+    assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
+    let status = tokio::task::spawn_blocking(move || agent.sigterm())
+        .await
+        .expect("join");
+    assert!(status.success());
+    let after = recv_all_until(&sock, |g| g.iter().any(|m| m.starts_with("STOPPING=1")));
+    assert!(after
+        .iter()
+        .all(|m| m == "WATCHDOG=1" || m.starts_with("STOPPING=1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reports_ready_without_a_broker_after_a_bounded_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, path) = fake_notify_socket(dir.path());
+    let spec = AgentSpec::new("shop-offline", free_port());
+    let started = std::time::Instant::now();
+    let _agent = Agent::start_with(&spec, dir.path(), &[("NOTIFY_SOCKET", &path)], &[]);
+    let got = tokio::task::spawn_blocking(move || recv_all_until(&sock, |g| !g.is_empty()))
+        .await
+        .expect("join");
+    assert!(got[0].starts_with("READY=1\n"), "{got:?}");
+    assert!(got[0].contains("broker not reached"), "{got:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= posbridge::systemd::READY_TIMEOUT,
+        "ready too early: {waited:?}"
+    );
+}
