@@ -13,6 +13,7 @@ pub mod drivers; //     one module per terminal kind behind one trait
 pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
 pub mod faults; //      test-only abort points
 pub mod logging; //     journald / text / JSON log sinks
+pub mod provision; //   `posbridge provision`: config from flags, device key, ACL
 pub mod secrets; //     secrets at rest: AES-256-GCM under the device key
 pub mod sim; //         device simulators (`posbridge sim …`)
 pub mod store; //       sled store: commands, journal, outbox; group commit + fdatasync

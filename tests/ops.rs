@@ -249,3 +249,65 @@ async fn agent_reports_ready_without_a_broker_after_a_bounded_wait() {
         "ready too early: {waited:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_writes_a_config_that_passes_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("etc/posbridge.toml");
+    let state = dir.path().join("state");
+    let pw = dir.path().join("mqtt.password");
+    std::fs::write(&pw, "s3cret-provisioned\n").expect("pw");
+    let o = posbridge(&[
+        "provision",
+        "--agent-id",
+        "shop-077",
+        "--broker-url",
+        "mqtt://127.0.0.1:1883",
+        "--username",
+        "shop-077",
+        "--password-file",
+        &pw.to_string_lossy(),
+        "--terminal",
+        "ip:ip-1:127.0.0.1:8080",
+        "--terminal",
+        "token:token-1:usb",
+        "--terminal",
+        "paywall:pw-1:https://paywall.example/api",
+        "--out",
+        &out.to_string_lossy(),
+        "--store-dir",
+        &state.to_string_lossy(),
+        "--user",
+        "posbridge-test-no-such-user",
+    ])
+    .await;
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("topic read posbridge/shop-077/cmd"), "{t}");
+    assert!(t.contains("topic write posbridge/shop-077/#"), "{t}");
+    assert!(t.contains("device key"), "{t}");
+    assert!(state.join("device.key").exists());
+    let c = posbridge(&["check", "--config", &out.to_string_lossy()]).await;
+    let ct = text(&c);
+    assert!(c.status.success(), "{ct}");
+    assert!(ct.contains("\"agent_id\": \"shop-077\""), "{ct}");
+    assert!(!ct.contains("s3cret-provisioned") && !t.contains("s3cret-provisioned"));
+    // A bad terminal spec is refused and writes nothing.
+    let bad = dir.path().join("bad.toml");
+    let o = posbridge(&[
+        "provision",
+        "--agent-id",
+        "x",
+        "--broker-url",
+        "mqtt://h",
+        "--terminal",
+        "ip:nope",
+        "--out",
+        &bad.to_string_lossy(),
+        "--store-dir",
+        &state.to_string_lossy(),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!bad.exists());
+}
