@@ -311,3 +311,108 @@ async fn provision_writes_a_config_that_passes_check() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!bad.exists());
 }
+
+/// The .deb's contents as cargo-deb will read them (the real `cargo deb` is not run in CI:
+/// see README "Cross builds and packages"), its maintainer scripts, and the example config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_metadata_scripts_udev_rule_and_example_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let parsed = config::Config::builder()
+        .add_source(config::File::from_str(&manifest, config::FileFormat::Toml))
+        .build()
+        .expect("Cargo.toml parses");
+    let assets: Vec<Vec<String>> = parsed
+        .get("package.metadata.deb.assets")
+        .expect("package.metadata.deb.assets");
+    let dest = |src: &str| -> String {
+        let a = assets
+            .iter()
+            .find(|a| a[0] == src)
+            .unwrap_or_else(|| panic!("no asset {src}: {assets:?}"));
+        format!(
+            "{}{}",
+            a[1],
+            a.get(2).map(|m| format!(" {m}")).unwrap_or_default()
+        )
+    };
+    assert_eq!(dest("target/release/posbridge"), "usr/bin/ 755");
+    assert_eq!(dest("systemd/posbridge.service"), "lib/systemd/system/ 644");
+    assert_eq!(dest("deploy/99-posbridge.rules"), "lib/udev/rules.d/ 644");
+    assert!(dest("deploy/posbridge.toml.example").starts_with("usr/share/doc/posbridge/"));
+    for a in &assets {
+        if !a[0].starts_with("target/") {
+            assert!(root.join(&a[0]).is_file(), "asset {} missing", a[0]);
+        }
+    }
+    let scripts: String = parsed
+        .get("package.metadata.deb.maintainer-scripts")
+        .expect("maintainer-scripts");
+    let depends: String = parsed.get("package.metadata.deb.depends").expect("depends");
+    assert!(
+        depends.contains("adduser"),
+        "postinst uses adduser: {depends}"
+    );
+    for name in ["postinst", "prerm", "postrm"] {
+        let p = root.join(&scripts).join(name);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{name} is not executable");
+        let st = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&p)
+            .status()
+            .expect("sh");
+        assert!(st.success(), "{name}: sh -n failed");
+    }
+    let postinst = std::fs::read_to_string(root.join(&scripts).join("postinst")).expect("read");
+    assert!(postinst.contains("adduser --system"));
+    assert!(postinst.contains("systemctl enable posbridge.service"));
+    // Started only when a configuration exists.
+    assert!(postinst.contains("if [ -f \"$CONFIG\" ]"));
+
+    let rules = std::fs::read_to_string(root.join("deploy/99-posbridge.rules")).expect("rules");
+    for pid in ["2d00", "2d01"] {
+        assert!(
+            rules.lines().any(|l| !l.starts_with('#')
+                && l.contains("ATTR{idVendor}==\"18d1\"")
+                && l.contains(&format!("ATTR{{idProduct}}==\"{pid}\""))
+                && l.contains("GROUP=\"plugdev\"")
+                && l.contains("MODE=\"0660\"")),
+            "no rule for 18d1:{pid}"
+        );
+    }
+    let unit = std::fs::read_to_string(root.join("systemd/posbridge.service")).expect("unit");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=posbridge",
+        "ConfigurationDirectory=posbridge",
+        "SupplementaryGroups=plugdev",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "unit lacks {line}"
+        );
+    }
+    // TimeoutStopSec leaves room above the agent's drain (20 s) + flush/offline (5 s).
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim_end_matches('s').parse().ok())
+        .expect("TimeoutStopSec");
+    assert!(
+        stop > posbridge::agent::DRAIN_TIMEOUT.as_secs() + 5,
+        "{stop}"
+    );
+
+    let example = root.join("deploy/posbridge.toml.example");
+    let o = posbridge(&["check", "--config", &example.to_string_lossy()]).await;
+    assert!(o.status.success(), "{}", text(&o));
+}
