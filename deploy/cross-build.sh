@@ -9,7 +9,7 @@
 #                          production agent talks to an external broker.
 #   --deb                  also build target/<triple>/debian/posbridge_<ver>_<arch>.deb
 #   --install-deps         apt-get the cross toolchain and rustup the target first (root)
-# Prints the path of the binary (and the .deb) on its last line(s).
+# Prints the path of the binary (or, with --deb, of the .deb) on its last line.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -77,8 +77,10 @@ if [ "$deb" -eq 1 ]; then
     echo "cross-build: cargo-deb not installed (cargo install cargo-deb --locked)" >&2
     exit 1
   fi
-  # --no-build: package the binary just built (cargo-deb strips it with the cross strip).
-  cargo deb --no-build --target "$target" ${features:+--no-default-features} \
-    ${CARGO_TARGET_DIR:+--output "$target_dir/$target/debian/"}
+  # --no-build: package the binary just built. cargo-deb prints the .deb's path.
+  debfile=$(cargo deb --no-build --target "$target" ${features:+--no-default-features} | tail -n 1)
+  echo "cross-build: packed $debfile" >&2
+  echo "$debfile"
+else
+  echo "$bin"
 fi
-echo "$bin"
