@@ -28,11 +28,10 @@ pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)>
         .iter()
         .map(|t| {
             let d: DynDriver = match t {
-                TerminalConfig::Ip(ip) => Arc::new(IpDriver::new(
-                    ip.addr.clone(),
-                    ip.connect_timeout,
-                    ip.op_timeout,
-                )),
+                TerminalConfig::Ip(ip) => Arc::new(
+                    IpDriver::new(ip.addr.clone(), ip.connect_timeout, ip.op_timeout)
+                        .with_recovery_window(ip.recovery_window),
+                ),
                 other => Arc::new(Unavailable::new(other.kind_name())),
             };
             (t.id().to_string(), d)
@@ -42,11 +41,17 @@ pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)>
 
 fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
     let ep = cfg.mqtt.endpoint()?;
-    if ep.tls {
-        anyhow::bail!(
-            "mqtt.url: mqtts:// is not supported by this build yet; use mqtt:// on a trusted network or a local TLS bridge"
-        );
-    }
+    let tls = if ep.tls {
+        Some(crate::bus::tls::client_config(
+            &crate::bus::tls::TlsFiles {
+                ca_file: cfg.mqtt.ca_file.clone(),
+                client_cert_file: cfg.mqtt.client_cert_file.clone(),
+                client_key_file: cfg.mqtt.client_key_file.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
     let password = match &cfg.mqtt.password_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -66,20 +71,35 @@ fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
         max_incoming: MAX_INCOMING.max(cfg.commands.max_bytes * 4),
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
+        tls,
     })
+}
+
+/// Load `security.command_keys`; any unreadable key stops the start (an agent that
+/// silently accepted unsigned commands would be worse than one that does not run).
+fn load_command_keys(cfg: &Config) -> anyhow::Result<crate::api::envelope::CommandKeys> {
+    let mut keys = crate::api::envelope::CommandKeys::default();
+    for (i, k) in cfg.security.command_keys.iter().enumerate() {
+        let pem = std::fs::read_to_string(&k.public_key_file).with_context(|| {
+            format!(
+                "security.command_keys[{i}].public_key_file: cannot read {}",
+                k.public_key_file.display()
+            )
+        })?;
+        keys.add_pem(&k.kid, &pem)
+            .map_err(|e| anyhow::anyhow!("security.command_keys[{i}] ({}): {e}", k.kid))?;
+    }
+    if !keys.is_empty() {
+        tracing::info!(kids = ?keys, "only signed commands are accepted");
+    }
+    Ok(keys)
 }
 
 /// Run the agent until `shutdown` is cancelled, then stop in order: stop taking commands,
 /// let running operations reach a journalled point, publish what is in the outbox,
 /// publish `offline`, disconnect.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if !cfg.security.command_keys.is_empty() {
-        // Accepting unsigned commands while the operator believes only signed ones pass
-        // would be worse than not starting.
-        anyhow::bail!(
-            "security.command_keys is set, but signed-command verification is not implemented in this build; remove the keys or upgrade"
-        );
-    }
+    let command_keys = load_command_keys(&cfg)?;
     let bus_cfg = bus_config(&cfg)?;
     let (store, report) = Store::open(&cfg.store.path).with_context(|| {
         format!(
@@ -112,6 +132,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             queue_depth: cfg.commands.queue_depth,
             health_interval: Duration::from_secs(30),
             version: crate::VERSION.to_string(),
+            command_keys,
+            retention: cfg.store.retention,
         },
         build_drivers(&cfg, &env),
         outbox_notify.clone(),

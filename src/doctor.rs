@@ -184,16 +184,25 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
         .mqtt
         .endpoint()
         .map_err(|e| Check::fail(NAME, e.to_string(), "fix mqtt.url"))?;
-    if ep.tls {
-        return Err(Check::fail(
-            NAME,
-            format!(
-                "{}: mqtts:// is not supported by this build yet",
-                cfg.mqtt.url
-            ),
-            "use mqtt:// on a trusted network or a local TLS bridge (stunnel/mosquitto bridge)",
-        ));
-    }
+    // mqtts://: the same rustls configuration as the agent (CA file, client certificate).
+    let tls = if ep.tls {
+        Some(
+            crate::bus::tls::client_config(&crate::bus::tls::TlsFiles {
+                ca_file: cfg.mqtt.ca_file.clone(),
+                client_cert_file: cfg.mqtt.client_cert_file.clone(),
+                client_key_file: cfg.mqtt.client_key_file.clone(),
+            })
+            .map_err(|e| {
+                Check::fail(
+                    NAME,
+                    format!("{e:#}"),
+                    "check mqtt.ca_file / client_cert_file / client_key_file (PEM, readable by the agent)",
+                )
+            })?,
+        )
+    } else {
+        None
+    };
     let target = format!("{}:{}", ep.host, ep.port);
     let started = Instant::now();
     match tokio::time::timeout(
@@ -239,6 +248,11 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
     let mut opts = MqttOptions::new(client_id.clone(), ep.host.clone(), ep.port);
     opts.set_clean_session(true)
         .set_keep_alive(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     if let Some(u) = &cfg.mqtt.username {
         opts.set_credentials(u.clone(), password.unwrap_or_default());
     }
@@ -267,14 +281,18 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
             return Err(Check::fail(
                 NAME,
                 format!("{target} accepted TCP but sent no CONNACK within {BROKER_TIMEOUT:?}"),
-                "is it an MQTT listener (not TLS/WebSocket)? check the port in mqtt.url",
+                "is it an MQTT listener (not WebSocket; TLS only with mqtts://)? check the port in mqtt.url",
             ))
         }
         Ok(Err(e)) => {
             return Err(Check::fail(
                 NAME,
                 format!("MQTT connect to {target} failed: {e}"),
-                "check the broker's log; is it an MQTT 3.1.1 listener without TLS?",
+                if ep.tls {
+                    "TLS: does mqtt.ca_file hold the broker's CA, does the broker's certificate name the host in mqtt.url, is the client certificate accepted? (broker log)"
+                } else {
+                    "check the broker's log; is it an MQTT 3.1.1 listener, and not a TLS port (use mqtts:// for that)?"
+                },
             ))
         }
         Ok(Ok(ConnectReturnCode::Success)) => {}

@@ -80,6 +80,18 @@ enum Cmd {
         #[command(subcommand)]
         action: SecretCmd,
     },
+    /// Sign a command JSON into an envelope for agents with `security.command_keys`
+    /// (for cloud vendors testing their signer). Prints the envelope on stdout.
+    Sign {
+        /// P-256 private key, PEM (PKCS#8 or SEC1, e.g. from `openssl ecparam -name prime256v1 -genkey`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Key id the agent knows this key's public half by.
+        #[arg(long)]
+        kid: String,
+        /// File with the command JSON; stdin when absent. Its bytes are signed exactly as given.
+        command: Option<PathBuf>,
+    },
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]
@@ -173,6 +185,33 @@ async fn secret_set(config: &std::path::Path, terminal: &str, name: &str) -> any
     let secrets = posbridge::secrets::Secrets::open(&cfg.store.key_file, store)?;
     secrets.set(terminal, name, value.as_bytes()).await?;
     Ok(())
+}
+
+fn sign(
+    key: &std::path::Path,
+    kid: &str,
+    command: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use std::io::Read;
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(key)
+            .map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?,
+    );
+    let sk = posbridge::api::envelope::signing_key_from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let mut bytes = Vec::new();
+    match command {
+        Some(p) => bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        None => {
+            std::io::stdin().read_to_end(&mut bytes)?;
+        }
+    }
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| anyhow::anyhow!("the command is not valid JSON: {e}"))?;
+    Ok(posbridge::api::envelope::seal(&bytes, kid, &sk).to_string())
 }
 
 fn main() -> ExitCode {
@@ -310,6 +349,16 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("posbridge secret set: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Cmd::Sign { key, kid, command } => match sign(&key, &kid, command.as_deref()) {
+                Ok(env) => {
+                    println!("{env}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("posbridge sign: {e:#}");
                     ExitCode::FAILURE
                 }
             },

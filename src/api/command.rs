@@ -518,3 +518,50 @@ mod tests {
         assert!(parse(r#"[1,2]"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: never a panic, and an error always carries a bad_request-class code
+        /// and a message.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            match parse_command(&bytes, 1024) {
+                Ok(c) => prop_assert!(crate::api::is_valid_request_id(&c.id)),
+                Err(r) => {
+                    prop_assert!(!r.message.is_empty());
+                    prop_assert!(r.raw.as_ref().is_none_or(|s| s.len() <= RAW_ECHO_BYTES * 3));
+                }
+            }
+        }
+
+        /// Well-formed payments parse back to what was sent.
+        #[test]
+        fn valid_payments_round_trip(
+            id in "[A-Za-z0-9._:-]{1,64}",
+            term in "[A-Za-z0-9_-]{1,64}",
+            amount in 1i64..=i64::MAX,
+            cur in "[A-Z]{3}",
+        ) {
+            let v = serde_json::json!({"v":1,"id":id,"op":"payment","terminal":term,"amount":amount,"currency":cur});
+            let c = parse_command(v.to_string().as_bytes(), 65536).expect("valid");
+            prop_assert_eq!(c.id, id);
+            prop_assert_eq!(c.amount, Some(amount));
+            prop_assert_eq!(c.terminal, Some(term));
+        }
+
+        /// Mutating one field of a valid command to a value of the wrong type is refused
+        /// with that field named.
+        #[test]
+        fn wrong_types_name_the_field(field in prop::sample::select(vec!["amount", "currency", "terminal", "expires_at", "op"])) {
+            let mut v = serde_json::json!({"v":1,"id":"p","op":"payment","terminal":"t","amount":5,"currency":"KZT"});
+            v[field] = serde_json::json!([1]);
+            let r = parse_command(v.to_string().as_bytes(), 65536).expect_err("wrong type");
+            let prefix = format!("field {field}");
+            prop_assert!(r.message.starts_with(&prefix), "{}", r.message);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The MQTT contract (`mqtt-api.md`): message types, topics and validation. No I/O.
 
 pub mod command;
+pub mod envelope;
 pub mod result;
 pub mod topics;
 

@@ -14,6 +14,7 @@
 //!   each entry's packet id, and a `PUBACK` for that id deletes the entry.
 
 mod pump;
+pub mod tls;
 
 pub use pump::Pump;
 
@@ -57,6 +58,8 @@ pub struct BusConfig {
     pub max_incoming: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// `mqtts://`: the rustls client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Events from the connection task to the pump.
@@ -88,6 +91,11 @@ pub(crate) fn mqtt_options(cfg: &BusConfig, topics: &Topics) -> MqttOptions {
             QoS::AtLeastOnce,
             true,
         ));
+    if let Some(tls) = &cfg.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         o.set_credentials(u.clone(), p.clone());
     } else if let Some(u) = &cfg.username {

@@ -111,6 +111,10 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Empty in the file means `<path>/device.key` (filled in by `load`).
     pub key_file: PathBuf,
+    /// Finished commands older than this are deleted (ids older than this may run again:
+    /// the idempotency window). Unfinished ones are never deleted.
+    #[serde(with = "duration_str")]
+    pub retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +122,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("/var/lib/posbridge"),
             key_file: PathBuf::new(),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -293,6 +298,10 @@ pub struct IpTerminal {
     /// How long to wait for the terminal to answer a pay.
     #[serde(default = "default_op_timeout", with = "duration_str")]
     pub op_timeout: Duration,
+    /// After a lost answer, how long to keep asking the terminal `status` by ref before the
+    /// outcome is reported `unknown` (+ needs_reconciliation).
+    #[serde(default = "default_recovery_window", with = "duration_str")]
+    pub recovery_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -390,6 +399,10 @@ fn default_keep_alive() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_recovery_window() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_op_timeout() -> Duration {
     Duration::from_secs(120)
 }

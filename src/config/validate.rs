@@ -226,6 +226,7 @@ impl IpTerminal {
     fn validate(&self, at: &str) -> Result {
         check_host_port(&format!("{at}.addr"), &self.addr)?;
         check_positive(&format!("{at}.connect_timeout"), self.connect_timeout)?;
+        check_positive(&format!("{at}.recovery_window"), self.recovery_window)?;
         check_positive(&format!("{at}.op_timeout"), self.op_timeout)
     }
 }

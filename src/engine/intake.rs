@@ -98,6 +98,24 @@ pub(crate) enum After {
 impl Inner {
     /// Validate one payload and write what it leads to (record and/or outbox result).
     fn accept(self: &Arc<Self>, payload: &[u8]) -> Result<Vec<After>, StoreError> {
+        if payload.len() > self.cfg.max_bytes * 2 + 1024 {
+            // Far too big even for an envelope: refuse before decoding anything.
+            return self.refuse(parse_command(payload, self.cfg.max_bytes).err());
+        }
+        let mut sig = None;
+        let opened;
+        let payload = if self.cfg.command_keys.is_empty() {
+            payload
+        } else {
+            match crate::api::envelope::open(payload, &self.cfg.command_keys) {
+                Ok(o) => {
+                    sig = Some(o.sig);
+                    opened = o.command;
+                    &opened[..]
+                }
+                Err(rej) => return self.refuse(Some(rej)),
+            }
+        };
         let cmd = match parse_command(payload, self.cfg.max_bytes) {
             Ok(c) => c,
             Err(rej) => {
@@ -106,16 +124,20 @@ impl Inner {
                         return self.duplicate(&rec);
                     }
                 }
-                tracing::warn!(id = ?rej.id, error = %rej.message, "command rejected");
-                self.stats.count(FinalState::Rejected);
-                self.store
-                    .write(&[], &[OutMsg::result(&ResultMsg::rejected(&rej))])?;
-                return Ok(vec![]);
+                return self.refuse(Some(rej));
             }
         };
         let span = tracing::info_span!("command", id = %cmd.id, op = cmd.op.as_str(), terminal = ?cmd.terminal);
         let _g = span.enter();
         if let Some(rec) = self.store.get(&cmd.id)? {
+            if sig.is_some() && rec.sig != sig {
+                let mut rej = crate::api::Rejection::new(
+                    ErrorCode::Unauthorized,
+                    format!("id {:?} was already used by a different signed command (replay or forgery); not executed", cmd.id),
+                );
+                rej.raw = Some(crate::api::command::raw_echo(payload));
+                return self.refuse(Some(rej));
+            }
             tracing::info!("duplicate id: answering from the store");
             return self.duplicate(&rec);
         }
@@ -134,6 +156,7 @@ impl Inner {
             journal: vec![],
             result: None,
             refunds: vec![],
+            sig,
             reconciled: None,
         };
         tracing::info!("command received");
@@ -141,6 +164,17 @@ impl Inner {
             Op::Ping | Op::List | Op::Status | Op::Cancel => queries::answer(self, rec),
             _ => self.accept_device_op(&mut rec),
         }
+    }
+
+    /// A payload refused before it became a command: result with `"id": null`.
+    fn refuse(&self, rej: Option<crate::api::Rejection>) -> Result<Vec<After>, StoreError> {
+        if let Some(rej) = rej {
+            tracing::warn!(code = ?rej.code, error = %rej.message, "payload refused");
+            self.stats.count(FinalState::Rejected);
+            self.store
+                .write(&[], &[OutMsg::result(&ResultMsg::rejected(&rej))])?;
+        }
+        Ok(vec![])
     }
 
     fn reject(

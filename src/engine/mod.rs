@@ -42,6 +42,10 @@ pub struct EngineConfig {
     /// How often an idle terminal is probed for the retained terminal state.
     pub health_interval: Duration,
     pub version: String,
+    /// Finished commands older than this are pruned from the store.
+    pub retention: Duration,
+    /// When non-empty, only signed envelopes are accepted (`mqtt-api.md`: Signed commands).
+    pub command_keys: crate::api::envelope::CommandKeys,
 }
 
 struct Terminal {
@@ -212,6 +216,10 @@ impl Engine {
             // device ops whose terminal left the configuration cannot be resumed.
             queries::resume_orphan(&self.inner, rec);
         }
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(async move { prune_loop(inner).await });
         for t in self.inner.terminals.values() {
             let inner = self.inner.clone();
             let t = t.clone();
@@ -228,6 +236,23 @@ impl Engine {
         tokio::time::timeout(timeout, self.inner.tasks.wait())
             .await
             .is_ok()
+    }
+}
+
+/// Keep the store within `store.retention`: at start, then hourly.
+async fn prune_loop(inner: Arc<Inner>) {
+    loop {
+        let keep =
+            chrono::Duration::from_std(inner.cfg.retention).unwrap_or(chrono::Duration::days(30));
+        match inner.store.prune(Utc::now() - keep, 10_000) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned finished commands past store.retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
     }
 }
 

@@ -43,6 +43,13 @@ pub enum StoreError {
     },
     #[error("store sync failed: {0}")]
     Sync(String),
+    /// sled panicked while opening (it does on some garbled files).
+    #[error("store files are damaged: sled failed while reading them ({0})")]
+    Panicked(String),
+    /// The store opened but lacks records its watermark says were committed (a truncated
+    /// or replaced data file: sled itself would silently start from what is left).
+    #[error("store lost committed data: the watermark says record #{expected} was committed, but it is missing")]
+    LostData { expected: u64 },
 }
 
 /// What happened when the store was opened; reported on `status` and in logs.
@@ -108,6 +115,7 @@ fn is_damage(e: &StoreError) -> bool {
         StoreError::Sled(sled::Error::Corruption { .. }) => true,
         StoreError::Sled(sled::Error::Unsupported(_)) => true,
         StoreError::Sled(sled::Error::ReportableBug(_)) => true,
+        StoreError::Panicked(_) | StoreError::LostData { .. } => true,
         StoreError::Sled(sled::Error::Io(io)) => {
             matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
         }
@@ -122,8 +130,9 @@ impl Store {
     /// report says so. Must be called inside a tokio runtime (the syncer is a task).
     pub fn open(dir: &Path) -> Result<(Store, OpenReport), StoreError> {
         let path = &dir.join("sled");
+        let mark = Mark::new(dir.join("sled.mark"));
         let mut report = OpenReport::default();
-        let db = match Self::try_open(path) {
+        let db = match Self::try_open(path).and_then(|db| mark.check(&db).map(|()| db)) {
             Ok(db) => db,
             Err(e) if !is_damage(&e) => return Err(e),
             Err(e) => {
@@ -138,13 +147,24 @@ impl Store {
                     path: path.to_path_buf(),
                     source,
                 })?;
+                let _ = std::fs::rename(mark.path(), format!("{}.mark", aside.display()));
                 report.moved_aside = Some(aside.display().to_string());
                 report.error = Some(e.to_string());
                 Self::try_open(path)?
             }
         };
         let data_file = path.join("db");
-        let syncer = Syncer::start(db.clone(), data_file, path.join("blobs"));
+        // Whatever the outbox holds at open was read back from disk: durable.
+        if let Some(last) = db
+            .scan_prefix(OUTBOX)
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| seq_of(&k))
+        {
+            mark.note_outbox(last);
+            mark.outbox_synced(last);
+        }
+        let syncer = Syncer::start(db.clone(), data_file, path.join("blobs"), mark);
         let store = Store {
             db,
             syncer,
@@ -166,25 +186,34 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
             // We flush and fdatasync ourselves before every acknowledgement; sled's own
             // periodic flush only adds write amplification.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                // sled reports the flock failure as a custom io error (kind Other).
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::InUse {
-                        path: path.to_path_buf(),
-                    }
-                }
-                other => StoreError::Sled(other),
+            .flush_every_ms(None);
+        // sled 0.34 panics on some garbled files instead of returning an error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|p| {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                StoreError::Panicked(msg)
             })?;
+        let db = opened.map_err(|e| match e {
+            // sled reports the flock failure as a custom io error (kind Other).
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::InUse {
+                    path: path.to_path_buf(),
+                }
+            }
+            other => StoreError::Sled(other),
+        })?;
         // Walks every page: catches a store that opens but is internally inconsistent.
         db.checksum()?;
         Ok(db)
@@ -229,8 +258,10 @@ impl Store {
             batch.insert(seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
         }
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut max_outbox = 0;
         for m in outbox {
             let seq = self.next_seq()?;
+            max_outbox = seq;
             let v = serde_json::to_vec(m).map_err(|source| StoreError::Corrupt {
                 key: format!("outbox/{seq}"),
                 source,
@@ -238,15 +269,27 @@ impl Store {
             batch.insert(seq_key(OUTBOX, seq), v);
         }
         self.db.apply_batch(batch)?;
+        // Only after the batch is applied: a sync that reads these marks covers the batch.
+        if let Some(max) = records.iter().map(|r| r.seq).max() {
+            self.syncer.mark().note(max);
+        }
+        if max_outbox > 0 {
+            self.syncer.mark().note_outbox(max_outbox);
+        }
         Ok(())
     }
 
-    /// Outbox entries with seq ≥ `from`, oldest first, at most `limit`.
+    /// Durable outbox entries with seq ≥ `from`, oldest first, at most `limit`. Entries
+    /// written but not yet covered by a completed sync are not returned.
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, OutMsg)>, StoreError> {
         let mut out = Vec::new();
+        let durable = self.syncer.mark().outbox_durable();
+        if durable < from {
+            return Ok(out);
+        }
         for item in self
             .db
-            .range(seq_key(OUTBOX, from)..seq_key(OUTBOX, u64::MAX))
+            .range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable))
             .take(limit)
         {
             let (k, v) = item?;
@@ -314,8 +357,161 @@ impl Store {
         Ok(self.db.get(secret_key(terminal, name))?.map(|v| v.to_vec()))
     }
 
+    /// Delete finished records that finished before `before`, oldest first, at most
+    /// `limit`. The newest record is always kept (the watermark points at it). Returns how
+    /// many were deleted. Not synced: a prune lost in a crash simply happens again.
+    pub fn prune(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let newest = self
+            .db
+            .scan_prefix(RECENT)
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| seq_of(&k));
+        let mut deleted = 0;
+        for item in self.db.scan_prefix(RECENT) {
+            if deleted >= limit {
+                break;
+            }
+            let (k, id) = item?;
+            if seq_of(&k) == newest {
+                break;
+            }
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let finished_before = match self.get(&id) {
+                Ok(Some(r)) => {
+                    r.state.is_final()
+                        && r.result
+                            .as_ref()
+                            .and_then(|res| res.finished_at.as_deref())
+                            .and_then(|f| chrono::DateTime::parse_from_rfc3339(f).ok())
+                            .is_some_and(|f| f < before)
+                }
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if !finished_before {
+                // Keep scanning: an old unfinished record must not block pruning after it.
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            batch.remove(k.to_vec());
+            batch.remove(key(CMD, id.as_bytes()));
+            self.db.apply_batch(batch)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The watermark: the highest command sequence number known to be durable, kept in a
+/// small file beside sled's directory and written (and fdatasync'd) only after sled's own
+/// data is durable. On open, that record must be there; if it is not, sled has silently
+/// lost committed data (a truncated or missing data file) and the store is treated as
+/// damaged instead of starting quietly from what is left.
+///
+/// It also keeps the outbox's durability line: the highest outbox seq covered by a
+/// completed sync. The pump publishes only up to that line, so no result can reach the
+/// cloud before it is on disk (a result published and then lost in a crash could be
+/// followed by a different outcome for the same id).
+pub(crate) struct Mark {
+    path: PathBuf,
+    noted: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+    outbox_noted: std::sync::atomic::AtomicU64,
+    outbox_durable: std::sync::atomic::AtomicU64,
+}
+
+impl Mark {
+    fn new(path: PathBuf) -> Mark {
+        Mark {
+            path,
+            noted: Default::default(),
+            written: Default::default(),
+            outbox_noted: Default::default(),
+            outbox_durable: Default::default(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> u64 {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| b.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()))
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+    }
+
+    fn check(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let expected = self.read();
+        if expected > 0 && !db.contains_key(seq_key(RECENT, expected))? {
+            return Err(StoreError::LostData { expected });
+        }
+        self.written
+            .store(expected, std::sync::atomic::Ordering::Relaxed);
+        self.noted
+            .store(expected, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A record with this seq was written (not yet durable).
+    fn note(&self, seq: u64) {
+        self.noted
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Called by the syncer after sled's data is durable. `upto` was read before the
+    /// flush started, so every record up to it is covered by that flush.
+    pub(crate) fn persist(&self, upto: u64) -> std::io::Result<()> {
+        use std::io::Write;
+        if upto <= self.written.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&self.path)?;
+        f.write_all(&upto.to_be_bytes())?;
+        f.sync_data()?;
+        self.written
+            .fetch_max(upto, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn noted(&self) -> u64 {
+        self.noted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_outbox(&self, seq: u64) {
+        self.outbox_noted
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Read before a flush starts: every outbox entry up to here is covered by it.
+    pub(crate) fn outbox_noted(&self) -> u64 {
+        self.outbox_noted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After the flush that started at `upto` completed.
+    pub(crate) fn outbox_synced(&self, upto: u64) {
+        self.outbox_durable
+            .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn outbox_durable(&self) -> u64 {
+        self.outbox_durable
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -80,6 +80,10 @@ pub struct CommandRecord {
     /// Payments: ids of refunds accepted against this payment (over-refund check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refunds: Vec<String>,
+    /// Signature of the envelope that carried this command (signed mode): a later command
+    /// with the same id but another signature is refused as a replay or forgery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
     /// A later `status` query learned the real outcome of an `unknown` command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled: Option<ResultMsg>,

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use std::sync::Arc;
+
+use super::{Mark, StoreError};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
@@ -16,11 +18,18 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 #[derive(Clone)]
 pub struct Syncer {
     db: sled::Db,
+    mark: Arc<Mark>,
     tx: mpsc::UnboundedSender<(sled::Db, Waiter)>,
 }
 
 impl Syncer {
-    pub fn start(db: sled::Db, data_file: PathBuf, blobs_dir: PathBuf) -> Syncer {
+    pub fn mark(&self) -> &Mark {
+        &self.mark
+    }
+
+    pub fn start(db: sled::Db, data_file: PathBuf, blobs_dir: PathBuf, mark: Mark) -> Syncer {
+        let mark = Arc::new(mark);
+        let task_mark = mark.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<(sled::Db, Waiter)>();
         tokio::spawn(async move {
             while let Some((db, first)) = rx.recv().await {
@@ -30,10 +39,17 @@ impl Syncer {
                 }
                 let data_file = data_file.clone();
                 let blobs_dir = blobs_dir.clone();
-                let res =
-                    tokio::task::spawn_blocking(move || durable_flush(&db, &data_file, &blobs_dir))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
+                let mark = task_mark.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let upto = mark.noted();
+                    let outbox_upto = mark.outbox_noted();
+                    durable_flush(&db, &data_file, &blobs_dir)?;
+                    mark.outbox_synced(outbox_upto);
+                    mark.persist(upto)
+                        .map_err(|e| format!("store watermark: {e}"))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
                 if let Err(e) = &res {
                     tracing::error!(error = %e, "store sync failed");
                 }
@@ -42,7 +58,7 @@ impl Syncer {
                 }
             }
         });
-        Syncer { db, tx }
+        Syncer { db, mark, tx }
     }
 
     pub async fn sync(&self) -> Result<(), StoreError> {

@@ -48,6 +48,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra configuration appended after the plain loopback listener.
+    extra: String,
 }
 
 pub fn mosquitto_available() -> bool {
@@ -68,11 +70,19 @@ pub fn mosquitto_available() -> bool {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with(|_| String::new())
+    }
+
+    /// Start with extra listeners/settings; `extra` gets the broker's temp dir to put
+    /// certificates and password files in.
+    pub fn start_with(extra: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
+        let extra = extra(dir.path());
         let mut m = Mosquitto {
             port: free_port(),
             dir,
             child: None,
+            extra,
         };
         m.spawn();
         m
@@ -84,11 +94,13 @@ impl Mosquitto {
         // CRATES.md: nodelay (latency), a deep queue (never drop QoS 1), big messages.
         writeln!(
             f,
-            "# As root, mosquitto drops to user mosquitto, which cannot write our temp dir.\nuser root\nlistener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 100\nmessage_size_limit 0\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
+            "# As root, mosquitto drops to user mosquitto, which cannot write our temp dir.\nuser root\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 100\nmessage_size_limit 0\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
             port = self.port,
             dir = self.dir.path().display()
         )
         .expect("write conf");
+        f.write_all(self.extra.as_bytes())
+            .expect("write extra conf");
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)

@@ -242,3 +242,24 @@ async fn read_line_bounded_accepts_exactly_max() {
     let mut rest = Vec::new();
     assert_eq!(b.read_to_end(&mut rest).await.unwrap(), 0);
 }
+
+mod props {
+    use super::super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decode_response_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode_response(&bytes);
+            let _ = decode_request(&bytes);
+        }
+
+        #[test]
+        fn requests_round_trip(r in "[ -~]{1,64}", amount in 1i64..=i64::MAX) {
+            let req = Request::Pay { r#ref: r.clone(), amount, currency: "AZN".into() };
+            let line = encode_line(&req);
+            let back = decode_request(line.strip_suffix(b"\n").unwrap_or(&line)).expect("decode");
+            prop_assert_eq!(back, req);
+        }
+    }
+}

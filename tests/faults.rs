@@ -1,0 +1,251 @@
+//! Fault injection: a stream of mixed commands across simulated terminals while the agent
+//! is killed (-9) at named journal points and at random moments, the broker is restarted
+//! and terminal answers are lost. After the run: every accepted command id has exactly one
+//! final outcome (delivered at least once, every delivery the same), no terminal executed
+//! any reference twice, nothing is lost, and the store reopens cleanly.
+//!
+//! A short run is part of the normal suite. The soak: `POSBRIDGE_SOAK_FAULTS=1000 cargo
+//! test --release --test faults -- --nocapture`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use posbridge::sim::ip::{IpSim, SimOptions, SimStats};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const POINTS: &[&str] = &[
+    "intake:stored",
+    "journal:started:before",
+    "journal:started:after",
+    "journal:ip_sending:before",
+    "journal:ip_sending:after",
+    "journal:ip_answered:before",
+    "journal:ip_answered:after",
+    "worker:finished",
+];
+
+#[derive(Default, Debug)]
+struct Counts {
+    commands: usize,
+    aborts_at_points: usize,
+    random_kills: usize,
+    broker_restarts: usize,
+    lost_answers: usize,
+}
+
+impl Counts {
+    fn faults(&self) -> usize {
+        self.aborts_at_points + self.random_kills + self.broker_restarts + self.lost_answers
+    }
+}
+
+async fn sim(seed: u64) -> (IpSim, SimStats) {
+    let s = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.1,
+            seed: Some(seed),
+            delay_ms: 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let stats = s.stats();
+    (s, stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_commands_under_faults_keep_every_promise() {
+    let target: usize = std::env::var("POSBRIDGE_SOAK_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let seed: u64 = std::env::var("POSBRIDGE_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261123);
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let mut mosq = if mosquitto_available() {
+        Some(Mosquitto::start())
+    } else {
+        None
+    };
+    let port = match &mosq {
+        Some(m) => m.port,
+        None => embedded().port(),
+    };
+    let stop = CancellationToken::new();
+    let (s1, st1) = sim(seed).await;
+    let (s2, st2) = sim(seed + 1).await;
+    let (a1, a2) = (s1.local_addr(), s2.local_addr());
+    let (c1, c2) = (s1.control(), s2.control());
+    let _t1 = s1.spawn(stop.clone());
+    let _t2 = s2.spawn(stop.clone());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec {
+        queue_depth: 64,
+        ..AgentSpec::new("shop-faults", port)
+            .ip("ip-1", a1)
+            .ip("ip-2", a2)
+    };
+    let cloud = Cloud::connect(port, "shop-faults", "cloud-faults", true).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+
+    let mut counts = Counts::default();
+    let mut sent: BTreeMap<String, Value> = BTreeMap::new();
+    let mut paid: Vec<String> = Vec::new();
+    let mut round = 0usize;
+    while counts.faults() < target {
+        round += 1;
+        // A batch of commands: payments on both terminals, refunds of earlier payments,
+        // status queries, and now and then a duplicate of something already sent.
+        let n = rng.random_range(2..6);
+        for i in 0..n {
+            let id = format!("f{round}-{i}");
+            let term = if rng.random_bool(0.5) { "ip-1" } else { "ip-2" };
+            let cmd = match rng.random_range(0..10) {
+                0 if !paid.is_empty() => {
+                    let orig = &paid[rng.random_range(0..paid.len())];
+                    let t = sent[orig]["terminal"].clone();
+                    json!({"v":1,"id":id,"op":"refund","terminal":t,"amount":1,"original":orig})
+                }
+                1 if !sent.is_empty() => {
+                    let keys: Vec<&String> = sent.keys().collect();
+                    let dup = keys[rng.random_range(0..keys.len())].clone();
+                    cloud.send(sent[&dup].clone()).await;
+                    continue;
+                }
+                _ => {
+                    paid.push(id.clone());
+                    pay(&id, term, rng.random_range(100..10_000))
+                }
+            };
+            cloud.send(cmd.clone()).await;
+            sent.insert(id, cmd);
+            counts.commands += 1;
+        }
+        match rng.random_range(0..10) {
+            0..=4 => {
+                let point = POINTS[rng.random_range(0..POINTS.len())];
+                agent.restart(&[(posbridge::faults::ENV, point)]);
+                // Re-send the batch's ids as duplicates so the restarted agent has work
+                // that crosses the point even if the batch was already finished.
+                let extra = format!("f{round}-x");
+                let cmd = pay(&extra, "ip-1", 111);
+                cloud.send(cmd.clone()).await;
+                sent.insert(extra.clone(), cmd);
+                paid.push(extra);
+                counts.commands += 1;
+                if agent.wait_exit(Duration::from_secs(5)).is_some() {
+                    counts.aborts_at_points += 1;
+                } else {
+                    counts.random_kills += 1;
+                }
+                agent.restart(&[]);
+            }
+            5..=6 => {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+                agent.restart(&[]);
+                counts.random_kills += 1;
+            }
+            7 if mosq.is_some() => {
+                if let Some(m) = mosq.as_mut() {
+                    m.restart();
+                }
+                counts.broker_restarts += 1;
+            }
+            _ => {
+                if rng.random_bool(0.5) { &c1 } else { &c2 }.set_drop_response_once(true);
+                counts.lost_answers += 1;
+            }
+        }
+    }
+
+    // Quiesce: every command id sent must reach a final result.
+    let mut violations = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: BTreeSet<String> = cloud
+            .all("result")
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = sent.keys().filter(|id| !have.contains(*id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = agent.log();
+            for id in missing {
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(id.as_str())).collect();
+                violations.push(format!(
+                    "{id}: no result; agent log mentions:\n  {}",
+                    lines.join("\n  ")
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in cloud.all("result") {
+        if let Some(id) = r["id"].as_str() {
+            let key = format!(
+                "{}|{}|{}",
+                r["state"], r["payment"]["transaction_id"], r["error"]["code"]
+            );
+            by_id.entry(id.to_string()).or_default().insert(key);
+        }
+    }
+    for (id, outcomes) in &by_id {
+        if outcomes.len() != 1 {
+            violations.push(format!(
+                "{id}: {} different final outcomes {outcomes:?}",
+                outcomes.len()
+            ));
+        }
+    }
+    for id in sent.keys() {
+        let n = st1.executions(id) + st2.executions(id);
+        if n > 1 {
+            violations.push(format!("{id}: executed {n} times"));
+        }
+        if !by_id.contains_key(id) {
+            violations.push(format!("{id}: no result"));
+        }
+    }
+    // The store reopens cleanly after all that.
+    let st = agent.sigterm();
+    assert!(st.success());
+    agent.restart(&[]);
+    let status = cloud
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online"
+        })
+        .await;
+    if status.get("store").is_some() {
+        violations.push(format!("store reported damage: {status}"));
+    }
+    println!(
+        "fault injection: {} commands, {} faults injected ({} aborts at journal points, {} random kill -9, {} broker restarts, {} lost terminal answers), {} violations",
+        counts.commands,
+        counts.faults(),
+        counts.aborts_at_points,
+        counts.random_kills,
+        counts.broker_restarts,
+        counts.lost_answers,
+        violations.len()
+    );
+    assert!(violations.is_empty(), "violations: {violations:#?}");
+    stop.cancel();
+}

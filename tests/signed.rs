@@ -1,0 +1,193 @@
+//! Signed commands: with `security.command_keys` set, only envelopes signed by a known
+//! key run; unsigned, forged, unknown-kid and replayed-with-another-signature commands are
+//! `rejected`/`unauthorized` and never reach the terminal. `posbridge sign` produces
+//! envelopes the agent accepts.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use p256::ecdsa::SigningKey;
+use p256::elliptic_curve::Generate;
+use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use posbridge::api::envelope::seal;
+use posbridge::sim::ip::{IpSim, SimOptions};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+fn sign_with_cli(key_file: &std::path::Path, kid: &str, cmd: &Value) -> Vec<u8> {
+    let mut child = Command::new(BIN)
+        .args(["sign", "--kid", kid, "--key"])
+        .arg(key_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sign");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(cmd.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("sign");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .as_bytes()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_commands_run() {
+    let broker = embedded();
+    let sim = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let stop = CancellationToken::new();
+    let _sim = sim.spawn(stop.clone());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sk = SigningKey::generate();
+    let pub_pem = sk
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("pem");
+    std::fs::write(dir.path().join("cloud-1.pub"), pub_pem).expect("write pub");
+    let priv_file = dir.path().join("cloud-1.key");
+    let secret = p256::SecretKey::from(&sk);
+    std::fs::write(
+        &priv_file,
+        secret
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("pkcs8")
+            .as_bytes(),
+    )
+    .expect("write key");
+
+    let spec = AgentSpec {
+        extra: format!(
+            "[security]\ncommand_keys = [{{ kid = \"cloud-1\", public_key_file = \"{}\" }}]\n",
+            dir.path().join("cloud-1.pub").display()
+        ),
+        ..AgentSpec::new("shop-signed", broker.port()).ip("ip-1", addr)
+    };
+    let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-signed", false).await;
+    let _agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+
+    // Signed by the CLI with the configured key: runs.
+    let cmd = pay("s-1", "ip-1", 1200);
+    let env = sign_with_cli(&priv_file, "cloud-1", &cmd);
+    cloud.send_raw(env.clone()).await;
+    let r = cloud.result("s-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+
+    // Unsigned: refused, id not trusted.
+    cloud.send(pay("s-2", "ip-1", 100)).await;
+    let r = cloud
+        .wait("result", std::time::Duration::from_secs(10), |v| {
+            v["error"]["code"] == "unauthorized"
+                && v["raw"].as_str().is_some_and(|s| s.contains("s-2"))
+        })
+        .await;
+    assert_eq!(r["id"], Value::Null);
+    assert_eq!(r["state"], "rejected");
+
+    // Forged: the signed bytes changed after signing.
+    let mut forged: Value = serde_json::from_slice(&env).expect("json");
+    forged["signed"] = json!(base64_url(&pay("s-3", "ip-1", 999_999).to_string()));
+    cloud.send(forged).await;
+    cloud
+        .wait("result", std::time::Duration::from_secs(10), |v| {
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("bad signature"))
+        })
+        .await;
+
+    // Unknown kid.
+    let other = SigningKey::generate();
+    cloud
+        .send(seal(
+            pay("s-4", "ip-1", 100).to_string().as_bytes(),
+            "cloud-9",
+            &other,
+        ))
+        .await;
+    cloud
+        .wait("result", std::time::Duration::from_secs(10), |v| {
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown kid"))
+        })
+        .await;
+
+    // Replay of the identical envelope: never executed again, the stored result returns.
+    cloud.send_raw(env).await;
+    let all = cloud
+        .wait_n("result", std::time::Duration::from_secs(10), 2, |v| {
+            v["id"] == "s-1"
+        })
+        .await;
+    assert_eq!(all[0], all[1]);
+    // Same id, different (validly signed) body: a forgery/replay attempt, refused.
+    let reuse = pay("s-1", "ip-1", 5);
+    cloud
+        .send(seal(reuse.to_string().as_bytes(), "cloud-1", &sk))
+        .await;
+    cloud
+        .wait("result", std::time::Duration::from_secs(10), |v| {
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("already used by a different signed command"))
+        })
+        .await;
+
+    assert_eq!(stats.executions("s-1"), 1);
+    for id in ["s-2", "s-3", "s-4"] {
+        assert_eq!(
+            stats.executions(id),
+            0,
+            "{id} must never reach the terminal"
+        );
+    }
+    stop.cancel();
+}
+
+fn base64_url(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
+}
+
+#[test]
+fn unreadable_key_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n[security]\ncommand_keys = [{{ kid = \"k\", public_key_file = \"{}/missing.pem\" }}]\n",
+            dir.path().join("store").display(),
+            dir.path().display()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command_keys[0].public_key_file"));
+}
