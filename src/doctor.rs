@@ -265,6 +265,8 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
             match el.poll().await {
                 Ok(Event::Incoming(Incoming::ConnAck(a))) => return Ok(a.code),
                 Ok(_) => {}
+                // rumqttc turns a refusing CONNACK into this error.
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Ok(code),
                 Err(e) => return Err(e.to_string()),
             }
         }

@@ -416,3 +416,94 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
     let o = posbridge(&["check", "--config", &example.to_string_lossy()]).await;
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// Doctor over `mqtts://` with the agent's TLS settings (CA file, client certificate) and a
+/// password: ok with the right one; FAIL naming the refusal and the fix with a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_over_mqtts_checks_tls_and_credentials() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    if !mosquitto_available() {
+        return;
+    }
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "doctor test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let server_key = KeyPair::generate().expect("server key");
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    sp.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let server = sp
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .expect("server cert");
+    let client_key = KeyPair::generate().expect("client key");
+    let cp = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    let client = cp
+        .signed_by(&client_key, &ca_cert, &ca_key)
+        .expect("client cert");
+
+    let tls_port = free_port();
+    let _m = Mosquitto::start_with(|d| {
+        std::fs::write(d.join("ca.pem"), ca_cert.pem()).expect("ca");
+        std::fs::write(d.join("server.pem"), server.pem()).expect("srv");
+        std::fs::write(d.join("server.key"), server_key.serialize_pem()).expect("key");
+        let st = std::process::Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(d.join("passwd"))
+            .args(["agent", "right-password"])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(st.success());
+        format!(
+            "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n",
+            d = d.display()
+        )
+    });
+    wait_port(tls_port);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("ca.pem"), ca_cert.pem()).expect("ca");
+    std::fs::write(d.join("client.pem"), client.pem()).expect("client");
+    std::fs::write(d.join("client.key"), client_key.serialize_pem()).expect("client key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("client.key"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
+    let config = |pw: &str| {
+        let pw_file = d.join(format!("{pw}.pw"));
+        std::fs::write(&pw_file, format!("{pw}\n")).expect("pw");
+        let path = d.join(format!("{pw}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "agent_id = \"shop-tls-doc\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nusername = \"agent\"\npassword_file = \"{}\"\nca_file = \"{d}/ca.pem\"\nclient_cert_file = \"{d}/client.pem\"\nclient_key_file = \"{d}/client.key\"\n[store]\npath = \"{d}/store\"\n",
+                pw_file.display(),
+                d = d.display()
+            ),
+        )
+        .expect("config");
+        path.to_string_lossy().into_owned()
+    };
+
+    let out = posbridge(&["doctor", "--config", &config("right-password")]).await;
+    let t = text(&out);
+    assert_eq!(status_of(row(&t, "broker")), "ok", "{t}");
+    assert!(row(&t, "broker").contains("as \"agent\""), "{t}");
+    assert_eq!(status_of(row(&t, "mqtt.client_key_file")), "ok", "{t}");
+
+    let out = posbridge(&["doctor", "--config", &config("wrong-password")]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let broker = row(&t, "broker");
+    assert_eq!(status_of(broker), "FAIL", "{t}");
+    assert!(broker.contains("refused the login"), "{t}");
+    assert!(t.contains("mosquitto_passwd"), "{t}");
+    assert!(
+        !t.contains("wrong-password\n") && !t.contains("right-password"),
+        "{t}"
+    );
+}
