@@ -18,7 +18,7 @@ if ! systemd-analyze verify "$tmp/posbridge.service" >"$tmp/verify.out" 2>&1 || 
   sed "s|$tmp/|systemd/|" "$tmp/verify.out" >&2
   fail=1
 fi
-# Exposure 1.7 today ("OK"); fail if hardening is lost (threshold is exposure x 10).
+# Exposure 1.6 today ("OK"); fail if hardening is lost (threshold is exposure x 10).
 if ! systemd-analyze security --offline=yes --threshold=25 "$tmp/posbridge.service" >"$tmp/security.out" 2>&1; then
   echo "lint: systemd-analyze security: exposure above 2.5:" >&2
   cat "$tmp/security.out" >&2
