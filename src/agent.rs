@@ -12,6 +12,7 @@ use crate::api::Topics;
 use crate::bus::{self, BusConfig, BusStats, Pump};
 use crate::config::{Config, TerminalConfig};
 use crate::drivers::ip::IpDriver;
+use crate::drivers::token::{TokenDriver, TokenSettings};
 use crate::drivers::unavailable::Unavailable;
 use crate::drivers::{DriverEnv, DynDriver};
 use crate::engine::{Engine, EngineConfig};
@@ -23,7 +24,7 @@ const MAX_INCOMING: usize = 16 * 1024 * 1024;
 /// How long a stopping agent lets running device operations reach a journalled end.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)> {
+pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> {
     cfg.terminals
         .iter()
         .map(|t| {
@@ -32,6 +33,10 @@ pub fn build_drivers(cfg: &Config, _env: &DriverEnv) -> Vec<(String, DynDriver)>
                     IpDriver::new(ip.addr.clone(), ip.connect_timeout, ip.op_timeout)
                         .with_recovery_window(ip.recovery_window),
                 ),
+                TerminalConfig::Token(tk) => Arc::new(TokenDriver::new(
+                    TokenSettings::from(tk),
+                    env.agent_id.clone(),
+                )),
                 other => Arc::new(Unavailable::new(other.kind_name())),
             };
             (t.id().to_string(), d)

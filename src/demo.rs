@@ -150,6 +150,18 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     let stats = sim.stats();
     let control = sim.control();
     let sim_task = sim.spawn(shutdown.clone());
+    let token_sim = crate::sim::token::TokenSim::bind(
+        "127.0.0.1:0".parse()?,
+        crate::sim::token::SimOptions {
+            seed: Some(7),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .context("starting the Token register simulator")?;
+    let token_addr = token_sim.local_addr();
+    let token_task = token_sim.spawn(shutdown.clone());
 
     let dir = tempfile::tempdir().context("temporary store directory")?;
     let cfg = Config::from_toml_str(&format!(
@@ -165,6 +177,11 @@ interval = "5s"
 id = "ip-1"
 kind = "ip"
 addr = "{sim_addr}"
+[[terminals]]
+id = "token-1"
+kind = "token"
+transport = "tcp"
+addr = "{token_addr}"
 "#,
         store = dir.path().join("store").display()
     ))?;
@@ -216,6 +233,31 @@ addr = "{sim_addr}"
             id: Some("demo-refund-1"),
             expect_state: "succeeded",
             expect_code: None,
+        },
+        Step {
+            title: "fiscal sale on the Token register (basket, kuruş)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-fiscal-1","op":"payment","terminal":"token-1",
+                "amount":2000,"currency":"TRY","basket":{
+                "items":[{"name":"Su","price":500,"quantity":1,"section_no":1},
+                         {"name":"Armut","price":1500,"quantity":1,"section_no":1}],
+                "payments":[{"type":1,"amount":2000,"description":"nakit"}]}}),
+            ),
+            id: Some("demo-fiscal-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title: "fiscal basket that does not add up (rejected before the register)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-fiscal-2","op":"payment","terminal":"token-1",
+                "amount":2000,"currency":"TRY","basket":{
+                "items":[{"name":"Su","price":500,"quantity":1,"section_no":1}],
+                "payments":[{"type":1,"amount":2000}]}}),
+            ),
+            id: Some("demo-fiscal-2"),
+            expect_state: "rejected",
+            expect_code: Some("bad_request"),
         },
         Step {
             title: "malformed command",
@@ -318,6 +360,7 @@ addr = "{sim_addr}"
     }
     shutdown.cancel();
     let _ = sim_task.await;
+    let _ = token_task.await;
     println!(
         "\n{}",
         if ok {

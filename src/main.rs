@@ -132,6 +132,20 @@ enum SimKind {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// The Token fiscal register's Integration Hub side (token.md) over TCP.
+    Token {
+        #[arg(long, default_value = "127.0.0.1:7010")]
+        listen: SocketAddr,
+        /// Seed for receipt/Z numbers and sale UUIDs.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The fiscal number the register reports.
+        #[arg(long, default_value = "AV0000000121")]
+        fiscal_no: String,
+        /// Simulated cashier/customer time per sale, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -396,6 +410,31 @@ fn main() -> ExitCode {
                         }
                         Err(e) => {
                             eprintln!("posbridge sim ip: cannot listen on {addr}: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                SimKind::Token {
+                    listen,
+                    seed,
+                    fiscal_no,
+                    delay_ms,
+                } => {
+                    init_logging(LogFormat::Text, "info");
+                    let opts = posbridge::sim::token::SimOptions {
+                        fiscal_no,
+                        sale_delay_ms: delay_ms,
+                        seed,
+                        ..Default::default()
+                    };
+                    match posbridge::sim::token::TokenSim::bind(listen, opts, None).await {
+                        Ok(sim) => {
+                            println!("token register simulator listening on {}", sim.local_addr());
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim token: cannot start on {listen}: {e:#}");
                             ExitCode::FAILURE
                         }
                     }

@@ -322,6 +322,19 @@ pub struct TokenTerminal {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_company_name")]
     pub company_name: String,
+    /// Device quantity = contract units × this (token.md: the seed's example uses 1000).
+    #[serde(default = "default_quantity_scale")]
+    pub quantity_scale: u32,
+    /// Connect + each handshake step.
+    #[serde(default = "default_connect_timeout", with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// How long a sale may take on the register (customer time included).
+    #[serde(default = "default_op_timeout", with = "duration_str")]
+    pub op_timeout: Duration,
+    /// After a lost link or a restart mid-sale: how long to reconnect and wait for the
+    /// sale result before answering `unknown`.
+    #[serde(default = "default_recovery_window", with = "duration_str")]
+    pub recovery_window: Duration,
 }
 
 /// Optional filters picking one USB device among several.
@@ -405,6 +418,9 @@ fn default_recovery_window() -> Duration {
 
 fn default_op_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_quantity_scale() -> u32 {
+    1000
 }
 fn default_company_name() -> String {
     "posbridge".into()

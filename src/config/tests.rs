@@ -162,6 +162,11 @@ fn full_example_parses() {
         }
     );
     assert_eq!((t.transport, t.addr.clone()), (Transport::Usb, None));
+    assert_eq!(
+        (t.quantity_scale, t.op_timeout),
+        (1000, Duration::from_secs(120))
+    );
+    assert_eq!(t.recovery_window, Duration::from_secs(30));
     let TerminalConfig::Paywall(p) = &c.terminals[3] else {
         panic!("paywall")
     };
@@ -496,6 +501,14 @@ fn cross_key_rules() {
     assert!(
         terminal("id = \"t\"\nkind = \"token\"\ntransport = \"tcp\"")
             .starts_with("terminals[0].addr: required")
+    );
+    assert!(terminal("id = \"t\"\nkind = \"token\"\nstrict = true")
+        .starts_with("terminals[0].ca_file: required with strict = true"));
+    assert!(terminal("id = \"t\"\nkind = \"token\"\nquantity_scale = 7")
+        .starts_with("terminals[0].quantity_scale: "));
+    assert!(
+        terminal("id = \"t\"\nkind = \"token\"\nrecovery_window = \"0s\"")
+            .starts_with("terminals[0].recovery_window: ")
     );
     let paywall = "id = \"p\"\nkind = \"paywall\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\n";
     assert!(terminal(&format!(

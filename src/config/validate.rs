@@ -243,7 +243,21 @@ impl TokenTerminal {
         if self.company_name.trim().is_empty() {
             return invalid(format!("{at}.company_name"), "must not be empty");
         }
-        Ok(())
+        if self.strict && self.ca_file.is_none() {
+            return invalid(
+                format!("{at}.ca_file"),
+                "required with strict = true (the Kamu SM OKC-S2 CA to verify the register against)",
+            );
+        }
+        if !matches!(self.quantity_scale, 1 | 10 | 100 | 1000 | 10000) {
+            return invalid(
+                format!("{at}.quantity_scale"),
+                "must be 1, 10, 100, 1000 or 10000",
+            );
+        }
+        check_positive(&format!("{at}.connect_timeout"), self.connect_timeout)?;
+        check_positive(&format!("{at}.op_timeout"), self.op_timeout)?;
+        check_positive(&format!("{at}.recovery_window"), self.recovery_window)
     }
 }
 

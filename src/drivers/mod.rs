@@ -5,6 +5,7 @@
 //! when the device's answer cannot be learned, the outcome is `unknown`.
 
 pub mod ip;
+pub mod token;
 pub mod unavailable;
 
 use std::sync::Arc;

@@ -2,3 +2,4 @@
 //! demo and field engineers.
 
 pub mod ip;
+pub mod token;

@@ -1,0 +1,341 @@
+//! The Token fiscal register end to end: the real binary, an embedded broker, the
+//! register simulator speaking the real protocol over TCP on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use posbridge::drivers::token::basket_id;
+use posbridge::sim::token::{SimControl, SimOptions, TokenSim};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+async fn sim() -> (SocketAddr, SimControl, CancellationToken) {
+    let s = TokenSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            seed: Some(7),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .expect("sim");
+    let stop = CancellationToken::new();
+    let (addr, ctl) = (s.local_addr(), s.control());
+    s.spawn(stop.clone());
+    (addr, ctl, stop)
+}
+
+fn spec(agent_id: &str, broker: u16, addr: SocketAddr) -> AgentSpec {
+    let mut s = AgentSpec::new(agent_id, broker);
+    s.extra = format!(
+        "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{addr}\"\nconnect_timeout = \"3s\"\nop_timeout = \"10s\"\nrecovery_window = \"1s\"\n"
+    );
+    s
+}
+
+fn sale(id: &str) -> Value {
+    json!({"v": 1, "id": id, "op": "payment", "terminal": "token-1", "amount": 2000, "currency": "TRY",
+    "basket": {
+        "items": [ {"name": "Su", "price": 500, "quantity": 1, "section_no": 1},
+                   {"name": "Armut", "price": 1500, "quantity": 1, "section_no": 1} ],
+        "payments": [ {"type": 1, "amount": 1000, "description": "yarısı nakit"},
+                      {"type": 3, "amount": 1000, "description": "yarısı kredi kartı"} ]
+    }})
+}
+
+struct Rig {
+    cloud: Cloud,
+    agent: Agent,
+    ctl: SimControl,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+    _broker: Broker,
+}
+
+async fn rig(agent_id: &str) -> Rig {
+    let broker = embedded();
+    let (addr, ctl, stop) = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
+    let agent = Agent::start(&spec(agent_id, broker.port(), addr), dir.path());
+    cloud.online().await;
+    Rig {
+        cloud,
+        agent,
+        ctl,
+        stop,
+        _dir: dir,
+        _broker: broker,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fiscal_sale_end_to_end_with_fiscal_and_device_info() {
+    let r = rig("tok-e2e").await;
+    let cloud = &r.cloud;
+
+    cloud
+        .send(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
+        .await;
+    let fi = cloud.result("fi-1").await;
+    assert_eq!(fi["state"], "succeeded", "{fi}");
+    assert_eq!(fi["device"]["sections"][0]["name"], "GİDA");
+    assert_eq!(fi["device"]["receiptLimit"], 990000);
+
+    cloud
+        .send(json!({"v":1,"id":"di-1","op":"device_info","terminal":"token-1"}))
+        .await;
+    let di = cloud.result("di-1").await;
+    assert_eq!(di["state"], "succeeded", "{di}");
+    assert_eq!(di["device"]["fiscal_no"], "AV0000000121");
+    assert_eq!(di["device"]["cert_serial"], "AV0000000121");
+
+    cloud.send(sale("s-1")).await;
+    let res = cloud.result("s-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
+    assert_eq!(res["amount"], 2000);
+    assert_eq!(res["payment"]["method"], "mixed");
+    assert!(res["payment"]["transaction_id"].is_string());
+    assert!(res["payment"]["receipt"]["receipt_no"].is_number());
+    let bid = basket_id("tok-e2e", "s-1");
+    assert_eq!(res["device"]["basketID"], bid.as_str());
+    assert_eq!(r.ctl.sales(&bid), 1);
+
+    // The retained terminal state carries the fiscal number.
+    let t = cloud
+        .wait("terminals/token-1", Duration::from_secs(10), |v| {
+            v["identity"]["fiscal_no"] == "AV0000000121"
+        })
+        .await;
+    assert_eq!(t["kind"], "token");
+
+    // A repeated id is never run again.
+    cloud.send(sale("s-1")).await;
+    cloud
+        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "s-1")
+        .await;
+    assert_eq!(r.ctl.sales(&bid), 1);
+    r.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_baskets_are_rejected_before_any_device_traffic() {
+    let r = rig("tok-bad").await;
+    let cloud = &r.cloud;
+    let mut wrong_total = sale("b-1");
+    wrong_total["basket"]["payments"][0]["amount"] = json!(900);
+    let mut no_items = sale("b-2");
+    no_items["basket"]["items"] = json!([]);
+    let mut no_basket = sale("b-3");
+    no_basket.as_object_mut().map(|m| m.remove("basket"));
+    let mut amount = sale("b-4");
+    amount["amount"] = json!(1999);
+    for (cmd, field) in [
+        (wrong_total, "field basket.payments"),
+        (no_items, "field basket.items"),
+        (no_basket, "field basket:"),
+        (amount, "field amount"),
+    ] {
+        let id = cmd["id"].as_str().expect("id").to_string();
+        cloud.send(cmd).await;
+        let res = cloud.result(&id).await;
+        assert_eq!(res["state"], "rejected", "{res}");
+        assert_eq!(res["error"]["code"], "bad_request");
+        let msg = res["error"]["message"].as_str().expect("message");
+        assert!(msg.starts_with(field), "{msg} should name {field}");
+    }
+    assert_eq!(r.ctl.baskets_received(), 0);
+    r.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_error_type60_is_failed_with_device_code() {
+    let r = rig("tok-60").await;
+    r.ctl
+        .set(|k| k.error_next_basket = Some("KASA KAPALI".into()));
+    r.cloud.send(sale("e-1")).await;
+    let res = r.cloud.result("e-1").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "device_error");
+    assert_eq!(res["error"]["device_code"], "KASA KAPALI");
+    assert_eq!(r.ctl.total_sales(), 0);
+
+    // A customer cancel is a definite failure too.
+    r.ctl.set(|k| k.cancel_next = true);
+    r.cloud.send(sale("e-2")).await;
+    let res = r.cloud.result("e-2").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "cancelled_by_customer");
+    assert_eq!(res["error"]["device_code"], -1);
+    r.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_drop_mid_sale_is_unknown_unless_the_result_arrives_after_reconnect() {
+    let r = rig("tok-drop").await;
+    // The result is redelivered after the reconnect: the real outcome.
+    r.ctl.set(|k| {
+        k.drop_link_mid_sale = true;
+        k.redeliver_after_reconnect = true;
+    });
+    r.cloud.send(sale("d-1")).await;
+    let res = r.cloud.result("d-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
+    assert_eq!(r.ctl.sales(&basket_id("tok-drop", "d-1")), 1);
+
+    // No redelivery: unknown + needs_reconciliation, and the basket is never resent.
+    r.ctl.set(|k| {
+        k.drop_link_mid_sale = true;
+        k.redeliver_after_reconnect = false;
+    });
+    let before = r.ctl.baskets_received();
+    r.cloud.send(sale("d-2")).await;
+    let res = r.cloud.result("d-2").await;
+    assert_eq!(res["state"], "unknown", "{res}");
+    assert_eq!(res["needs_reconciliation"], true);
+    assert_eq!(r.ctl.baskets_received(), before + 1, "never resent");
+    assert_eq!(r.ctl.sales(&basket_id("tok-drop", "d-2")), 1);
+
+    // The terminal works again afterwards.
+    r.cloud.send(sale("d-3")).await;
+    assert_eq!(r.cloud.result("d-3").await["state"], "succeeded");
+    r.stop.cancel();
+}
+
+/// kill -9 at each journal point around the basket: never two sales, and an outcome
+/// that is the device's or `unknown`, never a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_basket_and_result_never_sells_twice() {
+    let broker = embedded();
+    let (addr, ctl, stop) = sim().await;
+    // (point, expected final state, expected sales)
+    let points = [
+        ("journal:token_basket:before", "succeeded", 1),
+        ("journal:token_basket:after", "unknown", 0),
+        ("journal:token_result:before", "unknown", 1),
+        ("journal:token_result:after", "succeeded", 1),
+    ];
+    for (n, (point, want, sales)) in points.iter().enumerate() {
+        let agent_id = format!("tok-crash-{n}");
+        let id = format!("c-{n}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cloud = Cloud::connect(
+            broker.port(),
+            &agent_id,
+            &format!("cloud-{agent_id}"),
+            false,
+        )
+        .await;
+        let mut agent = Agent::start_with(
+            &spec(&agent_id, broker.port(), addr),
+            dir.path(),
+            &[(posbridge::faults::ENV, point)],
+            &[],
+        );
+        cloud.online().await;
+        cloud.send(sale(&id)).await;
+        let st = agent
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
+        assert!(!st.success(), "{point}");
+        agent.restart(&[]);
+        let res = cloud.result(&id).await;
+        assert_eq!(res["state"], *want, "{point}: {res}\n{}", agent.log());
+        if *want == "unknown" {
+            assert_eq!(res["needs_reconciliation"], true, "{point}");
+        }
+        let bid = basket_id(&agent_id, &id);
+        assert_eq!(ctl.sales(&bid), *sales, "{point}: sales of {bid}");
+        assert!(agent.sigterm().success(), "{point}: clean stop");
+    }
+    assert!(ctl.total_sales() <= 3);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usb_transport_reports_device_unavailable_for_now() {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = AgentSpec::new("tok-usb", broker.port());
+    s.extra = "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"usb\"\n".into();
+    let cloud = Cloud::connect(broker.port(), "tok-usb", "cloud-tok-usb", false).await;
+    let _agent = Agent::start(&s, dir.path());
+    cloud.online().await;
+    cloud
+        .send(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"}))
+        .await;
+    let res = cloud.result("u-1").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "device_unavailable");
+    let msg = res["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("USB transport not in this build yet"), "{msg}");
+    // A bad basket is still rejected up front, whatever the transport.
+    let mut bad = sale("u-2");
+    bad["basket"]["items"][0]["section_no"] = json!("one");
+    cloud.send(bad).await;
+    let res = cloud.result("u-2").await;
+    assert_eq!(res["state"], "rejected");
+    assert!(res["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("field basket.items[0].section_no")));
+}
+
+/// Strict mode: a register whose certificate chains to the configured CA and whose
+/// serialNumber matches its fiscal number sells; one signed by another CA is refused at
+/// the handshake and never receives a basket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
+    use posbridge::sim::token::TestCa;
+    let broker = embedded();
+    let ca = TestCa::generate("Test OKC-S2").expect("ca");
+    let stranger = TestCa::generate("Not Kamu SM").expect("ca");
+    let good = TokenSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions::default(),
+        Some(&ca),
+    )
+    .await
+    .expect("sim");
+    let bad = TokenSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions::default(),
+        Some(&stranger),
+    )
+    .await
+    .expect("sim");
+    let (good_addr, bad_addr, bad_ctl) = (good.local_addr(), bad.local_addr(), bad.control());
+    let stop = CancellationToken::new();
+    good.spawn(stop.clone());
+    bad.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = dir.path().join("okc-s2.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("ca file");
+    let mut s = AgentSpec::new("tok-strict", broker.port());
+    for (id, addr) in [("token-1", good_addr), ("token-2", bad_addr)] {
+        s.extra.push_str(&format!(
+            "[[terminals]]\nid = \"{id}\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{addr}\"\nstrict = true\nca_file = \"{}\"\n",
+            ca_path.display()
+        ));
+    }
+    let cloud = Cloud::connect(broker.port(), "tok-strict", "cloud-tok-strict", false).await;
+    let agent = Agent::start(&s, dir.path());
+    cloud.online().await;
+    cloud.send(sale("st-1")).await;
+    let res = cloud.result("st-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
+
+    let mut other = sale("st-2");
+    other["terminal"] = json!("token-2");
+    cloud.send(other).await;
+    let res = cloud.result("st-2").await;
+    assert_eq!(res["state"], "failed", "{res}");
+    assert_eq!(res["error"]["code"], "device_error");
+    let msg = res["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("does not chain to the configured CA"), "{msg}");
+    assert_eq!(bad_ctl.baskets_received(), 0);
+    stop.cancel();
+}
