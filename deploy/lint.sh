@@ -26,7 +26,7 @@ if ! systemd-analyze security --offline=yes --threshold=25 "$tmp/posbridge.servi
 fi
 
 set --
-for f in deploy/install.sh deploy/cross-build.sh deploy/qemu-smoke.sh deploy/lint.sh .ci/run \
+for f in deploy/install.sh deploy/cross-build.sh deploy/qemu-smoke.sh deploy/deb-check.sh deploy/lint.sh .ci/run \
   deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm; do
   [ -f "$f" ] || continue
   set -- "$@" "$f"
