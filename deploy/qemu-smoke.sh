@@ -29,7 +29,8 @@ sim_port=$(echo "$ports" | cut -d' ' -f2)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$mqtt_port" >"$tmp/mosquitto.conf"
 mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 &
 pids="$pids $!"
-run sim ip --listen "127.0.0.1:$sim_port" --fail-rate 0 >"$tmp/sim.log" 2>&1 &
+# Not through run(): $! must be the emulator's pid, not a subshell's, or it outlives us.
+"$qemu" -L "$sysroot" "$bin" sim ip --listen "127.0.0.1:$sim_port" --fail-rate 0 >"$tmp/sim.log" 2>&1 &
 pids="$pids $!"
 
 cat >"$tmp/posbridge.toml" <<CONF
