@@ -12,8 +12,10 @@ use crate::api::Topics;
 use crate::bus::{self, BusConfig, BusStats, Pump};
 use crate::config::{Config, TerminalConfig};
 use crate::drivers::ip::IpDriver;
+use crate::drivers::kaspi::KaspiDriver;
+use crate::drivers::kuveyt::KuveytDriver;
+use crate::drivers::paywall::PaywallDriver;
 use crate::drivers::token::{TokenDriver, TokenSettings};
-use crate::drivers::unavailable::Unavailable;
 use crate::drivers::{DriverEnv, DynDriver};
 use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
@@ -37,7 +39,9 @@ pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> 
                     TokenSettings::from(tk),
                     env.agent_id.clone(),
                 )),
-                other => Arc::new(Unavailable::new(other.kind_name())),
+                TerminalConfig::Kaspi(k) => Arc::new(KaspiDriver::new(&k.id, k, env)),
+                TerminalConfig::Paywall(p) => Arc::new(PaywallDriver::new(p, env)),
+                TerminalConfig::Kuveyt(k) => Arc::new(KuveytDriver::new(k, env)),
             };
             (t.id().to_string(), d)
         })

@@ -162,8 +162,21 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     .context("starting the Token register simulator")?;
     let token_addr = token_sim.local_addr();
     let token_task = token_sim.spawn(shutdown.clone());
+    let kaspi = crate::sim::kaspi::KaspiSim::bind(
+        "127.0.0.1:0".parse()?,
+        crate::sim::kaspi::SimOptions {
+            seed: Some(7),
+            customer_time: Duration::from_millis(600),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting the Kaspi simulator")?;
+    let kaspi_url = kaspi.url();
+    let kaspi_task = kaspi.spawn(shutdown.clone());
 
     let dir = tempfile::tempdir().context("temporary store directory")?;
+    let cloud_terminals = cloud_mocks(dir.path(), shutdown.clone()).await?;
     let cfg = Config::from_toml_str(&format!(
         r#"
 agent_id = "demo-shop"
@@ -182,7 +195,13 @@ id = "token-1"
 kind = "token"
 transport = "tcp"
 addr = "{token_addr}"
-"#,
+[[terminals]]
+id = "kaspi-1"
+kind = "kaspi"
+url = "{kaspi_url}"
+protected = false
+poll_interval = "200ms"
+{cloud_terminals}"#,
         store = dir.path().join("store").display()
     ))?;
     let root = "posbridge/demo-shop";
@@ -260,6 +279,25 @@ addr = "{token_addr}"
             expect_code: Some("bad_request"),
         },
         Step {
+            title: "Kaspi Smart POS: QR payment (approved; 1 511 ₸ = 151100 tiyn)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kaspi-1","op":"payment","terminal":"kaspi-1","amount":151100,"currency":"KZT"}),
+            ),
+            id: Some("demo-kaspi-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title:
+                "Kaspi Smart POS: amount in tiyn (rejected before the terminal: whole tenge only)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kaspi-2","op":"payment","terminal":"kaspi-1","amount":150050,"currency":"KZT"}),
+            ),
+            id: Some("demo-kaspi-2"),
+            expect_state: "rejected",
+            expect_code: Some("invalid_amount"),
+        },
+        Step {
             title: "malformed command",
             payload: br#"{"v":1,"id":"demo-bad","op":"payment","amount":"#.to_vec(),
             id: None,
@@ -274,6 +312,35 @@ addr = "{token_addr}"
             id: Some("demo-late-1"),
             expect_state: "expired",
             expect_code: Some("expired"),
+        },
+        Step {
+            title: "paywall sale (test mode, mock Paywall cloud)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-pw-1","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
+                       "products":[{"name":"Saç Tıraşı","amount":2200,"quantity":1,"tax_group_id":10,"unit_code_id":1}]}),
+            ),
+            id: Some("demo-pw-1"),
+            expect_state: "succeeded",
+            expect_code: None,
+        },
+        Step {
+            title: "paywall sale whose products do not add up (refused before any request)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-pw-2","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
+                       "products":[{"name":"Su","amount":500,"quantity":1,"tax_group_id":10,"unit_code_id":1}]}),
+            ),
+            id: Some("demo-pw-2"),
+            expect_state: "rejected",
+            expect_code: Some("bad_request"),
+        },
+        Step {
+            title: "kuveyt pay-by-link (payment_url on evt, customer pays)",
+            payload: cmd(
+                json!({"v":1,"id":"demo-kv-1","op":"payment","terminal":"kuveyt-1","amount":15000,"currency":"TRY"}),
+            ),
+            id: Some("demo-kv-1"),
+            expect_state: "succeeded",
+            expect_code: None,
         },
         Step {
             title: "unknown terminal",
@@ -361,6 +428,7 @@ addr = "{token_addr}"
     shutdown.cancel();
     let _ = sim_task.await;
     let _ = token_task.await;
+    let _ = kaspi_task.await;
     println!(
         "\n{}",
         if ok {
@@ -370,4 +438,32 @@ addr = "{token_addr}"
         }
     );
     Ok(ok)
+}
+
+/// The Paywall and pay-by-link mocks on loopback, and the terminals that use them (test
+/// mode, key files in `dir`).
+async fn cloud_mocks(dir: &std::path::Path, shutdown: CancellationToken) -> anyhow::Result<String> {
+    use crate::sim::kuveyt::{KuveytSim, KuveytSimOptions};
+    use crate::sim::paywall::{PaywallSim, PaywallSimOptions};
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let pw = PaywallSim::bind(any, PaywallSimOptions::default())
+        .await
+        .context("starting the Paywall mock")?;
+    let kv = KuveytSim::bind(any, KuveytSimOptions::default())
+        .await
+        .context("starting the pay-by-link mock")?;
+    let (pw_url, kv_url) = (pw.base_url("test"), kv.base_url("test"));
+    println!("posbridge demo: Paywall mock {pw_url}, pay-by-link mock {kv_url}");
+    pw.spawn(shutdown.clone());
+    kv.spawn(shutdown);
+    for (name, value) in [("api_key", "test-api-key"), ("secret", "test-secret")] {
+        std::fs::write(dir.join(name), value).context("writing demo key files")?;
+    }
+    let (key, secret) = (dir.join("api_key"), dir.join("secret"));
+    Ok(format!(
+        "[[terminals]]\nid = \"paywall-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{pw_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\napi_key_file = \"{k}\"\nclient_key_file = \"{s}\"\n\
+         [[terminals]]\nid = \"kuveyt-1\"\nkind = \"kuveyt\"\nmode = \"test\"\ntest_url = \"{kv_url}\"\npoll_interval = \"2s\"\napi_key_file = \"{k}\"\napi_secret_file = \"{s}\"\n",
+        k = key.display(),
+        s = secret.display()
+    ))
 }

@@ -92,6 +92,11 @@ enum Cmd {
         /// File with the command JSON; stdin when absent. Its bytes are signed exactly as given.
         command: Option<PathBuf>,
     },
+    /// Kaspi Smart POS tools (registration of the register with the terminal).
+    Kaspi {
+        #[command(subcommand)]
+        action: KaspiCmd,
+    },
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]
@@ -106,6 +111,17 @@ enum SecretCmd {
     Set {
         terminal: String,
         name: String,
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KaspiCmd {
+    /// Register with the terminal's protected API: the cashier presses "Allow" on the
+    /// terminal; the tokens are stored encrypted. Stop the agent first (single-process store).
+    Register {
+        terminal: String,
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -146,6 +162,75 @@ enum SimKind {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Kaspi Smart POS (kaspi.md, LAN API v2). Amount conventions: see the README.
+    Kaspi {
+        /// Address to listen on (the terminal's port is 8080).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Serve HTTPS with a generated certificate and require tokens (protected API).
+        #[arg(long)]
+        tls: bool,
+        /// The certificate's name with --tls.
+        #[arg(long, default_value = "pos1.kaspiros.kz")]
+        tls_name: String,
+        /// Write the simulator's CA certificate (PEM) here, for the driver's ca_file.
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
+        /// Seed for a deterministic sequence of methods, outcomes and ids.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Customer time per payment, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        customer_ms: u64,
+        /// Probability that an amount without a convention is declined (0.0–1.0).
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// The cashier presses "Allow" this long after a register request.
+        #[arg(long, default_value_t = 2000)]
+        approve_after_ms: u64,
+        /// Access token lifetime (e.g. "24h", "10m").
+        #[arg(long, default_value = "24h")]
+        token_lifetime: humantime::Duration,
+    },
+    /// Mock Paywall PhysicalAPI (paywall.md): base URLs …/test and …/live; outcomes by
+    /// the amount's last two minor digits (README "Terminal: paywall").
+    Paywall {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        mock: MockArgs,
+        /// How long a slow sale waits on the "device" before succeeding, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        slow_ms: u64,
+    },
+    /// Mock pay-by-link API (kuveyt.md): base URLs …/test and …/live; outcomes by the
+    /// amount's last two minor digits (README "Terminal: kuveyt").
+    Kuveyt {
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        mock: MockArgs,
+    },
+}
+
+/// Options shared by the cloud mocks. The keys are the mock's own, not real secrets.
+#[derive(clap::Args)]
+struct MockArgs {
+    /// Serve HTTPS with a self-signed certificate made at start.
+    #[arg(long)]
+    tls: bool,
+    /// Where to write that certificate (PEM), for the agent's `ca_file`.
+    #[arg(long)]
+    cert_out: Option<PathBuf>,
+    #[arg(long, default_value = "test-api-key")]
+    test_api_key: String,
+    /// Paywall `apiclientprivate` / Kuveyt `X-Api-Secret` of the test environment.
+    #[arg(long, default_value = "test-secret")]
+    test_secret: String,
+    #[arg(long, default_value = "live-api-key")]
+    live_api_key: String,
+    #[arg(long, default_value = "live-secret")]
+    live_secret: String,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -226,6 +311,16 @@ fn sign(
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| anyhow::anyhow!("the command is not valid JSON: {e}"))?;
     Ok(posbridge::api::envelope::seal(&bytes, kid, &sk).to_string())
+}
+
+/// Write a mock's TLS certificate where the agent's `ca_file` can find it.
+fn write_cert(pem: Option<&str>, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match (pem, out) {
+        (Some(pem), Some(path)) => std::fs::write(path, pem)
+            .map_err(|e| anyhow::anyhow!("--cert-out {}: {e}", path.display())),
+        (None, Some(_)) => anyhow::bail!("--cert-out needs --tls"),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -376,7 +471,103 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Cmd::Kaspi {
+                action: KaspiCmd::Register { terminal, config },
+            } => {
+                init_logging(LogFormat::Text, "warn");
+                let cfg = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("posbridge: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match posbridge::drivers::kaspi::register::run(&cfg, &terminal).await {
+                    Ok(msg) => {
+                        eprintln!("posbridge: {msg}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("posbridge kaspi register: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Cmd::Sim { kind } => match kind {
+                SimKind::Paywall {
+                    listen,
+                    mock,
+                    slow_ms,
+                } => {
+                    init_logging(LogFormat::Text, "info");
+                    use posbridge::sim::paywall::{Keys, PaywallSim, PaywallSimOptions};
+                    let opts = PaywallSimOptions {
+                        test: Keys {
+                            api_key: mock.test_api_key,
+                            client_key: mock.test_secret,
+                        },
+                        live: Keys {
+                            api_key: mock.live_api_key,
+                            client_key: mock.live_secret,
+                        },
+                        slow: std::time::Duration::from_millis(slow_ms),
+                        tls: mock.tls,
+                    };
+                    match PaywallSim::bind(listen, opts).await {
+                        Ok(sim) => {
+                            if let Err(e) = write_cert(sim.cert_pem(), mock.cert_out.as_deref()) {
+                                eprintln!("posbridge sim paywall: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                            println!(
+                                "paywall mock: test_url = {}  live_url = {}",
+                                sim.base_url("test"),
+                                sim.base_url("live")
+                            );
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim paywall: cannot listen on {listen}: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                SimKind::Kuveyt { listen, mock } => {
+                    init_logging(LogFormat::Text, "info");
+                    use posbridge::sim::kuveyt::{KuveytSim, KuveytSimOptions};
+                    use posbridge::sim::paywall::Keys;
+                    let opts = KuveytSimOptions {
+                        test: Keys {
+                            api_key: mock.test_api_key,
+                            client_key: mock.test_secret,
+                        },
+                        live: Keys {
+                            api_key: mock.live_api_key,
+                            client_key: mock.live_secret,
+                        },
+                        tls: mock.tls,
+                    };
+                    match KuveytSim::bind(listen, opts).await {
+                        Ok(sim) => {
+                            if let Err(e) = write_cert(sim.cert_pem(), mock.cert_out.as_deref()) {
+                                eprintln!("posbridge sim kuveyt: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                            println!(
+                                "kuveyt mock: test_url = {}  live_url = {}",
+                                sim.base_url("test"),
+                                sim.base_url("live")
+                            );
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim kuveyt: cannot listen on {listen}: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
                 SimKind::Ip {
                     listen,
                     host,
@@ -435,6 +626,58 @@ fn main() -> ExitCode {
                         }
                         Err(e) => {
                             eprintln!("posbridge sim token: cannot start on {listen}: {e:#}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                SimKind::Kaspi {
+                    listen,
+                    tls,
+                    tls_name,
+                    ca_out,
+                    seed,
+                    customer_ms,
+                    fail_rate,
+                    approve_after_ms,
+                    token_lifetime,
+                } => {
+                    init_logging(LogFormat::Text, "info");
+                    let opts = posbridge::sim::kaspi::SimOptions {
+                        seed,
+                        customer_time: std::time::Duration::from_millis(customer_ms),
+                        tls_name: tls.then_some(tls_name),
+                        protected: tls,
+                        fail_rate,
+                        cashier: posbridge::sim::kaspi::Cashier::Allow(
+                            std::time::Duration::from_millis(approve_after_ms),
+                        ),
+                        token_lifetime: token_lifetime.into(),
+                        ..Default::default()
+                    };
+                    match posbridge::sim::kaspi::KaspiSim::bind(listen, opts).await {
+                        Ok(sim) => {
+                            println!("kaspi simulator listening on {}", sim.url());
+                            if let Some(t) = sim.tls() {
+                                println!(
+                                    "certificate for {}; pin_sha256 = \"{}\"",
+                                    t.name, t.cert_sha256
+                                );
+                                if let Some(path) = &ca_out {
+                                    if let Err(e) = std::fs::write(path, &t.ca_pem) {
+                                        eprintln!(
+                                            "posbridge sim kaspi: --ca-out {}: {e}",
+                                            path.display()
+                                        );
+                                        return ExitCode::FAILURE;
+                                    }
+                                    println!("CA certificate written to {}", path.display());
+                                }
+                            }
+                            sim.run(shutdown_on_signals()).await;
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("posbridge sim kaspi: cannot listen on {listen}: {e}");
                             ExitCode::FAILURE
                         }
                     }

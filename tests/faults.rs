@@ -28,7 +28,28 @@ const POINTS: &[&str] = &[
     "journal:ip_answered:before",
     "journal:ip_answered:after",
     "worker:finished",
+    "journal:token_basket:before",
+    "journal:token_basket:after",
+    "journal:token_result:before",
+    "journal:token_result:after",
+    "journal:paywall_sale_sending:before",
+    "journal:paywall_sale_sending:after",
+    "journal:paywall_sale_answered:before",
+    "journal:paywall_sale_answered:after",
 ];
+
+/// A fiscal sale on the Token register (basket adds up to 2000 kuruş).
+fn token_sale(id: &str) -> Value {
+    json!({"v":1,"id":id,"op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
+        "basket":{"items":[{"name":"Su","price":2000,"quantity":1,"section_no":1}],
+                  "payments":[{"type":1,"amount":2000}]}})
+}
+
+/// A Paywall sale (amounts ending in 00 succeed on the mock).
+fn paywall_sale(id: &str, amount: i64) -> Value {
+    json!({"v":1,"id":id,"op":"payment","terminal":"pw-1","amount":amount,"currency":"TRY",
+        "products":[{"name":"Kahve","amount":amount,"quantity":1,"tax_group_id":10,"unit_code_id":1}]})
+}
 
 #[derive(Default, Debug)]
 struct Counts {
@@ -90,9 +111,40 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let _t1 = s1.spawn(stop.clone());
     let _t2 = s2.spawn(stop.clone());
 
+    // A Token register and a Paywall cloud beside the two IP terminals.
+    let token = posbridge::sim::token::TokenSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        posbridge::sim::token::SimOptions {
+            seed: Some(seed),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .expect("token sim");
+    let token_addr = token.local_addr();
+    let token_ctl = token.control();
+    let _t3 = token.spawn(stop.clone());
+    let paywall = posbridge::sim::paywall::PaywallSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        Default::default(),
+    )
+    .await
+    .expect("paywall mock");
+    let paywall_url = paywall.base_url("test");
+    let _t4 = paywall.spawn(stop.clone());
+
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("api_key"), "test-api-key\n").expect("key");
+    std::fs::write(dir.path().join("client_key"), "test-secret\n").expect("key");
+    let extra = format!(
+        "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{token_addr}\"\nconnect_timeout = \"3s\"\nop_timeout = \"10s\"\nrecovery_window = \"2s\"\n\
+         [[terminals]]\nid = \"pw-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{paywall_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\nop_timeout = \"20s\"\nrecovery_window = \"3s\"\napi_key_file = \"{d}/api_key\"\nclient_key_file = \"{d}/client_key\"\n",
+        d = dir.path().display()
+    );
     let spec = AgentSpec {
         queue_depth: 64,
+        extra,
         ..AgentSpec::new("shop-faults", port)
             .ip("ip-1", a1)
             .ip("ip-2", a2)
@@ -125,6 +177,8 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                     cloud.send(sent[&dup].clone()).await;
                     continue;
                 }
+                2 => token_sale(&id),
+                3 => paywall_sale(&id, rng.random_range(1..50) * 100),
                 _ => {
                     paid.push(id.clone());
                     pay(&id, term, rng.random_range(100..10_000))
@@ -216,12 +270,26 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         }
     }
     for id in sent.keys() {
-        let n = st1.executions(id) + st2.executions(id);
+        let n = st1.executions(id)
+            + st2.executions(id)
+            + token_ctl.sales(&posbridge::drivers::token::basket_id("shop-faults", id));
         if n > 1 {
             violations.push(format!("{id}: executed {n} times"));
         }
         if !by_id.contains_key(id) {
             violations.push(format!("{id}: no result"));
+        }
+    }
+    // The run really exercised every kind of terminal.
+    for term in ["ip-1", "ip-2", "token-1", "pw-1"] {
+        let ok = cloud
+            .all("result")
+            .iter()
+            .any(|r| r["terminal"] == term && r["state"] == "succeeded");
+        if !ok {
+            violations.push(format!(
+                "no command succeeded on {term}: the run did not cover it"
+            ));
         }
     }
     // The store reopens cleanly after all that.

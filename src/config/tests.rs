@@ -528,6 +528,18 @@ fn cross_key_rules() {
         "id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\nreturn_url = \"https://u:p@x\""
     )
     .starts_with("terminals[0].return_url: credentials"));
+    assert!(
+        terminal("id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\npoll_interval = \"1s\"")
+            .starts_with("terminals[0].poll_interval: must be at least 2s")
+    );
+    assert!(terminal(&format!(
+        "{paywall}mode = \"disabled\"\ncurrency_ids = {{ try = 1 }}"
+    ))
+    .starts_with("terminals[0].currency_ids.try: "));
+    assert!(terminal(&format!(
+        "{paywall}mode = \"disabled\"\nop_timeout = \"0s\""
+    ))
+    .starts_with("terminals[0].op_timeout: "));
 }
 
 #[test]
@@ -605,4 +617,32 @@ fn secret_key_list() {
     ] {
         assert!(!is_secret_key(key), "{key}");
     }
+}
+
+#[test]
+fn kaspi_timing_keys_default_and_validate() {
+    let kaspi = "id = \"k\"\nkind = \"kaspi\"\nurl = \"https://192.0.2.1\"\n";
+    let c = Config::from_toml_str(&with_terminal(kaspi)).expect("defaults");
+    let TerminalConfig::Kaspi(k) = &c.terminals[0] else {
+        panic!("kaspi")
+    };
+    assert_eq!(k.poll_interval, Duration::from_secs(1));
+    assert_eq!(k.actualize_interval, Duration::from_secs(10));
+    assert_eq!(k.actualize_window, Duration::from_secs(300));
+    assert_eq!(k.payment_timeout, Duration::from_secs(260));
+    assert_eq!(k.register_timeout, Duration::from_secs(120));
+    assert_eq!(k.renew_before, Duration::from_secs(3600));
+    let set = format!("{kaspi}poll_interval = \"250ms\"\nactualize_window = \"1m\"");
+    let c = Config::from_toml_str(&with_terminal(&set)).expect("set");
+    let TerminalConfig::Kaspi(k) = &c.terminals[0] else {
+        panic!("kaspi")
+    };
+    assert_eq!(k.poll_interval, Duration::from_millis(250));
+    assert_eq!(k.actualize_window, Duration::from_secs(60));
+    let e = error(&with_terminal(&format!("{kaspi}poll_interval = \"0s\"")));
+    assert!(e.starts_with("terminals[0].poll_interval: "), "{e}");
+    let e = error(&with_terminal(&format!(
+        "{kaspi}register_timeout = \"soon\""
+    )));
+    assert!(e.contains("invalid duration"), "{e}");
 }

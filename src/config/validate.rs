@@ -218,6 +218,16 @@ impl KaspiTerminal {
         if self.register_name.trim().is_empty() {
             return invalid(format!("{at}.register_name"), "must not be empty");
         }
+        for (key, value) in [
+            ("poll_interval", self.poll_interval),
+            ("actualize_interval", self.actualize_interval),
+            ("actualize_window", self.actualize_window),
+            ("payment_timeout", self.payment_timeout),
+            ("request_timeout", self.request_timeout),
+            ("register_timeout", self.register_timeout),
+        ] {
+            check_positive(&format!("{at}.{key}"), value)?;
+        }
         Ok(())
     }
 }
@@ -264,6 +274,16 @@ impl TokenTerminal {
 impl PaywallTerminal {
     fn validate(&self, at: &str) -> Result {
         check_mode_urls(at, self.mode, &self.test_url, &self.live_url)?;
+        check_positive(&format!("{at}.op_timeout"), self.op_timeout)?;
+        check_positive(&format!("{at}.recovery_window"), self.recovery_window)?;
+        for code in self.currency_ids.keys() {
+            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+                return invalid(
+                    format!("{at}.currency_ids.{code}"),
+                    "keys must be ISO 4217 codes (3 capital letters)",
+                );
+            }
+        }
         match &self.terminal_guid {
             Some(guid) if !GUID.is_match(guid) => invalid(
                 format!("{at}.terminal_guid"),
@@ -281,6 +301,12 @@ impl PaywallTerminal {
 impl KuveytTerminal {
     fn validate(&self, at: &str) -> Result {
         check_mode_urls(at, self.mode, &self.test_url, &self.live_url)?;
+        if self.poll_interval < Duration::from_secs(2) {
+            return invalid(
+                format!("{at}.poll_interval"),
+                "must be at least 2s (kuveyt.md: verify every few seconds)",
+            );
+        }
         for (name, url) in [
             ("return_url", &self.return_url),
             ("cancel_url", &self.cancel_url),

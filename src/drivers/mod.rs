@@ -4,9 +4,12 @@
 //! resume from the journal after a crash. It never decides `succeeded`/`failed` by guess:
 //! when the device's answer cannot be learned, the outcome is `unknown`.
 
+pub mod cloud;
 pub mod ip;
+pub mod kaspi;
+pub mod kuveyt;
+pub mod paywall;
 pub mod token;
-pub mod unavailable;
 
 use std::sync::Arc;
 

@@ -111,7 +111,8 @@ fn note_error(inner: &Inner, t: &Terminal, o: &Outcome) {
         Some(e) if e.code == ErrorCode::DeviceUnavailable => {
             inner.set_terminal_state(t, "disconnected", None, Some(e.message.clone()))
         }
-        Some(e) if o.state == FinalState::Unknown => {
+        // A device that refuses our credentials needs a person (e.g. Kaspi re-registration).
+        Some(e) if o.state == FinalState::Unknown || e.code == ErrorCode::Unauthorized => {
             inner.set_terminal_state(t, "error", None, Some(e.message.clone()))
         }
         _ => inner.set_terminal_state(t, "connected", None, None),

@@ -1,0 +1,570 @@
+//! Driver `kuveyt`: pay-by-link (`kuveyt.md`, seed 004). Create a payment link, publish
+//! `payment_url` on `evt` for the cloud POS to show as a QR code, then verify at a bounded
+//! interval until the customer paid, gave up, or the command's deadline passed
+//! (`unknown` + `needs_reconciliation`: the customer may still pay; `status` verifies
+//! again).
+//!
+//! Never two payments: the order id is derived from the request and journalled before
+//! the create request; the provider answers a repeated order id with the same payment.
+
+pub mod provider;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+
+use self::provider::{
+    CreateRequest, Created, CustomerInfo, KuveytApi, LinkStatus, PayByLink, ProviderError,
+};
+use super::cloud::{self, money, CallError};
+use super::{Driver, DriverEnv, Health, OpContext, Outcome};
+use crate::api::{Command, ErrorBody, ErrorCode, FinalState, Op, PaymentInfo, Rejection};
+use crate::config::{KuveytTerminal, ProviderMode};
+use crate::store::CommandRecord;
+
+pub const STEP_CREATING: &str = "kuveyt_creating";
+pub const STEP_CREATED: &str = "kuveyt_created";
+pub const STEP_ANSWERED: &str = "kuveyt_answered";
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Customer fields a `kuveyt` payment may carry, with their longest accepted length.
+const CUSTOMER_FIELDS: &[(&str, usize)] = &[
+    ("email", 254),
+    ("name", 100),
+    ("first_name", 50),
+    ("last_name", 50),
+    ("phone", 20),
+];
+const DESCRIPTION_MAX: usize = 255;
+
+pub struct KuveytDriver {
+    mode: ProviderMode,
+    agent_id: String,
+    poll_interval: Duration,
+    return_url: Option<String>,
+    cancel_url: Option<String>,
+    provider: Result<Box<dyn PayByLink>, String>,
+}
+
+impl KuveytDriver {
+    pub fn new(cfg: &KuveytTerminal, env: &DriverEnv) -> KuveytDriver {
+        let mode_name = cloud::mode_name(cfg.mode);
+        let base = match cfg.mode {
+            ProviderMode::Test => cfg.test_url.clone(),
+            ProviderMode::Live => cfg.live_url.clone(),
+            ProviderMode::Disabled => None,
+        }
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+        let provider: Result<Box<dyn PayByLink>, String> = if cfg.mode == ProviderMode::Disabled {
+            Err(format!(
+                "terminal {} is disabled (mode = \"disabled\" in the config)",
+                cfg.id
+            ))
+        } else {
+            (|| {
+                let api_key = cloud::credential(
+                    &env.secrets,
+                    &cfg.id,
+                    mode_name,
+                    "api_key",
+                    cfg.api_key_file.as_deref(),
+                )?;
+                let api_secret = cloud::credential(
+                    &env.secrets,
+                    &cfg.id,
+                    mode_name,
+                    "api_secret",
+                    cfg.api_secret_file.as_deref(),
+                )?;
+                let client = cloud::http_client(CONNECT_TIMEOUT, cfg.ca_file.as_deref())?;
+                tracing::info!(terminal = %cfg.id, mode = mode_name, api_key = %api_key.source,
+                    api_secret = %api_secret.source, "kuveyt credentials loaded");
+                let api: Box<dyn PayByLink> = Box::new(KuveytApi {
+                    base,
+                    client,
+                    api_key,
+                    api_secret,
+                    call_timeout: CALL_TIMEOUT,
+                });
+                Ok(api)
+            })()
+            .map_err(|e: String| format!("terminal {} ({mode_name} mode): {e}", cfg.id))
+        };
+        if let Err(e) = &provider {
+            tracing::warn!(terminal = %cfg.id, error = %e, "kuveyt terminal unusable");
+        }
+        KuveytDriver {
+            mode: cfg.mode,
+            agent_id: env.agent_id.clone(),
+            poll_interval: cfg.poll_interval,
+            return_url: cfg.return_url.clone(),
+            cancel_url: cfg.cancel_url.clone(),
+            provider,
+        }
+    }
+
+    /// The provider's order id for a request; journalled before the create request.
+    pub fn order_id(agent_id: &str, request_id: &str) -> String {
+        format!("{agent_id}/{request_id}")
+    }
+
+    fn provider(&self) -> Result<&dyn PayByLink, Box<Outcome>> {
+        self.provider.as_deref().map_err(|e| {
+            Box::new(Outcome::failed(
+                ErrorCode::DeviceUnavailable,
+                e.clone(),
+                None,
+            ))
+        })
+    }
+
+    /// Build the create request from a command, or name the broken rule.
+    pub fn create_request(
+        cmd: &Command,
+        order_id: String,
+        return_url: Option<String>,
+        cancel_url: Option<String>,
+    ) -> Result<CreateRequest, String> {
+        let amount = cmd.amount.ok_or("field amount: required")?;
+        let currency = cmd.currency.clone().ok_or("field currency: required")?;
+        let exp = money::exponent(&currency).ok_or_else(|| {
+            format!("field currency: {currency:?}: posbridge does not know its minor unit")
+        })?;
+        for key in cmd.extra.keys() {
+            if key != "customer" && key != "description" {
+                return Err(format!("field {key}: not used by kuveyt terminals"));
+            }
+        }
+        let mut customer = CustomerInfo {
+            email: None,
+            name: None,
+            phone: None,
+        };
+        match cmd.extra.get("customer") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                let get = |k: &str| text_field(m, k);
+                for k in m.keys() {
+                    if !CUSTOMER_FIELDS.iter().any(|(f, _)| f == k) {
+                        return Err(format!("field customer.{k}: not used by kuveyt terminals"));
+                    }
+                }
+                customer.email = get("email")?;
+                customer.phone = get("phone")?;
+                customer.name = match get("name")? {
+                    Some(n) => Some(n),
+                    None => {
+                        let parts: Vec<String> = [get("first_name")?, get("last_name")?]
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                        (!parts.is_empty()).then(|| parts.join(" "))
+                    }
+                };
+            }
+            Some(_) => return Err("field customer: expected an object".into()),
+        }
+        let description = match cmd.extra.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.chars().count() <= DESCRIPTION_MAX => Some(s.clone()),
+            Some(Value::String(_)) => {
+                return Err(format!(
+                    "field description: longer than {DESCRIPTION_MAX} characters"
+                ))
+            }
+            Some(_) => return Err("field description: expected a string".into()),
+        };
+        Ok(CreateRequest {
+            order_id,
+            amount: money::format_minor(amount, exp),
+            currency,
+            customer,
+            return_url,
+            cancel_url,
+            description,
+        })
+    }
+
+    fn deadline(record: &CommandRecord) -> chrono::DateTime<Utc> {
+        record.expires_at
+    }
+
+    /// Create the link; a lost answer is retried with the same order id (idempotent) until
+    /// the deadline.
+    async fn create(&self, ctx: &mut OpContext, p: &dyn PayByLink) -> Result<Created, Outcome> {
+        let order_id = match ctx
+            .record
+            .last_step(STEP_CREATING)
+            .and_then(|s| s.data.get("order_id"))
+            .and_then(Value::as_str)
+        {
+            Some(o) => o.to_string(),
+            None => Self::order_id(&self.agent_id, &ctx.cmd().id),
+        };
+        let req = Self::create_request(
+            ctx.cmd(),
+            order_id.clone(),
+            self.return_url.clone(),
+            self.cancel_url.clone(),
+        )
+        .map_err(|e| Outcome::failed(ErrorCode::BadRequest, e, None))?;
+        if ctx.record.last_step(STEP_CREATING).is_none() {
+            // Durable before the provider can create anything.
+            ctx.journal(
+                STEP_CREATING,
+                json!({ "order_id": order_id, "mode": cloud::mode_name(self.mode) }),
+            )
+            .await
+            .map_err(|e| {
+                Outcome::failed(
+                    ErrorCode::Internal,
+                    format!("journal write failed: {e}"),
+                    None,
+                )
+            })?;
+        }
+        let mut maybe_sent = false;
+        loop {
+            match p.create(&req).await {
+                Ok((created, raw)) => {
+                    if let Err(e) = ctx
+                        .journal(STEP_CREATED, json!({ "created": created, "answer": raw }))
+                        .await
+                    {
+                        tracing::error!(error = %e, "journal write after create failed");
+                    }
+                    return Ok(created);
+                }
+                Err(ProviderError::Refused {
+                    http,
+                    message,
+                    unauthorized,
+                    ..
+                }) => {
+                    let code = if unauthorized {
+                        ErrorCode::Unauthorized
+                    } else if http == 400 {
+                        ErrorCode::BadRequest
+                    } else {
+                        ErrorCode::DeviceError
+                    };
+                    return Err(Outcome::failed(
+                        code,
+                        format!("the provider refused the payment (HTTP {http}): {message}"),
+                        None,
+                    ));
+                }
+                Err(ProviderError::Call(CallError::NotSent(e))) if !maybe_sent => {
+                    return Err(Outcome::failed(
+                        ErrorCode::DeviceUnavailable,
+                        format!("could not reach the payment provider: {e}"),
+                        None,
+                    ));
+                }
+                Err(e) => {
+                    maybe_sent |= matches!(e, ProviderError::Call(CallError::MaybeSent(_)));
+                    tracing::warn!(error = %e, order_id = %order_id, "create gave no usable answer; retrying with the same order id");
+                    if Utc::now()
+                        + chrono::Duration::from_std(self.poll_interval).unwrap_or_default()
+                        > Self::deadline(&ctx.record)
+                    {
+                        return Err(Outcome::unknown(
+                            ErrorCode::Timeout,
+                            format!("the payment link for order {order_id} may exist but its answer was lost until the deadline: {e}"),
+                        ));
+                    }
+                    tokio::time::sleep(self.poll_interval).await;
+                }
+            }
+        }
+    }
+
+    /// Verify until final or the deadline; the last verify happens at the deadline.
+    async fn wait_paid(
+        &self,
+        ctx: &mut OpContext,
+        p: &dyn PayByLink,
+        created: &Created,
+    ) -> Outcome {
+        ctx.progress(
+            "WaitCustomer",
+            Some(json!({ "payment_url": created.payment_url, "transaction_id": created.transaction_id })),
+        );
+        let mut last_err: Option<String>;
+        loop {
+            let now = Utc::now();
+            let deadline = Self::deadline(&ctx.record);
+            let wait = (deadline - now)
+                .to_std()
+                .unwrap_or_default()
+                .min(self.poll_interval);
+            let at_deadline = now >= deadline;
+            if !at_deadline {
+                tokio::time::sleep(wait).await;
+            }
+            match p.verify(&created.transaction_id).await {
+                Ok((st, raw)) => {
+                    if let Some(o) = outcome_of(&st, created, raw.clone()) {
+                        if let Err(e) = ctx.journal(STEP_ANSWERED, json!({ "answer": raw })).await {
+                            tracing::error!(error = %e, "journal write after verify failed");
+                        }
+                        return o;
+                    }
+                    last_err = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "verify failed");
+                    last_err = Some(e.to_string());
+                }
+            }
+            if at_deadline {
+                let why = match last_err {
+                    Some(e) => format!("the last verify failed: {e}"),
+                    None => "the payment is still pending".to_string(),
+                };
+                return Outcome::unknown(
+                    ErrorCode::Timeout,
+                    format!(
+                        "deadline passed without a final answer for transaction {} ({why}); the customer may still pay — send `status` later",
+                        created.transaction_id
+                    ),
+                );
+            }
+        }
+    }
+
+    fn created_of(record: &CommandRecord) -> Option<Created> {
+        record
+            .last_step(STEP_CREATED)
+            .and_then(|s| s.data.get("created"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+    }
+}
+
+fn text_field(m: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    let max = CUSTOMER_FIELDS
+        .iter()
+        .find(|(f, _)| *f == key)
+        .map_or(100, |f| f.1);
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.chars().count() > max => Err(format!(
+            "field customer.{key}: longer than {max} characters"
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("field customer.{key}: expected a string")),
+    }
+}
+
+fn outcome_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Outcome> {
+    match st {
+        LinkStatus::Pending => None,
+        LinkStatus::Completed { .. } => Some(Outcome::succeeded(
+            Some(PaymentInfo {
+                method: Some("pay_by_link".into()),
+                transaction_id: Some(created.transaction_id.clone()),
+                ..Default::default()
+            }),
+            Some(raw),
+        )),
+        LinkStatus::Cancelled => Some(Outcome::failed(
+            ErrorCode::CancelledByCustomer,
+            "the customer cancelled the payment",
+            Some(raw),
+        )),
+        LinkStatus::Failed { status } => Some(
+            Outcome::failed(
+                ErrorCode::Declined,
+                format!("the payment ended {status}"),
+                Some(raw),
+            )
+            .with_device_code(Value::String(status.clone())),
+        ),
+    }
+}
+
+#[async_trait]
+impl Driver for KuveytDriver {
+    fn kind(&self) -> &'static str {
+        "kuveyt"
+    }
+
+    fn supports(&self, op: Op) -> bool {
+        matches!(op, Op::Payment | Op::DeviceInfo)
+    }
+
+    fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
+        if let Err(e) = &self.provider {
+            return Err(Rejection::new(ErrorCode::DeviceUnavailable, e.clone()));
+        }
+        if cmd.op == Op::Payment {
+            Self::create_request(cmd, String::new(), None, None)
+                .map_err(|e| Rejection::new(ErrorCode::BadRequest, e))?;
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, ctx: &mut OpContext) -> Outcome {
+        let p = match self.provider() {
+            Ok(p) => p,
+            Err(o) => return *o,
+        };
+        match ctx.cmd().op {
+            Op::Payment => match self.create(ctx, p).await {
+                Ok(created) => self.wait_paid(ctx, p, &created).await,
+                Err(o) => o,
+            },
+            Op::DeviceInfo => match p.probe().await {
+                Ok(_) => {
+                    Outcome::succeeded(None, Some(json!({ "mode": cloud::mode_name(self.mode) })))
+                }
+                Err(e) => Outcome::failed(ErrorCode::DeviceUnavailable, e, None),
+            },
+            op => Outcome::failed(
+                ErrorCode::UnsupportedOp,
+                format!("kuveyt terminals cannot run {}", op.as_str()),
+                None,
+            ),
+        }
+    }
+
+    async fn resume(&self, ctx: &mut OpContext) -> Outcome {
+        if !ctx.cmd().op.moves_money() {
+            return self.execute(ctx).await;
+        }
+        if let Some(step) = ctx.record.last_step(STEP_ANSWERED) {
+            if let (Some(created), Some(raw)) =
+                (Self::created_of(&ctx.record), step.data.get("answer"))
+            {
+                if let Ok(st) = provider::parse_status(raw) {
+                    if let Some(o) = outcome_of(&st, &created, raw.clone()) {
+                        return o;
+                    }
+                }
+            }
+        }
+        let p = match self.provider() {
+            Ok(p) => p,
+            Err(_) => {
+                return Outcome::unknown(ErrorCode::DeviceUnavailable, "agent restarted during the payment and the provider cannot be asked (terminal unusable now)")
+            }
+        };
+        if let Some(created) = Self::created_of(&ctx.record) {
+            // The link exists and may have been shown: verify again, same deadline.
+            return self.wait_paid(ctx, p, &created).await;
+        }
+        if ctx.record.last_step(STEP_CREATING).is_some() && Utc::now() > ctx.record.expires_at {
+            // The create may have reached the provider, but its URL was never published
+            // (that happens after `created` is journalled). Not guessed: reconcile.
+            return Outcome::unknown(
+                ErrorCode::Timeout,
+                "agent restarted during the create request and the deadline has passed; the link was never shown, but the provider may hold it",
+            );
+        }
+        if ctx.record.last_step(STEP_CREATING).is_none() && Utc::now() > ctx.record.expires_at {
+            return Outcome {
+                state: FinalState::Expired,
+                payment: None,
+                device: None,
+                error: Some(ErrorBody::new(
+                    ErrorCode::Expired,
+                    "deadline passed before the provider was reached",
+                )),
+            };
+        }
+        // Create again with the journalled order id: the provider returns the same payment.
+        self.execute(ctx).await
+    }
+
+    async fn query(&self, record: &CommandRecord) -> Option<Outcome> {
+        let p = self.provider.as_deref().ok()?;
+        let created = Self::created_of(record)?;
+        let (st, raw) = p.verify(&created.transaction_id).await.ok()?;
+        outcome_of(&st, &created, raw)
+    }
+
+    async fn health(&self) -> Health {
+        let mode = json!({ "mode": cloud::mode_name(self.mode) });
+        match &self.provider {
+            Err(e) => Health {
+                state: "error",
+                identity: mode,
+                error: Some(e.clone()),
+            },
+            Ok(p) => match p.probe().await {
+                Ok(_) => Health {
+                    state: "connected",
+                    identity: mode,
+                    error: None,
+                },
+                Err(e) => Health {
+                    state: "disconnected",
+                    identity: mode,
+                    error: Some(e),
+                },
+            },
+        }
+    }
+
+    fn mode(&self) -> Option<&'static str> {
+        Some(cloud::mode_name(self.mode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::parse_command;
+
+    fn cmd(extra: &str) -> Command {
+        let s = format!(
+            r#"{{"v":1,"id":"k-1","op":"payment","terminal":"kuveyt-1","amount":15000,"currency":"TRY"{extra}}}"#
+        );
+        parse_command(s.as_bytes(), 65536).expect("command")
+    }
+
+    #[test]
+    fn create_request_is_exact_and_strict() {
+        let r = KuveytDriver::create_request(
+            &cmd(r#","customer":{"first_name":"Ahmet","last_name":"Yılmaz","email":"a@example.com"}"#),
+            KuveytDriver::order_id("shop-1", "k-1"),
+            None,
+            None,
+        )
+        .expect("valid");
+        assert_eq!(r.amount, "150.00");
+        assert_eq!(r.order_id, "shop-1/k-1");
+        assert_eq!(r.customer.name.as_deref(), Some("Ahmet Yılmaz"));
+        let e = KuveytDriver::create_request(&cmd(r#","products":[]"#), String::new(), None, None)
+            .expect_err("products");
+        assert!(e.starts_with("field products"), "{e}");
+        let e = KuveytDriver::create_request(
+            &cmd(r#","customer":{"phone":"123456789012345678901"}"#),
+            String::new(),
+            None,
+            None,
+        )
+        .expect_err("phone");
+        assert!(e.starts_with("field customer.phone"), "{e}");
+        let e = KuveytDriver::create_request(
+            &cmd(r#","customer":{"age":3}"#),
+            String::new(),
+            None,
+            None,
+        )
+        .expect_err("age");
+        assert!(e.starts_with("field customer.age"), "{e}");
+        let mut c = cmd("");
+        c.currency = Some("XXX".into());
+        assert!(KuveytDriver::create_request(&c, String::new(), None, None)
+            .expect_err("cur")
+            .starts_with("field currency"));
+    }
+}

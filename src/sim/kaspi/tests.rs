@@ -1,0 +1,263 @@
+//! The simulator over real HTTP: routes, error codes, timing, tokens, knobs.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+async fn sim(opts: SimOptions) -> (String, SimStats, SimControl, CancellationToken) {
+    let s = KaspiSim::bind("127.0.0.1:0".parse().expect("addr"), opts)
+        .await
+        .expect("bind");
+    let (url, stats, control) = (s.url(), s.stats(), s.control());
+    let stop = CancellationToken::new();
+    s.spawn(stop.clone());
+    (url, stats, control, stop)
+}
+
+async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let mut r = c.get(url);
+    if let Some(t) = token {
+        r = r.header("accesstoken", t);
+    }
+    let resp = r.send().await.expect("send");
+    let code = resp.status().as_u16();
+    let body = resp.text().await.expect("body");
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+fn quick() -> SimOptions {
+    SimOptions {
+        seed: Some(7),
+        customer_time: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn payment_conventions_and_errors() {
+    let (url, stats, _c, stop) = sim(quick()).await;
+    let (_, v) = get(
+        &format!("{url}/v2/payment?amount=1511&owncheque=true"),
+        None,
+    )
+    .await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "success");
+    assert_eq!(v["data"]["chequeInfo"]["method"], "qr");
+    assert_eq!(v["data"]["chequeInfo"]["amount"], "1 511 ₸");
+    assert_eq!(stats.counts().last_owncheque.as_deref(), Some("true"));
+    let (_, v) = get(&format!("{url}/v2/payment?amount=213"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "fail");
+    assert_eq!(v["data"]["subStatus"], "CardTransactionFailure");
+    for (amount, http, code) in [("106", 200, 106), ("0", 400, 999), ("abc", 400, 999)] {
+        let (h, v) = get(&format!("{url}/v2/payment?amount={amount}"), None).await;
+        assert_eq!(
+            (h, v["statusCode"].as_i64()),
+            (http, Some(code)),
+            "{amount}: {v}"
+        );
+    }
+    let (h, v) = get(&format!("{url}/v2/payment"), None).await;
+    assert_eq!(
+        (h, v["errorText"].as_str()),
+        (400, Some("Missing param: amount"))
+    );
+    let (h, v) = get(&format!("{url}/v2/nope"), None).await;
+    assert_eq!(h, 404, "{v}");
+    let (_, v) = get(&format!("{url}/v2/status?processId=42"), None).await;
+    assert_eq!(v["statusCode"], 101);
+    assert_eq!(stats.counts().payments_started, 2);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn refund_rules() {
+    let (url, stats, _c, stop) = sim(quick()).await;
+    let (_, v) = get(&format!("{url}/v2/payment?amount=1012"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    let rrn = v["data"]["chequeInfo"]["rrn"]
+        .as_str()
+        .expect("rrn")
+        .to_string();
+    let (h, v) = get(
+        &format!("{url}/v2/refund?method=qr&amount=1&transactionId={rrn}"),
+        None,
+    )
+    .await;
+    assert_eq!(h, 400, "method must match: {v}");
+    let (_, v) = get(
+        &format!("{url}/v2/refund?method=cash&amount=1&transactionId={rrn}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        v["errorText"],
+        "Param unvalidated: method. Unknown payment method"
+    );
+    let (_, v) = get(
+        &format!("{url}/v2/refund?method=card&amount=1000&transactionId={rrn}"),
+        None,
+    )
+    .await;
+    let rid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={rid}"), None).await;
+    assert_eq!(v["data"]["chequeInfo"]["type"], "refund");
+    assert_eq!(v["data"]["chequeInfo"]["amount"], "- 1 000 ₸");
+    let (h, _) = get(
+        &format!("{url}/v2/refund?method=card&amount=13&transactionId={rrn}"),
+        None,
+    )
+    .await;
+    assert_eq!(h, 400, "over-refund refused");
+    assert_eq!(stats.counts().refunds_started, 1);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn unknown_actualize_and_rate_counting() {
+    let (url, stats, control, stop) = sim(SimOptions {
+        qr_lifetime: Duration::ZERO,
+        ..quick()
+    })
+    .await;
+    let (_, v) = get(&format!("{url}/v2/payment?amount=116"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "unknown");
+    let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "fail", "{v}");
+    let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
+    assert_eq!(v["statusCode"], 103);
+    assert_eq!(stats.counts().actualize_too_soon, 1);
+    // Knob: unknown until settled.
+    control.unknown_for_next(u64::MAX);
+    let (_, v) = get(&format!("{url}/v2/payment?amount=111"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "unknown");
+    control.settle_unknown();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "success");
+    control.forget_processes();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["statusCode"], 101);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn busy_while_the_customer_acts() {
+    let (url, _s, _c, stop) = sim(SimOptions {
+        customer_time: Duration::from_secs(30),
+        ..quick()
+    })
+    .await;
+    let (_, v) = get(&format!("{url}/v2/payment?amount=100"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(
+        (
+            v["data"]["status"].as_str(),
+            v["data"]["subStatus"].as_str()
+        ),
+        (Some("wait"), Some("WaitUser"))
+    );
+    let (_, v) = get(&format!("{url}/v2/payment?amount=100"), None).await;
+    assert_eq!(v["statusCode"], 107);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn tokens_register_revoke_expire() {
+    let (url, stats, control, stop) = sim(SimOptions {
+        protected: true,
+        cashier: Cashier::Allow(Duration::from_millis(50)),
+        ..quick()
+    })
+    .await;
+    let (h, v) = get(&format!("{url}/v2/deviceinfo"), None).await;
+    assert_eq!(
+        (h, v["errorText"].as_str()),
+        (401, Some("Authorization failed"))
+    );
+    let (_, v) = get(&format!("{url}/v2/register?name=Kassa1"), None).await;
+    let access = v["data"]["accessToken"]
+        .as_str()
+        .expect("access")
+        .to_string();
+    let refresh = v["data"]["refreshToken"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    assert!(crate::drivers::kaspi::api::parse_expiration(
+        v["data"]["expirationDate"].as_str().expect("exp")
+    )
+    .is_some());
+    let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access)).await;
+    assert_eq!(h, 200);
+    control.expire_tokens_now();
+    let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access)).await;
+    assert_eq!(h, 403);
+    let (_, v) = get(
+        &format!("{url}/v2/revoke?name=Kassa1&refreshToken=wrong"),
+        Some(&access),
+    )
+    .await;
+    assert_eq!(v["statusCode"], 105);
+    let (_, v) = get(
+        &format!("{url}/v2/revoke?name=Kassa1&refreshToken={refresh}"),
+        Some(&access),
+    )
+    .await;
+    let access2 = v["data"]["accessToken"]
+        .as_str()
+        .expect("access2")
+        .to_string();
+    let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access)).await;
+    assert_eq!(h, 401, "the old token died at once");
+    let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access2)).await;
+    assert_eq!(h, 200);
+    control.require_renewal();
+    let (h, v) = get(&format!("{url}/v2/deviceinfo"), Some(&access2)).await;
+    assert_eq!(
+        (h, v["errorText"].as_str()),
+        (401, Some("Session expires and need to be updated"))
+    );
+    // A second register while the cashier still decides: 105.
+    control.set_cashier(Cashier::Ignore);
+    let u2 = url.clone();
+    let pending = tokio::spawn(async move {
+        let c = reqwest::Client::new();
+        let _ = c
+            .get(format!("{u2}/v2/register?name=Kassa2"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await;
+    });
+    // Wait until the first request is with the cashier.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while stats.counts().registers < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("register pending");
+    let (_, v) = get(&format!("{url}/v2/register?name=Kassa3"), None).await;
+    assert_eq!(
+        v["data"]["message"],
+        "Register Error. Last register request not completed"
+    );
+    pending.await.expect("join");
+    assert_eq!(stats.counts().revokes, 2);
+    stop.cancel();
+}
