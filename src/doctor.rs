@@ -692,11 +692,11 @@ async fn terminals(cfg: &Config, store_state: StoreState, broker: &BrokerView) -
         .collect();
     let probes = drivers.iter().map(|(id, d)| async move {
         let h = tokio::time::timeout(HEALTH_TIMEOUT, d.health()).await;
-        (id.clone(), h)
+        (id.clone(), h, d.mode())
     });
     let results = futures_util::future::join_all(probes).await;
     let mut out = Vec::new();
-    for (id, h) in results {
+    for (id, h, mode) in results {
         let kind = kinds.get(id.as_str()).copied().unwrap_or("?");
         let name = format!("terminal {id} ({kind})");
         let agent_view = broker
@@ -708,6 +708,12 @@ async fn terminals(cfg: &Config, store_state: StoreState, broker: &BrokerView) -
             "is the {kind} terminal on and reachable from this machine? check its address in the configuration (README: Troubleshooting)"
         );
         let check = match h {
+            // Switched off on purpose (cloud providers' `mode = "disabled"`): not a fault.
+            _ if mode == Some("disabled") => Check::warn(
+                name,
+                "disabled in the configuration (mode = \"disabled\"): commands to it are refused",
+                "set mode = \"test\" or \"live\" when it should take payments",
+            ),
             Err(_) => Check::fail(
                 name,
                 format!("no health answer within {HEALTH_TIMEOUT:?}"),
@@ -715,6 +721,9 @@ async fn terminals(cfg: &Config, store_state: StoreState, broker: &BrokerView) -
             ),
             Ok(h) if matches!(h.state, "connected" | "busy") => {
                 let mut detail = h.state.to_string();
+                if let Some(m) = mode {
+                    detail.push_str(&format!(" (mode {m})"));
+                }
                 if !h.identity.is_null() {
                     detail.push_str(&format!(" {}", h.identity));
                 }

@@ -310,6 +310,12 @@ async fn provision_writes_a_config_that_passes_check() {
     .await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!bad.exists());
+    // The Paywall terminal provision wrote is switched off: doctor warns, it does not fail.
+    let d = posbridge(&["doctor", "--config", &out.to_string_lossy()]).await;
+    let dt = text(&d);
+    let pw = row(&dt, "terminal pw-1 (paywall)");
+    assert_eq!(status_of(pw), "WARN", "{dt}");
+    assert!(pw.contains("disabled"), "{dt}");
 }
 
 /// The .deb's contents as cargo-deb will read them (the real `cargo deb` is not run in CI:
