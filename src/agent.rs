@@ -173,7 +173,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         online,
         shutdown: pump_stop.clone(),
         stop_conn: conn_stop.clone(),
+        beat: crate::systemd::Beat::new(),
     };
+    let beats = vec![engine.beat(), pump.beat.clone()];
     let pump_task = tokio::spawn(pump.run());
     let conn_task = tokio::spawn(bus::run_connection(
         bus_cfg,
@@ -193,6 +195,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         engine_stop.clone(),
     ));
     tracing::info!(agent_id = %cfg.agent_id, terminals = cfg.terminals.len(), "agent started");
+    let supervisor_done = CancellationToken::new();
+    let supervisor_task = crate::systemd::Notifier::from_env().map(|notifier| {
+        let sup = crate::systemd::Supervisor {
+            notifier,
+            watchdog: crate::systemd::watchdog_from_env(),
+            beats,
+            ready_timeout: crate::systemd::READY_TIMEOUT,
+        };
+        let stats = bus_stats.clone();
+        // The store is open and resumed; ready once the broker connection is up.
+        let connected = async move {
+            while !stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::spawn(sup.run(connected, shutdown.clone(), supervisor_done.clone()))
+    });
 
     shutdown.cancelled().await;
     tracing::info!("stopping: no new commands; waiting for running operations");
@@ -218,6 +237,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let _ = pump_task.await;
     let _ = conn_task.await;
     store.commit().await.ok();
+    supervisor_done.cancel();
+    if let Some(t) = supervisor_task {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

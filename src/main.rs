@@ -32,6 +32,42 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Check broker, agent, store, disk, clock, key and file permissions and every
+    /// terminal; prints a table with a fix per problem, exits 1 when anything FAILs.
+    Doctor {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Write a configuration from flags, create the device key, print the broker ACL.
+    Provision {
+        #[arg(long)]
+        agent_id: String,
+        /// mqtt://host[:port]
+        #[arg(long)]
+        broker_url: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// A file holding the MQTT password (root:posbridge 0640).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// kind:id:addr-or-url, repeatable: ip:ip-1:192.0.2.20:8080,
+        /// kaspi:kaspi-1:https://192.0.2.10:8080, token:token-1:usb, paywall:pw-1:URL,
+        /// kuveyt:kv-1:URL
+        #[arg(long = "terminal")]
+        terminals: Vec<String>,
+        #[arg(long, default_value = DEFAULT_PATH)]
+        out: PathBuf,
+        #[arg(long, default_value = "/var/lib/posbridge")]
+        store_dir: PathBuf,
+        #[arg(long, default_value = "posbridge")]
+        topic_prefix: String,
+        /// The agent's system user (owns the device key; the config's group), when root.
+        #[arg(long, default_value = "posbridge")]
+        user: String,
+        /// Replace an existing configuration (kept as .bak).
+        #[arg(long)]
+        force: bool,
+    },
     /// Embedded broker + IP terminal simulator + agent + a scripted cloud POS, on loopback.
     #[cfg(feature = "embedded-broker")]
     Demo {
@@ -211,17 +247,7 @@ struct MockArgs {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // sled logs at TRACE/DEBUG; keep it quiet unless asked for.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sled=warn,rumqttd=off,rumqttc=warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        _ => builder.init(),
-    }
+    posbridge::logging::init(format, level);
 }
 
 fn shutdown_on_signals() -> CancellationToken {
@@ -357,6 +383,68 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
+            Cmd::Doctor { config } => {
+                init_logging(LogFormat::Text, "error");
+                let checks = posbridge::doctor::run(&config).await;
+                print!("{}", posbridge::doctor::render(&checks));
+                if posbridge::doctor::failed(&checks) {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Cmd::Provision {
+                agent_id,
+                broker_url,
+                username,
+                password_file,
+                terminals,
+                out,
+                store_dir,
+                topic_prefix,
+                user,
+                force,
+            } => {
+                let opts = posbridge::provision::Options {
+                    agent_id,
+                    broker_url,
+                    username,
+                    password_file,
+                    terminals,
+                    out,
+                    store_dir,
+                    topic_prefix,
+                    user,
+                    force,
+                };
+                match posbridge::provision::run(&opts) {
+                    Ok(s) => {
+                        println!("wrote {}", s.config.display());
+                        println!(
+                            "device key {} {}",
+                            s.key_file.display(),
+                            if s.key_created {
+                                "created (0600) — back it up with the store"
+                            } else {
+                                "already existed (kept)"
+                            }
+                        );
+                        for n in &s.notes {
+                            println!("note: {n}");
+                        }
+                        println!("\n{}", s.acl);
+                        println!(
+                            "next: posbridge check --config {c}; systemctl restart posbridge; sudo -u posbridge posbridge doctor --config {c}",
+                            c = s.config.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("posbridge provision: {e:#}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
             #[cfg(feature = "embedded-broker")]
             Cmd::Demo { quiet } => {
                 init_logging(LogFormat::Text, "error");

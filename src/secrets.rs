@@ -129,6 +129,14 @@ impl Secrets {
     }
 }
 
+/// Create the device key (32 random bytes, 0600) if it does not exist yet; check it if
+/// it does. Returns whether it was created (`posbridge provision`).
+pub fn ensure_key(path: &Path) -> Result<bool, SecretError> {
+    let existed = path.exists();
+    load_or_create_key(path)?;
+    Ok(!existed)
+}
+
 fn slot(terminal: &str, name: &str) -> String {
     format!("{terminal}/{name}")
 }

@@ -30,6 +30,8 @@ pub struct Pump {
     /// Cancelled when the agent stops: publish `offline`, disconnect, then cancel `stop_conn`.
     pub(crate) shutdown: CancellationToken,
     pub(crate) stop_conn: CancellationToken,
+    /// Bumped by the loop, idle or not; the systemd watchdog checks it moves.
+    pub(crate) beat: crate::systemd::Beat,
 }
 
 struct Conn {
@@ -63,10 +65,13 @@ impl Pump {
         let mut cursor = 0u64;
         let mut inflight: HashSet<u64> = HashSet::new();
         let mut terminals: BTreeMap<String, Value> = BTreeMap::new();
+        let mut beat = tokio::time::interval(crate::systemd::BEAT_INTERVAL);
         loop {
+            self.beat.bump();
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = beat.tick() => continue,
                 ev = self.conn_rx.recv() => match ev {
                     Some(ConnEvent::Connected { client, fifo }) => {
                         let c = Conn { client, fifo };

@@ -29,11 +29,14 @@ const MAX_BATCH: usize = 256;
 impl Engine {
     /// Run the intake loop until the channel closes or shutdown is requested.
     pub async fn run_intake(&self, mut rx: mpsc::Receiver<Incoming>) {
+        let mut beat = tokio::time::interval(crate::systemd::BEAT_INTERVAL);
         loop {
+            self.inner.beat.bump();
             let first = tokio::select! {
                 biased;
                 _ = self.inner.shutdown.cancelled() => return,
                 m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = beat.tick() => continue,
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     started_at: DateTime<Utc>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Bumped by the intake loop, idle or not; the systemd watchdog checks it moves.
+    beat: crate::systemd::Beat,
 }
 
 #[derive(Clone)]
@@ -151,6 +153,7 @@ impl Engine {
                 started_at: Utc::now(),
                 shutdown,
                 tasks: TaskTracker::new(),
+                beat: crate::systemd::Beat::new(),
             }),
         }
     }
@@ -161,6 +164,11 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// The intake loop's progress counter (for the systemd watchdog).
+    pub fn beat(&self) -> crate::systemd::Beat {
+        self.inner.beat.clone()
     }
 
     pub fn started_at(&self) -> DateTime<Utc> {

@@ -9,9 +9,11 @@
 //! `fdatasync` of sled's data file, and coalesces concurrent callers into one sync
 //! (group commit) — see `sync.rs`.
 
+mod inspect;
 mod record;
 mod sync;
 
+pub use inspect::Inspection;
 pub use record::{CmdState, CommandRecord, JournalEntry, OutMsg};
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,515 @@
+//! Operations, black-box: `posbridge doctor` against a live broker + simulator + agent and
+//! against a dead broker, `posbridge provision`, and the agent's systemd notifications
+//! (READY/WATCHDOG/STOPPING) on a fake NOTIFY_SOCKET. Loopback only.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+use posbridge::sim::ip::{IpSim, SimOptions};
+use tokio_util::sync::CancellationToken;
+
+async fn sim() -> (std::net::SocketAddr, CancellationToken) {
+    let s = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(7),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let addr = s.local_addr();
+    let stop = CancellationToken::new();
+    let _task = s.spawn(stop.clone());
+    (addr, stop)
+}
+
+async fn posbridge(args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .await
+        .expect("run posbridge")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The table row of one check, e.g. `row(out, "broker")`.
+fn row<'a>(out: &'a str, check: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            l.strip_prefix(check)
+                .is_some_and(|rest| rest.starts_with("  "))
+        })
+        .unwrap_or_else(|| panic!("no {check:?} row in:\n{out}"))
+}
+
+fn status_of(row: &str) -> &str {
+    row.split_whitespace()
+        .find(|w| matches!(*w, "ok" | "WARN" | "FAIL"))
+        .unwrap_or("?")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_all_green_with_the_agent_running_then_stopped() {
+    let broker = embedded();
+    let (addr, _sim) = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-doc", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "shop-doc", "cloud-doc", false).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let config = agent.config.to_string_lossy().into_owned();
+
+    let out = posbridge(&["doctor", "--config", &config]).await;
+    let t = text(&out);
+    assert!(out.status.success(), "doctor failed:\n{t}");
+    assert!(!t.contains("FAIL"), "{t}");
+    assert_eq!(status_of(row(&t, "broker")), "ok", "{t}");
+    assert!(
+        row(&t, "broker").contains("posbridge-shop-doc-doctor"),
+        "{t}"
+    );
+    assert_eq!(status_of(row(&t, "agent")), "ok", "{t}");
+    assert!(row(&t, "agent").contains("online"), "{t}");
+    assert!(
+        row(&t, "store").contains("in use by the running agent (ok)"),
+        "{t}"
+    );
+    assert_eq!(status_of(row(&t, "device key")), "ok", "{t}");
+    assert_eq!(status_of(row(&t, "terminal ip-1 (ip)")), "ok", "{t}");
+    assert!(row(&t, "terminal ip-1 (ip)").contains("connected"), "{t}");
+    assert_eq!(status_of(row(&t, "clock")), "ok", "{t}");
+    assert_eq!(status_of(row(&t, "disk")), "ok", "{t}");
+
+    // The doctor's session did not disturb the agent's: a payment still goes through.
+    cloud.send(pay("doc-1", "ip-1", 700)).await;
+    assert_eq!(cloud.result("doc-1").await["state"], "succeeded");
+
+    // Agent stopped: the doctor opens the store itself and says the agent is offline
+    // (a warning, not a failure).
+    let st = agent.sigterm();
+    assert!(st.success());
+    let out = posbridge(&["doctor", "--config", &config]).await;
+    let t = text(&out);
+    assert!(out.status.success(), "doctor failed:\n{t}");
+    assert_eq!(status_of(row(&t, "agent")), "WARN", "{t}");
+    assert!(row(&t, "agent").contains("offline"), "{t}");
+    let store = row(&t, "store");
+    assert_eq!(status_of(store), "ok", "{t}");
+    assert!(store.contains("1 commands, 0 unfinished"), "{t}");
+    assert!(store.contains("outbox 0"), "{t}");
+    assert_eq!(status_of(row(&t, "terminal ip-1 (ip)")), "ok", "{t}");
+    // And the agent can take its store back afterwards.
+    agent.spawn(&[]);
+    cloud.send(pay("doc-2", "ip-1", 800)).await;
+    assert_eq!(cloud.result("doc-2").await["state"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = free_port();
+    let pw = dir.path().join("mqtt.password");
+    std::fs::write(&pw, "hunter2-not-for-logs\n").expect("pw");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    }
+    let config = dir.path().join("posbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "agent_id = \"shop-down\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{dead}\"\nusername = \"shop-down\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n",
+            pw.display(),
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let broker = row(&t, "broker");
+    assert_eq!(status_of(broker), "FAIL", "{t}");
+    assert!(broker.contains(&format!("127.0.0.1:{dead}")), "{t}");
+    // The fix hint is on the line after the failing row.
+    let after: Vec<&str> = t.lines().skip_while(|l| *l != broker).take(2).collect();
+    assert!(
+        after
+            .get(1)
+            .is_some_and(|l| l.contains("fix:") && l.contains("mqtt.url")),
+        "{t}"
+    );
+    assert_eq!(status_of(row(&t, "mqtt.password_file")), "ok", "{t}");
+    assert!(!t.contains("hunter2"), "the password leaked:\n{t}");
+    // Nothing was created where the agent's store will live.
+    assert!(!dir.path().join("store").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_a_config_error_as_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "agent_id = \"x\"\n[mqtt]\nurll = \"mqtt://127.0.0.1\"\n",
+    )
+    .expect("w");
+    let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert_eq!(status_of(row(&t, "config")), "FAIL", "{t}");
+    assert!(t.contains("mqtt.urll"), "{t}");
+}
+
+fn recv_all_until(sock: &UnixDatagram, stop: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !stop(&got) {
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => panic!("no notification (so far {got:?}): {e}"),
+        }
+    }
+    got
+}
+
+fn fake_notify_socket(dir: &Path) -> (UnixDatagram, String) {
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    (sock, path.to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_notifies_ready_feeds_the_watchdog_and_says_stopping() {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, path) = fake_notify_socket(dir.path());
+    let spec = AgentSpec::new("shop-sd", broker.port());
+    // WatchdogSec=1s: fed every 500 ms.
+    let mut agent = Agent::start_with(
+        &spec,
+        dir.path(),
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "1000000")],
+        &[],
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let got = recv_all_until(&sock, |g| {
+            g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3
+        });
+        (sock, got)
+    })
+    .await
+    .expect("join");
+    let (sock, got) = got;
+    assert!(got[0].starts_with("READY=1\n"), "{got:?}");
+    assert!(got[0].contains("connected to the broker"), "{got:?}");
+    assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
+    let status = tokio::task::spawn_blocking(move || agent.sigterm())
+        .await
+        .expect("join");
+    assert!(status.success());
+    let after = recv_all_until(&sock, |g| g.iter().any(|m| m.starts_with("STOPPING=1")));
+    assert!(after
+        .iter()
+        .all(|m| m == "WATCHDOG=1" || m.starts_with("STOPPING=1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reports_ready_without_a_broker_after_a_bounded_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, path) = fake_notify_socket(dir.path());
+    let spec = AgentSpec::new("shop-offline", free_port());
+    let started = std::time::Instant::now();
+    let _agent = Agent::start_with(&spec, dir.path(), &[("NOTIFY_SOCKET", &path)], &[]);
+    let got = tokio::task::spawn_blocking(move || recv_all_until(&sock, |g| !g.is_empty()))
+        .await
+        .expect("join");
+    assert!(got[0].starts_with("READY=1\n"), "{got:?}");
+    assert!(got[0].contains("broker not reached"), "{got:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= posbridge::systemd::READY_TIMEOUT,
+        "ready too early: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_writes_a_config_that_passes_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("etc/posbridge.toml");
+    let state = dir.path().join("state");
+    let pw = dir.path().join("mqtt.password");
+    std::fs::write(&pw, "s3cret-provisioned\n").expect("pw");
+    let o = posbridge(&[
+        "provision",
+        "--agent-id",
+        "shop-077",
+        "--broker-url",
+        "mqtt://127.0.0.1:1883",
+        "--username",
+        "shop-077",
+        "--password-file",
+        &pw.to_string_lossy(),
+        "--terminal",
+        "ip:ip-1:127.0.0.1:8080",
+        "--terminal",
+        "token:token-1:usb",
+        "--terminal",
+        "paywall:pw-1:https://paywall.example/api",
+        "--out",
+        &out.to_string_lossy(),
+        "--store-dir",
+        &state.to_string_lossy(),
+        "--user",
+        "posbridge-test-no-such-user",
+    ])
+    .await;
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("topic read posbridge/shop-077/cmd"), "{t}");
+    assert!(t.contains("topic write posbridge/shop-077/#"), "{t}");
+    assert!(t.contains("device key"), "{t}");
+    assert!(state.join("device.key").exists());
+    let c = posbridge(&["check", "--config", &out.to_string_lossy()]).await;
+    let ct = text(&c);
+    assert!(c.status.success(), "{ct}");
+    assert!(ct.contains("\"agent_id\": \"shop-077\""), "{ct}");
+    assert!(!ct.contains("s3cret-provisioned") && !t.contains("s3cret-provisioned"));
+    // A bad terminal spec is refused and writes nothing.
+    let bad = dir.path().join("bad.toml");
+    let o = posbridge(&[
+        "provision",
+        "--agent-id",
+        "x",
+        "--broker-url",
+        "mqtt://h",
+        "--terminal",
+        "ip:nope",
+        "--out",
+        &bad.to_string_lossy(),
+        "--store-dir",
+        &state.to_string_lossy(),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!bad.exists());
+    // The Paywall terminal provision wrote is switched off: doctor warns, it does not fail.
+    let d = posbridge(&["doctor", "--config", &out.to_string_lossy()]).await;
+    let dt = text(&d);
+    let pw = row(&dt, "terminal pw-1 (paywall)");
+    assert_eq!(status_of(pw), "WARN", "{dt}");
+    assert!(pw.contains("disabled"), "{dt}");
+}
+
+/// The .deb's contents as cargo-deb will read them (the real `cargo deb` is not run in CI:
+/// see README "Cross builds and packages"), its maintainer scripts, and the example config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_metadata_scripts_udev_rule_and_example_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let parsed = config::Config::builder()
+        .add_source(config::File::from_str(&manifest, config::FileFormat::Toml))
+        .build()
+        .expect("Cargo.toml parses");
+    let assets: Vec<Vec<String>> = parsed
+        .get("package.metadata.deb.assets")
+        .expect("package.metadata.deb.assets");
+    let dest = |src: &str| -> String {
+        let a = assets
+            .iter()
+            .find(|a| a[0] == src)
+            .unwrap_or_else(|| panic!("no asset {src}: {assets:?}"));
+        format!(
+            "{}{}",
+            a[1],
+            a.get(2).map(|m| format!(" {m}")).unwrap_or_default()
+        )
+    };
+    assert_eq!(dest("target/release/posbridge"), "usr/bin/ 755");
+    assert_eq!(dest("systemd/posbridge.service"), "lib/systemd/system/ 644");
+    assert_eq!(dest("deploy/99-posbridge.rules"), "lib/udev/rules.d/ 644");
+    assert!(dest("deploy/posbridge.toml.example").starts_with("usr/share/doc/posbridge/"));
+    for a in &assets {
+        if !a[0].starts_with("target/") {
+            assert!(root.join(&a[0]).is_file(), "asset {} missing", a[0]);
+        }
+    }
+    let scripts: String = parsed
+        .get("package.metadata.deb.maintainer-scripts")
+        .expect("maintainer-scripts");
+    let depends: String = parsed.get("package.metadata.deb.depends").expect("depends");
+    assert!(
+        depends.contains("adduser"),
+        "postinst uses adduser: {depends}"
+    );
+    for name in ["postinst", "prerm", "postrm"] {
+        let p = root.join(&scripts).join(name);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{name} is not executable");
+        let st = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&p)
+            .status()
+            .expect("sh");
+        assert!(st.success(), "{name}: sh -n failed");
+    }
+    let postinst = std::fs::read_to_string(root.join(&scripts).join("postinst")).expect("read");
+    assert!(postinst.contains("adduser --system"));
+    assert!(postinst.contains("systemctl enable posbridge.service"));
+    // Started only when a configuration exists.
+    assert!(postinst.contains("if [ -f \"$CONFIG\" ]"));
+
+    let rules = std::fs::read_to_string(root.join("deploy/99-posbridge.rules")).expect("rules");
+    for pid in ["2d00", "2d01"] {
+        assert!(
+            rules.lines().any(|l| !l.starts_with('#')
+                && l.contains("ATTR{idVendor}==\"18d1\"")
+                && l.contains(&format!("ATTR{{idProduct}}==\"{pid}\""))
+                && l.contains("GROUP=\"plugdev\"")
+                && l.contains("MODE=\"0660\"")),
+            "no rule for 18d1:{pid}"
+        );
+    }
+    let unit = std::fs::read_to_string(root.join("systemd/posbridge.service")).expect("unit");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=posbridge",
+        "ConfigurationDirectory=posbridge",
+        "SupplementaryGroups=plugdev",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "unit lacks {line}"
+        );
+    }
+    // TimeoutStopSec leaves room above the agent's drain (20 s) + flush/offline (5 s).
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim_end_matches('s').parse().ok())
+        .expect("TimeoutStopSec");
+    assert!(
+        stop > posbridge::agent::DRAIN_TIMEOUT.as_secs() + 5,
+        "{stop}"
+    );
+
+    let example = root.join("deploy/posbridge.toml.example");
+    let o = posbridge(&["check", "--config", &example.to_string_lossy()]).await;
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Doctor over `mqtts://` with the agent's TLS settings (CA file, client certificate) and a
+/// password: ok with the right one; FAIL naming the refusal and the fix with a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_over_mqtts_checks_tls_and_credentials() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    if !mosquitto_available() {
+        return;
+    }
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "doctor test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let server_key = KeyPair::generate().expect("server key");
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    sp.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let server = sp
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .expect("server cert");
+    let client_key = KeyPair::generate().expect("client key");
+    let cp = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    let client = cp
+        .signed_by(&client_key, &ca_cert, &ca_key)
+        .expect("client cert");
+
+    let tls_port = free_port();
+    let _m = Mosquitto::start_with(|d| {
+        std::fs::write(d.join("ca.pem"), ca_cert.pem()).expect("ca");
+        std::fs::write(d.join("server.pem"), server.pem()).expect("srv");
+        std::fs::write(d.join("server.key"), server_key.serialize_pem()).expect("key");
+        let st = std::process::Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(d.join("passwd"))
+            .args(["agent", "right-password"])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(st.success());
+        format!(
+            "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n",
+            d = d.display()
+        )
+    });
+    wait_port(tls_port);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("ca.pem"), ca_cert.pem()).expect("ca");
+    std::fs::write(d.join("client.pem"), client.pem()).expect("client");
+    std::fs::write(d.join("client.key"), client_key.serialize_pem()).expect("client key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("client.key"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
+    let config = |pw: &str| {
+        let pw_file = d.join(format!("{pw}.pw"));
+        std::fs::write(&pw_file, format!("{pw}\n")).expect("pw");
+        let path = d.join(format!("{pw}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "agent_id = \"shop-tls-doc\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nusername = \"agent\"\npassword_file = \"{}\"\nca_file = \"{d}/ca.pem\"\nclient_cert_file = \"{d}/client.pem\"\nclient_key_file = \"{d}/client.key\"\n[store]\npath = \"{d}/store\"\n",
+                pw_file.display(),
+                d = d.display()
+            ),
+        )
+        .expect("config");
+        path.to_string_lossy().into_owned()
+    };
+
+    let out = posbridge(&["doctor", "--config", &config("right-password")]).await;
+    let t = text(&out);
+    assert_eq!(status_of(row(&t, "broker")), "ok", "{t}");
+    assert!(row(&t, "broker").contains("as \"agent\""), "{t}");
+    assert_eq!(status_of(row(&t, "mqtt.client_key_file")), "ok", "{t}");
+
+    let out = posbridge(&["doctor", "--config", &config("wrong-password")]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let broker = row(&t, "broker");
+    assert_eq!(status_of(broker), "FAIL", "{t}");
+    assert!(broker.contains("refused the login"), "{t}");
+    assert!(t.contains("mosquitto_passwd"), "{t}");
+    assert!(
+        !t.contains("wrong-password\n") && !t.contains("right-password"),
+        "{t}"
+    );
+}
