@@ -25,7 +25,7 @@ fn store(c: &mut Criterion) {
     let msg = {
         let mut rej = Rejection::new(
             ErrorCode::Busy,
-            "terminal ip-1 already has 16 commands queued".into(),
+            "terminal ip-1 already has 16 commands queued",
         );
         rej.id = Some("bench-0001".into());
         OutMsg::result(&ResultMsg::rejected(&rej))
