@@ -412,8 +412,8 @@ impl Store {
 }
 
 /// The watermark: the highest command sequence number known to be durable, kept in a
-/// small file beside sled's directory and written (and fdatasync'd) only after sled's own
-/// data is durable. On open, that record must be there; if it is not, sled has silently
+/// small file beside sled's directory and written only after sled's own data is durable
+/// (the write itself is not synced: see `persist`). On open, that record must be there; if it is not, sled has silently
 /// lost committed data (a truncated or missing data file) and the store is treated as
 /// damaged instead of starting quietly from what is left.
 ///
@@ -482,8 +482,11 @@ impl Mark {
             .write(true)
             .truncate(false)
             .open(&self.path)?;
+        // No fdatasync of its own: the mark is only written after sled's data is durable,
+        // so whichever value a power cut leaves on disk (this one or an older one) names a
+        // record that is durable. A stale mark only narrows the lost-data check; it can
+        // never make a good store look damaged. This saves one fdatasync per commit.
         f.write_all(&upto.to_be_bytes())?;
-        f.sync_data()?;
         self.written
             .fetch_max(upto, std::sync::atomic::Ordering::Relaxed);
         Ok(())

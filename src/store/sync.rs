@@ -32,6 +32,8 @@ impl Syncer {
         let task_mark = mark.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<(sled::Db, Waiter)>();
         tokio::spawn(async move {
+            // Opened once (fsync is per inode), not once per sync.
+            let mut data_fd: Option<Arc<File>> = None;
             while let Some((db, first)) = rx.recv().await {
                 let mut waiters = vec![first];
                 while let Ok((_, w)) = rx.try_recv() {
@@ -40,10 +42,14 @@ impl Syncer {
                 let data_file = data_file.clone();
                 let blobs_dir = blobs_dir.clone();
                 let mark = task_mark.clone();
+                if data_fd.is_none() {
+                    data_fd = File::open(&data_file).ok().map(Arc::new);
+                }
+                let fd = data_fd.clone();
                 let res = tokio::task::spawn_blocking(move || {
                     let upto = mark.noted();
                     let outbox_upto = mark.outbox_noted();
-                    durable_flush(&db, &data_file, &blobs_dir)?;
+                    durable_flush(&db, fd.as_deref(), &data_file, &blobs_dir)?;
                     mark.outbox_synced(outbox_upto);
                     mark.persist(upto)
                         .map_err(|e| format!("store watermark: {e}"))
@@ -77,11 +83,20 @@ impl Syncer {
 /// a segment live in `blobs/` files, which sled writes without syncing: sync those too.
 fn durable_flush(
     db: &sled::Db,
+    fd: Option<&File>,
     data_file: &std::path::Path,
     blobs_dir: &std::path::Path,
 ) -> Result<(), String> {
     db.flush().map_err(|e| format!("flush: {e}"))?;
-    let f = File::open(data_file).map_err(|e| format!("open {}: {e}", data_file.display()))?;
+    let opened;
+    let f = match fd {
+        Some(f) => f,
+        None => {
+            opened =
+                File::open(data_file).map_err(|e| format!("open {}: {e}", data_file.display()))?;
+            &opened
+        }
+    };
     f.sync_data()
         .map_err(|e| format!("fdatasync {}: {e}", data_file.display()))?;
     if let Ok(entries) = std::fs::read_dir(blobs_dir) {

@@ -1,0 +1,923 @@
+//! `posbridge-bench`: the agent measured against its physical limits, on loopback only.
+//!
+//! ```text
+//! cargo build --release --bins
+//! cargo run --release --bin posbridge-bench -- e2e|intake|drain|footprint|all [--n N]
+//! ```
+//!
+//! Starts a broker (mosquitto when installed, configured like the tests: `set_tcp_nodelay
+//! true`, a deep queue; otherwise the embedded rumqttd), the simulators and the agent
+//! binary (`posbridge run`, a child process next to this binary), and measures each figure
+//! together with its limit in the same run. Prints a table and one JSON line
+//! (`BENCH_JSON {...}`). Never run in CI: it takes minutes and depends on the machine.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+// ------------------------------------------------------------------ figures
+
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    limit: f64,
+    /// value / limit
+    ratio: f64,
+    goal: String,
+    met: bool,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+// ------------------------------------------------------------------ broker
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_port(port: u16, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("nothing listening on 127.0.0.1:{port}")
+}
+
+enum Broker {
+    Mosquitto {
+        port: u16,
+        conf: PathBuf,
+        child: Option<Child>,
+        _dir: tempfile::TempDir,
+    },
+    #[allow(dead_code)]
+    Embedded { port: u16 },
+}
+
+impl Broker {
+    fn start() -> Result<Broker> {
+        let have_mosquitto = Command::new("mosquitto")
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if have_mosquitto {
+            let dir = tempfile::tempdir()?;
+            let port = free_port()?;
+            let conf = dir.path().join("mosquitto.conf");
+            let mut f = std::fs::File::create(&conf)?;
+            // As tests/common: nodelay (latency), a deep queue (never drop QoS 1), big
+            // messages, persistence so a persistent session survives a restart.
+            writeln!(
+                f,
+                "user root\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 100\nmessage_size_limit 0\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            )?;
+            let mut b = Broker::Mosquitto {
+                port,
+                conf,
+                child: None,
+                _dir: dir,
+            };
+            b.resume()?;
+            return Ok(b);
+        }
+        #[cfg(feature = "embedded-broker")]
+        {
+            let port = posbridge::broker::start_embedded()?;
+            Ok(Broker::Embedded { port })
+        }
+        #[cfg(not(feature = "embedded-broker"))]
+        bail!("no mosquitto installed and built without the embedded-broker feature")
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Broker::Mosquitto { .. } => "mosquitto",
+            Broker::Embedded { .. } => "rumqttd (embedded)",
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Broker::Mosquitto { port, .. } | Broker::Embedded { port } => *port,
+        }
+    }
+
+    /// Graceful stop (SIGTERM: mosquitto saves its sessions). Embedded: unsupported.
+    fn pause(&mut self) -> Result<()> {
+        match self {
+            Broker::Mosquitto { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    // SAFETY: plain kill(2) on our own child's pid.
+                    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                    c.wait()?;
+                }
+                Ok(())
+            }
+            Broker::Embedded { .. } => bail!("the embedded broker cannot be restarted"),
+        }
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        match self {
+            Broker::Mosquitto {
+                port, conf, child, ..
+            } => {
+                let c = Command::new("mosquitto")
+                    .arg("-c")
+                    .arg(&*conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("spawn mosquitto")?;
+                *child = Some(c);
+                wait_port(*port, Duration::from_secs(5))
+            }
+            Broker::Embedded { .. } => Ok(()),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Broker::Mosquitto { child: Some(c), .. } = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ MQTT client
+
+struct Client {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connect, subscribe to `sub` (if any) and wait for the SUBACK.
+    async fn connect(port: u16, id: &str, sub: Option<&str>, clean: bool) -> Result<Client> {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(clean)
+            .set_inflight(100)
+            .set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut el) = AsyncClient::new(o, 100_000);
+        el.network_options.set_tcp_nodelay(true);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+        let c2 = client.clone();
+        let sub = sub.map(str::to_string);
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => match &sub {
+                        Some(s) => {
+                            let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                        }
+                        None => {
+                            let _ = ready_tx.send(());
+                        }
+                    },
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send((p.topic, p.payload));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .context("MQTT client did not connect")?;
+        Ok(Client { client, rx, task })
+    }
+
+    async fn recv(&mut self, within: Duration) -> Result<(String, bytes::Bytes)> {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .context("timed out waiting for a message")?
+            .context("client stopped")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ------------------------------------------------------------------ agent
+
+fn agent_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("posbridge");
+    if !bin.exists() {
+        // `cargo run --bin posbridge-bench` builds only this binary: build the agent too.
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let profile = if cfg!(debug_assertions) {
+                vec![]
+            } else {
+                vec!["--release"]
+            };
+            let st = Command::new(cargo)
+                .args(["build", "--bin", "posbridge"])
+                .args(profile)
+                .status()?;
+            if !st.success() {
+                bail!("cargo build --bin posbridge failed");
+            }
+        }
+    }
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release --bins` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, toml: &str) -> Result<Agent> {
+        let config = dir.join("posbridge.toml");
+        std::fs::write(&config, toml)?;
+        let log = dir.join("agent.log");
+        let f = std::fs::File::create(&log)?;
+        let child = Command::new(agent_bin()?)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .context("spawn agent")?;
+        Ok(Agent {
+            child: Some(child),
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn base_toml(agent_id: &str, port: u16, store: &Path, queue_depth: usize) -> String {
+    // BENCH_LOG=debug to see what the agent does (logging costs time: warn by default).
+    let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    format!(
+        "agent_id = \"{agent_id}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n[commands]\nqueue_depth = {queue_depth}\n[telemetry]\ninterval = \"60s\"\n[log]\nlevel = \"{level}\"\n",
+        store.display()
+    )
+}
+
+fn ip_terminal(id: &str, addr: &str) -> String {
+    format!(
+        "[[terminals]]\nid = \"{id}\"\nkind = \"ip\"\naddr = \"{addr}\"\nop_timeout = \"120s\"\n"
+    )
+}
+
+async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::CancellationToken)> {
+    use posbridge::sim::ip::{IpSim, SimOptions};
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sim = IpSim::bind(
+        "127.0.0.1:0".parse()?,
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(1),
+            delay_ms,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let addr = sim.local_addr().to_string();
+    sim.spawn(stop.clone());
+    Ok((addr, stop))
+}
+
+async fn wait_online(c: &mut Client, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (topic, p) = c.recv(left).await.context("agent never came online")?;
+        if topic.ends_with("/status") && contains(&p, b"\"online\"") {
+            return Ok(());
+        }
+    }
+}
+
+// ------------------------------------------------------------------ floors
+
+/// QoS 1 request → reply between two plain clients through the broker: `n` samples (µs).
+async fn floor_rr(port: u16, n: usize) -> Result<Vec<f64>> {
+    let mut a = Client::connect(port, "floor-a", Some("floor/rep"), true).await?;
+    let mut b = Client::connect(port, "floor-b", Some("floor/req"), true).await?;
+    let payload = vec![b'x'; 120];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        a.client
+            .publish("floor/req", QoS::AtLeastOnce, false, payload.clone())
+            .await?;
+        let (_, p) = b.recv(Duration::from_secs(5)).await?;
+        b.client
+            .publish("floor/rep", QoS::AtLeastOnce, false, p.to_vec())
+            .await?;
+        a.recv(Duration::from_secs(5)).await?;
+        if i >= 20 {
+            out.push(micros(t.elapsed()));
+        }
+    }
+    Ok(out)
+}
+
+/// One pay on a kept-alive connection to the IP simulator: `n` samples (µs).
+async fn floor_sim(addr: &str, n: usize) -> Result<Vec<f64>> {
+    use posbridge::drivers::ip::proto::{IpClient, Request};
+    let mut c = IpClient::connect(addr, Duration::from_secs(5)).await?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let req = Request::Pay {
+            r#ref: format!("floor-{i}"),
+            amount: 1500,
+            currency: "AZN".into(),
+        };
+        let t = Instant::now();
+        c.call(&req, Duration::from_secs(5)).await?;
+        if i >= 20 {
+            out.push(micros(t.elapsed()));
+        }
+    }
+    Ok(out)
+}
+
+/// One durable write as the promise needs it: a ~400 B sled insert, sled flush, fdatasync of
+/// the data file (the cheapest durable write the store can do): `n` samples (µs).
+fn floor_sync(dir: &Path, n: usize) -> Result<Vec<f64>> {
+    let db = sled::Config::new()
+        .path(dir.join("floor-sled"))
+        .cache_capacity(4 << 20)
+        .flush_every_ms(None)
+        .open()?;
+    let data = std::fs::File::open(dir.join("floor-sled").join("db"))?;
+    let v = vec![b'r'; 400];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        db.insert((i as u64).to_be_bytes(), v.clone())?;
+        db.flush()?;
+        data.sync_data()?;
+        if i >= 20 {
+            out.push(micros(t.elapsed()));
+        }
+    }
+    Ok(out)
+}
+
+/// Syncs the durability promise needs for one payment: the command before its PUBACK, the
+/// journal before the device step, the answer + result before the result is published.
+const PROMISE_SYNCS: f64 = 3.0;
+
+// ------------------------------------------------------------------ e2e
+
+async fn bench_e2e(broker: &Broker, n: usize, figs: &mut Vec<Figure>, j: &mut Value) -> Result<()> {
+    let port = broker.port();
+    let (sim_addr, _sim) = ip_sim(0).await?;
+    let dir = tempfile::tempdir()?;
+    let mut toml = base_toml("bench-e2e", port, &dir.path().join("store"), 16);
+    toml.push_str(&ip_terminal("ip-1", &sim_addr));
+    let mut cloud =
+        Client::connect(port, "bench-e2e-cloud", Some("posbridge/bench-e2e/#"), true).await?;
+    let agent = Agent::start(dir.path(), &toml)?;
+    if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
+        bail!("{e:#}\n{}", agent.log_tail());
+    }
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let id = format!("e2e-{i}");
+        let cmd =
+            json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"});
+        let t = Instant::now();
+        cloud
+            .client
+            .publish(
+                "posbridge/bench-e2e/cmd",
+                QoS::AtLeastOnce,
+                false,
+                cmd.to_string(),
+            )
+            .await?;
+        loop {
+            let (topic, p) = match cloud.recv(Duration::from_secs(30)).await {
+                Ok(m) => m,
+                Err(e) => bail!("{e:#}\n{}", agent.log_tail()),
+            };
+            if topic.ends_with("/result") {
+                let v: Value = serde_json::from_slice(&p)?;
+                if v["id"] == id.as_str() {
+                    if v["state"] != "succeeded" {
+                        bail!("payment {id} ended {v}");
+                    }
+                    break;
+                }
+            }
+        }
+        if i >= 20 {
+            lat.push(micros(t.elapsed()));
+        }
+    }
+    drop(agent);
+    let mut rr = floor_rr(port, n).await?;
+    let mut sim = floor_sim(&sim_addr, n).await?;
+    let fdir = tempfile::tempdir()?;
+    let mut sync = tokio::task::block_in_place(|| floor_sync(fdir.path(), n))?;
+    let (rr50, sim50, sync50) = (pct(&mut rr, 0.5), pct(&mut sim, 0.5), pct(&mut sync, 0.5));
+    let floor = rr50 + sim50 + PROMISE_SYNCS * sync50;
+    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    figs.push(Figure {
+        name: "payment round trip p50".into(),
+        value: p50,
+        unit: "µs",
+        limit: floor,
+        ratio: p50 / floor,
+        goal: "≤ 1.2 × floor".into(),
+        met: p50 <= 1.2 * floor,
+    });
+    figs.push(Figure {
+        name: "payment round trip p99".into(),
+        value: p99,
+        unit: "µs",
+        limit: floor,
+        ratio: p99 / floor,
+        goal: "≤ floor + 2 ms".into(),
+        met: p99 <= floor + 2000.0,
+    });
+    j["e2e"] = json!({
+        "n": n, "p50_us": p50, "p99_us": p99, "floor_us": floor,
+        "floor_parts_us": {"qos1_rr_p50": rr50, "sim_call_p50": sim50, "sync_p50": sync50, "syncs": PROMISE_SYNCS},
+        "ratio_p50": p50 / floor, "p99_minus_floor_us": p99 - floor,
+    });
+    println!(
+        "e2e: floor parts p50: QoS1 rr {rr50:.0} µs, sim call {sim50:.0} µs, durable write {sync50:.0} µs × {PROMISE_SYNCS}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ intake
+
+/// Broker QoS 1 throughput between two plain clients: msg/s for `n` messages of `size`.
+async fn floor_throughput(port: u16, n: usize, size: usize) -> Result<f64> {
+    let mut sub = Client::connect(port, "tp-sub", Some("tp/x"), true).await?;
+    let publ = Client::connect(port, "tp-pub", None, true).await?;
+    let payload = vec![b'x'; size];
+    let t = Instant::now();
+    let c = publ.client.clone();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..n {
+            if c.publish("tp/x", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    for _ in 0..n {
+        sub.recv(Duration::from_secs(30)).await?;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    feeder.abort();
+    Ok(rate)
+}
+
+async fn bench_intake(
+    broker: &Broker,
+    n: usize,
+    figs: &mut Vec<Figure>,
+    j: &mut Value,
+) -> Result<()> {
+    let port = broker.port();
+    const TERMINALS: usize = 50;
+    // Every terminal's first payment hangs at the (slow) simulator; the rest queue behind it.
+    let (sim_addr, _sim) = ip_sim(600_000).await?;
+    let dir = tempfile::tempdir()?;
+    let mut toml = base_toml(
+        "bench-in",
+        port,
+        &dir.path().join("store"),
+        n / TERMINALS + 10,
+    );
+    for t in 0..TERMINALS {
+        toml.push_str(&ip_terminal(&format!("t{t}"), &sim_addr));
+    }
+    let mut cloud =
+        Client::connect(port, "bench-in-cloud", Some("posbridge/bench-in/evt"), true).await?;
+    let mut status = Client::connect(
+        port,
+        "bench-in-status",
+        Some("posbridge/bench-in/status"),
+        true,
+    )
+    .await?;
+    let agent = Agent::start(dir.path(), &toml)?;
+    if let Err(e) = wait_online(&mut status, Duration::from_secs(20)).await {
+        bail!("{e:#}\n{}", agent.log_tail());
+    }
+    let cmds: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"v":1,"id":format!("in-{i}"),"op":"payment","terminal":format!("t{}", i % TERMINALS),"amount":1500,"currency":"AZN"}).to_string()
+        })
+        .collect();
+    let size = cmds.iter().map(String::len).sum::<usize>() / n.max(1);
+    let publ = Client::connect(port, "bench-in-pub", None, true).await?;
+    let t = Instant::now();
+    let c = publ.client.clone();
+    let feeder = tokio::spawn(async move {
+        for cmd in cmds {
+            if c.publish("posbridge/bench-in/cmd", QoS::AtLeastOnce, false, cmd)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut accepted = 0;
+    while accepted < n {
+        let (_, p) = match cloud.recv(Duration::from_secs(60)).await {
+            Ok(m) => m,
+            Err(e) => bail!("{accepted}/{n} accepted: {e:#}\n{}", agent.log_tail()),
+        };
+        if contains(&p, b"\"accepted\"") {
+            accepted += 1;
+        }
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    feeder.abort();
+    drop(agent);
+    let floor = floor_throughput(port, n, size).await?;
+    figs.push(Figure {
+        name: "durable intake".into(),
+        value: rate,
+        unit: "cmd/s",
+        limit: floor,
+        ratio: rate / floor,
+        goal: "≥ 0.5 × broker QoS1".into(),
+        met: rate >= 0.5 * floor,
+    });
+    j["intake"] = json!({"n": n, "cmd_per_s": rate, "broker_qos1_msg_per_s": floor, "ratio": rate / floor, "payload_bytes": size});
+    Ok(())
+}
+
+// ------------------------------------------------------------------ drain
+
+async fn bench_drain(
+    broker: &mut Broker,
+    n: usize,
+    figs: &mut Vec<Figure>,
+    j: &mut Value,
+) -> Result<()> {
+    if matches!(broker, Broker::Embedded { .. }) {
+        println!("drain: skipped (needs mosquitto: the embedded broker cannot be restarted)");
+        return Ok(());
+    }
+    let port = broker.port();
+    let dir = tempfile::tempdir()?;
+    let store_dir = dir.path().join("store");
+    // A persistent cloud session, so results published while it reconnects are queued.
+    {
+        let c = Client::connect(
+            port,
+            "bench-dr-cloud",
+            Some("posbridge/bench-dr/result"),
+            false,
+        )
+        .await?;
+        c.client.disconnect().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.pause()?;
+    // The outbox, filled with n results as the engine writes them, then closed.
+    {
+        let (store, _) = posbridge::store::Store::open(&store_dir)?;
+        for i in 0..n {
+            let mut rej = posbridge::api::Rejection::new(
+                posbridge::api::ErrorCode::Busy,
+                format!("bench result {i}: terminal busy (commands.queue_depth)"),
+            );
+            rej.id = Some(format!("dr-{i}"));
+            let msg = posbridge::store::OutMsg::result(&posbridge::api::ResultMsg::rejected(&rej));
+            store.write(&[], &[msg])?;
+        }
+        store.commit().await?;
+    }
+    let toml = base_toml("bench-dr", port, &store_dir, 16);
+    let agent = Agent::start(dir.path(), &toml)?;
+    // The agent is up, has tried and failed to connect; the broker is away 3 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.resume()?;
+    let t = Instant::now();
+    let mut cloud = Client::connect(
+        port,
+        "bench-dr-cloud",
+        Some("posbridge/bench-dr/result"),
+        false,
+    )
+    .await?;
+    let mut got = std::collections::HashSet::new();
+    while got.len() < n {
+        let (_, p) = match cloud.recv(Duration::from_secs(60)).await {
+            Ok(m) => m,
+            Err(e) => bail!("{}/{n} delivered: {e:#}\n{}", got.len(), agent.log_tail()),
+        };
+        let v: Value = serde_json::from_slice(&p)?;
+        if let Some(id) = v["id"].as_str() {
+            got.insert(id.to_string());
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(agent);
+    figs.push(Figure {
+        name: format!("outbox drain ({n})"),
+        value: secs * 1000.0,
+        unit: "ms",
+        limit: 2000.0,
+        ratio: secs / 2.0,
+        goal: "≤ 2 s after broker returns".into(),
+        met: secs <= 2.0,
+    });
+    j["drain"] = json!({"n": n, "ms_after_broker_returns": secs * 1000.0, "outage_s": 3});
+    Ok(())
+}
+
+// ------------------------------------------------------------------ footprint
+
+async fn bench_footprint(broker: &Broker, figs: &mut Vec<Figure>, j: &mut Value) -> Result<()> {
+    let port = broker.port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (ip_addr, _ip) = ip_sim(0).await?;
+    let token = posbridge::sim::token::TokenSim::bind(
+        "127.0.0.1:0".parse()?,
+        posbridge::sim::token::SimOptions::default(),
+        None,
+    )
+    .await?;
+    let token_addr = token.local_addr();
+    token.spawn(shutdown.clone());
+    let kaspi = posbridge::sim::kaspi::KaspiSim::bind(
+        "127.0.0.1:0".parse()?,
+        posbridge::sim::kaspi::SimOptions::default(),
+    )
+    .await?;
+    let kaspi_url = kaspi.url();
+    kaspi.spawn(shutdown.clone());
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let pw = posbridge::sim::paywall::PaywallSim::bind(any, Default::default()).await?;
+    let kv = posbridge::sim::kuveyt::KuveytSim::bind(any, Default::default()).await?;
+    let (pw_url, kv_url) = (pw.base_url("test"), kv.base_url("test"));
+    pw.spawn(shutdown.clone());
+    kv.spawn(shutdown.clone());
+    let dir = tempfile::tempdir()?;
+    let (k, s) = (dir.path().join("api_key"), dir.path().join("secret"));
+    std::fs::write(&k, "test-api-key")?;
+    std::fs::write(&s, "test-secret")?;
+    let mut toml = base_toml("bench-fp", port, &dir.path().join("store"), 16);
+    toml.push_str(&ip_terminal("ip-1", &ip_addr));
+    toml.push_str(&format!(
+        "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{token_addr}\"\n\
+         [[terminals]]\nid = \"kaspi-1\"\nkind = \"kaspi\"\nurl = \"{kaspi_url}\"\nprotected = false\n\
+         [[terminals]]\nid = \"paywall-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{pw_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\napi_key_file = \"{k}\"\nclient_key_file = \"{s}\"\n\
+         [[terminals]]\nid = \"kuveyt-1\"\nkind = \"kuveyt\"\nmode = \"test\"\ntest_url = \"{kv_url}\"\napi_key_file = \"{k}\"\napi_secret_file = \"{s}\"\n",
+        k = k.display(),
+        s = s.display()
+    ));
+    let mut cloud = Client::connect(
+        port,
+        "bench-fp-cloud",
+        Some("posbridge/bench-fp/status"),
+        true,
+    )
+    .await?;
+    let bin = agent_bin()?;
+    let t = Instant::now();
+    let agent = Agent::start(dir.path(), &toml)?;
+    if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
+        bail!("{e:#}\n{}", agent.log_tail());
+    }
+    let start_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // Idle: let the drivers finish connecting and the allocator settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = agent.rss_kib().unwrap_or(0) as f64 / 1024.0;
+    drop(agent);
+    shutdown.cancel();
+    let size = std::fs::metadata(&bin)?.len() as f64 / (1024.0 * 1024.0);
+    let stripped = {
+        let out = dir.path().join("posbridge.stripped");
+        let ok = Command::new("strip")
+            .arg("-o")
+            .arg(&out)
+            .arg(&bin)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            std::fs::metadata(&out)?.len() as f64 / (1024.0 * 1024.0)
+        } else {
+            size
+        }
+    };
+    figs.push(Figure {
+        name: "idle RSS, 5 terminal kinds".into(),
+        value: rss,
+        unit: "MiB",
+        limit: 8.0,
+        ratio: rss / 8.0,
+        goal: "≤ 8 MiB".into(),
+        met: rss <= 8.0,
+    });
+    figs.push(Figure {
+        name: format!("binary, stripped ({})", std::env::consts::ARCH),
+        value: stripped,
+        unit: "MiB",
+        limit: 8.0,
+        ratio: stripped / 8.0,
+        goal: "≤ 8 MiB (aarch64)".into(),
+        met: stripped <= 8.0,
+    });
+    figs.push(Figure {
+        name: "start to online".into(),
+        value: start_ms,
+        unit: "ms",
+        limit: 200.0,
+        ratio: start_ms / 200.0,
+        goal: "≤ 200 ms".into(),
+        met: start_ms <= 200.0,
+    });
+    j["footprint"] = json!({"idle_rss_mib": rss, "binary_mib": size, "binary_stripped_mib": stripped, "start_to_online_ms": start_ms, "arch": std::env::consts::ARCH});
+    Ok(())
+}
+
+// ------------------------------------------------------------------ main
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("all")
+        .to_string();
+    let mut n_e2e = 300;
+    let mut n_intake = 10_000;
+    let mut n_drain = 10_000;
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let v: Option<usize> = it.next().and_then(|v| v.parse().ok());
+        match (a.as_str(), v) {
+            ("--n", Some(v)) => {
+                n_e2e = v;
+                n_intake = v;
+                n_drain = v;
+            }
+            _ => bail!("usage: posbridge-bench e2e|intake|drain|footprint|all [--n N]"),
+        }
+    }
+    if !["e2e", "intake", "drain", "footprint", "all"].contains(&what.as_str()) {
+        bail!("usage: posbridge-bench e2e|intake|drain|footprint|all [--n N]");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut broker = Broker::start()?;
+        println!(
+            "posbridge-bench: broker {} on 127.0.0.1:{}, {} CPUs",
+            broker.name(),
+            broker.port(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
+        let mut figs = Vec::new();
+        let mut j = json!({"broker": broker.name(), "version": posbridge::VERSION});
+        let all = what == "all";
+        if all || what == "footprint" {
+            if let Err(e) = bench_footprint(&broker, &mut figs, &mut j).await {
+                eprintln!("footprint failed: {e:#}");
+            }
+        }
+        if all || what == "e2e" {
+            if let Err(e) = bench_e2e(&broker, n_e2e, &mut figs, &mut j).await {
+                eprintln!("e2e failed: {e:#}");
+            }
+        }
+        if all || what == "intake" {
+            if let Err(e) = bench_intake(&broker, n_intake, &mut figs, &mut j).await {
+                eprintln!("intake failed: {e:#}");
+            }
+        }
+        if all || what == "drain" {
+            if let Err(e) = bench_drain(&mut broker, n_drain, &mut figs, &mut j).await {
+                eprintln!("drain failed: {e:#}");
+            }
+        }
+        println!();
+        println!(
+            "| {:<30} | {:>12} | {:>12} | {:>7} | {:<28} | {:<4} |",
+            "figure", "value", "limit", "ratio", "goal", "met"
+        );
+        println!("|{}|", "-".repeat(112));
+        for f in &figs {
+            println!(
+                "| {:<30} | {:>8.1} {:<5}| {:>12.1} | {:>7.3} | {:<28} | {:<4} |",
+                f.name,
+                f.value,
+                f.unit,
+                f.limit,
+                f.ratio,
+                f.goal,
+                if f.met { "yes" } else { "NO" }
+            );
+        }
+        println!("BENCH_JSON {j}");
+        Ok(())
+    })
+}
