@@ -160,7 +160,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
 
     let bus_stats = Arc::new(BusStats::default());
-    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
     let pump_stop = CancellationToken::new();
     let conn_stop = CancellationToken::new();

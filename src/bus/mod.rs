@@ -108,7 +108,7 @@ pub(crate) fn mqtt_options(cfg: &BusConfig, topics: &Topics) -> MqttOptions {
 pub(crate) async fn run_connection(
     cfg: BusConfig,
     topics: Topics,
-    cmd_tx: mpsc::Sender<Cmd>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
     pump_tx: mpsc::UnboundedSender<ConnEvent>,
     stats: Arc<BusStats>,
     stop: CancellationToken,
@@ -176,7 +176,10 @@ pub(crate) async fn run_connection(
                             })
                         }),
                     };
-                    if cmd_tx.send(cmd).await.is_err() {
+                    // Never await here: this task is the only one polling the connection,
+                    // and the intake's PUBACKs go through it. The broker's inflight window
+                    // bounds what can be queued (commands are acknowledged only once durable).
+                    if cmd_tx.send(cmd).is_err() {
                         break;
                     }
                 }

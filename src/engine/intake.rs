@@ -28,7 +28,7 @@ const MAX_BATCH: usize = 256;
 
 impl Engine {
     /// Run the intake loop until the channel closes or shutdown is requested.
-    pub async fn run_intake(&self, mut rx: mpsc::Receiver<Incoming>) {
+    pub async fn run_intake(&self, mut rx: mpsc::UnboundedReceiver<Incoming>) {
         let mut beat = tokio::time::interval(crate::systemd::BEAT_INTERVAL);
         loop {
             self.inner.beat.bump();
