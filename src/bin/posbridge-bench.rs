@@ -302,9 +302,14 @@ impl Agent {
     }
 
     fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A `kB` (or count) field of /proc/<pid>/status.
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         s.lines()
-            .find(|l| l.starts_with("VmRSS:"))?
+            .find(|l| l.starts_with(field))?
             .split_whitespace()
             .nth(1)?
             .parse()
@@ -429,22 +434,19 @@ async fn floor_sim(addr: &str, n: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// One durable write as the promise needs it: a ~400 B sled insert, sled flush, fdatasync of
-/// the data file (the cheapest durable write the store can do): `n` samples (µs).
+/// One durable write at its physical limit: append ~400 B to a file and `fdatasync` it
+/// (what no store can go below: one write and one sync of the device), `n` samples (µs).
 fn floor_sync(dir: &Path, n: usize) -> Result<Vec<f64>> {
-    let db = sled::Config::new()
-        .path(dir.join("floor-sled"))
-        .cache_capacity(4 << 20)
-        .flush_every_ms(None)
-        .open()?;
-    let data = std::fs::File::open(dir.join("floor-sled").join("db"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("floor-log"))?;
     let v = vec![b'r'; 400];
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let t = Instant::now();
-        db.insert((i as u64).to_be_bytes(), v.clone())?;
-        db.flush()?;
-        data.sync_data()?;
+        f.write_all(&v)?;
+        f.sync_data()?;
         if i >= 20 {
             out.push(micros(t.elapsed()));
         }
@@ -786,6 +788,11 @@ async fn bench_footprint(broker: &Broker, figs: &mut Vec<Figure>, j: &mut Value)
     // Idle: let the drivers finish connecting and the allocator settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = agent.rss_kib().unwrap_or(0) as f64 / 1024.0;
+    let mib = |f: &str| agent.status_kib(f).unwrap_or(0) as f64 / 1024.0;
+    let (anon, file) = (mib("RssAnon:"), mib("RssFile:"));
+    let threads = agent.status_kib("Threads:").unwrap_or(0);
+    println!("footprint: idle RSS {rss:.1} MiB = anon {anon:.1} + file-backed {file:.1} (+ shmem); {threads} threads");
+    j["footprint_parts"] = json!({"rss_anon_mib": anon, "rss_file_mib": file, "threads": threads});
     drop(agent);
     shutdown.cancel();
     let size = std::fs::metadata(&bin)?.len() as f64 / (1024.0 * 1024.0);

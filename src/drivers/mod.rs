@@ -106,6 +106,24 @@ impl OpContext {
         Ok(())
     }
 
+    /// Journal a step *without* waiting for it to be durable: the next commit covers it
+    /// (the next [`OpContext::journal`], or the engine's commit of the final result, which
+    /// follows as soon as the driver returns). Only for a step after which nothing leaves
+    /// the agent before that commit, and whose loss in a crash the resume handles by
+    /// asking the device again (an answer the device keeps by reference). Saves one sync
+    /// per operation: the answer and the result become durable together.
+    pub fn note(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
+        self.record.journal.push(JournalEntry {
+            step: step.to_string(),
+            at: chrono::Utc::now(),
+            data,
+        });
+        crate::faults::hit(&format!("journal:{step}:before"));
+        self.store.write(&[&self.record], &[])?;
+        crate::faults::hit(&format!("journal:{step}:after"));
+        Ok(())
+    }
+
     /// Progress on `evt` (`in_progress` with a device sub-state). May be lost.
     pub fn progress(&self, sub_state: &str, detail: Option<Value>) {
         let mut e = Evt::new(&self.record.cmd.id, "in_progress");

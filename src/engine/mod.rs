@@ -220,6 +220,10 @@ impl Engine {
         self.inner
             .tasks
             .spawn(async move { prune_loop(inner).await });
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(async move { checkpoint_loop(inner).await });
         for t in self.inner.terminals.values() {
             let inner = self.inner.clone();
             let t = t.clone();
@@ -238,6 +242,22 @@ impl Engine {
             .is_ok()
     }
 }
+
+/// Make sled durable and drop the store's write-ahead log now and then, so a restart
+/// replays little. Commits never wait for this (they only write the log).
+async fn checkpoint_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if let Err(e) = inner.store.checkpoint().await {
+            tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log is kept");
+        }
+    }
+}
+
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// Keep the store within `store.retention`: at start, then hourly.
 async fn prune_loop(inner: Arc<Inner>) {

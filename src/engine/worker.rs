@@ -95,8 +95,10 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
     rec.state = CmdState::Running;
     rec.started_at = Some(now);
     let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
-    // Durable before any device step: a crash from here on resumes through the driver.
-    ctx.journal("started", json!({ "terminal": t.id })).await?;
+    // Not synced on its own: every driver journals durably before its first device step,
+    // and that commit covers this too. A crash before it leaves the command `queued` (the
+    // device untouched), and it simply runs after the restart.
+    ctx.note("started", json!({ "terminal": t.id }))?;
     inner.set_terminal_state(t, "busy", None, None);
     let mut e = Evt::new(id, "in_progress");
     e.sub_state = Some("started".into());

@@ -43,6 +43,9 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         db.checksum()?;
+        // Count what the agent will see: sled plus its write-ahead log (changes since the
+        // last checkpoint). Replaying only re-applies whole values the agent applies too.
+        super::wal::replay(&db, &path)?;
         let mut out = Inspection {
             size_bytes: db.size_on_disk().unwrap_or(0),
             ..Default::default()

@@ -4,23 +4,27 @@
 //! Everything lives in one sled tree with key prefixes so that a record and the outbox
 //! entry carrying its result are written in one atomic batch.
 //!
-//! Durability: sled's `flush()` only issues `sync_file_range`, which does not survive a
-//! power cut (`CRATES.md`). [`Store::commit`] therefore follows every flush with an
-//! `fdatasync` of sled's data file, and coalesces concurrent callers into one sync
-//! (group commit) — see `sync.rs`.
+//! Durability: every change is applied to sled and appended, in the same order, to a
+//! write-ahead log (`wal.rs`). [`Store::commit`] writes the log and `fdatasync`s it, once
+//! for all concurrent callers (group commit, `sync.rs`); sled itself is made durable
+//! (flush + `fdatasync`: its `flush()` alone is only `sync_file_range`, `CRATES.md`) at
+//! checkpoints, after which the log is dropped. Open replays the log over sled.
 
 mod inspect;
 mod record;
 mod sync;
+mod wal;
 
 pub use inspect::Inspection;
 pub use record::{CmdState, CommandRecord, JournalEntry, OutMsg};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
-use sync::Syncer;
+use sync::{lock_pending, Files, Pending, Syncer};
+use wal::LoggedBatch;
 
 /// sled's default cache is 1 GiB; a Raspberry Pi wants a few MiB.
 pub const CACHE_BYTES: u64 = 4 * 1024 * 1024;
@@ -62,6 +66,10 @@ pub struct OpenReport {
     pub error: Option<String>,
     /// Records that could not be decoded (kept in place, reported).
     pub corrupt_records: u64,
+    /// Commits replayed from the write-ahead log (changes made since the last
+    /// checkpoint, e.g. before a crash or power cut). Logged, not published.
+    #[serde(skip)]
+    pub replayed_commits: u64,
 }
 
 #[derive(Clone)]
@@ -69,10 +77,11 @@ pub struct Store {
     db: sled::Db,
     syncer: Syncer,
     path: PathBuf,
-    /// Outbox sequence numbers must become visible in order: the pump reads forward from
-    /// a cursor, so an entry with a lower seq landing after a higher one would be skipped
-    /// until the next reconnect. Allocation and apply happen under this lock.
-    write_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Changes not yet in the log. Its lock also orders writers: outbox sequence numbers
+    /// must become visible in order (the pump reads forward from a cursor, so an entry
+    /// with a lower seq landing after a higher one would be skipped until the next
+    /// reconnect), and the log must hold changes in the order sled applied them.
+    pending: Pending,
 }
 
 const CMD: &[u8] = b"c\0";
@@ -132,8 +141,14 @@ impl Store {
         let path = &dir.join("sled");
         let mark = Mark::new(dir.join("sled.mark"));
         let mut report = OpenReport::default();
-        let db = match Self::try_open(path).and_then(|db| mark.check(&db).map(|()| db)) {
-            Ok(db) => db,
+        let opened = Self::try_open(path).and_then(|db| {
+            mark.check_checkpoint(&db)?;
+            let (replayed, last_gen) = wal::replay(&db, path)?;
+            mark.check_commit(&db)?;
+            Ok((db, replayed, last_gen))
+        });
+        let (db, replayed, last_gen) = match opened {
+            Ok(o) => o,
             Err(e) if !is_damage(&e) => return Err(e),
             Err(e) => {
                 let aside = PathBuf::from(format!(
@@ -150,10 +165,48 @@ impl Store {
                 let _ = std::fs::rename(mark.path(), format!("{}.mark", aside.display()));
                 report.moved_aside = Some(aside.display().to_string());
                 report.error = Some(e.to_string());
-                Self::try_open(path)?
+                (Self::try_open(path)?, wal::Replayed::default(), 0)
             }
         };
-        let data_file = path.join("db");
+        report.replayed_commits = replayed.records;
+        let files = Files {
+            dir: path.to_path_buf(),
+        };
+        let newest = db
+            .scan_prefix(RECENT)
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| seq_of(&k));
+        if let Some(n) = newest {
+            mark.note(n);
+        }
+        if replayed.records > 0 {
+            tracing::info!(
+                commits = replayed.records,
+                "store: replayed the write-ahead log"
+            );
+        }
+        // Start from a durable sled and an empty log: what was replayed is checkpointed
+        // now, so the old logs can go. Also makes durable anything sled wrote on its own
+        // before a crash, since the pump treats whatever the outbox holds now as durable.
+        sync::durable_flush(&db, &files.data(), &files.blobs()).map_err(StoreError::Sync)?;
+        mark.persist_checkpoint(newest.unwrap_or(0))
+            .map_err(|source| StoreError::Io {
+                path: mark.path().to_path_buf(),
+                source,
+            })?;
+        let log = wal::LogFile::create(path, last_gen + 1).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for (g, old) in wal::list(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })? {
+            if g <= last_gen {
+                let _ = std::fs::remove_file(old);
+            }
+        }
         // Whatever the outbox holds at open was read back from disk: durable.
         if let Some(last) = db
             .scan_prefix(OUTBOX)
@@ -164,12 +217,13 @@ impl Store {
             mark.note_outbox(last);
             mark.outbox_synced(last);
         }
-        let syncer = Syncer::start(db.clone(), data_file, path.join("blobs"), mark);
+        let pending = Pending::default();
+        let syncer = Syncer::start(db.clone(), files, mark, pending.clone(), log);
         let store = Store {
             db,
             syncer,
             path: path.to_path_buf(),
-            write_lock: Default::default(),
+            pending,
         };
         for item in store.db.scan_prefix(CMD) {
             let (k, v) = item?;
@@ -223,10 +277,24 @@ impl Store {
         &self.path
     }
 
-    /// Make every write issued before this call durable (flush + fdatasync). Concurrent
-    /// callers share one sync.
+    /// Make every write issued before this call durable (log write + fdatasync).
+    /// Concurrent callers share one sync.
     pub async fn commit(&self) -> Result<(), StoreError> {
         self.syncer.sync().await
+    }
+
+    /// Commit, then make sled itself durable and drop the write-ahead log (bounds the
+    /// replay at the next start). Nothing to do when nothing changed since the last one.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.syncer.checkpoint().await
+    }
+
+    /// Apply one logged batch (not yet durable).
+    fn apply(&self, b: LoggedBatch) -> Result<(), StoreError> {
+        let mut p = lock_pending(&self.pending);
+        b.frame_into(&mut p);
+        self.db.apply_batch(b.batch)?;
+        Ok(())
     }
 
     pub fn next_seq(&self) -> Result<u64, StoreError> {
@@ -248,27 +316,33 @@ impl Store {
     /// Write records and outbox messages atomically (one sled batch). Not yet durable:
     /// call [`Store::commit`] before acting on it.
     pub fn write(&self, records: &[&CommandRecord], outbox: &[OutMsg]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = LoggedBatch::default();
         for r in records {
             let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
                 key: r.cmd.id.clone(),
                 source,
             })?;
-            batch.insert(key(CMD, r.cmd.id.as_bytes()), v);
-            batch.insert(seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
+            batch.insert(&key(CMD, r.cmd.id.as_bytes()), &v);
+            batch.insert(&seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
         }
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox: Vec<Vec<u8>> = outbox
+            .iter()
+            .map(|m| {
+                serde_json::to_vec(m).map_err(|source| StoreError::Corrupt {
+                    key: "outbox".into(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut p = lock_pending(&self.pending);
         let mut max_outbox = 0;
-        for m in outbox {
+        for v in &outbox {
             let seq = self.next_seq()?;
             max_outbox = seq;
-            let v = serde_json::to_vec(m).map_err(|source| StoreError::Corrupt {
-                key: format!("outbox/{seq}"),
-                source,
-            })?;
-            batch.insert(seq_key(OUTBOX, seq), v);
+            batch.insert(&seq_key(OUTBOX, seq), v);
         }
-        self.db.apply_batch(batch)?;
+        batch.frame_into(&mut p);
+        self.db.apply_batch(batch.batch)?;
         // Only after the batch is applied: a sync that reads these marks covers the batch.
         if let Some(max) = records.iter().map(|r| r.seq).max() {
             self.syncer.mark().note(max);
@@ -308,8 +382,9 @@ impl Store {
     /// The broker acknowledged this outbox entry. Not synced: a lost delete only means the
     /// result is delivered again, which the contract allows (at least once).
     pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.db.remove(seq_key(OUTBOX, seq))?;
-        Ok(())
+        let mut b = LoggedBatch::default();
+        b.remove(&seq_key(OUTBOX, seq));
+        self.apply(b)
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -349,8 +424,9 @@ impl Store {
 
     /// Store an already-encrypted secret (see `crate::secrets`). Not yet durable.
     pub fn put_secret(&self, terminal: &str, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        self.db.insert(secret_key(terminal, name), sealed)?;
-        Ok(())
+        let mut b = LoggedBatch::default();
+        b.insert(&secret_key(terminal, name), sealed);
+        self.apply(b)
     }
 
     pub fn get_secret(&self, terminal: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -397,10 +473,10 @@ impl Store {
                 // Keep scanning: an old unfinished record must not block pruning after it.
                 continue;
             }
-            let mut batch = sled::Batch::default();
-            batch.remove(k.to_vec());
-            batch.remove(key(CMD, id.as_bytes()));
-            self.db.apply_batch(batch)?;
+            let mut batch = LoggedBatch::default();
+            batch.remove(&k);
+            batch.remove(&key(CMD, id.as_bytes()));
+            self.apply(batch)?;
             deleted += 1;
         }
         Ok(deleted)
@@ -411,11 +487,15 @@ impl Store {
     }
 }
 
-/// The watermark: the highest command sequence number known to be durable, kept in a
-/// small file beside sled's directory and written only after sled's own data is durable
-/// (the write itself is not synced: see `persist`). On open, that record must be there; if it is not, sled has silently
-/// lost committed data (a truncated or missing data file) and the store is treated as
-/// damaged instead of starting quietly from what is left.
+/// The watermark file beside sled's directory: two sequence numbers, written (not synced:
+/// see `persist`) only after what they name is durable.
+///
+/// - *commit*: the newest command record covered by a completed commit (in the log or in
+///   sled). After the log is replayed at open, that record must be there.
+/// - *checkpoint*: the newest command record in sled when it was last made durable.
+///   Before the log is replayed, sled alone must have it: if it does not, sled has
+///   silently lost data (a truncated or missing data file; sled itself would quietly
+///   start from what is left) and the store is treated as damaged.
 ///
 /// It also keeps the outbox's durability line: the highest outbox seq covered by a
 /// completed sync. The pump publishes only up to that line, so no result can reach the
@@ -423,10 +503,12 @@ impl Store {
 /// followed by a different outcome for the same id).
 pub(crate) struct Mark {
     path: PathBuf,
-    noted: std::sync::atomic::AtomicU64,
-    written: std::sync::atomic::AtomicU64,
-    outbox_noted: std::sync::atomic::AtomicU64,
-    outbox_durable: std::sync::atomic::AtomicU64,
+    noted: AtomicU64,
+    written: AtomicU64,
+    checkpointed: AtomicU64,
+    outbox_noted: AtomicU64,
+    outbox_durable: AtomicU64,
+    file: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl Mark {
@@ -435,8 +517,10 @@ impl Mark {
             path,
             noted: Default::default(),
             written: Default::default(),
+            checkpointed: Default::default(),
             outbox_noted: Default::default(),
             outbox_durable: Default::default(),
+            file: Default::default(),
         }
     }
 
@@ -444,77 +528,115 @@ impl Mark {
         &self.path
     }
 
-    fn read(&self) -> u64 {
-        std::fs::read(&self.path)
-            .ok()
-            .and_then(|b| b.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()))
-            .map(u64::from_be_bytes)
-            .unwrap_or(0)
+    /// (commit, checkpoint). A mark of 8 bytes is from before the log existed, when
+    /// every commit was a sled checkpoint: both values are that one.
+    fn read(&self) -> (u64, u64) {
+        let b = std::fs::read(&self.path).unwrap_or_default();
+        let at = |i: usize| {
+            b.get(i..i + 8)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_be_bytes)
+        };
+        match (at(0), at(8)) {
+            (Some(c), Some(k)) => (c, k),
+            (Some(c), None) => (c, c),
+            _ => (0, 0),
+        }
     }
 
-    fn check(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let expected = self.read();
-        if expected > 0 && !db.contains_key(seq_key(RECENT, expected))? {
-            return Err(StoreError::LostData { expected });
+    /// Before the log is replayed: sled alone must hold the checkpointed record.
+    fn check_checkpoint(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let (commit, checkpoint) = self.read();
+        self.written.store(commit, Ordering::Relaxed);
+        self.checkpointed.store(checkpoint, Ordering::Relaxed);
+        if checkpoint > 0 && !db.contains_key(seq_key(RECENT, checkpoint))? {
+            return Err(StoreError::LostData {
+                expected: checkpoint,
+            });
         }
-        self.written
-            .store(expected, std::sync::atomic::Ordering::Relaxed);
-        self.noted
-            .store(expected, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After the log is replayed: the newest committed record must be there.
+    fn check_commit(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let (commit, _) = self.read();
+        if commit > 0 && !db.contains_key(seq_key(RECENT, commit))? {
+            return Err(StoreError::LostData { expected: commit });
+        }
         Ok(())
     }
 
     /// A record with this seq was written (not yet durable).
     fn note(&self, seq: u64) {
-        self.noted
-            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+        self.noted.fetch_max(seq, Ordering::Relaxed);
     }
 
-    /// Called by the syncer after sled's data is durable. `upto` was read before the
-    /// flush started, so every record up to it is covered by that flush.
-    pub(crate) fn persist(&self, upto: u64) -> std::io::Result<()> {
-        use std::io::Write;
-        if upto <= self.written.load(std::sync::atomic::Ordering::Relaxed) {
+    fn write_file(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.written.load(Ordering::Relaxed).to_be_bytes());
+        bytes[8..].copy_from_slice(&self.checkpointed.load(Ordering::Relaxed).to_be_bytes());
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&self.path)?,
+            );
+        }
+        match f.as_ref() {
+            // No fdatasync of its own: it is only written after what it names is durable,
+            // so whichever value a power cut leaves on disk (this one or an older one)
+            // names a durable record. A stale mark only narrows the lost-data check; it
+            // can never make a good store look damaged.
+            Some(f) => f.write_all_at(&bytes, 0),
+            None => Ok(()),
+        }
+    }
+
+    /// Called after a commit: every record up to `upto` is durable (in the log).
+    pub(crate) fn persist_commit(&self, upto: u64) -> std::io::Result<()> {
+        if upto <= self.written.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&self.path)?;
-        // No fdatasync of its own: the mark is only written after sled's data is durable,
-        // so whichever value a power cut leaves on disk (this one or an older one) names a
-        // record that is durable. A stale mark only narrows the lost-data check; it can
-        // never make a good store look damaged. This saves one fdatasync per commit.
-        f.write_all(&upto.to_be_bytes())?;
-        self.written
-            .fetch_max(upto, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.written.fetch_max(upto, Ordering::Relaxed);
+        self.write_file()
+    }
+
+    /// Called after a checkpoint: every record up to `upto` is durable in sled itself.
+    pub(crate) fn persist_checkpoint(&self, upto: u64) -> std::io::Result<()> {
+        if upto <= self.checkpointed.load(Ordering::Relaxed)
+            && upto <= self.written.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        self.written.fetch_max(upto, Ordering::Relaxed);
+        self.checkpointed.fetch_max(upto, Ordering::Relaxed);
+        self.write_file()
     }
 
     pub(crate) fn noted(&self) -> u64 {
-        self.noted.load(std::sync::atomic::Ordering::Relaxed)
+        self.noted.load(Ordering::Relaxed)
     }
 
     fn note_outbox(&self, seq: u64) {
-        self.outbox_noted
-            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+        self.outbox_noted.fetch_max(seq, Ordering::AcqRel);
     }
 
-    /// Read before a flush starts: every outbox entry up to here is covered by it.
+    /// Read before a sync starts: every outbox entry up to here is covered by it.
     pub(crate) fn outbox_noted(&self) -> u64 {
-        self.outbox_noted.load(std::sync::atomic::Ordering::Acquire)
+        self.outbox_noted.load(Ordering::Acquire)
     }
 
-    /// After the flush that started at `upto` completed.
+    /// After the sync that started at `upto` completed.
     pub(crate) fn outbox_synced(&self, upto: u64) {
-        self.outbox_durable
-            .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
+        self.outbox_durable.fetch_max(upto, Ordering::AcqRel);
     }
 
     fn outbox_durable(&self) -> u64 {
-        self.outbox_durable
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.outbox_durable.load(Ordering::Acquire)
     }
 }
 

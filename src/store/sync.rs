@@ -1,17 +1,38 @@
-//! Group commit: one `flush` + `fdatasync` covers every write issued before the sync
-//! started. A caller registers *after* its write, and is answered only by a sync that
-//! began after it registered, so no acknowledgement can run ahead of the sync covering it.
+//! Group commit over the write-ahead log (`wal.rs`): one `write` + `fdatasync` of the log
+//! covers every change applied before the commit started. A caller registers *after* its
+//! write and is answered only by a commit that began after it registered, so no
+//! acknowledgement can run ahead of the sync covering it. Checkpoints (sled made durable,
+//! then the log dropped) run in the same task, so they never interleave with a commit.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use std::sync::Arc;
-
+use super::wal::LogFile;
 use super::{Mark, StoreError};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Past this many bytes of log, a commit is followed by a checkpoint (bounds replay time
+/// at start and the disk the log takes).
+const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
+enum Req {
+    Commit(Waiter),
+    /// Make sled durable and drop the log, if there is anything to drop.
+    Checkpoint(Waiter),
+}
+
+/// Changes applied to sled but not yet in the log, in apply order. Writers append under
+/// this lock while they apply their batch, so the log's order is sled's order.
+pub(crate) type Pending = Arc<Mutex<Vec<u8>>>;
+
+pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    // A poisoned lock only means a writer panicked between two plain appends.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The syncer task holds no `Db` between requests (each request brings one), so dropping
 /// the last `Store` closes the database at once and it can be reopened.
@@ -19,7 +40,23 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 pub struct Syncer {
     db: sled::Db,
     mark: Arc<Mark>,
-    tx: mpsc::UnboundedSender<(sled::Db, Waiter)>,
+    tx: mpsc::UnboundedSender<(sled::Db, Req)>,
+}
+
+/// Where sled keeps what a checkpoint must make durable.
+#[derive(Clone)]
+pub(crate) struct Files {
+    /// sled's directory; the logs live in it too.
+    pub(crate) dir: PathBuf,
+}
+
+impl Files {
+    pub(crate) fn data(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+    pub(crate) fn blobs(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
 }
 
 impl Syncer {
@@ -27,77 +64,182 @@ impl Syncer {
         &self.mark
     }
 
-    pub fn start(db: sled::Db, data_file: PathBuf, blobs_dir: PathBuf, mark: Mark) -> Syncer {
+    pub(crate) fn start(
+        db: sled::Db,
+        files: Files,
+        mark: Mark,
+        pending: Pending,
+        log: LogFile,
+    ) -> Syncer {
         let mark = Arc::new(mark);
         let task_mark = mark.clone();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(sled::Db, Waiter)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(sled::Db, Req)>();
         tokio::spawn(async move {
-            // Opened once (fsync is per inode), not once per sync.
-            let mut data_fd: Option<Arc<File>> = None;
+            // `None` after a failed append: the next commit starts a new generation, so
+            // a partly written record is only ever a file's last bytes.
+            let mut log: Option<LogFile> = Some(log);
+            let mut generation = log.as_ref().map_or(0, |l| l.generation);
             while let Some((db, first)) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok((_, w)) = rx.try_recv() {
-                    waiters.push(w);
+                let mut commits = Vec::new();
+                let mut checkpoints = Vec::new();
+                let mut route = |r: Req| match r {
+                    Req::Commit(w) => commits.push(w),
+                    Req::Checkpoint(w) => checkpoints.push(w),
+                };
+                route(first);
+                while let Ok((_, r)) = rx.try_recv() {
+                    route(r);
                 }
-                let data_file = data_file.clone();
-                let blobs_dir = blobs_dir.clone();
                 let mark = task_mark.clone();
-                if data_fd.is_none() {
-                    data_fd = File::open(&data_file).ok().map(Arc::new);
-                }
-                let fd = data_fd.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    let upto = mark.noted();
-                    let outbox_upto = mark.outbox_noted();
-                    durable_flush(&db, fd.as_deref(), &data_file, &blobs_dir)?;
-                    mark.outbox_synced(outbox_upto);
-                    mark.persist(upto)
-                        .map_err(|e| format!("store watermark: {e}"))
+                let pending = pending.clone();
+                let files = files.clone();
+                let mut current = log.take();
+                let want_checkpoint = !checkpoints.is_empty();
+                let job = tokio::task::spawn_blocking(move || {
+                    let res = commit(&mut current, &mut generation, &files.dir, &mark, &pending);
+                    let big = current.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+                    let cp = if res.is_ok() && (want_checkpoint || big) {
+                        checkpoint(&db, &mut current, &mut generation, &files, &mark, &pending)
+                    } else {
+                        Ok(())
+                    };
+                    (current, generation, res, cp)
                 })
-                .await
-                .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
+                .await;
+                let (res, cp) = match job {
+                    Ok((current, g, res, cp)) => {
+                        log = current;
+                        generation = g;
+                        (res, cp)
+                    }
+                    Err(e) => {
+                        let e = format!("store sync task failed: {e}");
+                        (Err(e.clone()), Err(e))
+                    }
+                };
                 if let Err(e) = &res {
-                    tracing::error!(error = %e, "store sync failed");
+                    tracing::error!(error = %e, "store commit failed");
                 }
-                for w in waiters {
+                if let Err(e) = &cp {
+                    tracing::error!(error = %e, "store checkpoint failed (the log is kept; nothing is lost)");
+                }
+                for w in commits {
                     let _ = w.send(res.clone());
+                }
+                for w in checkpoints {
+                    let _ = w.send(res.clone().and(cp.clone()));
                 }
             }
         });
         Syncer { db, mark, tx }
     }
 
-    pub async fn sync(&self) -> Result<(), StoreError> {
+    async fn request(&self, make: impl FnOnce(Waiter) -> Req) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((self.db.clone(), tx))
+            .send((self.db.clone(), make(tx)))
             .map_err(|_| StoreError::Sync("syncer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Sync("syncer stopped".into()))?
             .map_err(StoreError::Sync)
     }
+
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.request(Req::Commit).await
+    }
+
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.request(Req::Checkpoint).await
+    }
+}
+
+/// Append what is pending to the log and `fdatasync` it.
+fn commit(
+    log: &mut Option<LogFile>,
+    generation: &mut u64,
+    dir: &Path,
+    mark: &Mark,
+    pending: &Pending,
+) -> Result<(), String> {
+    // Read the marks under the same lock as the bytes: exactly these changes are covered.
+    let (buf, upto, outbox_upto) = {
+        let mut p = lock_pending(pending);
+        (std::mem::take(&mut *p), mark.noted(), mark.outbox_noted())
+    };
+    if !buf.is_empty() {
+        let written = (|| {
+            if log.is_none() {
+                *generation += 1;
+                *log = Some(LogFile::create(dir, *generation)?);
+            }
+            match log.as_mut() {
+                Some(l) => l.append_durably(&buf),
+                None => Ok(()),
+            }
+        })();
+        if let Err(e) = written {
+            // Put the bytes back in front, in order, for the next commit to write into a
+            // fresh generation; this file may end in a partial record.
+            *log = None;
+            let mut p = lock_pending(pending);
+            let later = std::mem::replace(&mut *p, buf);
+            p.extend_from_slice(&later);
+            return Err(format!("store log append: {e}"));
+        }
+    }
+    mark.outbox_synced(outbox_upto);
+    mark.persist_commit(upto)
+        .map_err(|e| format!("store watermark: {e}"))
+}
+
+/// Make sled durable (flush + `fdatasync`), then drop every log older than a fresh one.
+fn checkpoint(
+    db: &sled::Db,
+    log: &mut Option<LogFile>,
+    generation: &mut u64,
+    files: &Files,
+    mark: &Mark,
+    pending: &Pending,
+) -> Result<(), String> {
+    let nothing_logged = log.as_ref().is_some_and(|l| l.len == 0);
+    let (upto, outbox_upto) = {
+        let mut p = lock_pending(pending);
+        if nothing_logged && p.is_empty() {
+            return Ok(());
+        }
+        // Everything applied so far is in sled's memory and covered by the flush below.
+        p.clear();
+        (mark.noted(), mark.outbox_noted())
+    };
+    durable_flush(db, &files.data(), &files.blobs())?;
+    mark.outbox_synced(outbox_upto);
+    mark.persist_checkpoint(upto)
+        .map_err(|e| format!("store watermark: {e}"))?;
+    *generation += 1;
+    let fresh =
+        LogFile::create(&files.dir, *generation).map_err(|e| format!("store log create: {e}"))?;
+    *log = Some(fresh);
+    let old = super::wal::list(&files.dir).map_err(|e| format!("store log list: {e}"))?;
+    for (g, path) in old {
+        if g < *generation {
+            // A removal lost in a crash only replays changes sled already has.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
 }
 
 /// sled `flush` (write + `sync_file_range`), then `fdatasync` of the data file so the
 /// bytes and the metadata needed to read them survive a power cut. Values too large for
 /// a segment live in `blobs/` files, which sled writes without syncing: sync those too.
-fn durable_flush(
+pub(crate) fn durable_flush(
     db: &sled::Db,
-    fd: Option<&File>,
-    data_file: &std::path::Path,
-    blobs_dir: &std::path::Path,
+    data_file: &Path,
+    blobs_dir: &Path,
 ) -> Result<(), String> {
     db.flush().map_err(|e| format!("flush: {e}"))?;
-    let opened;
-    let f = match fd {
-        Some(f) => f,
-        None => {
-            opened =
-                File::open(data_file).map_err(|e| format!("open {}: {e}", data_file.display()))?;
-            &opened
-        }
-    };
-    f.sync_data()
+    File::open(data_file)
+        .and_then(|f| f.sync_data())
         .map_err(|e| format!("fdatasync {}: {e}", data_file.display()))?;
     if let Ok(entries) = std::fs::read_dir(blobs_dir) {
         for entry in entries.flatten() {

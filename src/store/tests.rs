@@ -113,7 +113,8 @@ async fn damaged(damage: impl FnOnce(&std::path::Path)) -> (tempfile::TempDir, O
             let r = record(&store, &format!("r{i}"));
             store.write(&[&r], &[]).expect("write");
         }
-        store.commit().await.expect("commit");
+        // Into sled itself: the damage below is to sled's files, not to the log.
+        store.checkpoint().await.expect("checkpoint");
     }
     damage(&path.join("sled"));
     let (store, report) = Store::open(&path).expect("reopen after damage");
@@ -212,4 +213,139 @@ async fn prune_deletes_old_finished_records_only() {
     assert!(store.get("p4").expect("get").is_some());
     let left: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id).collect();
     assert_eq!(left, vec!["p4".to_string(), "p2".to_string()]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("readdir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A store as a power cut leaves it: sled's files as of its last checkpoint, and the
+/// write-ahead log (and watermark) as of the last commit. `after` runs between the
+/// checkpoint and the commit. Returns (dir, path of the cut copy).
+async fn power_cut(
+    with_log: bool,
+    after: impl FnOnce(&Store),
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("live");
+    let cut = dir.path().join("cut");
+    let (store, _) = Store::open(&live).expect("open");
+    let r = record(&store, "before");
+    store.write(&[&r], &[]).expect("write");
+    store.checkpoint().await.expect("checkpoint");
+    copy_dir(&live.join("sled"), &cut.join("sled"));
+    after(&store);
+    store.commit().await.expect("commit");
+    for (_, log) in wal::list(&live.join("sled")).expect("list") {
+        let to = cut.join("sled").join(log.file_name().expect("name"));
+        if with_log {
+            std::fs::copy(&log, to).expect("copy log");
+        } else {
+            let _ = std::fs::remove_file(to);
+        }
+    }
+    std::fs::copy(live.join("sled.mark"), cut.join("sled.mark")).expect("copy mark");
+    drop(store);
+    (dir, cut)
+}
+
+#[tokio::test]
+async fn committed_changes_sled_never_wrote_are_replayed_from_the_log() {
+    let (_d, cut) = power_cut(true, |store| {
+        let mut before = store.get("before").expect("get").expect("there");
+        before.state = CmdState::Succeeded;
+        let after = record(store, "after");
+        let res = ResultMsg::new(Some("before".into()), FinalState::Succeeded);
+        store
+            .write(&[&before, &after], &[OutMsg::result(&res)])
+            .expect("write");
+    })
+    .await;
+    let (store, report) = Store::open(&cut).expect("open the cut copy");
+    assert!(report.moved_aside.is_none(), "{report:?}");
+    assert!(report.replayed_commits >= 1, "{report:?}");
+    assert_eq!(
+        store.get("before").expect("get").map(|r| r.state),
+        Some(CmdState::Succeeded)
+    );
+    assert!(store.get("after").expect("get").is_some());
+    assert_eq!(store.outbox_from(0, 10).expect("outbox").len(), 1);
+    // The replay was checkpointed: a second open has nothing left to replay.
+    drop(store);
+    let (store, report) = Store::open(&cut).expect("reopen");
+    assert_eq!(report.replayed_commits, 0);
+    assert!(store.get("after").expect("get").is_some());
+}
+
+#[tokio::test]
+async fn a_lost_log_is_detected_not_silently_ignored() {
+    let (_d, cut) = power_cut(false, |store| {
+        let r = record(store, "after");
+        store.write(&[&r], &[]).expect("write");
+    })
+    .await;
+    let (_store, report) = Store::open(&cut).expect("open");
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("lost committed data")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_log_tail_is_dropped_and_the_rest_kept() {
+    let (_d, cut) = power_cut(true, |store| {
+        let r = record(store, "after");
+        store.write(&[&r], &[]).expect("write");
+    })
+    .await;
+    // A commit that was being written when the power went: half a record.
+    let (_, log) = wal::list(&cut.join("sled"))
+        .expect("list")
+        .pop()
+        .expect("a log");
+    let mut bytes = std::fs::read(&log).expect("read");
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 0x01, 0, 0]);
+    std::fs::write(&log, bytes).expect("write");
+    let (store, report) = Store::open(&cut).expect("open");
+    assert!(report.moved_aside.is_none(), "{report:?}");
+    assert!(store.get("after").expect("get").is_some());
+}
+
+#[tokio::test]
+async fn a_commit_is_one_log_write_and_sled_waits_for_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let sled_dir = dir.path().join("s").join("sled");
+    let log_len = || -> u64 {
+        wal::list(&sled_dir)
+            .expect("list")
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(log_len(), 0);
+    let r = record(&store, "x");
+    store.write(&[&r], &[]).expect("write");
+    assert_eq!(log_len(), 0, "nothing reaches the log before the commit");
+    store.commit().await.expect("commit");
+    assert!(log_len() > 0, "the commit wrote the log");
+    store.checkpoint().await.expect("checkpoint");
+    assert_eq!(log_len(), 0, "the checkpoint dropped the log");
+    assert_eq!(
+        wal::list(&sled_dir).expect("list").len(),
+        1,
+        "one fresh log"
+    );
 }

@@ -194,7 +194,9 @@ impl IpDriver {
 
     async fn finish(&self, ctx: &mut OpContext, answer: &Response) -> Outcome {
         let raw = serde_json::to_value(answer).unwrap_or(Value::Null);
-        if let Err(e) = ctx.journal(STEP_ANSWERED, raw).await {
+        // Durable with the result (one commit): the terminal keeps its answer by ref, so a
+        // crash before that commit resumes by asking it again.
+        if let Err(e) = ctx.note(STEP_ANSWERED, raw) {
             // The answer is known but not durable; report it anyway — the terminal keeps it
             // by ref, so a resume would learn the same answer.
             tracing::error!(error = %e, "journal write after device answer failed");

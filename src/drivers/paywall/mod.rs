@@ -422,13 +422,12 @@ impl PaywallDriver {
     }
 
     async fn finish(&self, ctx: &mut OpContext, o: Outcome, raw: Value) -> Outcome {
-        if let Err(e) = ctx
-            .journal(
-                STEP_ANSWERED,
-                json!({ "state": o.state.as_str(), "answer": raw }),
-            )
-            .await
-        {
+        // Durable with the result (one commit): Paywall keeps the answer by
+        // MerchantUniqueCode, so a crash before that commit resumes by asking again.
+        if let Err(e) = ctx.note(
+            STEP_ANSWERED,
+            json!({ "state": o.state.as_str(), "answer": raw }),
+        ) {
             // Known but not durable; Paywall keeps it by MerchantUniqueCode for a resume.
             tracing::error!(error = %e, "journal write after the Paywall answer failed");
         }

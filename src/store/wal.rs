@@ -1,0 +1,297 @@
+//! The write-ahead log that makes a commit one `write` + one `fdatasync`.
+//!
+//! sled's `flush()` writes its segments with two or three `sync_file_range` round trips
+//! and still needs an `fdatasync` after it (`CRATES.md`): a millisecond or more per
+//! commit on this hardware. So every change is applied to sled *and* appended to an
+//! in-memory buffer, in the same order, under one lock. A commit writes that buffer to
+//! the current log file and `fdatasync`s it; sled is made durable only at a checkpoint
+//! (idle, or when the log grows), after which the log is dropped. On open, the logs are
+//! replayed over sled in order; every operation carries the whole value, so replaying
+//! something sled already has changes nothing.
+//!
+//! Files: `<store.path>/sled/posbridge-wal.<generation>` (inside sled's directory, so a
+//! damaged store moved aside takes its log with it). Record:
+//! `u32 LE length | u32 LE CRC-32C of the payload | payload`, payload = operations
+//! `0x01 u32 klen key u32 vlen value` (insert) or `0x02 u32 klen key` (remove). A record
+//! that is cut short or fails its checksum ends the replay of its file: it was being
+//! written when the process died, so its commit never returned.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+const PREFIX: &str = "posbridge-wal.";
+const OP_INSERT: u8 = 1;
+const OP_REMOVE: u8 = 2;
+/// A record longer than this is damage, not data (commands are ≤ 64 KiB each).
+const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+/// One atomic change: applied to sled as one batch and logged as one record.
+#[derive(Default)]
+pub(crate) struct LoggedBatch {
+    pub(crate) batch: sled::Batch,
+    ops: Vec<u8>,
+}
+
+impl LoggedBatch {
+    pub(crate) fn insert(&mut self, k: &[u8], v: &[u8]) {
+        self.batch.insert(k, v);
+        self.ops.push(OP_INSERT);
+        put_bytes(&mut self.ops, k);
+        put_bytes(&mut self.ops, v);
+    }
+
+    pub(crate) fn remove(&mut self, k: &[u8]) {
+        self.batch.remove(k);
+        self.ops.push(OP_REMOVE);
+        put_bytes(&mut self.ops, k);
+    }
+
+    /// Append this batch as one framed record to `buf`.
+    pub(crate) fn frame_into(&self, buf: &mut Vec<u8>) {
+        if self.ops.is_empty() {
+            return;
+        }
+        buf.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&CASTAGNOLI.checksum(&self.ops).to_le_bytes());
+        buf.extend_from_slice(&self.ops);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+pub(crate) fn file_name(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{generation:020}"))
+}
+
+/// Log files under `dir`, oldest generation first.
+pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(generation) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|g| g.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((generation, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What a replay found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) records: u64,
+    /// Bytes after the last whole record of a file (a commit cut short by a crash).
+    pub(crate) torn_bytes: u64,
+}
+
+/// The batches in one log file's bytes, up to the first record that is cut short or
+/// fails its checksum.
+pub(crate) fn decode(bytes: &[u8]) -> (Vec<sled::Batch>, u64) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_RECORD {
+            break;
+        }
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if CASTAGNOLI.checksum(payload) != crc {
+            break;
+        }
+        match decode_ops(payload) {
+            Some(b) => out.push(b),
+            None => break,
+        }
+        at += 8 + len;
+    }
+    (out, (bytes.len() - at) as u64)
+}
+
+fn decode_ops(mut p: &[u8]) -> Option<sled::Batch> {
+    fn take<'a>(p: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(p.get(..4)?.try_into().ok()?) as usize;
+        let b = p.get(4..4 + len)?;
+        *p = &p[4 + len..];
+        Some(b)
+    }
+    let mut batch = sled::Batch::default();
+    while let Some((&op, rest)) = p.split_first() {
+        p = rest;
+        match op {
+            OP_INSERT => {
+                let k = take(&mut p)?;
+                let v = take(&mut p)?;
+                batch.insert(k, v);
+            }
+            OP_REMOVE => batch.remove(take(&mut p)?),
+            _ => return None,
+        }
+    }
+    Some(batch)
+}
+
+/// Apply every log under `dir` to `db`, oldest first. Returns what was applied and the
+/// highest generation seen (0 when there were none).
+pub(crate) fn replay(db: &sled::Db, dir: &Path) -> Result<(Replayed, u64), super::StoreError> {
+    let io = |source| super::StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut seen = Replayed::default();
+    let mut last = 0;
+    for (generation, path) in list(dir).map_err(io)? {
+        let bytes = std::fs::read(&path).map_err(io)?;
+        let (batches, torn) = decode(&bytes);
+        if torn > 0 {
+            tracing::warn!(log = %path.display(), torn_bytes = torn,
+                "store log ends in a partial record (a commit cut short by a crash; it was never acknowledged)");
+        }
+        seen.torn_bytes += torn;
+        for b in batches {
+            db.apply_batch(b)?;
+            seen.records += 1;
+        }
+        last = last.max(generation);
+    }
+    Ok((seen, last))
+}
+
+/// The log file commits append to.
+pub(crate) struct LogFile {
+    pub(crate) generation: u64,
+    file: File,
+    pub(crate) len: u64,
+}
+
+impl LogFile {
+    /// Create generation `generation` under `dir` and make its directory entry durable.
+    pub(crate) fn create(dir: &Path, generation: u64) -> std::io::Result<LogFile> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(file_name(dir, generation))?;
+        File::open(dir)?.sync_all()?;
+        Ok(LogFile {
+            generation,
+            file,
+            len: 0,
+        })
+    }
+
+    /// Append and `fdatasync`: when this returns, the bytes survive a power cut.
+    pub(crate) fn append_durably(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(bytes)?;
+        self.file.sync_data()?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ops: &[(&str, Option<&str>)]) -> LoggedBatch {
+        let mut b = LoggedBatch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.insert(k.as_bytes(), v.as_bytes()),
+                None => b.remove(k.as_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_is_dropped() {
+        let mut buf = Vec::new();
+        batch(&[("a", Some("1")), ("b", Some("2"))]).frame_into(&mut buf);
+        batch(&[("a", None)]).frame_into(&mut buf);
+        let whole = buf.len();
+        batch(&[("c", Some("3"))]).frame_into(&mut buf);
+        // Every cut inside the third record keeps exactly the first two.
+        for cut in whole..buf.len() {
+            let (b, torn) = decode(&buf[..cut]);
+            assert_eq!(b.len(), 2, "cut at {cut}");
+            assert_eq!(torn as usize, cut - whole);
+        }
+        assert_eq!(decode(&buf).0.len(), 3);
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_replay_at_that_record() {
+        let mut buf = Vec::new();
+        batch(&[("a", Some("1"))]).frame_into(&mut buf);
+        let first = buf.len();
+        batch(&[("b", Some("2"))]).frame_into(&mut buf);
+        batch(&[("c", Some("3"))]).frame_into(&mut buf);
+        buf[first + 10] ^= 0x01;
+        let (b, torn) = decode(&buf);
+        assert_eq!(b.len(), 1);
+        assert_eq!(torn as usize, buf.len() - first);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Lengths pointing past the end, zero lengths, huge lengths, bad op codes.
+        for bytes in [
+            vec![0xFF; 64],
+            vec![0; 64],
+            vec![5, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9],
+            {
+                let mut v = Vec::new();
+                let payload = [7u8, 1, 0, 0, 0, b'k'];
+                v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                v.extend_from_slice(&CASTAGNOLI.checksum(&payload).to_le_bytes());
+                v.extend_from_slice(&payload);
+                v
+            },
+        ] {
+            let (b, torn) = decode(&bytes);
+            assert!(b.is_empty());
+            assert_eq!(torn as usize, bytes.len());
+        }
+    }
+
+    #[test]
+    fn replay_applies_generations_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut old = LogFile::create(dir.path(), 3).expect("create");
+        let mut buf = Vec::new();
+        batch(&[("k", Some("old")), ("gone", Some("x"))]).frame_into(&mut buf);
+        old.append_durably(&buf).expect("append");
+        let mut new = LogFile::create(dir.path(), 10).expect("create");
+        let mut buf = Vec::new();
+        batch(&[("k", Some("new")), ("gone", None)]).frame_into(&mut buf);
+        new.append_durably(&buf).expect("append");
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let (seen, last) = replay(&db, dir.path()).expect("replay");
+        assert_eq!(seen.records, 2);
+        assert_eq!(last, 10);
+        assert_eq!(db.get("k").expect("get").as_deref(), Some(&b"new"[..]));
+        assert!(db.get("gone").expect("get").is_none());
+    }
+}
