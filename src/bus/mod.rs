@@ -117,6 +117,8 @@ pub(crate) async fn run_connection(
     let cmd_topic = topics.cmd();
     let mut backoff = cfg.backoff_min;
     let mut first = true;
+    // When the broker was last lost (None while connected or before the first attempt).
+    let mut outage_since: Option<std::time::Instant> = None;
     while !stop.is_cancelled() {
         let (client, mut el) = AsyncClient::new(opts.clone(), 4096);
         // CRATES.md: 88 ms per QoS 1 round trip without it, 0.14 ms with it.
@@ -149,6 +151,7 @@ pub(crate) async fn run_connection(
                         .connected
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     backoff = cfg.backoff_min;
+                    outage_since = None;
                     // Subscribe every time: cheap, and covers a broker that lost the session
                     // (rumqttc #1014/#1056).
                     if let Err(e) = client.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce) {
@@ -216,6 +219,11 @@ pub(crate) async fn run_connection(
             break;
         }
         // Capped exponential backoff with jitter so a fleet does not reconnect in lockstep.
+        // Short outages (a broker restart, a Wi-Fi blip) are the common case and results
+        // wait in the outbox meanwhile: retry at most every FAST_CAP for the first
+        // FAST_WINDOW of an outage, then back off up to `backoff_max`.
+        let since = *outage_since.get_or_insert_with(std::time::Instant::now);
+        backoff = backoff.min(backoff_cap(since.elapsed(), cfg.backoff_max));
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
         tracing::info!(
@@ -227,5 +235,36 @@ pub(crate) async fn run_connection(
             _ = tokio::time::sleep(backoff + jitter) => {}
         }
         backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}
+
+/// For this long after the broker is lost, reconnect attempts are at most `FAST_CAP` apart.
+const FAST_WINDOW: Duration = Duration::from_secs(30);
+const FAST_CAP: Duration = Duration::from_secs(1);
+
+/// The longest wait before the next attempt, `outage` into an outage.
+fn backoff_cap(outage: Duration, max: Duration) -> Duration {
+    if outage < FAST_WINDOW {
+        max.min(FAST_CAP)
+    } else {
+        max
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn short_outages_retry_within_a_second_long_ones_back_off() {
+        let max = Duration::from_secs(30);
+        // A broker back after a few seconds is found within ~1 s (+ 25 % jitter)...
+        assert_eq!(backoff_cap(Duration::from_secs(3), max), FAST_CAP);
+        assert_eq!(backoff_cap(Duration::from_secs(29), max), FAST_CAP);
+        // ...a broker gone for long is not hammered by a fleet.
+        assert_eq!(backoff_cap(Duration::from_secs(31), max), max);
+        // A configured maximum below the fast cap wins.
+        let small = Duration::from_millis(300);
+        assert_eq!(backoff_cap(Duration::from_secs(1), small), small);
     }
 }
