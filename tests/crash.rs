@@ -224,7 +224,7 @@ async fn store_writes_are_fdatasynced() {
     cloud.online().await;
     cloud.send(pay("sync-1", "ip-1", 100)).await;
     assert_eq!(cloud.result("sync-1").await["state"], "succeeded");
-    agent.kill9();
+    agent.kill9_tree();
     let out = std::fs::read_to_string(&trace).expect("trace");
     let n = out
         .lines()

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::wal::LogFile;
 use super::{Mark, StoreError};
@@ -40,7 +40,7 @@ pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Vec<u8>> {
 pub struct Syncer {
     db: sled::Db,
     mark: Arc<Mark>,
-    tx: mpsc::UnboundedSender<(sled::Db, Req)>,
+    tx: std::sync::mpsc::Sender<(sled::Db, Req)>,
 }
 
 /// Where sled keeps what a checkpoint must make durable.
@@ -73,64 +73,55 @@ impl Syncer {
     ) -> Syncer {
         let mark = Arc::new(mark);
         let task_mark = mark.clone();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(sled::Db, Req)>();
-        tokio::spawn(async move {
-            // `None` after a failed append: the next commit starts a new generation, so
-            // a partly written record is only ever a file's last bytes.
-            let mut log: Option<LogFile> = Some(log);
-            let mut generation = log.as_ref().map_or(0, |l| l.generation);
-            while let Some((db, first)) = rx.recv().await {
-                let mut commits = Vec::new();
-                let mut checkpoints = Vec::new();
-                let mut route = |r: Req| match r {
-                    Req::Commit(w) => commits.push(w),
-                    Req::Checkpoint(w) => checkpoints.push(w),
-                };
-                route(first);
-                while let Ok((_, r)) = rx.try_recv() {
-                    route(r);
-                }
-                let mark = task_mark.clone();
-                let pending = pending.clone();
-                let files = files.clone();
-                let mut current = log.take();
-                let want_checkpoint = !checkpoints.is_empty();
-                let job = tokio::task::spawn_blocking(move || {
-                    let res = commit(&mut current, &mut generation, &files.dir, &mark, &pending);
-                    let big = current.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
-                    let cp = if res.is_ok() && (want_checkpoint || big) {
-                        checkpoint(&db, &mut current, &mut generation, &files, &mark, &pending)
+        let (tx, rx) = std::sync::mpsc::channel::<(sled::Db, Req)>();
+        // A thread of its own, not a task + spawn_blocking: a commit is then one hand-off
+        // to this thread and one back, instead of four (measured: docs/performance.md).
+        // It ends when the last `Store` is dropped (the channel closes).
+        let spawned = std::thread::Builder::new()
+            .name("posbridge-sync".into())
+            .spawn(move || {
+                let mark = task_mark;
+                // `None` after a failed append: the next commit starts a new generation,
+                // so a partly written record is only ever a file's last bytes.
+                let mut log: Option<LogFile> = Some(log);
+                let mut generation = log.as_ref().map_or(0, |l| l.generation);
+                while let Ok((db, first)) = rx.recv() {
+                    let mut commits = Vec::new();
+                    let mut checkpoints = Vec::new();
+                    let mut route = |r: Req| match r {
+                        Req::Commit(w) => commits.push(w),
+                        Req::Checkpoint(w) => checkpoints.push(w),
+                    };
+                    route(first);
+                    while let Ok((_, r)) = rx.try_recv() {
+                        route(r);
+                    }
+                    let res = commit(&mut log, &mut generation, &files.dir, &mark, &pending);
+                    let big = log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+                    let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
+                        checkpoint(&db, &mut log, &mut generation, &files, &mark, &pending)
                     } else {
                         Ok(())
                     };
-                    (current, generation, res, cp)
-                })
-                .await;
-                let (res, cp) = match job {
-                    Ok((current, g, res, cp)) => {
-                        log = current;
-                        generation = g;
-                        (res, cp)
+                    drop(db);
+                    if let Err(e) = &res {
+                        tracing::error!(error = %e, "store commit failed");
                     }
-                    Err(e) => {
-                        let e = format!("store sync task failed: {e}");
-                        (Err(e.clone()), Err(e))
+                    if let Err(e) = &cp {
+                        tracing::error!(error = %e, "store checkpoint failed (the log is kept; nothing is lost)");
                     }
-                };
-                if let Err(e) = &res {
-                    tracing::error!(error = %e, "store commit failed");
+                    for w in commits {
+                        let _ = w.send(res.clone());
+                    }
+                    for w in checkpoints {
+                        let _ = w.send(res.clone().and(cp.clone()));
+                    }
                 }
-                if let Err(e) = &cp {
-                    tracing::error!(error = %e, "store checkpoint failed (the log is kept; nothing is lost)");
-                }
-                for w in commits {
-                    let _ = w.send(res.clone());
-                }
-                for w in checkpoints {
-                    let _ = w.send(res.clone().and(cp.clone()));
-                }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // Every commit then fails with "syncer stopped": nothing is acknowledged.
+            tracing::error!(error = %e, "cannot start the store's sync thread");
+        }
         Syncer { db, mark, tx }
     }
 

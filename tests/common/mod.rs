@@ -277,6 +277,21 @@ impl Agent {
         }
     }
 
+    /// kill -9 the agent started under a wrapper (strace): the wrapper's children first,
+    /// which a SIGKILL of the wrapper would leave running.
+    #[allow(dead_code)]
+    pub fn kill9_tree(&mut self) {
+        if let Some(c) = &self.child {
+            let pid = c.id();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for child in children.split_whitespace() {
+                let _ = Command::new("kill").arg("-9").arg(child).status();
+            }
+        }
+        self.kill9();
+    }
+
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
         unsafe_kill(c.id(), libc_sigterm());
