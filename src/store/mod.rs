@@ -293,7 +293,7 @@ impl Store {
     fn apply(&self, b: LoggedBatch) -> Result<(), StoreError> {
         let mut p = lock_pending(&self.pending);
         b.frame_into(&mut p);
-        self.db.apply_batch(b.batch)?;
+        b.apply_to(&self.db)?;
         Ok(())
     }
 
@@ -342,7 +342,7 @@ impl Store {
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
         batch.frame_into(&mut p);
-        self.db.apply_batch(batch.batch)?;
+        batch.apply_to(&self.db)?;
         // Only after the batch is applied: a sync that reads these marks covers the batch.
         if let Some(max) = records.iter().map(|r| r.seq).max() {
             self.syncer.mark().note(max);

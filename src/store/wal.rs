@@ -27,23 +27,41 @@ const OP_REMOVE: u8 = 2;
 /// A record longer than this is damage, not data (commands are ≤ 64 KiB each).
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 
-/// One atomic change: applied to sled as one batch and logged as one record.
+/// One atomic change, logged as one record. Applied to sled key by key, not as a sled
+/// batch: the log record is what makes it atomic across a crash, and a sled batch writes
+/// a manifest to sled's file at once (a `pwrite` per batch, measured) which only a crash
+/// would need. No reader needs to see it whole before the commit: the pump reads the
+/// outbox only below the durability line.
 #[derive(Default)]
 pub(crate) struct LoggedBatch {
-    pub(crate) batch: sled::Batch,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ops: Vec<u8>,
 }
 
 impl LoggedBatch {
+    pub(crate) fn apply_to(self, db: &sled::Db) -> sled::Result<()> {
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => {
+                    db.insert(k, v)?;
+                }
+                None => {
+                    db.remove(k)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn insert(&mut self, k: &[u8], v: &[u8]) {
-        self.batch.insert(k, v);
+        self.writes.push((k.to_vec(), Some(v.to_vec())));
         self.ops.push(OP_INSERT);
         put_bytes(&mut self.ops, k);
         put_bytes(&mut self.ops, v);
     }
 
     pub(crate) fn remove(&mut self, k: &[u8]) {
-        self.batch.remove(k);
+        self.writes.push((k.to_vec(), None));
         self.ops.push(OP_REMOVE);
         put_bytes(&mut self.ops, k);
     }
