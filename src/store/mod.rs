@@ -236,6 +236,21 @@ impl Store {
     }
 
     fn try_open(path: &Path) -> Result<sled::Db, StoreError> {
+        // A handle to this store dropped a moment ago in this process may still hold sled's
+        // lock while sled's I/O threads write out its last buffers: wait for that briefly.
+        // Another process holding it (a running agent) is still reported, after the wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match Self::try_open_once(path) {
+                Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open_once(path: &Path) -> Result<sled::Db, StoreError> {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
             source,
