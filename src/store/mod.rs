@@ -82,6 +82,8 @@ pub struct Store {
     /// with a lower seq landing after a higher one would be skipped until the next
     /// reconnect), and the log must hold changes in the order sled applied them.
     pending: Pending,
+    /// The last sequence number handed out (records and outbox entries share it).
+    seq: std::sync::Arc<AtomicU64>,
 }
 
 const CMD: &[u8] = b"c\0";
@@ -208,15 +210,26 @@ impl Store {
             }
         }
         // Whatever the outbox holds at open was read back from disk: durable.
-        if let Some(last) = db
+        let last_outbox = db
             .scan_prefix(OUTBOX)
             .next_back()
             .transpose()?
-            .and_then(|(k, _)| seq_of(&k))
-        {
+            .and_then(|(k, _)| seq_of(&k));
+        if let Some(last) = last_outbox {
             mark.note_outbox(last);
             mark.outbox_synced(last);
         }
+        // Sequence numbers continue above everything the store holds. sled's own id
+        // generator only knows what sled persisted, not what the log replayed.
+        let seq_start = [
+            newest.unwrap_or(0),
+            last_outbox.unwrap_or(0),
+            mark.noted(),
+            db.generate_id()?,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         let pending = Pending::default();
         let syncer = Syncer::start(db.clone(), files, mark, pending.clone(), log);
         let store = Store {
@@ -224,6 +237,7 @@ impl Store {
             syncer,
             path: path.to_path_buf(),
             pending,
+            seq: std::sync::Arc::new(AtomicU64::new(seq_start)),
         };
         for item in store.db.scan_prefix(CMD) {
             let (k, v) = item?;
@@ -313,7 +327,7 @@ impl Store {
     }
 
     pub fn next_seq(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        Ok(self.seq.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {

@@ -349,3 +349,32 @@ async fn a_commit_is_one_log_write_and_sled_waits_for_the_checkpoint() {
         "one fresh log"
     );
 }
+
+/// Sequence numbers order records (recency) and the outbox (the pump reads forward from a
+/// cursor): after a crash they must continue above everything committed, including what
+/// only the log had — sled's own id generator only knows what sled persisted.
+#[tokio::test]
+async fn sequence_numbers_continue_above_replayed_records_after_a_crash() {
+    let (_d, cut) = power_cut(true, |store| {
+        for i in 0..50 {
+            let r = record(store, &format!("after-{i}"));
+            let res = ResultMsg::new(Some(r.cmd.id.clone()), FinalState::Succeeded);
+            store.write(&[&r], &[OutMsg::result(&res)]).expect("write");
+        }
+    })
+    .await;
+    let (store, report) = Store::open(&cut).expect("open");
+    assert!(report.moved_aside.is_none(), "{report:?}");
+    let last_record = store.get("after-49").expect("get").expect("replayed").seq;
+    let last_outbox = store
+        .outbox_from(0, 1000)
+        .expect("outbox")
+        .last()
+        .map(|(s, _)| *s)
+        .expect("outbox entries");
+    let next = store.next_seq().expect("seq");
+    assert!(
+        next > last_record && next > last_outbox,
+        "next {next} must be above {last_record} and {last_outbox}"
+    );
+}
