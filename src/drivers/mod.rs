@@ -94,13 +94,7 @@ impl OpContext {
     /// Append a step to the command's journal and make it durable before returning.
     /// Drivers call this before and after every device step that can move money.
     pub async fn journal(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
-        self.record.journal.push(JournalEntry {
-            step: step.to_string(),
-            at: chrono::Utc::now(),
-            data,
-        });
-        crate::faults::hit(&format!("journal:{step}:before"));
-        self.store.write(&[&self.record], &[])?;
+        self.write_step(step, data)?;
         self.store.commit().await?;
         crate::faults::hit(&format!("journal:{step}:after"));
         Ok(())
@@ -113,15 +107,20 @@ impl OpContext {
     /// asking the device again (an answer the device keeps by reference). Saves one sync
     /// per operation: the answer and the result become durable together.
     pub fn note(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
+        self.write_step(step, data)?;
+        crate::faults::hit(&format!("journal:{step}:after"));
+        Ok(())
+    }
+
+    /// Append the step to the record and write it (not yet durable).
+    fn write_step(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
         self.record.journal.push(JournalEntry {
             step: step.to_string(),
             at: chrono::Utc::now(),
             data,
         });
         crate::faults::hit(&format!("journal:{step}:before"));
-        self.store.write(&[&self.record], &[])?;
-        crate::faults::hit(&format!("journal:{step}:after"));
-        Ok(())
+        self.store.write(&[&self.record], &[])
     }
 
     /// Progress on `evt` (`in_progress` with a device sub-state). May be lost.

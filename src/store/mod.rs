@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
-use sync::{lock_pending, Files, Pending, Syncer};
+use sync::{lock_pending, Pending, Syncer};
 use wal::LoggedBatch;
 
 /// sled's default cache is 1 GiB; a Raspberry Pi wants a few MiB.
@@ -138,7 +138,7 @@ impl Store {
     /// Open (or create) the store under `dir` (`store.path`); sled's files live in
     /// `dir/sled`, beside the device key. A store that sled cannot open, or whose checksum
     /// fails, is renamed to `dir/sled.damaged-<timestamp>` and a fresh one is started; the
-    /// report says so. Must be called inside a tokio runtime (the syncer is a task).
+    /// report says so.
     pub fn open(dir: &Path) -> Result<(Store, OpenReport), StoreError> {
         let path = &dir.join("sled");
         let mark = Mark::new(dir.join("sled.mark"));
@@ -171,9 +171,6 @@ impl Store {
             }
         };
         report.replayed_commits = replayed.records;
-        let files = Files {
-            dir: path.to_path_buf(),
-        };
         let newest = db
             .scan_prefix(RECENT)
             .next_back()
@@ -191,7 +188,7 @@ impl Store {
         // Start from a durable sled and an empty log: what was replayed is checkpointed
         // now, so the old logs can go. Also makes durable anything sled wrote on its own
         // before a crash, since the pump treats whatever the outbox holds now as durable.
-        sync::durable_flush(&db, &files.data(), &files.blobs()).map_err(StoreError::Sync)?;
+        sync::durable_flush(&db, path).map_err(StoreError::Sync)?;
         mark.persist_checkpoint(newest.unwrap_or(0))
             .map_err(|source| StoreError::Io {
                 path: mark.path().to_path_buf(),
@@ -201,14 +198,10 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
-        for (g, old) in wal::list(path).map_err(|source| StoreError::Io {
+        wal::remove_before(path, log.generation).map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
             source,
-        })? {
-            if g <= last_gen {
-                let _ = std::fs::remove_file(old);
-            }
-        }
+        })?;
         // Whatever the outbox holds at open was read back from disk: durable.
         let last_outbox = db
             .scan_prefix(OUTBOX)
@@ -221,17 +214,9 @@ impl Store {
         }
         // Sequence numbers continue above everything the store holds. sled's own id
         // generator only knows what sled persisted, not what the log replayed.
-        let seq_start = [
-            newest.unwrap_or(0),
-            last_outbox.unwrap_or(0),
-            mark.noted(),
-            db.generate_id()?,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+        let seq_start = newest.unwrap_or(0).max(last_outbox.unwrap_or(0));
         let pending = Pending::default();
-        let syncer = Syncer::start(db.clone(), files, mark, pending.clone(), log);
+        let syncer = Syncer::start(db.clone(), path.to_path_buf(), mark, pending.clone(), log);
         let store = Store {
             db,
             syncer,

@@ -34,29 +34,13 @@ pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Vec<u8>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The syncer task holds no `Db` between requests (each request brings one), so dropping
+/// The sync thread holds no `Db` between requests (each request brings one), so dropping
 /// the last `Store` closes the database at once and it can be reopened.
 #[derive(Clone)]
 pub struct Syncer {
     db: sled::Db,
     mark: Arc<Mark>,
     tx: std::sync::mpsc::Sender<(sled::Db, Req)>,
-}
-
-/// Where sled keeps what a checkpoint must make durable.
-#[derive(Clone)]
-pub(crate) struct Files {
-    /// sled's directory; the logs live in it too.
-    pub(crate) dir: PathBuf,
-}
-
-impl Files {
-    pub(crate) fn data(&self) -> PathBuf {
-        self.dir.join("db")
-    }
-    pub(crate) fn blobs(&self) -> PathBuf {
-        self.dir.join("blobs")
-    }
 }
 
 impl Syncer {
@@ -66,7 +50,8 @@ impl Syncer {
 
     pub(crate) fn start(
         db: sled::Db,
-        files: Files,
+        // sled's directory; the logs live in it too.
+        dir: PathBuf,
         mark: Mark,
         pending: Pending,
         log: LogFile,
@@ -96,10 +81,10 @@ impl Syncer {
                     while let Ok((_, r)) = rx.try_recv() {
                         route(r);
                     }
-                    let res = commit(&mut log, &mut generation, &files.dir, &mark, &pending);
+                    let res = commit(&mut log, &mut generation, &dir, &mark, &pending);
                     let big = log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
                     let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
-                        checkpoint(&db, &mut log, &mut generation, &files, &mark, &pending)
+                        checkpoint(&db, &mut log, &mut generation, &dir, &mark, &pending)
                     } else {
                         Ok(())
                     };
@@ -188,7 +173,7 @@ fn checkpoint(
     db: &sled::Db,
     log: &mut Option<LogFile>,
     generation: &mut u64,
-    files: &Files,
+    dir: &Path,
     mark: &Mark,
     pending: &Pending,
 ) -> Result<(), String> {
@@ -202,32 +187,23 @@ fn checkpoint(
         p.clear();
         (mark.noted(), mark.outbox_noted())
     };
-    durable_flush(db, &files.data(), &files.blobs())?;
+    durable_flush(db, dir)?;
     mark.outbox_synced(outbox_upto);
     mark.persist_checkpoint(upto)
         .map_err(|e| format!("store watermark: {e}"))?;
     *generation += 1;
-    let fresh =
-        LogFile::create(&files.dir, *generation).map_err(|e| format!("store log create: {e}"))?;
+    let fresh = LogFile::create(dir, *generation).map_err(|e| format!("store log create: {e}"))?;
     *log = Some(fresh);
-    let old = super::wal::list(&files.dir).map_err(|e| format!("store log list: {e}"))?;
-    for (g, path) in old {
-        if g < *generation {
-            // A removal lost in a crash only replays changes sled already has.
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    Ok(())
+    super::wal::remove_before(dir, *generation).map_err(|e| format!("store log list: {e}"))
 }
 
-/// sled `flush` (write + `sync_file_range`), then `fdatasync` of the data file so the
-/// bytes and the metadata needed to read them survive a power cut. Values too large for
-/// a segment live in `blobs/` files, which sled writes without syncing: sync those too.
-pub(crate) fn durable_flush(
-    db: &sled::Db,
-    data_file: &Path,
-    blobs_dir: &Path,
-) -> Result<(), String> {
+/// sled `flush` (write + `sync_file_range`), then `fdatasync` of the data file (`db` in
+/// sled's directory `dir`) so the bytes and the metadata needed to read them survive a
+/// power cut. Values too large for a segment live in `blobs/` files, which sled writes
+/// without syncing: sync those too.
+pub(crate) fn durable_flush(db: &sled::Db, dir: &Path) -> Result<(), String> {
+    let data_file = &dir.join("db");
+    let blobs_dir = &dir.join("blobs");
     db.flush().map_err(|e| format!("flush: {e}"))?;
     File::open(data_file)
         .and_then(|f| f.sync_data())

@@ -257,6 +257,12 @@ async fn power_cut(
     (dir, cut)
 }
 
+/// One record, "after", written between the checkpoint and the commit of [`power_cut`].
+fn write_after(store: &Store) {
+    let r = record(store, "after");
+    store.write(&[&r], &[]).expect("write");
+}
+
 #[tokio::test]
 async fn committed_changes_sled_never_wrote_are_replayed_from_the_log() {
     let (_d, cut) = power_cut(true, |store| {
@@ -287,11 +293,7 @@ async fn committed_changes_sled_never_wrote_are_replayed_from_the_log() {
 
 #[tokio::test]
 async fn a_lost_log_is_detected_not_silently_ignored() {
-    let (_d, cut) = power_cut(false, |store| {
-        let r = record(store, "after");
-        store.write(&[&r], &[]).expect("write");
-    })
-    .await;
+    let (_d, cut) = power_cut(false, write_after).await;
     let (_store, report) = Store::open(&cut).expect("open");
     assert!(report.moved_aside.is_some(), "{report:?}");
     assert!(
@@ -305,11 +307,7 @@ async fn a_lost_log_is_detected_not_silently_ignored() {
 
 #[tokio::test]
 async fn a_torn_log_tail_is_dropped_and_the_rest_kept() {
-    let (_d, cut) = power_cut(true, |store| {
-        let r = record(store, "after");
-        store.write(&[&r], &[]).expect("write");
-    })
-    .await;
+    let (_d, cut) = power_cut(true, write_after).await;
     // A commit that was being written when the power went: half a record.
     let (_, log) = wal::list(&cut.join("sled"))
         .expect("list")

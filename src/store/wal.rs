@@ -110,6 +110,17 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Delete the logs under `dir` older than `generation` (their changes are in a durable
+/// sled). A removal lost in a crash only replays changes sled already has.
+pub(crate) fn remove_before(dir: &Path, generation: u64) -> std::io::Result<()> {
+    for (g, path) in list(dir)? {
+        if g < generation {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
 /// What a replay found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Replayed {
