@@ -44,8 +44,8 @@ const POINTS: &[&str] = &[
     "journal:started:after",
     "journal:ip_sending:before",
     "journal:ip_sending:after",
-    "journal:ip_answered:before",
-    "journal:ip_answered:after",
+    "journal:answer:before",
+    "journal:answer:after",
     "worker:finished",
 ];
 

@@ -25,17 +25,13 @@ const POINTS: &[&str] = &[
     "journal:started:after",
     "journal:ip_sending:before",
     "journal:ip_sending:after",
-    "journal:ip_answered:before",
-    "journal:ip_answered:after",
+    "journal:answer:before",
+    "journal:answer:after",
     "worker:finished",
     "journal:token_basket:before",
     "journal:token_basket:after",
-    "journal:token_result:before",
-    "journal:token_result:after",
     "journal:paywall_sale_sending:before",
     "journal:paywall_sale_sending:after",
-    "journal:paywall_sale_answered:before",
-    "journal:paywall_sale_answered:after",
 ];
 
 /// A fiscal sale on the Token register (basket adds up to 2000 kuruş).

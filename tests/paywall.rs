@@ -380,19 +380,20 @@ async fn lost_or_odd_answers_are_resolved_by_inquiry() {
     assert!(r.stats.list_requests() >= 4);
 }
 
+/// A 503 page after the sale request says nothing about the sale (paywall.md: a transport
+/// error after the request was sent is `unknown`), and Paywall listing no such sale proves
+/// nothing either: `unknown` + `needs_reconciliation`, never `failed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_error_before_the_sale_fails_without_a_charge() {
+async fn server_error_after_the_sale_request_is_unknown_never_failed() {
     let r = rig("pw-503").await;
     r.cloud.send(sale("e-1", 2254)).await;
     let res = r.cloud.result("e-1").await;
-    assert_eq!(res["state"], "failed", "{res}");
-    assert_eq!(res["error"]["code"], "device_unavailable");
+    assert_eq!(res["state"], "unknown", "{res}");
+    assert_eq!(res["needs_reconciliation"], true, "{res}");
     let msg = res["error"]["message"].as_str().unwrap_or("");
-    assert!(
-        msg.contains("503") && msg.contains("nothing was charged"),
-        "{msg}"
-    );
+    assert!(msg.contains("503"), "{msg}");
     assert_eq!(r.stats.payments_created(), 0);
+    assert!(r.stats.list_requests() >= 2, "asked again within the window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +421,7 @@ async fn unresolved_sale_is_unknown_then_status_asks_again() {
 async fn crash_around_the_sale_resumes_and_sells_once() {
     for (n, point) in [
         "journal:paywall_sale_sending:after",
-        "journal:paywall_sale_answered:before",
+        "journal:answer:before",
     ]
     .iter()
     .enumerate()

@@ -1,10 +1,12 @@
 //! Terminal drivers: one module per kind behind one small trait.
 //!
-//! A driver starts an operation, reports progress, gives a final outcome and says how to
-//! resume from the journal after a crash. It never decides `succeeded`/`failed` by guess:
-//! when the device's answer cannot be learned, the outcome is `unknown`.
+//! A driver starts an operation, reports progress, and says what the device said as a
+//! [`Fact`]; when asked, it asks the device again about an operation by the operation's
+//! own key. It never decides `succeeded`/`failed`: the engine does (`engine::settle`),
+//! and a driver has no way to build a contract outcome.
 
 pub mod cloud;
+pub mod fact;
 pub mod ip;
 pub mod kaspi;
 pub mod kuveyt;
@@ -12,59 +14,15 @@ pub mod paywall;
 pub mod token;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::api::{Command, ErrorBody, ErrorCode, Evt, FinalState, Op, PaymentInfo, Rejection};
+pub use self::fact::{Answer, Fact, NotSentWhy, Refusal};
+use crate::api::{Command, ErrorBody, ErrorCode, Evt, Op, Rejection};
 use crate::store::{CommandRecord, JournalEntry, Store, StoreError};
-
-/// The final outcome of one device operation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub state: FinalState,
-    pub payment: Option<PaymentInfo>,
-    pub device: Option<Value>,
-    pub error: Option<ErrorBody>,
-}
-
-impl Outcome {
-    pub fn succeeded(payment: Option<PaymentInfo>, device: Option<Value>) -> Self {
-        Outcome {
-            state: FinalState::Succeeded,
-            payment,
-            device,
-            error: None,
-        }
-    }
-
-    pub fn failed(code: ErrorCode, message: impl Into<String>, device: Option<Value>) -> Self {
-        Outcome {
-            state: FinalState::Failed,
-            payment: None,
-            device,
-            error: Some(ErrorBody::new(code, message)),
-        }
-    }
-
-    /// Nobody can know: the engine adds `needs_reconciliation: true`.
-    pub fn unknown(code: ErrorCode, message: impl Into<String>) -> Self {
-        Outcome {
-            state: FinalState::Unknown,
-            payment: None,
-            device: None,
-            error: Some(ErrorBody::new(code, message)),
-        }
-    }
-
-    pub fn with_device_code(mut self, code: Value) -> Self {
-        if let Some(e) = &mut self.error {
-            e.device_code = Some(code);
-        }
-        self
-    }
-}
 
 /// Identity and reachability of a terminal, published retained on `terminals/{id}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +52,18 @@ impl OpContext {
     /// Append a step to the command's journal and make it durable before returning.
     /// Drivers call this before and after every device step that can move money.
     pub async fn journal(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
-        self.write_step(step, data)?;
+        self.write_step(step, data, false)?;
+        self.store.commit().await?;
+        crate::faults::hit(&format!("journal:{step}:after"));
+        Ok(())
+    }
+
+    /// Journal, durably, that a request which can move money is about to leave the agent.
+    /// From here on the engine treats the operation as possibly delivered: a crash, a lost
+    /// or an unreadable answer make it ask the device again, never send anew blindly.
+    /// Err: nothing was sent (the driver reports [`NotSentWhy::Store`]).
+    pub async fn sending(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
+        self.write_step(step, data, true)?;
         self.store.commit().await?;
         crate::faults::hit(&format!("journal:{step}:after"));
         Ok(())
@@ -107,17 +76,18 @@ impl OpContext {
     /// asking the device again (an answer the device keeps by reference). Saves one sync
     /// per operation: the answer and the result become durable together.
     pub fn note(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
-        self.write_step(step, data)?;
+        self.write_step(step, data, false)?;
         crate::faults::hit(&format!("journal:{step}:after"));
         Ok(())
     }
 
     /// Append the step to the record and write it (not yet durable).
-    fn write_step(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
+    fn write_step(&mut self, step: &str, data: Value, sends: bool) -> Result<(), StoreError> {
         self.record.journal.push(JournalEntry {
             step: step.to_string(),
             at: chrono::Utc::now(),
             data,
+            sends,
         });
         crate::faults::hit(&format!("journal:{step}:before"));
         self.store.write(&[&self.record], &[])
@@ -144,16 +114,32 @@ pub trait Driver: Send + Sync {
         Ok(())
     }
 
-    /// Run a device op (`payment`, `refund`, `device_info`, …) from the start.
-    async fn execute(&self, ctx: &mut OpContext) -> Outcome;
+    /// Run a device op (`payment`, `refund`, `device_info`, …) from the start and report
+    /// what the device said. Journal with [`OpContext::sending`] right before a request
+    /// that can move money leaves.
+    async fn execute(&self, ctx: &mut OpContext) -> Fact;
 
-    /// The process died while this op was running: recover its outcome from the journal
-    /// and the device, or say `unknown`.
-    async fn resume(&self, ctx: &mut OpContext) -> Outcome;
+    /// A money op may have reached the device (its answer was lost or unusable, or the
+    /// agent restarted after [`OpContext::sending`]): ask the device about it by the
+    /// operation's own key (IP: the same request with the same `ref`; Kaspi: its
+    /// `processId`; Paywall: its MerchantUniqueCode; Token: wait for its sale result).
+    /// Never starts a second operation. `left` is what remains of the recovery window.
+    /// The engine calls it until a definite answer or the window closes.
+    async fn ask(&self, _ctx: &mut OpContext, _left: Duration) -> Fact {
+        Fact::CannotAsk {
+            why: format!("a {} terminal cannot be asked about an operation", self.kind()),
+        }
+    }
 
-    /// Ask the device again about a command whose outcome was `unknown` (`status` op).
-    /// `None` when the device cannot say.
-    async fn query(&self, _record: &CommandRecord) -> Option<Outcome> {
+    /// How long the engine keeps asking after a possibly delivered request before it
+    /// says `unknown`. Zero: ask once.
+    fn recovery_window(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// `status` of an `unknown` command: look the operation up without ever starting one.
+    /// Only a definite [`Fact::Answer`] reconciles; `None` when the device cannot say.
+    async fn query(&self, _record: &CommandRecord) -> Option<Fact> {
         None
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{lock, queries, Engine, Inner};
 use crate::api::{parse_command, Command, ErrorCode, Evt, FinalState, Op, ResultMsg};
-use crate::drivers::Outcome;
+use super::settle::Outcome;
 use crate::store::{CmdState, CommandRecord, OutMsg, StoreError};
 
 pub type AckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -184,11 +184,10 @@ impl Inner {
         msg: String,
     ) -> Result<Vec<After>, StoreError> {
         tracing::warn!(code = ?code, error = %msg, "command rejected");
-        let mut o = Outcome::failed(code, msg, None);
-        o.state = if code == ErrorCode::Expired {
-            FinalState::Expired
+        let o = if code == ErrorCode::Expired {
+            Outcome::expired(msg)
         } else {
-            FinalState::Rejected
+            Outcome::rejected(code, msg)
         };
         self.finalize(rec, o, &[])?;
         Ok(vec![])

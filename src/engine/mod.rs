@@ -4,6 +4,7 @@
 
 mod intake;
 mod queries;
+pub(crate) mod settle;
 mod worker;
 
 pub use intake::Incoming;
@@ -20,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{ts, Evt, FinalState, ResultMsg};
-use crate::drivers::{DynDriver, Outcome};
+use self::settle::Outcome;
+use crate::drivers::DynDriver;
 use crate::store::{CmdState, CommandRecord, OutMsg, Store, StoreError};
 
 /// Messages the engine hands to the bus besides the outbox (which the bus reads itself).

@@ -8,14 +8,11 @@ use serde_json::{json, Value};
 use super::intake::After;
 use super::{lock, Inner};
 use crate::api::{ErrorCode, FinalState, Op};
-use crate::drivers::Outcome;
+use super::settle::{self, Outcome};
 use crate::store::{CmdState, CommandRecord, StoreError};
 
 fn refused(code: ErrorCode, msg: String) -> Outcome {
-    Outcome {
-        state: FinalState::Rejected,
-        ..Outcome::failed(code, msg, None)
-    }
+    Outcome::rejected(code, msg)
 }
 
 /// A field the answer carries besides the common ones.
@@ -62,14 +59,10 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                 None => (not_found(&target), Answer::None),
                 Some(mut t) => {
                     if dequeue(inner, &t) {
-                        let o = Outcome {
-                            state: FinalState::Cancelled,
-                            ..Outcome::failed(
-                                ErrorCode::CancelledByCustomer,
-                                format!("cancelled while queued by command {}", rec.cmd.id),
-                                None,
-                            )
-                        };
+                        let o = Outcome::cancelled(format!(
+                            "cancelled while queued by command {}",
+                            rec.cmd.id
+                        ));
                         inner.finalize(&mut t, o, &[])?;
                         let summary = t.summary();
                         extra = Some(t);
@@ -88,7 +81,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                             format!("{target:?} is already running on the terminal, which cannot cancel it; it goes on to its real outcome")
                         };
                         (
-                            Outcome::failed(ErrorCode::NotCancellable, why, None),
+                            Outcome::failed(ErrorCode::NotCancellable, why),
                             Answer::None,
                         )
                     }
@@ -205,7 +198,9 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
         Some(d) => d.query(&target).await,
         None => None,
     };
-    if let Some(o) = learned {
+    // Only a definite answer reconciles; anything else leaves the target `unknown`.
+    if let Some(crate::drivers::Fact::Answer(a)) = learned {
+        let o = settle::answered(a);
         // The target keeps its one published `unknown` result; what the device says now is
         // recorded beside it and answered here.
         let mut r = crate::api::ResultMsg::new(Some(target_id.clone()), o.state);
@@ -246,15 +241,11 @@ async fn run_cancel(inner: &Inner, cancel_id: &str) -> Result<(), StoreError> {
     let outcome = match (&target, target.as_ref().and_then(|t| device_of(inner, t))) {
         (Some(t), Some(d)) if !t.state.is_final() => match d.cancel_running(t).await {
             Ok(()) => Outcome::succeeded(None, None),
-            Err(e) => Outcome {
-                error: Some(e),
-                ..Outcome::failed(ErrorCode::NotCancellable, "", None)
-            },
+            Err(e) => Outcome::failed(ErrorCode::NotCancellable, "").with_error(e),
         },
         (Some(t), _) => Outcome::failed(
             ErrorCode::NotCancellable,
             format!("{target_id:?} already ended {}", t.state.as_str()),
-            None,
         ),
         (None, _) => not_found(&target_id),
     };
@@ -272,10 +263,11 @@ pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
                 Op::Cancel => run_cancel(&inner2, &id).await,
                 _ => {
                     let mut rec = rec;
-                    let o = if rec.state == CmdState::Running && rec.cmd.op.moves_money() {
+                    let o = if rec.state == CmdState::Running && rec.cmd.op.moves_money() && rec.maybe_sent() {
                         Outcome::unknown(
                             ErrorCode::UnknownTerminal,
                             "terminal no longer configured; the outcome cannot be learned",
+                            None,
                         )
                     } else {
                         refused(

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 
+use super::settle::{self, Entry, Outcome};
 use super::{lock, Inner, Terminal};
 use crate::api::{ErrorCode, Evt, FinalState};
-use crate::drivers::{OpContext, Outcome};
+use crate::drivers::OpContext;
 use crate::store::{CmdState, StoreError};
 
 pub(super) async fn run(inner: Arc<Inner>, t: Arc<Terminal>) {
@@ -70,7 +71,12 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
         );
         inner.set_terminal_state(t, "busy", None, None);
         let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
-        let outcome = t.driver.resume(&mut ctx).await;
+        let Some(outcome) =
+            settle::run(t.driver.as_ref(), &mut ctx, Entry::Resume, &inner.shutdown).await
+        else {
+            tracing::warn!("stopping while the device was being asked; resumed at next start");
+            return Ok(());
+        };
         let mut rec = ctx.record;
         note_error(inner, t, &outcome);
         inner.finish(&mut rec, outcome).await?;
@@ -82,14 +88,8 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
     let now = Utc::now();
     if now > rec.expires_at {
         // mqtt-api.md: not started on the device by its deadline → expired, device untouched.
-        let outcome = Outcome {
-            state: FinalState::Expired,
-            ..Outcome::failed(
-                ErrorCode::Expired,
-                "deadline passed while queued; the terminal was not touched",
-                None,
-            )
-        };
+        let outcome =
+            Outcome::expired("deadline passed while queued; the terminal was not touched");
         return inner.finish(&mut rec, outcome).await;
     }
     rec.state = CmdState::Running;
@@ -103,7 +103,12 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
     let mut e = Evt::new(id, "in_progress");
     e.sub_state = Some("started".into());
     inner.evt(e);
-    let outcome = t.driver.execute(&mut ctx).await;
+    let Some(outcome) =
+        settle::run(t.driver.as_ref(), &mut ctx, Entry::Live, &inner.shutdown).await
+    else {
+        tracing::warn!("stopping while the device was being asked; resumed at next start");
+        return Ok(());
+    };
     let mut rec = ctx.record;
     note_error(inner, t, &outcome);
     inner.finish(&mut rec, outcome).await?;

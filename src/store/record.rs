@@ -61,7 +61,21 @@ pub struct JournalEntry {
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub data: Value,
+    /// This step was made durable right before a request that may move money left the
+    /// agent: from here on the request may have reached the device, and a resume asks
+    /// the device instead of sending again (`engine::settle`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sends: bool,
 }
+
+/// Steps that versions before the `sends` marker journalled right before a money request.
+const LEGACY_SENDING_STEPS: &[&str] = &[
+    "ip_sending",
+    "kaspi_sending",
+    "paywall_sale_sending",
+    "token_basket",
+    "kuveyt_creating",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
@@ -92,6 +106,13 @@ pub struct CommandRecord {
 impl CommandRecord {
     pub fn last_step(&self, step: &str) -> Option<&JournalEntry> {
         self.journal.iter().rev().find(|j| j.step == step)
+    }
+
+    /// Whether a request that can move money may have left the agent for the device.
+    pub fn maybe_sent(&self) -> bool {
+        self.journal
+            .iter()
+            .any(|j| j.sends || LEGACY_SENDING_STEPS.contains(&j.step.as_str()))
     }
 
     /// The summary used in `list` items and `status` answers.

@@ -12,13 +12,12 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use self::proto::{IpClient, ProtoError, Request, Response};
-use super::{Driver, Health, OpContext, Outcome};
-use crate::api::{ErrorCode, FinalState, Op, PaymentInfo};
+use super::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
+use crate::api::{Op, PaymentInfo};
 use crate::store::CommandRecord;
 
-/// Journal steps (durable before/after the device step they name).
+/// Journalled durably right before a pay/refund leaves for the terminal.
 const STEP_SENDING: &str = "ip_sending";
-const STEP_ANSWERED: &str = "ip_answered";
 
 #[derive(Debug, Clone)]
 pub struct IpDriver {
@@ -26,7 +25,8 @@ pub struct IpDriver {
     connect_timeout: Duration,
     /// How long the terminal may take to answer a pay (customer time included).
     op_timeout: Duration,
-    /// How long to keep asking `status` after a lost answer before saying `unknown`.
+    /// How long to keep asking (the same request, same `ref`) after a lost answer before
+    /// the engine says `unknown`; the terminal's own op timeout is added.
     recovery_window: Duration,
 }
 
@@ -73,25 +73,6 @@ impl IpDriver {
         }
     }
 
-    /// Ask `status` by ref until the terminal gives a final answer, says it never saw the
-    /// ref (`Ok(None)`), or the recovery window closes (`Err`).
-    async fn recover(&self, r#ref: &str) -> Result<Option<Response>, String> {
-        let deadline = tokio::time::Instant::now() + self.recovery_window + self.op_timeout;
-        let mut last_err = String::from("no answer");
-        let mut delay = Duration::from_millis(100);
-        while tokio::time::Instant::now() < deadline {
-            match self.status(r#ref).await {
-                Ok(resp) if resp.is_not_found() => return Ok(None),
-                Ok(resp) if resp.is_in_progress() => {}
-                Ok(resp) => return Ok(Some(resp)),
-                Err(e) => last_err = e.to_string(),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
-        Err(last_err)
-    }
-
     async fn status(&self, r#ref: &str) -> Result<Response, ProtoError> {
         let mut c = self.connect().await?;
         c.call(
@@ -103,106 +84,96 @@ impl IpDriver {
         .await
     }
 
-    /// Map a final terminal answer to an outcome.
-    fn outcome(resp: &Response) -> Outcome {
-        let raw = serde_json::to_value(resp).unwrap_or(Value::Null);
-        if resp.ok {
-            let payment = PaymentInfo {
-                method: Some("card".into()),
-                transaction_id: resp.transaction_id.clone(),
-                card_mask: resp.card_mask.clone(),
-                auth_code: resp.approval_code.clone(),
-                receipt: None,
-            };
-            return Outcome::succeeded(Some(payment), Some(raw));
-        }
-        let code = resp.error.clone().unwrap_or_default();
-        let message = resp
-            .message
-            .clone()
-            .unwrap_or_else(|| format!("terminal error {code}"));
-        let mapped = match code.as_str() {
-            "declined" | "insufficient_funds" | "card_expired" => ErrorCode::Declined,
-            "timeout" => ErrorCode::Timeout,
-            "cancelled" => ErrorCode::CancelledByCustomer,
-            _ => ErrorCode::DeviceError,
+    /// Send one pay/refund on a fresh connection and say what came back.
+    async fn send(&self, req: &Request, first: bool) -> Fact {
+        let r#ref = req.reference().unwrap_or_default().to_string();
+        let mut client = match self.connect().await {
+            Ok(c) => c,
+            // Asking again: "cannot connect now" says nothing about the first request.
+            Err(e) if !first => return Fact::lost(self.unreachable_message(&e)),
+            Err(e) => return Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e)),
         };
-        Outcome::failed(mapped, message, Some(raw)).with_device_code(Value::String(code))
+        match client.call(req, self.op_timeout).await {
+            Ok(resp) => answer_fact(&r#ref, resp),
+            Err(e) if first && !e.maybe_delivered() => {
+                Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e))
+            }
+            Err(ProtoError::BadResponse(m)) => {
+                tracing::warn!(r#ref, answer = %m, "unreadable answer from the terminal");
+                Fact::unreadable(format!("malformed answer: {m}"), Value::String(m))
+            }
+            Err(e) => {
+                tracing::warn!(r#ref, error = %e, "answer lost");
+                Fact::lost(e.to_string())
+            }
+        }
     }
 
-    /// Send the op (journalled before and after) and learn its outcome.
-    async fn run(&self, ctx: &mut OpContext, req: Request) -> Outcome {
+    /// Send the op, durably journalled before it leaves.
+    async fn run(&self, ctx: &mut OpContext, req: Request) -> Fact {
         let r#ref = ctx.cmd().id.clone();
         // Durable before the device can move money (mqtt-api.md: Durability promise 2).
         if let Err(e) = ctx
-            .journal(STEP_SENDING, json!({ "ref": r#ref, "addr": self.addr }))
+            .sending(STEP_SENDING, json!({ "ref": r#ref, "addr": self.addr }))
             .await
         {
-            return Outcome::failed(
-                ErrorCode::Internal,
-                format!("journal write failed: {e}"),
-                None,
-            );
+            return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
-        let mut client = match self.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::failed(
-                    ErrorCode::DeviceUnavailable,
-                    self.unreachable_message(&e),
-                    None,
-                )
-            }
-        };
         ctx.progress("WaitTerminal", None);
-        let answer = match client.call(&req, self.op_timeout).await {
-            Ok(resp) if resp.is_in_progress() => None,
-            Ok(resp) => Some(resp),
-            Err(e) if !e.maybe_delivered() => {
-                return Outcome::failed(
-                    ErrorCode::DeviceUnavailable,
-                    self.unreachable_message(&e),
-                    None,
-                )
-            }
-            Err(e) => {
-                tracing::warn!(r#ref, error = %e, "answer lost; asking the terminal by ref");
-                None
-            }
-        };
-        let answer = match answer {
-            Some(a) => a,
-            None => match self.recover(&r#ref).await {
-                Ok(Some(a)) => a,
-                Ok(None) => {
-                    return Outcome::failed(
-                        ErrorCode::DeviceUnavailable,
-                        "the terminal never received the request",
-                        None,
-                    )
-                }
-                Err(e) => {
-                    return Outcome::unknown(
-                        ErrorCode::Timeout,
-                        format!("the terminal's answer was lost and status by ref gave none: {e}"),
-                    )
-                }
-            },
-        };
-        self.finish(ctx, &answer).await
+        self.send(&req, true).await
     }
+}
 
-    async fn finish(&self, ctx: &mut OpContext, answer: &Response) -> Outcome {
-        let raw = serde_json::to_value(answer).unwrap_or(Value::Null);
-        // Durable with the result (one commit): the terminal keeps its answer by ref, so a
-        // crash before that commit resumes by asking it again.
-        if let Err(e) = ctx.note(STEP_ANSWERED, raw) {
-            // The answer is known but not durable; report it anyway — the terminal keeps it
-            // by ref, so a resume would learn the same answer.
-            tracing::error!(error = %e, "journal write after device answer failed");
-        }
-        Self::outcome(answer)
+/// A terminal's answer to the request with `ref` → the fact it states. An answer for
+/// another ref is not this request's (`ip-terminal.md`: every answer echoes `ref`).
+fn answer_fact(r#ref: &str, resp: Response) -> Fact {
+    let raw = serde_json::to_value(&resp).unwrap_or(Value::Null);
+    if resp.is_in_progress() {
+        return Fact::Pending {
+            why: "the terminal is still running the operation".into(),
+            device: Some(raw),
+        };
     }
+    if resp.is_not_found() {
+        // Not proof: the request may not have been processed yet.
+        return Fact::Absent {
+            why: format!("the terminal has no operation with ref {ref:?}"),
+            guarantee: None,
+        };
+    }
+    if resp.r#ref.as_deref() != Some(r#ref) {
+        tracing::warn!(want = r#ref, answer = %raw, "answer for another ref");
+        return Fact::unreadable(
+            format!(
+                "the answer carries ref {:?}, not this request's {ref:?}",
+                resp.r#ref
+            ),
+            raw,
+        );
+    }
+    if resp.ok {
+        let payment = PaymentInfo {
+            method: Some("card".into()),
+            transaction_id: resp.transaction_id.clone(),
+            card_mask: resp.card_mask.clone(),
+            auth_code: resp.approval_code.clone(),
+            receipt: None,
+        };
+        return Fact::approved(Some(payment), Some(raw));
+    }
+    let code = resp.error.clone().unwrap_or_default();
+    let message = resp
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("terminal error {code}"));
+    let refusal = match code.as_str() {
+        "declined" | "insufficient_funds" | "card_expired" => Refusal::Declined,
+        "timeout" => Refusal::Timeout,
+        "cancelled" => Refusal::CancelledByCustomer,
+        "bad_request" => Refusal::BadRequest,
+        _ => Refusal::DeviceError,
+    };
+    Fact::refused(refusal, message, Some(raw)).with_device_code(Value::String(code))
 }
 
 #[async_trait]
@@ -215,67 +186,50 @@ impl Driver for IpDriver {
         matches!(op, Op::Payment | Op::Refund | Op::DeviceInfo)
     }
 
-    async fn execute(&self, ctx: &mut OpContext) -> Outcome {
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
         match ctx.cmd().op {
-            Op::DeviceInfo => match self.connect().await {
-                Ok(mut c) => match c.call(&Request::Ping, self.connect_timeout).await {
-                    Ok(resp) => Outcome::succeeded(None, serde_json::to_value(&resp).ok()),
-                    Err(e) => Outcome::failed(ErrorCode::DeviceUnavailable, e.to_string(), None),
-                },
-                Err(e) => Outcome::failed(
-                    ErrorCode::DeviceUnavailable,
-                    self.unreachable_message(&e),
-                    None,
-                ),
-            },
+            Op::DeviceInfo => {
+                let mut c = match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e))
+                    }
+                };
+                match c.call(&Request::Ping, self.connect_timeout).await {
+                    Ok(resp) => Fact::approved(None, serde_json::to_value(&resp).ok()),
+                    Err(e) => Fact::lost(e.to_string()),
+                }
+            }
             _ => match Self::request_for(ctx.cmd()) {
                 Some(req) => self.run(ctx, req).await,
-                None => Outcome::failed(
-                    ErrorCode::UnsupportedOp,
+                None => Fact::not_sent(
+                    NotSentWhy::Unsupported,
                     format!("ip terminal cannot run {}", ctx.cmd().op.as_str()),
-                    None,
                 ),
             },
         }
     }
 
-    async fn resume(&self, ctx: &mut OpContext) -> Outcome {
-        if !ctx.cmd().op.moves_money() {
-            return self.execute(ctx).await;
-        }
-        if let Some(answered) = ctx.record.last_step(STEP_ANSWERED) {
-            if let Ok(resp) = serde_json::from_value::<Response>(answered.data.clone()) {
-                return Self::outcome(&resp);
-            }
-        }
-        if ctx.record.last_step(STEP_SENDING).is_none() {
-            // Died before the device could have seen it: run it now if still in time.
-            if chrono::Utc::now() > ctx.record.expires_at {
-                return expired();
-            }
-            return self.execute(ctx).await;
-        }
-        let r#ref = ctx.cmd().id.clone();
-        match self.recover(&r#ref).await {
-            Ok(Some(answer)) => self.finish(ctx, &answer).await,
-            Ok(None) if chrono::Utc::now() <= ctx.record.expires_at => {
-                // The terminal never saw it; the same ref makes a retry safe.
-                self.execute(ctx).await
-            }
-            Ok(None) => expired(),
-            Err(e) => Outcome::unknown(
-                ErrorCode::DeviceUnavailable,
-                format!(
-                    "agent restarted during the operation and the terminal could not be asked: {e}"
-                ),
-            ),
+    /// `ip-terminal.md`: a repeated pay/refund with a `ref` the terminal has seen is the
+    /// same operation — it answers the stored response or `in_progress`, never charges
+    /// again. So asking is sending the same request again, which also settles a request
+    /// that never arrived (one `status` saying `not_found` could be a race).
+    async fn ask(&self, ctx: &mut OpContext, _left: Duration) -> Fact {
+        match Self::request_for(ctx.cmd()) {
+            Some(req) => self.send(&req, false).await,
+            None => Fact::CannotAsk {
+                why: "not a pay or refund".into(),
+            },
         }
     }
 
-    async fn query(&self, record: &CommandRecord) -> Option<Outcome> {
+    fn recovery_window(&self) -> Duration {
+        self.recovery_window + self.op_timeout
+    }
+
+    async fn query(&self, record: &CommandRecord) -> Option<Fact> {
         match self.status(&record.cmd.id).await {
-            Ok(resp) if resp.is_in_progress() || resp.is_not_found() => None,
-            Ok(resp) => Some(Self::outcome(&resp)),
+            Ok(resp) => Some(answer_fact(&record.cmd.id, resp)),
             Err(_) => None,
         }
     }
@@ -302,17 +256,5 @@ impl Driver for IpDriver {
                 error: Some(self.unreachable_message(&e)),
             },
         }
-    }
-}
-
-fn expired() -> Outcome {
-    Outcome {
-        state: FinalState::Expired,
-        payment: None,
-        device: None,
-        error: Some(crate::api::ErrorBody::new(
-            ErrorCode::Expired,
-            "deadline passed before the terminal was reached",
-        )),
     }
 }

@@ -19,11 +19,14 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use self::api::{code, tenge_from_minor, ApiError, DeviceInfo, ProcessStatus, Started, StatusData};
+use self::api::{
+    cheque_amount, code, tenge_from_minor, ApiError, DeviceInfo, ProcessStatus, Started,
+    StatusData,
+};
 use self::client::{CallError, KaspiClient};
 use self::process::{Answer, Ask, End, Process, Step, Timing};
-use super::{Driver, DriverEnv, Health, OpContext, Outcome};
-use crate::api::{Command, ErrorCode, FinalState, Op, Rejection};
+use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
+use crate::api::{Command, ErrorCode, Op, Rejection};
 use crate::config::KaspiTerminal;
 use crate::store::CommandRecord;
 
@@ -32,8 +35,6 @@ use crate::store::CommandRecord;
 pub const STEP_SENDING: &str = "kaspi_sending";
 /// The terminal's `processId`, before polling starts.
 pub const STEP_PROCESS: &str = "kaspi_process";
-/// The terminal's final answer.
-pub const STEP_FINAL: &str = "kaspi_final";
 
 /// Query parameters of one GET.
 type Query = Vec<(&'static str, String)>;
@@ -72,14 +73,10 @@ impl KaspiDriver {
         }
     }
 
-    fn client(&self) -> Result<&KaspiClient, Box<Outcome>> {
-        self.client.as_ref().map_err(|e| {
-            Box::new(Outcome::failed(
-                ErrorCode::DeviceUnavailable,
-                e.clone(),
-                None,
-            ))
-        })
+    fn client(&self) -> Result<&KaspiClient, Fact> {
+        self.client
+            .as_ref()
+            .map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
     }
 
     /// The route and query of a money op, from a validated command.
@@ -121,78 +118,99 @@ impl KaspiDriver {
         }
     }
 
-    /// Map a failed call that happened before any process existed.
-    fn start_failure(e: CallError) -> Outcome {
+    /// A failed start call: what it says about whether a process exists.
+    fn start_failure(e: CallError) -> Fact {
         match e {
-            CallError::Auth(m) => Outcome::failed(ErrorCode::Unauthorized, m, None),
+            // The terminal answered 401/403 (after a renewal attempt): nothing started.
+            CallError::Auth(m) => Fact::refused(Refusal::Unauthorized, m, None),
             CallError::Transport { sent: false, message } => {
-                Outcome::failed(ErrorCode::DeviceUnavailable, message, None)
+                Fact::not_sent(NotSentWhy::Unreachable, message)
             }
-            CallError::Transport { sent: true, message } => Outcome::unknown(
-                ErrorCode::DeviceUnavailable,
-                format!("the terminal's answer to the start request was lost, so its processId is unknown and the operation may be running on the terminal: {message}"),
-            ),
+            CallError::Transport { sent: true, message } => Fact::CannotAsk {
+                why: format!("the terminal's answer to the start request was lost, so its processId is unknown and the operation may be running on the terminal: {message}"),
+            },
             CallError::Api(e) => match e.device_code() {
                 // kaspi.md error table: these refuse to start a transaction.
                 Some(c @ (code::PAYMENTS_BLOCKED | code::LAST_OPERATION_RUNNING | code::START_FAILED)) => {
-                    Outcome::failed(ErrorCode::DeviceError, e.to_string(), None)
+                    Fact::refused(Refusal::DeviceError, e.to_string(), None)
                         .with_device_code(c.into())
                 }
                 Some(code::GENERIC) if matches!(&e, ApiError::Device { http: 400 | 404, .. }) => {
-                    Outcome::failed(ErrorCode::BadRequest, e.to_string(), None)
+                    Fact::refused(Refusal::BadRequest, e.to_string(), None)
                         .with_device_code(code::GENERIC.into())
                 }
-                // 500 "Internal Error", an odd body: the terminal may have started it.
-                _ => Outcome::unknown(
-                    ErrorCode::DeviceError,
-                    format!("the terminal answered the start request unexpectedly, so the operation may be running on it: {e}"),
-                ),
+                // 500 "Internal Error", an odd body: the terminal may have started it, and
+                // without a processId it cannot be asked.
+                _ => Fact::CannotAsk {
+                    why: format!("the terminal answered the start request unexpectedly, so the operation may be running on it: {e}"),
+                },
             },
         }
     }
 
-    fn final_outcome(process_id: &str, end: End) -> Outcome {
-        match end {
-            End::Final(d) => match d.status {
-                ProcessStatus::Success => Outcome::succeeded(Some(d.payment_info()), Some(d.raw)),
-                _ => {
-                    let sub = d.sub_status.clone().unwrap_or_default();
-                    let code = if sub == "ProcessCancelled" {
-                        ErrorCode::CancelledByCustomer
-                    } else {
-                        ErrorCode::Declined
-                    };
-                    let message = d
-                        .message
-                        .clone()
-                        .unwrap_or_else(|| format!("the terminal reports fail ({sub})"));
-                    Outcome::failed(code, message, Some(d.raw)).with_device_code(Value::String(sub))
+    /// A final `/status` answer → the fact it states, checked against the request: a
+    /// receipt for another amount is not this operation's (kaspi.md: the authoritative
+    /// amount is the one requested).
+    fn final_fact(cmd: &Command, d: StatusData) -> Fact {
+        match d.status {
+            ProcessStatus::Success => {
+                let shown = d
+                    .cheque_info
+                    .as_ref()
+                    .and_then(|c| c.get("amount"))
+                    .and_then(Value::as_str)
+                    .map(|a| (a.to_string(), cheque_amount(a)));
+                let want = cmd.amount.and_then(|a| tenge_from_minor(a).ok());
+                if let (Some((text, got)), Some(want)) = (shown, want) {
+                    if got.map(i64::abs) != Some(want) {
+                        tracing::warn!(receipt_amount = %text, requested_tenge = want, answer = %d.raw, "receipt amount differs from the request");
+                        return Fact::unreadable(
+                            format!("the terminal's receipt shows {text:?}, not the requested {want} ₸"),
+                            d.raw,
+                        );
+                    }
                 }
+                Fact::approved(Some(d.payment_info()), Some(d.raw))
+            }
+            ProcessStatus::Fail => {
+                let sub = d.sub_status.clone().unwrap_or_default();
+                let refusal = if sub == "ProcessCancelled" {
+                    Refusal::CancelledByCustomer
+                } else {
+                    Refusal::Declined
+                };
+                let message = d
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("the terminal reports fail ({sub})"));
+                Fact::refused(refusal, message, Some(d.raw)).with_device_code(Value::String(sub))
+            }
+            ProcessStatus::Wait | ProcessStatus::Unknown => Fact::Pending {
+                why: format!("the terminal reports {:?}", d.status),
+                device: Some(d.raw),
             },
+        }
+    }
+
+    fn end_fact(cmd: &Command, process_id: &str, end: End) -> Fact {
+        match end {
+            End::Final(d) => Self::final_fact(cmd, d),
             End::Unknown {
                 reason,
                 last,
                 device_code,
-            } => {
-                let code = if device_code.is_some() {
-                    ErrorCode::DeviceError
-                } else {
-                    ErrorCode::Timeout
-                };
-                let mut o = Outcome::unknown(code, reason);
-                o.device = Some(json!({
+            } => Fact::Pending {
+                why: reason,
+                device: Some(json!({
                     "processId": process_id,
                     "last": last.map(|d| d.raw),
-                }));
-                match device_code {
-                    Some(c) => o.with_device_code(c.into()),
-                    None => o,
-                }
-            }
+                    "device_code": device_code,
+                })),
+            },
         }
     }
 
-    async fn ask(&self, client: &KaspiClient, ask: Ask, process_id: &str) -> Answer {
+    async fn look(&self, client: &KaspiClient, ask: Ask, process_id: &str) -> Answer {
         let route = match ask {
             Ask::Status => "status",
             Ask::Actualize => "actualize",
@@ -226,7 +244,7 @@ impl KaspiDriver {
                 Step::Done(end) => return end,
                 Step::Ask { ask, at } => {
                     tokio::time::sleep_until(at).await;
-                    let answer = self.ask(client, ask, process_id).await;
+                    let answer = self.look(client, ask, process_id).await;
                     if let Answer::Data(d) = &answer {
                         if let Some(sub) = machine.sub_status_change(d) {
                             ctx.progress(
@@ -241,23 +259,19 @@ impl KaspiDriver {
         }
     }
 
-    async fn run_money(&self, ctx: &mut OpContext) -> Outcome {
+    async fn run_money(&self, ctx: &mut OpContext) -> Fact {
         let client = match self.client() {
             Ok(c) => c,
-            Err(o) => return *o,
+            Err(f) => return f,
         };
         let (route, params) = match Self::request_for(ctx.cmd()) {
             Ok(r) => r,
-            Err(m) => return Outcome::failed(ErrorCode::BadRequest, m, None),
+            Err(m) => return Fact::not_sent(NotSentWhy::BadRequest, m),
         };
         // Durable before the terminal can move money (mqtt-api.md: Durability promise 2).
         let journalled = json!({ "route": route, "params": params.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>() });
-        if let Err(e) = ctx.journal(STEP_SENDING, journalled).await {
-            return Outcome::failed(
-                ErrorCode::Internal,
-                format!("journal write failed: {e}"),
-                None,
-            );
+        if let Err(e) = ctx.sending(STEP_SENDING, journalled).await {
+            return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
         ctx.progress("Sending", Some(json!({ "route": route })));
         let started = client
@@ -275,32 +289,23 @@ impl KaspiDriver {
         {
             tracing::error!(error = %e, process_id, "journal write of the processId failed; polling anyway");
         }
-        self.follow(ctx, client, &process_id).await
+        let end = self.poll(ctx, client, &process_id).await;
+        Self::end_fact(ctx.cmd(), &process_id, end)
     }
 
-    async fn follow(&self, ctx: &mut OpContext, client: &KaspiClient, process_id: &str) -> Outcome {
-        let end = self.poll(ctx, client, process_id).await;
-        if let End::Final(d) = &end {
-            if let Err(e) = ctx.journal(STEP_FINAL, d.raw.clone()).await {
-                // Known but not durable: the terminal keeps it 24 h, a resume learns it again.
-                tracing::error!(error = %e, "journal write after the final status failed");
-            }
-        }
-        Self::final_outcome(process_id, end)
-    }
-
-    async fn device_info(&self) -> Outcome {
+    async fn device_info(&self) -> Fact {
         let client = match self.client() {
             Ok(c) => c,
-            Err(o) => return *o,
+            Err(f) => return f,
         };
         match client.call("deviceinfo", &[]).await {
-            Ok(data) => Outcome::succeeded(None, Some(data)),
-            Err(CallError::Auth(m)) => Outcome::failed(ErrorCode::Unauthorized, m, None),
-            Err(CallError::Transport { message, .. }) => {
-                Outcome::failed(ErrorCode::DeviceUnavailable, message, None)
+            Ok(data) => Fact::approved(None, Some(data)),
+            Err(CallError::Auth(m)) => Fact::refused(Refusal::Unauthorized, m, None),
+            Err(CallError::Transport { sent: false, message }) => {
+                Fact::not_sent(NotSentWhy::Unreachable, message)
             }
-            Err(CallError::Api(e)) => Outcome::failed(ErrorCode::DeviceError, e.to_string(), None),
+            Err(CallError::Transport { message, .. }) => Fact::lost(message),
+            Err(CallError::Api(e)) => Fact::refused(Refusal::DeviceError, e.to_string(), None),
         }
     }
 }
@@ -366,76 +371,46 @@ impl Driver for KaspiDriver {
         Ok(())
     }
 
-    async fn execute(&self, ctx: &mut OpContext) -> Outcome {
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
         match ctx.cmd().op {
             Op::DeviceInfo => self.device_info().await,
             Op::Payment | Op::Refund => self.run_money(ctx).await,
-            op => Outcome::failed(
-                ErrorCode::UnsupportedOp,
+            op => Fact::not_sent(
+                NotSentWhy::Unsupported,
                 format!("kaspi terminals cannot run {}", op.as_str()),
-                None,
             ),
         }
     }
 
-    async fn resume(&self, ctx: &mut OpContext) -> Outcome {
-        if !ctx.cmd().op.moves_money() {
-            return self.execute(ctx).await;
-        }
-        if let Some(j) = ctx.record.last_step(STEP_FINAL) {
-            if let Ok(d) = StatusData::parse(&j.data) {
-                let pid = d.process_id.clone().unwrap_or_default();
-                return Self::final_outcome(&pid, End::Final(d));
-            }
-        }
-        if let Some(pid) = process_id_of(&ctx.record) {
-            let client = match self.client() {
-                Ok(c) => c,
-                Err(_) => {
-                    return Outcome::unknown(
-                        ErrorCode::DeviceUnavailable,
-                        format!("agent restarted while process {pid} ran, and the terminal's client cannot be built"),
-                    )
-                }
+    /// The terminal keeps a process by `processId` for 24 h (kaspi.md): follow the
+    /// journalled one to its end. Without a `processId` there is nothing to ask by.
+    async fn ask(&self, ctx: &mut OpContext, _left: Duration) -> Fact {
+        let Some(pid) = process_id_of(&ctx.record) else {
+            return Fact::CannotAsk {
+                why: "the request was sent to the Kaspi terminal but its processId was never recorded; whether it ran cannot be known — check the terminal's history".into(),
             };
-            tracing::info!(terminal = %self.id, process_id = %pid, "resuming: polling the journalled Kaspi process (no new payment)");
-            return self.follow(ctx, client, &pid).await;
-        }
-        if ctx.record.last_step(STEP_SENDING).is_some() {
-            // The request may have reached the terminal, but its processId was never
-            // recorded: there is no way to ask about it.
-            return Outcome::unknown(
-                ErrorCode::DeviceUnavailable,
-                "the agent stopped after sending the request to the Kaspi terminal and before recording its processId; whether it ran cannot be known — check the terminal's history",
-            );
-        }
-        if chrono::Utc::now() > ctx.record.expires_at {
-            return Outcome {
-                state: FinalState::Expired,
-                ..Outcome::failed(
-                    ErrorCode::Expired,
-                    "deadline passed before the terminal was reached",
-                    None,
-                )
+        };
+        let Ok(client) = self.client.as_ref() else {
+            return Fact::CannotAsk {
+                why: format!("process {pid} may be running, and the terminal's client cannot be built"),
             };
-        }
-        self.execute(ctx).await
+        };
+        tracing::info!(terminal = %self.id, process_id = %pid, "polling the journalled Kaspi process (no new payment)");
+        let end = self.poll(ctx, client, &pid).await;
+        Self::end_fact(ctx.cmd(), &pid, end)
     }
 
     /// `status` of an `unknown` command: ask the journalled process again, actualizing it
     /// when the terminal still says `unknown` (at most once per `actualize_interval`).
-    async fn query(&self, record: &CommandRecord) -> Option<Outcome> {
+    async fn query(&self, record: &CommandRecord) -> Option<Fact> {
         let pid = process_id_of(record)?;
         let client = self.client.as_ref().ok()?;
-        let end = |d: StatusData| Some(Self::final_outcome(&pid, End::Final(d)));
-        let d = match self.ask(client, Ask::Status, &pid).await {
+        let d = match self.look(client, Ask::Status, &pid).await {
             Answer::Data(d) => d,
             _ => return None,
         };
-        match d.status {
-            ProcessStatus::Success | ProcessStatus::Fail => return end(d),
-            ProcessStatus::Wait => return None,
-            ProcessStatus::Unknown => {}
+        if d.status != ProcessStatus::Unknown {
+            return Some(Self::final_fact(&record.cmd, d));
         }
         let recent = self
             .actualized
@@ -446,10 +421,8 @@ impl Driver for KaspiDriver {
         if recent {
             return None;
         }
-        match self.ask(client, Ask::Actualize, &pid).await {
-            Answer::Data(d) if matches!(d.status, ProcessStatus::Success | ProcessStatus::Fail) => {
-                end(d)
-            }
+        match self.look(client, Ask::Actualize, &pid).await {
+            Answer::Data(d) => Some(Self::final_fact(&record.cmd, d)),
             _ => None,
         }
     }

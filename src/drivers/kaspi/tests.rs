@@ -81,58 +81,76 @@ fn start_failures_never_guess() {
         sent: false,
         message: "connect".into(),
     });
-    assert_eq!(refused.state, FinalState::Failed);
+    assert!(matches!(refused, Fact::NotSent { why: NotSentWhy::Unreachable, .. }));
     let lost = KaspiDriver::start_failure(CallError::Transport {
         sent: true,
         message: "timeout".into(),
     });
-    assert_eq!(lost.state, FinalState::Unknown);
+    assert!(matches!(lost, Fact::CannotAsk { .. }), "{lost:?}");
     let busy = KaspiDriver::start_failure(CallError::Api(ApiError::Device {
         http: 200,
         code: code::LAST_OPERATION_RUNNING,
         text: "Last operation was not completed.".into(),
         message: None,
     }));
-    assert_eq!(busy.state, FinalState::Failed);
-    assert_eq!(
-        busy.error.as_ref().and_then(|e| e.device_code.clone()),
-        Some(json!(107))
-    );
+    match busy {
+        Fact::Answer(crate::drivers::Answer::Refused {
+            refusal: Refusal::DeviceError,
+            device_code,
+            ..
+        }) => assert_eq!(device_code, Some(json!(107))),
+        other => panic!("{other:?}"),
+    }
     let internal = KaspiDriver::start_failure(CallError::Api(ApiError::Device {
         http: 500,
         code: code::GENERIC,
         text: "Internal Error. Please, contact developers".into(),
         message: None,
     }));
-    assert_eq!(internal.state, FinalState::Unknown);
+    assert!(matches!(internal, Fact::CannotAsk { .. }));
     let odd = KaspiDriver::start_failure(CallError::Api(ApiError::BadBody {
         http: 200,
         detail: "x".into(),
     }));
-    assert_eq!(odd.state, FinalState::Unknown);
+    assert!(matches!(odd, Fact::CannotAsk { .. }));
     let auth = KaspiDriver::start_failure(CallError::Auth("re-register".into()));
-    assert_eq!(auth.error.map(|e| e.code), Some(ErrorCode::Unauthorized));
+    assert!(matches!(
+        auth,
+        Fact::Answer(crate::drivers::Answer::Refused {
+            refusal: Refusal::Unauthorized,
+            ..
+        })
+    ));
+}
+
+fn pay(amount_tiyn: i64) -> Command {
+    cmd(json!({"v":1,"id":"a","op":"payment","terminal":"k","amount":amount_tiyn,"currency":"KZT"}))
+}
+
+fn refusal_of(f: &Fact) -> Option<Refusal> {
+    match f {
+        Fact::Answer(crate::drivers::Answer::Refused { refusal, .. }) => Some(*refusal),
+        _ => None,
+    }
 }
 
 #[test]
-fn final_outcomes() {
+fn final_facts() {
+    let c = pay(150000);
     let fail = StatusData::parse(
         &json!({"processId":"1","status":"fail","subStatus":"ProcessCancelled","message":"m"}),
     )
     .expect("d");
-    let o = KaspiDriver::final_outcome("1", End::Final(fail));
-    assert_eq!(o.state, FinalState::Failed);
-    assert_eq!(
-        o.error.map(|e| e.code),
-        Some(ErrorCode::CancelledByCustomer)
-    );
+    let f = KaspiDriver::end_fact(&c, "1", End::Final(fail));
+    assert_eq!(refusal_of(&f), Some(Refusal::CancelledByCustomer));
     let dec = StatusData::parse(
         &json!({"processId":"1","status":"fail","subStatus":"CardTransactionFailure"}),
     )
     .expect("d");
-    let o = KaspiDriver::final_outcome("1", End::Final(dec));
-    assert_eq!(o.error.map(|e| e.code), Some(ErrorCode::Declined));
-    let o = KaspiDriver::final_outcome(
+    let f = KaspiDriver::end_fact(&c, "1", End::Final(dec));
+    assert_eq!(refusal_of(&f), Some(Refusal::Declined));
+    let f = KaspiDriver::end_fact(
+        &c,
         "77",
         End::Unknown {
             reason: "r".into(),
@@ -140,6 +158,30 @@ fn final_outcomes() {
             device_code: Some(101),
         },
     );
-    assert_eq!(o.state, FinalState::Unknown);
-    assert_eq!(o.device.expect("device")["processId"], "77");
+    match f {
+        Fact::Pending { device, .. } => assert_eq!(device.expect("device")["processId"], "77"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// kaspi.md: the authoritative amount is the one requested; a receipt for another amount
+/// is not this operation's answer.
+#[test]
+fn a_receipt_for_another_amount_is_not_this_payment() {
+    let ok = |amount: &str| {
+        StatusData::parse(&json!({"processId":"1","status":"success","subStatus":"CardTransactionSuccess",
+            "transactionId":"9","chequeInfo":{"amount": amount, "method":"card"}}))
+        .expect("d")
+    };
+    let f = KaspiDriver::final_fact(&pay(150000), ok("1 500 ₸"));
+    assert!(matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })), "{f:?}");
+    let f = KaspiDriver::final_fact(&pay(150000), ok("1 501 ₸"));
+    assert!(matches!(f, Fact::Unreadable { .. }), "{f:?}");
+    let f = KaspiDriver::final_fact(&pay(150000), ok("₸"));
+    assert!(matches!(f, Fact::Unreadable { .. }), "{f:?}");
+    // A refund receipt shows the amount negative.
+    let refund = cmd(json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT",
+        "transaction_id":"9","method":"card"}));
+    let f = KaspiDriver::final_fact(&refund, ok("- 1 ₸"));
+    assert!(matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })), "{f:?}");
 }

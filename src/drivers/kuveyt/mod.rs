@@ -19,14 +19,15 @@ use self::provider::{
     CreateRequest, Created, CustomerInfo, KuveytApi, LinkStatus, PayByLink, ProviderError,
 };
 use super::cloud::{self, money, CallError};
-use super::{Driver, DriverEnv, Health, OpContext, Outcome};
-use crate::api::{Command, ErrorBody, ErrorCode, FinalState, Op, PaymentInfo, Rejection};
+use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
+use crate::api::{Command, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{KuveytTerminal, ProviderMode};
 use crate::store::CommandRecord;
 
+/// Journalled durably right before the create request leaves.
 pub const STEP_CREATING: &str = "kuveyt_creating";
+/// The created link (transaction id, URL), durable before the URL is shown.
 pub const STEP_CREATED: &str = "kuveyt_created";
-pub const STEP_ANSWERED: &str = "kuveyt_answered";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,14 +115,10 @@ impl KuveytDriver {
         format!("{agent_id}/{request_id}")
     }
 
-    fn provider(&self) -> Result<&dyn PayByLink, Box<Outcome>> {
-        self.provider.as_deref().map_err(|e| {
-            Box::new(Outcome::failed(
-                ErrorCode::DeviceUnavailable,
-                e.clone(),
-                None,
-            ))
-        })
+    fn provider(&self) -> Result<&dyn PayByLink, Fact> {
+        self.provider
+            .as_deref()
+            .map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
     }
 
     /// Build the create request from a command, or name the broken rule.
@@ -197,11 +194,11 @@ impl KuveytDriver {
 
     /// Create the link; a lost answer is retried with the same order id (idempotent) until
     /// the deadline.
-    async fn create(&self, ctx: &mut OpContext, p: &dyn PayByLink) -> Result<Created, Outcome> {
-        let order_id = match ctx
-            .record
-            .last_step(STEP_CREATING)
-            .and_then(|s| s.data.get("order_id"))
+    async fn create(&self, ctx: &mut OpContext, p: &dyn PayByLink) -> Result<Created, Fact> {
+        let creating = ctx.record.last_step(STEP_CREATING).map(|s| s.data.clone());
+        let order_id = match creating
+            .as_ref()
+            .and_then(|d| d.get("order_id"))
             .and_then(Value::as_str)
         {
             Some(o) => o.to_string(),
@@ -213,23 +210,18 @@ impl KuveytDriver {
             self.return_url.clone(),
             self.cancel_url.clone(),
         )
-        .map_err(|e| Outcome::failed(ErrorCode::BadRequest, e, None))?;
-        if ctx.record.last_step(STEP_CREATING).is_none() {
+        .map_err(|e| Fact::not_sent(NotSentWhy::BadRequest, e))?;
+        // An earlier create (before a restart) may have reached the provider.
+        let mut maybe_sent = creating.is_some();
+        if !maybe_sent {
             // Durable before the provider can create anything.
-            ctx.journal(
+            ctx.sending(
                 STEP_CREATING,
                 json!({ "order_id": order_id, "mode": cloud::mode_name(self.mode) }),
             )
             .await
-            .map_err(|e| {
-                Outcome::failed(
-                    ErrorCode::Internal,
-                    format!("journal write failed: {e}"),
-                    None,
-                )
-            })?;
+            .map_err(|e| Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}")))?;
         }
-        let mut maybe_sent = false;
         loop {
             match p.create(&req).await {
                 Ok((created, raw)) => {
@@ -247,37 +239,35 @@ impl KuveytDriver {
                     unauthorized,
                     ..
                 }) => {
-                    let code = if unauthorized {
-                        ErrorCode::Unauthorized
+                    let refusal = if unauthorized {
+                        Refusal::Unauthorized
                     } else if http == 400 {
-                        ErrorCode::BadRequest
+                        Refusal::BadRequest
                     } else {
-                        ErrorCode::DeviceError
+                        Refusal::DeviceError
                     };
-                    return Err(Outcome::failed(
-                        code,
+                    return Err(Fact::refused(
+                        refusal,
                         format!("the provider refused the payment (HTTP {http}): {message}"),
                         None,
                     ));
                 }
                 Err(ProviderError::Call(CallError::NotSent(e))) if !maybe_sent => {
-                    return Err(Outcome::failed(
-                        ErrorCode::DeviceUnavailable,
+                    return Err(Fact::not_sent(
+                        NotSentWhy::Unreachable,
                         format!("could not reach the payment provider: {e}"),
-                        None,
                     ));
                 }
                 Err(e) => {
-                    maybe_sent |= matches!(e, ProviderError::Call(CallError::MaybeSent(_)));
+                    maybe_sent |= !matches!(e, ProviderError::Call(CallError::NotSent(_)));
                     tracing::warn!(error = %e, order_id = %order_id, "create gave no usable answer; retrying with the same order id");
                     if Utc::now()
                         + chrono::Duration::from_std(self.poll_interval).unwrap_or_default()
                         > Self::deadline(&ctx.record)
                     {
-                        return Err(Outcome::unknown(
-                            ErrorCode::Timeout,
-                            format!("the payment link for order {order_id} may exist but its answer was lost until the deadline: {e}"),
-                        ));
+                        return Err(Fact::lost(format!(
+                            "the payment link for order {order_id} may exist but its answer was lost until the deadline: {e}"
+                        )));
                     }
                     tokio::time::sleep(self.poll_interval).await;
                 }
@@ -286,12 +276,7 @@ impl KuveytDriver {
     }
 
     /// Verify until final or the deadline; the last verify happens at the deadline.
-    async fn wait_paid(
-        &self,
-        ctx: &mut OpContext,
-        p: &dyn PayByLink,
-        created: &Created,
-    ) -> Outcome {
+    async fn wait_paid(&self, ctx: &mut OpContext, p: &dyn PayByLink, created: &Created) -> Fact {
         ctx.progress(
             "WaitCustomer",
             Some(json!({ "payment_url": created.payment_url, "transaction_id": created.transaction_id })),
@@ -310,11 +295,8 @@ impl KuveytDriver {
             }
             match p.verify(&created.transaction_id).await {
                 Ok((st, raw)) => {
-                    if let Some(o) = outcome_of(&st, created, raw.clone()) {
-                        if let Err(e) = ctx.journal(STEP_ANSWERED, json!({ "answer": raw })).await {
-                            tracing::error!(error = %e, "journal write after verify failed");
-                        }
-                        return o;
+                    if let Some(f) = fact_of(&st, created, raw) {
+                        return f;
                     }
                     last_err = None;
                 }
@@ -328,13 +310,10 @@ impl KuveytDriver {
                     Some(e) => format!("the last verify failed: {e}"),
                     None => "the payment is still pending".to_string(),
                 };
-                return Outcome::unknown(
-                    ErrorCode::Timeout,
-                    format!(
-                        "deadline passed without a final answer for transaction {} ({why}); the customer may still pay — send `status` later",
-                        created.transaction_id
-                    ),
-                );
+                return Fact::pending(format!(
+                    "deadline passed without a final answer for transaction {} ({why}); the customer may still pay — send `status` later",
+                    created.transaction_id
+                ));
             }
         }
     }
@@ -363,10 +342,10 @@ fn text_field(m: &Map<String, Value>, key: &str) -> Result<Option<String>, Strin
     }
 }
 
-fn outcome_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Outcome> {
+fn fact_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Fact> {
     match st {
         LinkStatus::Pending => None,
-        LinkStatus::Completed { .. } => Some(Outcome::succeeded(
+        LinkStatus::Completed { .. } => Some(Fact::approved(
             Some(PaymentInfo {
                 method: Some("pay_by_link".into()),
                 transaction_id: Some(created.transaction_id.clone()),
@@ -374,14 +353,14 @@ fn outcome_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Outcome>
             }),
             Some(raw),
         )),
-        LinkStatus::Cancelled => Some(Outcome::failed(
-            ErrorCode::CancelledByCustomer,
+        LinkStatus::Cancelled => Some(Fact::refused(
+            Refusal::CancelledByCustomer,
             "the customer cancelled the payment",
             Some(raw),
         )),
         LinkStatus::Failed { status } => Some(
-            Outcome::failed(
-                ErrorCode::Declined,
+            Fact::refused(
+                Refusal::Declined,
                 format!("the payment ended {status}"),
                 Some(raw),
             )
@@ -411,83 +390,57 @@ impl Driver for KuveytDriver {
         Ok(())
     }
 
-    async fn execute(&self, ctx: &mut OpContext) -> Outcome {
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
         let p = match self.provider() {
             Ok(p) => p,
-            Err(o) => return *o,
+            Err(f) => return f,
         };
         match ctx.cmd().op {
             Op::Payment => match self.create(ctx, p).await {
                 Ok(created) => self.wait_paid(ctx, p, &created).await,
-                Err(o) => o,
+                Err(f) => f,
             },
             Op::DeviceInfo => match p.probe().await {
-                Ok(_) => {
-                    Outcome::succeeded(None, Some(json!({ "mode": cloud::mode_name(self.mode) })))
-                }
-                Err(e) => Outcome::failed(ErrorCode::DeviceUnavailable, e, None),
+                Ok(_) => Fact::approved(None, Some(json!({ "mode": cloud::mode_name(self.mode) }))),
+                Err(e) => Fact::lost(e),
             },
-            op => Outcome::failed(
-                ErrorCode::UnsupportedOp,
+            op => Fact::not_sent(
+                NotSentWhy::Unsupported,
                 format!("kuveyt terminals cannot run {}", op.as_str()),
-                None,
             ),
         }
     }
 
-    async fn resume(&self, ctx: &mut OpContext) -> Outcome {
-        if !ctx.cmd().op.moves_money() {
-            return self.execute(ctx).await;
-        }
-        if let Some(step) = ctx.record.last_step(STEP_ANSWERED) {
-            if let (Some(created), Some(raw)) =
-                (Self::created_of(&ctx.record), step.data.get("answer"))
-            {
-                if let Ok(st) = provider::parse_status(raw) {
-                    if let Some(o) = outcome_of(&st, &created, raw.clone()) {
-                        return o;
-                    }
-                }
-            }
-        }
-        let p = match self.provider() {
-            Ok(p) => p,
-            Err(_) => {
-                return Outcome::unknown(ErrorCode::DeviceUnavailable, "agent restarted during the payment and the provider cannot be asked (terminal unusable now)")
-            }
+    /// Verify by the journalled transaction (until the command's deadline: the customer
+    /// may still be paying); without one, create again with the same order id, which the
+    /// provider answers with the same payment (kuveyt.md §3).
+    async fn ask(&self, ctx: &mut OpContext, _left: Duration) -> Fact {
+        let Ok(p) = self.provider() else {
+            return Fact::CannotAsk {
+                why: "the terminal is unusable in this configuration, so the provider cannot be asked".into(),
+            };
         };
         if let Some(created) = Self::created_of(&ctx.record) {
-            // The link exists and may have been shown: verify again, same deadline.
             return self.wait_paid(ctx, p, &created).await;
         }
-        if ctx.record.last_step(STEP_CREATING).is_some() && Utc::now() > ctx.record.expires_at {
+        if Utc::now() > ctx.record.expires_at {
             // The create may have reached the provider, but its URL was never published
             // (that happens after `created` is journalled). Not guessed: reconcile.
-            return Outcome::unknown(
-                ErrorCode::Timeout,
-                "agent restarted during the create request and the deadline has passed; the link was never shown, but the provider may hold it",
-            );
-        }
-        if ctx.record.last_step(STEP_CREATING).is_none() && Utc::now() > ctx.record.expires_at {
-            return Outcome {
-                state: FinalState::Expired,
-                payment: None,
-                device: None,
-                error: Some(ErrorBody::new(
-                    ErrorCode::Expired,
-                    "deadline passed before the provider was reached",
-                )),
+            return Fact::CannotAsk {
+                why: "the agent stopped during the create request and the deadline has passed; the link was never shown, but the provider may hold it".into(),
             };
         }
-        // Create again with the journalled order id: the provider returns the same payment.
-        self.execute(ctx).await
+        match self.create(ctx, p).await {
+            Ok(created) => self.wait_paid(ctx, p, &created).await,
+            Err(f) => f,
+        }
     }
 
-    async fn query(&self, record: &CommandRecord) -> Option<Outcome> {
+    async fn query(&self, record: &CommandRecord) -> Option<Fact> {
         let p = self.provider.as_deref().ok()?;
         let created = Self::created_of(record)?;
         let (st, raw) = p.verify(&created.transaction_id).await.ok()?;
-        outcome_of(&st, &created, raw)
+        fact_of(&st, &created, raw)
     }
 
     async fn health(&self) -> Health {

@@ -3,8 +3,11 @@
 //! answer.
 //!
 //! Never two sales: the `MerchantUniqueCode` is a UUID v5 of the request, journalled
-//! durably before the request; after a lost answer or a crash the driver asks Paywall
-//! about that code (`list`, then `inquiry` by PaymentRequestId) instead of selling again.
+//! durably before the request; after a lost answer or a crash the engine has the driver
+//! ask Paywall about that code (`list`, then `inquiry` by PaymentRequestId) instead of
+//! selling again. "No such sale" after a sale may have been sent proves nothing (the
+//! listing may lag, the list route is not in the seed): only a row with exactly this
+//! MerchantUniqueCode in a final state settles it.
 
 pub mod api;
 
@@ -13,18 +16,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use self::api::{Envelope, PaymentRef, PaymentView, Status};
 use super::cloud::{self, CallError, Credential, Reply};
-use super::{Driver, DriverEnv, Health, OpContext, Outcome};
-use crate::api::{Command, ErrorBody, ErrorCode, FinalState, Op, PaymentInfo, Rejection};
+use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
+use crate::api::{Command, ErrorBody, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{PaywallTerminal, ProviderMode};
 use crate::store::CommandRecord;
 
-/// Journal steps (durable before/after the sale request).
+/// Journalled durably right before the sale request leaves.
 pub const STEP_SENDING: &str = "paywall_sale_sending";
-pub const STEP_ANSWERED: &str = "paywall_sale_answered";
 
 /// Short calls (list, inquiry, cancel).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -50,9 +51,8 @@ struct Link {
 
 /// What asking Paywall about a MerchantUniqueCode found.
 enum Found {
-    Final(Outcome, Value),
-    /// Known to Paywall, still running (or a status outside the table).
-    Running(PaymentView),
+    /// A row with exactly this MerchantUniqueCode (confirmed by inquiry when possible).
+    Sale(PaymentView, Value),
     Absent,
 }
 
@@ -124,14 +124,10 @@ impl PaywallDriver {
         }
     }
 
-    fn link(&self) -> Result<&Link, Box<Outcome>> {
-        self.link.as_ref().map_err(|e| {
-            Box::new(Outcome::failed(
-                ErrorCode::DeviceUnavailable,
-                e.clone(),
-                None,
-            ))
-        })
+    fn link(&self) -> Result<&Link, Fact> {
+        self.link
+            .as_ref()
+            .map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
     }
 
     fn muc_of(&self, record: &CommandRecord) -> String {
@@ -171,7 +167,7 @@ impl PaywallDriver {
     }
 
     /// Ask Paywall about a sale by its MerchantUniqueCode (`list`), then by its
-    /// PaymentRequestId (`inquiry`) when the list shows it.
+    /// PaymentRequestId (`inquiry`) when the list shows it. `Err`: no usable answer.
     async fn lookup(&self, link: &Link, muc: &str) -> Result<Found, String> {
         let reply = cloud::send(
             self.request(link, reqwest::Method::GET, "/api/payment/list")
@@ -180,35 +176,59 @@ impl PaywallDriver {
         )
         .await
         .map_err(|e| e.to_string())?;
-        if reply.status == 404 {
-            return Ok(Found::Absent);
-        }
         if reply.status >= 300 {
+            // Including 404: the list route is not in the seed (README: unverified against
+            // the real service); a 404 says nothing about this sale.
             return Err(format!("list answered HTTP {}", reply.status));
         }
         let env = Envelope::parse(&reply.body)?;
         if !env.ok() {
             return Err(format!("list refused: {}", env.describe()));
         }
+        // Only a row that names exactly this code is this sale; a row without a code could
+        // be anyone's.
         let Some(p) = env.payments().into_iter().find(|p| {
             p.merchantuniquecode
                 .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(muc))
+                .is_some_and(|m| m.eq_ignore_ascii_case(muc))
         }) else {
             return Ok(Found::Absent);
         };
-        // The list row is enough when final; inquiry confirms by PaymentRequestId.
-        let (view, raw) = match &p.paymentrequestid {
-            Some(id) => match self.inquiry(link, id).await {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::debug!(error = %e, "inquiry failed; using the list row");
-                    (p.clone(), reply.body.clone())
-                }
-            },
-            None => (p.clone(), reply.body.clone()),
+        // The list row is enough; inquiry confirms by PaymentRequestId.
+        let Some(id) = &p.paymentrequestid else {
+            return Ok(Found::Sale(p.clone(), reply.body.clone()));
         };
-        Ok(self.judge(view, raw))
+        match self.inquiry(link, id).await {
+            Ok((view, raw)) => {
+                if view
+                    .merchantuniquecode
+                    .as_deref()
+                    .is_some_and(|m| !m.eq_ignore_ascii_case(muc))
+                {
+                    return Err(format!(
+                        "inquiry of {id} answered a sale with another MerchantUniqueCode ({:?})",
+                        view.merchantuniquecode
+                    ));
+                }
+                Ok(Found::Sale(view, raw))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "inquiry failed; using the list row");
+                Ok(Found::Sale(p.clone(), reply.body.clone()))
+            }
+        }
+    }
+
+    /// What asking about `muc` tells of the sale.
+    async fn ask_about(&self, link: &Link, muc: &str) -> Fact {
+        match self.lookup(link, muc).await {
+            Ok(Found::Sale(view, raw)) => judge(view, raw),
+            Ok(Found::Absent) => Fact::Absent {
+                why: format!("Paywall lists no sale with MerchantUniqueCode {muc}"),
+                guarantee: None,
+            },
+            Err(e) => Fact::lost(format!("asking Paywall about MerchantUniqueCode {muc}: {e}")),
+        }
     }
 
     async fn inquiry(&self, link: &Link, id: &str) -> Result<(PaymentView, Value), String> {
@@ -235,122 +255,10 @@ impl PaywallDriver {
             .ok_or_else(|| "inquiry answered without a payment".to_string())
     }
 
-    fn judge(&self, p: PaymentView, raw: Value) -> Found {
-        let status = Status::from_code(p.paymentstatus.unwrap_or(-1));
-        let payment = || PaymentInfo {
-            method: Some("card".into()),
-            transaction_id: p.paymentrequestid.clone(),
-            ..Default::default()
-        };
-        match status {
-            Status::Succeeded => {
-                Found::Final(Outcome::succeeded(Some(payment()), Some(raw.clone())), raw)
-            }
-            Status::Cancelled => Found::Final(
-                Outcome::failed(
-                    ErrorCode::CancelledByCustomer,
-                    "the sale was cancelled",
-                    Some(raw.clone()),
-                ),
-                raw,
-            ),
-            Status::Failed => Found::Final(
-                Outcome::failed(
-                    ErrorCode::Declined,
-                    "the sale failed on the terminal",
-                    Some(raw.clone()),
-                ),
-                raw,
-            ),
-            _ => Found::Running(p),
-        }
-    }
-
-    /// After an unusable answer: ask until Paywall gives a final state, says it never saw
-    /// the sale (`Ok(None)`), or the window closes (`Err`).
-    async fn recover(
-        &self,
-        link: &Link,
-        muc: &str,
-        window: Duration,
-    ) -> Result<Option<(Outcome, Value)>, String> {
-        let deadline = Instant::now() + window;
-        let mut delay = Duration::from_millis(200);
-        let mut last: String;
-        loop {
-            match self.lookup(link, muc).await {
-                Ok(Found::Final(o, raw)) => return Ok(Some((o, raw))),
-                Ok(Found::Absent) => return Ok(None),
-                Ok(Found::Running(p)) => {
-                    last = format!(
-                        "the sale is still running (PaymentStatus {:?})",
-                        p.paymentstatus
-                    )
-                }
-                Err(e) => last = e,
-            }
-            if Instant::now() + delay > deadline {
-                return Err(last);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(3));
-        }
-    }
-
-    /// Map a usable sync sale answer.
-    fn sale_outcome(reply: &Reply) -> Option<Outcome> {
-        if reply.status >= 500 {
-            // A server error says nothing about whether the sale went through.
-            return None;
-        }
-        let env = Envelope::parse(&reply.body).ok()?;
-        let raw = reply.body.clone();
-        let p = env.payment().unwrap_or_default();
-        if reply.status < 300 && env.ok() {
-            let payment = PaymentInfo {
-                method: Some("card".into()),
-                transaction_id: p.paymentrequestid.clone(),
-                ..Default::default()
-            };
-            return Some(Outcome::succeeded(Some(payment), Some(raw)));
-        }
-        if !env.refused() {
-            return None;
-        }
-        let cm = env.clientmessage.clone().unwrap_or_default();
-        let lower = cm.to_ascii_lowercase();
-        let code = if reply.status == 401
-            || reply.status == 403
-            || lower.contains("auth")
-            || lower.contains("apikey")
-        {
-            ErrorCode::Unauthorized
-        } else if lower.contains("cancel")
-            || Status::from_code(p.paymentstatus.unwrap_or(-1)) == Status::Cancelled
-        {
-            ErrorCode::CancelledByCustomer
-        } else if lower.contains("declin")
-            || lower.contains("insufficient")
-            || Status::from_code(p.paymentstatus.unwrap_or(-1)) == Status::Failed
-        {
-            ErrorCode::Declined
-        } else if reply.status == 400 || lower.contains("valid") {
-            ErrorCode::BadRequest
-        } else {
-            ErrorCode::DeviceError
-        };
-        let device_code =
-            json!({ "error_code": env.errorcode, "client_message": env.clientmessage });
-        Some(
-            Outcome::failed(code, format!("Paywall: {}", env.describe()), Some(raw))
-                .with_device_code(device_code),
-        )
-    }
-
-    async fn sale(&self, ctx: &mut OpContext) -> Outcome {
+    async fn sale(&self, ctx: &mut OpContext) -> Fact {
         let link = match self.link() {
             Ok(l) => l,
-            Err(o) => return *o,
+            Err(f) => return f,
         };
         let muc = api::merchant_unique_code(&self.agent_id, &ctx.cmd().id);
         let body = match api::sale_request(ctx.cmd(), &self.terminal_guid, muc, &self.currency_ids)
@@ -361,112 +269,35 @@ impl PaywallDriver {
                 })
             }) {
             Ok(b) => b,
-            Err(e) => return Outcome::failed(ErrorCode::BadRequest, e.to_string(), None),
+            Err(e) => return Fact::not_sent(NotSentWhy::BadRequest, e.to_string()),
         };
         let muc = muc.to_string();
         // Durable before Paywall can move money (mqtt-api.md: Durability promise 2): after
         // a crash from here on, resume asks about this code instead of selling again.
         if let Err(e) = ctx
-            .journal(
+            .sending(
                 STEP_SENDING,
                 json!({ "merchant_unique_code": muc, "terminal_guid": self.terminal_guid, "mode": cloud::mode_name(self.mode) }),
             )
             .await
         {
-            return Outcome::failed(ErrorCode::Internal, format!("journal write failed: {e}"), None);
+            return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
         ctx.progress("WaitTerminal", Some(json!({ "merchant_unique_code": muc })));
-        let answer = self
+        match self
             .post(link, "/api/payment/sync/sale", body, self.op_timeout)
-            .await;
-        let outcome = match answer {
-            Ok(reply) => match Self::sale_outcome(&reply) {
-                Some(o) => Ok((o, reply.body)),
-                None => Err(format!("HTTP {} without a definite outcome", reply.status)),
-            },
-            Err(CallError::NotSent(e)) => {
-                return Outcome::failed(
-                    ErrorCode::DeviceUnavailable,
-                    format!(
-                        "could not reach Paywall at {}: {e}",
-                        cloud::redact_url(&self.base)
-                    ),
-                    None,
-                )
-            }
-            Err(CallError::MaybeSent(e)) => Err(e),
-        };
-        match outcome {
-            Ok((o, raw)) => self.finish(ctx, o, raw).await,
-            Err(why) => {
-                tracing::warn!(muc = %muc, error = %why, "sale answer unusable; asking Paywall by MerchantUniqueCode");
-                self.settle(ctx, link, &muc, &why).await
-            }
-        }
-    }
-
-    /// Learn the outcome of a sale that may have been processed.
-    async fn settle(&self, ctx: &mut OpContext, link: &Link, muc: &str, why: &str) -> Outcome {
-        match self.recover(link, muc, self.recovery_window).await {
-            Ok(Some((o, raw))) => self.finish(ctx, o, raw).await,
-            Ok(None) => Outcome::failed(
-                ErrorCode::DeviceUnavailable,
-                format!("Paywall gave no usable answer ({why}) and has no sale with MerchantUniqueCode {muc}: nothing was charged"),
-                None,
+            .await
+        {
+            Ok(reply) => sale_answer(&reply),
+            Err(CallError::NotSent(e)) => Fact::not_sent(
+                NotSentWhy::Unreachable,
+                format!(
+                    "could not reach Paywall at {}: {e}",
+                    cloud::redact_url(&self.base)
+                ),
             ),
-            Err(e) => Outcome::unknown(
-                ErrorCode::Timeout,
-                format!("Paywall gave no usable answer ({why}) and asking by MerchantUniqueCode {muc} gave no final state: {e}"),
-            ),
+            Err(CallError::MaybeSent(e)) => Fact::lost(format!("the sale's answer: {e}")),
         }
-    }
-
-    async fn finish(&self, ctx: &mut OpContext, o: Outcome, raw: Value) -> Outcome {
-        // Durable with the result (one commit): Paywall keeps the answer by
-        // MerchantUniqueCode, so a crash before that commit resumes by asking again.
-        if let Err(e) = ctx.note(
-            STEP_ANSWERED,
-            json!({ "state": o.state.as_str(), "answer": raw }),
-        ) {
-            // Known but not durable; Paywall keeps it by MerchantUniqueCode for a resume.
-            tracing::error!(error = %e, "journal write after the Paywall answer failed");
-        }
-        o
-    }
-
-    fn from_journal(record: &CommandRecord) -> Option<Outcome> {
-        let step = record.last_step(STEP_ANSWERED)?;
-        let body = step.data.get("answer")?.clone();
-        Self::sale_outcome(&Reply {
-            status: 200,
-            body: body.clone(),
-        })
-        .or_else(|| {
-            // A recovered (list/inquiry) answer: judge it again.
-            let env = Envelope::parse(&body).ok()?;
-            let p = env.payments().into_iter().next()?;
-            let status = Status::from_code(p.paymentstatus.unwrap_or(-1));
-            status.is_final().then(|| match status {
-                Status::Succeeded => Outcome::succeeded(
-                    Some(PaymentInfo {
-                        method: Some("card".into()),
-                        transaction_id: p.paymentrequestid.clone(),
-                        ..Default::default()
-                    }),
-                    Some(body.clone()),
-                ),
-                Status::Cancelled => Outcome::failed(
-                    ErrorCode::CancelledByCustomer,
-                    "the sale was cancelled",
-                    Some(body.clone()),
-                ),
-                _ => Outcome::failed(
-                    ErrorCode::Declined,
-                    "the sale failed on the terminal",
-                    Some(body.clone()),
-                ),
-            })
-        })
     }
 
     async fn probe(&self) -> Result<Value, String> {
@@ -486,7 +317,7 @@ impl PaywallDriver {
                 env.describe()
             ));
         }
-        if reply.status >= 300 && reply.status != 404 {
+        if reply.status >= 300 {
             return Err(format!(
                 "Paywall answered HTTP {}: {}",
                 reply.status,
@@ -523,69 +354,43 @@ impl Driver for PaywallDriver {
         Ok(())
     }
 
-    async fn execute(&self, ctx: &mut OpContext) -> Outcome {
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
         match ctx.cmd().op {
             Op::Payment => self.sale(ctx).await,
             Op::DeviceInfo => match self.probe().await {
-                Ok(identity) => Outcome::succeeded(None, Some(identity)),
-                Err(e) => Outcome::failed(ErrorCode::DeviceUnavailable, e, None),
+                Ok(identity) => Fact::approved(None, Some(identity)),
+                Err(e) => Fact::lost(e),
             },
-            op => Outcome::failed(
-                ErrorCode::UnsupportedOp,
+            op => Fact::not_sent(
+                NotSentWhy::Unsupported,
                 format!("paywall terminals cannot run {}", op.as_str()),
-                None,
             ),
         }
     }
 
-    async fn resume(&self, ctx: &mut OpContext) -> Outcome {
-        if !ctx.cmd().op.moves_money() {
-            return self.execute(ctx).await;
-        }
-        if let Some(o) = Self::from_journal(&ctx.record) {
-            return o;
-        }
-        if ctx.record.last_step(STEP_SENDING).is_none() {
-            // Died before Paywall could have seen it.
-            if chrono::Utc::now() > ctx.record.expires_at {
-                return expired();
-            }
-            return self.execute(ctx).await;
-        }
+    async fn ask(&self, ctx: &mut OpContext, _left: Duration) -> Fact {
         let link = match self.link() {
             Ok(l) => l,
             Err(_) => {
-                return Outcome::unknown(
-                    ErrorCode::DeviceUnavailable,
-                    "agent restarted during the sale and Paywall cannot be asked (terminal unusable now)",
-                )
+                return Fact::CannotAsk {
+                    why: "the terminal is unusable in this configuration, so Paywall cannot be asked".into(),
+                }
             }
         };
         let muc = self.muc_of(&ctx.record);
-        // The sale may still be on the terminal: allow it the customer's time.
-        match self.recover(link, &muc, self.recovery_window + self.op_timeout).await {
-            Ok(Some((o, raw))) => self.finish(ctx, o, raw).await,
-            Ok(None) if chrono::Utc::now() <= ctx.record.expires_at => {
-                // Paywall never saw it; the same MerchantUniqueCode makes a retry safe.
-                self.execute(ctx).await
-            }
-            Ok(None) => expired(),
-            Err(e) => Outcome::unknown(
-                ErrorCode::Timeout,
-                format!("agent restarted during the sale; asking Paywall by MerchantUniqueCode {muc} gave no final state: {e}"),
-            ),
-        }
+        self.ask_about(link, &muc).await
     }
 
-    async fn query(&self, record: &CommandRecord) -> Option<Outcome> {
+    fn recovery_window(&self) -> Duration {
+        self.recovery_window
+    }
+
+    async fn query(&self, record: &CommandRecord) -> Option<Fact> {
         if record.cmd.op != Op::Payment {
             return None;
         }
         let link = self.link.as_ref().ok()?;
-        match self.lookup(link, &self.muc_of(record)).await {
-            Ok(Found::Final(o, _)) => Some(o),
-            _ => None,
-        }
+        Some(self.ask_about(link, &self.muc_of(record)).await)
     }
 
     async fn health(&self) -> Health {
@@ -626,8 +431,8 @@ impl Driver for PaywallDriver {
         }
         let muc = self.muc_of(record);
         let p = match self.lookup(link, &muc).await {
-            Ok(Found::Running(p)) => p,
-            Ok(Found::Final(..)) => {
+            Ok(Found::Sale(p, _)) if !Status::from_code(p.paymentstatus.unwrap_or(-1)).is_final() => p,
+            Ok(Found::Sale(..)) => {
                 return Err(not("the sale already ended on the terminal".into()))
             }
             Ok(Found::Absent) => {
@@ -674,14 +479,88 @@ impl Driver for PaywallDriver {
     }
 }
 
-fn expired() -> Outcome {
-    Outcome {
-        state: FinalState::Expired,
-        payment: None,
-        device: None,
-        error: Some(ErrorBody::new(
-            ErrorCode::Expired,
-            "deadline passed before Paywall was reached",
-        )),
+/// A sale row (list or inquiry) → the fact its PaymentStatus states.
+fn judge(p: PaymentView, raw: Value) -> Fact {
+    match Status::from_code(p.paymentstatus.unwrap_or(-1)) {
+        Status::Succeeded => Fact::approved(
+            Some(PaymentInfo {
+                method: Some("card".into()),
+                transaction_id: p.paymentrequestid.clone(),
+                ..Default::default()
+            }),
+            Some(raw),
+        ),
+        Status::Cancelled => Fact::refused(
+            Refusal::CancelledByCustomer,
+            "the sale was cancelled",
+            Some(raw),
+        ),
+        Status::Failed => Fact::refused(
+            Refusal::Declined,
+            "the sale failed on the terminal",
+            Some(raw),
+        ),
+        _ => Fact::Pending {
+            why: format!(
+                "the sale is still running (PaymentStatus {:?})",
+                p.paymentstatus
+            ),
+            device: Some(raw),
+        },
     }
+}
+
+/// The sync sale's own answer → the fact it states. A server error or an unreadable body
+/// says nothing about whether the sale went through.
+fn sale_answer(reply: &Reply) -> Fact {
+    if reply.status >= 500 {
+        return Fact::lost(format!("Paywall answered HTTP {}", reply.status));
+    }
+    let env = match Envelope::parse(&reply.body) {
+        Ok(env) => env,
+        Err(e) => {
+            return Fact::unreadable(
+                format!("HTTP {}: {e}", reply.status),
+                reply.body.clone(),
+            )
+        }
+    };
+    let raw = reply.body.clone();
+    let p = env.payment().unwrap_or_default();
+    if reply.status < 300 && env.ok() {
+        let payment = PaymentInfo {
+            method: Some("card".into()),
+            transaction_id: p.paymentrequestid.clone(),
+            ..Default::default()
+        };
+        return Fact::approved(Some(payment), Some(raw));
+    }
+    if !env.refused() {
+        return Fact::unreadable(
+            format!("HTTP {} without a definite outcome", reply.status),
+            raw,
+        );
+    }
+    let cm = env.clientmessage.clone().unwrap_or_default();
+    let lower = cm.to_ascii_lowercase();
+    let status = Status::from_code(p.paymentstatus.unwrap_or(-1));
+    let refusal = if reply.status == 401
+        || reply.status == 403
+        || lower.contains("auth")
+        || lower.contains("apikey")
+    {
+        Refusal::Unauthorized
+    } else if lower.contains("cancel") || status == Status::Cancelled {
+        Refusal::CancelledByCustomer
+    } else if lower.contains("declin") || lower.contains("insufficient") || status == Status::Failed
+    {
+        Refusal::Declined
+    } else if reply.status == 400 || lower.contains("valid") {
+        Refusal::BadRequest
+    } else {
+        Refusal::DeviceError
+    };
+    let device_code = json!({ "error_code": env.errorcode, "client_message": env.clientmessage });
+    Fact::refused(refusal, format!("Paywall: {}", env.describe()), Some(raw))
+        .with_device_code(device_code)
 }

@@ -3,11 +3,12 @@
 //! Layers: `crypto` (body sealing) → `codec` (frames, triplets) → `session` (typed
 //! handshake state machine, generic over the byte stream) → this driver.
 //!
-//! Money safety: the basket id is journalled durably before the basket is sent, the
-//! device's answer right after it. The protocol has no way to ask "what happened to
-//! basket X" and no promise that a repeated basket id is ignored, so a basket that may
-//! have reached the device is never sent again: after a lost link or a crash the driver
-//! reconnects and waits for a sale result; without one the outcome is `unknown`.
+//! Money safety: the basket id is journalled durably before the basket is sent. The
+//! protocol has no way to ask "what happened to basket X" and no promise that a repeated
+//! basket id is ignored, so a basket that may have reached the device is never sent
+//! again: after a lost link, an unreadable result or a crash, asking means reconnecting
+//! and waiting for a sale result for that basket; without one the engine says `unknown`
+//! (the register may have printed the receipt).
 
 pub mod basket;
 pub mod cert;
@@ -27,17 +28,16 @@ use tokio::sync::{Mutex, Notify};
 
 use self::basket::DeviceBasket;
 use self::session::{
-    handshake, DevResult, DeviceError, Policy, Ready, SaleEnd, SaleResult, Session, TransportError,
+    handshake, DevResult, DeviceError, Policy, Ready, SaleEnd, Session, TransportError,
 };
 use self::usb::hotplug::{Action, Event, Presence};
 use self::usb::{DevId, UsbPort};
-use super::{Driver, Health, OpContext, Outcome};
-use crate::api::{Command, ErrorBody, ErrorCode, FinalState, Op, PaymentInfo, Rejection};
+use super::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
+use crate::api::{Command, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{TokenTerminal, Transport, UsbFilter};
 
-/// Journal steps (durable before/after the device step they name).
+/// Journalled durably right before the basket is sent.
 const STEP_BASKET: &str = "token_basket";
-const STEP_RESULT: &str = "token_result";
 
 /// After a type 9 ("not processed"), how long a type 3 may still arrive.
 const NOT_PROCESSED_GRACE: Duration = Duration::from_secs(3);
@@ -89,13 +89,12 @@ enum ConnectError {
 }
 
 impl ConnectError {
-    fn outcome(&self) -> Outcome {
+    /// Nothing was sent: no link, or the register refused the handshake.
+    fn fact(&self) -> Fact {
         match self {
-            ConnectError::Unavailable(m) => {
-                Outcome::failed(ErrorCode::DeviceUnavailable, m.clone(), None)
-            }
-            ConnectError::Refused(e) => Outcome::failed(
-                ErrorCode::DeviceError,
+            ConnectError::Unavailable(m) => Fact::not_sent(NotSentWhy::Unreachable, m.clone()),
+            ConnectError::Refused(e) => Fact::refused(
+                Refusal::DeviceError,
                 format!("the register failed the handshake: {e}"),
                 None,
             ),
@@ -219,15 +218,6 @@ pub fn basket_id(agent_id: &str, request_id: &str) -> String {
         format!("posbridge:{agent_id}:{request_id}").as_bytes(),
     )
     .to_string()
-}
-
-fn rejected(message: String) -> Outcome {
-    Outcome {
-        state: FinalState::Rejected,
-        payment: None,
-        device: None,
-        error: Some(ErrorBody::new(ErrorCode::BadRequest, message)),
-    }
 }
 
 impl TokenDriver {
@@ -380,35 +370,31 @@ impl TokenDriver {
             .ok_or_else(|| ConnectError::Unavailable("no session".into()))
     }
 
-    async fn payment(&self, ctx: &mut OpContext) -> Outcome {
+    async fn payment(&self, ctx: &mut OpContext) -> Fact {
         let basket = match self.basket_for(ctx.cmd()) {
             Ok(b) => b,
-            Err(m) => return rejected(m),
+            Err(m) => return Fact::not_sent(NotSentWhy::BadRequest, m),
         };
         let id = basket_id(&self.agent_id, &ctx.cmd().id);
         let mut slot = self.link.lock().await;
         let session = match self.ready(&mut slot).await {
             Ok(s) => s,
-            Err(e) => return e.outcome(),
+            Err(e) => return e.fact(),
         };
         if let Err(m) = basket.check_against(session.fiscal_info()) {
-            return rejected(m);
+            return Fact::not_sent(NotSentWhy::BadRequest, m);
         }
         let body = basket.with_id(&id).to_string();
         // Durable before the register can move money (mqtt-api.md: Durability promise 2).
         let fiscal_no = session.fiscal_no().to_string();
         if let Err(e) = ctx
-            .journal(
+            .sending(
                 STEP_BASKET,
                 json!({ "basket_id": id, "fiscal_no": fiscal_no }),
             )
             .await
         {
-            return Outcome::failed(
-                ErrorCode::Internal,
-                format!("journal write failed: {e}"),
-                None,
-            );
+            return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
         ctx.progress("BasketSent", Some(json!({ "basket_id": id })));
         let lost = match session.send_basket(&body).await {
@@ -418,88 +404,75 @@ impl TokenDriver {
                     .wait_sale(&id, self.cfg.op_timeout, NOT_PROCESSED_GRACE)
                     .await
                 {
-                    Ok(Ok(end)) => {
-                        drop(slot);
-                        return self.finish(ctx, end_record(&end)).await;
-                    }
+                    Ok(Ok(end)) => return sale_fact(&id, end),
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
                 }
             }
             Ok(Err(DeviceError::Error(text))) => {
                 // The register answered the basket with a type 60 instead of `1 OK`.
-                drop(slot);
-                let rec = json!({ "kind": "refused", "error": text });
-                return self.finish(ctx, rec).await;
+                return Fact::refused(
+                    Refusal::DeviceError,
+                    format!("the register refused the basket: {text}"),
+                    Some(json!({ "kind": "refused", "error": text })),
+                )
+                .with_device_code(Value::String(text));
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
         // The basket may have reached the register: this link is no longer trusted.
         *slot = None;
-        drop(slot);
-        self.recover(ctx, &id, &lost).await
+        tracing::warn!(basket_id = %id, why = %lost, "token: sale outcome lost");
+        Fact::lost(format!("basket {id} was sent to the register but its sale result was not received ({lost})"))
     }
 
-    /// The basket may have reached the register but its answer is lost: reconnect and
-    /// wait for a sale result within the recovery window. Never resend the basket.
-    async fn recover(&self, ctx: &mut OpContext, id: &str, why: &str) -> Outcome {
-        tracing::warn!(
-            basket_id = id,
-            why,
-            "token: sale outcome lost; reconnecting to wait for it"
-        );
+    /// Wait for a sale result for basket `id` on the current link or a new one, within
+    /// `left`. Never resends the basket.
+    async fn wait_for_result(&self, ctx: &OpContext, id: &str, left: Duration) -> Fact {
         ctx.progress("Reconnecting", Some(json!({ "basket_id": id })));
-        let deadline = tokio::time::Instant::now() + self.cfg.recovery_window;
-        let mut last = why.to_string();
+        let deadline = tokio::time::Instant::now() + left;
+        let mut last = String::from("no time left to wait");
         let mut delay = Duration::from_millis(100);
+        let mut slot = self.link.lock().await;
         while tokio::time::Instant::now() < deadline {
-            let mut s = match self.connect().await {
-                Ok(s) => s,
-                Err(e) => {
-                    last = e.message();
-                    tokio::time::sleep(
-                        delay.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-                    )
-                    .await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    continue;
-                }
+            let mut s = match slot.take() {
+                Some(s) => s,
+                None => match self.connect().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = e.message();
+                        tokio::time::sleep(
+                            delay.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                        )
+                        .await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                },
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let end: DevResult<SaleEnd> = s.wait_sale(id, left, NOT_PROCESSED_GRACE).await;
-            match end {
+            match s.wait_sale(id, left, NOT_PROCESSED_GRACE).await {
                 Ok(Ok(end)) => {
-                    *self.link.lock().await = Some(s);
-                    return self.finish(ctx, end_record(&end)).await;
+                    *slot = Some(s);
+                    return sale_fact(id, end);
                 }
                 Err(TransportError::Timeout(..)) => {
                     // Connected, nothing about this basket: keep the session for later.
-                    *self.link.lock().await = Some(s);
-                    last = "the register reconnected but sent no sale result for the basket".into();
+                    *slot = Some(s);
+                    last = "the register is connected but sent no sale result for the basket".into();
                     break;
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(e) => last = e.to_string(),
             }
         }
-        Outcome::unknown(
-            ErrorCode::Timeout,
-            format!(
-                "basket {id} was sent to the register but its sale result was not received ({last}); check the register's last receipt"
-            ),
-        )
+        Fact::lost(format!(
+            "no sale result for basket {id} ({last}); check the register's last receipt"
+        ))
     }
 
-    /// Journal the device's answer (durable), then map it.
-    async fn finish(&self, ctx: &mut OpContext, rec: Value) -> Outcome {
-        if let Err(e) = ctx.journal(STEP_RESULT, rec.clone()).await {
-            tracing::error!(error = %e, "journal write after the sale result failed");
-        }
-        outcome_of(&rec)
-    }
-
-    async fn with_session<F>(&self, f: F) -> Outcome
+    async fn with_session<F>(&self, f: F) -> Fact
     where
         F: for<'s> FnOnce(
             &'s mut Link,
@@ -510,14 +483,14 @@ impl TokenDriver {
         let mut slot = self.link.lock().await;
         let s = match self.ready(&mut slot).await {
             Ok(s) => s,
-            Err(e) => return e.outcome(),
+            Err(e) => return e.fact(),
         };
         match f(s).await {
-            Ok(Ok(v)) => Outcome::succeeded(None, Some(v)),
-            Ok(Err(e)) => Outcome::failed(ErrorCode::DeviceError, e.to_string(), None),
+            Ok(Ok(v)) => Fact::approved(None, Some(v)),
+            Ok(Err(e)) => Fact::refused(Refusal::DeviceError, e.to_string(), None),
             Err(e) => {
                 *slot = None;
-                Outcome::failed(ErrorCode::DeviceUnavailable, e.to_string(), None)
+                Fact::lost(e.to_string())
             }
         }
     }
@@ -532,52 +505,52 @@ impl TokenDriver {
     }
 }
 
-/// The journal record of how a sale ended.
-fn end_record(end: &SaleEnd) -> Value {
+/// How a sale ended → the fact it states, checked against the basket in flight: a type 3
+/// must carry this basket's id, or be the documented failure shape
+/// `{"basketID":"","message":…,"status":-1}` (token.md: failures may not echo the id).
+fn sale_fact(id: &str, end: SaleEnd) -> Fact {
     match end {
-        SaleEnd::Result(r) => json!({ "kind": "sale", "result": r.raw }),
-        SaleEnd::NotProcessed(text) => json!({ "kind": "not_processed", "status": text }),
-    }
-}
-
-/// A journalled answer → the command's outcome.
-fn outcome_of(rec: &Value) -> Outcome {
-    match rec["kind"].as_str() {
-        Some("sale") => {
-            let r = SaleResult {
-                raw: rec["result"].clone(),
-            };
-            if r.succeeded() {
-                return Outcome::succeeded(Some(payment_info(&r.raw)), Some(r.raw));
-            }
-            let code = if r.message().eq_ignore_ascii_case("CANCELLED") {
-                ErrorCode::CancelledByCustomer
-            } else {
-                ErrorCode::DeviceError
-            };
-            let msg = format!("the register reports the sale failed: {}", r.message());
-            let status = r.raw["status"].clone();
-            Outcome::failed(code, msg, Some(r.raw)).with_device_code(status)
-        }
-        Some("refused") => {
-            let text = rec["error"].as_str().unwrap_or("").to_string();
-            Outcome::failed(
-                ErrorCode::DeviceError,
-                format!("the register refused the basket: {text}"),
-                Some(rec.clone()),
-            )
-            .with_device_code(Value::String(text))
-        }
-        Some("not_processed") => Outcome::failed(
-            ErrorCode::DeviceError,
+        SaleEnd::NotProcessed(text) => Fact::refused(
+            Refusal::DeviceError,
             "the register did not process the basket (type 9); nothing was sold",
-            Some(rec.clone()),
+            Some(json!({ "kind": "not_processed", "status": text })),
         )
         .with_device_code(json!(9)),
-        _ => Outcome::unknown(
-            ErrorCode::Internal,
-            format!("unreadable journal record {rec}"),
+        SaleEnd::Garbled(text) => Fact::unreadable(
+            format!("the sale result for basket {id} could not be read"),
+            json!({ "kind": "sale", "unparsed": text }),
         ),
+        SaleEnd::Result(r) => {
+            let status = r.status();
+            let ours = r.basket_id() == id;
+            let documented_failure = r.basket_id().is_empty() && status == Some(-1);
+            if !ours && !documented_failure {
+                return Fact::unreadable(
+                    format!(
+                        "a sale result with basketID {:?} and status {:?} cannot be matched to basket {id}",
+                        r.basket_id(),
+                        status
+                    ),
+                    r.raw,
+                );
+            }
+            match status {
+                Some(0) => Fact::approved(Some(payment_info(&r.raw)), Some(r.raw)),
+                Some(code) => {
+                    let refusal = if r.message().eq_ignore_ascii_case("CANCELLED") {
+                        Refusal::CancelledByCustomer
+                    } else {
+                        Refusal::DeviceError
+                    };
+                    let msg = format!("the register reports the sale failed: {}", r.message());
+                    Fact::refused(refusal, msg, Some(r.raw)).with_device_code(json!(code))
+                }
+                None => Fact::unreadable(
+                    format!("the sale result for basket {id} has no status"),
+                    r.raw,
+                ),
+            }
+        }
     }
 }
 
@@ -629,13 +602,13 @@ impl Driver for TokenDriver {
         })
     }
 
-    async fn execute(&self, ctx: &mut OpContext) -> Outcome {
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
         match ctx.cmd().op {
             Op::Payment => self.payment(ctx).await,
             Op::DeviceInfo => {
                 let policy = match self.policy() {
                     Ok(p) => p,
-                    Err(e) => return e.outcome(),
+                    Err(e) => return e.fact(),
                 };
                 self.with_session(move |s| {
                     Box::pin(async move {
@@ -656,45 +629,25 @@ impl Driver for TokenDriver {
                 })
                 .await
             }
-            op => Outcome::failed(
-                ErrorCode::UnsupportedOp,
+            op => Fact::not_sent(
+                NotSentWhy::Unsupported,
                 format!("token terminal cannot run {}", op.as_str()),
-                None,
             ),
         }
     }
 
-    async fn resume(&self, ctx: &mut OpContext) -> Outcome {
-        if ctx.cmd().op != Op::Payment {
-            return self.execute(ctx).await;
-        }
-        if let Some(done) = ctx.record.last_step(STEP_RESULT) {
-            return outcome_of(&done.data);
-        }
-        let Some(sent) = ctx.record.last_step(STEP_BASKET).map(|s| s.data.clone()) else {
-            // Died before the basket could have been sent: run it now if still in time.
-            if chrono::Utc::now() > ctx.record.expires_at {
-                return Outcome {
-                    state: FinalState::Expired,
-                    ..Outcome::failed(
-                        ErrorCode::Expired,
-                        "deadline passed before the register was reached",
-                        None,
-                    )
-                };
-            }
-            return self.execute(ctx).await;
-        };
-        let id = sent["basket_id"]
-            .as_str()
-            .map(str::to_string)
+    /// No way to ask the register about a basket (token.md): wait for its sale result.
+    async fn ask(&self, ctx: &mut OpContext, left: Duration) -> Fact {
+        let id = ctx
+            .record
+            .last_step(STEP_BASKET)
+            .and_then(|s| s.data["basket_id"].as_str().map(str::to_string))
             .unwrap_or_else(|| basket_id(&self.agent_id, &ctx.cmd().id));
-        self.recover(
-            ctx,
-            &id,
-            "the agent restarted while the basket was in flight",
-        )
-        .await
+        self.wait_for_result(ctx, &id, left).await
+    }
+
+    fn recovery_window(&self) -> Duration {
+        self.cfg.recovery_window
     }
 
     async fn changed(&self) {

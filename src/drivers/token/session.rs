@@ -392,6 +392,9 @@ pub enum SaleEnd {
     Result(SaleResult),
     /// Type 9 and no type 3 within the grace period.
     NotProcessed(String),
+    /// A type 3 in a valid frame whose payload is not a JSON object: a sale result the
+    /// host cannot read (the register may have printed the receipt).
+    Garbled(String),
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
@@ -490,8 +493,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
             };
             match m.ty {
                 ty::SALE_RESULT => {
-                    let raw = serde_json::from_str::<Value>(&m.text())
-                        .unwrap_or_else(|_| json!({ "unparsed": m.text() }));
+                    let raw = match serde_json::from_str::<Value>(&m.text()) {
+                        Ok(v @ Value::Object(_)) => v,
+                        _ => {
+                            tracing::warn!(payload = %m.text(), "token: unreadable sale result");
+                            return Ok(Ok(SaleEnd::Garbled(m.text())));
+                        }
+                    };
                     let r = SaleResult { raw };
                     if r.basket_id().is_empty() || r.basket_id() == basket_id {
                         return Ok(Ok(SaleEnd::Result(r)));

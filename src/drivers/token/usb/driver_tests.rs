@@ -147,12 +147,18 @@ async fn sale_with_unplug(
     fake: &Arc<FakeUsb>,
     id: &str,
     replug: bool,
-) -> crate::drivers::Outcome {
+) -> crate::engine::settle::Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("store")).expect("store");
     let (tx, mut rx) = mpsc::unbounded_channel::<Evt>();
     let mut ctx = OpContext::new(payment(id), store, tx);
-    let run = tokio::spawn(async move { d.execute(&mut ctx).await });
+    // Through the engine's settle policy, as the worker runs it.
+    let run = tokio::spawn(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        crate::engine::settle::run(d.as_ref(), &mut ctx, crate::engine::settle::Entry::Live, &stop)
+            .await
+            .expect("not stopped")
+    });
     loop {
         let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -186,7 +192,7 @@ async fn unplug_mid_sale_then_replug_gets_the_result_without_resending() {
     fake.script(|s| s.accessory_open_errors = vec![UsbErrorKind::Disconnected; 1000]);
     let d = Arc::new(d);
     let o = sale_with_unplug(d, &fake, "usb-sale-1", true).await;
-    assert_eq!(o.state, FinalState::Succeeded, "{o:?}");
+    assert_eq!(o.state(), FinalState::Succeeded, "{o:?}");
     let id = basket_id("agent-usb", "usb-sale-1");
     assert_eq!(ctl.sales(&id), 1);
     assert_eq!(ctl.baskets_received(), 1, "the basket was sent again");
@@ -211,8 +217,8 @@ async fn unplug_mid_sale_without_a_result_is_unknown() {
     health_becomes(&d, "connected").await;
     fake.script(|s| s.accessory_open_errors = vec![UsbErrorKind::Disconnected; 1000]);
     let o = sale_with_unplug(Arc::new(d), &fake, "usb-sale-2", false).await;
-    assert_eq!(o.state, FinalState::Unknown, "{o:?}");
-    let msg = o.error.map(|e| e.message).unwrap_or_default();
+    assert_eq!(o.state(), FinalState::Unknown, "{o:?}");
+    let msg = o.error().map(|e| e.message.clone()).unwrap_or_default();
     assert!(msg.contains("check the register's last receipt"), "{msg}");
     assert_eq!(ctl.baskets_received(), 1);
 }

@@ -1,0 +1,395 @@
+//! The settle policy against a scripted fake driver: every fact, live and at resume, to
+//! its contract outcome; and the rule that nothing but a definite device answer (or a
+//! first request that provably never left) ends `failed`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::api::{parse_command, Op};
+use crate::drivers::{Health, NotSentWhy, OpContext, Refusal};
+use crate::store::{CmdState, CommandRecord, Store};
+
+/// Answers `execute` with one scripted fact (journalling `sending` first when the fact
+/// says the request may have left) and each `ask` with the next scripted fact, `Lost`
+/// once the script runs out.
+struct Fake {
+    first: Fact,
+    asks: Mutex<VecDeque<Fact>>,
+    window: Duration,
+    executed: AtomicU32,
+    asked: AtomicU32,
+}
+
+impl Fake {
+    fn new(first: Fact, asks: Vec<Fact>, window: Duration) -> Fake {
+        Fake {
+            first,
+            asks: Mutex::new(asks.into()),
+            window,
+            executed: AtomicU32::new(0),
+            asked: AtomicU32::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for Fake {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn supports(&self, _op: Op) -> bool {
+        true
+    }
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
+        self.executed.fetch_add(1, Ordering::SeqCst);
+        if !matches!(self.first, Fact::NotSent { .. }) {
+            ctx.sending("fake_sending", json!({})).await.expect("journal");
+        }
+        self.first.clone()
+    }
+    async fn ask(&self, _ctx: &mut OpContext, _left: Duration) -> Fact {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.asks
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or_else(|| Fact::lost("scripted: no answer"))
+    }
+    fn recovery_window(&self) -> Duration {
+        self.window
+    }
+    async fn health(&self) -> Health {
+        Health {
+            state: "connected",
+            identity: json!({}),
+            error: None,
+        }
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("store")).expect("open");
+    Rig { _dir: dir, store }
+}
+
+fn ctx(rig: &Rig, op: &str, sent_before: bool, expired: bool) -> OpContext {
+    let cmd = parse_command(
+        format!(r#"{{"v":1,"id":"c-1","op":"{op}","terminal":"t","amount":500,"currency":"AZN"}}"#)
+            .as_bytes(),
+        65536,
+    )
+    .expect("valid");
+    let now = chrono::Utc::now();
+    let mut rec = CommandRecord {
+        seq: rig.store.next_seq().expect("seq"),
+        cmd,
+        state: CmdState::Running,
+        received_at: now,
+        expires_at: if expired {
+            now - chrono::Duration::seconds(5)
+        } else {
+            now + chrono::Duration::seconds(60)
+        },
+        started_at: Some(now),
+        journal: vec![],
+        result: None,
+        refunds: vec![],
+        sig: None,
+        reconciled: None,
+    };
+    if sent_before {
+        rec.journal.push(crate::store::JournalEntry {
+            step: "fake_sending".into(),
+            at: now,
+            data: json!({}),
+            sends: true,
+        });
+    }
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    OpContext::new(rec, rig.store.clone(), tx)
+}
+
+const WINDOW: Duration = Duration::from_secs(3);
+
+async fn settle(fake: &Fake, ctx: &mut OpContext, entry: Entry) -> Outcome {
+    run(fake, ctx, entry, &CancellationToken::new())
+        .await
+        .expect("not shut down")
+}
+
+fn code(o: &Outcome) -> Option<ErrorCode> {
+    o.error.as_ref().map(|e| e.code)
+}
+
+fn absent() -> Fact {
+    Fact::Absent {
+        why: "no record".into(),
+        guarantee: None,
+    }
+}
+
+fn absent_guaranteed() -> Fact {
+    Fact::Absent {
+        why: "no record".into(),
+        guarantee: Some("test protocol §1"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_facts_map_to_outcomes() {
+    let rig = rig();
+    let declined = Fact::refused(Refusal::Declined, "no", None);
+    let raw = json!({"cut": "{\"ok\":tr"});
+    // (first fact, scripted asks, state, code, asks made)
+    let table: Vec<(Fact, Vec<Fact>, FinalState, Option<ErrorCode>, u32)> = vec![
+        (Fact::approved(None, None), vec![], FinalState::Succeeded, None, 0),
+        (declined.clone(), vec![], FinalState::Failed, Some(ErrorCode::Declined), 0),
+        (
+            Fact::refused(Refusal::CancelledByCustomer, "x", None),
+            vec![],
+            FinalState::Failed,
+            Some(ErrorCode::CancelledByCustomer),
+            0,
+        ),
+        (
+            Fact::not_sent(NotSentWhy::Unreachable, "refused"),
+            vec![],
+            FinalState::Failed,
+            Some(ErrorCode::DeviceUnavailable),
+            0,
+        ),
+        (
+            Fact::not_sent(NotSentWhy::BadRequest, "bad"),
+            vec![],
+            FinalState::Rejected,
+            Some(ErrorCode::BadRequest),
+            0,
+        ),
+        (
+            Fact::not_sent(NotSentWhy::Unsupported, "no"),
+            vec![],
+            FinalState::Rejected,
+            Some(ErrorCode::UnsupportedOp),
+            0,
+        ),
+        (
+            Fact::not_sent(NotSentWhy::Store, "disk"),
+            vec![],
+            FinalState::Failed,
+            Some(ErrorCode::Internal),
+            0,
+        ),
+        // Lost, then the device answers when asked again.
+        (Fact::lost("reset"), vec![Fact::approved(None, None)], FinalState::Succeeded, None, 1),
+        (Fact::lost("reset"), vec![declined.clone()], FinalState::Failed, Some(ErrorCode::Declined), 1),
+        // Lost for good: unknown, never failed.
+        (Fact::lost("reset"), vec![], FinalState::Unknown, Some(ErrorCode::Timeout), u32::MAX),
+        // Unreadable answer: unknown with the raw answer kept.
+        (
+            Fact::unreadable("cut short", raw.clone()),
+            vec![],
+            FinalState::Unknown,
+            Some(ErrorCode::Timeout),
+            u32::MAX,
+        ),
+        // Still running twice, then a verdict.
+        (
+            Fact::pending("wait"),
+            vec![Fact::pending("wait"), declined.clone()],
+            FinalState::Failed,
+            Some(ErrorCode::Declined),
+            2,
+        ),
+        // "No record" proves nothing after a maybe-sent request.
+        (absent(), vec![absent(), absent()], FinalState::Unknown, Some(ErrorCode::Timeout), u32::MAX),
+        // …unless the protocol guarantees it.
+        (absent_guaranteed(), vec![], FinalState::Failed, Some(ErrorCode::DeviceUnavailable), 0),
+        // Cannot be asked: unknown at once.
+        (
+            Fact::CannotAsk { why: "no key".into() },
+            vec![],
+            FinalState::Unknown,
+            Some(ErrorCode::DeviceUnavailable),
+            0,
+        ),
+        // Asking again could not even connect: still says nothing about the first request.
+        (
+            Fact::lost("reset"),
+            vec![Fact::not_sent(NotSentWhy::Unreachable, "refused"); 50],
+            FinalState::Unknown,
+            Some(ErrorCode::Timeout),
+            u32::MAX,
+        ),
+    ];
+    for (i, (first, asks, state, want_code, want_asks)) in table.into_iter().enumerate() {
+        let fake = Fake::new(first.clone(), asks, WINDOW);
+        let mut c = ctx(&rig, "payment", false, false);
+        let o = settle(&fake, &mut c, Entry::Live).await;
+        assert_eq!(o.state, state, "row {i}: {first:?} → {o:?}");
+        if state != FinalState::Succeeded {
+            assert_eq!(code(&o), want_code, "row {i}: {first:?} → {o:?}");
+        }
+        let asked = fake.asked.load(Ordering::SeqCst);
+        if want_asks == u32::MAX {
+            assert!(asked >= 2, "row {i}: kept asking within the window ({asked})");
+        } else {
+            assert_eq!(asked, want_asks, "row {i}: asks");
+        }
+        assert_eq!(fake.executed.load(Ordering::SeqCst), 1, "row {i}: executed once");
+        if matches!(first, Fact::Unreadable { .. }) {
+            // The last fact was Lost (the script ran out); the first answer is in the
+            // journal only as a reason. Asked again with an unreadable last answer:
+            let fake = Fake::new(first.clone(), vec![Fact::unreadable("again", raw.clone()); 100], WINDOW);
+            let mut c = ctx(&rig, "payment", false, false);
+            let o = settle(&fake, &mut c, Entry::Live).await;
+            assert_eq!(o.state, FinalState::Unknown);
+            assert_eq!(code(&o), Some(ErrorCode::DeviceError));
+            assert_eq!(o.device, Some(raw.clone()), "the raw answer is kept");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn window_zero_live_says_unknown_without_asking() {
+    let rig = rig();
+    for first in [Fact::lost("reset"), Fact::pending("unknown"), Fact::unreadable("x", json!(1))] {
+        let fake = Fake::new(first.clone(), vec![Fact::approved(None, None)], Duration::ZERO);
+        let mut c = ctx(&rig, "payment", false, false);
+        let o = settle(&fake, &mut c, Entry::Live).await;
+        assert_eq!(o.state, FinalState::Unknown, "{first:?}");
+        assert_eq!(fake.asked.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_asks_and_never_resends_a_maybe_sent_request() {
+    let rig = rig();
+    // (asks, window, state)
+    let table: Vec<(Vec<Fact>, Duration, FinalState)> = vec![
+        (vec![Fact::approved(None, None)], WINDOW, FinalState::Succeeded),
+        (vec![Fact::approved(None, None)], Duration::ZERO, FinalState::Succeeded),
+        (vec![Fact::refused(Refusal::Declined, "no", None)], WINDOW, FinalState::Failed),
+        (vec![], WINDOW, FinalState::Unknown),
+        (vec![Fact::not_sent(NotSentWhy::Unreachable, "down"); 100], WINDOW, FinalState::Unknown),
+        (vec![absent(); 100], WINDOW, FinalState::Unknown),
+        (vec![Fact::CannotAsk { why: "no pid".into() }], WINDOW, FinalState::Unknown),
+        (vec![Fact::lost("x")], Duration::ZERO, FinalState::Unknown),
+    ];
+    for (i, (asks, window, state)) in table.into_iter().enumerate() {
+        let fake = Fake::new(Fact::approved(None, None), asks, window);
+        let mut c = ctx(&rig, "payment", true, false);
+        let o = settle(&fake, &mut c, Entry::Resume).await;
+        assert_eq!(o.state, state, "row {i}: {o:?}");
+        assert_eq!(fake.executed.load(Ordering::SeqCst), 0, "row {i}: never sent again");
+        assert!(fake.asked.load(Ordering::SeqCst) >= 1, "row {i}: asked");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_before_anything_left_runs_in_time_or_expires() {
+    let rig = rig();
+    let fake = Fake::new(Fact::approved(None, None), vec![], WINDOW);
+    let mut c = ctx(&rig, "payment", false, false);
+    let o = settle(&fake, &mut c, Entry::Resume).await;
+    assert_eq!(o.state, FinalState::Succeeded);
+    assert_eq!(fake.executed.load(Ordering::SeqCst), 1);
+
+    let fake = Fake::new(Fact::approved(None, None), vec![], WINDOW);
+    let mut c = ctx(&rig, "payment", false, true);
+    let o = settle(&fake, &mut c, Entry::Resume).await;
+    assert_eq!(o.state, FinalState::Expired);
+    assert_eq!(code(&o), Some(ErrorCode::Expired));
+    assert_eq!(fake.executed.load(Ordering::SeqCst), 0, "device untouched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn guaranteed_absence_at_resume_runs_again_in_time_else_expires() {
+    let rig = rig();
+    let fake = Fake::new(Fact::approved(None, None), vec![absent_guaranteed()], WINDOW);
+    let mut c = ctx(&rig, "payment", true, false);
+    let o = settle(&fake, &mut c, Entry::Resume).await;
+    assert_eq!(o.state, FinalState::Succeeded);
+    assert_eq!(fake.executed.load(Ordering::SeqCst), 1);
+
+    let fake = Fake::new(Fact::approved(None, None), vec![absent_guaranteed()], WINDOW);
+    let mut c = ctx(&rig, "payment", true, true);
+    let o = settle(&fake, &mut c, Entry::Resume).await;
+    assert_eq!(o.state, FinalState::Expired);
+    assert_eq!(fake.executed.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ops_that_move_no_money_fail_plainly() {
+    let rig = rig();
+    for (first, want) in [
+        (Fact::lost("reset"), ErrorCode::DeviceUnavailable),
+        (Fact::unreadable("x", json!(1)), ErrorCode::DeviceError),
+        (Fact::pending("x"), ErrorCode::DeviceUnavailable),
+    ] {
+        let fake = Fake::new(first, vec![], WINDOW);
+        let mut c = ctx(&rig, "device_info", false, false);
+        let o = settle(&fake, &mut c, Entry::Live).await;
+        assert_eq!(o.state, FinalState::Failed);
+        assert_eq!(code(&o), Some(want));
+        assert_eq!(fake.asked.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_asking_leaves_the_command_running() {
+    let rig = rig();
+    let fake = Fake::new(Fact::lost("reset"), vec![], Duration::from_secs(600));
+    let mut c = ctx(&rig, "payment", false, false);
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stopper.cancel();
+    });
+    assert!(run(&fake, &mut c, Entry::Live, &stop).await.is_none());
+    assert!(c.record.maybe_sent(), "the resume will ask, not resend");
+}
+
+/// Every sequence of non-definite facts — whatever the first attempt and every ask say,
+/// short of a device verdict or a guaranteed absence — ends `unknown`, never `failed`.
+#[tokio::test(start_paused = true)]
+async fn no_failed_without_a_device_verdict() {
+    let rig = rig();
+    let vague = [
+        Fact::lost("a"),
+        Fact::unreadable("b", json!("x")),
+        Fact::pending("c"),
+        absent(),
+        Fact::not_sent(NotSentWhy::Unreachable, "d"),
+        Fact::CannotAsk { why: "e".into() },
+    ];
+    for first in &vague[..4] {
+        for a in &vague {
+            for b in &vague {
+                for entry in [Entry::Live, Entry::Resume] {
+                    let fake = Fake::new(first.clone(), vec![a.clone(), b.clone()], WINDOW);
+                    let mut c = ctx(&rig, "payment", entry == Entry::Resume, false);
+                    let o = settle(&fake, &mut c, entry).await;
+                    assert_eq!(
+                        o.state,
+                        FinalState::Unknown,
+                        "{entry:?}: {first:?} then {a:?}, {b:?} → {o:?}"
+                    );
+                }
+            }
+        }
+    }
+}
