@@ -154,6 +154,14 @@ enum SimKind {
         /// Probability that a payment fails (0.0–1.0).
         #[arg(long, default_value_t = 0.1)]
         fail_rate: f64,
+        /// Probability that a new pay/refund executes but its answer is lost: the
+        /// connection closes without one (0.0–1.0).
+        #[arg(long, default_value_t = 0.0)]
+        lose_rate: f64,
+        /// Probability that a new pay/refund executes but its answer line is cut short
+        /// (0.0–1.0).
+        #[arg(long, default_value_t = 0.0)]
+        garble_rate: f64,
         /// Seed for a deterministic sequence of outcomes.
         #[arg(long)]
         seed: Option<u64>,
@@ -174,6 +182,14 @@ enum SimKind {
         /// Simulated cashier/customer time per sale, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Probability that a basket is sold but its sale result (type 3) is never sent;
+        /// the link stays up (0.0–1.0).
+        #[arg(long, default_value_t = 0.0)]
+        lose_rate: f64,
+        /// Probability that a basket is sold but its sale result carries JSON cut short
+        /// (0.0–1.0).
+        #[arg(long, default_value_t = 0.0)]
+        garble_rate: f64,
     },
     /// Kaspi Smart POS (kaspi.md, LAN API v2). Amount conventions: see the README.
     Kaspi {
@@ -604,6 +620,8 @@ fn main() -> ExitCode {
                     host,
                     port,
                     fail_rate,
+                    lose_rate,
+                    garble_rate,
                     seed,
                     delay_ms,
                 } => {
@@ -620,6 +638,8 @@ fn main() -> ExitCode {
                     };
                     let opts = posbridge::sim::ip::SimOptions {
                         fail_rate,
+                        lose_rate,
+                        garble_rate,
                         seed,
                         delay_ms,
                         ..Default::default()
@@ -641,12 +661,16 @@ fn main() -> ExitCode {
                     seed,
                     fiscal_no,
                     delay_ms,
+                    lose_rate,
+                    garble_rate,
                 } => {
                     init_logging(LogFormat::Text, "info");
                     let opts = posbridge::sim::token::SimOptions {
                         fiscal_no,
                         sale_delay_ms: delay_ms,
                         seed,
+                        lose_rate,
+                        garble_rate,
                         ..Default::default()
                     };
                     match posbridge::sim::token::TokenSim::bind(listen, opts, None).await {

@@ -148,6 +148,17 @@ pub fn json(status: StatusCode, v: serde_json::Value) -> Response {
         .into_response()
 }
 
+/// `200` `application/json` whose body is the first half of `v`'s JSON text: an answer
+/// garbled on the way (the garbled-answer fault).
+pub fn json_cut_short(v: &serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        super::first_half(&v.to_string()).to_string(),
+    )
+        .into_response()
+}
+
 /// A proxy's HTML error page.
 pub fn html_error(status: StatusCode) -> Response {
     let reason = status.canonical_reason().unwrap_or("Error");

@@ -1,6 +1,22 @@
 //! Simulator of a generic IP payment terminal (`posbridge sim ip`), speaking protocol v1
 //! exactly as `ip-terminal.md` describes: ping, pay, refund, status; every `ref` is one
 //! operation that runs at most once, whatever the client repeats.
+//!
+//! Answer faults, for rehearsing "the money moved, the answer did not arrive intact": a
+//! new pay/refund always executes (it counts in [`SimStats::executions`]) and its real
+//! answer is what the books keep, so `status` by `ref` and a repeated pay/refund with the
+//! same `ref` answer truthfully; only the first answer on the wire is spoiled:
+//! - lost: the connection closes without an answer ([`SimControl::lose_next_answer`],
+//!   [`SimOptions::lose_rate`], `--lose-rate`; [`SimControl::set_drop_response_once`]
+//!   is the older pay-only knob);
+//! - garbled: the first half of the answer's JSON, then `\n`
+//!   ([`SimControl::garble_next_answer`], [`SimOptions::garble_rate`], `--garble-rate`);
+//! - foreign: a well-formed answer whose `ref` is `other-<ref>`
+//!   ([`SimControl::foreign_next_answer`]).
+//!
+//! The rates are drawn from their own generator (seeded from `seed`), so the pay outcomes
+//! of a seed are the same whatever the rates; one draw per new pay/refund decides: below
+//! `lose_rate` lost, below `lose_rate + garble_rate` garbled, else answered.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +41,9 @@ use crate::drivers::ip::proto::{
 /// Connections served at once; further clients wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Mixed into the seed for the answer-fault generator (any constant would do).
+const FAULT_SEED_MIX: u64 = 0x5eed_fa17_0000_0001;
+
 /// The payment failures the simulator draws from (`ip-terminal.md`), with the text a
 /// terminal would show.
 const FAILURES: [(ErrorCode, &str); 5] = [
@@ -39,6 +58,12 @@ const FAILURES: [(ErrorCode, &str); 5] = [
 pub struct SimOptions {
     /// Probability in [0, 1] that a payment fails with one of the simulated errors.
     pub fail_rate: f64,
+    /// Probability in [0, 1] that a new pay/refund executes and then its connection
+    /// closes without an answer.
+    pub lose_rate: f64,
+    /// Probability in [0, 1] that a new pay/refund executes and then is answered with
+    /// its JSON cut short (the first half of the line, then `\n`).
+    pub garble_rate: f64,
     /// Seed for a deterministic sequence of outcomes; OS entropy when `None`.
     pub seed: Option<u64>,
     /// Simulated customer time for each pay/refund.
@@ -50,6 +75,8 @@ impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
             fail_rate: 0.1,
+            lose_rate: 0.0,
+            garble_rate: 0.0,
             seed: None,
             delay_ms: 0,
             terminal_id: "IPT-0001".into(),
@@ -87,6 +114,12 @@ struct Shared {
 struct State {
     rng: StdRng,
     fail_rate: f64,
+    /// Draws the answer faults, apart from `rng` so the pay outcomes of a seed stay put.
+    fault_rng: StdRng,
+    lose_rate: f64,
+    garble_rate: f64,
+    /// Set by a `SimControl` knob: spoils the answer of the next new pay/refund.
+    next_fault: Option<AnswerFault>,
     /// Numbers transaction ids; makes them unique whatever the rng draws.
     counter: u64,
     /// Every pay/refund the terminal accepted, by client ref.
@@ -109,34 +142,65 @@ struct Payment {
     card_mask: String,
 }
 
-/// The answer to one request line; `None` closes the connection without one (the
-/// lost-response fault).
-type Reply = Option<Response>;
+/// What goes back for one request line.
+#[derive(Debug)]
+enum Reply {
+    Answer(Response),
+    /// The connection closes without an answer (the lost-answer fault).
+    Lost,
+    /// These bytes go out as they are (the garbled-answer fault).
+    Raw(Vec<u8>),
+}
+
+/// How the answer of an executed pay/refund is spoiled on the wire (the books keep the
+/// real one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerFault {
+    Lose,
+    Garble,
+    Foreign,
+}
 
 /// How a pay/refund is answered, decided under the state lock.
 enum Plan {
     /// From the books (a repeat, `in_progress`, a rejection): nothing executes.
     Answer(Response),
     /// A new operation: its answer is decided now and given after the customer time,
-    /// or never if `hang`.
-    Execute { response: Response, hang: bool },
+    /// spoiled by `fault` if any.
+    Execute {
+        response: Response,
+        fault: Option<AnswerFault>,
+    },
 }
 
 impl IpSim {
     pub async fn bind(addr: SocketAddr, opts: SimOptions) -> std::io::Result<IpSim> {
-        if !(0.0..=1.0).contains(&opts.fail_rate) {
-            let msg = format!("fail_rate must be within [0, 1], got {}", opts.fail_rate);
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+        for (name, rate) in [
+            ("fail_rate", opts.fail_rate),
+            ("lose_rate", opts.lose_rate),
+            ("garble_rate", opts.garble_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                let msg = format!("{name} must be within [0, 1], got {rate}");
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+            }
         }
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let rng = match opts.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
+        let (rng, fault_rng) = match opts.seed {
+            Some(seed) => (
+                StdRng::seed_from_u64(seed),
+                StdRng::seed_from_u64(seed ^ FAULT_SEED_MIX),
+            ),
+            None => (StdRng::from_os_rng(), StdRng::from_os_rng()),
         };
         let state = State {
             rng,
             fail_rate: opts.fail_rate,
+            fault_rng,
+            lose_rate: opts.lose_rate,
+            garble_rate: opts.garble_rate,
+            next_fault: None,
             counter: 0,
             ops: HashMap::new(),
             payments: HashMap::new(),
@@ -240,9 +304,37 @@ impl SimControl {
         self.shared.drop_response_once.store(on, Ordering::SeqCst);
     }
 
+    /// The next new pay or refund executes, then its connection closes without an
+    /// answer. Replaces a garble/foreign knob not used yet.
+    pub fn lose_next_answer(&self) {
+        self.shared.lock().next_fault = Some(AnswerFault::Lose);
+    }
+
+    /// The next new pay or refund executes, then is answered with the first half of its
+    /// JSON line and `\n`. Replaces a lose/foreign knob not used yet.
+    pub fn garble_next_answer(&self) {
+        self.shared.lock().next_fault = Some(AnswerFault::Garble);
+    }
+
+    /// The next new pay or refund executes, then is answered with a well-formed answer
+    /// for `other-<ref>`. Replaces a lose/garble knob not used yet.
+    pub fn foreign_next_answer(&self) {
+        self.shared.lock().next_fault = Some(AnswerFault::Foreign);
+    }
+
     /// Clamped to [0, 1]; NaN never fails (no draw is below NaN).
     pub fn set_fail_rate(&self, rate: f64) {
         self.shared.lock().fail_rate = rate.clamp(0.0, 1.0);
+    }
+
+    /// Clamped to [0, 1]; NaN loses nothing.
+    pub fn set_lose_rate(&self, rate: f64) {
+        self.shared.lock().lose_rate = rate.clamp(0.0, 1.0);
+    }
+
+    /// Clamped to [0, 1]; NaN garbles nothing.
+    pub fn set_garble_rate(&self, rate: f64) {
+        self.shared.lock().garble_rate = rate.clamp(0.0, 1.0);
     }
 }
 
@@ -272,15 +364,22 @@ async fn serve(shared: &Shared, stream: TcpStream, shutdown: &CancellationToken)
                     "line longer than {MAX_LINE} bytes; closing"
                 );
                 let msg = format!("line longer than {MAX_LINE} bytes");
-                (Some(error(None, ErrorCode::BadRequest, msg)), false)
+                (
+                    Reply::Answer(error(None, ErrorCode::BadRequest, msg)),
+                    false,
+                )
             }
             Ok(LineRead::Line) => {
                 shared.requests.fetch_add(1, Ordering::Relaxed);
                 (shared.handle_line(&buf).await, true)
             }
         };
-        let Some(resp) = reply else { return };
-        if let Err(e) = stream.write_all(&encode_response(&resp)).await {
+        let bytes = match reply {
+            Reply::Answer(resp) => encode_response(&resp),
+            Reply::Raw(bytes) => bytes,
+            Reply::Lost => return,
+        };
+        if let Err(e) = stream.write_all(&bytes).await {
             tracing::debug!(error = %e, "writing the answer failed");
             return;
         }
@@ -301,18 +400,18 @@ impl Shared {
             Ok(req) => req,
             Err(e) => {
                 tracing::info!(op = "invalid", outcome = "bad_request", error = %e, "unparsable");
-                return Some(error(None, ErrorCode::BadRequest, e.to_string()));
+                return Reply::Answer(error(None, ErrorCode::BadRequest, e.to_string()));
             }
         };
         if let Err(msg) = validate(&req) {
             let r#ref = req.reference().filter(|r| !r.is_empty()).map(str::to_owned);
             tracing::info!(op = req.op_name(), outcome = "bad_request", msg, "invalid");
-            return Some(error(r#ref, ErrorCode::BadRequest, msg));
+            return Reply::Answer(error(r#ref, ErrorCode::BadRequest, msg));
         }
         match &req {
             Request::Ping => {
                 tracing::info!(op = "ping", outcome = "ok", "ping");
-                Some(Response {
+                Reply::Answer(Response {
                     ok: true,
                     terminal_id: Some(self.terminal_id.clone()),
                     version: Some(PROTOCOL_VERSION.into()),
@@ -322,7 +421,7 @@ impl Shared {
             Request::Status { r#ref } => {
                 let resp = self.status(r#ref);
                 tracing::info!(op = "status", "ref" = %r#ref, outcome = outcome(&resp), "status");
-                Some(resp)
+                Reply::Answer(resp)
             }
             Request::Pay { r#ref, amount, .. } | Request::Refund { r#ref, amount, .. } => {
                 let (r#ref, amount) = (r#ref.clone(), *amount);
@@ -344,12 +443,12 @@ impl Shared {
             Request::Pay { .. } => ("pay", Some(amount)),
             _ => ("refund", None),
         };
-        let (response, hang) = match self.begin(req, &r#ref) {
-            Plan::Execute { response, hang } => (response, hang),
+        let (response, fault) = match self.begin(req, &r#ref) {
+            Plan::Execute { response, fault } => (response, fault),
             Plan::Answer(resp) => {
                 let outcome = outcome(&resp);
                 tracing::info!(op, "ref" = %r#ref, amount, outcome, "answered from the books");
-                return Some(resp);
+                return Reply::Answer(resp);
             }
         };
         if !self.delay.is_zero() {
@@ -358,8 +457,17 @@ impl Shared {
         self.finish(&r#ref, &response, paid.filter(|_| response.ok));
         let txn = response.transaction_id.as_deref().unwrap_or("");
         let outcome = outcome(&response);
-        tracing::info!(op, "ref" = %r#ref, amount, outcome, txn, dropped = hang, "executed");
-        (!hang).then_some(response)
+        let spoiled = fault.map(|f| format!("{f:?}"));
+        tracing::info!(op, "ref" = %r#ref, amount, outcome, txn, fault = spoiled, "executed");
+        match fault {
+            None => Reply::Answer(response),
+            Some(AnswerFault::Lose) => Reply::Lost,
+            Some(AnswerFault::Garble) => Reply::Raw(garbled(&response)),
+            Some(AnswerFault::Foreign) => Reply::Answer(Response {
+                r#ref: Some(format!("other-{}", r#ref)),
+                ..response
+            }),
+        }
     }
 
     /// Books a new pay/refund, or answers a repeat, all under one lock so two
@@ -376,7 +484,7 @@ impl Shared {
                 Some(resp) => resp.clone(),
             });
         }
-        let plan = match &req {
+        let mut plan = match &req {
             Request::Refund {
                 transaction_id,
                 amount,
@@ -384,9 +492,18 @@ impl Shared {
             } => state.plan_refund(r#ref, transaction_id, *amount),
             _ => Plan::Execute {
                 response: state.draw_payment(r#ref),
-                hang: self.drop_response_once.swap(false, Ordering::SeqCst),
+                fault: self
+                    .drop_response_once
+                    .swap(false, Ordering::SeqCst)
+                    .then_some(AnswerFault::Lose),
             },
         };
+        if let Plan::Execute {
+            fault: f @ None, ..
+        } = &mut plan
+        {
+            *f = state.take_fault();
+        }
         // A rejected refund is booked too: a repeat gets the same answer.
         let done = match &plan {
             Plan::Answer(resp) => Some(resp.clone()),
@@ -446,7 +563,26 @@ impl State {
         };
         Plan::Execute {
             response,
-            hang: false,
+            fault: None,
+        }
+    }
+
+    /// The spoiling of the next executed answer: the knob if set, else one draw
+    /// against the rates (no draw while both are 0).
+    fn take_fault(&mut self) -> Option<AnswerFault> {
+        if let Some(f) = self.next_fault.take() {
+            return Some(f);
+        }
+        if self.lose_rate <= 0.0 && self.garble_rate <= 0.0 {
+            return None;
+        }
+        let draw: f64 = self.fault_rng.random();
+        if draw < self.lose_rate {
+            Some(AnswerFault::Lose)
+        } else if draw < self.lose_rate + self.garble_rate {
+            Some(AnswerFault::Garble)
+        } else {
+            None
         }
     }
 
@@ -496,6 +632,15 @@ fn error(r#ref: Option<String>, code: ErrorCode, message: impl Into<String>) -> 
         message: Some(message.into()),
         ..Response::default()
     }
+}
+
+/// The first half of the answer's JSON (cut on a character boundary), then `\n`.
+fn garbled(resp: &Response) -> Vec<u8> {
+    let line = encode_response(resp);
+    let json = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
+    let mut out = crate::sim::first_half(&json).as_bytes().to_vec();
+    out.push(b'\n');
+    out
 }
 
 fn in_progress(r#ref: &str) -> Response {

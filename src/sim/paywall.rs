@@ -19,10 +19,16 @@
 //! | 58 | succeeds, answers `200` with an empty body |
 //! | 59 | succeeds, answers `200` with `Content-Type: text/plain` |
 //! | 60 | slow, and the device has not received it yet (`sale/rollback` possible) |
+//! | 61 | succeeds, answers `200` `application/json` with the JSON cut short (its first half) |
+//! | 62 | succeeds, the answer is lost (as 55), and `list` does not show the sale until `POST /_sim/payments/{muc}/publish` (`inquiry` by `PaymentRequestId` knows it) |
 //! | other | succeeds at once |
 //!
+//! 61 and 62 spoil only the answer of the request that created the sale: a repeat with
+//! the same `MerchantUniqueCode` is answered normally from the books.
+//!
 //! Control (no auth): `GET /_sim/stats`, `POST /_sim/payments/{muc}/complete`
-//! `{"status": "succeeded"|"failed"|"cancelled"}`.
+//! `{"status": "succeeded"|"failed"|"cancelled"}`, `POST /_sim/payments/{muc}/publish`
+//! (a `…62` sale shows in `list` from then on).
 //!
 //! `PaymentStatus` values (the real ones are not public; the driver uses the same table):
 //! 1 waiting for the device, 2 on the device, 3 succeeded, 4 cancelled, 5 failed.
@@ -96,6 +102,8 @@ pub struct PaymentSnapshot {
     pub status: i64,
     /// `sync/sale` requests carrying this code (the first created it).
     pub sale_requests: u32,
+    /// Whether `list` shows it (`false` for a `…62` sale until published).
+    pub listed: bool,
 }
 
 struct Payment {
@@ -106,6 +114,8 @@ struct Payment {
     terminal_id: String,
     status: watch::Sender<i64>,
     sale_requests: u32,
+    /// `list` shows it (a `…62` sale only after `/_sim/payments/{muc}/publish`).
+    listed: bool,
 }
 
 impl Payment {
@@ -273,6 +283,7 @@ impl PaywallStats {
                 amount_minor: p.amount_minor,
                 status: p.status(),
                 sale_requests: p.sale_requests,
+                listed: p.listed,
             })
             .collect()
     }
@@ -286,6 +297,29 @@ impl PaywallStats {
     pub fn complete(&self, muc: &str, status: &str) -> bool {
         complete(&self.shared, muc, status)
     }
+
+    /// Let `list` show a sale it hides (`…62`); `false` if no sale has that code.
+    pub fn publish(&self, muc: &str) -> bool {
+        publish(&self.shared, muc)
+    }
+}
+
+fn publish(shared: &Shared, muc: &str) -> bool {
+    let found = {
+        let mut s = shared.lock();
+        let mut found = false;
+        for p in s
+            .payments
+            .values_mut()
+            .filter(|p| p.muc.eq_ignore_ascii_case(muc))
+        {
+            p.listed = true;
+            found = true;
+        }
+        found
+    };
+    shared.changed.notify_waiters();
+    found
 }
 
 fn complete(shared: &Shared, muc: &str, status: &str) -> bool {
@@ -327,6 +361,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{env}/api/payment/list", get(list))
         .route("/_sim/stats", get(sim_stats))
         .route("/_sim/payments/{muc}/complete", post(sim_complete))
+        .route("/_sim/payments/{muc}/publish", post(sim_publish))
         .with_state(shared)
 }
 
@@ -490,7 +525,7 @@ async fn sale(
         return http::html_error(StatusCode::SERVICE_UNAVAILABLE);
     }
     let key = format!("{env}/{}", req.merchant_unique_code.to_ascii_lowercase());
-    let mut rx = {
+    let (mut rx, created) = {
         let mut s = shared.lock();
         if let Some(p) = s.payments.get_mut(&key) {
             // A repeat: the same payment, never a second one.
@@ -505,7 +540,7 @@ async fn sale(
                     &msg,
                 );
             }
-            p.status.subscribe()
+            (p.status.subscribe(), false)
         } else {
             let initial = match kind {
                 60 => STATUS_WAITING,
@@ -525,15 +560,17 @@ async fn sale(
                     terminal_id: req.terminal_id.clone().unwrap_or_default(),
                     status: tx,
                     sale_requests: 1,
+                    listed: kind != 62,
                 },
             );
             s.counters.payments_created += 1;
-            rx
+            (rx, true)
         }
     };
     shared.changed.notify_waiters();
     match kind {
         55 | 56 => return http::lost(),
+        62 if created => return http::lost(),
         _ => {}
     }
     // Wait for the device (slow sales) until a final state or the slow time.
@@ -566,6 +603,7 @@ async fn sale(
             .header("content-type", "text/plain")
             .body(axum::body::Body::from(answer.to_string()))
             .unwrap_or_default(),
+        61 if created => http::json_cut_short(&answer),
         _ => http::json(StatusCode::OK, answer),
     }
 }
@@ -688,7 +726,8 @@ async fn list(
         .lock()
         .payments
         .values()
-        .filter(|p| p.env == env && muc.as_ref().is_none_or(|m| p.muc.eq_ignore_ascii_case(m)))
+        .filter(|p| p.env == env && p.listed)
+        .filter(|p| muc.as_ref().is_none_or(|m| p.muc.eq_ignore_ascii_case(m)))
         .map(Payment::view)
         .collect();
     http::json(
@@ -706,6 +745,7 @@ async fn sim_stats(State(shared): State<Arc<Shared>>) -> Response {
         .map(|p| {
             let mut v = p.view();
             v["saleRequests"] = json!(p.sale_requests);
+            v["listed"] = json!(p.listed);
             v
         })
         .collect();
@@ -742,6 +782,17 @@ async fn sim_complete(
         http::json(
             StatusCode::NOT_FOUND,
             json!({ "error": "no waiting sale with that code, or unknown status" }),
+        )
+    }
+}
+
+async fn sim_publish(State(shared): State<Arc<Shared>>, Path(muc): Path<String>) -> Response {
+    if publish(&shared, &muc) {
+        http::json(StatusCode::OK, json!({ "published": muc }))
+    } else {
+        http::json(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "no sale with that code" }),
         )
     }
 }
@@ -805,5 +856,214 @@ mod tests {
             let e = check_sale(&body(patch)).expect_err(field);
             assert!(e.starts_with(field), "{field}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    //! The mock over loopback (127.0.0.1:0 only): the answer faults and what `list`
+    //! answers.
+
+    use super::*;
+
+    const W: Duration = Duration::from_secs(5);
+    const TERMINAL: &str = "8ff33705-57c7-42dc-8341-a0053e7f3009";
+
+    struct Mock {
+        base: String,
+        root: String,
+        stats: PaywallStats,
+        stop: CancellationToken,
+        http: reqwest::Client,
+    }
+
+    async fn mock() -> Mock {
+        let sim = PaywallSim::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            PaywallSimOptions::default(),
+        )
+        .await
+        .expect("bind");
+        let (base, root) = (sim.base_url("test"), format!("http://{}", sim.local_addr()));
+        let stats = sim.stats();
+        let stop = CancellationToken::new();
+        sim.spawn(stop.clone());
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(W)
+            .build()
+            .expect("client");
+        Mock {
+            base,
+            root,
+            stats,
+            stop,
+            http,
+        }
+    }
+
+    impl Mock {
+        fn authed(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+            r.header("apikeyprivate", "test-api-key")
+                .header("apiclientprivate", "test-secret")
+        }
+
+        /// Status, content type and body of a sale; `None` when the answer was lost.
+        async fn sale(&self, muc: &str, amount: &str) -> Option<(u16, String, String)> {
+            let body = format!(
+                r#"{{"TerminalId":"{TERMINAL}","MerchantUniqueCode":"{muc}","Amount":{amount},"CurrencyId":1,"Products":[{{"Name":"Su","TaxGroupId":10,"UnitCodeId":1,"Amount":{amount},"Quantity":1}}]}}"#
+            );
+            let url = format!("{}/api/payment/sync/sale", self.base);
+            let resp = self
+                .authed(self.http.post(url))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .ok()?;
+            let status = resp.status().as_u16();
+            let ct = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let text = resp.text().await.ok()?;
+            Some((status, ct, text))
+        }
+
+        async fn get_json(&self, path: &str) -> (u16, Value) {
+            let resp = self
+                .authed(self.http.get(format!("{}{path}", self.base)))
+                .send()
+                .await
+                .expect("send");
+            let status = resp.status().as_u16();
+            (status, resp.json().await.expect("JSON"))
+        }
+
+        async fn list(&self, muc: &str) -> (u16, Value) {
+            self.get_json(&format!("/api/payment/list?MerchantUniqueCode={muc}"))
+                .await
+        }
+
+        fn payment(&self, muc: &str) -> PaymentSnapshot {
+            self.stats
+                .payments()
+                .into_iter()
+                .find(|p| p.merchant_unique_code == muc)
+                .expect("payment")
+        }
+    }
+
+    #[tokio::test]
+    async fn list_answers_an_empty_result_for_an_unknown_code_and_the_sale_for_a_known_one() {
+        let m = mock().await;
+        let unknown = "00000000-0000-4000-8000-000000000001";
+        let (status, v) = m.list(unknown).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            v,
+            json!({"result": [], "errorCode": 0, "succeeded": true, "failed": false})
+        );
+        let muc = "3a0f4d0f-c5cf-57b6-8ec2-861f71b7fb90";
+        let (status, _, _) = m.sale(muc, "22.00").await.expect("answer");
+        assert_eq!(status, 200);
+        let (status, v) = m.list(&muc.to_ascii_uppercase()).await;
+        assert_eq!(status, 200);
+        let p = m.payment(muc);
+        assert_eq!(
+            v,
+            json!({"result": [{
+                "paymentRequestId": p.payment_request_id,
+                "paymentRequestActivityId": v["result"][0]["paymentRequestActivityId"],
+                "paymentRequestActivityTypeId": 1,
+                "paymentStatus": STATUS_SUCCEEDED,
+                "merchantUniqueCode": muc,
+                "terminalId": TERMINAL,
+                "amount": "22.00",
+                "environment": "test",
+            }], "errorCode": 0, "succeeded": true, "failed": false})
+        );
+        m.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn amount_61_sells_and_cuts_the_answer_short() {
+        let m = mock().await;
+        let muc = "6161aaaa-0000-4000-8000-000000000061";
+        let (status, ct, first) = m.sale(muc, "22.61").await.expect("answer");
+        assert_eq!(status, 200);
+        assert!(ct.starts_with("application/json"), "{ct}");
+        assert!(serde_json::from_str::<Value>(&first).is_err(), "{first}");
+        assert_eq!(m.stats.payments_created(), 1);
+        assert_eq!(m.payment(muc).status, STATUS_SUCCEEDED);
+        // A repeat is answered whole, from the books: the text the first answer was cut from.
+        let (status, _, again) = m.sale(muc, "22.61").await.expect("answer");
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&again).expect("JSON");
+        assert_eq!(v["Succeeded"], true);
+        assert_eq!(
+            v["Result"]["paymentRequestId"],
+            m.payment(muc).payment_request_id.as_str()
+        );
+        assert_eq!(first, again[..again.len() / 2]);
+        let (_, listed) = m.list(muc).await;
+        assert_eq!(listed["result"][0]["paymentStatus"], STATUS_SUCCEEDED);
+        assert_eq!(
+            (m.stats.payments_created(), m.payment(muc).sale_requests),
+            (1, 2)
+        );
+        m.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn amount_62_loses_the_answer_and_hides_the_sale_from_list_until_published() {
+        let m = mock().await;
+        let muc = "6262aaaa-0000-4000-8000-000000000062";
+        assert!(
+            m.sale(muc, "22.62").await.is_none(),
+            "the answer must be lost"
+        );
+        assert_eq!(m.stats.payments_created(), 1);
+        let p = m.payment(muc);
+        assert_eq!((p.status, p.listed), (STATUS_SUCCEEDED, false));
+        let (status, v) = m.list(muc).await;
+        assert_eq!((status, v["result"].clone()), (200, json!([])));
+        let (status, v) = m
+            .get_json(&format!("/api/payment/inquiry/{}", p.payment_request_id))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(v["Result"]["paymentStatus"], STATUS_SUCCEEDED);
+        assert_eq!(v["Result"]["merchantUniqueCode"], muc);
+        // A repeat is answered normally; list still hides the sale.
+        let (status, _, again) = m.sale(muc, "22.62").await.expect("answer");
+        let v: Value = serde_json::from_str(&again).expect("JSON");
+        assert_eq!(
+            (status, &v["Result"]["paymentRequestId"]),
+            (200, &json!(p.payment_request_id))
+        );
+        assert_eq!(m.list(muc).await.1["result"], json!([]));
+        // Published through the control route: list shows it from now on.
+        let publish = |code: &str| {
+            m.http
+                .post(format!("{}/_sim/payments/{code}/publish", m.root))
+                .send()
+        };
+        let unknown = publish("00000000-0000-4000-8000-000000000002")
+            .await
+            .expect("send");
+        assert_eq!(unknown.status().as_u16(), 404);
+        assert_eq!(publish(muc).await.expect("send").status().as_u16(), 200);
+        let (_, v) = m.list(muc).await;
+        assert_eq!(
+            v["result"][0]["paymentRequestId"],
+            p.payment_request_id.as_str()
+        );
+        assert_eq!(v["result"][0]["paymentStatus"], STATUS_SUCCEEDED);
+        assert_eq!(m.stats.payments_created(), 1);
+        // The handle does the same.
+        assert!(m.stats.publish(muc));
+        m.stop.cancel();
     }
 }

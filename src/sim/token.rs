@@ -4,6 +4,21 @@
 //! that the vendor log shows), device info, fiscal info, baskets with `1 OK`, type 9,
 //! type 3 and type 60 answers. A control handle counts sales per basket id and flips
 //! fault knobs for the tests.
+//!
+//! Result faults, for rehearsing "the sale happened, its result did not arrive intact":
+//! the basket is sold (it counts in [`SimControl::sales`]) and the real type 3 is what the
+//! books keep ([`SimControl::sale_result`]) and what is re-sent after the next handshake
+//! when [`Knobs::redeliver_after_reconnect`] is on; only the first delivery is spoiled:
+//! - lost: `1 OK`, then no type 3 at all; the link stays up ([`Knobs::lose_next_result`],
+//!   [`SimOptions::lose_rate`], `--lose-rate`);
+//! - garbled: a valid type 3 frame whose JSON is cut short (its first half)
+//!   ([`Knobs::garble_next_result`], [`SimOptions::garble_rate`], `--garble-rate`);
+//! - foreign: a well-formed type 3 for another basket, `basketID` `other-<id>`
+//!   ([`Knobs::foreign_next_result`]).
+//!
+//! They apply to sales only (not to a cancelled basket, a type 9 or a type 60). The rates
+//! are drawn per sale from their own generator (seeded from `seed`): below `lose_rate`
+//! lost, below `lose_rate + garble_rate` garbled.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +30,8 @@ use futures_util::StreamExt;
 use p384::ecdsa::signature::Signer;
 use p384::ecdsa::{Signature, SigningKey};
 use p384::pkcs8::DecodePrivateKey;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
     PKCS_ECDSA_P384_SHA384,
@@ -105,6 +122,10 @@ pub struct SimOptions {
     pub sale_delay_ms: u64,
     /// Seeds receipt/Z numbers and result UUIDs (deterministic runs).
     pub seed: Option<u64>,
+    /// Probability in [0, 1] that a sale's type 3 result is never sent (the link stays up).
+    pub lose_rate: f64,
+    /// Probability in [0, 1] that a sale's type 3 result carries its JSON cut short.
+    pub garble_rate: f64,
 }
 
 impl Default for SimOptions {
@@ -114,6 +135,8 @@ impl Default for SimOptions {
             cert_serial: None,
             sale_delay_ms: 0,
             seed: None,
+            lose_rate: 0.0,
+            garble_rate: 0.0,
         }
     }
 }
@@ -138,7 +161,27 @@ pub struct Knobs {
     /// Sticky: answer `4 OK` right after the certificate instead of late (after the
     /// host's key switch, as in the vendor log).
     pub early_hello_ok: bool,
+    /// The next basket sold: `1 OK` is sent, the sale completes, but its type 3 result
+    /// is never sent; the link stays up. Cleared by the next sale.
+    pub lose_next_result: bool,
+    /// The next basket sold: its type 3 result is sent in a valid frame whose JSON is cut
+    /// short (the first half of the text). Cleared by the next sale.
+    pub garble_next_result: bool,
+    /// The next basket sold: its type 3 result carries another (non-empty) `basketID`,
+    /// `other-<id>`. Cleared by the next sale.
+    pub foreign_next_result: bool,
 }
+
+/// How the first delivery of a sale result is spoiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResultFault {
+    Lose,
+    Garble,
+    Foreign,
+}
+
+/// Mixed into the seed for the result-fault generator (any constant would do).
+const FAULT_SEED_MIX: u64 = 0x5eed_fa17_0000_0003;
 
 struct Shared {
     opts: SimOptions,
@@ -155,10 +198,46 @@ struct State {
     baskets_received: u64,
     connections: u64,
     handshakes: u64,
-    /// Sale results not delivered because the link dropped.
+    /// Sale results not delivered because the link dropped (or spoiled by a result fault).
     pending: Vec<String>,
+    /// The type 3 payload of the last sale of each basket id, as the register booked it.
+    results: HashMap<String, String>,
     receipt_no: u64,
     z_no: u64,
+    /// Draws the result faults; `None` only in `State::default()`, never in a device.
+    fault_rng: Option<StdRng>,
+}
+
+impl State {
+    /// The spoiling of the sale result about to go out: the knobs first (lose, garble,
+    /// foreign), else one draw against the rates (none while both are 0).
+    fn take_result_fault(&mut self, opts: &SimOptions) -> Option<ResultFault> {
+        let k = &mut self.knobs;
+        let knob = [
+            (std::mem::take(&mut k.lose_next_result), ResultFault::Lose),
+            (
+                std::mem::take(&mut k.garble_next_result),
+                ResultFault::Garble,
+            ),
+            (
+                std::mem::take(&mut k.foreign_next_result),
+                ResultFault::Foreign,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(on, f)| on.then_some(f));
+        if knob.is_some() || (opts.lose_rate <= 0.0 && opts.garble_rate <= 0.0) {
+            return knob;
+        }
+        let draw: f64 = self.fault_rng.as_mut()?.random();
+        if draw < opts.lose_rate {
+            Some(ResultFault::Lose)
+        } else if draw < opts.lose_rate + opts.garble_rate {
+            Some(ResultFault::Garble)
+        } else {
+            None
+        }
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -194,6 +273,11 @@ impl SimControl {
     pub fn set(&self, f: impl FnOnce(&mut Knobs)) {
         f(&mut lock(&self.shared.state).knobs)
     }
+    /// The type 3 payload (JSON text) of the last sale of `basket_id`, as the register
+    /// booked it — the real result, whatever reached the host.
+    pub fn sale_result(&self, basket_id: &str) -> Option<String> {
+        lock(&self.shared.state).results.get(basket_id).cloned()
+    }
     pub fn cert_pem(&self) -> String {
         self.shared.identity.cert_pem.clone()
     }
@@ -207,12 +291,25 @@ pub struct TokenDevice {
 
 impl TokenDevice {
     pub fn new(opts: SimOptions, ca: Option<&TestCa>) -> anyhow::Result<TokenDevice> {
+        for (name, rate) in [
+            ("lose_rate", opts.lose_rate),
+            ("garble_rate", opts.garble_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                anyhow::bail!("{name} must be within [0, 1], got {rate}");
+            }
+        }
         let serial = opts.cert_serial.clone().unwrap_or(opts.fiscal_no.clone());
         let identity = DeviceIdentity::generate(&serial, ca)?;
         let seed = opts.seed.unwrap_or(0);
+        let fault_rng = match opts.seed {
+            Some(s) => StdRng::seed_from_u64(s ^ FAULT_SEED_MIX),
+            None => StdRng::from_os_rng(),
+        };
         let state = State {
             receipt_no: 1 + seed % 1000,
             z_no: 10 + seed % 90,
+            fault_rng: Some(fault_rng),
             ..Default::default()
         };
         Ok(TokenDevice {
@@ -440,7 +537,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
             tokio::time::sleep(Duration::from_millis(self.shared.opts.sale_delay_ms)).await;
         }
         let result = self.complete(&basket, &basket_id, knobs.cancel_next);
-        self.send(Message::new(ty::SALE_RESULT, result)).await?;
+        let fault = if knobs.cancel_next {
+            None
+        } else {
+            let mut s = lock(&self.shared.state);
+            let fault = s.take_result_fault(&self.shared.opts);
+            if fault.is_some() {
+                // Not delivered intact: re-sent after a reconnect, like a dropped link's.
+                s.pending.push(result.clone());
+            }
+            fault
+        };
+        if let Some(f) = fault {
+            tracing::info!(basket_id = %basket_id, fault = ?f, "token sim: sale result spoiled (fault)");
+        }
+        let wire = match fault {
+            None => result,
+            Some(ResultFault::Lose) => return Ok(Flow::Continue),
+            Some(ResultFault::Garble) => crate::sim::first_half(&result).to_string(),
+            Some(ResultFault::Foreign) => match serde_json::from_str::<Value>(&result) {
+                Ok(mut v) => {
+                    v["basketID"] = json!(format!("other-{basket_id}"));
+                    v.to_string()
+                }
+                Err(_) => result,
+            },
+        };
+        self.send(Message::new(ty::SALE_RESULT, wire)).await?;
         Ok(Flow::Continue)
     }
 
@@ -473,13 +596,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
             )
             .as_bytes(),
         );
-        json!({
+        let result = json!({
             "basketID": basket_id, "documentType": basket["documentType"],
             "InstanceIdentifier": "SIM", "invoiceID": "", "message": "OK",
             "paymentCount": payments.len(), "paymentItems": payments,
             "receiptNo": s.receipt_no, "status": 0, "UUID": uuid.to_string(), "zNo": s.z_no
         })
-        .to_string()
+        .to_string();
+        s.results.insert(basket_id.to_string(), result.clone());
+        result
     }
 }
 
@@ -565,5 +690,223 @@ impl TokenSim {
         }
         tracker.close();
         tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The device side over `tokio::io::duplex`, driven by a bare host built from the
+    //! codec (no driver session), so each frame the device sends can be checked.
+
+    use futures_util::SinkExt;
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+    const KEY: &[u8; 32] = b"73019284650192837465019283746501";
+
+    struct Host {
+        io: Framed<DuplexStream, TokenCodec>,
+    }
+
+    impl Host {
+        /// A new link to `dev`, through the whole handshake up to fiscal info. Returns
+        /// the host and the sale results the device re-sent after the handshake.
+        async fn connect(dev: &Arc<TokenDevice>) -> (Host, Vec<Value>) {
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let dev = Arc::clone(dev);
+            tokio::spawn(async move { dev.serve(far).await });
+            let mut h = Host {
+                io: Framed::new(near, TokenCodec::default()),
+            };
+            h.send(ty::HELLO, CHALLENGE).await;
+            assert_eq!(h.recv().await.ty, ty::CERTIFICATE);
+            h.send(ty::KEY, KEY.as_slice()).await;
+            h.io.codec_mut()
+                .switch_key(Key::from_digits(KEY).expect("digits"));
+            for t in [ty::HELLO, ty::KEY] {
+                let m = h.recv().await;
+                assert!(m.ty == t && m.is_ok(), "{m:?}");
+            }
+            h.send(ty::DEVICE_INFO, "posbridge").await;
+            assert_eq!(h.recv().await.ty, ty::DEVICE_INFO);
+            assert!(h.recv().await.is_ok());
+            h.send(ty::FISCAL_INFO, "").await;
+            assert_eq!(h.recv().await.ty, ty::FISCAL_INFO);
+            assert!(h.recv().await.is_ok());
+            // Anything re-sent comes before the answer to this probe.
+            h.send(ty::DEVICE_INFO, "posbridge").await;
+            let mut redelivered = Vec::new();
+            loop {
+                let m = h.recv().await;
+                if m.ty == ty::DEVICE_INFO {
+                    assert!(h.recv().await.is_ok());
+                    break;
+                }
+                assert_eq!(m.ty, ty::SALE_RESULT, "{m:?}");
+                redelivered.push(serde_json::from_slice(&m.payload).expect("redelivered JSON"));
+            }
+            (h, redelivered)
+        }
+
+        async fn send(&mut self, t: u16, payload: impl Into<Vec<u8>>) {
+            self.io.send(Message::new(t, payload)).await.expect("send");
+        }
+
+        async fn recv(&mut self) -> Message {
+            match tokio::time::timeout(T, self.io.next()).await {
+                Ok(Some(Ok(Inbound::Message(m)))) => m,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+
+        /// Sends a basket and expects `1 OK`.
+        async fn basket(&mut self, id: &str) {
+            let b = json!({"basketID": id, "documentType": 0, "createInvoice": false,
+                "isVoid": false,
+                "items": [{"name": "Su", "price": 500, "quantity": 1000, "sectionNo": 1}],
+                "paymentItems": [{"type": 1, "amount": 500, "description": "", "taxRate": 5}]});
+            self.send(ty::BASKET, b.to_string()).await;
+            let m = self.recv().await;
+            assert!(m.ty == ty::BASKET && m.is_ok(), "{m:?}");
+        }
+
+        /// The next message is the answer to a device-info probe: nothing else was sent
+        /// in between (the device serves one request at a time).
+        async fn nothing_before_probe(&mut self) {
+            self.send(ty::DEVICE_INFO, "posbridge").await;
+            let m = self.recv().await;
+            assert_eq!(m.ty, ty::DEVICE_INFO, "{m:?}");
+            assert!(self.recv().await.is_ok());
+        }
+    }
+
+    fn device(opts: SimOptions) -> (Arc<TokenDevice>, SimControl) {
+        let dev = Arc::new(TokenDevice::new(opts, None).expect("device"));
+        let ctl = dev.control();
+        (dev, ctl)
+    }
+
+    fn booked(ctl: &SimControl, id: &str) -> Value {
+        let text = ctl.sale_result(id).expect("booked result");
+        serde_json::from_str(&text).expect("booked JSON")
+    }
+
+    #[tokio::test]
+    async fn lost_result_is_sold_once_and_redelivered_after_reconnect() {
+        let (dev, ctl) = device(SimOptions::default());
+        ctl.set(|k| {
+            k.lose_next_result = true;
+            k.redeliver_after_reconnect = true;
+        });
+        let (mut h, again) = Host::connect(&dev).await;
+        assert!(again.is_empty());
+        h.basket("lose-1").await;
+        // No type 3, and the link is still up.
+        h.nothing_before_probe().await;
+        assert_eq!(ctl.sales("lose-1"), 1);
+        let real = booked(&ctl, "lose-1");
+        assert_eq!(
+            (real["basketID"].as_str(), real["status"].as_i64()),
+            (Some("lose-1"), Some(0))
+        );
+        // After a reconnect the register re-sends the real result.
+        drop(h);
+        let (mut h, again) = Host::connect(&dev).await;
+        assert_eq!(again, vec![real]);
+        // Once only: the next sale's result is sent.
+        h.basket("lose-2").await;
+        let m = h.recv().await;
+        assert_eq!(m.ty, ty::SALE_RESULT);
+        let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
+        assert_eq!(v["basketID"], "lose-2");
+        assert_eq!((ctl.sales("lose-1"), ctl.total_sales()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn garbled_result_is_the_first_half_of_the_real_json() {
+        let (dev, ctl) = device(SimOptions::default());
+        ctl.set(|k| k.garble_next_result = true);
+        let (mut h, _) = Host::connect(&dev).await;
+        h.basket("garble-1").await;
+        let m = h.recv().await;
+        assert_eq!(m.ty, ty::SALE_RESULT);
+        assert!(serde_json::from_slice::<Value>(&m.payload).is_err());
+        assert_eq!(ctl.sales("garble-1"), 1);
+        let real = ctl.sale_result("garble-1").expect("booked");
+        assert_eq!(m.text(), real[..real.len() / 2]);
+        assert_eq!(booked(&ctl, "garble-1")["status"], 0);
+        h.nothing_before_probe().await;
+        ctl.set(|k| k.redeliver_after_reconnect = true);
+        drop(h);
+        let (_h, again) = Host::connect(&dev).await;
+        assert_eq!(again, vec![booked(&ctl, "garble-1")]);
+        assert_eq!(ctl.sales("garble-1"), 1);
+    }
+
+    #[tokio::test]
+    async fn foreign_result_names_another_basket() {
+        let (dev, ctl) = device(SimOptions::default());
+        ctl.set(|k| k.foreign_next_result = true);
+        let (mut h, _) = Host::connect(&dev).await;
+        h.basket("mine-1").await;
+        let m = h.recv().await;
+        assert_eq!(m.ty, ty::SALE_RESULT);
+        let foreign: Value = serde_json::from_slice(&m.payload).expect("well-formed");
+        assert_eq!(foreign["basketID"], "other-mine-1");
+        assert_eq!(ctl.sales("mine-1"), 1);
+        assert_eq!(ctl.sales("other-mine-1"), 0);
+        let real = booked(&ctl, "mine-1");
+        assert_eq!(real["basketID"], "mine-1");
+        assert_eq!(real["UUID"], foreign["UUID"]);
+        h.nothing_before_probe().await;
+    }
+
+    #[tokio::test]
+    async fn rates_spoil_sales_and_are_validated() {
+        for bad in [1.5, -0.5, f64::NAN] {
+            let opts = SimOptions {
+                garble_rate: bad,
+                ..SimOptions::default()
+            };
+            assert!(TokenDevice::new(opts, None).is_err());
+        }
+        let (dev, ctl) = device(SimOptions {
+            lose_rate: 1.0,
+            seed: Some(3),
+            ..SimOptions::default()
+        });
+        let (mut h, _) = Host::connect(&dev).await;
+        h.basket("rate-1").await;
+        h.nothing_before_probe().await;
+        assert_eq!(ctl.sales("rate-1"), 1);
+        assert!(ctl.sale_result("rate-1").is_some());
+        let (dev, ctl) = device(SimOptions {
+            garble_rate: 1.0,
+            ..SimOptions::default()
+        });
+        let (mut h, _) = Host::connect(&dev).await;
+        h.basket("rate-2").await;
+        let m = h.recv().await;
+        assert!(m.ty == ty::SALE_RESULT && serde_json::from_slice::<Value>(&m.payload).is_err());
+        assert_eq!(ctl.sales("rate-2"), 1);
+    }
+
+    #[tokio::test]
+    async fn cancelled_basket_leaves_the_result_knob_armed() {
+        let (dev, ctl) = device(SimOptions::default());
+        ctl.set(|k| {
+            k.cancel_next = true;
+            k.lose_next_result = true;
+        });
+        let (mut h, _) = Host::connect(&dev).await;
+        h.basket("cancel-1").await;
+        let m = h.recv().await;
+        let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
+        assert_eq!(v["status"], -1);
+        h.basket("sold-1").await;
+        h.nothing_before_probe().await;
+        assert_eq!((ctl.sales("cancel-1"), ctl.sales("sold-1")), (0, 1));
     }
 }

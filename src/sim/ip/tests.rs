@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use super::*;
-use crate::drivers::ip::proto::{decode_response, IpClient, ProtoError};
+use crate::drivers::ip::proto::{decode_response, encode_line, IpClient, ProtoError};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -346,4 +346,167 @@ async fn over_long_line_is_refused_and_closed() {
     assert!(out.ends_with(b"\n") && out.iter().filter(|&&b| b == b'\n').count() == 1);
     assert!(call(&mut sim.client().await, Request::Ping).await.ok);
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn lost_answer_of_a_pay_and_a_refund_executes_once_and_stays_in_the_books() {
+    let sim = start(opts(0.0)).await;
+    sim.control.lose_next_answer();
+    let err = sim
+        .client()
+        .await
+        .call(&pay("lose-pay", 800), T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProtoError::Closed), "{err}");
+    assert_eq!(sim.stats.executions("lose-pay"), 1);
+    let mut client = sim.client().await;
+    let paid = call(&mut client, status("lose-pay")).await;
+    assert!(
+        paid.ok && paid.r#ref.as_deref() == Some("lose-pay"),
+        "{paid:?}"
+    );
+    assert_eq!(call(&mut client, pay("lose-pay", 800)).await, paid);
+    let txn = paid.transaction_id.clone().unwrap();
+
+    // Refunds too (the older drop_response_once knob is pay-only).
+    sim.control.lose_next_answer();
+    let err = sim
+        .client()
+        .await
+        .call(&refund("lose-back", &txn, 300), T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProtoError::Closed), "{err}");
+    let back = call(&mut client, status("lose-back")).await;
+    assert!(back.ok && back.transaction_id.is_some(), "{back:?}");
+    assert_eq!(
+        call(&mut client, refund("lose-back", &txn, 300)).await,
+        back
+    );
+    // The refund really ran: only 500 of the 800 are left.
+    let over = call(&mut client, refund("lose-back2", &txn, 501)).await;
+    assert_eq!(
+        over.error_code(),
+        Some(ErrorCode::InvalidRefund),
+        "{over:?}"
+    );
+    assert_eq!(
+        ["lose-pay", "lose-back"].map(|r| sim.stats.executions(r)),
+        [1, 1]
+    );
+    // Once only.
+    assert!(call(&mut client, pay("lose-next", 100)).await.ok);
+    assert_eq!(sim.stats.total_executions(), 3);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn garbled_answer_is_the_first_half_of_the_real_line() {
+    let sim = start(opts(0.0)).await;
+    sim.control.garble_next_answer();
+    let line = encode_line(&pay("garble", 450));
+    let (stream, got) = raw(&sim.addr, &line, false).await;
+    assert!(got.ends_with(b"\n"), "{got:?}");
+    assert!(decode_response(&got).is_err(), "{got:?}");
+    assert_eq!(sim.stats.executions("garble"), 1);
+    // The connection lives on, and the books hold the real answer.
+    let mut client = IpClient::from_stream(stream);
+    let real = call(&mut client, status("garble")).await;
+    assert!(
+        real.ok && real.r#ref.as_deref() == Some("garble"),
+        "{real:?}"
+    );
+    let full = encode_response(&real);
+    let json = &full[..full.len() - 1];
+    assert_eq!(&got[..got.len() - 1], &json[..json.len() / 2]);
+    assert_eq!(call(&mut client, pay("garble", 450)).await, real);
+    assert_eq!(sim.stats.executions("garble"), 1);
+    assert!(call(&mut client, pay("after", 450)).await.ok);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_answer_names_another_ref() {
+    let sim = start(opts(0.0)).await;
+    sim.control.foreign_next_answer();
+    let mut client = sim.client().await;
+    let foreign = call(&mut client, pay("mine", 990)).await;
+    assert_eq!(foreign.r#ref.as_deref(), Some("other-mine"), "{foreign:?}");
+    assert_eq!(sim.stats.executions("mine"), 1);
+    let real = call(&mut client, status("mine")).await;
+    assert!(real.ok && real.r#ref.as_deref() == Some("mine"), "{real:?}");
+    assert_eq!(real.transaction_id, foreign.transaction_id);
+    assert_eq!(call(&mut client, pay("mine", 990)).await, real);
+    assert!(call(&mut client, status("other-mine")).await.is_not_found());
+    assert_eq!(sim.stats.executions("mine"), 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn lose_and_garble_rates_spoil_new_operations_only() {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    for bad in [
+        SimOptions {
+            lose_rate: 1.5,
+            ..opts(0.0)
+        },
+        SimOptions {
+            garble_rate: -0.1,
+            ..opts(0.0)
+        },
+        SimOptions {
+            lose_rate: f64::NAN,
+            ..opts(0.0)
+        },
+    ] {
+        assert!(IpSim::bind(loopback, bad).await.is_err());
+    }
+    let sim = start(SimOptions {
+        lose_rate: 1.0,
+        ..opts(0.0)
+    })
+    .await;
+    for i in 0..3 {
+        let r = format!("rl{i}");
+        let err = sim.client().await.call(&pay(&r, 100), T).await.unwrap_err();
+        assert!(matches!(err, ProtoError::Closed), "{err}");
+        // Repeats and status are answered from the books, never spoiled.
+        let mut client = sim.client().await;
+        let real = call(&mut client, pay(&r, 100)).await;
+        assert!(real.ok, "{real:?}");
+        assert_eq!(call(&mut client, status(&r)).await, real);
+        assert_eq!(sim.stats.executions(&r), 1);
+    }
+    sim.control.set_lose_rate(0.0);
+    sim.control.set_garble_rate(1.0);
+    let (_, got) = raw(&sim.addr, &encode_line(&pay("rg", 100)), false).await;
+    assert!(decode_response(&got).is_err(), "{got:?}");
+    assert!(call(&mut sim.client().await, status("rg")).await.ok);
+    sim.control.set_garble_rate(0.0);
+    assert!(call(&mut sim.client().await, pay("clean", 100)).await.ok);
+    assert_eq!(sim.stats.total_executions(), 5);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn fault_rates_leave_the_seeded_outcomes_alone() {
+    async fn outcomes(garble_rate: f64) -> Vec<Response> {
+        let sim = start(SimOptions {
+            seed: Some(11),
+            garble_rate,
+            ..opts(0.5)
+        })
+        .await;
+        let mut client = sim.client().await;
+        let mut out = Vec::new();
+        for i in 0..12 {
+            let r = format!("s{i}");
+            let (_, _line) = raw(&sim.addr, &encode_line(&pay(&r, 100)), false).await;
+            out.push(call(&mut client, status(&r)).await);
+        }
+        sim.stop().await;
+        out
+    }
+    assert_eq!(outcomes(0.0).await, outcomes(0.5).await);
 }

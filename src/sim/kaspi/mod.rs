@@ -203,6 +203,20 @@ impl SimControl {
         self.shared.lock().unknown_next = n;
     }
 
+    /// The next process started (payment or refund) answers its first `n` `/v2/status`
+    /// calls with HTTP 200 and the JSON cut short (as amount `…19` does with 3), then
+    /// normally. The status is still taken: the books move as for a clean answer.
+    pub fn garble_status_for_next(&self, n: u64) {
+        self.shared.lock().garble_status_next = n;
+    }
+
+    /// The next payment started shows a `chequeInfo.amount` `delta` tenge off the
+    /// requested amount in `/v2/status` and actualize (as amount `…17` does with 1); the
+    /// books keep the requested amount.
+    pub fn cheque_amount_off_next(&self, delta: i64) {
+        self.shared.lock().cheque_off_next = delta;
+    }
+
     pub fn settle_unknown(&self) {
         self.shared.lock().settle_unknown();
     }

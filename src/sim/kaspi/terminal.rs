@@ -108,6 +108,8 @@ struct Proc {
     started: Instant,
     /// `unknown` answers still to give (fault knob) before the real outcome shows.
     unknown_left: u64,
+    /// `/v2/status` answers still to garble (amount `…19`, fault knob).
+    garble_status_left: u64,
     /// An actualize has made the final outcome visible to `/status` as well.
     actualized: bool,
     cheque: Value,
@@ -164,6 +166,12 @@ pub struct Terminal {
     pub unknown_next: u64,
     pub lose_next: Option<String>,
     pub refresh_broken: bool,
+    /// The next process started garbles its first N `/v2/status` answers.
+    pub garble_status_next: u64,
+    /// The next payment started shows `chequeInfo.amount` off by this many tenge.
+    pub cheque_off_next: i64,
+    /// Set while a start request of the `…18` convention is handled: its answer is lost.
+    lose_this_answer: bool,
 }
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Reply> {
@@ -230,6 +238,9 @@ impl Terminal {
             unknown_next: 0,
             lose_next: None,
             refresh_broken: false,
+            garble_status_next: 0,
+            cheque_off_next: 0,
+            lose_this_answer: false,
         }
     }
 
@@ -243,8 +254,12 @@ impl Terminal {
         v
     }
 
-    /// Whether the answer to this route should be dropped (knob, one-shot).
+    /// Whether the answer to this route should be dropped (knob, one-shot; or the
+    /// `…18` convention for the start request just handled).
     pub fn take_lose(&mut self, route: &str) -> bool {
+        if std::mem::take(&mut self.lose_this_answer) {
+            return true;
+        }
         if self.lose_next.as_deref() == Some(route) {
             self.lose_next = None;
             return true;
@@ -266,8 +281,14 @@ impl Terminal {
 
     /// Amount conventions (whole tenge, last two digits; README "Terminal: kaspi"):
     /// 06 blocked (106), 07 start failure (108), 11 QR ok, 12 card ok, 13 card declined,
-    /// 14 QR declined, 15 customer cancels, 16 QR stays unknown then actualizes to fail;
-    /// anything else: method drawn from the seed, declined with probability `fail_rate`.
+    /// 14 QR declined, 15 customer cancels, 16 QR stays unknown then actualizes to fail,
+    /// 17 card ok but `/v2/status` and actualize show a `chequeInfo.amount` one tenge
+    /// more than requested (the books keep the requested amount: that is what can be
+    /// refunded), 18 card ok but the answer to the start request is lost (the connection
+    /// closes without one; refunds of an amount ending in 18 too), 19 card ok but the
+    /// first 3 `/v2/status` answers of the process are garbled (HTTP 200, the JSON cut
+    /// short); anything else: method drawn from the seed, declined with probability
+    /// `fail_rate`. Refunds always succeed; of these conventions only 18 applies to them.
     fn plan_for(&mut self, tenge: i64) -> Result<(Method, Plan), Reply> {
         let coin: bool = self.rng.random();
         let drawn = if coin { Method::Qr } else { Method::Card };
@@ -310,6 +331,7 @@ impl Terminal {
                 },
             ),
             16 => (Method::Qr, Plan::UnknownThenFail),
+            17..=19 => (Method::Card, Plan::Success),
             _ => {
                 let declined = self.rng.random::<f64>() < self.settings.fail_rate;
                 let plan = match (declined, drawn) {
@@ -370,6 +392,13 @@ impl Terminal {
     fn start(&mut self, now: Instant, mut p: Proc) -> Reply {
         let id = self.new_process_id();
         p.unknown_left = std::mem::take(&mut self.unknown_next);
+        p.garble_status_left = std::mem::take(&mut self.garble_status_next);
+        if p.kind == Kind::Payment && p.tenge % 100 == 19 {
+            p.garble_status_left = p.garble_status_left.max(3);
+        }
+        // `…18`: the process runs, its start answer (the processId) never arrives; the
+        // books still hold it (`SimStats::process_ids`, `/v2/status` by that id).
+        self.lose_this_answer = p.tenge % 100 == 18;
         *self.starts.entry(id.clone()).or_default() += 1;
         match p.kind {
             Kind::Payment => self.counts.payments_started += 1,
@@ -401,7 +430,11 @@ impl Terminal {
             Ok(x) => x,
             Err(r) => return r,
         };
-        let cheque = self.cheque(Kind::Payment, method, tenge, None);
+        let mut shown = tenge + std::mem::take(&mut self.cheque_off_next);
+        if tenge % 100 == 17 {
+            shown += 1;
+        }
+        let cheque = self.cheque(Kind::Payment, method, shown, None);
         self.start(
             now,
             Proc {
@@ -411,6 +444,7 @@ impl Terminal {
                 plan,
                 started: now,
                 unknown_left: 0,
+                garble_status_left: 0,
                 actualized: false,
                 cheque,
                 refund_of: None,
@@ -470,6 +504,7 @@ impl Terminal {
                 plan: Plan::Success,
                 started: now,
                 unknown_left: 0,
+                garble_status_left: 0,
                 actualized: false,
                 cheque,
                 refund_of: Some(txn),
@@ -586,10 +621,15 @@ impl Terminal {
             Ok(id) => id.to_string(),
             Err(r) => return r,
         };
-        match self.view(now, &id, false) {
-            Some(v) => Reply::ok(v),
-            None => Reply::err(200, code::PROCESS_NOT_FOUND, "Process not found"),
+        let Some(v) = self.view(now, &id, false) else {
+            return Reply::err(200, code::PROCESS_NOT_FOUND, "Process not found");
+        };
+        let mut reply = Reply::ok(v);
+        if let Some(p) = self.procs.get_mut(&id).filter(|p| p.garble_status_left > 0) {
+            p.garble_status_left -= 1;
+            reply.body = crate::sim::first_half(&reply.body).to_string();
         }
+        reply
     }
 
     pub fn actualize(&mut self, now: Instant, params: &HashMap<String, String>) -> Reply {

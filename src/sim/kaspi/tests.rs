@@ -261,3 +261,135 @@ async fn tokens_register_revoke_expire() {
     assert_eq!(stats.counts().revokes, 2);
     stop.cancel();
 }
+
+/// A GET whose answer is expected to be lost: the request fails, no response arrives.
+async fn get_lost(url: &str) {
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = c.get(url).timeout(Duration::from_secs(5)).send().await;
+    assert!(r.is_err(), "expected a lost answer, got {r:?}");
+}
+
+/// Status and body text as they came (for answers that are not JSON).
+async fn get_text(url: &str) -> (u16, String, String) {
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let resp = c.get(url).send().await.expect("send");
+    let code = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (code, ct, resp.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn amount_17_shows_one_tenge_more_than_requested() {
+    let (url, stats, _c, stop) = sim(quick()).await;
+    let (_, v) = get(&format!("{url}/v2/payment?amount=1517"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    for _ in 0..2 {
+        let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+        assert_eq!(v["data"]["status"], "success", "{v}");
+        assert_eq!(v["data"]["chequeInfo"]["method"], "card");
+        assert_eq!(v["data"]["chequeInfo"]["amount"], "1 518 ₸");
+    }
+    assert_eq!(
+        (stats.starts_of(&pid), stats.counts().payments_started),
+        (1, 1)
+    );
+    // The books keep what was requested: 1517 can be refunded, not 1518.
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    let rrn = v["data"]["chequeInfo"]["rrn"]
+        .as_str()
+        .expect("rrn")
+        .to_string();
+    let refund =
+        |amount: i64| format!("{url}/v2/refund?method=card&amount={amount}&transactionId={rrn}");
+    let (h, _) = get(&refund(1518), None).await;
+    assert_eq!(h, 400);
+    let (_, v) = get(&refund(1517), None).await;
+    assert!(v["data"]["processId"].is_string(), "{v}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn amount_18_runs_the_process_and_loses_the_start_answer() {
+    let (url, stats, _c, stop) = sim(quick()).await;
+    get_lost(&format!("{url}/v2/payment?amount=1518")).await;
+    assert_eq!(stats.counts().payments_started, 1);
+    let ids = stats.process_ids();
+    assert_eq!(ids.len(), 1);
+    let pid = &ids[0];
+    assert_eq!(stats.starts_of(pid), 1);
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["data"]["status"], "success", "{v}");
+    assert_eq!(v["data"]["chequeInfo"]["amount"], "1 518 ₸");
+    let rrn = v["data"]["chequeInfo"]["rrn"]
+        .as_str()
+        .expect("rrn")
+        .to_string();
+    // A refund ending in 18 too: it runs, its start answer is lost.
+    get_lost(&format!(
+        "{url}/v2/refund?method=card&amount=118&transactionId={rrn}"
+    ))
+    .await;
+    assert_eq!(stats.counts().refunds_started, 1);
+    let rid = stats
+        .process_ids()
+        .into_iter()
+        .find(|id| id != pid)
+        .expect("refund process");
+    let (_, v) = get(&format!("{url}/v2/status?processId={rid}"), None).await;
+    assert_eq!(v["data"]["status"], "success", "{v}");
+    assert_eq!(v["data"]["chequeInfo"]["amount"], "- 118 ₸");
+    // Other amounts are answered as before.
+    let (h, v) = get(&format!("{url}/v2/payment?amount=1512"), None).await;
+    assert_eq!(h, 200);
+    assert!(v["data"]["processId"].is_string(), "{v}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn amount_19_garbles_the_first_three_status_answers() {
+    let (url, stats, control, stop) = sim(quick()).await;
+    let (_, v) = get(&format!("{url}/v2/payment?amount=1519"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let status = format!("{url}/v2/status?processId={pid}");
+    let mut cut = Vec::new();
+    for _ in 0..3 {
+        let (h, ct, body) = get_text(&status).await;
+        assert_eq!(h, 200);
+        assert!(ct.starts_with("application/json"), "{ct}");
+        assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
+        cut.push(body);
+    }
+    let (_, v) = get(&status, None).await;
+    assert_eq!(v["data"]["status"], "success", "{v}");
+    assert_eq!(v["data"]["chequeInfo"]["method"], "card");
+    let whole = serde_json::to_string(&v).expect("json");
+    assert!(whole.len() / 2 >= cut[0].len() && !cut[0].is_empty());
+    assert!(cut.iter().all(|c| c.starts_with("{\"data\":{")), "{cut:?}");
+    assert_eq!((stats.starts_of(&pid), stats.counts().status_calls), (1, 4));
+    // The knob does the same for any amount.
+    control.garble_status_for_next(1);
+    let (_, v) = get(&format!("{url}/v2/payment?amount=1512"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let status = format!("{url}/v2/status?processId={pid}");
+    let (_, _, body) = get_text(&status).await;
+    assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
+    let (_, v) = get(&status, None).await;
+    assert_eq!(v["data"]["status"], "success", "{v}");
+    control.cheque_amount_off_next(-2);
+    let (_, v) = get(&format!("{url}/v2/payment?amount=1512"), None).await;
+    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
+    assert_eq!(v["data"]["chequeInfo"]["amount"], "1 510 ₸");
+    stop.cancel();
+}
