@@ -327,3 +327,37 @@ async fn unreachable_terminal_fails_cleanly() {
         .await;
     assert!(t["last_error"].is_string());
 }
+
+/// The terminal performs the payment, then its answer is lost, cut short, or names another
+/// `ref`. None of these is a verdict: the agent sends the same request with the same `ref`
+/// again (`ip-terminal.md`: the same operation, answered from the terminal's books) and
+/// reports the terminal's real answer. One execution each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
+    let broker = embedded();
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, stats, ctl) = (sim.local_addr(), sim.stats(), sim.control());
+    sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("ip-answers", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "ip-answers", "cloud-ip-answers", false).await;
+    let agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let faults: [(&str, &dyn Fn()); 3] = [
+        ("lost", &|| ctl.lose_next_answer()),
+        ("garbled", &|| ctl.garble_next_answer()),
+        ("foreign", &|| ctl.foreign_next_answer()),
+    ];
+    for (name, inject) in faults {
+        inject();
+        let id = format!("ans-{name}");
+        let before = stats.requests();
+        cloud.send(pay(&id, "ip-1", 1500)).await;
+        let r = cloud.result(&id).await;
+        assert_eq!(r["state"], "succeeded", "{name}: {r}\n{}", agent.log());
+        assert!(r["payment"]["transaction_id"].is_string(), "{r}");
+        assert_eq!(stats.executions(&id), 1, "{name}: charged once");
+        assert!(stats.requests() >= before + 2, "{name}: asked again");
+    }
+    stop.cancel();
+}

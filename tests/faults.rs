@@ -41,6 +41,18 @@ fn token_sale(id: &str) -> Value {
                   "payments":[{"type":1,"amount":2000}]}})
 }
 
+/// A Kaspi payment (whole tenge; amounts ending in 00 tenge follow the simulator's
+/// ordinary draw: card or QR, declined with its fail rate).
+fn kaspi_sale(id: &str, tenge: i64) -> Value {
+    json!({"v":1,"id":id,"op":"payment","terminal":"kaspi-1","amount":tenge * 100,"currency":"KZT"})
+}
+
+/// A pay-by-link payment (amounts ending in 00 complete at the first verify; 58: the first
+/// verify's answer is cut short; 59: the create's answer is cut short).
+fn kuveyt_sale(id: &str, amount: i64) -> Value {
+    json!({"v":1,"id":id,"op":"payment","terminal":"kv-1","amount":amount,"currency":"TRY"})
+}
+
 /// A Paywall sale (amounts ending in 00 succeed on the mock).
 fn paywall_sale(id: &str, amount: i64) -> Value {
     json!({"v":1,"id":id,"op":"payment","terminal":"pw-1","amount":amount,"currency":"TRY",
@@ -54,11 +66,16 @@ struct Counts {
     random_kills: usize,
     broker_restarts: usize,
     lost_answers: usize,
+    garbled_answers: usize,
 }
 
 impl Counts {
     fn faults(&self) -> usize {
-        self.aborts_at_points + self.random_kills + self.broker_restarts + self.lost_answers
+        self.aborts_at_points
+            + self.random_kills
+            + self.broker_restarts
+            + self.lost_answers
+            + self.garbled_answers
     }
 }
 
@@ -128,14 +145,42 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     .await
     .expect("paywall mock");
     let paywall_url = paywall.base_url("test");
+    let paywall_stats = paywall.stats();
     let _t4 = paywall.spawn(stop.clone());
+    // A Kaspi Smart POS (plain HTTP API) and a pay-by-link provider.
+    let kaspi = posbridge::sim::kaspi::KaspiSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        posbridge::sim::kaspi::SimOptions {
+            seed: Some(seed),
+            customer_time: Duration::from_millis(50),
+            actualize_gap: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("kaspi sim");
+    let kaspi_url = kaspi.url();
+    let (kaspi_stats, kaspi_ctl) = (kaspi.stats(), kaspi.control());
+    let _t5 = kaspi.spawn(stop.clone());
+    let kuveyt = posbridge::sim::kuveyt::KuveytSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        Default::default(),
+    )
+    .await
+    .expect("kuveyt mock");
+    let kuveyt_url = kuveyt.base_url("test");
+    let kuveyt_stats = kuveyt.stats();
+    let _t6 = kuveyt.spawn(stop.clone());
 
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("api_key"), "test-api-key\n").expect("key");
     std::fs::write(dir.path().join("client_key"), "test-secret\n").expect("key");
+    std::fs::write(dir.path().join("api_secret"), "test-secret\n").expect("key");
     let extra = format!(
         "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{token_addr}\"\nconnect_timeout = \"3s\"\nop_timeout = \"10s\"\nrecovery_window = \"2s\"\n\
-         [[terminals]]\nid = \"pw-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{paywall_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\nop_timeout = \"20s\"\nrecovery_window = \"3s\"\napi_key_file = \"{d}/api_key\"\nclient_key_file = \"{d}/client_key\"\n",
+         [[terminals]]\nid = \"pw-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{paywall_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\nop_timeout = \"20s\"\nrecovery_window = \"3s\"\napi_key_file = \"{d}/api_key\"\nclient_key_file = \"{d}/client_key\"\n\
+         [[terminals]]\nid = \"kaspi-1\"\nkind = \"kaspi\"\nurl = \"{kaspi_url}\"\nprotected = false\npoll_interval = \"50ms\"\nactualize_interval = \"200ms\"\nactualize_window = \"1s\"\npayment_timeout = \"20s\"\nrequest_timeout = \"3s\"\n\
+         [[terminals]]\nid = \"kv-1\"\nkind = \"kuveyt\"\nmode = \"test\"\ntest_url = \"{kuveyt_url}\"\napi_key_file = \"{d}/api_key\"\napi_secret_file = \"{d}/api_secret\"\npoll_interval = \"2s\"\n",
         d = dir.path().display()
     );
     let spec = AgentSpec {
@@ -153,6 +198,21 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let mut sent: BTreeMap<String, Value> = BTreeMap::new();
     let mut paid: Vec<String> = Vec::new();
     let mut round = 0usize;
+    // Two plain payments on every kind first, so every terminal is covered whatever the
+    // random mix draws.
+    for i in 0..2 {
+        for cmd in [
+            token_sale(&format!("w{i}-tok")),
+            paywall_sale(&format!("w{i}-pw"), 2200),
+            kaspi_sale(&format!("w{i}-kaspi"), 1200),
+            kuveyt_sale(&format!("w{i}-kv"), 1500),
+        ] {
+            cloud.send(cmd.clone()).await;
+            let id = cmd["id"].as_str().unwrap_or_default().to_string();
+            sent.insert(id, cmd);
+            counts.commands += 1;
+        }
+    }
     while counts.faults() < target {
         round += 1;
         // A batch of commands: payments on both terminals, refunds of earlier payments,
@@ -161,7 +221,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         for i in 0..n {
             let id = format!("f{round}-{i}");
             let term = if rng.random_bool(0.5) { "ip-1" } else { "ip-2" };
-            let cmd = match rng.random_range(0..10) {
+            let cmd = match rng.random_range(0..12) {
                 0 if !paid.is_empty() => {
                     let orig = &paid[rng.random_range(0..paid.len())];
                     let t = sent[orig]["terminal"].clone();
@@ -175,6 +235,8 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 }
                 2 => token_sale(&id),
                 3 => paywall_sale(&id, rng.random_range(1..50) * 100),
+                4 => kaspi_sale(&id, rng.random_range(1..50) * 100),
+                5 => kuveyt_sale(&id, rng.random_range(1..50) * 100),
                 _ => {
                     paid.push(id.clone());
                     pay(&id, term, rng.random_range(100..10_000))
@@ -214,9 +276,50 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 }
                 counts.broker_restarts += 1;
             }
-            _ => {
-                if rng.random_bool(0.5) { &c1 } else { &c2 }.set_drop_response_once(true);
+            8 => {
+                // The device performs the operation, then its answer is lost.
+                match rng.random_range(0..4) {
+                    0 => if rng.random_bool(0.5) { &c1 } else { &c2 }.lose_next_answer(),
+                    1 => token_ctl.set(|k| k.lose_next_result = true),
+                    2 => kaspi_ctl.lose_next_answer("payment"),
+                    _ => {
+                        // Paywall code 55: sold, the answer lost.
+                        let id = format!("f{round}-pl");
+                        let cmd = paywall_sale(&id, rng.random_range(1..50) * 100 + 55);
+                        cloud.send(cmd.clone()).await;
+                        sent.insert(id, cmd);
+                        counts.commands += 1;
+                    }
+                }
                 counts.lost_answers += 1;
+            }
+            _ => {
+                // The device performs the operation, then its answer is unreadable or
+                // names another request.
+                match rng.random_range(0..6) {
+                    0 => if rng.random_bool(0.5) { &c1 } else { &c2 }.garble_next_answer(),
+                    1 => if rng.random_bool(0.5) { &c1 } else { &c2 }.foreign_next_answer(),
+                    2 => token_ctl.set(|k| k.garble_next_result = true),
+                    3 => kaspi_ctl.garble_status_for_next(2),
+                    4 => {
+                        // Paywall code 61: sold, the answer's JSON cut short.
+                        let id = format!("f{round}-pg");
+                        let cmd = paywall_sale(&id, rng.random_range(1..50) * 100 + 61);
+                        cloud.send(cmd.clone()).await;
+                        sent.insert(id, cmd);
+                        counts.commands += 1;
+                    }
+                    _ => {
+                        // Kuveyt 58/59: a verify's or the create's answer cut short.
+                        let id = format!("f{round}-kg");
+                        let code = if rng.random_bool(0.5) { 58 } else { 59 };
+                        let cmd = kuveyt_sale(&id, rng.random_range(1..50) * 100 + code);
+                        cloud.send(cmd.clone()).await;
+                        sent.insert(id, cmd);
+                        counts.commands += 1;
+                    }
+                }
+                counts.garbled_answers += 1;
             }
         }
     }
@@ -275,9 +378,53 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         if !by_id.contains_key(id) {
             violations.push(format!("{id}: no result"));
         }
+        // Money moved on the device: the result may be `unknown`, never `failed`.
+        let res = cloud
+            .all("result")
+            .into_iter()
+            .find(|r| r["id"] == id.as_str());
+        let moved = token_ctl.sales(&posbridge::drivers::token::basket_id("shop-faults", id)) > 0
+            || paywall_stats.payments().iter().any(|p| {
+                p.merchant_unique_code
+                    == posbridge::drivers::paywall::api::merchant_unique_code("shop-faults", id)
+                        .to_string()
+                    && p.status == 3
+            })
+            || kuveyt_stats
+                .links()
+                .iter()
+                .any(|l| l.order_id == format!("shop-faults/{id}") && l.status == "completed");
+        if moved && res.as_ref().is_some_and(|r| r["state"] == "failed") {
+            violations.push(format!(
+                "{id}: money moved but the result is failed: {res:?}"
+            ));
+        }
+    }
+    // Never a second sale or payment for one command on the cloud terminals.
+    for p in paywall_stats.payments() {
+        if p.sale_requests > 1 {
+            violations.push(format!(
+                "paywall {}: {} sale requests for one MerchantUniqueCode",
+                p.merchant_unique_code, p.sale_requests
+            ));
+        }
+    }
+    let kaspi_ids = sent.values().filter(|c| c["terminal"] == "kaspi-1").count() as u64;
+    if kaspi_stats.counts().payments_started > kaspi_ids {
+        violations.push(format!(
+            "kaspi: {} payments started for {kaspi_ids} commands",
+            kaspi_stats.counts().payments_started
+        ));
+    }
+    let kuveyt_ids = sent.values().filter(|c| c["terminal"] == "kv-1").count() as u64;
+    if kuveyt_stats.payments_created() > kuveyt_ids {
+        violations.push(format!(
+            "kuveyt: {} payments created for {kuveyt_ids} commands",
+            kuveyt_stats.payments_created()
+        ));
     }
     // The run really exercised every kind of terminal.
-    for term in ["ip-1", "ip-2", "token-1", "pw-1"] {
+    for term in ["ip-1", "ip-2", "token-1", "pw-1", "kaspi-1", "kv-1"] {
         let ok = cloud
             .all("result")
             .iter()
@@ -301,13 +448,14 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         violations.push(format!("store reported damage: {status}"));
     }
     println!(
-        "fault injection: {} commands, {} faults injected ({} aborts at journal points, {} random kill -9, {} broker restarts, {} lost terminal answers), {} violations",
+        "fault injection: {} commands, {} faults injected ({} aborts at journal points, {} random kill -9, {} broker restarts, {} lost device answers, {} garbled or foreign device answers), {} violations",
         counts.commands,
         counts.faults(),
         counts.aborts_at_points,
         counts.random_kills,
         counts.broker_restarts,
         counts.lost_answers,
+        counts.garbled_answers,
         violations.len()
     );
     assert!(violations.is_empty(), "violations: {violations:#?}");

@@ -291,6 +291,51 @@ async fn lost_start_answer_is_unknown_never_failed() {
     assert_eq!(result(&cloud, "l-2").await["state"], "succeeded");
 }
 
+/// The terminal runs the payment, then: its answer to `/v2/payment` is lost (18: no
+/// processId to ask by), or its receipt shows another amount than requested (17: not this
+/// payment's answer), or its first status answers are cut short (19: asked again). Never
+/// `failed`; one payment each; the last settles to the terminal's real answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_foreign_and_garbled_answers_are_never_failed() {
+    let broker = embedded();
+    let s = sim(plain_opts(0)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sp = spec(
+        "kaspi-answers",
+        broker.port(),
+        &[terminal("kaspi-1", &s.url, false, "")],
+    );
+    let cloud = Cloud::connect(broker.port(), "kaspi-answers", "cloud-kaspi-answers", false).await;
+    let agent = Agent::start(&sp, dir.path());
+    cloud.online().await;
+    // (id, amount in tiyn, expected state)
+    let cases = [
+        ("a-lost", 11_800, "unknown"),
+        ("a-foreign", 11_700, "unknown"),
+        ("a-garbled", 11_900, "succeeded"),
+    ];
+    for (n, (id, amount, want)) in cases.iter().enumerate() {
+        cloud.send(kzt(id, *amount)).await;
+        let r = result(&cloud, id).await;
+        assert_eq!(r["state"], *want, "{id}: {r}\n{}", agent.log());
+        if *want == "unknown" {
+            assert_eq!(r["needs_reconciliation"], true, "{r}");
+        }
+        assert_eq!(
+            s.stats.counts().payments_started,
+            n as u64 + 1,
+            "{id}: one /v2/payment"
+        );
+    }
+    // The foreign receipt is kept raw for the operator, and `status` does not take it.
+    cloud
+        .send(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"}))
+        .await;
+    let st = result(&cloud, "a-st").await;
+    assert!(st["target"].get("reconciled").is_none(), "{st}");
+    assert!(agent.log().contains("receipt amount differs"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_around_the_process_id_never_pays_twice() {
     let broker = embedded();

@@ -268,3 +268,28 @@ async fn crash_around_create_resumes_and_creates_once() {
         );
     }
 }
+
+/// Answers cut short — the create's (59) or a verify's (58) — are asked about again by the
+/// same order id / transaction, never taken as a failure: one payment, and the outcome is
+/// the provider's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_answers_are_asked_again_never_failed() {
+    let r = rig("kv-garbled", "test", &[]).await;
+    r.cloud
+        .send(pay("g-1", 15058, Duration::from_secs(30)))
+        .await;
+    r.cloud
+        .send(pay("g-2", 15059, Duration::from_secs(30)))
+        .await;
+    for id in ["g-1", "g-2"] {
+        let res = r.cloud.result(id).await;
+        assert_eq!(res["state"], "succeeded", "{id}: {res}\n{}", r.agent.log());
+    }
+    assert_eq!(r.stats.payments_created(), 2, "one payment per command");
+    assert!(
+        r.stats.create_requests() >= 3,
+        "the garbled create was repeated with the same order id"
+    );
+    let orders: Vec<String> = r.stats.links().into_iter().map(|l| l.order_id).collect();
+    assert!(orders.contains(&"kv-garbled/g-2".to_string()), "{orders:?}");
+}

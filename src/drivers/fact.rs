@@ -44,7 +44,7 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     Approved {
-        payment: Option<PaymentInfo>,
+        payment: Option<Box<PaymentInfo>>,
         device: Option<Value>,
     },
     Refused {
@@ -69,8 +69,13 @@ pub enum Fact {
     /// An answer came but cannot be read, or does not belong to this request (another
     /// reference, another amount, a cut-short body). Kept raw for the operator.
     Unreadable { why: String, raw: Value },
-    /// The device knows the operation and says it is still running (or "unknown" for now).
-    Pending { why: String, device: Option<Value> },
+    /// The device knows the operation and says it is still running (or "unknown" for now),
+    /// with the device's own code when it gave one.
+    Pending {
+        why: String,
+        device: Option<Value>,
+        device_code: Option<Value>,
+    },
     /// The device says it has no record of the request. `guarantee` cites the protocol
     /// line that makes this mean "never received"; without one it proves nothing (the
     /// device may not have processed the request yet, or its listing may lag).
@@ -85,7 +90,10 @@ pub enum Fact {
 
 impl Fact {
     pub fn approved(payment: Option<PaymentInfo>, device: Option<Value>) -> Fact {
-        Fact::Answer(Answer::Approved { payment, device })
+        Fact::Answer(Answer::Approved {
+            payment: payment.map(Box::new),
+            device,
+        })
     }
 
     pub fn refused(refusal: Refusal, message: impl Into<String>, device: Option<Value>) -> Fact {
@@ -122,6 +130,7 @@ impl Fact {
         Fact::Pending {
             why: why.into(),
             device: None,
+            device_code: None,
         }
     }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
+use super::settle::Outcome;
 use super::{lock, queries, Engine, Inner};
 use crate::api::{parse_command, Command, ErrorCode, Evt, FinalState, Op, ResultMsg};
-use super::settle::Outcome;
 use crate::store::{CmdState, CommandRecord, OutMsg, StoreError};
 
 pub type AckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

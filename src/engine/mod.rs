@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{ts, Evt, FinalState, ResultMsg};
 use self::settle::Outcome;
+use crate::api::{ts, Evt, FinalState, ResultMsg};
 use crate::drivers::DynDriver;
 use crate::store::{CmdState, CommandRecord, OutMsg, Store, StoreError};
 

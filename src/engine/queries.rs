@@ -6,9 +6,9 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::intake::After;
+use super::settle::{self, Outcome};
 use super::{lock, Inner};
 use crate::api::{ErrorCode, FinalState, Op};
-use super::settle::{self, Outcome};
 use crate::store::{CmdState, CommandRecord, StoreError};
 
 fn refused(code: ErrorCode, msg: String) -> Outcome {
@@ -263,7 +263,10 @@ pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
                 Op::Cancel => run_cancel(&inner2, &id).await,
                 _ => {
                     let mut rec = rec;
-                    let o = if rec.state == CmdState::Running && rec.cmd.op.moves_money() && rec.maybe_sent() {
+                    let o = if rec.state == CmdState::Running
+                        && rec.cmd.op.moves_money()
+                        && rec.maybe_sent()
+                    {
                         Outcome::unknown(
                             ErrorCode::UnknownTerminal,
                             "terminal no longer configured; the outcome cannot be learned",

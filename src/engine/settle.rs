@@ -78,7 +78,11 @@ impl Outcome {
     }
 
     /// Nobody can know; the result carries `needs_reconciliation: true`.
-    pub(super) fn unknown(code: ErrorCode, message: impl Into<String>, device: Option<Value>) -> Self {
+    pub(super) fn unknown(
+        code: ErrorCode,
+        message: impl Into<String>,
+        device: Option<Value>,
+    ) -> Self {
         Outcome::ended(FinalState::Unknown, code, message.into(), device)
     }
 
@@ -151,7 +155,10 @@ pub(crate) async fn run(
         };
         match f {
             Fact::Answer(a) => {
-                let _ = ctx.note("answer", json!({ "answer": answer_kind(&a), "asks": attempts }));
+                let _ = ctx.note(
+                    "answer",
+                    json!({ "answer": answer_kind(&a), "asks": attempts }),
+                );
                 return Some(answered(a));
             }
             Fact::NotSent { why, message } if !asked => return Some(not_sent(why, message)),
@@ -202,7 +209,7 @@ pub(crate) async fn run(
 /// A definite device answer → its outcome.
 pub(super) fn answered(a: Answer) -> Outcome {
     match a {
-        Answer::Approved { payment, device } => Outcome::succeeded(payment, device),
+        Answer::Approved { payment, device } => Outcome::succeeded(payment.map(|p| *p), device),
         Answer::Refused {
             refusal,
             message,
@@ -278,7 +285,18 @@ fn unknown_from(last: Fact, first: &str, asks: u32) -> Outcome {
         format!("the outcome cannot be learned from the device ({first}; asked again {asks}×, last: {last_why}); reconcile it on the terminal or ask again with `status`")
     };
     let device = raw_of(&last).cloned();
-    Outcome::unknown(code, message, device)
+    let mut o = Outcome::unknown(code, message, device);
+    if let (
+        Fact::Pending {
+            device_code: Some(c),
+            ..
+        },
+        Some(e),
+    ) = (&last, &mut o.error)
+    {
+        e.device_code = Some(c.clone());
+    }
+    o
 }
 
 #[cfg(test)]

@@ -50,7 +50,9 @@ impl Driver for Fake {
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
         self.executed.fetch_add(1, Ordering::SeqCst);
         if !matches!(self.first, Fact::NotSent { .. }) {
-            ctx.sending("fake_sending", json!({})).await.expect("journal");
+            ctx.sending("fake_sending", json!({}))
+                .await
+                .expect("journal");
         }
         self.first.clone()
     }
@@ -154,9 +156,22 @@ async fn live_facts_map_to_outcomes() {
     let declined = Fact::refused(Refusal::Declined, "no", None);
     let raw = json!({"cut": "{\"ok\":tr"});
     // (first fact, scripted asks, state, code, asks made)
-    let table: Vec<(Fact, Vec<Fact>, FinalState, Option<ErrorCode>, u32)> = vec![
-        (Fact::approved(None, None), vec![], FinalState::Succeeded, None, 0),
-        (declined.clone(), vec![], FinalState::Failed, Some(ErrorCode::Declined), 0),
+    type Row = (Fact, Vec<Fact>, FinalState, Option<ErrorCode>, u32);
+    let table: Vec<Row> = vec![
+        (
+            Fact::approved(None, None),
+            vec![],
+            FinalState::Succeeded,
+            None,
+            0,
+        ),
+        (
+            declined.clone(),
+            vec![],
+            FinalState::Failed,
+            Some(ErrorCode::Declined),
+            0,
+        ),
         (
             Fact::refused(Refusal::CancelledByCustomer, "x", None),
             vec![],
@@ -193,10 +208,28 @@ async fn live_facts_map_to_outcomes() {
             0,
         ),
         // Lost, then the device answers when asked again.
-        (Fact::lost("reset"), vec![Fact::approved(None, None)], FinalState::Succeeded, None, 1),
-        (Fact::lost("reset"), vec![declined.clone()], FinalState::Failed, Some(ErrorCode::Declined), 1),
+        (
+            Fact::lost("reset"),
+            vec![Fact::approved(None, None)],
+            FinalState::Succeeded,
+            None,
+            1,
+        ),
+        (
+            Fact::lost("reset"),
+            vec![declined.clone()],
+            FinalState::Failed,
+            Some(ErrorCode::Declined),
+            1,
+        ),
         // Lost for good: unknown, never failed.
-        (Fact::lost("reset"), vec![], FinalState::Unknown, Some(ErrorCode::Timeout), u32::MAX),
+        (
+            Fact::lost("reset"),
+            vec![],
+            FinalState::Unknown,
+            Some(ErrorCode::Timeout),
+            u32::MAX,
+        ),
         // Unreadable answer: unknown with the raw answer kept.
         (
             Fact::unreadable("cut short", raw.clone()),
@@ -214,12 +247,26 @@ async fn live_facts_map_to_outcomes() {
             2,
         ),
         // "No record" proves nothing after a maybe-sent request.
-        (absent(), vec![absent(), absent()], FinalState::Unknown, Some(ErrorCode::Timeout), u32::MAX),
+        (
+            absent(),
+            vec![absent(), absent()],
+            FinalState::Unknown,
+            Some(ErrorCode::Timeout),
+            u32::MAX,
+        ),
         // …unless the protocol guarantees it.
-        (absent_guaranteed(), vec![], FinalState::Failed, Some(ErrorCode::DeviceUnavailable), 0),
+        (
+            absent_guaranteed(),
+            vec![],
+            FinalState::Failed,
+            Some(ErrorCode::DeviceUnavailable),
+            0,
+        ),
         // Cannot be asked: unknown at once.
         (
-            Fact::CannotAsk { why: "no key".into() },
+            Fact::CannotAsk {
+                why: "no key".into(),
+            },
             vec![],
             FinalState::Unknown,
             Some(ErrorCode::DeviceUnavailable),
@@ -244,15 +291,26 @@ async fn live_facts_map_to_outcomes() {
         }
         let asked = fake.asked.load(Ordering::SeqCst);
         if want_asks == u32::MAX {
-            assert!(asked >= 2, "row {i}: kept asking within the window ({asked})");
+            assert!(
+                asked >= 2,
+                "row {i}: kept asking within the window ({asked})"
+            );
         } else {
             assert_eq!(asked, want_asks, "row {i}: asks");
         }
-        assert_eq!(fake.executed.load(Ordering::SeqCst), 1, "row {i}: executed once");
+        assert_eq!(
+            fake.executed.load(Ordering::SeqCst),
+            1,
+            "row {i}: executed once"
+        );
         if matches!(first, Fact::Unreadable { .. }) {
             // The last fact was Lost (the script ran out); the first answer is in the
             // journal only as a reason. Asked again with an unreadable last answer:
-            let fake = Fake::new(first.clone(), vec![Fact::unreadable("again", raw.clone()); 100], WINDOW);
+            let fake = Fake::new(
+                first.clone(),
+                vec![Fact::unreadable("again", raw.clone()); 100],
+                WINDOW,
+            );
             let mut c = ctx(&rig, "payment", false, false);
             let o = settle(&fake, &mut c, Entry::Live).await;
             assert_eq!(o.state, FinalState::Unknown);
@@ -265,8 +323,16 @@ async fn live_facts_map_to_outcomes() {
 #[tokio::test(start_paused = true)]
 async fn window_zero_live_says_unknown_without_asking() {
     let rig = rig();
-    for first in [Fact::lost("reset"), Fact::pending("unknown"), Fact::unreadable("x", json!(1))] {
-        let fake = Fake::new(first.clone(), vec![Fact::approved(None, None)], Duration::ZERO);
+    for first in [
+        Fact::lost("reset"),
+        Fact::pending("unknown"),
+        Fact::unreadable("x", json!(1)),
+    ] {
+        let fake = Fake::new(
+            first.clone(),
+            vec![Fact::approved(None, None)],
+            Duration::ZERO,
+        );
         let mut c = ctx(&rig, "payment", false, false);
         let o = settle(&fake, &mut c, Entry::Live).await;
         assert_eq!(o.state, FinalState::Unknown, "{first:?}");
@@ -279,13 +345,35 @@ async fn resume_asks_and_never_resends_a_maybe_sent_request() {
     let rig = rig();
     // (asks, window, state)
     let table: Vec<(Vec<Fact>, Duration, FinalState)> = vec![
-        (vec![Fact::approved(None, None)], WINDOW, FinalState::Succeeded),
-        (vec![Fact::approved(None, None)], Duration::ZERO, FinalState::Succeeded),
-        (vec![Fact::refused(Refusal::Declined, "no", None)], WINDOW, FinalState::Failed),
+        (
+            vec![Fact::approved(None, None)],
+            WINDOW,
+            FinalState::Succeeded,
+        ),
+        (
+            vec![Fact::approved(None, None)],
+            Duration::ZERO,
+            FinalState::Succeeded,
+        ),
+        (
+            vec![Fact::refused(Refusal::Declined, "no", None)],
+            WINDOW,
+            FinalState::Failed,
+        ),
         (vec![], WINDOW, FinalState::Unknown),
-        (vec![Fact::not_sent(NotSentWhy::Unreachable, "down"); 100], WINDOW, FinalState::Unknown),
+        (
+            vec![Fact::not_sent(NotSentWhy::Unreachable, "down"); 100],
+            WINDOW,
+            FinalState::Unknown,
+        ),
         (vec![absent(); 100], WINDOW, FinalState::Unknown),
-        (vec![Fact::CannotAsk { why: "no pid".into() }], WINDOW, FinalState::Unknown),
+        (
+            vec![Fact::CannotAsk {
+                why: "no pid".into(),
+            }],
+            WINDOW,
+            FinalState::Unknown,
+        ),
         (vec![Fact::lost("x")], Duration::ZERO, FinalState::Unknown),
     ];
     for (i, (asks, window, state)) in table.into_iter().enumerate() {
@@ -293,7 +381,11 @@ async fn resume_asks_and_never_resends_a_maybe_sent_request() {
         let mut c = ctx(&rig, "payment", true, false);
         let o = settle(&fake, &mut c, Entry::Resume).await;
         assert_eq!(o.state, state, "row {i}: {o:?}");
-        assert_eq!(fake.executed.load(Ordering::SeqCst), 0, "row {i}: never sent again");
+        assert_eq!(
+            fake.executed.load(Ordering::SeqCst),
+            0,
+            "row {i}: never sent again"
+        );
         assert!(fake.asked.load(Ordering::SeqCst) >= 1, "row {i}: asked");
     }
 }
@@ -318,13 +410,21 @@ async fn resume_before_anything_left_runs_in_time_or_expires() {
 #[tokio::test(start_paused = true)]
 async fn guaranteed_absence_at_resume_runs_again_in_time_else_expires() {
     let rig = rig();
-    let fake = Fake::new(Fact::approved(None, None), vec![absent_guaranteed()], WINDOW);
+    let fake = Fake::new(
+        Fact::approved(None, None),
+        vec![absent_guaranteed()],
+        WINDOW,
+    );
     let mut c = ctx(&rig, "payment", true, false);
     let o = settle(&fake, &mut c, Entry::Resume).await;
     assert_eq!(o.state, FinalState::Succeeded);
     assert_eq!(fake.executed.load(Ordering::SeqCst), 1);
 
-    let fake = Fake::new(Fact::approved(None, None), vec![absent_guaranteed()], WINDOW);
+    let fake = Fake::new(
+        Fact::approved(None, None),
+        vec![absent_guaranteed()],
+        WINDOW,
+    );
     let mut c = ctx(&rig, "payment", true, true);
     let o = settle(&fake, &mut c, Entry::Resume).await;
     assert_eq!(o.state, FinalState::Expired);

@@ -132,6 +132,7 @@ fn answer_fact(r#ref: &str, resp: Response) -> Fact {
         return Fact::Pending {
             why: "the terminal is still running the operation".into(),
             device: Some(raw),
+            device_code: None,
         };
     }
     if resp.is_not_found() {
@@ -192,7 +193,10 @@ impl Driver for IpDriver {
                 let mut c = match self.connect().await {
                     Ok(c) => c,
                     Err(e) => {
-                        return Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e))
+                        return Fact::not_sent(
+                            NotSentWhy::Unreachable,
+                            self.unreachable_message(&e),
+                        )
                     }
                 };
                 match c.call(&Request::Ping, self.connect_timeout).await {

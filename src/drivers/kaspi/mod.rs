@@ -20,8 +20,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use self::api::{
-    cheque_amount, code, tenge_from_minor, ApiError, DeviceInfo, ProcessStatus, Started,
-    StatusData,
+    cheque_amount, code, tenge_from_minor, ApiError, DeviceInfo, ProcessStatus, Started, StatusData,
 };
 use self::client::{CallError, KaspiClient};
 use self::process::{Answer, Ask, End, Process, Step, Timing};
@@ -165,7 +164,9 @@ impl KaspiDriver {
                     if got.map(i64::abs) != Some(want) {
                         tracing::warn!(receipt_amount = %text, requested_tenge = want, answer = %d.raw, "receipt amount differs from the request");
                         return Fact::unreadable(
-                            format!("the terminal's receipt shows {text:?}, not the requested {want} ₸"),
+                            format!(
+                                "the terminal's receipt shows {text:?}, not the requested {want} ₸"
+                            ),
                             d.raw,
                         );
                     }
@@ -188,6 +189,7 @@ impl KaspiDriver {
             ProcessStatus::Wait | ProcessStatus::Unknown => Fact::Pending {
                 why: format!("the terminal reports {:?}", d.status),
                 device: Some(d.raw),
+                device_code: None,
             },
         }
     }
@@ -204,8 +206,8 @@ impl KaspiDriver {
                 device: Some(json!({
                     "processId": process_id,
                     "last": last.map(|d| d.raw),
-                    "device_code": device_code,
                 })),
+                device_code: device_code.map(Value::from),
             },
         }
     }
@@ -301,9 +303,10 @@ impl KaspiDriver {
         match client.call("deviceinfo", &[]).await {
             Ok(data) => Fact::approved(None, Some(data)),
             Err(CallError::Auth(m)) => Fact::refused(Refusal::Unauthorized, m, None),
-            Err(CallError::Transport { sent: false, message }) => {
-                Fact::not_sent(NotSentWhy::Unreachable, message)
-            }
+            Err(CallError::Transport {
+                sent: false,
+                message,
+            }) => Fact::not_sent(NotSentWhy::Unreachable, message),
             Err(CallError::Transport { message, .. }) => Fact::lost(message),
             Err(CallError::Api(e)) => Fact::refused(Refusal::DeviceError, e.to_string(), None),
         }
@@ -392,7 +395,9 @@ impl Driver for KaspiDriver {
         };
         let Ok(client) = self.client.as_ref() else {
             return Fact::CannotAsk {
-                why: format!("process {pid} may be running, and the terminal's client cannot be built"),
+                why: format!(
+                    "process {pid} may be running, and the terminal's client cannot be built"
+                ),
             };
         };
         tracing::info!(terminal = %self.id, process_id = %pid, "polling the journalled Kaspi process (no new payment)");

@@ -81,7 +81,13 @@ fn start_failures_never_guess() {
         sent: false,
         message: "connect".into(),
     });
-    assert!(matches!(refused, Fact::NotSent { why: NotSentWhy::Unreachable, .. }));
+    assert!(matches!(
+        refused,
+        Fact::NotSent {
+            why: NotSentWhy::Unreachable,
+            ..
+        }
+    ));
     let lost = KaspiDriver::start_failure(CallError::Transport {
         sent: true,
         message: "timeout".into(),
@@ -169,19 +175,29 @@ fn final_facts() {
 #[test]
 fn a_receipt_for_another_amount_is_not_this_payment() {
     let ok = |amount: &str| {
-        StatusData::parse(&json!({"processId":"1","status":"success","subStatus":"CardTransactionSuccess",
-            "transactionId":"9","chequeInfo":{"amount": amount, "method":"card"}}))
+        StatusData::parse(
+            &json!({"processId":"1","status":"success","subStatus":"CardTransactionSuccess",
+            "transactionId":"9","chequeInfo":{"amount": amount, "method":"card"}}),
+        )
         .expect("d")
     };
     let f = KaspiDriver::final_fact(&pay(150000), ok("1 500 ₸"));
-    assert!(matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })), "{f:?}");
+    assert!(
+        matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })),
+        "{f:?}"
+    );
     let f = KaspiDriver::final_fact(&pay(150000), ok("1 501 ₸"));
     assert!(matches!(f, Fact::Unreadable { .. }), "{f:?}");
     let f = KaspiDriver::final_fact(&pay(150000), ok("₸"));
     assert!(matches!(f, Fact::Unreadable { .. }), "{f:?}");
     // A refund receipt shows the amount negative.
-    let refund = cmd(json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT",
-        "transaction_id":"9","method":"card"}));
+    let refund = cmd(
+        json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT",
+        "transaction_id":"9","method":"card"}),
+    );
     let f = KaspiDriver::final_fact(&refund, ok("- 1 ₸"));
-    assert!(matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })), "{f:?}");
+    assert!(
+        matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })),
+        "{f:?}"
+    );
 }

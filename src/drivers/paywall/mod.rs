@@ -227,7 +227,9 @@ impl PaywallDriver {
                 why: format!("Paywall lists no sale with MerchantUniqueCode {muc}"),
                 guarantee: None,
             },
-            Err(e) => Fact::lost(format!("asking Paywall about MerchantUniqueCode {muc}: {e}")),
+            Err(e) => Fact::lost(format!(
+                "asking Paywall about MerchantUniqueCode {muc}: {e}"
+            )),
         }
     }
 
@@ -369,14 +371,15 @@ impl Driver for PaywallDriver {
     }
 
     async fn ask(&self, ctx: &mut OpContext, _left: Duration) -> Fact {
-        let link = match self.link() {
-            Ok(l) => l,
-            Err(_) => {
-                return Fact::CannotAsk {
-                    why: "the terminal is unusable in this configuration, so Paywall cannot be asked".into(),
-                }
-            }
-        };
+        let link =
+            match self.link() {
+                Ok(l) => l,
+                Err(_) => return Fact::CannotAsk {
+                    why:
+                        "the terminal is unusable in this configuration, so Paywall cannot be asked"
+                            .into(),
+                },
+            };
         let muc = self.muc_of(&ctx.record);
         self.ask_about(link, &muc).await
     }
@@ -431,7 +434,11 @@ impl Driver for PaywallDriver {
         }
         let muc = self.muc_of(record);
         let p = match self.lookup(link, &muc).await {
-            Ok(Found::Sale(p, _)) if !Status::from_code(p.paymentstatus.unwrap_or(-1)).is_final() => p,
+            Ok(Found::Sale(p, _))
+                if !Status::from_code(p.paymentstatus.unwrap_or(-1)).is_final() =>
+            {
+                p
+            }
             Ok(Found::Sale(..)) => {
                 return Err(not("the sale already ended on the terminal".into()))
             }
@@ -506,6 +513,7 @@ fn judge(p: PaymentView, raw: Value) -> Fact {
                 p.paymentstatus
             ),
             device: Some(raw),
+            device_code: None,
         },
     }
 }
@@ -519,10 +527,7 @@ fn sale_answer(reply: &Reply) -> Fact {
     let env = match Envelope::parse(&reply.body) {
         Ok(env) => env,
         Err(e) => {
-            return Fact::unreadable(
-                format!("HTTP {}: {e}", reply.status),
-                reply.body.clone(),
-            )
+            return Fact::unreadable(format!("HTTP {}: {e}", reply.status), reply.body.clone())
         }
     };
     let raw = reply.body.clone();

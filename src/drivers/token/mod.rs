@@ -424,7 +424,9 @@ impl TokenDriver {
         // The basket may have reached the register: this link is no longer trusted.
         *slot = None;
         tracing::warn!(basket_id = %id, why = %lost, "token: sale outcome lost");
-        Fact::lost(format!("basket {id} was sent to the register but its sale result was not received ({lost})"))
+        Fact::lost(format!(
+            "basket {id} was sent to the register but its sale result was not received ({lost})"
+        ))
     }
 
     /// Wait for a sale result for basket `id` on the current link or a new one, within
@@ -436,21 +438,22 @@ impl TokenDriver {
         let mut delay = Duration::from_millis(100);
         let mut slot = self.link.lock().await;
         while tokio::time::Instant::now() < deadline {
-            let mut s = match slot.take() {
-                Some(s) => s,
-                None => match self.connect().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        last = e.message();
-                        tokio::time::sleep(
-                            delay.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-                        )
-                        .await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                },
-            };
+            let mut s =
+                match slot.take() {
+                    Some(s) => s,
+                    None => match self.connect().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            last = e.message();
+                            tokio::time::sleep(delay.min(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            ))
+                            .await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                    },
+                };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match s.wait_sale(id, left, NOT_PROCESSED_GRACE).await {
                 Ok(Ok(end)) => {
@@ -460,7 +463,8 @@ impl TokenDriver {
                 Err(TransportError::Timeout(..)) => {
                     // Connected, nothing about this basket: keep the session for later.
                     *slot = Some(s);
-                    last = "the register is connected but sent no sale result for the basket".into();
+                    last =
+                        "the register is connected but sent no sale result for the basket".into();
                     break;
                 }
                 Ok(Err(e)) => last = e.to_string(),

@@ -500,15 +500,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
                             return Ok(Ok(SaleEnd::Garbled(m.text())));
                         }
                     };
+                    // Returned even for another basket: the driver judges it (an answer
+                    // that is not this basket's is asked about again, never taken).
                     let r = SaleResult { raw };
-                    if r.basket_id().is_empty() || r.basket_id() == basket_id {
-                        return Ok(Ok(SaleEnd::Result(r)));
+                    if !r.basket_id().is_empty() && r.basket_id() != basket_id {
+                        tracing::warn!(
+                            got = r.basket_id(),
+                            want = basket_id,
+                            "token: sale result for another basket"
+                        );
                     }
-                    tracing::warn!(
-                        got = r.basket_id(),
-                        want = basket_id,
-                        "token: sale result for another basket ignored"
-                    );
+                    return Ok(Ok(SaleEnd::Result(r)));
                 }
                 ty::BASKET_STATUS => {
                     if not_processed.is_none() {

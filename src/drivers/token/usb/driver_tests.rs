@@ -155,9 +155,14 @@ async fn sale_with_unplug(
     // Through the engine's settle policy, as the worker runs it.
     let run = tokio::spawn(async move {
         let stop = tokio_util::sync::CancellationToken::new();
-        crate::engine::settle::run(d.as_ref(), &mut ctx, crate::engine::settle::Entry::Live, &stop)
-            .await
-            .expect("not stopped")
+        crate::engine::settle::run(
+            d.as_ref(),
+            &mut ctx,
+            crate::engine::settle::Entry::Live,
+            &stop,
+        )
+        .await
+        .expect("not stopped")
     });
     loop {
         let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
