@@ -361,3 +361,80 @@ async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
     }
     stop.cancel();
 }
+
+/// Large device answers never silence the agent (`mqtt-api.md`: Durability promise 9):
+/// 25 payments whose raw answers are ~60 KB each, then `list` of all of them, then a new
+/// payment. The list answer stays within 256 KiB (items carry no raw device bodies, marked
+/// `device_truncated`), pages continue with `next` → `cursor`, and the later payment's
+/// result still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_device_answers_and_long_lists_stay_bounded() {
+    let broker = embedded();
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, ctl) = (sim.local_addr(), sim.control());
+    sim.spawn(stop.clone());
+    ctl.set_message_padding(60 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("ip-big", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "ip-big", "cloud-ip-big", false).await;
+    let agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    for i in 0..25 {
+        // One at a time: the queue holds 16.
+        cloud.send(pay(&format!("big-{i}"), "ip-1", 1000 + i)).await;
+        let r = cloud.result(&format!("big-{i}")).await;
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert!(r["device"]["message"]
+            .as_str()
+            .is_some_and(|m| m.len() > 60_000));
+    }
+    cloud
+        .send(json!({"v":1,"id":"big-list","op":"list","limit":500}))
+        .await;
+    let l = cloud.result("big-list").await;
+    let items = l["items"].as_array().expect("items");
+    assert_eq!(items.len(), 25, "{l}");
+    assert!(l.to_string().len() <= 256 * 1024);
+    assert_eq!(items[0]["result"]["device_truncated"], true);
+    assert!(items[0]["result"].get("device").is_none());
+    // Pages: 10, then the rest by cursor, newest first, nothing twice.
+    cloud
+        .send(json!({"v":1,"id":"big-p1","op":"list","limit":10}))
+        .await;
+    let p1 = cloud.result("big-p1").await;
+    let next = p1["next"].as_str().expect("next").to_string();
+    cloud
+        .send(json!({"v":1,"id":"big-p2","op":"list","limit":500,"cursor":next}))
+        .await;
+    let p2 = cloud.result("big-p2").await;
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (a, b) = (ids(&p1), ids(&p2));
+    assert_eq!(a.len(), 10);
+    assert!(p2.get("next").is_none(), "{p2}");
+    // p2 holds the 15 older payments and p1's own list command is newer than all.
+    let all: std::collections::BTreeSet<_> = a.iter().chain(b.iter()).collect();
+    assert_eq!(all.len(), a.len() + b.len(), "no item twice");
+    for i in 0..25 {
+        assert!(all.contains(&format!("big-{i}")), "big-{i} missing");
+    }
+    // A bad cursor is a clear error.
+    cloud
+        .send(json!({"v":1,"id":"big-bad","op":"list","cursor":"abc"}))
+        .await;
+    let bad = cloud.result("big-bad").await;
+    assert_eq!(bad["error"]["code"], "bad_request", "{bad}");
+    // And results keep flowing.
+    cloud.send(pay("big-after", "ip-1", 500)).await;
+    assert_eq!(cloud.result("big-after").await["state"], "succeeded");
+    drop(agent);
+    stop.cancel();
+}

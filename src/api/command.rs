@@ -95,6 +95,9 @@ pub struct Command {
     pub since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// `list`: the `next` of a previous page, to continue after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
 }
@@ -176,6 +179,7 @@ const COMMON_FIELDS: &[&str] = &[
     "state",
     "since",
     "limit",
+    "cursor",
 ];
 
 /// Parse and validate one payload from `{root}/cmd`.
@@ -274,6 +278,12 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
     let target = opt_request_id(&obj, "target").map_err(&fail)?;
     let state = opt_string(&obj, "state").map_err(&fail)?;
     let since = opt_time(&obj, "since").map_err(&fail)?;
+    let cursor = opt_string(&obj, "cursor").map_err(&fail)?;
+    if cursor.as_deref().is_some_and(|c| c.parse::<u64>().is_err()) {
+        return Err(fail(
+            "field cursor: not a value this agent gave as `next`".into(),
+        ));
+    }
     let limit = match obj.get("limit") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
@@ -361,6 +371,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         state,
         since,
         limit,
+        cursor,
         extra,
     })
 }

@@ -146,14 +146,20 @@ impl Pump {
             }
             for (seq, msg) in batch {
                 let topic = format!("{}/{}", self.topics.root(), msg.topic);
+                let mut payload = msg.payload.into_bytes();
+                if payload.len() > crate::api::result::MAX_RESULT_BYTES {
+                    // Written by an older version: a packet this large would fail the
+                    // connection and be retried first after every reconnect, blocking
+                    // every later result. Publish a small result for the same id instead.
+                    tracing::warn!(
+                        seq,
+                        bytes = payload.len(),
+                        "outbox entry over the result size limit; publishing it shrunk"
+                    );
+                    payload = crate::api::result::shrink_payload(&payload);
+                }
                 if !c
-                    .publish(
-                        topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        msg.payload.into_bytes(),
-                        Tag::Outbox(seq),
-                    )
+                    .publish(topic, QoS::AtLeastOnce, false, payload, Tag::Outbox(seq))
                     .await
                 {
                     return;

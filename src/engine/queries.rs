@@ -19,7 +19,7 @@ fn refused(code: ErrorCode, msg: String) -> Outcome {
 enum Answer {
     None,
     Agent(Value),
-    Items(Vec<Value>),
+    Items(Vec<Value>, Option<String>),
     Target(Value),
 }
 
@@ -31,10 +31,10 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             let agent = json!({ "version": inner.cfg.version, "uptime_s": uptime, "started_at": crate::api::ts(inner.started_at) });
             (Outcome::succeeded(None, None), Answer::Agent(agent))
         }
-        Op::List => (
-            Outcome::succeeded(None, None),
-            Answer::Items(list(inner, &rec)?),
-        ),
+        Op::List => {
+            let (items, next) = list(inner, &rec)?;
+            (Outcome::succeeded(None, None), Answer::Items(items, next))
+        }
         Op::Status => {
             let target = rec.cmd.target.clone().unwrap_or_default();
             match inner.store.get(&target)? {
@@ -97,7 +97,10 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
     inner.finalize_with(&mut rec, outcome, &extra, |res| match answer {
         Answer::None => {}
         Answer::Agent(v) => res.agent = Some(v),
-        Answer::Items(v) => res.items = Some(v),
+        Answer::Items(v, next) => {
+            res.items = Some(v);
+            res.next = next;
+        }
         Answer::Target(v) => res.target = Some(v),
     })?;
     Ok(vec![])
@@ -128,13 +131,33 @@ fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
     before != q.len()
 }
 
-fn list(inner: &Inner, rec: &CommandRecord) -> Result<Vec<Value>, StoreError> {
+/// Records one `list` page may look at; past this the page ends with `next` even if it
+/// holds fewer items than asked (a bounded scan: the intake must not stall on a big store).
+const MAX_SCAN: usize = 5_000;
+
+/// Bytes of items one page may carry, below the result limit with room for the envelope.
+const PAGE_BYTES: usize = crate::api::result::MAX_RESULT_BYTES - 16 * 1024;
+
+/// One page of recent commands, newest first, and the cursor of the next page. Items are
+/// summaries without raw device bodies (`status` gives one command whole).
+fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String>), StoreError> {
     let limit = rec.cmd.limit.unwrap_or(50) as usize;
+    // The cursor is the `seq` of the first record not yet returned.
+    let below: Option<u64> = rec.cmd.cursor.as_deref().and_then(|c| c.parse().ok());
     let mut items = Vec::new();
+    let mut bytes = 0usize;
+    let mut scanned = 0usize;
     for r in inner.store.recent() {
         let r = r?;
+        if below.is_some_and(|b| r.seq > b) {
+            continue;
+        }
         if items.len() >= limit {
-            break;
+            return Ok((items, Some(r.seq.to_string())));
+        }
+        scanned += 1;
+        if scanned > MAX_SCAN {
+            return Ok((items, Some(r.seq.to_string())));
         }
         if let Some(since) = rec.cmd.since {
             if r.received_at < since {
@@ -158,9 +181,16 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<Vec<Value>, StoreError> {
         {
             continue;
         }
-        items.push(r.summary());
+        let mut item = r.summary();
+        crate::api::result::strip_device_bodies(&mut item);
+        let size = serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(0);
+        if bytes + size > PAGE_BYTES && !items.is_empty() {
+            return Ok((items, Some(r.seq.to_string())));
+        }
+        bytes += size;
+        items.push(item);
     }
-    Ok(items)
+    Ok((items, None))
 }
 
 fn device_of(inner: &Inner, rec: &CommandRecord) -> Option<crate::drivers::DynDriver> {

@@ -59,11 +59,22 @@ async fn probe(inner: &Inner, t: &Terminal) {
 }
 
 async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Result<(), StoreError> {
-    let Some(mut rec) = inner.store.get(id)? else {
+    let Some(rec) = inner.store.get(id)? else {
         return Ok(());
     };
     let span = tracing::info_span!("command", id = %id, op = rec.cmd.op.as_str(), terminal = %t.id);
-    let _g = span.enter();
+    // Instrumented, not entered: a guard held across an await would leak the span into
+    // whatever else runs on this thread.
+    tracing::Instrument::instrument(run_record(inner, t, id, rec, resuming), span).await
+}
+
+async fn run_record(
+    inner: &Inner,
+    t: &Terminal,
+    id: &str,
+    mut rec: crate::store::CommandRecord,
+    resuming: bool,
+) -> Result<(), StoreError> {
     if resuming {
         tracing::warn!(
             steps = rec.journal.len(),

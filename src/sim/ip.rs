@@ -120,6 +120,9 @@ struct State {
     garble_rate: f64,
     /// Set by a `SimControl` knob: spoils the answer of the next new pay/refund.
     next_fault: Option<AnswerFault>,
+    /// Bytes of receipt text in every approved payment's `message` (a terminal firmware
+    /// with verbose answers; tests of the agent's size limits).
+    message_padding: usize,
     /// Numbers transaction ids; makes them unique whatever the rng draws.
     counter: u64,
     /// Every pay/refund the terminal accepted, by client ref.
@@ -201,6 +204,7 @@ impl IpSim {
             lose_rate: opts.lose_rate,
             garble_rate: opts.garble_rate,
             next_fault: None,
+            message_padding: 0,
             counter: 0,
             ops: HashMap::new(),
             payments: HashMap::new(),
@@ -320,6 +324,12 @@ impl SimControl {
     /// for `other-<ref>`. Replaces a lose/garble knob not used yet.
     pub fn foreign_next_answer(&self) {
         self.shared.lock().next_fault = Some(AnswerFault::Foreign);
+    }
+
+    /// Approved payments answer with `message` holding this many bytes of text (within
+    /// the protocol's 64 KiB line).
+    pub fn set_message_padding(&self, bytes: usize) {
+        self.shared.lock().message_padding = bytes.min(60 * 1024);
     }
 
     /// Clamped to [0, 1]; NaN never fails (no draw is below NaN).
@@ -602,6 +612,7 @@ impl State {
             transaction_id: Some(format!("T{:06}{txn:06}", self.counter)),
             approval_code: Some(format!("{approval:06}")),
             card_mask: Some(format!("4169********{last4:04}")),
+            message: (self.message_padding > 0).then(|| "R".repeat(self.message_padding)),
             ..Response::default()
         }
     }

@@ -167,7 +167,8 @@ impl OutMsg {
     pub fn result(r: &ResultMsg) -> Self {
         OutMsg {
             topic: "result".into(),
-            payload: String::from_utf8_lossy(&r.to_bytes()).into_owned(),
+            // Bounded here, once: nothing larger ever enters the outbox.
+            payload: String::from_utf8_lossy(&r.to_bounded_bytes()).into_owned(),
         }
     }
 }
