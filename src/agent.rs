@@ -155,7 +155,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let started_at = crate::api::ts(engine.started_at());
     let mut online =
         json!({ "v": 1, "state": "online", "version": crate::VERSION, "started_at": started_at });
-    if report.moved_aside.is_some() || report.corrupt_records > 0 {
+    if report.moved_aside.is_some() || report.corrupt_records > 0 || report.money_blocked.is_some()
+    {
         online["store"] = serde_json::to_value(&report).unwrap_or_default();
     }
 

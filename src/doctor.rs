@@ -378,6 +378,17 @@ fn agent_status(cfg: &Config, broker: &BrokerView) -> Check {
             "systemctl start posbridge; journalctl -u posbridge -n 50",
         );
     };
+    if let Some(h) = status.pointer("/store/money_blocked") {
+        return Check::fail(
+            NAME,
+            format!(
+                "online, but payments and refunds are REFUSED (store_damaged): the store was found damaged at {}, copy kept at {}",
+                h.get("since").and_then(Value::as_str).unwrap_or("?"),
+                h.get("moved_aside").and_then(Value::as_str).unwrap_or("?")
+            ),
+            "reconcile the salvaged commands (`list` with state unknown) on the terminals, then stop the agent and run `posbridge store acknowledge` (README: A store that cannot be opened)",
+        );
+    }
     match status.get("state").and_then(Value::as_str) {
         Some("online") => Check::ok(
             NAME,
@@ -456,7 +467,16 @@ fn store(cfg: &Config) -> (Check, StoreState) {
                 i.outbox,
                 i.size_bytes as f64 / (1024.0 * 1024.0)
             );
-            if i.corrupt > 0 {
+            if let Some(h) = &i.money_hold {
+                (
+                    Check::fail(
+                        NAME,
+                        format!("{detail}; payments and refunds are REFUSED (store_damaged) since {}: the store was found damaged ({}), the copy is kept at {}, {} command ids were salvaged ({} as unknown)", h.since, h.error, h.moved_aside, h.salvaged, h.salvaged_unknown),
+                        "reconcile the salvaged commands (`list` with state unknown) on the terminals, then stop the agent and run `posbridge store acknowledge` (README: A store that cannot be opened)",
+                    ),
+                    StoreState::Free,
+                )
+            } else if i.corrupt > 0 {
                 (
                     Check::warn(
                         NAME,

@@ -80,6 +80,11 @@ enum Cmd {
         #[command(subcommand)]
         action: SecretCmd,
     },
+    /// Store tools: lift the money hold after store damage.
+    Store {
+        #[command(subcommand)]
+        action: StoreCmd,
+    },
     /// Sign a command JSON into an envelope for agents with `security.command_keys`
     /// (for cloud vendors testing their signer). Prints the envelope on stdout.
     Sign {
@@ -116,6 +121,17 @@ enum SecretCmd {
     Set {
         terminal: String,
         name: String,
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// After the store was found damaged at start, money commands are refused until an
+    /// operator has reconciled the salvaged commands (README: "A store that cannot be
+    /// opened"). This lifts that hold. Stop the agent first (single-process store).
+    Acknowledge {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -315,6 +331,20 @@ async fn secret_set(config: &std::path::Path, terminal: &str, name: &str) -> any
     Ok(())
 }
 
+async fn store_acknowledge(config: &std::path::Path) -> anyhow::Result<String> {
+    let cfg = Config::load(config)?;
+    let (store, _) = posbridge::store::Store::open(&cfg.store.path).map_err(|e| {
+        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
+    })?;
+    Ok(match store.lift_money_hold().await? {
+        Some(h) => format!(
+            "money hold lifted: the store found damaged at {} (copy kept at {}) gave {} command ids, {} of them as unknown; payments and refunds are accepted again",
+            h.since, h.moved_aside, h.salvaged, h.salvaged_unknown
+        ),
+        None => "no money hold: nothing to acknowledge".to_string(),
+    })
+}
+
 fn sign(
     key: &std::path::Path,
     kid: &str,
@@ -487,6 +517,18 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("posbridge secret set: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Cmd::Store {
+                action: StoreCmd::Acknowledge { config },
+            } => match store_acknowledge(&config).await {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("posbridge store acknowledge: {e:#}");
                     ExitCode::FAILURE
                 }
             },

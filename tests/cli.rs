@@ -221,3 +221,110 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
         "{entries:?}"
     );
 }
+
+/// The "damaged store charges twice": pay with id X, stop, damage sled's files
+/// (as a power cut on an SD card may), start again, send X again. X is answered from
+/// what was salvaged and never executed a second time; a new payment is refused with
+/// `store_damaged` until an operator runs `posbridge store acknowledge`, which the
+/// retained status and `doctor` say; afterwards payments run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() {
+    use posbridge::sim::ip::{IpSim, SimOptions};
+    let broker = embedded();
+    let sim = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    let stop = tokio_util::sync::CancellationToken::new();
+    sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-salvage", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "shop-salvage", "cloud-salvage", false).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    cloud.send(pay("x-1", "ip-1", 1500)).await;
+    let first = cloud.result("x-1").await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    assert!(agent.sigterm().success());
+
+    let sled_dir = dir.path().join("store").join("sled");
+    for name in ["conf", "db"] {
+        let p = sled_dir.join(name);
+        let mut bytes = std::fs::read(&p).expect("read");
+        for b in bytes.iter_mut().take(64) {
+            *b ^= 0x5A;
+        }
+        std::fs::write(&p, bytes).expect("write");
+    }
+    agent.restart(&[]);
+    let st = cloud
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online" && v["store"]["money_blocked"].is_object()
+        })
+        .await;
+    assert!(st["store"]["salvaged"].as_u64().unwrap_or(0) >= 1, "{st}");
+
+    // The same id again: answered from the salvaged record, never executed.
+    cloud.send(pay("x-1", "ip-1", 1500)).await;
+    cloud
+        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "x-1")
+        .await;
+    let again = cloud.results_for("x-1");
+    assert_eq!(again[1]["state"], "succeeded", "{again:?}");
+    assert_eq!(
+        again[1]["payment"]["transaction_id"],
+        first["payment"]["transaction_id"]
+    );
+    assert_eq!(stats.executions("x-1"), 1, "never charged twice");
+    // A new payment waits for the operator.
+    cloud.send(pay("x-2", "ip-1", 700)).await;
+    let held = cloud.result("x-2").await;
+    assert_eq!(held["state"], "rejected", "{held}");
+    assert_eq!(held["error"]["code"], "store_damaged", "{held}");
+    assert_eq!(stats.executions("x-2"), 0);
+    // Non-money ops still work.
+    cloud
+        .send(serde_json::json!({"v":1,"id":"x-st","op":"status","target":"x-1"}))
+        .await;
+    assert_eq!(cloud.result("x-st").await["target"]["state"], "succeeded");
+
+    // The operator acknowledges (agent stopped), and payments run again.
+    assert!(agent.sigterm().success());
+    let config = dir.path().join("posbridge.toml");
+    let doctor = Command::new(BIN)
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&doctor.stdout).to_string()
+        + &String::from_utf8_lossy(&doctor.stderr);
+    assert!(text.contains("REFUSED"), "{text}");
+    assert!(text.contains("posbridge store acknowledge"), "{text}");
+    let ack = Command::new(BIN)
+        .args(["store", "acknowledge", "--config"])
+        .arg(&config)
+        .output()
+        .expect("acknowledge");
+    assert!(ack.status.success(), "{ack:?}");
+    assert!(String::from_utf8_lossy(&ack.stdout).contains("money hold lifted"));
+    agent.restart(&[]);
+    cloud.online().await;
+    cloud.send(pay("x-3", "ip-1", 900)).await;
+    assert_eq!(cloud.result("x-3").await["state"], "succeeded");
+    // The status of this (third) start: published before x-3 could run.
+    let st = cloud
+        .all("status")
+        .into_iter()
+        .rev()
+        .find(|v| v["state"] == "online")
+        .expect("online status");
+    assert!(st.get("store").is_none(), "hold lifted: {st}");
+    stop.cancel();
+}

@@ -51,6 +51,8 @@ pub enum ErrorCode {
     CancelledByCustomer,
     Timeout,
     Internal,
+    /// The store was found damaged at start: money commands wait for an operator.
+    StoreDamaged,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

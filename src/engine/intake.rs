@@ -216,6 +216,17 @@ impl Inner {
         if let Err(r) = term.driver.validate(&rec.cmd) {
             return self.reject(rec, r.code, r.message);
         }
+        if rec.cmd.op.moves_money() {
+            if let Some(hold) = self.store.money_hold()? {
+                // mqtt-api.md: Durability promise 7 — ids the damaged store held may not
+                // all have been salvaged; a resent one must not run as new.
+                return self.reject(
+                    rec,
+                    ErrorCode::StoreDamaged,
+                    format!("the agent's store was found damaged at {} (moved aside to {}); money commands are refused until an operator reconciles the salvaged commands and runs `posbridge store acknowledge`", hold.since, hold.moved_aside),
+                );
+            }
+        }
         if rec.expires_at <= rec.received_at {
             return self.reject(rec, ErrorCode::Expired, "expires_at is already past".into());
         }

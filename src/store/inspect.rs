@@ -3,11 +3,15 @@
 
 use std::path::Path;
 
-use super::{CmdState, CommandRecord, Store, StoreError, CACHE_BYTES, CMD, OUTBOX};
+use super::{
+    CmdState, CommandRecord, MoneyHold, Store, StoreError, CACHE_BYTES, CMD, HOLD, OUTBOX,
+};
 
 /// What `posbridge doctor` reports about a store it could open.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inspection {
+    /// Money commands are refused after store damage until `posbridge store acknowledge`.
+    pub money_hold: Option<MoneyHold>,
     pub records: usize,
     /// Results not yet acknowledged by the broker.
     pub outbox: usize,
@@ -61,6 +65,7 @@ impl Store {
             }
         }
         out.outbox = db.scan_prefix(OUTBOX).count();
+        out.money_hold = db.get(HOLD)?.and_then(|v| serde_json::from_slice(&v).ok());
         Ok(Some(out))
     }
 }

@@ -12,6 +12,7 @@
 
 mod inspect;
 mod record;
+pub mod salvage;
 mod sync;
 mod wal;
 
@@ -70,6 +71,31 @@ pub struct OpenReport {
     /// checkpoint, e.g. before a crash or power cut). Logged, not published.
     #[serde(skip)]
     pub replayed_commits: u64,
+    /// Command ids salvaged from the damaged copy into the fresh store (this start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub salvaged: Option<u64>,
+    /// Money commands are refused until an operator acknowledges the damage
+    /// (`posbridge store acknowledge`); kept across restarts until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub money_blocked: Option<MoneyHold>,
+}
+
+/// Why money commands are refused: a store was found damaged and not everything it held
+/// can be proven salvaged. Lifted only by an operator (`posbridge store acknowledge`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoneyHold {
+    /// When the damage was found.
+    pub since: String,
+    /// Where the damaged copy was moved.
+    pub moved_aside: String,
+    /// What failed at open.
+    pub error: String,
+    /// Command ids salvaged, and how many of them as `unknown`.
+    pub salvaged: u64,
+    pub salvaged_unknown: u64,
+    /// Files of the damaged copy that could not be searched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_not_searched: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -90,6 +116,8 @@ const CMD: &[u8] = b"c\0";
 const RECENT: &[u8] = b"r\0";
 const OUTBOX: &[u8] = b"o\0";
 const SECRET: &[u8] = b"s\0";
+/// The money hold after store damage (one key).
+const HOLD: &[u8] = b"m\0money_hold";
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -167,7 +195,17 @@ impl Store {
                 let _ = std::fs::rename(mark.path(), format!("{}.mark", aside.display()));
                 report.moved_aside = Some(aside.display().to_string());
                 report.error = Some(e.to_string());
-                (Self::try_open(path)?, wal::Replayed::default(), 0)
+                let db = Self::try_open(path)?;
+                // Never forget an id: what the damaged copy still shows goes into the
+                // fresh store (made durable with the flush below), and money commands
+                // wait for an operator.
+                let found = salvage::salvage(&aside, &aside.display().to_string());
+                let hold = Self::write_salvage(&db, &found, &aside, &e)?;
+                tracing::error!(salvaged = hold.salvaged, as_unknown = hold.salvaged_unknown,
+                    not_searched = hold.files_not_searched.len(),
+                    "store damage: command ids salvaged from the damaged copy; money commands are refused until `posbridge store acknowledge`");
+                report.salvaged = Some(hold.salvaged);
+                (db, wal::Replayed::default(), 0)
             }
         };
         report.replayed_commits = replayed.records;
@@ -224,6 +262,7 @@ impl Store {
             pending,
             seq: std::sync::Arc::new(AtomicU64::new(seq_start)),
         };
+        report.money_blocked = store.money_hold()?;
         for item in store.db.scan_prefix(CMD) {
             let (k, v) = item?;
             if serde_json::from_slice::<CommandRecord>(&v).is_err() {
@@ -232,6 +271,73 @@ impl Store {
             }
         }
         Ok((store, report))
+    }
+
+    /// Put what was salvaged into a fresh db, results of the `unknown` ones into the
+    /// outbox, and the money hold.
+    fn write_salvage(
+        db: &sled::Db,
+        found: &salvage::Salvage,
+        aside: &Path,
+        why: &StoreError,
+    ) -> Result<MoneyHold, StoreError> {
+        let mut seq = 0u64;
+        let corrupt = |key: &str, source| StoreError::Corrupt {
+            key: key.to_string(),
+            source,
+        };
+        for r in &found.records {
+            seq += 1;
+            let mut r = r.clone();
+            r.seq = seq;
+            let v = serde_json::to_vec(&r).map_err(|e| corrupt(&r.cmd.id, e))?;
+            db.insert(key(CMD, r.cmd.id.as_bytes()), v)?;
+            db.insert(seq_key(RECENT, seq), r.cmd.id.as_bytes())?;
+            if found.unknown.contains(&r.cmd.id) {
+                if let Some(res) = &r.result {
+                    seq += 1;
+                    let m = serde_json::to_vec(&OutMsg::result(res))
+                        .map_err(|e| corrupt("outbox", e))?;
+                    db.insert(seq_key(OUTBOX, seq), m)?;
+                }
+            }
+        }
+        let hold = MoneyHold {
+            since: crate::api::ts(chrono::Utc::now()),
+            moved_aside: aside.display().to_string(),
+            error: why.to_string(),
+            salvaged: found.records.len() as u64,
+            salvaged_unknown: found.unknown.len() as u64,
+            files_not_searched: found.files_skipped.clone(),
+        };
+        let v = serde_json::to_vec(&hold).map_err(|e| corrupt("money hold", e))?;
+        db.insert(HOLD, v)?;
+        Ok(hold)
+    }
+
+    /// The money hold after store damage, if an operator has not lifted it yet.
+    pub fn money_hold(&self) -> Result<Option<MoneyHold>, StoreError> {
+        match self.db.get(HOLD)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    key: "money hold".into(),
+                    source,
+                }),
+        }
+    }
+
+    /// Lift the money hold (`posbridge store acknowledge`); durable when this returns.
+    pub async fn lift_money_hold(&self) -> Result<Option<MoneyHold>, StoreError> {
+        let hold = self.money_hold()?;
+        if hold.is_some() {
+            let mut b = LoggedBatch::default();
+            b.remove(HOLD);
+            self.apply(b)?;
+            self.commit().await?;
+        }
+        Ok(hold)
     }
 
     fn try_open(path: &Path) -> Result<sled::Db, StoreError> {

@@ -76,12 +76,32 @@ async fn damaged_store_is_moved_aside_not_deleted() {
         std::fs::write(&p, bytes).expect("write");
     }
     let (store, report) = Store::open(&path).expect("open after damage");
-    let aside = report.moved_aside.expect("moved aside");
+    let aside = report.moved_aside.clone().expect("moved aside");
     assert!(
         std::path::Path::new(&aside).join("db").exists(),
         "damaged copy kept"
     );
-    assert!(store.get("a").expect("get").is_none(), "fresh store");
+    // The id is salvaged, never forgotten: `unknown`, not resumed, its result queued.
+    let a = store.get("a").expect("get").expect("salvaged");
+    assert_eq!(a.state, CmdState::Unknown);
+    assert!(a.result.as_ref().is_some_and(|r| r.needs_reconciliation));
+    assert!(
+        store.unfinished().expect("list").is_empty(),
+        "nothing resumes"
+    );
+    assert_eq!(store.outbox_len(), 1);
+    assert_eq!(report.salvaged, Some(1));
+    let hold = report.money_blocked.expect("money held");
+    assert_eq!(hold.salvaged_unknown, 1);
+    // The hold survives a restart until lifted.
+    drop(store);
+    let (store, report) = Store::open(&path).expect("reopen");
+    assert!(report.moved_aside.is_none());
+    assert!(report.money_blocked.is_some(), "still held");
+    assert!(store.lift_money_hold().await.expect("lift").is_some());
+    drop(store);
+    let (_store, report) = Store::open(&path).expect("reopen");
+    assert!(report.money_blocked.is_none(), "lifted durably");
 }
 
 #[tokio::test]
@@ -140,7 +160,15 @@ async fn truncated_data_file_is_detected_not_silently_shortened() {
             .is_some_and(|e| e.contains("lost committed data")),
         "{report:?}"
     );
-    assert!(store.unfinished().expect("list").is_empty(), "fresh store");
+    // Half the data file is gone: what is left of it is salvaged as `unknown` (nothing
+    // resumes), the rest cannot be proven, so money waits for an operator.
+    assert!(
+        store.unfinished().expect("list").is_empty(),
+        "nothing resumes"
+    );
+    assert!(report.money_blocked.is_some());
+    let salvaged = report.salvaged.unwrap_or(0);
+    assert!(salvaged > 0 && salvaged <= 2000, "{salvaged}");
 }
 
 #[tokio::test]
