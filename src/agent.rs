@@ -175,19 +175,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         shutdown: pump_stop.clone(),
         stop_conn: conn_stop.clone(),
         beat: crate::systemd::Beat::new(),
+        final_status: None,
     };
     let beats = vec![engine.beat(), pump.beat.clone()];
     let pump_task = tokio::spawn(pump.run());
+    let gate = Arc::new(bus::gate::Gate::default());
     let conn_task = tokio::spawn(bus::run_connection(
         bus_cfg,
         topics,
         cmd_tx,
         conn_tx,
         bus_stats.clone(),
+        gate.clone(),
         conn_stop.clone(),
     ));
     let intake_engine = engine.clone();
-    let intake_task = tokio::spawn(async move { intake_engine.run_intake(cmd_rx).await });
+    let intake_gate = gate.clone();
+    let intake_task =
+        tokio::spawn(async move { intake_engine.run_intake(cmd_rx, intake_gate).await });
+    let out_tx_fatal = out_tx.clone();
     let telemetry_task = tokio::spawn(crate::telemetry::run(
         engine.clone(),
         bus_stats.clone(),
@@ -214,7 +220,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         tokio::spawn(sup.run(connected, shutdown.clone(), supervisor_done.clone()))
     });
 
-    shutdown.cancelled().await;
+    // Fail-stop: a store that cannot make writes durable acknowledges nothing more; stop,
+    // say so on the retained status, and exit non-zero so that a restart replays the log.
+    let store_failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        why = store.failed() => Some(why),
+    };
+    if let Some(why) = &store_failure {
+        let _ = out_tx_fatal.send(crate::engine::Outbound::StoreFailed(why.clone()));
+    }
     tracing::info!("stopping: no new commands; waiting for running operations");
     engine_stop.cancel();
     let _ = intake_task.await;
@@ -238,12 +252,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let _ = pump_task.await;
     let _ = conn_task.await;
     // A clean stop leaves sled durable and the write-ahead log empty.
-    if let Err(e) = store.checkpoint().await {
-        tracing::warn!(error = %e, "store checkpoint at stop failed; the log is replayed at the next start");
+    if store_failure.is_none() {
+        if let Err(e) = store.checkpoint().await {
+            tracing::warn!(error = %e, "store checkpoint at stop failed; the log is replayed at the next start");
+        }
     }
     supervisor_done.cancel();
     if let Some(t) = supervisor_task {
         let _ = t.await;
+    }
+    if let Some(why) = store_failure {
+        anyhow::bail!(
+            "stopped after a store failure ({why}); the restart replays the log from disk"
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -22,3 +22,73 @@ pub fn hit(point: &str) {
         std::process::abort();
     }
 }
+
+/// `POSBRIDGE_IO_FAULTS=<point>=<eio|enospc>@<n>[,…]`: the `n`-th time (1-based) the
+/// store reaches `<point>` and every time after, the I/O there fails with that error
+/// instead of running. `@if:<path>` instead of `@<n>`: it fails whenever `<path>` exists
+/// (a test creates the file at the moment it wants the disk to fail). Points: `wal:append` (the log write), `wal:sync` (its
+/// `fdatasync`), `sled:flush` (a checkpoint's flush + `fdatasync`). Compiled in only
+/// with the `failpoints` feature (the tests' default; production builds use
+/// `--no-default-features` and leave it out).
+pub const IO_ENV: &str = "POSBRIDGE_IO_FAULTS";
+
+#[cfg(feature = "failpoints")]
+pub fn io(point: &str) -> std::io::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    struct Rule {
+        err: i32,
+        from: u64,
+        when_exists: Option<std::path::PathBuf>,
+        seen: AtomicU64,
+    }
+    static RULES: OnceLock<HashMap<String, Rule>> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let rules = RULES.get_or_init(|| {
+        let spec = std::env::var(IO_ENV).unwrap_or_default();
+        spec.split(',')
+            .filter_map(|r| {
+                let (point, rest) = r.split_once('=')?;
+                let (kind, n) = rest.split_once('@').unwrap_or((rest, "1"));
+                let err = match kind {
+                    "eio" => libc::EIO,
+                    "enospc" => libc::ENOSPC,
+                    _ => return None,
+                };
+                let (from, when_exists) = match n.strip_prefix("if:") {
+                    Some(path) => (1, Some(std::path::PathBuf::from(path))),
+                    None => (n.parse().ok()?, None),
+                };
+                Some((
+                    point.to_string(),
+                    Rule {
+                        err,
+                        from,
+                        when_exists,
+                        seen: AtomicU64::new(0),
+                    },
+                ))
+            })
+            .collect()
+    });
+    let Some(rule) = rules.get(point) else {
+        return Ok(());
+    };
+    let _g = LOCK.lock();
+    if rule.when_exists.as_ref().is_some_and(|p| !p.exists()) {
+        return Ok(());
+    }
+    let n = rule.seen.fetch_add(1, Ordering::SeqCst) + 1;
+    if n >= rule.from {
+        eprintln!("posbridge: fault injection: I/O error at {point} (call {n})");
+        return Err(std::io::Error::from_raw_os_error(rule.err));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn io(_point: &str) -> std::io::Result<()> {
+    Ok(())
+}

@@ -19,6 +19,7 @@ pub fn snapshot(engine: &Engine, bus: &BusStats) -> Value {
         "uptime_s": uptime,
         "version": crate::VERSION,
         "mqtt_reconnects": bus.reconnects.load(Ordering::Relaxed),
+        "dropped_commands": bus.dropped_commands.load(Ordering::Relaxed),
         "outbox_len": engine.store().outbox_len(),
         "queue_len": engine.queue_lens(),
         "commands": engine.stats().by_state(),

@@ -438,3 +438,52 @@ async fn large_device_answers_and_long_lists_stay_bounded() {
     drop(agent);
     stop.cancel();
 }
+
+/// Commands come at QoS 1 only (`mqtt-api.md`: Durability promise 9): a QoS 0 publish on
+/// `cmd` — which no broker would redeliver, so the agent could not acknowledge it only
+/// once durable — is dropped without a result, counted in telemetry (`dropped_commands`),
+/// and the agent goes on taking QoS 1 commands. Against mosquitto: the embedded rumqttd
+/// delivers a QoS 0 publish at the subscription's QoS 1, so no client behind it can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_commands_are_dropped_and_counted() {
+    if !mosquitto_available() {
+        return;
+    }
+    let broker = Broker::Mosquitto(Mosquitto::start());
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("ip-qos0", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "ip-qos0", "cloud-ip-qos0", false).await;
+    let agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    for i in 0..3 {
+        cloud
+            .client
+            .publish(
+                format!("{}/cmd", cloud.root),
+                rumqttc::QoS::AtMostOnce,
+                false,
+                pay(&format!("q0-{i}"), "ip-1", 500)
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await
+            .expect("publish");
+    }
+    cloud.send(pay("q1-ok", "ip-1", 500)).await;
+    assert_eq!(cloud.result("q1-ok").await["state"], "succeeded");
+    cloud
+        .wait("telemetry", Duration::from_secs(10), |v| {
+            v["dropped_commands"] == 3
+        })
+        .await;
+    for i in 0..3 {
+        let id = format!("q0-{i}");
+        assert!(cloud.results_for(&id).is_empty(), "{id}: no result");
+        assert_eq!(stats.executions(&id), 0, "{id}: never executed");
+    }
+    assert!(agent.log().contains("not a plain QoS 1 publish"));
+    stop.cancel();
+}

@@ -238,3 +238,77 @@ async fn store_writes_are_fdatasynced() {
     );
     stop.cancel();
 }
+
+/// Fail-stop on a store that cannot sync (`mqtt-api.md`: Durability promise 8). The disk
+/// starts failing (EIO on the log's fdatasync, through the `failpoints` layer) while a
+/// payment runs on the terminal, and again when a new command arrives: nothing is
+/// acknowledged after the failure (no result, no PUBACK), the retained status says
+/// `degraded` with the reason, the agent exits non-zero — and after the restart every
+/// command reaches its result, each executed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_errors_stop_acknowledging_and_lose_nothing() {
+    for (n, fail_on) in ["result", "intake"].iter().enumerate() {
+        let broker = embedded();
+        let (sim, stop) = sim(if *fail_on == "result" { 400 } else { 0 }).await;
+        let (addr, stats) = (sim.local_addr(), sim.stats());
+        let _sim = sim.spawn(stop.clone());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trigger = dir.path().join("disk-fails");
+        let agent_id = format!("failstop-{n}");
+        let spec = AgentSpec::new(&agent_id, broker.port()).ip("ip-1", addr);
+        let cloud =
+            Cloud::connect(broker.port(), &agent_id, &format!("cloud-{agent_id}"), true).await;
+        let faults = format!("wal:sync=eio@if:{}", trigger.display());
+        let mut agent = Agent::start_with(
+            &spec,
+            dir.path(),
+            &[(posbridge::faults::IO_ENV, &faults)],
+            &[],
+        );
+        cloud.online().await;
+        cloud.send(pay("ok-1", "ip-1", 1000)).await;
+        assert_eq!(cloud.result("ok-1").await["state"], "succeeded");
+        if *fail_on == "result" {
+            // The payment is on the terminal (its sending step durable); the disk fails
+            // before its result can be made durable.
+            cloud.send(pay("fs-1", "ip-1", 1100)).await;
+            cloud
+                .wait("evt", Duration::from_secs(10), |v| {
+                    v["id"] == "fs-1" && v["sub_state"] == "WaitTerminal"
+                })
+                .await;
+            std::fs::write(&trigger, b"").expect("trigger");
+        } else {
+            std::fs::write(&trigger, b"").expect("trigger");
+            cloud.send(pay("fs-1", "ip-1", 1100)).await;
+        }
+        let degraded = cloud
+            .wait("status", Duration::from_secs(20), |v| {
+                v["state"] == "degraded"
+            })
+            .await;
+        assert!(
+            degraded["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("store")),
+            "{degraded}"
+        );
+        let st = agent
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the agent stops after a store failure\n{}", agent.log()));
+        assert!(!st.success(), "non-zero exit so systemd restarts it");
+        assert!(
+            cloud.results_for("fs-1").is_empty(),
+            "nothing published after the failure"
+        );
+        // The disk is back; the restart replays the log and settles everything.
+        std::fs::remove_file(&trigger).expect("untrigger");
+        agent.restart(&[]);
+        let r = cloud.result("fs-1").await;
+        assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
+        assert_eq!(stats.executions("fs-1"), 1, "{fail_on}: charged once");
+        assert_eq!(stats.executions("ok-1"), 1);
+        assert!(agent.sigterm().success());
+        stop.cancel();
+    }
+}

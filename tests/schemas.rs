@@ -695,6 +695,14 @@ async fn every_published_message_matches_its_schema() {
     let st = agent.sigterm();
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
     let offline = s.wait("status", |v| v["state"] == "offline").await;
+    // A store that cannot sync: degraded, and the agent exits non-zero.
+    agent.restart(&[(posbridge::faults::IO_ENV, "wal:sync=eio@1")]);
+    s.send(json!({"v":1,"id":"deg-1","op":"ping"})).await;
+    s.wait("status", |v| v["state"] == "degraded").await;
+    let st = agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("the agent stops after a store failure");
+    assert!(!st.success(), "non-zero exit after a store failure");
     stop.cancel();
 
     // Everything the agent published (already validated as it was read).

@@ -18,6 +18,7 @@ pub mod tls;
 
 pub use pump::Pump;
 
+pub mod gate;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +75,8 @@ pub(crate) enum ConnEvent {
 #[derive(Debug, Default)]
 pub struct BusStats {
     pub reconnects: std::sync::atomic::AtomicU64,
+    /// Publishes on `cmd` that were not plain QoS 1 (QoS 0 or retained): dropped.
+    pub dropped_commands: std::sync::atomic::AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
 }
 
@@ -111,6 +114,7 @@ pub(crate) async fn run_connection(
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     pump_tx: mpsc::UnboundedSender<ConnEvent>,
     stats: Arc<BusStats>,
+    gate: Arc<gate::Gate>,
     stop: CancellationToken,
 ) {
     let opts = mqtt_options(&cfg, &topics);
@@ -131,6 +135,10 @@ pub(crate) async fn run_connection(
             let ev = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = gate.reconnect_requested() => {
+                    tracing::warn!("reconnecting so the broker delivers unacknowledged commands again");
+                    break;
+                }
                 ev = el.poll() => ev,
             };
             match ev {
@@ -167,6 +175,26 @@ pub(crate) async fn run_connection(
                     if p.topic != cmd_topic {
                         continue;
                     }
+                    if p.qos != QoS::AtLeastOnce || p.retain {
+                        // mqtt-api.md 9: commands come at QoS 1 only. A QoS 0 command has
+                        // no redelivery to lean on, and a retained one would run again
+                        // for every new subscription. Dropped, counted in telemetry.
+                        stats
+                            .dropped_commands
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(qos = ?p.qos, retain = p.retain, bytes = p.payload.len(),
+                            "command dropped: not a plain QoS 1 publish (mqtt-api.md: commands arrive at QoS 1 only)");
+                        if p.qos == QoS::AtLeastOnce {
+                            let _ = client.try_ack(&p);
+                        }
+                        continue;
+                    }
+                    let Some(slot) = gate.admit(p.payload.len()) else {
+                        // Full: not acknowledged, so the broker keeps it (and everything
+                        // after it) for the next connection.
+                        tracing::warn!(queued = ?gate.queued(), "intake queue full; reconnecting later so the broker holds the rest");
+                        break;
+                    };
                     let ack_client = client.clone();
                     let payload = p.payload.to_vec();
                     let cmd = Cmd {
@@ -178,10 +206,10 @@ pub(crate) async fn run_connection(
                                 let _ = ack_client.ack(&p).await;
                             })
                         }),
+                        slot: Some(slot),
                     };
                     // Never await here: this task is the only one polling the connection,
-                    // and the intake's PUBACKs go through it. The broker's inflight window
-                    // bounds what can be queued (commands are acknowledged only once durable).
+                    // and the intake's PUBACKs go through it. The gate bounds the queue.
                     if cmd_tx.send(cmd).is_err() {
                         break;
                     }

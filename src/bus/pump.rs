@@ -32,6 +32,8 @@ pub struct Pump {
     pub(crate) stop_conn: CancellationToken,
     /// Bumped by the loop, idle or not; the systemd watchdog checks it moves.
     pub(crate) beat: crate::systemd::Beat,
+    /// The retained status left at stop: `offline`, or `degraded` after a store failure.
+    pub(crate) final_status: Option<Value>,
 }
 
 struct Conn {
@@ -110,6 +112,25 @@ impl Pump {
                                 c.publish(self.topics.telemetry(), QoS::AtMostOnce, false, v.to_string().into_bytes(), Tag::None).await;
                             }
                         }
+                        Some(Outbound::StoreFailed(reason)) => {
+                            let mut degraded = self.online.clone();
+                            degraded["state"] = Value::String("degraded".into());
+                            degraded["reason"] = Value::String(format!("store failure: {reason}"));
+                            degraded["since"] = Value::String(crate::api::ts(chrono::Utc::now()));
+                            self.online = degraded.clone();
+                            self.final_status = Some(degraded.clone());
+                            for (id, payload) in terminals.iter_mut() {
+                                payload["state"] = Value::String("error".into());
+                                payload["last_error"] = Value::String(format!("agent store failure: {reason}"));
+                                payload["since"] = Value::String(crate::api::ts(chrono::Utc::now()));
+                                if let Some(c) = &conn {
+                                    c.publish(self.topics.terminal(id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
+                                }
+                            }
+                            if let Some(c) = &conn {
+                                c.publish(self.topics.status(), QoS::AtLeastOnce, true, degraded.to_string().into_bytes(), Tag::None).await;
+                            }
+                        }
                         Some(Outbound::Terminal { id, payload }) => {
                             if let Some(c) = &conn {
                                 c.publish(self.topics.terminal(&id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
@@ -174,11 +195,15 @@ impl Pump {
     /// disconnect so the broker does not fire the will as well.
     async fn goodbye(&mut self, conn: Option<Conn>) {
         let Some(c) = conn else { return };
+        let last = match &self.final_status {
+            Some(v) => v.to_string().into_bytes(),
+            None => br#"{"v":1,"state":"offline"}"#.to_vec(),
+        };
         c.publish(
             self.topics.status(),
             QoS::AtLeastOnce,
             true,
-            br#"{"v":1,"state":"offline"}"#.to_vec(),
+            last,
             Tag::Offline,
         )
         .await;

@@ -21,6 +21,8 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     /// Sends the PUBACK. Called only after the command is durable.
     pub ack: Box<dyn FnOnce() -> AckFuture + Send>,
+    /// Its place in the bounded intake queue, given back when this is dropped.
+    pub slot: Option<crate::bus::gate::Slot>,
 }
 
 /// Most commands written under one sync.
@@ -28,7 +30,11 @@ const MAX_BATCH: usize = 256;
 
 impl Engine {
     /// Run the intake loop until the channel closes or shutdown is requested.
-    pub async fn run_intake(&self, mut rx: mpsc::UnboundedReceiver<Incoming>) {
+    pub async fn run_intake(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Incoming>,
+        gate: std::sync::Arc<crate::bus::gate::Gate>,
+    ) {
         let mut beat = tokio::time::interval(crate::systemd::BEAT_INTERVAL);
         loop {
             self.inner.beat.bump();
@@ -46,8 +52,18 @@ impl Engine {
                 }
             }
             if let Err(e) = self.intake_batch(batch).await {
-                // Nothing was acknowledged: the broker redelivers these commands.
-                tracing::error!(error = %e, "intake batch failed; commands left unacknowledged");
+                // Nothing was acknowledged. A broker redelivers unacknowledged commands only
+                // on a new connection: reconnect, or the agent would sit deaf once the
+                // broker's inflight window fills. (A store that cannot sync stops the
+                // agent instead: `agent::run`.)
+                if self.inner.store.failure().is_some() {
+                    // The agent is stopping on it; keep the connection for the `degraded`
+                    // status. The restart's new connection brings the commands again.
+                    tracing::error!(error = %e, "intake batch failed on a failed store; commands left unacknowledged");
+                } else {
+                    tracing::error!(error = %e, "intake batch failed; commands left unacknowledged; reconnecting so the broker delivers them again");
+                    gate.force_reconnect();
+                }
             }
         }
     }

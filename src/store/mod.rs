@@ -55,6 +55,9 @@ pub enum StoreError {
     /// or replaced data file: sled itself would silently start from what is left).
     #[error("store lost committed data: the watermark says record #{expected} was committed, but it is missing")]
     LostData { expected: u64 },
+    /// The write-ahead log is damaged before its end (not a commit cut short by a crash).
+    #[error("store log {path} is damaged at byte {offset}, before its end: committed changes after it cannot be trusted")]
+    LogDamaged { path: String, offset: u64 },
 }
 
 /// What happened when the store was opened; reported on `status` and in logs.
@@ -154,7 +157,9 @@ fn is_damage(e: &StoreError) -> bool {
         StoreError::Sled(sled::Error::Corruption { .. }) => true,
         StoreError::Sled(sled::Error::Unsupported(_)) => true,
         StoreError::Sled(sled::Error::ReportableBug(_)) => true,
-        StoreError::Panicked(_) | StoreError::LostData { .. } => true,
+        StoreError::Panicked(_) | StoreError::LostData { .. } | StoreError::LogDamaged { .. } => {
+            true
+        }
         StoreError::Sled(sled::Error::Io(io)) => {
             matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
         }
@@ -401,6 +406,17 @@ impl Store {
     /// Concurrent callers share one sync.
     pub async fn commit(&self) -> Result<(), StoreError> {
         self.syncer.sync().await
+    }
+
+    /// Resolves once the store has failed (a write or sync error that survived its one
+    /// retry): from then on every commit fails. The agent stops on it.
+    pub async fn failed(&self) -> String {
+        self.syncer.failed().await
+    }
+
+    /// The store's failure, if it has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.syncer.failure()
     }
 
     /// Commit, then make sled itself durable and drop the write-ahead log (bounds the

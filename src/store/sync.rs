@@ -3,6 +3,13 @@
 //! write and is answered only by a commit that began after it registered, so no
 //! acknowledgement can run ahead of the sync covering it. Checkpoints (sled made durable,
 //! then the log dropped) run in the same task, so they never interleave with a commit.
+//!
+//! Fail-stop (`mqtt-api.md`: Durability promise 8): after a failed `fdatasync` the page
+//! cache cannot be trusted (PostgreSQL's "fsyncgate"), so the first store I/O error that
+//! survives one retry on a fresh log file poisons the syncer: that commit and every later
+//! one fail, nothing more is acknowledged, no log generation is deleted any more, and the
+//! agent, told through [`Syncer::failed`], stops and exits non-zero so that a restart
+//! replays the log from disk.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -41,11 +48,50 @@ pub struct Syncer {
     db: sled::Db,
     mark: Arc<Mark>,
     tx: std::sync::mpsc::Sender<(sled::Db, Req)>,
+    failure: Failure,
+}
+
+/// Set once, at the first store failure; waited on by the agent.
+#[derive(Clone, Default)]
+pub(crate) struct Failure {
+    reason: Arc<std::sync::OnceLock<String>>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Failure {
+    fn set(&self, why: &str) {
+        if self.reason.set(why.to_string()).is_ok() {
+            tracing::error!(
+                reason = why,
+                "store failed: nothing more is acknowledged; the agent stops"
+            );
+            self.notify.notify_one();
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        self.reason.get().cloned()
+    }
 }
 
 impl Syncer {
     pub fn mark(&self) -> &Mark {
         &self.mark
+    }
+
+    /// Resolves once the store has failed (with the reason); never before.
+    pub async fn failed(&self) -> String {
+        loop {
+            if let Some(r) = self.failure.get() {
+                return r;
+            }
+            self.failure.notify.notified().await;
+        }
+    }
+
+    /// The failure, if the store has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get()
     }
 
     pub(crate) fn start(
@@ -58,6 +104,8 @@ impl Syncer {
     ) -> Syncer {
         let mark = Arc::new(mark);
         let task_mark = mark.clone();
+        let failure = Failure::default();
+        let task_failure = failure.clone();
         let (tx, rx) = std::sync::mpsc::channel::<(sled::Db, Req)>();
         // A thread of its own, not a task + spawn_blocking: a commit is then one hand-off
         // to this thread and one back, instead of four (measured: docs/performance.md).
@@ -66,6 +114,7 @@ impl Syncer {
             .name("posbridge-sync".into())
             .spawn(move || {
                 let mark = task_mark;
+                let failure = task_failure;
                 // `None` after a failed append: the next commit starts a new generation,
                 // so a partly written record is only ever a file's last bytes.
                 let mut log: Option<LogFile> = Some(log);
@@ -81,20 +130,24 @@ impl Syncer {
                     while let Ok((_, r)) = rx.try_recv() {
                         route(r);
                     }
-                    let res = commit(&mut log, &mut generation, &dir, &mark, &pending);
-                    let big = log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
-                    let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
-                        checkpoint(&db, &mut log, &mut generation, &dir, &mark, &pending)
-                    } else {
-                        Ok(())
+                    let (res, cp) = match failure.get() {
+                        // Poisoned: no more I/O, every request fails.
+                        Some(why) => (Err(why.clone()), Err(why)),
+                        None => {
+                            let res = commit(&mut log, &mut generation, &dir, &mark, &pending);
+                            let big = log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+                            let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
+                                checkpoint(&db, &mut log, &mut generation, &dir, &mark, &pending)
+                            } else {
+                                Ok(())
+                            };
+                            if let Err(e) = res.as_ref().and(cp.as_ref()) {
+                                failure.set(e);
+                            }
+                            (res, cp)
+                        }
                     };
                     drop(db);
-                    if let Err(e) = &res {
-                        tracing::error!(error = %e, "store commit failed");
-                    }
-                    if let Err(e) = &cp {
-                        tracing::error!(error = %e, "store checkpoint failed (the log is kept; nothing is lost)");
-                    }
                     for w in commits {
                         let _ = w.send(res.clone());
                     }
@@ -105,9 +158,14 @@ impl Syncer {
             });
         if let Err(e) = spawned {
             // Every commit then fails with "syncer stopped": nothing is acknowledged.
-            tracing::error!(error = %e, "cannot start the store's sync thread");
+            failure.set(&format!("cannot start the store's sync thread: {e}"));
         }
-        Syncer { db, mark, tx }
+        Syncer {
+            db,
+            mark,
+            tx,
+            failure,
+        }
     }
 
     async fn request(&self, make: impl FnOnce(Waiter) -> Req) -> Result<(), StoreError> {
@@ -143,7 +201,7 @@ fn commit(
         (std::mem::take(&mut *p), mark.noted(), mark.outbox_noted())
     };
     if !buf.is_empty() {
-        let written = (|| {
+        let mut write = |log: &mut Option<LogFile>| -> std::io::Result<()> {
             if log.is_none() {
                 *generation += 1;
                 *log = Some(LogFile::create(dir, *generation)?);
@@ -152,10 +210,20 @@ fn commit(
                 Some(l) => l.append_durably(&buf),
                 None => Ok(()),
             }
-        })();
+        };
+        let first = write(log);
+        let written = match first {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The file may now end in a partial record: one retry, into a fresh
+                // generation (a bad sector or a file the disk refuses to grow).
+                tracing::warn!(error = %e, "store log append failed; retrying once in a fresh log file");
+                *log = None;
+                write(log)
+            }
+        };
         if let Err(e) = written {
-            // Put the bytes back in front, in order, for the next commit to write into a
-            // fresh generation; this file may end in a partial record.
+            // Kept, in order, in front of later changes: never dropped before durable.
             *log = None;
             let mut p = lock_pending(pending);
             let later = std::mem::replace(&mut *p, buf);
@@ -178,16 +246,22 @@ fn checkpoint(
     pending: &Pending,
 ) -> Result<(), String> {
     let nothing_logged = log.as_ref().is_some_and(|l| l.len == 0);
-    let (upto, outbox_upto) = {
+    let (taken, upto, outbox_upto) = {
         let mut p = lock_pending(pending);
         if nothing_logged && p.is_empty() {
             return Ok(());
         }
-        // Everything applied so far is in sled's memory and covered by the flush below.
-        p.clear();
-        (mark.noted(), mark.outbox_noted())
+        // Everything applied so far is in sled's memory and covered by the flush below;
+        // kept until that flush is durable.
+        (std::mem::take(&mut *p), mark.noted(), mark.outbox_noted())
     };
-    durable_flush(db, dir)?;
+    if let Err(e) = durable_flush(db, dir) {
+        // Not durable anywhere yet: back in front of later changes, for the log.
+        let mut p = lock_pending(pending);
+        let later = std::mem::replace(&mut *p, taken);
+        p.extend_from_slice(&later);
+        return Err(e);
+    }
     mark.outbox_synced(outbox_upto);
     mark.persist_checkpoint(upto)
         .map_err(|e| format!("store watermark: {e}"))?;
@@ -204,6 +278,7 @@ fn checkpoint(
 pub(crate) fn durable_flush(db: &sled::Db, dir: &Path) -> Result<(), String> {
     let data_file = &dir.join("db");
     let blobs_dir = &dir.join("blobs");
+    crate::faults::io("sled:flush").map_err(|e| format!("flush: {e}"))?;
     db.flush().map_err(|e| format!("flush: {e}"))?;
     File::open(data_file)
         .and_then(|f| f.sync_data())

@@ -130,29 +130,51 @@ pub(crate) struct Replayed {
 }
 
 /// The batches in one log file's bytes, up to the first record that is cut short or
-/// fails its checksum.
+/// fails its checksum, and the bytes after it.
+#[cfg(test)]
 pub(crate) fn decode(bytes: &[u8]) -> (Vec<sled::Batch>, u64) {
+    let (out, at) = decode_from(bytes);
+    (out, (bytes.len() - at) as u64)
+}
+
+fn decode_from(bytes: &[u8]) -> (Vec<sled::Batch>, usize) {
     let mut out = Vec::new();
     let mut at = 0usize;
-    while let Some(head) = bytes.get(at..at + 8) {
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 0 || len > MAX_RECORD {
-            break;
-        }
-        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if CASTAGNOLI.checksum(payload) != crc {
-            break;
-        }
-        match decode_ops(payload) {
-            Some(b) => out.push(b),
-            None => break,
-        }
-        at += 8 + len;
+    while let Some((b, next)) = frame_at(bytes, at) {
+        out.push(b);
+        at = next;
     }
-    (out, (bytes.len() - at) as u64)
+    (out, at)
+}
+
+/// The whole, valid record at `at` and where the next one starts.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(sled::Batch, usize)> {
+    let head = bytes.get(at..at + 8)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let payload = bytes.get(at + 8..at + 8 + len)?;
+    if CASTAGNOLI.checksum(payload) != crc {
+        return None;
+    }
+    Some((decode_ops(payload)?, at + 8 + len))
+}
+
+/// Whether a log whose decoding stopped at `at` is damaged in the middle rather than cut
+/// short at its end: the record there is whole by its length, and a valid record follows
+/// it. (A crash mid-append leaves only the last record partial; a flipped bit or a lost
+/// sector inside the log leaves good records after the bad one.)
+fn damaged_mid_log(bytes: &[u8], at: usize) -> bool {
+    let Some(head) = bytes.get(at..at + 8) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len == 0 || len > MAX_RECORD || at + 8 + len >= bytes.len() {
+        return false;
+    }
+    frame_at(bytes, at + 8 + len).is_some()
 }
 
 fn decode_ops(mut p: &[u8]) -> Option<sled::Batch> {
@@ -187,9 +209,20 @@ pub(crate) fn replay(db: &sled::Db, dir: &Path) -> Result<(Replayed, u64), super
     };
     let mut seen = Replayed::default();
     let mut last = 0;
-    for (generation, path) in list(dir).map_err(io)? {
+    let logs = list(dir).map_err(io)?;
+    let newest = logs.last().map(|(g, _)| *g);
+    for (generation, path) in logs {
         let bytes = std::fs::read(&path).map_err(io)?;
-        let (batches, torn) = decode(&bytes);
+        let (batches, at) = decode_from(&bytes);
+        let torn = (bytes.len() - at) as u64;
+        // Only the newest log can end in a commit cut short by a crash; anything else is
+        // damage, reported — never a silent truncation of committed changes.
+        if torn > 0 && (Some(generation) != newest || damaged_mid_log(&bytes, at)) {
+            return Err(super::StoreError::LogDamaged {
+                path: path.display().to_string(),
+                offset: at as u64,
+            });
+        }
         if torn > 0 {
             tracing::warn!(log = %path.display(), torn_bytes = torn,
                 "store log ends in a partial record (a commit cut short by a crash; it was never acknowledged)");
@@ -232,7 +265,9 @@ impl LogFile {
         if bytes.is_empty() {
             return Ok(());
         }
+        crate::faults::io("wal:append")?;
         self.file.write_all(bytes)?;
+        crate::faults::io("wal:sync")?;
         self.file.sync_data()?;
         self.len += bytes.len() as u64;
         Ok(())
@@ -303,6 +338,44 @@ mod tests {
             assert!(b.is_empty());
             assert_eq!(torn as usize, bytes.len());
         }
+    }
+
+    #[test]
+    fn damage_inside_a_log_is_reported_never_truncated() {
+        let three = || {
+            let mut buf = Vec::new();
+            batch(&[("a", Some("1"))]).frame_into(&mut buf);
+            let first = buf.len();
+            batch(&[("b", Some("2"))]).frame_into(&mut buf);
+            batch(&[("c", Some("3"))]).frame_into(&mut buf);
+            (buf, first)
+        };
+        // A flipped bit in the middle record: good records follow it → damage.
+        let (mut buf, first) = three();
+        buf[first + 10] ^= 0x01;
+        assert!(damaged_mid_log(&buf, first));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(file_name(dir.path(), 1), &buf).expect("write");
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let e = replay(&db, dir.path()).expect_err("damage reported");
+        assert!(
+            matches!(e, super::super::StoreError::LogDamaged { .. }),
+            "{e}"
+        );
+        // The last record cut short (a crash mid-append): a torn tail, replayed up to it.
+        let (buf, _) = three();
+        let cut = &buf[..buf.len() - 3];
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(file_name(dir.path(), 1), cut).expect("write");
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let (seen, _) = replay(&db, dir.path()).expect("torn tail is fine");
+        assert_eq!((seen.records, seen.torn_bytes > 0), (2, true));
+        // The same cut in an older generation (it was complete when the next began).
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(file_name(dir.path(), 1), cut).expect("write");
+        std::fs::write(file_name(dir.path(), 2), &buf).expect("write");
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        assert!(replay(&db, dir.path()).is_err());
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! The bounded path from the broker to the intake (`mqtt-api.md`: Durability promise 9).
+//!
+//! The connection task must never await the intake (it alone polls the connection, and
+//! the intake's PUBACKs go through it), so the queue between them cannot push back by
+//! blocking. Instead every queued command holds a [`Slot`]; when the queue holds
+//! [`MAX_QUEUED`] commands or [`MAX_QUEUED_BYTES`] bytes, the connection task drops the
+//! connection without acknowledging what it has not queued: the broker keeps those
+//! (persistent session, QoS 1) and delivers them again after the reconnect, by which
+//! time the intake has caught up. The same reconnect is how the intake gets commands
+//! redelivered after a failed batch.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+/// Commands queued for the intake at most.
+pub const MAX_QUEUED: usize = 4096;
+/// Bytes of queued command payloads at most.
+pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Default)]
+pub struct Gate {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+    reconnect: Notify,
+    /// Times the queue was full and the connection was dropped to make the broker wait.
+    pub queue_full: AtomicU64,
+}
+
+/// One queued command's share of the bound; given back on drop.
+pub struct Slot {
+    gate: Arc<Gate>,
+    bytes: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.count.fetch_sub(1, Ordering::AcqRel);
+        self.gate.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    /// A slot for a payload of `bytes`, or `None` when the queue is full.
+    pub fn admit(self: &Arc<Self>, bytes: usize) -> Option<Slot> {
+        let count = self.count.load(Ordering::Acquire);
+        let queued = self.bytes.load(Ordering::Acquire);
+        if count >= MAX_QUEUED || (count > 0 && queued + bytes > MAX_QUEUED_BYTES) {
+            self.queue_full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        Some(Slot {
+            gate: self.clone(),
+            bytes,
+        })
+    }
+
+    pub fn queued(&self) -> (usize, usize) {
+        (
+            self.count.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
+    }
+
+    /// Ask the connection task to drop and re-open the connection.
+    pub fn force_reconnect(&self) {
+        self.reconnect.notify_one();
+    }
+
+    pub(crate) async fn reconnect_requested(&self) {
+        self.reconnect.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_until_full_and_frees_on_drop() {
+        let g = Arc::new(Gate::default());
+        let mut slots: Vec<Slot> = (0..MAX_QUEUED)
+            .map(|_| g.admit(10).expect("room"))
+            .collect();
+        assert!(g.admit(10).is_none(), "full by count");
+        assert_eq!(g.queue_full.load(Ordering::Relaxed), 1);
+        slots.pop();
+        assert!(g.admit(10).is_some(), "room again once one is taken");
+        drop(slots);
+        assert_eq!(g.queued(), (0, 0));
+        let big = g.admit(MAX_QUEUED_BYTES).expect("one alone always fits");
+        assert!(g.admit(1).is_none(), "full by bytes");
+        drop(big);
+        assert!(g.admit(1).is_some());
+    }
+}
