@@ -312,3 +312,114 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
         stop.cancel();
     }
 }
+
+/// A tmpfs mounted as the store; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test says SKIP) where tmpfs cannot be mounted (not root); CI runs as
+    /// root, and there (`CI` set) failing to mount fails the test.
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root and must be able to mount a tmpfs"
+            );
+            eprintln!("SKIP: cannot mount a tmpfs here (not root)");
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Real ENOSPC: the store on a small tmpfs that fills up while payments arrive. Every
+/// command acknowledged before the disk filled reaches its result; the first write that
+/// cannot be made durable stops the agent (`degraded`, non-zero exit) without
+/// acknowledging anything after it; once space returns, the restarted agent runs every
+/// remaining command exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_agent_and_loses_nothing() {
+    let broker = embedded();
+    let (sim, stop) = sim(0).await;
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_fs) = Tmpfs::mount(&dir.path().join("store"), "4m") else {
+        return;
+    };
+    let spec = AgentSpec::new("enospc", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "enospc", "cloud-enospc", true).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    cloud.send(pay("d-0", "ip-1", 1000)).await;
+    assert_eq!(cloud.result("d-0").await["state"], "succeeded");
+    // Fill the disk to the last byte.
+    let filler = dir.path().join("store").join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0u8; 512]).is_ok() {}
+        while f.write_all(&[0u8]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut sent = vec!["d-0".to_string()];
+    let mut degraded = None;
+    for i in 1..=200 {
+        let id = format!("d-{i}");
+        cloud.send(pay(&id, "ip-1", 1000 + i)).await;
+        sent.push(id);
+        if let Some(st) = cloud
+            .all("status")
+            .into_iter()
+            .find(|v| v["state"] == "degraded")
+        {
+            degraded = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let degraded = match degraded {
+        Some(d) => d,
+        None => {
+            cloud
+                .wait("status", Duration::from_secs(20), |v| {
+                    v["state"] == "degraded"
+                })
+                .await
+        }
+    };
+    assert!(
+        degraded["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("No space left")),
+        "{degraded}"
+    );
+    let st = agent
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("stops on a full disk\n{}", agent.log()));
+    assert!(!st.success());
+    // Space returns; the restart settles everything, once each.
+    std::fs::remove_file(&filler).expect("free space");
+    agent.restart(&[]);
+    for id in &sent {
+        let r = cloud.result(id).await;
+        assert_eq!(r["state"], "succeeded", "{id}: {r}\n{}", agent.log());
+        assert_eq!(stats.executions(id), 1, "{id}: executed once");
+    }
+    assert!(agent.sigterm().success());
+    stop.cancel();
+}
