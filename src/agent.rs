@@ -262,6 +262,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let _ = t.await;
     }
     if let Some(why) = store_failure {
+        // sled writes its in-memory state to disk when its last handle drops, and that
+        // state holds changes no commit made durable (their commit failed): never let it.
+        // The process exits right after; the restart rebuilds from what was committed.
+        std::mem::forget(store);
         anyhow::bail!(
             "stopped after a store failure ({why}); the restart replays the log from disk"
         );

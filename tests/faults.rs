@@ -67,6 +67,8 @@ struct Counts {
     broker_restarts: usize,
     lost_answers: usize,
     garbled_answers: usize,
+    sync_errors: usize,
+    store_damage: usize,
 }
 
 impl Counts {
@@ -76,6 +78,8 @@ impl Counts {
             + self.broker_restarts
             + self.lost_answers
             + self.garbled_answers
+            + self.sync_errors
+            + self.store_damage
     }
 }
 
@@ -195,6 +199,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     cloud.online().await;
 
     let mut counts = Counts::default();
+    let mut violations_early: Vec<String> = Vec::new();
     let mut sent: BTreeMap<String, Value> = BTreeMap::new();
     let mut paid: Vec<String> = Vec::new();
     let mut round = 0usize;
@@ -212,6 +217,10 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             sent.insert(id, cmd);
             counts.commands += 1;
         }
+    }
+    // Their results first: the warm-up proves every kind works before the faults begin.
+    for id in sent.keys().cloned().collect::<Vec<_>>() {
+        let _ = cloud.result(&id).await;
     }
     while counts.faults() < target {
         round += 1;
@@ -247,7 +256,82 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             sent.insert(id, cmd);
             counts.commands += 1;
         }
-        match rng.random_range(0..10) {
+        match rng.random_range(0..12) {
+            10 => {
+                // The disk fails under the store: EIO on the log's fdatasync or ENOSPC on its
+                // write, from the n-th time on. The agent must stop (degraded, non-zero
+                // exit) without acknowledging anything more; the restart settles the rest.
+                let kind = if rng.random_bool(0.5) {
+                    "wal:sync=eio"
+                } else {
+                    "wal:append=enospc"
+                };
+                let spec = format!("{kind}@{}", rng.random_range(1..6));
+                agent.restart(&[(posbridge::faults::IO_ENV, &spec)]);
+                let id = format!("f{round}-io");
+                let cmd = pay(&id, "ip-1", 222);
+                cloud.send(cmd.clone()).await;
+                sent.insert(id.clone(), cmd);
+                paid.push(id);
+                counts.commands += 1;
+                match agent.wait_exit(Duration::from_secs(20)) {
+                    Some(st) if !st.success() => counts.sync_errors += 1,
+                    Some(st) => violations_early.push(format!(
+                        "{spec}: the agent exited {st:?} after a store failure"
+                    )),
+                    None => violations_early.push(format!(
+                        "{spec}: the agent did not stop after a store failure"
+                    )),
+                }
+                agent.restart(&[]);
+            }
+            // Rare: every damage leaves the store's queued commands `unknown` for good.
+            11 if round % 3 == 0 => {
+                // Damage like a power cut on an SD card: sled's headers garbled while the
+                // agent is stopped. The restart salvages every id it can (none may run
+                // again) and holds money until an operator acknowledges.
+                // Stopped either way (a SIGTERM that lands before the handler is set kills).
+                let _ = agent.sigterm();
+                let sled_dir = dir.path().join("store").join("sled");
+                for name in ["conf", "db"] {
+                    let p = sled_dir.join(name);
+                    if let Ok(mut bytes) = std::fs::read(&p) {
+                        for b in bytes.iter_mut().take(64) {
+                            *b ^= 0x5A;
+                        }
+                        let _ = std::fs::write(&p, bytes);
+                    }
+                }
+                let held =
+                    |v: &Value| v["state"] == "online" && v["store"]["money_blocked"].is_object();
+                let before = cloud.all("status").iter().filter(|v| held(v)).count();
+                agent.restart(&[]);
+                // This start's status (earlier rounds left theirs in the list).
+                let fresh = async {
+                    while cloud.all("status").iter().filter(|v| held(v)).count() <= before {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(30), fresh)
+                    .await
+                    .is_err()
+                {
+                    violations_early.push(format!(
+                        "round {round}: a damaged store did not hold money on the status\n{}",
+                        agent.log()
+                    ));
+                }
+                let st = agent.sigterm();
+                assert!(st.success(), "{st:?}\n{}", agent.log());
+                let ack = std::process::Command::new(BIN)
+                    .args(["store", "acknowledge", "--config"])
+                    .arg(dir.path().join("posbridge.toml"))
+                    .output()
+                    .expect("acknowledge");
+                assert!(ack.status.success(), "{ack:?}");
+                agent.restart(&[]);
+                counts.store_damage += 1;
+            }
             0..=4 => {
                 let point = POINTS[rng.random_range(0..POINTS.len())];
                 agent.restart(&[(posbridge::faults::ENV, point)]);
@@ -326,7 +410,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     }
 
     // Quiesce: every command id sent must reach a final result.
-    let mut violations = Vec::new();
+    let mut violations = violations_early;
     // Pay-by-link payments run one at a time, each at least one verify interval (2 s).
     let kv = sent.values().filter(|c| c["terminal"] == "kv-1").count() as u64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + 3 * kv);
@@ -451,7 +535,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         violations.push(format!("store reported damage: {status}"));
     }
     println!(
-        "fault injection: {} commands, {} faults injected ({} aborts at journal points, {} random kill -9, {} broker restarts, {} lost device answers, {} garbled or foreign device answers), {} violations",
+        "fault injection: {} commands, {} faults injected ({} aborts at journal points, {} random kill -9, {} broker restarts, {} lost device answers, {} garbled or foreign device answers, {} store write/sync errors (EIO, ENOSPC), {} damaged stores), {} violations",
         counts.commands,
         counts.faults(),
         counts.aborts_at_points,
@@ -459,6 +543,8 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         counts.broker_restarts,
         counts.lost_answers,
         counts.garbled_answers,
+        counts.sync_errors,
+        counts.store_damage,
         violations.len()
     );
     assert!(violations.is_empty(), "violations: {violations:#?}");
