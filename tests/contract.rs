@@ -487,3 +487,61 @@ async fn qos0_commands_are_dropped_and_counted() {
     assert!(agent.log().contains("not a plain QoS 1 publish"));
     stop.cancel();
 }
+
+/// No full card number is stored, logged or published (`mqtt-api.md`: Durability promise
+/// 10): a terminal whose answers carry card numbers (spaced, and as track data)
+/// has it masked to the first 6 and last 4 digits in the result, in `list`, in the store's
+/// files and in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_numbers_from_a_device_never_leave_the_device() {
+    let broker = embedded();
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, ctl) = (sim.local_addr(), sim.control());
+    sim.spawn(stop.clone());
+    ctl.set_message(Some(
+        "approved card 4111 1111 1111 1111 track ;5555555555554444=2512?".into(),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("ip-pan", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "ip-pan", "cloud-ip-pan", false).await;
+    let mut agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    cloud.send(pay("pan-1", "ip-1", 1200)).await;
+    let r = cloud.result("pan-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let msg = r["device"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("4111 11** **** 1111"), "{msg}");
+    assert!(msg.contains("555555******4444"), "{msg}");
+    cloud
+        .send(json!({"v":1,"id":"pan-st","op":"status","target":"pan-1"}))
+        .await;
+    let st = cloud.result("pan-st").await;
+    assert!(!st.to_string().contains("5555555555554444"), "{st}");
+    // Nothing on disk or in the log holds either number.
+    assert!(agent.sigterm().success());
+    let mut files = vec![dir.path().join("agent.log")];
+    let mut todo = vec![dir.path().join("store")];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            if e.path().is_dir() {
+                todo.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        for pan in [&b"4111 1111 1111 1111"[..], b"5555555555554444"] {
+            assert!(
+                !bytes.windows(pan.len()).any(|w| w == pan),
+                "{} holds a card number",
+                f.display()
+            );
+        }
+    }
+    stop.cancel();
+}

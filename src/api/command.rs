@@ -145,7 +145,8 @@ impl Rejection {
 /// serialisation escapes it on the way out.
 pub fn raw_echo(payload: &[u8]) -> String {
     let cut = &payload[..payload.len().min(RAW_ECHO_BYTES)];
-    String::from_utf8_lossy(cut).into_owned()
+    // Stored and published: never with a card number in it (mqtt-api.md 10).
+    super::pan::mask_str(&String::from_utf8_lossy(cut)).into_owned()
 }
 
 /// Top-level fields a command may carry besides the common ones; anything else is a

@@ -2,6 +2,7 @@
 
 pub mod command;
 pub mod envelope;
+pub mod pan;
 pub mod result;
 pub mod topics;
 

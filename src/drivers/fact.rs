@@ -142,6 +142,70 @@ impl Fact {
         self
     }
 
+    /// Mask every card number in what the device said (`api::pan`): the engine does this
+    /// to every fact before it logs, stores or publishes anything of it.
+    pub fn mask_card_numbers(&mut self) {
+        use crate::api::pan::{mask_str, mask_value};
+        let text = |s: &mut String| {
+            if let std::borrow::Cow::Owned(m) = mask_str(s) {
+                *s = m;
+            }
+        };
+        let opt = |v: &mut Option<Value>| {
+            if let Some(v) = v {
+                mask_value(v);
+            }
+        };
+        match self {
+            Fact::NotSent { message, .. } => text(message),
+            Fact::Answer(Answer::Approved { payment, device }) => {
+                opt(device);
+                if let Some(p) = payment {
+                    for f in [
+                        &mut p.method,
+                        &mut p.transaction_id,
+                        &mut p.card_mask,
+                        &mut p.auth_code,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        text(f);
+                    }
+                    opt(&mut p.receipt);
+                }
+            }
+            Fact::Answer(Answer::Refused {
+                message,
+                device_code,
+                device,
+                ..
+            }) => {
+                text(message);
+                opt(device_code);
+                opt(device);
+            }
+            Fact::Lost { why, device } => {
+                text(why);
+                opt(device);
+            }
+            Fact::Unreadable { why, raw } => {
+                text(why);
+                mask_value(raw);
+            }
+            Fact::Pending {
+                why,
+                device,
+                device_code,
+            } => {
+                text(why);
+                opt(device);
+                opt(device_code);
+            }
+            Fact::Absent { why, .. } | Fact::CannotAsk { why } => text(why),
+        }
+    }
+
     /// A definite answer from the device (approved or refused).
     pub fn is_answer(&self) -> bool {
         matches!(self, Fact::Answer(_))

@@ -82,7 +82,9 @@ impl OpContext {
     }
 
     /// Append the step to the record and write it (not yet durable).
-    fn write_step(&mut self, step: &str, data: Value, sends: bool) -> Result<(), StoreError> {
+    fn write_step(&mut self, step: &str, mut data: Value, sends: bool) -> Result<(), StoreError> {
+        // Journals hold device answers too: never a card number (mqtt-api.md 10).
+        crate::api::pan::mask_value(&mut data);
         self.record.journal.push(JournalEntry {
             step: step.to_string(),
             at: chrono::Utc::now(),

@@ -228,6 +228,10 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
         Some(d) => d.query(&target).await,
         None => None,
     };
+    let learned = learned.map(|mut f| {
+        f.mask_card_numbers();
+        f
+    });
     // Only a definite answer reconciles; anything else leaves the target `unknown`.
     if let Some(crate::drivers::Fact::Answer(a)) = learned {
         let o = settle::answered(a);

@@ -144,7 +144,7 @@ pub(crate) async fn run(
     let mut attempts = 0u32;
     loop {
         let asked = fact.is_none();
-        let f = match fact.take() {
+        let mut f = match fact.take() {
             Some(f) => f,
             None => {
                 attempts += 1;
@@ -153,6 +153,8 @@ pub(crate) async fn run(
                     .await
             }
         };
+        // Before anything of it is logged, stored or published (mqtt-api.md 10).
+        f.mask_card_numbers();
         match f {
             Fact::Answer(a) => {
                 let _ = ctx.note(

@@ -120,9 +120,9 @@ struct State {
     garble_rate: f64,
     /// Set by a `SimControl` knob: spoils the answer of the next new pay/refund.
     next_fault: Option<AnswerFault>,
-    /// Bytes of receipt text in every approved payment's `message` (a terminal firmware
-    /// with verbose answers; tests of the agent's size limits).
-    message_padding: usize,
+    /// Text in every approved payment's `message` (a terminal firmware with verbose
+    /// answers: tests of the agent's size limits and card-number masking).
+    message: Option<String>,
     /// Numbers transaction ids; makes them unique whatever the rng draws.
     counter: u64,
     /// Every pay/refund the terminal accepted, by client ref.
@@ -204,7 +204,7 @@ impl IpSim {
             lose_rate: opts.lose_rate,
             garble_rate: opts.garble_rate,
             next_fault: None,
-            message_padding: 0,
+            message: None,
             counter: 0,
             ops: HashMap::new(),
             payments: HashMap::new(),
@@ -329,7 +329,12 @@ impl SimControl {
     /// Approved payments answer with `message` holding this many bytes of text (within
     /// the protocol's 64 KiB line).
     pub fn set_message_padding(&self, bytes: usize) {
-        self.shared.lock().message_padding = bytes.min(60 * 1024);
+        self.set_message((bytes > 0).then(|| "R".repeat(bytes.min(60 * 1024))));
+    }
+
+    /// Approved payments answer with this `message` (`None`: none).
+    pub fn set_message(&self, text: Option<String>) {
+        self.shared.lock().message = text;
     }
 
     /// Clamped to [0, 1]; NaN never fails (no draw is below NaN).
@@ -612,7 +617,7 @@ impl State {
             transaction_id: Some(format!("T{:06}{txn:06}", self.counter)),
             approval_code: Some(format!("{approval:06}")),
             card_mask: Some(format!("4169********{last4:04}")),
-            message: (self.message_padding > 0).then(|| "R".repeat(self.message_padding)),
+            message: self.message.clone(),
             ..Response::default()
         }
     }

@@ -478,7 +478,11 @@ impl Store {
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
         batch.frame_into(&mut p);
-        batch.apply_to(&self.db)?;
+        if records.is_empty() || outbox.is_empty() {
+            batch.apply_to(&self.db)?;
+        } else {
+            batch.apply_atomically(&self.db)?;
+        }
         // Only after the batch is applied: a sync that reads these marks covers the batch.
         if let Some(max) = records.iter().map(|r| r.seq).max() {
             self.syncer.mark().note(max);

@@ -99,7 +99,7 @@ impl IpDriver {
                 Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e))
             }
             Err(ProtoError::BadResponse(m)) => {
-                tracing::warn!(r#ref, answer = %m, "unreadable answer from the terminal");
+                tracing::warn!(r#ref, answer = %crate::api::pan::mask_str(&m), "unreadable answer from the terminal");
                 Fact::unreadable(format!("malformed answer: {m}"), Value::String(m))
             }
             Err(e) => {
@@ -143,7 +143,7 @@ fn answer_fact(r#ref: &str, resp: Response) -> Fact {
         };
     }
     if resp.r#ref.as_deref() != Some(r#ref) {
-        tracing::warn!(want = r#ref, answer = %raw, "answer for another ref");
+        tracing::warn!(want = r#ref, answer = %crate::api::pan::mask_str(&raw.to_string()), "answer for another ref");
         return Fact::unreadable(
             format!(
                 "the answer carries ref {:?}, not this request's {ref:?}",

@@ -162,7 +162,7 @@ impl KaspiDriver {
                 let want = cmd.amount.and_then(|a| tenge_from_minor(a).ok());
                 if let (Some((text, got)), Some(want)) = (shown, want) {
                     if got.map(i64::abs) != Some(want) {
-                        tracing::warn!(receipt_amount = %text, requested_tenge = want, answer = %d.raw, "receipt amount differs from the request");
+                        tracing::warn!(receipt_amount = %text, requested_tenge = want, answer = %crate::api::pan::mask_str(&d.raw.to_string()), "receipt amount differs from the request");
                         return Fact::unreadable(
                             format!(
                                 "the terminal's receipt shows {text:?}, not the requested {want} ₸"

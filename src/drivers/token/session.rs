@@ -183,7 +183,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
                 }
                 ty::SALE_RESULT | ty::BASKET_STATUS => self.unsolicited.push_back(m),
                 other => {
-                    tracing::debug!(ty = other, payload = %m.text(), "token: ignored out-of-turn message")
+                    tracing::debug!(ty = other, payload = %crate::api::pan::mask_str(&m.text()), "token: ignored out-of-turn message")
                 }
             }
         }
@@ -456,7 +456,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
             if m.is_ok() {
                 return Ok(Ok(()));
             }
-            tracing::debug!(payload = %m.text(), "token: type 1 data before OK");
+            tracing::debug!(payload = %crate::api::pan::mask_str(&m.text()), "token: type 1 data before OK");
         }
     }
 
@@ -496,7 +496,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
                     let raw = match serde_json::from_str::<Value>(&m.text()) {
                         Ok(v @ Value::Object(_)) => v,
                         _ => {
-                            tracing::warn!(payload = %m.text(), "token: unreadable sale result");
+                            tracing::warn!(payload = %crate::api::pan::mask_str(&m.text()), "token: unreadable sale result");
                             return Ok(Ok(SaleEnd::Garbled(m.text())));
                         }
                     };
@@ -521,7 +521,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
                 ty::ERROR => {
                     // After `1 OK` a type 60 does not prove the sale did not happen: note
                     // it and keep waiting for the device's verdict.
-                    tracing::warn!(error = %m.text(), "token: device error during a sale");
+                    tracing::warn!(error = %crate::api::pan::mask_str(&m.text()), "token: device error during a sale");
                     last_error = Some(m.text());
                 }
                 ty::CLOSE => {
