@@ -170,15 +170,7 @@ async fn damaged_store_is_reported_on_status() {
     let mut agent = Agent::start(&spec, dir.path());
     cloud.online().await;
     assert!(agent.sigterm().success());
-    let sled_dir = dir.path().join("store").join("sled");
-    for name in ["conf", "db"] {
-        let p = sled_dir.join(name);
-        let mut bytes = std::fs::read(&p).expect("read");
-        for b in bytes.iter_mut().take(64) {
-            *b ^= 0x5A;
-        }
-        std::fs::write(&p, bytes).expect("write");
-    }
+    garble_sled_headers(dir.path());
     agent.restart(&[]);
     let st = cloud
         .wait("status", Duration::from_secs(20), |v| {
@@ -254,15 +246,7 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
     assert_eq!(first["state"], "succeeded", "{first}");
     assert!(agent.sigterm().success());
 
-    let sled_dir = dir.path().join("store").join("sled");
-    for name in ["conf", "db"] {
-        let p = sled_dir.join(name);
-        let mut bytes = std::fs::read(&p).expect("read");
-        for b in bytes.iter_mut().take(64) {
-            *b ^= 0x5A;
-        }
-        std::fs::write(&p, bytes).expect("write");
-    }
+    garble_sled_headers(dir.path());
     agent.restart(&[]);
     let st = cloud
         .wait("status", Duration::from_secs(20), |v| {

@@ -292,16 +292,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 // again) and holds money until an operator acknowledges.
                 // Stopped either way (a SIGTERM that lands before the handler is set kills).
                 let _ = agent.sigterm();
-                let sled_dir = dir.path().join("store").join("sled");
-                for name in ["conf", "db"] {
-                    let p = sled_dir.join(name);
-                    if let Ok(mut bytes) = std::fs::read(&p) {
-                        for b in bytes.iter_mut().take(64) {
-                            *b ^= 0x5A;
-                        }
-                        let _ = std::fs::write(&p, bytes);
-                    }
-                }
+                garble_sled_headers(dir.path());
                 let held =
                     |v: &Value| v["state"] == "online" && v["store"]["money_blocked"].is_object();
                 let before = cloud.all("status").iter().filter(|v| held(v)).count();

@@ -495,3 +495,18 @@ impl Drop for Cloud {
 pub fn pay(id: &str, terminal: &str, amount: i64) -> Value {
     serde_json::json!({"v":1,"id":id,"op":"payment","terminal":terminal,"amount":amount,"currency":"AZN"})
 }
+
+/// Damage a stopped agent's store the way a power cut on an SD card can: garble the
+/// headers of sled's config and data files under `dir/store/sled`.
+pub fn garble_sled_headers(dir: &Path) {
+    let sled_dir = dir.join("store").join("sled");
+    for name in ["conf", "db"] {
+        let p = sled_dir.join(name);
+        if let Ok(mut bytes) = std::fs::read(&p) {
+            for b in bytes.iter_mut().take(64) {
+                *b ^= 0x5A;
+            }
+            std::fs::write(&p, bytes).expect("write");
+        }
+    }
+}
