@@ -39,6 +39,8 @@ agent_id = "qemu-smoke"
 url = "mqtt://127.0.0.1:$mqtt_port"
 [store]
 path = "$tmp/state"
+[security]
+allow_unsigned = true
 [[terminals]]
 id = "ip-1"
 kind = "ip"

@@ -109,6 +109,20 @@ fn load_command_keys(cfg: &Config) -> anyhow::Result<crate::api::envelope::Comma
 /// publish `offline`, disconnect.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let command_keys = load_command_keys(&cfg)?;
+    // Secure by default: whoever can publish to the broker must not be able to move money.
+    if command_keys.is_empty() && !cfg.terminals.is_empty() && !cfg.security.allow_unsigned {
+        anyhow::bail!(
+            "security.command_keys is empty: this agent has payment terminals and would run \
+             commands from anyone who can publish to {}/{}/cmd. Configure the cloud's public \
+             keys (README: Signed commands), or set security.allow_unsigned = true to accept \
+             unsigned commands (tests, a broker nobody else can write to)",
+            cfg.topic_prefix,
+            cfg.agent_id
+        );
+    }
+    if command_keys.is_empty() && !cfg.terminals.is_empty() {
+        tracing::warn!("security.allow_unsigned = true: unsigned commands are accepted; anyone who can publish to the command topic can move money");
+    }
     let bus_cfg = bus_config(&cfg)?;
     let (store, report) = Store::open(&cfg.store.path).with_context(|| {
         format!(
@@ -143,6 +157,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             version: crate::VERSION.to_string(),
             command_keys,
             retention: cfg.store.retention,
+            agent_id: cfg.agent_id.clone(),
+            max_command_age: cfg.security.max_command_age,
+            allow_unreferenced_refunds: cfg.security.allow_unreferenced_refunds,
         },
         build_drivers(&cfg, &env),
         outbox_notify.clone(),

@@ -32,6 +32,55 @@ pub struct CloudPos {
     events: EventLoop,
     root: String,
     quiet: bool,
+    signer: Option<Signer>,
+}
+
+/// Signs commands the way a cloud POS must for an agent with `security.command_keys`
+/// (`mqtt-api.md`: Signed commands): naming the agent, with a near deadline, sealed with
+/// the cloud's P-256 key. A repeated id sends the very same envelope (a retry).
+pub struct Signer {
+    pub kid: String,
+    pub key: p256::ecdsa::SigningKey,
+    pub agent_id: String,
+    sent: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Signer {
+    pub fn new(kid: &str, key: p256::ecdsa::SigningKey, agent_id: &str) -> Signer {
+        Signer {
+            kid: kid.into(),
+            key,
+            agent_id: agent_id.into(),
+            sent: Default::default(),
+        }
+    }
+
+    /// The envelope for `payload`, and the command bytes it signs.
+    fn seal(&mut self, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut inner = payload.to_vec();
+        let mut id = None;
+        if let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(payload) {
+            id = o.get("id").and_then(Value::as_str).map(str::to_string);
+            if let Some(prev) = id.as_ref().and_then(|i| self.sent.get(i)) {
+                return (prev.clone(), inner);
+            }
+            o.entry("agent")
+                .or_insert_with(|| Value::String(self.agent_id.clone()));
+            o.entry("expires_at").or_insert_with(|| {
+                Value::String(crate::api::ts(
+                    chrono::Utc::now() + chrono::Duration::minutes(5),
+                ))
+            });
+            inner = Value::Object(o).to_string().into_bytes();
+        }
+        let env = crate::api::envelope::seal(&inner, &self.kid, &self.key)
+            .to_string()
+            .into_bytes();
+        if let Some(id) = id {
+            self.sent.insert(id, env.clone());
+        }
+        (env, inner)
+    }
 }
 
 impl CloudPos {
@@ -53,6 +102,7 @@ impl CloudPos {
             events,
             root: root.to_string(),
             quiet,
+            signer: None,
         };
         // Wait for the subscription to be in place.
         pos.next_matching(Duration::from_secs(5), |ev| {
@@ -63,13 +113,31 @@ impl CloudPos {
         Ok(pos)
     }
 
-    pub async fn send(&self, payload: Vec<u8>) -> anyhow::Result<()> {
+    /// Sign every command from now on.
+    pub fn sign_with(&mut self, signer: Signer) {
+        self.signer = Some(signer);
+    }
+
+    pub async fn send(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+        let (payload, shown) = match self.signer.as_mut() {
+            Some(s) => {
+                let (env, inner) = s.seal(&payload);
+                (
+                    env,
+                    format!(
+                        "{} (signed, kid {})",
+                        String::from_utf8_lossy(&inner),
+                        s.kid
+                    ),
+                )
+            }
+            None => (
+                payload.clone(),
+                String::from_utf8_lossy(&payload).into_owned(),
+            ),
+        };
         if !self.quiet {
-            println!(
-                "  cloud → {}/cmd  {}",
-                self.root,
-                String::from_utf8_lossy(&payload)
-            );
+            println!("  cloud → {}/cmd  {shown}", self.root);
         }
         self.client
             .publish(
@@ -177,6 +245,21 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
 
     let dir = tempfile::tempdir().context("temporary store directory")?;
     let cloud_terminals = cloud_mocks(dir.path(), shutdown.clone()).await?;
+    // Signed commands are the default: the scripted cloud holds a P-256 key, the agent
+    // its public half.
+    let cloud_key = {
+        use p256::elliptic_curve::Generate;
+        p256::ecdsa::SigningKey::generate()
+    };
+    let pub_pem = {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        cloud_key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .context("encoding the demo cloud key")?
+    };
+    let pub_file = dir.path().join("demo-cloud.pub");
+    std::fs::write(&pub_file, pub_pem).context("writing the demo cloud key")?;
     let cfg = Config::from_toml_str(&format!(
         r#"
 agent_id = "demo-shop"
@@ -186,6 +269,8 @@ url = "mqtt://127.0.0.1:{port}"
 path = "{store}"
 [telemetry]
 interval = "5s"
+[security]
+command_keys = [{{ kid = "demo-cloud", public_key_file = "{pub_file}" }}]
 [[terminals]]
 id = "ip-1"
 kind = "ip"
@@ -202,11 +287,13 @@ url = "{kaspi_url}"
 protected = false
 poll_interval = "200ms"
 {cloud_terminals}"#,
-        store = dir.path().join("store").display()
+        store = dir.path().join("store").display(),
+        pub_file = pub_file.display()
     ))?;
     let root = "posbridge/demo-shop";
     println!("posbridge demo: broker 127.0.0.1:{port}, IP terminal simulator {sim_addr}, agent demo-shop");
     let mut pos = CloudPos::connect(port, root, quiet).await?;
+    pos.sign_with(Signer::new("demo-cloud", cloud_key, "demo-shop"));
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone()));
     pos.wait_for("status", Duration::from_secs(10), |v| {

@@ -114,6 +114,7 @@ pub async fn run(path: &Path) -> Vec<Check> {
         ),
     )];
     checks.push(clock());
+    checks.push(security(&cfg));
     let broker = broker(&cfg).await;
     checks.push(broker.check.clone());
     checks.push(agent_status(&cfg, &broker));
@@ -124,6 +125,39 @@ pub async fn run(path: &Path) -> Vec<Check> {
     checks.extend(files(&cfg));
     checks.extend(terminals(&cfg, store_state, &broker).await);
     checks
+}
+
+// ------------------------------------------------------------------ security
+
+/// Signed commands are the default (`mqtt-api.md`: Signed commands).
+fn security(cfg: &Config) -> Check {
+    const NAME: &str = "security";
+    let s = &cfg.security;
+    if !s.command_keys.is_empty() {
+        return Check::ok(
+            NAME,
+            format!(
+                "only signed commands run ({} cloud key(s)); expires_at at most {} s ahead",
+                s.command_keys.len(),
+                s.max_command_age.as_secs()
+            ),
+        );
+    }
+    if cfg.terminals.is_empty() {
+        return Check::ok(NAME, "no terminals: nothing to protect");
+    }
+    if s.allow_unsigned {
+        return Check::warn(
+            NAME,
+            "security.allow_unsigned = true: anyone who can publish to the command topic can move money",
+            "configure security.command_keys with the cloud's public keys (README: Signed commands) and drop allow_unsigned",
+        );
+    }
+    Check::fail(
+        NAME,
+        "security.command_keys is empty: the agent refuses to start with payment terminals and no cloud keys",
+        "configure security.command_keys (README: Signed commands), or set security.allow_unsigned = true for a broker nobody else can write to",
+    )
 }
 
 // ------------------------------------------------------------------ clock

@@ -545,3 +545,57 @@ async fn card_numbers_from_a_device_never_leave_the_device() {
     }
     stop.cancel();
 }
+
+/// A command naming another agent is refused, signed or not (`mqtt-api.md`: `agent`);
+/// naming this one is fine, and so is leaving it out when unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_another_agent_is_refused() {
+    let broker = embedded();
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("ip-mine", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "ip-mine", "cloud-ip-mine", false).await;
+    let _agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let mut other = pay("ag-1", "ip-1", 500);
+    other["agent"] = json!("ip-theirs");
+    cloud.send(other).await;
+    let r = cloud.result("ag-1").await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert_eq!(stats.executions("ag-1"), 0);
+    let mut mine = pay("ag-2", "ip-1", 500);
+    mine["agent"] = json!("ip-mine");
+    cloud.send(mine).await;
+    assert_eq!(cloud.result("ag-2").await["state"], "succeeded");
+    stop.cancel();
+}
+
+/// A refund that does not name the payment this agent ran (`original`) is refused unless
+/// `security.allow_unreferenced_refunds` says otherwise: nothing checks what it refunds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreferenced_refunds_are_refused_by_default() {
+    let broker = embedded();
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("ip-unref", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "ip-unref", "cloud-ip-unref", false).await;
+    let _agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    cloud.send(pay("u-pay", "ip-1", 500)).await;
+    let p = cloud.result("u-pay").await;
+    cloud
+        .send(
+            json!({"v":1,"id":"u-ref","op":"refund","terminal":"ip-1","amount":100,
+                     "transaction_id": p["payment"]["transaction_id"], "method":"card"}),
+        )
+        .await;
+    let r = cloud.result("u-ref").await;
+    assert_eq!(r["state"], "rejected", "{r}");
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert_eq!(stats.executions("u-ref"), 0);
+    stop.cancel();
+}

@@ -123,7 +123,12 @@ async fn payments_declines_refund_and_device_info_over_http() {
         &[terminal("kaspi-1", &s.url, false, "")],
     );
     let cloud = Cloud::connect(broker.port(), "kaspi-http", "cloud-kaspi-http", false).await;
-    let agent = Agent::start(&sp, dir.path());
+    let agent = Agent::start_with(
+        &sp,
+        dir.path(),
+        &[("POSBRIDGE__SECURITY__ALLOW_UNREFERENCED_REFUNDS", "true")],
+        &[],
+    );
     cloud.online().await;
 
     // Not whole tenge: rejected before any request to the terminal.
@@ -207,6 +212,14 @@ async fn payments_declines_refund_and_device_info_over_http() {
                      "transaction_id": qr["payment"]["transaction_id"], "method":"qr"}))
         .await;
     assert_eq!(result(&cloud, "ref-2").await["state"], "succeeded");
+    // Allowed without `original`, but the transaction is this agent's own payment: the
+    // over-refund check still applies (511 ₸ paid, 1 ₸ refunded).
+    cloud
+        .send(json!({"v":1,"id":"ref-3","op":"refund","terminal":"kaspi-1","amount":51_100,"currency":"KZT",
+                     "transaction_id": qr["payment"]["transaction_id"], "method":"qr"}))
+        .await;
+    let r = result(&cloud, "ref-3").await;
+    assert_eq!(r["error"]["code"], "invalid_amount", "{r}");
     assert_eq!(s.stats.counts().refunds_started, 2);
     assert_eq!(s.stats.counts().payments_started, 4);
 

@@ -832,7 +832,11 @@ async fn signed_commands_match_the_schemas() {
     };
 
     cloud
-        .send(sealed(json!({"v":1,"id":"sp-1","op":"ping"}), &mut s.chk))
+        .send(sealed(
+            json!({"v":1,"id":"sp-1","op":"ping","agent":"shop-signed-schemas",
+                   "expires_at": soon()}),
+            &mut s.chk,
+        ))
         .await;
     assert_eq!(s.result("sp-1").await["state"], "succeeded");
     // Unsigned, unknown kid, a signature over other bytes: unauthorized, id null.
@@ -1017,4 +1021,10 @@ fn the_asyncapi_document_matches_the_schemas() {
         );
     }
     chk.assert_clean();
+}
+
+/// A deadline five minutes ahead, as a signing cloud sets it.
+fn soon() -> String {
+    (chrono::Utc::now() + chrono::Duration::minutes(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -87,7 +87,7 @@ async fn only_signed_commands_run() {
     cloud.online().await;
 
     // Signed by the CLI with the configured key: runs.
-    let cmd = pay("s-1", "ip-1", 1200);
+    let cmd = signed_pay("s-1", 1200);
     let env = sign_with_cli(&priv_file, "cloud-1", &cmd);
     cloud.send_raw(env.clone()).await;
     let r = cloud.result("s-1").await;
@@ -142,7 +142,7 @@ async fn only_signed_commands_run() {
         .await;
     assert_eq!(all[0], all[1]);
     // Same id, different (validly signed) body: a forgery/replay attempt, refused.
-    let reuse = pay("s-1", "ip-1", 5);
+    let reuse = signed_pay("s-1", 5);
     cloud
         .send(seal(reuse.to_string().as_bytes(), "cloud-1", &sk))
         .await;
@@ -162,6 +162,108 @@ async fn only_signed_commands_run() {
             "{id} must never reach the terminal"
         );
     }
+    stop.cancel();
+}
+
+/// A payment as a signing cloud sends it: naming this agent, with a near deadline.
+fn signed_pay(id: &str, amount: i64) -> Value {
+    let mut c = pay(id, "ip-1", amount);
+    c["agent"] = json!("shop-signed");
+    c["expires_at"] = json!(in_minutes(5));
+    c
+}
+
+fn in_minutes(m: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::minutes(m))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `mqtt-api.md`: Signed commands — a signed command must name this agent and carry an
+/// `expires_at` at most `security.max_command_age` ahead; anything else is refused
+/// (`unauthorized`) and never reaches the terminal. Keys given twice are refused in any
+/// payload. A command naming another agent is refused unsigned too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
+    let broker = embedded();
+    let sim = IpSim::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimOptions {
+            fail_rate: 0.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("sim");
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    let stop = CancellationToken::new();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sk = SigningKey::generate();
+    std::fs::write(
+        dir.path().join("k.pub"),
+        sk.verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem"),
+    )
+    .expect("write pub");
+    let spec = AgentSpec {
+        extra: format!(
+            "[security]\ncommand_keys = [{{ kid = \"k\", public_key_file = \"{}\" }}]\nmax_command_age = \"10m\"\n",
+            dir.path().join("k.pub").display()
+        ),
+        ..AgentSpec::new("shop-signed", broker.port()).ip("ip-1", addr)
+    };
+    let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-bound", false).await;
+    let _agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    let send = |v: Value| {
+        let env = seal(v.to_string().as_bytes(), "k", &sk);
+        let c = &cloud;
+        async move { c.send(env).await }
+    };
+    let mut other_shop = signed_pay("b-1", 100);
+    other_shop["agent"] = json!("shop-next-door");
+    let mut no_agent = signed_pay("b-2", 100);
+    no_agent.as_object_mut().map(|o| o.remove("agent"));
+    let mut no_deadline = signed_pay("b-3", 100);
+    no_deadline.as_object_mut().map(|o| o.remove("expires_at"));
+    let mut far = signed_pay("b-4", 100);
+    far["expires_at"] = json!(in_minutes(60));
+    for (cmd, why) in [
+        (other_shop, "meant for agent"),
+        (no_agent, "field agent: required"),
+        (no_deadline, "field expires_at: required"),
+        (far, "max_command_age"),
+    ] {
+        let id = cmd["id"].as_str().unwrap_or_default().to_string();
+        send(cmd).await;
+        let r = cloud.result(&id).await;
+        assert_eq!(r["state"], "rejected", "{r}");
+        assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap_or("").contains(why),
+            "{r}"
+        );
+        assert_eq!(stats.executions(&id), 0);
+    }
+    // Within the rules: runs.
+    send(signed_pay("b-5", 100)).await;
+    assert_eq!(cloud.result("b-5").await["state"], "succeeded");
+    // A key given twice (which one would count?): refused before anything else.
+    let env = seal(
+        br#"{"v":1,"id":"b-6","op":"payment","terminal":"ip-1","amount":1,"amount":99999,"currency":"AZN"}"#,
+        "k",
+        &sk,
+    );
+    cloud.send(env).await;
+    cloud
+        .wait("result", std::time::Duration::from_secs(10), |v| {
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("twice"))
+        })
+        .await;
+    assert_eq!(stats.executions("b-6"), 0);
     stop.cancel();
 }
 
@@ -190,4 +292,44 @@ fn unreadable_key_stops_the_start() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("command_keys[0].public_key_file"));
+}
+
+/// Signed commands are the default: with a payment terminal and no cloud keys, `run`
+/// refuses to start (and says how to fix it) unless `security.allow_unsigned = true`;
+/// `doctor` fails its `security` check the same way.
+#[test]
+fn unsigned_is_opt_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n[[terminals]]\nid = \"ip-1\"\nkind = \"ip\"\naddr = \"127.0.0.1:9\"\n",
+            dir.path().join("store").display(),
+        ),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("POSBRIDGE__SECURITY__ALLOW_UNSIGNED")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("security.command_keys is empty"), "{err}");
+    assert!(err.contains("allow_unsigned"), "{err}");
+    assert!(
+        !dir.path().join("store").exists(),
+        "refused before anything was created"
+    );
+    let doctor = Command::new(BIN)
+        .args(["doctor", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&doctor.stdout).to_string()
+        + &String::from_utf8_lossy(&doctor.stderr);
+    assert!(text.contains("security"), "{text}");
+    assert!(!doctor.status.success(), "{text}");
 }

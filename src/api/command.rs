@@ -98,6 +98,9 @@ pub struct Command {
     /// `list`: the `next` of a previous page, to continue after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// The agent this command is meant for (required in signed commands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
 }
@@ -167,6 +170,7 @@ const DRIVER_FIELDS: &[&str] = &[
 
 const COMMON_FIELDS: &[&str] = &[
     "v",
+    "agent",
     "id",
     "op",
     "terminal",
@@ -196,6 +200,12 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
     }
     let value: Value = serde_json::from_slice(payload)
         .map_err(|e| Rejection::bad_payload(format!("payload is not valid JSON: {e}"), payload))?;
+    if let Some(key) = super::strict_json::duplicate_key(payload) {
+        return Err(Rejection::bad_payload(
+            format!("payload has the key {key} twice in one object (not accepted: readers disagree on which one counts)"),
+            payload,
+        ));
+    }
     let Value::Object(mut obj) = value else {
         return Err(Rejection::bad_payload(
             "payload is not a JSON object",
@@ -280,6 +290,12 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
     let state = opt_string(&obj, "state").map_err(&fail)?;
     let since = opt_time(&obj, "since").map_err(&fail)?;
     let cursor = opt_string(&obj, "cursor").map_err(&fail)?;
+    let agent = opt_string(&obj, "agent").map_err(&fail)?;
+    if agent.as_deref().is_some_and(|a| !super::is_valid_name(a)) {
+        return Err(fail(
+            "field agent: must be an agent_id, 1-64 characters of [A-Za-z0-9_-]".into(),
+        ));
+    }
     if cursor.as_deref().is_some_and(|c| c.parse::<u64>().is_err()) {
         return Err(fail(
             "field cursor: not a value this agent gave as `next`".into(),
@@ -373,6 +389,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         since,
         limit,
         cursor,
+        agent,
         extra,
     })
 }

@@ -4,6 +4,7 @@ pub mod command;
 pub mod envelope;
 pub mod pan;
 pub mod result;
+pub mod strict_json;
 pub mod topics;
 
 pub use command::{parse_command, Command, Op, Rejection};

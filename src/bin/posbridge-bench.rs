@@ -349,7 +349,7 @@ fn base_toml(agent_id: &str, port: u16, store: &Path, queue_depth: usize) -> Str
     // BENCH_LOG=debug to see what the agent does (logging costs time: warn by default).
     let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
     format!(
-        "agent_id = \"{agent_id}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n[commands]\nqueue_depth = {queue_depth}\n[telemetry]\ninterval = \"60s\"\n[log]\nlevel = \"{level}\"\n",
+        "agent_id = \"{agent_id}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n[commands]\nqueue_depth = {queue_depth}\n[telemetry]\ninterval = \"60s\"\n[security]\nallow_unsigned = true\n[log]\nlevel = \"{level}\"\n",
         store.display()
     )
 }

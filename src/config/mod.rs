@@ -146,11 +146,31 @@ impl Default for CommandsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// When non-empty, only signed command envelopes are accepted.
     pub command_keys: Vec<CommandKey>,
+    /// Signed commands are the default: with money terminals and no `command_keys`,
+    /// `run` refuses to start unless this says unsigned commands are wanted.
+    pub allow_unsigned: bool,
+    /// A signed command's `expires_at` may be at most this far ahead of its receipt.
+    #[serde(with = "duration_str")]
+    pub max_command_age: Duration,
+    /// A refund by `transaction_id` + `method`, without the `original` payment's id, is
+    /// refused unless this allows it.
+    pub allow_unreferenced_refunds: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            command_keys: Vec::new(),
+            allow_unsigned: false,
+            max_command_age: Duration::from_secs(15 * 60),
+            allow_unreferenced_refunds: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

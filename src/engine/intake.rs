@@ -28,6 +28,9 @@ pub struct Incoming {
 /// Most commands written under one sync.
 const MAX_BATCH: usize = 256;
 
+/// Records looked at to find the payment an unreferenced refund names.
+const MAX_REFUND_SCAN: usize = 10_000;
+
 impl Engine {
     /// Run the intake loop until the channel closes or shutdown is requested.
     pub async fn run_intake(
@@ -158,6 +161,7 @@ impl Inner {
             return self.duplicate(&rec);
         }
         let now = Utc::now();
+        let misdirected = self.misdirected(&cmd, sig.is_some(), now);
         let expires_at = cmd.expires_at.unwrap_or_else(|| {
             now + chrono::Duration::from_std(self.cfg.default_ttl)
                 .unwrap_or_else(|_| chrono::Duration::seconds(120))
@@ -176,9 +180,51 @@ impl Inner {
             reconciled: None,
         };
         tracing::info!("command received");
+        if let Some(why) = misdirected {
+            return self.reject(&mut rec, ErrorCode::Unauthorized, why);
+        }
         match rec.cmd.op {
             Op::Ping | Op::List | Op::Status | Op::Cancel => queries::answer(self, rec),
             _ => self.accept_device_op(&mut rec),
+        }
+    }
+
+    /// `mqtt-api.md`: Signed commands — a command for another agent is refused, and a
+    /// signed one must name this agent and carry a near deadline, so a captured envelope
+    /// can neither run in another shop nor be replayed later.
+    fn misdirected(
+        &self,
+        cmd: &crate::api::Command,
+        signed: bool,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<String> {
+        match cmd.agent.as_deref() {
+            Some(a) if a != self.cfg.agent_id => {
+                return Some(format!(
+                    "field agent: this command is meant for agent {a:?}, not this one ({:?}); not executed",
+                    self.cfg.agent_id
+                ))
+            }
+            None if signed => {
+                return Some(
+                    "field agent: required in a signed command (the agent_id it is meant for)"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if !signed {
+            return None;
+        }
+        let max = chrono::Duration::from_std(self.cfg.max_command_age)
+            .unwrap_or_else(|_| chrono::Duration::minutes(15));
+        match cmd.expires_at {
+            None => Some("field expires_at: required in a signed command".into()),
+            Some(e) if e > now + max => Some(format!(
+                "field expires_at: more than security.max_command_age ({} s) ahead of receipt",
+                max.num_seconds()
+            )),
+            Some(_) => None,
         }
     }
 
@@ -248,7 +294,19 @@ impl Inner {
         }
         let mut original = None;
         if rec.cmd.op == Op::Refund {
-            if let Some(orig_id) = rec.cmd.original.clone() {
+            let orig_id = match rec.cmd.original.clone() {
+                Some(o) => Some(o),
+                None if !self.cfg.allow_unreferenced_refunds => {
+                    return self.reject(
+                        rec,
+                        ErrorCode::Unauthorized,
+                        "field original: required — a refund must name the payment this agent ran (security.allow_unreferenced_refunds is off)".into(),
+                    )
+                }
+                // Still this agent's own payment? Then the over-refund check applies.
+                None => self.payment_by_transaction(&rec.cmd)?,
+            };
+            if let Some(orig_id) = orig_id {
                 match self.check_refund(&mut rec.cmd, &orig_id)? {
                     Ok(o) => original = Some(o),
                     Err((code, msg)) => return self.reject(rec, code, msg),
@@ -292,6 +350,33 @@ impl Inner {
 
     /// Refund by `original`: the payment must be ours, on the same terminal, succeeded, and
     /// not over-refunded (counting refunds still running or unknown).
+    /// The succeeded payment on the same terminal whose transaction id a refund names
+    /// (looked for among the newest [`MAX_REFUND_SCAN`] records).
+    fn payment_by_transaction(
+        &self,
+        cmd: &crate::api::Command,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(tx) = cmd.transaction_id.as_deref() else {
+            return Ok(None);
+        };
+        for r in self.store.recent().take(MAX_REFUND_SCAN) {
+            let r = r?;
+            let paid_by = r
+                .result
+                .as_ref()
+                .and_then(|res| res.payment.as_ref())
+                .and_then(|p| p.transaction_id.as_deref());
+            if r.cmd.op == Op::Payment
+                && r.state == CmdState::Succeeded
+                && r.cmd.terminal == cmd.terminal
+                && paid_by == Some(tx)
+            {
+                return Ok(Some(r.cmd.id));
+            }
+        }
+        Ok(None)
+    }
+
     fn check_refund(
         &self,
         cmd: &mut Command,

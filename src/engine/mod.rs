@@ -51,6 +51,12 @@ pub struct EngineConfig {
     pub retention: Duration,
     /// When non-empty, only signed envelopes are accepted (`mqtt-api.md`: Signed commands).
     pub command_keys: crate::api::envelope::CommandKeys,
+    /// This agent's id: a command naming another agent is refused.
+    pub agent_id: String,
+    /// A signed command's `expires_at` may be at most this far ahead of its receipt.
+    pub max_command_age: Duration,
+    /// Refunds by `transaction_id` without `original` are taken.
+    pub allow_unreferenced_refunds: bool,
 }
 
 struct Terminal {

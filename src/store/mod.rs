@@ -598,8 +598,11 @@ impl Store {
             }
             let id = String::from_utf8_lossy(&id).into_owned();
             let finished_before = match self.get(&id) {
+                // An id is remembered at least until its command's deadline has passed,
+                // whatever the retention: a signed envelope can never run twice.
                 Ok(Some(r)) => {
                     r.state.is_final()
+                        && r.expires_at < chrono::Utc::now()
                         && r.result
                             .as_ref()
                             .and_then(|res| res.finished_at.as_deref())

@@ -142,6 +142,7 @@ fn bare_command(id: &str, op: Op) -> Command {
         since: None,
         limit: None,
         cursor: None,
+        agent: None,
         extra: Default::default(),
     }
 }

@@ -227,6 +227,10 @@ async fn prune_deletes_old_finished_records_only() {
             r.state = CmdState::Succeeded;
             r.result = Some(res);
         }
+        if i == 1 {
+            // A (signed) command whose deadline is still ahead: its id is kept.
+            r.expires_at = chrono::Utc::now() + chrono::Duration::days(1);
+        }
         store.write(&[&r], &[]).expect("write");
         ids.push(r.cmd.id.clone());
     }
@@ -234,13 +238,18 @@ async fn prune_deletes_old_finished_records_only() {
     let n = store
         .prune(chrono::Utc::now() - chrono::Duration::days(30), 100)
         .expect("prune");
-    // p0, p1, p3 go; p2 is unfinished; p4 is the newest and keeps the watermark valid.
-    assert_eq!(n, 3);
+    // p0, p3 go; p1's deadline is ahead; p2 is unfinished; p4 is the newest and keeps
+    // the watermark valid.
+    assert_eq!(n, 2);
     assert!(store.get("p0").expect("get").is_none());
+    assert!(store.get("p1").expect("get").is_some());
     assert!(store.get("p2").expect("get").is_some());
     assert!(store.get("p4").expect("get").is_some());
     let left: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id).collect();
-    assert_eq!(left, vec!["p4".to_string(), "p2".to_string()]);
+    assert_eq!(
+        left,
+        vec!["p4".to_string(), "p2".to_string(), "p1".to_string()]
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

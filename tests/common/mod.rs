@@ -203,6 +203,10 @@ impl AgentSpec {
             self.queue_depth,
             self.max_bytes
         );
+        if !self.extra.contains("[security]") {
+            // Most tests send unsigned commands; the secure default has tests of its own.
+            s.push_str("[security]\nallow_unsigned = true\n");
+        }
         for (id, addr) in &self.terminals {
             s.push_str(&format!(
                 "[[terminals]]\nid = \"{id}\"\nkind = \"ip\"\naddr = \"{addr}\"\nop_timeout = \"20s\"\n"
@@ -254,6 +258,9 @@ impl Agent {
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)
+            // Most tests send unsigned commands; the secure default is tested on its own
+            // (an `env` entry overrides this one).
+            .env("POSBRIDGE__SECURITY__ALLOW_UNSIGNED", "true")
             .env_remove("RUST_LOG")
             .env_remove(posbridge::faults::ENV)
             .stdout(Stdio::null())
