@@ -137,15 +137,26 @@ pub fn acl(cfg: &Config) -> String {
     let root = root.root();
     let user = match &cfg.mqtt.username {
         Some(u) => format!("user {u}\n"),
-        None => {
-            "# (no mqtt.username: these lines go in the anonymous section, before any `user`)\n"
-                .to_string()
-        }
+        None => format!(
+            "# mqtt.username is not set: give the agent a user of its own (mosquitto_passwd) —\n\
+             # an anonymous client cannot be held to these lines, and anonymous access must stay off.\n\
+             user {}\n",
+            cfg.agent_id
+        ),
     };
+    let prefix = &cfg.topic_prefix;
     format!(
-        "# mosquitto acl_file entry for agent {agent}:\n{user}topic read {root}/cmd\ntopic write {root}/#\n\
-         # optional, lets `posbridge doctor` read the agent's retained status and terminal states:\n\
-         topic read {root}/status\ntopic read {root}/terminals/#\n",
+        "# mosquitto acl_file entry for agent {agent} (least privilege: it reads only its commands\n\
+         # and writes only what it publishes; it can never write a command):\n{user}\
+         topic read {root}/cmd\n\
+         topic write {root}/result\ntopic write {root}/evt\ntopic write {root}/status\n\
+         topic write {root}/telemetry\ntopic write {root}/terminals/#\n\
+         # lets `posbridge doctor` (same user) read the agent's retained status and terminal states:\n\
+         topic read {root}/status\ntopic read {root}/terminals/#\n\
+         # the cloud POS, the reverse (one user for the fleet, or one per shop with the agent id):\n\
+         # user cloud-pos\n# topic write {prefix}/+/cmd\n# topic read {prefix}/+/result\n\
+         # topic read {prefix}/+/evt\n# topic read {prefix}/+/status\n# topic read {prefix}/+/telemetry\n\
+         # topic read {prefix}/+/terminals/#\n",
         agent = cfg.agent_id
     )
 }
@@ -319,7 +330,12 @@ mod tests {
         assert_eq!(cmode, 0o640);
         assert!(s.acl.contains("user shop-042\n"));
         assert!(s.acl.contains("topic read posbridge/shop-042/cmd\n"));
-        assert!(s.acl.contains("topic write posbridge/shop-042/#\n"));
+        assert!(s.acl.contains("topic write posbridge/shop-042/result\n"));
+        // Least privilege: the agent can never publish a command, and there is no
+        // pattern that would let it.
+        assert!(!s.acl.contains("topic write posbridge/shop-042/#"));
+        assert!(!s.acl.contains("topic write posbridge/shop-042/cmd"));
+        assert!(!s.acl.contains("\ntopic readwrite"));
         Config::load(&o.out).expect("valid");
         // Not replaced without --force; with it, the old one is kept and the key is not.
         assert!(run(&o).is_err());

@@ -438,11 +438,21 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             by_id.entry(id.to_string()).or_default().insert(key);
         }
     }
+    let log = agent.log();
     for (id, outcomes) in &by_id {
         if outcomes.len() != 1 {
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("id={id} "))
+                        || l.contains("store failed")
+                        || l.contains("fault injection")
+                })
+                .collect();
             violations.push(format!(
-                "{id}: {} different final outcomes {outcomes:?}",
-                outcomes.len()
+                "{id}: {} different final outcomes {outcomes:?}; agent log:\n  {}",
+                outcomes.len(),
+                lines.join("\n  ")
             ));
         }
     }

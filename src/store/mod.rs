@@ -425,8 +425,19 @@ impl Store {
         self.syncer.checkpoint().await
     }
 
+    /// After a store failure nothing more is even applied: sled could write its memory to
+    /// disk on its own, and an outcome decided only because the store failed (a journal
+    /// step that could not be made durable) must never surface after the restart.
+    fn refuse_after_failure(&self) -> Result<(), StoreError> {
+        match self.syncer.failure() {
+            Some(why) => Err(StoreError::Sync(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Apply one logged batch (not yet durable).
     fn apply(&self, b: LoggedBatch) -> Result<(), StoreError> {
+        self.refuse_after_failure()?;
         let mut p = lock_pending(&self.pending);
         b.frame_into(&mut p);
         b.apply_to(&self.db)?;
@@ -452,6 +463,7 @@ impl Store {
     /// Write records and outbox messages atomically (one sled batch). Not yet durable:
     /// call [`Store::commit`] before acting on it.
     pub fn write(&self, records: &[&CommandRecord], outbox: &[OutMsg]) -> Result<(), StoreError> {
+        self.refuse_after_failure()?;
         let mut batch = LoggedBatch::default();
         for r in records {
             let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
