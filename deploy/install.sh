@@ -99,8 +99,15 @@ if [ -z "$deb" ]; then
   fi
 fi
 
-tmp=/tmp/posbridge-install
-remote mkdir -p "$tmp"
+# A private directory made on the target (a fixed /tmp path could be pre-created or a
+# symlink planted by another user there).
+if [ "$dry" -eq 1 ]; then
+  tmp=/tmp/posbridge-install.XXXXXX
+  echo "ssh $host: mktemp -d /tmp/posbridge-install.XXXXXX"
+else
+  # shellcheck disable=SC2086 # ssh_opts is a list of -o options
+  tmp=$(ssh $ssh_opts "$host" mktemp -d /tmp/posbridge-install.XXXXXX)
+fi
 copy "$deb" "$tmp/posbridge.deb"
 # apt resolves the dependencies (adduser); postinst creates the user and directories.
 remote $sudo_ apt-get install -y "$tmp/posbridge.deb"

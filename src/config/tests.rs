@@ -516,6 +516,15 @@ fn cross_key_rules() {
         "{paywall}mode = \"live\"\ntest_url = \"https://t.example\""
     ))
     .starts_with("terminals[0].live_url: required with mode = \"live\""));
+    // Live money never over plain HTTP, but to this machine itself (a simulator).
+    assert!(terminal(&format!(
+        "{paywall}mode = \"live\"\nlive_url = \"http://paywall.example/api\""
+    ))
+    .starts_with("terminals[0].live_url: \"http://paywall.example/api\": a live provider URL must be https://"));
+    assert!(Config::from_toml_str(&with_terminal(&format!(
+        "{paywall}mode = \"live\"\nlive_url = \"http://127.0.0.1:8443/live\""
+    )))
+    .is_ok());
     assert!(
         Config::from_toml_str(&with_terminal(&format!("{paywall}mode = \"disabled\""))).is_ok()
     );

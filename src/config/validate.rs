@@ -319,6 +319,18 @@ impl KuveytTerminal {
     }
 }
 
+fn is_loopback_url(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| match u.host_str() {
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    })
+}
+
 /// The URL of the active mode is required; any URL given must be well formed.
 fn check_mode_urls(
     at: &str,
@@ -335,6 +347,14 @@ fn check_mode_urls(
         match url {
             Some(url) => {
                 check_http_url(&format!("{at}.{name}"), url)?;
+                // Live credentials and real money never travel in clear (plain HTTP only
+                // to this machine itself: a simulator, a local TLS-terminating proxy).
+                if name == "live_url" && !url.starts_with("https://") && !is_loopback_url(url) {
+                    return invalid(
+                        format!("{at}.{name}"),
+                        format!("{url:?}: a live provider URL must be https:// (plain http:// only to 127.0.0.1, ::1 or localhost)"),
+                    );
+                }
             }
             None if active == Some(name) => {
                 return invalid(

@@ -200,7 +200,11 @@ pub fn http_client(
     connect_timeout: Duration,
     ca_file: Option<&Path>,
 ) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder();
+    // API keys travel in headers: no redirects (a 30x answer is an answer, not a hop) and
+    // no proxy from the environment.
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)

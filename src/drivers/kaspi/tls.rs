@@ -30,6 +30,10 @@ pub fn build(id: &str, cfg: &KaspiTerminal) -> Result<Endpoint, String> {
         .timeout(cfg.request_timeout)
         .connect_timeout(cfg.request_timeout.min(std::time::Duration::from_secs(5)))
         .pool_idle_timeout(std::time::Duration::from_secs(30))
+        // The access token travels in a header: never to wherever a redirect points, and
+        // never through a proxy the environment happens to name.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .user_agent(concat!("posbridge/", env!("CARGO_PKG_VERSION")));
     let ip: Option<IpAddr> = url
         .host_str()
