@@ -98,6 +98,7 @@ impl Engine {
                     }
                 }
                 After::Query(id) => queries::spawn_query(inner.clone(), id),
+                After::List(id) => queries::spawn_list(inner.clone(), id),
                 After::CancelRunning(id) => queries::spawn_cancel(inner.clone(), id),
             }
         }
@@ -110,6 +111,8 @@ pub(crate) enum After {
     Evt(Evt),
     Wake(String),
     Query(String),
+    /// Answer a `list` off the intake path.
+    List(String),
     /// Ask the device to cancel the running target of this `cancel` command.
     CancelRunning(String),
 }

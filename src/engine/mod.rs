@@ -211,10 +211,20 @@ impl Engine {
         let unfinished = self.inner.store.unfinished()?;
         let mut orphans = Vec::new();
         for rec in unfinished {
+            // Ops the engine answers itself never go to a terminal's worker, even when
+            // they name a terminal (a `list` filtered by terminal).
+            let engine_op = matches!(
+                rec.cmd.op,
+                crate::api::Op::Ping
+                    | crate::api::Op::List
+                    | crate::api::Op::Status
+                    | crate::api::Op::Cancel
+            );
             let term = rec
                 .cmd
                 .terminal
                 .as_ref()
+                .filter(|_| !engine_op)
                 .and_then(|t| self.inner.terminals.get(t));
             match (rec.state, term) {
                 (CmdState::Queued, Some(t)) => lock(&t.queue).push_back(rec.cmd.id.clone()),

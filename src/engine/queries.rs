@@ -19,7 +19,6 @@ fn refused(code: ErrorCode, msg: String) -> Outcome {
 enum Answer {
     None,
     Agent(Value),
-    Items(Vec<Value>, Option<String>),
     Target(Value),
 }
 
@@ -32,8 +31,12 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             (Outcome::succeeded(None, None), Answer::Agent(agent))
         }
         Op::List => {
-            let (items, next) = list(inner, &rec)?;
-            (Outcome::succeeded(None, None), Answer::Items(items, next))
+            // Scanned off the intake path (a big store must not stall the intake past the
+            // watchdog), at most LIST_CONCURRENCY at a time.
+            rec.state = CmdState::Running;
+            rec.started_at = Some(Utc::now());
+            inner.store.write(&[&rec], &[])?;
+            return Ok(vec![After::List(rec.cmd.id.clone())]);
         }
         Op::Status => {
             let target = rec.cmd.target.clone().unwrap_or_default();
@@ -97,10 +100,6 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
     inner.finalize_with(&mut rec, outcome, &extra, |res| match answer {
         Answer::None => {}
         Answer::Agent(v) => res.agent = Some(v),
-        Answer::Items(v, next) => {
-            res.items = Some(v);
-            res.next = next;
-        }
         Answer::Target(v) => res.target = Some(v),
     })?;
     Ok(vec![])
@@ -201,6 +200,41 @@ fn device_of(inner: &Inner, rec: &CommandRecord) -> Option<crate::drivers::DynDr
         .map(|t| t.driver.clone())
 }
 
+/// `list` scans at once at most.
+const LIST_CONCURRENCY: usize = 2;
+static LIST_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LIST_CONCURRENCY);
+
+/// Answer a `list` command: scan (on a blocking thread), then finalize and publish.
+pub(super) fn spawn_list(inner: Arc<Inner>, list_id: String) {
+    let tasks = inner.tasks.clone();
+    tasks.spawn(async move {
+        if let Err(e) = run_list(&inner, &list_id).await {
+            tracing::error!(id = %list_id, error = %e, "list failed");
+        }
+    });
+}
+
+async fn run_list(inner: &Arc<Inner>, list_id: &str) -> Result<(), StoreError> {
+    let _permit = LIST_PERMITS.acquire().await;
+    let Some(mut rec) = inner.store.get(list_id)? else {
+        return Ok(());
+    };
+    let scan = {
+        let (inner, rec) = (inner.clone(), rec.clone());
+        tokio::task::spawn_blocking(move || list(&inner, &rec))
+            .await
+            .map_err(|e| StoreError::Sync(format!("list scan: {e}")))??
+    };
+    let (items, next) = scan;
+    inner.finalize_with(&mut rec, Outcome::succeeded(None, None), &[], |res| {
+        res.items = Some(items);
+        res.next = next;
+    })?;
+    inner.store.commit().await?;
+    inner.outbox_notify.notify_one();
+    Ok(())
+}
+
 /// `status` of an `unknown` command: ask the device, then answer with what it said.
 pub(super) fn spawn_query(inner: Arc<Inner>, status_id: String) {
     let tasks = inner.tasks.clone();
@@ -294,6 +328,7 @@ pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
         let r = async {
             match rec.cmd.op {
                 Op::Status => run_query(&inner2, &id).await,
+                Op::List => run_list(&inner2, &id).await,
                 Op::Cancel => run_cancel(&inner2, &id).await,
                 _ => {
                     let mut rec = rec;

@@ -298,13 +298,13 @@ impl Store {
             let v = serde_json::to_vec(&r).map_err(|e| corrupt(&r.cmd.id, e))?;
             db.insert(key(CMD, r.cmd.id.as_bytes()), v)?;
             db.insert(seq_key(RECENT, seq), r.cmd.id.as_bytes())?;
-            if found.unknown.contains(&r.cmd.id) {
-                if let Some(res) = &r.result {
-                    seq += 1;
-                    let m = serde_json::to_vec(&OutMsg::result(res))
-                        .map_err(|e| corrupt("outbox", e))?;
-                    db.insert(seq_key(OUTBOX, seq), m)?;
-                }
+            // Every salvaged result is published (again): whether the broker took it before
+            // the damage cannot be known, and consumers dedupe by id.
+            if let Some(res) = &r.result {
+                seq += 1;
+                let m =
+                    serde_json::to_vec(&OutMsg::result(res)).map_err(|e| corrupt("outbox", e))?;
+                db.insert(seq_key(OUTBOX, seq), m)?;
             }
         }
         let hold = MoneyHold {

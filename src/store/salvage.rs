@@ -29,7 +29,7 @@ pub struct Salvage {
     /// One record per id, ready for the fresh store: final when the copy shows it final
     /// consistently, else `unknown` (with a result saying why).
     pub records: Vec<CommandRecord>,
-    /// Ids whose record was rebuilt as `unknown` (their result goes to the outbox).
+    /// Ids whose record was rebuilt as `unknown`.
     pub unknown: Vec<String>,
     /// Files read, and files left out (too large, unreadable).
     pub files_read: usize,
