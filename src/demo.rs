@@ -42,7 +42,8 @@ pub struct Signer {
     pub kid: String,
     pub key: p256::ecdsa::SigningKey,
     pub agent_id: String,
-    sent: std::collections::HashMap<String, Vec<u8>>,
+    /// Envelope and signed bytes by id.
+    sent: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
 }
 
 impl Signer {
@@ -62,7 +63,7 @@ impl Signer {
         if let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(payload) {
             id = o.get("id").and_then(Value::as_str).map(str::to_string);
             if let Some(prev) = id.as_ref().and_then(|i| self.sent.get(i)) {
-                return (prev.clone(), inner);
+                return prev.clone();
             }
             o.entry("agent")
                 .or_insert_with(|| Value::String(self.agent_id.clone()));
@@ -77,7 +78,7 @@ impl Signer {
             .to_string()
             .into_bytes();
         if let Some(id) = id {
-            self.sent.insert(id, env.clone());
+            self.sent.insert(id, (env.clone(), inner.clone()));
         }
         (env, inner)
     }
