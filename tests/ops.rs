@@ -284,7 +284,10 @@ async fn provision_writes_a_config_that_passes_check() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("topic read posbridge/shop-077/cmd"), "{t}");
-    assert!(t.contains("topic write posbridge/shop-077/#"), "{t}");
+    // Least privilege: the agent writes only what it publishes, never a command.
+    assert!(t.contains("topic write posbridge/shop-077/result"), "{t}");
+    assert!(!t.contains("topic write posbridge/shop-077/#"), "{t}");
+    assert!(!t.contains("topic write posbridge/shop-077/cmd"), "{t}");
     assert!(t.contains("device key"), "{t}");
     assert!(state.join("device.key").exists());
     let c = posbridge(&["check", "--config", &out.to_string_lossy()]).await;

@@ -69,8 +69,17 @@ pub fn mask_str(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// Mask every card number in every string of `v`, and turn a JSON number that is one
-/// into its masked string.
+/// Whether a field holds a device's own reference, which the agent needs intact to ask the
+/// device again (a Kaspi `processId` is a 13-digit millisecond count, and one in ten such
+/// numbers passes the Luhn check): `…id`, `ref`, `rrn`, `orderNumber`. A card number is
+/// never sent as one of those.
+pub fn is_reference_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.ends_with("id") || matches!(k.as_str(), "ref" | "rrn" | "ordernumber" | "order_number")
+}
+
+/// Mask every card number in every string of `v` (but in reference fields, see
+/// [`is_reference_key`]), and turn a JSON number that is one into its masked string.
 pub fn mask_value(v: &mut Value) {
     match v {
         Value::String(s) => {
@@ -85,7 +94,10 @@ pub fn mask_value(v: &mut Value) {
             }
         }
         Value::Array(a) => a.iter_mut().for_each(mask_value),
-        Value::Object(o) => o.values_mut().for_each(mask_value),
+        Value::Object(o) => o
+            .iter_mut()
+            .filter(|(k, _)| !is_reference_key(k))
+            .for_each(|(_, v)| mask_value(v)),
         Value::Bool(_) | Value::Null => {}
     }
 }
@@ -159,5 +171,21 @@ mod tests {
         assert_eq!(v["a"][0]["pan"], "555555******4444");
         assert_eq!(v["n"], "411111******1111");
         assert_eq!(v["k"], 12);
+    }
+
+    #[test]
+    fn device_references_stay_intact() {
+        // A Kaspi processId (epoch milliseconds) that happens to pass the Luhn check.
+        assert_eq!(mask_str("1678090451701"), "167809***1701");
+        let mut v = json!({"processId": "1678090451701", "data": {"transactionId": "1678090451701",
+            "ref": "1678090451701", "message": "1678090451701"}});
+        mask_value(&mut v);
+        assert_eq!(v["processId"], "1678090451701");
+        assert_eq!(v["data"]["transactionId"], "1678090451701");
+        assert_eq!(v["data"]["ref"], "1678090451701");
+        assert_eq!(
+            v["data"]["message"], "167809***1701",
+            "free text is still masked"
+        );
     }
 }

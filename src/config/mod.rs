@@ -103,6 +103,9 @@ pub struct MqttConfig {
     pub client_key_file: Option<PathBuf>,
     #[serde(default = "default_keep_alive", with = "duration_str")]
     pub keep_alive: Duration,
+    /// Allow a password over plain `mqtt://` to a broker that is not on this machine.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

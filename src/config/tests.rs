@@ -479,6 +479,17 @@ fn cross_key_rules() {
     let mqtt = |extra: &str| error(&format!("{MINIMAL}{extra}\n"));
     assert!(mqtt("ca_file = \"/ca.pem\"").starts_with("mqtt.ca_file: only used with an mqtts://"));
     assert!(mqtt("password_file = \"/p\"").starts_with("mqtt.password_file: needs mqtt.username"));
+    // A password over plain mqtt:// to another machine only when asked for.
+    assert!(mqtt("username = \"u\"\npassword_file = \"/p\"")
+        .starts_with("mqtt.url: mqtt:// would send mqtt.password_file's password in clear text"));
+    assert!(Config::from_toml_str(&format!(
+        "{MINIMAL}username = \"u\"\npassword_file = \"/p\"\nallow_plaintext = true\n"
+    ))
+    .is_ok());
+    assert!(Config::from_toml_str(
+        "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\npassword_file = \"/p\"\n"
+    )
+    .is_ok());
     assert!(mqtt("keep_alive = \"0s\"").starts_with("mqtt.keep_alive: "));
     let commands = |extra: &str| error(&format!("{MINIMAL}[commands]\n{extra}\n"));
     assert!(commands("max_bytes = 1023").starts_with("commands.max_bytes: 1023 is outside"));

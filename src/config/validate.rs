@@ -169,6 +169,21 @@ impl MqttConfig {
         if self.password_file.is_some() && self.username.is_none() {
             return invalid("mqtt.password_file", "needs mqtt.username");
         }
+        // A broker password in clear text on the shop's network: only when asked for (or
+        // to this machine itself).
+        let loopback = endpoint.host.eq_ignore_ascii_case("localhost")
+            || endpoint
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !endpoint.tls && self.password_file.is_some() && !self.allow_plaintext && !loopback {
+            return invalid(
+                "mqtt.url",
+                "mqtt:// would send mqtt.password_file's password in clear text: use mqtts://, or set mqtt.allow_plaintext = true",
+            );
+        }
         if self.keep_alive < Duration::from_secs(1) || self.keep_alive.as_secs() > u16::MAX.into() {
             return invalid("mqtt.keep_alive", "must be between 1s and 65535s");
         }

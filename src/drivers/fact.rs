@@ -161,15 +161,9 @@ impl Fact {
             Fact::Answer(Answer::Approved { payment, device }) => {
                 opt(device);
                 if let Some(p) = payment {
-                    for f in [
-                        &mut p.method,
-                        &mut p.transaction_id,
-                        &mut p.card_mask,
-                        &mut p.auth_code,
-                    ]
-                    .into_iter()
-                    .flatten()
-                    {
+                    // transaction_id and auth_code are the device's references (a refund
+                    // needs the former intact); see `api::pan::is_reference_key`.
+                    for f in [&mut p.method, &mut p.card_mask].into_iter().flatten() {
                         text(f);
                     }
                     opt(&mut p.receipt);

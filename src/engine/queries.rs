@@ -151,6 +151,10 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String
         if below.is_some_and(|b| r.seq > b) {
             continue;
         }
+        if r.cmd.id == rec.cmd.id {
+            // The list command itself (recorded before its scan) is not an item.
+            continue;
+        }
         if items.len() >= limit {
             return Ok((items, Some(r.seq.to_string())));
         }
