@@ -750,6 +750,19 @@ async fn terminals(cfg: &Config, store_state: StoreState, broker: &BrokerView) -
     });
     let results = futures_util::future::join_all(probes).await;
     let mut out = Vec::new();
+    // A Kaspi terminal whose certificate is not checked: anyone on the shop's LAN can pose
+    // as it and take the access token (kaspi.md: TLS).
+    for t in &cfg.terminals {
+        if let crate::config::TerminalConfig::Kaspi(k) = t {
+            if k.tls == crate::config::TlsMode::Insecure {
+                out.push(Check::fail(
+                    format!("terminal {} tls", k.id),
+                    "tls = \"insecure\": the terminal's certificate is not checked; anyone on the LAN can impersonate it",
+                    "set tls_name to its *.kaspiros.kz name with tls = \"verify\", or pin its certificate (tls = \"pin\", README: TLS modes)",
+                ));
+            }
+        }
+    }
     for (id, h, mode) in results {
         let kind = kinds.get(id.as_str()).copied().unwrap_or("?");
         let name = format!("terminal {id} ({kind})");

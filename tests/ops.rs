@@ -516,3 +516,26 @@ async fn doctor_over_mqtts_checks_tls_and_credentials() {
         "{t}"
     );
 }
+
+/// `doctor` fails a Kaspi terminal whose certificate is not checked (`tls = "insecure"`),
+/// and its `security` check reports the unsigned opt-in as a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_an_unchecked_kaspi_certificate_and_warns_on_unsigned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("posbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "agent_id = \"shop-tls-off\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[store]\npath = \"{}\"\n[security]\nallow_unsigned = true\n[[terminals]]\nid = \"k-1\"\nkind = \"kaspi\"\nurl = \"https://127.0.0.1:{}\"\ntls = \"insecure\"\nprotected = false\n",
+            free_port(),
+            dir.path().join("store").display(),
+            free_port()
+        ),
+    )
+    .expect("config");
+    let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
+    let t = text(&out);
+    assert_eq!(status_of(row(&t, "terminal k-1 tls")), "FAIL", "{t}");
+    assert_eq!(status_of(row(&t, "security")), "WARN", "{t}");
+    assert_eq!(out.status.code(), Some(1), "{t}");
+}
