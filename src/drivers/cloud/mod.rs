@@ -101,6 +101,16 @@ pub fn credential(
     })
 }
 
+/// A header value that holds a secret (a token, an API key): marked sensitive, so HTTP
+/// client logging and debug output never show it. A value no header can carry becomes an
+/// empty one (the provider then refuses the credentials, which says what is wrong).
+pub fn secret_header(value: &str) -> reqwest::header::HeaderValue {
+    let mut v = reqwest::header::HeaderValue::from_str(value)
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
+}
+
 /// Why a call gave no usable answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallError {
@@ -275,6 +285,15 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_headers_are_marked_sensitive() {
+        let v = secret_header("k3y");
+        assert!(v.is_sensitive());
+        assert_eq!(v.to_str().ok(), Some("k3y"));
+        // Not a header value: empty (the provider refuses it), never a panic.
+        assert!(secret_header("bad\nvalue").is_empty());
+    }
 
     #[test]
     fn odd_answers_are_clear_errors() {

@@ -126,7 +126,7 @@ impl KaspiClient {
         let url = format!("{}/{route}", self.endpoint.base);
         let mut req = self.endpoint.http.get(&url).query(params);
         if let Some(t) = token {
-            req = req.header("accesstoken", t);
+            req = req.header("accesstoken", crate::drivers::cloud::secret_header(t));
         }
         if let Some(t) = timeout {
             req = req.timeout(t);

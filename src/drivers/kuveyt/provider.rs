@@ -110,8 +110,11 @@ impl KuveytApi {
         let reply = cloud::send(
             self.client
                 .post(format!("{}{path}", self.base))
-                .header("X-Api-Key", self.api_key.expose())
-                .header("X-Api-Secret", self.api_secret.expose())
+                .header("X-Api-Key", cloud::secret_header(self.api_key.expose()))
+                .header(
+                    "X-Api-Secret",
+                    cloud::secret_header(self.api_secret.expose()),
+                )
                 .header(reqwest::header::ACCEPT, "application/json")
                 .json(&body)
                 .timeout(self.call_timeout),

@@ -145,8 +145,11 @@ impl PaywallDriver {
     fn request(&self, link: &Link, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         link.client
             .request(method, format!("{}{path}", self.base))
-            .header("apikeyprivate", link.api_key.expose())
-            .header("apiclientprivate", link.client_key.expose())
+            .header("apikeyprivate", cloud::secret_header(link.api_key.expose()))
+            .header(
+                "apiclientprivate",
+                cloud::secret_header(link.client_key.expose()),
+            )
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
