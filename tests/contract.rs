@@ -25,6 +25,44 @@ async fn sim(fail_rate: f64, delay_ms: u64) -> (IpSim, CancellationToken) {
     (s, CancellationToken::new())
 }
 
+/// A broker, one IP terminal simulator that approves everything, an agent with it as
+/// `ip-1`, and a cloud POS client, all on loopback.
+struct IpRig {
+    cloud: Cloud,
+    agent: Agent,
+    stats: posbridge::sim::ip::SimStats,
+    ctl: posbridge::sim::ip::SimControl,
+    stop: CancellationToken,
+    dir: tempfile::TempDir,
+    _broker: Broker,
+}
+
+impl Drop for IpRig {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn ip_rig(broker: Broker, agent_id: &str) -> IpRig {
+    let (sim, stop) = sim(0.0, 0).await;
+    let (addr, stats, ctl) = (sim.local_addr(), sim.stats(), sim.control());
+    sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
+    let agent = Agent::start(&spec, dir.path());
+    cloud.online().await;
+    IpRig {
+        cloud,
+        agent,
+        stats,
+        ctl,
+        stop,
+        dir,
+        _broker: broker,
+    }
+}
+
 /// Every scenario of the demo plus the bad-input cases, against one broker.
 async fn contract_scenarios(broker: Broker, agent_id: &str) {
     let (sim, stop) = sim(0.0, 0).await;
@@ -334,15 +372,8 @@ async fn unreachable_terminal_fails_cleanly() {
 /// reports the terminal's real answer. One execution each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
-    let broker = embedded();
-    let (sim, stop) = sim(0.0, 0).await;
-    let (addr, stats, ctl) = (sim.local_addr(), sim.stats(), sim.control());
-    sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("ip-answers", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "ip-answers", "cloud-ip-answers", false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let r = ip_rig(embedded(), "ip-answers").await;
+    let (cloud, stats, ctl) = (&r.cloud, &r.stats, &r.ctl);
     let faults: [(&str, &dyn Fn()); 3] = [
         ("lost", &|| ctl.lose_next_answer()),
         ("garbled", &|| ctl.garble_next_answer()),
@@ -353,13 +384,17 @@ async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
         let id = format!("ans-{name}");
         let before = stats.requests();
         cloud.send(pay(&id, "ip-1", 1500)).await;
-        let r = cloud.result(&id).await;
-        assert_eq!(r["state"], "succeeded", "{name}: {r}\n{}", agent.log());
-        assert!(r["payment"]["transaction_id"].is_string(), "{r}");
+        let res = cloud.result(&id).await;
+        assert_eq!(
+            res["state"],
+            "succeeded",
+            "{name}: {res}\n{}",
+            r.agent.log()
+        );
+        assert!(res["payment"]["transaction_id"].is_string(), "{res}");
         assert_eq!(stats.executions(&id), 1, "{name}: charged once");
         assert!(stats.requests() >= before + 2, "{name}: asked again");
     }
-    stop.cancel();
 }
 
 /// Large device answers never silence the agent (`mqtt-api.md`: Durability promise 9):
@@ -369,16 +404,9 @@ async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
 /// result still arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_device_answers_and_long_lists_stay_bounded() {
-    let broker = embedded();
-    let (sim, stop) = sim(0.0, 0).await;
-    let (addr, ctl) = (sim.local_addr(), sim.control());
-    sim.spawn(stop.clone());
+    let r = ip_rig(embedded(), "ip-big").await;
+    let (cloud, ctl) = (&r.cloud, &r.ctl);
     ctl.set_message_padding(60 * 1024);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("ip-big", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "ip-big", "cloud-ip-big", false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
     for i in 0..25 {
         // One at a time: the queue holds 16.
         cloud.send(pay(&format!("big-{i}"), "ip-1", 1000 + i)).await;
@@ -435,8 +463,6 @@ async fn large_device_answers_and_long_lists_stay_bounded() {
     // And results keep flowing.
     cloud.send(pay("big-after", "ip-1", 500)).await;
     assert_eq!(cloud.result("big-after").await["state"], "succeeded");
-    drop(agent);
-    stop.cancel();
 }
 
 /// Commands come at QoS 1 only (`mqtt-api.md`: Durability promise 9): a QoS 0 publish on
@@ -449,15 +475,8 @@ async fn qos0_commands_are_dropped_and_counted() {
     if !mosquitto_available() {
         return;
     }
-    let broker = Broker::Mosquitto(Mosquitto::start());
-    let (sim, stop) = sim(0.0, 0).await;
-    let (addr, stats) = (sim.local_addr(), sim.stats());
-    sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("ip-qos0", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "ip-qos0", "cloud-ip-qos0", false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let r = ip_rig(Broker::Mosquitto(Mosquitto::start()), "ip-qos0").await;
+    let (cloud, stats) = (&r.cloud, &r.stats);
     for i in 0..3 {
         cloud
             .client
@@ -484,8 +503,7 @@ async fn qos0_commands_are_dropped_and_counted() {
         assert!(cloud.results_for(&id).is_empty(), "{id}: no result");
         assert_eq!(stats.executions(&id), 0, "{id}: never executed");
     }
-    assert!(agent.log().contains("not a plain QoS 1 publish"));
-    stop.cancel();
+    assert!(r.agent.log().contains("not a plain QoS 1 publish"));
 }
 
 /// No full card number is stored, logged or published (`mqtt-api.md`: Durability promise
@@ -494,22 +512,15 @@ async fn qos0_commands_are_dropped_and_counted() {
 /// files and in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn card_numbers_from_a_device_never_leave_the_device() {
-    let broker = embedded();
-    let (sim, stop) = sim(0.0, 0).await;
-    let (addr, ctl) = (sim.local_addr(), sim.control());
-    sim.spawn(stop.clone());
+    let mut r = ip_rig(embedded(), "ip-pan").await;
+    let (cloud, ctl) = (&r.cloud, &r.ctl);
     ctl.set_message(Some(
         "approved card 4111 1111 1111 1111 track ;5555555555554444=2512?".into(),
     ));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("ip-pan", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "ip-pan", "cloud-ip-pan", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
     cloud.send(pay("pan-1", "ip-1", 1200)).await;
-    let r = cloud.result("pan-1").await;
-    assert_eq!(r["state"], "succeeded", "{r}");
-    let msg = r["device"]["message"]
+    let res = cloud.result("pan-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}");
+    let msg = res["device"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -521,9 +532,9 @@ async fn card_numbers_from_a_device_never_leave_the_device() {
     let st = cloud.result("pan-st").await;
     assert!(!st.to_string().contains("5555555555554444"), "{st}");
     // Nothing on disk or in the log holds either number.
-    assert!(agent.sigterm().success());
-    let mut files = vec![dir.path().join("agent.log")];
-    let mut todo = vec![dir.path().join("store")];
+    assert!(r.agent.sigterm().success());
+    let mut files = vec![r.dir.path().join("agent.log")];
+    let mut todo = vec![r.dir.path().join("store")];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).expect("dir").flatten() {
             if e.path().is_dir() {
@@ -543,22 +554,14 @@ async fn card_numbers_from_a_device_never_leave_the_device() {
             );
         }
     }
-    stop.cancel();
 }
 
 /// A command naming another agent is refused, signed or not (`mqtt-api.md`: `agent`);
 /// naming this one is fine, and so is leaving it out when unsigned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_for_another_agent_is_refused() {
-    let broker = embedded();
-    let (sim, stop) = sim(0.0, 0).await;
-    let (addr, stats) = (sim.local_addr(), sim.stats());
-    sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("ip-mine", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "ip-mine", "cloud-ip-mine", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let r = ip_rig(embedded(), "ip-mine").await;
+    let (cloud, stats) = (&r.cloud, &r.stats);
     let mut other = pay("ag-1", "ip-1", 500);
     other["agent"] = json!("ip-theirs");
     cloud.send(other).await;
@@ -569,22 +572,14 @@ async fn a_command_for_another_agent_is_refused() {
     mine["agent"] = json!("ip-mine");
     cloud.send(mine).await;
     assert_eq!(cloud.result("ag-2").await["state"], "succeeded");
-    stop.cancel();
 }
 
 /// A refund that does not name the payment this agent ran (`original`) is refused unless
 /// `security.allow_unreferenced_refunds` says otherwise: nothing checks what it refunds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreferenced_refunds_are_refused_by_default() {
-    let broker = embedded();
-    let (sim, stop) = sim(0.0, 0).await;
-    let (addr, stats) = (sim.local_addr(), sim.stats());
-    sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("ip-unref", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "ip-unref", "cloud-ip-unref", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let r = ip_rig(embedded(), "ip-unref").await;
+    let (cloud, stats) = (&r.cloud, &r.stats);
     cloud.send(pay("u-pay", "ip-1", 500)).await;
     let p = cloud.result("u-pay").await;
     cloud
@@ -597,5 +592,4 @@ async fn unreferenced_refunds_are_refused_by_default() {
     assert_eq!(r["state"], "rejected", "{r}");
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
     assert_eq!(stats.executions("u-ref"), 0);
-    stop.cancel();
 }
