@@ -248,9 +248,29 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply, CallError> {
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = resp.bytes().await.map_err(|e| {
-        CallError::MaybeSent(format!("HTTP {status}, body lost: {}", error_chain(&e)))
-    })?;
+    // In chunks, up to the cap: a provider (or whatever answers in its place) cannot make
+    // the agent buffer an endless body.
+    let mut resp = resp;
+    let mut body: Vec<u8> = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() + c.len() > MAX_BODY {
+                    return Err(CallError::MaybeSent(format!(
+                        "HTTP {status} with a body over {MAX_BODY} bytes"
+                    )));
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(CallError::MaybeSent(format!(
+                    "HTTP {status}, body lost: {}",
+                    error_chain(&e)
+                )))
+            }
+        }
+    }
     classify(status, ct.as_deref(), &body)
 }
 
@@ -285,6 +305,51 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers with an endless JSON body: the agent stops reading at the
+    /// cap instead of buffering it (loopback only).
+    #[tokio::test]
+    async fn an_endless_body_is_cut_at_the_cap() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if c.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+            // At most 64 MiB, then give up: the client must have stopped long before.
+            for _ in 0..1024 {
+                if c.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(64 * 1024, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let client = http_client(Duration::from_secs(2), None).expect("client");
+        let r = send(
+            client
+                .get(format!("http://{addr}/"))
+                .timeout(Duration::from_secs(20)),
+        )
+        .await;
+        match r {
+            Err(CallError::MaybeSent(m)) => assert!(m.contains("body over"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 8 * MAX_BODY, "the client read on: {n} bytes sent");
+    }
 
     #[test]
     fn secret_headers_are_marked_sensitive() {
