@@ -667,3 +667,36 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     cloud.send(kzt("n-2", 11_200)).await;
     assert_eq!(result(&cloud, "n-2").await["state"], "succeeded");
 }
+
+/// A terminal firmware that puts the full card number in its answer (`cardMask`, and track
+/// 2 data in the cheque): the number appears in no MQTT message and in none of the store's
+/// files or the log — masked to its first 6 and last 4 digits (`mqtt-api.md` 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_card_number_from_the_terminal_is_never_kept_or_sent() {
+    let broker = embedded();
+    let s = sim(plain_opts(0)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sp = spec(
+        "kaspi-pan",
+        broker.port(),
+        &[terminal("kaspi-1", &s.url, false, "")],
+    );
+    let cloud = Cloud::connect(broker.port(), "kaspi-pan", "cloud-kaspi-pan", false).await;
+    let mut agent = Agent::start(&sp, dir.path());
+    cloud.online().await;
+    cloud.send(kzt("pan-1", 12_000)).await;
+    let r = result(&cloud, "pan-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["payment"]["card_mask"], "411111******1111", "{r}");
+    assert!(agent.sigterm().success());
+    let pan = b"4111111111111111";
+    for sub in ["result", "evt", "status", "telemetry", "terminals/kaspi-1"] {
+        for m in cloud.all(sub) {
+            assert!(!m.to_string().contains("4111111111111111"), "{sub}: {m}");
+        }
+    }
+    assert!(
+        !contains_in_dir(dir.path(), pan),
+        "a file under the agent's directory holds it"
+    );
+}

@@ -417,3 +417,39 @@ async fn lost_garbled_or_foreign_sale_result_is_unknown_never_failed() {
     assert_eq!(r.cloud.result("ans-after").await["state"], "succeeded");
     r.stop.cancel();
 }
+
+/// A register firmware that puts the full card number (and track 2 data) in its sale
+/// result: it appears in no MQTT message and in none of the store's files or the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_card_number_from_the_register_is_never_kept_or_sent() {
+    let mut r = rig("tok-pan").await;
+    r.ctl.set(|k| k.card_number_next = true);
+    r.cloud.send(sale("pan-1")).await;
+    let res = r.cloud.result("pan-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}");
+    let item = &res["device"]["paymentItems"][0];
+    assert_eq!(item["cardNumber"], "411111******1111", "{res}");
+    assert!(r.agent.sigterm().success());
+    for sub in ["result", "evt", "status", "telemetry", "terminals/token-1"] {
+        for m in r.cloud.all(sub) {
+            assert!(!m.to_string().contains("4111111111111111"), "{sub}: {m}");
+        }
+    }
+    let mut todo = vec![r._dir.path().to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let b = std::fs::read(&p).unwrap_or_default();
+                assert!(
+                    !b.windows(16).any(|w| w == b"4111111111111111"),
+                    "{} holds the card number",
+                    p.display()
+                );
+            }
+        }
+    }
+    r.stop.cancel();
+}

@@ -170,6 +170,9 @@ pub struct Knobs {
     /// The next basket sold: its type 3 result carries another (non-empty) `basketID`,
     /// `other-<id>`. Cleared by the next sale.
     pub foreign_next_result: bool,
+    /// The next basket sold: a careless firmware puts the full card number and track 2
+    /// data in its type 3 payment item (the host must mask both).
+    pub card_number_next: bool,
 }
 
 /// How the first delivery of a sale result is spoiled.
@@ -510,6 +513,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
             s.knobs.not_processed_next = false;
             s.knobs.cancel_next = false;
             s.knobs.drop_link_mid_sale = false;
+            s.knobs.card_number_next = false;
             k
         };
         if let Some(text) = knobs.error_next_basket {
@@ -536,7 +540,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
         if self.shared.opts.sale_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.shared.opts.sale_delay_ms)).await;
         }
-        let result = self.complete(&basket, &basket_id, knobs.cancel_next);
+        let mut result = self.complete(&basket, &basket_id, knobs.cancel_next);
+        if knobs.card_number_next {
+            if let Ok(mut v) = serde_json::from_str::<Value>(&result) {
+                v["paymentItems"][0]["cardNumber"] = json!("4111111111111111");
+                v["paymentItems"][0]["track2"] = json!("4111111111111111=25121010000000000000");
+                result = v.to_string();
+            }
+        }
         let fault = if knobs.cancel_next {
             None
         } else {

@@ -287,7 +287,9 @@ impl Terminal {
     /// refunded), 18 card ok but the answer to the start request is lost (the connection
     /// closes without one; refunds of an amount ending in 18 too), 19 card ok but the
     /// first 3 `/v2/status` answers of the process are garbled (HTTP 200, the JSON cut
-    /// short); anything else: method drawn from the seed, declined with probability
+    /// short); 20 card ok, but a careless firmware puts the full card number in
+    /// `cardMask` and track 2 data in `chequeInfo.track2` (the agent must mask both);
+    /// anything else: method drawn from the seed, declined with probability
     /// `fail_rate`. Refunds always succeed; of these conventions only 18 applies to them.
     fn plan_for(&mut self, tenge: i64) -> Result<(Method, Plan), Reply> {
         let coin: bool = self.rng.random();
@@ -331,7 +333,7 @@ impl Terminal {
                 },
             ),
             16 => (Method::Qr, Plan::UnknownThenFail),
-            17..=19 => (Method::Card, Plan::Success),
+            17..=20 => (Method::Card, Plan::Success),
             _ => {
                 let declined = self.rng.random::<f64>() < self.settings.fail_rate;
                 let plan = match (declined, drawn) {
@@ -379,6 +381,10 @@ impl Terminal {
                 };
                 c["rrn"] = rrn.into();
                 c["cardMask"] = format!("440043*****{}", digits(&mut self.rng, 4)).into();
+                if tenge % 100 == 20 && !refund {
+                    c["cardMask"] = "4111111111111111".into();
+                    c["track2"] = "4111111111111111=25121010000000000000".into();
+                }
                 c["authorizationCode"] = digits(&mut self.rng, 6).into();
                 if !refund {
                     c["hostResponseCode"] = "000".into();
