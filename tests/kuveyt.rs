@@ -293,3 +293,47 @@ async fn garbled_answers_are_asked_again_never_failed() {
     let orders: Vec<String> = r.stats.links().into_iter().map(|l| l.order_id).collect();
     assert!(orders.contains(&"kv-garbled/g-2".to_string()), "{orders:?}");
 }
+
+/// A provider answer that carries the full card number (spaced) and track 2 data: masked
+/// before anything of it is kept or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_card_number_from_the_provider_is_never_kept_or_sent() {
+    let mut r = rig("kv-pan", "test", &[]).await;
+    r.cloud
+        .send(pay("pan-1", 15060, Duration::from_secs(30)))
+        .await;
+    let res = r.cloud.result("pan-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}");
+    assert!(
+        res["device"].to_string().contains("4111 11** **** 1111"),
+        "{res}"
+    );
+    assert!(r.agent.sigterm().success());
+    for sub in ["result", "evt", "status", "telemetry"] {
+        for m in r.cloud.all(sub) {
+            let t = m.to_string();
+            assert!(
+                !t.contains("4111111111111111") && !t.contains("4111 1111 1111 1111"),
+                "{sub}: {m}"
+            );
+        }
+    }
+    let mut todo = vec![r._dir.path().to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let b = std::fs::read(&p).unwrap_or_default();
+                for pan in [&b"4111111111111111"[..], b"4111 1111 1111 1111"] {
+                    assert!(
+                        !b.windows(pan.len()).any(|w| w == pan),
+                        "{} holds the card number",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}

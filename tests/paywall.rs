@@ -568,3 +568,39 @@ async fn garbled_sale_answer_is_asked_about_not_failed() {
         p.payment_request_id.as_str()
     );
 }
+
+/// A Paywall answer that carries the full card number and track 2 data: masked before the
+/// agent keeps or sends any of it — in no MQTT message, in no file of the store or the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_card_number_from_paywall_is_never_kept_or_sent() {
+    let mut r = rig("pw-pan").await;
+    r.cloud.send(sale("pan-1", 2263)).await;
+    let res = r.cloud.result("pan-1").await;
+    assert_eq!(res["state"], "succeeded", "{res}");
+    assert!(
+        res["device"].to_string().contains("411111******1111"),
+        "{res}"
+    );
+    assert!(r.agent.sigterm().success());
+    for sub in ["result", "evt", "status", "telemetry"] {
+        for m in r.cloud.all(sub) {
+            assert!(!m.to_string().contains("4111111111111111"), "{sub}: {m}");
+        }
+    }
+    let mut todo = vec![r._dir.path().to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let b = std::fs::read(&p).unwrap_or_default();
+                assert!(
+                    !b.windows(16).any(|w| w == b"4111111111111111"),
+                    "{} holds the card number",
+                    p.display()
+                );
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@
 //! | 57 | `pending` at the first verify, `completed` at the second |
 //! | 58 | the first verify completes the payment but answers `200` `application/json` with the JSON cut short (its first half); the next verify says `completed` |
 //! | 59 | create is processed (the payment is created) and answers `200` `application/json` with the JSON cut short; a repeat with the same `order_id` returns the same payment normally |
+//! | 60 | the verify answer carries the full card number and track 2 data (`payment.card`) |
 //! | other | the first verify says `completed` |
 //!
 //! Control (no auth): `GET /_sim/stats`, `POST /_sim/payments/{transaction_id}/complete`
@@ -471,6 +472,11 @@ async fn verify(
         let mut payment = json!({ "status": l.status });
         if let Some(p) = &l.paid_at {
             payment["paid_at"] = json!(p);
+        }
+        if kind == 60 {
+            // A careless provider: the card number and track 2 data in the answer.
+            payment["card"] =
+                json!({ "number": "4111 1111 1111 1111", "track2": "4111111111111111=2512101" });
         }
         let reply = json!({ "success": true, "message": "Ödeme durumu.", "payment": payment });
         (reply, kind == 58 && l.verifies == 1)

@@ -21,6 +21,7 @@
 //! | 60 | slow, and the device has not received it yet (`sale/rollback` possible) |
 //! | 61 | succeeds, answers `200` `application/json` with the JSON cut short (its first half) |
 //! | 62 | succeeds, the answer is lost (as 55), and `list` does not show the sale until `POST /_sim/payments/{muc}/publish` (`inquiry` by `PaymentRequestId` knows it) |
+//! | 63 | succeeds; the answer carries the full card number and track 2 data (`Result.card`) |
 //! | other | succeeds at once |
 //!
 //! 61 and 62 spoil only the answer of the request that created the sale: a repeat with
@@ -586,6 +587,12 @@ async fn sale(
         .map(Payment::view)
         .unwrap_or(Value::Null);
     let status = view["paymentStatus"].as_i64().unwrap_or(0);
+    let mut view = view;
+    if kind == 63 {
+        // A careless integration: the card number and track 2 data in the answer.
+        view["card"] =
+            json!({ "number": "4111111111111111", "track2": "4111111111111111=2512101" });
+    }
     let answer = match status {
         STATUS_SUCCEEDED => envelope(true, 0, "", "", view),
         STATUS_CANCELLED => envelope(false, 52, "PaymentCancelled", "Ödeme iptal edildi", view),
