@@ -238,6 +238,25 @@ pub fn connect<B: UsbBackend>(
     t: &AoaTiming,
 ) -> Result<Opened<B::Handle>, UsbError> {
     let devs = b.list()?;
+    if filter.serial.is_none() {
+        // Two registers (or a register and another Google-id Android device) and no
+        // serial to tell them apart: taking one would be a guess — refuse, and name them.
+        let ours: Vec<&DevInfo> = devs
+            .iter()
+            .filter(|d| is_candidate(d, filter) || is_our_accessory(d, filter))
+            .collect();
+        if ours.len() > 1 {
+            let names: Vec<String> = ours.iter().map(|d| d.to_string()).collect();
+            return Err(UsbError::new(
+                UsbErrorKind::Ambiguous,
+                format!(
+                    "{} devices could be the register ({}): set usb.serial to the one to use (`posbridge usb list` shows their serials); none was touched",
+                    ours.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
     if let Some(acc) = pick_accessory(&devs, filter, filter.serial.as_deref()) {
         tracing::debug!(dev = %acc, "token usb: register already in accessory mode");
         return open_accessory(b, acc);
@@ -256,9 +275,7 @@ pub fn connect<B: UsbBackend>(
             ),
         ));
     };
-    if candidates.len() > 1 {
-        tracing::warn!(count = candidates.len(), chosen = %dev, "token usb: several candidate devices; set usb.serial to choose");
-    }
+
     let version = {
         let h = b
             .open(dev)

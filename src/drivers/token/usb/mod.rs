@@ -118,6 +118,8 @@ pub enum UsbErrorKind {
     NotAccessory,
     /// Switched to accessory mode but never re-appeared as 18d1:2d00/2d01.
     NoReenumeration,
+    /// Several devices could be the register and no `usb.serial` says which.
+    Ambiguous,
     Other,
 }
 
@@ -166,6 +168,9 @@ impl UsbError {
                 "no answer over USB: accept the accessory permission prompt on the register's screen (the vendor's step 5) and make sure the Token app is open"
             }
             UsbErrorKind::Disconnected => "the register was unplugged or reset",
+            UsbErrorKind::Ambiguous => {
+                "put the register's serial in the terminal's `usb = { serial = \"…\" }` (`posbridge usb list` shows it)"
+            }
             UsbErrorKind::Stall | UsbErrorKind::Other => return None,
         })
     }

@@ -193,6 +193,41 @@ fn no_register_means_no_device_is_touched() {
     assert_eq!(fake.calls(), vec![Call::List], "something was opened");
 }
 
+/// Two Google-id Android devices and no `usb.serial`: nothing is touched, and the error
+/// names both; with the serial set, only that one is used.
+#[test]
+fn several_candidates_without_a_serial_are_refused() {
+    let fake = FakeUsb::new(
+        vec![android_device(4, "REG-A"), android_device(5, "REG-B")],
+        Script::default(),
+    );
+    let e = aoa::connect(
+        &fake,
+        &UsbFilter::default(),
+        &AoaStrings::default(),
+        &fast(),
+    )
+    .err()
+    .expect("ambiguous");
+    assert_eq!(e.kind, UsbErrorKind::Ambiguous);
+    let text = e.to_string();
+    assert!(text.contains("REG-A") && text.contains("REG-B"), "{text}");
+    assert!(text.contains("usb.serial"), "{text}");
+    assert_eq!(fake.calls(), vec![Call::List], "something was opened");
+    let filter = UsbFilter {
+        serial: Some("REG-B".into()),
+        ..Default::default()
+    };
+    let candidates: Vec<_> = fake
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|d| aoa::is_candidate(d, &filter))
+        .collect();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].serial.as_deref(), Some("REG-B"));
+}
+
 #[test]
 fn an_accessory_already_on_the_bus_is_used_without_switching() {
     let mut acc = android_device(9, "SER1");
