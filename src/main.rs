@@ -323,6 +323,7 @@ async fn secret_set(config: &std::path::Path, terminal: &str, name: &str) -> any
     if value.is_empty() {
         anyhow::bail!("empty value: nothing stored");
     }
+    posbridge::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
     let (store, _) = posbridge::store::Store::open(&cfg.store.path).map_err(|e| {
         anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
     })?;
@@ -333,6 +334,7 @@ async fn secret_set(config: &std::path::Path, terminal: &str, name: &str) -> any
 
 async fn store_acknowledge(config: &std::path::Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
+    posbridge::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
     let (store, _) = posbridge::store::Store::open(&cfg.store.path).map_err(|e| {
         anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
     })?;

@@ -313,3 +313,46 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
     assert!(st.get("store").is_none(), "hold lifted: {st}");
     stop.cancel();
 }
+
+/// Run as root on a store that belongs to the agent's user, the tools that open the store
+/// refuse (files they created would be root's and lock the agent out) and say how to run
+/// them. Only meaningful as root (CI is root); elsewhere the check does not apply.
+#[test]
+fn store_tools_refuse_root_on_the_agents_store() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).expect("store dir");
+    std::os::unix::fs::chown(&store, Some(65534), Some(65534)).expect("chown");
+    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    for args in [
+        vec!["store", "acknowledge", "--config"],
+        vec!["secret", "set", "ip-1", "api_key", "--config"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .arg(&cfg)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"value\n");
+        }
+        let out = child.wait_with_output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("belongs to uid 65534"), "{args:?}: {err}");
+        assert!(err.contains("sudo -u posbridge"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&store).expect("read").count(),
+        0,
+        "nothing was created in the agent's store"
+    );
+}

@@ -167,6 +167,26 @@ fn is_damage(e: &StoreError) -> bool {
     }
 }
 
+/// For the command-line tools that open the store (`secret set`, `kaspi register`, `store
+/// acknowledge`): run as root on a store that belongs to the agent's user, they would
+/// leave root-owned files the agent cannot open. Refuse, and say how to run them.
+pub fn refuse_root_on_foreign_store(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if me != 0 {
+        return Ok(());
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if m.uid() != 0 => Err(format!(
+            "{} belongs to uid {}, the agent's user; run this as that user (`sudo -u posbridge posbridge …`): files written as root would lock the agent out of its store",
+            dir.display(),
+            m.uid()
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Open (or create) the store under `dir` (`store.path`); sled's files live in
     /// `dir/sled`, beside the device key. A store that sled cannot open, or whose checksum

@@ -17,6 +17,7 @@ pub async fn run(cfg: &Config, terminal: &str) -> anyhow::Result<String> {
             "terminal {terminal:?} has protected = false: the plain HTTP API needs no registration"
         );
     }
+    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
     let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
         anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
     })?;
