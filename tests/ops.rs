@@ -389,7 +389,7 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
             rules.lines().any(|l| !l.starts_with('#')
                 && l.contains("ATTR{idVendor}==\"18d1\"")
                 && l.contains(&format!("ATTR{{idProduct}}==\"{pid}\""))
-                && l.contains("GROUP=\"plugdev\"")
+                && l.contains("GROUP=\"posbridge-usb\"")
                 && l.contains("MODE=\"0660\"")),
             "no rule for 18d1:{pid}"
         );
@@ -401,7 +401,7 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
         "Restart=on-failure",
         "StateDirectory=posbridge",
         "ConfigurationDirectory=posbridge",
-        "SupplementaryGroups=plugdev",
+        "SupplementaryGroups=posbridge-usb",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
     ] {

@@ -153,7 +153,7 @@ impl UsbError {
                 "is the register plugged in and switched on? check the USB cable, and the `usb` vid/pid/serial filter in the config (`posbridge usb list` shows what is on the bus)"
             }
             UsbErrorKind::PermissionDenied => {
-                "this user may not open the device: install deploy/99-posbridge.rules as /etc/udev/rules.d/99-posbridge.rules, run `udevadm control --reload-rules && udevadm trigger --subsystem-match=usb`, add the posbridge user to group plugdev and replug the register"
+                "this user may not open the device: install deploy/99-posbridge.rules as /etc/udev/rules.d/99-posbridge.rules, run `udevadm control --reload-rules && udevadm trigger --subsystem-match=usb`, add the posbridge user to group posbridge-usb and replug the register"
             }
             UsbErrorKind::Busy => {
                 "another program holds the device (the vendor's IntegrationHub, adb, another posbridge); stop it and replug the register"

@@ -332,7 +332,7 @@ fn errors_name_the_cause_and_the_fix() {
     assert_eq!(e.kind, UsbErrorKind::PermissionDenied);
     let m = e.to_string();
     assert!(
-        m.contains("99-posbridge.rules") && m.contains("plugdev") && m.contains("18d1:4ee1"),
+        m.contains("99-posbridge.rules") && m.contains("posbridge-usb") && m.contains("18d1:4ee1"),
         "{m}"
     );
 
