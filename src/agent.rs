@@ -35,10 +35,10 @@ pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> 
                     IpDriver::new(ip.addr.clone(), ip.connect_timeout, ip.op_timeout)
                         .with_recovery_window(ip.recovery_window),
                 ),
-                TerminalConfig::Token(tk) => Arc::new(TokenDriver::new(
-                    TokenSettings::from(tk),
-                    env.agent_id.clone(),
-                )),
+                TerminalConfig::Token(tk) => Arc::new(
+                    TokenDriver::new(TokenSettings::from(tk), env.agent_id.clone())
+                        .with_pins(&tk.id, env.secrets.clone()),
+                ),
                 TerminalConfig::Kaspi(k) => Arc::new(KaspiDriver::new(&k.id, k, env)),
                 TerminalConfig::Paywall(p) => Arc::new(PaywallDriver::new(p, env)),
                 TerminalConfig::Kuveyt(k) => Arc::new(KuveytDriver::new(k, env)),

@@ -453,3 +453,60 @@ async fn a_full_card_number_from_the_register_is_never_kept_or_sent() {
     }
     r.stop.cancel();
 }
+
+/// The register's certificate is pinned at its first enrolment: the same register is
+/// accepted again (also after a restart of the agent), another one at the same address
+/// is refused before any basket, with the way to accept a replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_register_at_the_same_address_is_refused() {
+    let broker = embedded();
+    let (addr, _ctl, stop) = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::connect(broker.port(), "tok-pin", "cloud-tok-pin", false).await;
+    let mut agent = Agent::start(&spec("tok-pin", broker.port(), addr), dir.path());
+    cloud.online().await;
+    cloud.send(sale("pin-1")).await;
+    assert_eq!(cloud.result("pin-1").await["state"], "succeeded");
+    agent.restart(&[]);
+    cloud
+        .send(json!({"v":1,"id":"pin-2","op":"device_info","terminal":"token-1"}))
+        .await;
+    assert_eq!(cloud.result("pin-2").await["state"], "succeeded");
+    // The register is swapped for another one (another certificate) on the same address.
+    stop.cancel();
+    // The old listener closes asynchronously: retry the bind (bounded).
+    let mut other = None;
+    for _ in 0..100 {
+        let opts = SimOptions {
+            seed: Some(8),
+            ..Default::default()
+        };
+        if let Ok(s) = TokenSim::bind(addr, opts, None).await {
+            other = Some(s);
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = other.expect("another register on the same address");
+    let other_ctl = other.control();
+    let stop2 = CancellationToken::new();
+    other.spawn(stop2.clone());
+    agent.restart(&[]);
+    cloud.send(sale("pin-3")).await;
+    let r = cloud.result("pin-3").await;
+    assert_ne!(r["state"], "succeeded", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not the one enrolled"),
+        "{r}"
+    );
+    assert_eq!(
+        other_ctl.baskets_received(),
+        0,
+        "no basket reached the stranger"
+    );
+    stop2.cancel();
+}

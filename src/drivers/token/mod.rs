@@ -115,7 +115,12 @@ pub struct TokenDriver {
     link: Mutex<Option<Link>>,
     /// `transport = "usb"`: the port and the hotplug state.
     usb: Option<Arc<UsbSide>>,
+    /// Where the register's certificate pin lives (terminal id, encrypted secrets).
+    pins: Option<(String, crate::secrets::Secrets)>,
 }
+
+/// The secret name of a register's certificate pin.
+pub const CERT_PIN: &str = "cert_pin";
 
 /// The USB side of a terminal: the port, which device the link is on, and what the
 /// hotplug watcher saw.
@@ -229,7 +234,15 @@ impl TokenDriver {
             agent_id: agent_id.into(),
             link: Mutex::new(None),
             usb,
+            pins: None,
         }
+    }
+
+    /// Pin the register's certificate at its first enrolment (trust on first use), kept
+    /// encrypted as secret `cert_pin` of terminal `id`.
+    pub fn with_pins(mut self, id: &str, secrets: crate::secrets::Secrets) -> Self {
+        self.pins = Some((id.to_string(), secrets));
+        self
     }
 
     /// A USB terminal over the given port (tests: the recording fake).
@@ -242,6 +255,7 @@ impl TokenDriver {
             agent_id: agent_id.into(),
             link: Mutex::new(None),
             usb: Some(side),
+            pins: None,
         }
     }
 
@@ -272,10 +286,20 @@ impl TokenDriver {
             })?),
             _ => None,
         };
+        let pinned = match &self.pins {
+            Some((id, secrets)) => secrets
+                .get(id, CERT_PIN)
+                .map_err(|e| {
+                    ConnectError::Unavailable(format!("reading the certificate pin: {e}"))
+                })?
+                .and_then(|s| s.expose_str().map(|p| p.trim().to_string())),
+            None => None,
+        };
         Ok(Policy {
             strict: self.cfg.strict,
             ca_pem,
             company_name: self.cfg.company_name.clone(),
+            pinned,
         })
     }
 
@@ -316,6 +340,18 @@ impl TokenDriver {
                     fiscal_no = s.fiscal_no(),
                     "token: register connected and verified"
                 );
+                if let (Some((id, secrets)), None) = (&self.pins, &policy.pinned) {
+                    // First enrolment: from now on only this register is accepted.
+                    let pin = session::cert_pin(s.cert());
+                    match secrets.set(id, CERT_PIN, pin.as_bytes()).await {
+                        Ok(()) => {
+                            tracing::info!(pin = %pin, "token: register certificate pinned at first enrolment")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "token: could not store the certificate pin; the register is not pinned yet")
+                        }
+                    }
+                }
                 Ok(s)
             }
             Ok(Err(e)) => {

@@ -69,6 +69,17 @@ pub struct Policy {
     pub strict: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub company_name: String,
+    /// SHA-256 (hex) of the register's certificate recorded at its first enrolment: a
+    /// register presenting another one is refused (trust on first use).
+    pub pinned: Option<String>,
+}
+
+/// The pin of a certificate: SHA-256 of its DER, hex.
+pub fn cert_pin(cert: &DeviceCert) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        cert.der.first().map(Vec::as_slice).unwrap_or(&[]),
+    ))
 }
 
 /// Fiscal info (type 2): kept as JSON (lenient: real devices add fields such as
@@ -244,6 +255,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Unverified, T> {
             Ok(c) => c,
             Err(e) => return Ok(Err(e.into())),
         };
+        if let Some(pin) = &policy.pinned {
+            let now = cert_pin(&cert);
+            if !now.eq_ignore_ascii_case(pin) {
+                return Ok(Err(CertError::Chain(format!(
+                    "the register's certificate is not the one enrolled (pinned sha256 {pin}, presented {now}); if the register was replaced on purpose, store the new pin: `echo {now} | posbridge secret set <terminal> cert_pin`"
+                ))
+                .into()));
+            }
+        }
         if policy.strict {
             let Some(ca) = &policy.ca_pem else {
                 return Ok(Err(

@@ -12,6 +12,7 @@ const T: Duration = Duration::from_secs(5);
 
 fn policy() -> Policy {
     Policy {
+        pinned: None,
         strict: false,
         ca_pem: None,
         company_name: "posbridge".into(),
@@ -168,6 +169,7 @@ async fn strict_mode_accepts_a_chain_to_the_ca_and_a_matching_serial() {
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
     let (io, _) = device(SimOptions::default(), Some(&ca));
     let p = Policy {
+        pinned: None,
         strict: true,
         ca_pem: Some(ca.pem().into_bytes()),
         ..policy()
@@ -182,6 +184,7 @@ async fn strict_mode_rejects_another_ca() {
     let other = TestCa::generate("Someone else").expect("ca");
     let (io, _) = device(SimOptions::default(), Some(&other));
     let p = Policy {
+        pinned: None,
         strict: true,
         ca_pem: Some(ca.pem().into_bytes()),
         ..policy()
@@ -209,6 +212,7 @@ async fn strict_mode_rejects_a_serial_mismatch_lenient_mode_accepts_it() {
         ..Default::default()
     };
     let strict = Policy {
+        pinned: None,
         strict: true,
         ca_pem: Some(ca.pem().into_bytes()),
         ..policy()
@@ -243,4 +247,31 @@ async fn a_basket_before_fiscal_info_is_refused_by_the_device() {
     };
     assert_eq!(m.ty, ty::ERROR);
     assert_eq!(ctl.baskets_received(), 0);
+}
+
+/// Trust on first use: a register presenting another certificate than the pinned one is
+/// refused (no basket can follow); the pinned one passes.
+#[tokio::test]
+async fn a_pinned_certificate_must_be_presented_again() {
+    let (io, _) = device(SimOptions::default(), None);
+    let s = ready(io, &policy()).await;
+    let pin = cert_pin(s.cert());
+    assert_eq!(pin.len(), 64);
+    // The same register again (same identity): accepted.
+    // A register with another certificate: refused, naming both pins.
+    let (io, _) = device(SimOptions::default(), None);
+    let p = Policy {
+        pinned: Some("00".repeat(32)),
+        ..policy()
+    };
+    let r = handshake(io, T, &p).await.expect("link");
+    match r {
+        Err(DeviceError::Certificate(CertError::Chain(m))) => {
+            assert!(
+                m.contains("not the one enrolled") && m.contains("cert_pin"),
+                "{m}"
+            )
+        }
+        other => panic!("{:?}", other.err()),
+    }
 }
