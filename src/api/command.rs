@@ -64,6 +64,11 @@ impl Op {
     pub fn moves_money(self) -> bool {
         matches!(self, Op::Payment | Op::Refund)
     }
+
+    /// Ops the engine answers itself; they never go to a terminal's worker.
+    pub fn answered_by_engine(self) -> bool {
+        matches!(self, Op::Ping | Op::List | Op::Status | Op::Cancel)
+    }
 }
 
 /// A validated command. Driver-specific payload fields (`basket`, `own_receipt`, `products`,

@@ -113,16 +113,17 @@ impl Pump {
                             }
                         }
                         Some(Outbound::StoreFailed(reason)) => {
+                            let since = Value::String(crate::api::ts(chrono::Utc::now()));
                             let mut degraded = self.online.clone();
                             degraded["state"] = Value::String("degraded".into());
                             degraded["reason"] = Value::String(format!("store failure: {reason}"));
-                            degraded["since"] = Value::String(crate::api::ts(chrono::Utc::now()));
+                            degraded["since"] = since.clone();
                             self.online = degraded.clone();
                             self.final_status = Some(degraded.clone());
                             for (id, payload) in terminals.iter_mut() {
                                 payload["state"] = Value::String("error".into());
                                 payload["last_error"] = Value::String(format!("agent store failure: {reason}"));
-                                payload["since"] = Value::String(crate::api::ts(chrono::Utc::now()));
+                                payload["since"] = since.clone();
                                 if let Some(c) = &conn {
                                     c.publish(self.topics.terminal(id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
                                 }

@@ -171,13 +171,7 @@ impl MqttConfig {
         }
         // A broker password in clear text on the shop's network: only when asked for (or
         // to this machine itself).
-        let loopback = endpoint.host.eq_ignore_ascii_case("localhost")
-            || endpoint
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+        let loopback = is_loopback_host(&endpoint.host);
         if !endpoint.tls && self.password_file.is_some() && !self.allow_plaintext && !loopback {
             return invalid(
                 "mqtt.url",
@@ -334,16 +328,18 @@ impl KuveytTerminal {
     }
 }
 
-fn is_loopback_url(url: &str) -> bool {
-    reqwest::Url::parse(url).is_ok_and(|u| match u.host_str() {
-        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
-        Some(h) => h
+/// `localhost`, or a loopback address (IPv6 in brackets or not).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    })
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(is_loopback_host))
 }
 
 /// The URL of the active mode is required; any URL given must be well formed.

@@ -187,7 +187,7 @@ impl Inner {
             return self.reject(&mut rec, ErrorCode::Unauthorized, why);
         }
         match rec.cmd.op {
-            Op::Ping | Op::List | Op::Status | Op::Cancel => queries::answer(self, rec),
+            op if op.answered_by_engine() => queries::answer(self, rec),
             _ => self.accept_device_op(&mut rec),
         }
     }

@@ -211,20 +211,12 @@ impl Engine {
         let unfinished = self.inner.store.unfinished()?;
         let mut orphans = Vec::new();
         for rec in unfinished {
-            // Ops the engine answers itself never go to a terminal's worker, even when
-            // they name a terminal (a `list` filtered by terminal).
-            let engine_op = matches!(
-                rec.cmd.op,
-                crate::api::Op::Ping
-                    | crate::api::Op::List
-                    | crate::api::Op::Status
-                    | crate::api::Op::Cancel
-            );
+            // Even when they name a terminal (a `list` filtered by terminal).
             let term = rec
                 .cmd
                 .terminal
                 .as_ref()
-                .filter(|_| !engine_op)
+                .filter(|_| !rec.cmd.op.answered_by_engine())
                 .and_then(|t| self.inner.terminals.get(t));
             match (rec.state, term) {
                 (CmdState::Queued, Some(t)) => lock(&t.queue).push_back(rec.cmd.id.clone()),
@@ -412,7 +404,17 @@ impl Inner {
 
     /// Finalize, commit, and wake the bus.
     async fn finish(&self, rec: &mut CommandRecord, outcome: Outcome) -> Result<(), StoreError> {
-        let res = self.finalize(rec, outcome, &[])?;
+        self.finish_with(rec, outcome, |_| {}).await
+    }
+
+    /// [`Inner::finish`], letting the caller add answer fields (`items`, `target`, …).
+    async fn finish_with(
+        &self,
+        rec: &mut CommandRecord,
+        outcome: Outcome,
+        decorate: impl FnOnce(&mut ResultMsg),
+    ) -> Result<(), StoreError> {
+        let res = self.finalize_with(rec, outcome, &[], decorate)?;
         self.store.commit().await?;
         self.outbox_notify.notify_one();
         tracing::info!(id = %rec.cmd.id, state = res.state.as_str(), "command finished");

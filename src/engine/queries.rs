@@ -11,10 +11,6 @@ use super::{lock, Inner};
 use crate::api::{ErrorCode, FinalState, Op};
 use crate::store::{CmdState, CommandRecord, StoreError};
 
-fn refused(code: ErrorCode, msg: String) -> Outcome {
-    Outcome::rejected(code, msg)
-}
-
 /// A field the answer carries besides the common ones.
 enum Answer {
     None,
@@ -92,7 +88,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             }
         }
         _ => (
-            refused(ErrorCode::UnsupportedOp, "not an engine op".into()),
+            Outcome::rejected(ErrorCode::UnsupportedOp, "not an engine op"),
             Answer::None,
         ),
     };
@@ -106,7 +102,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
 }
 
 fn not_found(target: &str) -> Outcome {
-    refused(
+    Outcome::rejected(
         ErrorCode::NotFound,
         format!("no command {target:?} is known to this agent"),
     )
@@ -230,13 +226,12 @@ async fn run_list(inner: &Arc<Inner>, list_id: &str) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Sync(format!("list scan: {e}")))??
     };
     let (items, next) = scan;
-    inner.finalize_with(&mut rec, Outcome::succeeded(None, None), &[], |res| {
-        res.items = Some(items);
-        res.next = next;
-    })?;
-    inner.store.commit().await?;
-    inner.outbox_notify.notify_one();
-    Ok(())
+    inner
+        .finish_with(&mut rec, Outcome::succeeded(None, None), |res| {
+            res.items = Some(items);
+            res.next = next;
+        })
+        .await
 }
 
 /// `status` of an `unknown` command: ask the device, then answer with what it said.
@@ -258,7 +253,7 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
         return inner
             .finish(
                 &mut rec,
-                refused(ErrorCode::NotFound, format!("no command {target_id:?}")),
+                Outcome::rejected(ErrorCode::NotFound, format!("no command {target_id:?}")),
             )
             .await;
     };
@@ -285,12 +280,11 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
         inner.store.write(&[&target], &[])?;
     }
     let summary = target.summary();
-    inner.finalize_with(&mut rec, Outcome::succeeded(None, None), &[], |res| {
-        res.target = Some(summary)
-    })?;
-    inner.store.commit().await?;
-    inner.outbox_notify.notify_one();
-    Ok(())
+    inner
+        .finish_with(&mut rec, Outcome::succeeded(None, None), |res| {
+            res.target = Some(summary)
+        })
+        .await
 }
 
 /// `cancel` of a running command on a device that can cancel: ask it, answer with what
@@ -346,9 +340,9 @@ pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
                             None,
                         )
                     } else {
-                        refused(
+                        Outcome::rejected(
                             ErrorCode::UnknownTerminal,
-                            "terminal no longer configured".into(),
+                            "terminal no longer configured",
                         )
                     };
                     inner2.finish(&mut rec, o).await
