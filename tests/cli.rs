@@ -199,7 +199,6 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(dir.path().join("posbridge.toml"))
-        .env("POSBRIDGE__SECURITY__ALLOW_UNSIGNED", "true")
         .output()
         .expect("second agent");
     assert!(!out.status.success());

@@ -533,26 +533,9 @@ async fn card_numbers_from_a_device_never_leave_the_device() {
     assert!(!st.to_string().contains("5555555555554444"), "{st}");
     // Nothing on disk or in the log holds either number.
     assert!(r.agent.sigterm().success());
-    let mut files = vec![r.dir.path().join("agent.log")];
-    let mut todo = vec![r.dir.path().join("store")];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("dir").flatten() {
-            if e.path().is_dir() {
-                todo.push(e.path());
-            } else {
-                files.push(e.path());
-            }
-        }
-    }
-    for f in files {
-        let bytes = std::fs::read(&f).unwrap_or_default();
-        for pan in [&b"4111 1111 1111 1111"[..], b"5555555555554444"] {
-            assert!(
-                !bytes.windows(pan.len()).any(|w| w == pan),
-                "{} holds a card number",
-                f.display()
-            );
-        }
+    for pan in ["4111 1111 1111 1111", "5555555555554444"] {
+        let file = file_containing(r.dir.path(), pan.as_bytes());
+        assert!(file.is_none(), "{file:?} holds a card number");
     }
 }
 

@@ -309,31 +309,10 @@ async fn a_full_card_number_from_the_provider_is_never_kept_or_sent() {
         "{res}"
     );
     assert!(r.agent.sigterm().success());
-    for sub in ["result", "evt", "status", "telemetry"] {
-        for m in r.cloud.all(sub) {
-            let t = m.to_string();
-            assert!(
-                !t.contains("4111111111111111") && !t.contains("4111 1111 1111 1111"),
-                "{sub}: {m}"
-            );
-        }
-    }
-    let mut todo = vec![r._dir.path().to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                let b = std::fs::read(&p).unwrap_or_default();
-                for pan in [&b"4111111111111111"[..], b"4111 1111 1111 1111"] {
-                    assert!(
-                        !b.windows(pan.len()).any(|w| w == pan),
-                        "{} holds the card number",
-                        p.display()
-                    );
-                }
-            }
-        }
+    for pan in ["4111111111111111", "4111 1111 1111 1111"] {
+        let published = r.cloud.published_containing(pan);
+        assert!(published.is_none(), "{published:?}");
+        let file = file_containing(r._dir.path(), pan.as_bytes());
+        assert!(file.is_none(), "{file:?} holds the card number");
     }
 }

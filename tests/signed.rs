@@ -40,9 +40,16 @@ fn sign_with_cli(key_file: &std::path::Path, kid: &str, cmd: &Value) -> Vec<u8> 
         .to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_signed_commands_run() {
-    let broker = embedded();
+/// An IP terminal simulator that approves everything, a cloud key pair whose public half
+/// is written to `dir/<kid>.pub`, and the agent's spec naming it (`security_extra` adds
+/// `[security]` keys). Returns the key, the simulator's stats and the spec.
+async fn signed_setup(
+    dir: &std::path::Path,
+    broker: u16,
+    kid: &str,
+    security_extra: &str,
+    stop: &CancellationToken,
+) -> (SigningKey, posbridge::sim::ip::SimStats, AgentSpec) {
     let sim = IpSim::bind(
         "127.0.0.1:0".parse().expect("addr"),
         SimOptions {
@@ -52,18 +59,33 @@ async fn only_signed_commands_run() {
     )
     .await
     .expect("sim");
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let stop = CancellationToken::new();
-    let _sim = sim.spawn(stop.clone());
-
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    sim.spawn(stop.clone());
     let sk = SigningKey::generate();
-    let pub_pem = sk
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .expect("pem");
-    std::fs::write(dir.path().join("cloud-1.pub"), pub_pem).expect("write pub");
+    let pub_file = dir.join(format!("{kid}.pub"));
+    std::fs::write(
+        &pub_file,
+        sk.verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem"),
+    )
+    .expect("write pub");
+    let spec = AgentSpec {
+        extra: format!(
+            "[security]\ncommand_keys = [{{ kid = \"{kid}\", public_key_file = \"{}\" }}]\n{security_extra}",
+            pub_file.display()
+        ),
+        ..AgentSpec::new("shop-signed", broker).ip("ip-1", addr)
+    };
+    (sk, stats, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_commands_run() {
+    let broker = embedded();
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sk, stats, spec) = signed_setup(dir.path(), broker.port(), "cloud-1", "", &stop).await;
     let priv_file = dir.path().join("cloud-1.key");
     let secret = p256::SecretKey::from(&sk);
     std::fs::write(
@@ -74,14 +96,6 @@ async fn only_signed_commands_run() {
             .as_bytes(),
     )
     .expect("write key");
-
-    let spec = AgentSpec {
-        extra: format!(
-            "[security]\ncommand_keys = [{{ kid = \"cloud-1\", public_key_file = \"{}\" }}]\n",
-            dir.path().join("cloud-1.pub").display()
-        ),
-        ..AgentSpec::new("shop-signed", broker.port()).ip("ip-1", addr)
-    };
     let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-signed", false).await;
     let _agent = Agent::start(&spec, dir.path());
     cloud.online().await;
@@ -185,34 +199,16 @@ fn in_minutes(m: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
     let broker = embedded();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
-    let (addr, stats) = (sim.local_addr(), sim.stats());
     let stop = CancellationToken::new();
-    let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
-    let sk = SigningKey::generate();
-    std::fs::write(
-        dir.path().join("k.pub"),
-        sk.verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("pem"),
+    let (sk, stats, spec) = signed_setup(
+        dir.path(),
+        broker.port(),
+        "k",
+        "max_command_age = \"10m\"\n",
+        &stop,
     )
-    .expect("write pub");
-    let spec = AgentSpec {
-        extra: format!(
-            "[security]\ncommand_keys = [{{ kid = \"k\", public_key_file = \"{}\" }}]\nmax_command_age = \"10m\"\n",
-            dir.path().join("k.pub").display()
-        ),
-        ..AgentSpec::new("shop-signed", broker.port()).ip("ip-1", addr)
-    };
+    .await;
     let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-bound", false).await;
     let _agent = Agent::start(&spec, dir.path());
     cloud.online().await;

@@ -258,9 +258,6 @@ impl Agent {
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)
-            // Most tests send unsigned commands; the secure default is tested on its own
-            // (an `env` entry overrides this one).
-            .env("POSBRIDGE__SECURITY__ALLOW_UNSIGNED", "true")
             .env_remove("RUST_LOG")
             .env_remove(posbridge::faults::ENV)
             .stdout(Stdio::null())
@@ -420,6 +417,18 @@ impl Cloud {
             .expect("publish");
     }
 
+    /// A message the agent published (any topic under its root but `cmd`) whose JSON text
+    /// contains `needle`.
+    pub fn published_containing(&self, needle: &str) -> Option<String> {
+        let cmd = format!("{}/cmd", self.root);
+        self.seen.lock().ok().and_then(|v| {
+            v.iter()
+                .filter(|m| m.topic != cmd)
+                .map(|m| format!("{}: {}", m.topic, m.json))
+                .find(|t| t.contains(needle))
+        })
+    }
+
     pub fn all(&self, sub: &str) -> Vec<Value> {
         let topic = format!("{}/{}", self.root, sub);
         self.seen
@@ -516,4 +525,19 @@ pub fn garble_sled_headers(dir: &Path) {
             std::fs::write(&p, bytes).expect("write");
         }
     }
+}
+
+/// The first file under `dir` (recursively) whose bytes contain `needle`.
+pub fn file_containing(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries.flatten().find_map(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            file_containing(&p, needle)
+        } else {
+            std::fs::read(&p)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+                .then_some(p)
+        }
+    })
 }
