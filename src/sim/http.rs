@@ -211,3 +211,19 @@ pub async fn wait_until(
         }
     }
 }
+
+/// Status, content type (`""` when absent) and body text of an answer, as the simulator
+/// tests look at it (answers that may not be JSON).
+#[cfg(test)]
+pub(crate) async fn answer_parts(
+    resp: reqwest::Response,
+) -> reqwest::Result<(u16, String, String)> {
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((status, ct, resp.text().await?))
+}

@@ -582,14 +582,7 @@ mod tests {
                 .send()
                 .await
                 .expect("send");
-            let status = resp.status().as_u16();
-            let ct = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            (status, ct, resp.text().await.expect("body"))
+            crate::sim::http::answer_parts(resp).await.expect("body")
         }
 
         async fn create(&self, order_id: &str, amount: &str) -> (u16, String, String) {

@@ -928,15 +928,7 @@ mod fault_tests {
                 .send()
                 .await
                 .ok()?;
-            let status = resp.status().as_u16();
-            let ct = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let text = resp.text().await.ok()?;
-            Some((status, ct, text))
+            crate::sim::http::answer_parts(resp).await.ok()
         }
 
         async fn get_json(&self, path: &str) -> (u16, Value) {

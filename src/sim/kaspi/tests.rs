@@ -279,14 +279,7 @@ async fn get_text(url: &str) -> (u16, String, String) {
         .build()
         .expect("client");
     let resp = c.get(url).send().await.expect("send");
-    let code = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (code, ct, resp.text().await.expect("body"))
+    crate::sim::http::answer_parts(resp).await.expect("body")
 }
 
 #[tokio::test]
