@@ -27,6 +27,11 @@ fn fast() -> AoaTiming {
     }
 }
 
+/// `aoa::connect` with the default filter and strings and the `fast` timing.
+fn connect_default<B: UsbBackend>(b: &B) -> Result<aoa::Opened<B::Handle>, UsbError> {
+    aoa::connect(b, &UsbFilter::default(), &AoaStrings::default(), &fast())
+}
+
 fn mouse() -> DevInfo {
     DevInfo {
         bus: 1,
@@ -82,13 +87,7 @@ fn aoa_switch_sends_the_exact_sequence_and_claims_the_accessory() {
         vec![mouse(), other_android(), android_device(5, "SER1")],
         Script::default(),
     );
-    let o = aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .expect("connect");
+    let o = connect_default(&fake).expect("connect");
     assert_eq!(
         fake.control_calls(),
         vec![
@@ -180,14 +179,7 @@ fn configured_strings_and_filters_are_used() {
 #[test]
 fn no_register_means_no_device_is_touched() {
     let fake = FakeUsb::new(vec![mouse(), other_android()], Script::default());
-    let e = aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .err()
-    .expect("no register");
+    let e = connect_default(&fake).err().expect("no register");
     assert_eq!(e.kind, UsbErrorKind::NotFound);
     assert!(e.to_string().contains("posbridge usb list"), "{e}");
     assert_eq!(fake.calls(), vec![Call::List], "something was opened");
@@ -201,14 +193,7 @@ fn several_candidates_without_a_serial_are_refused() {
         vec![android_device(4, "REG-A"), android_device(5, "REG-B")],
         Script::default(),
     );
-    let e = aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .err()
-    .expect("ambiguous");
+    let e = connect_default(&fake).err().expect("ambiguous");
     assert_eq!(e.kind, UsbErrorKind::Ambiguous);
     let text = e.to_string();
     assert!(text.contains("REG-A") && text.contains("REG-B"), "{text}");
@@ -233,13 +218,7 @@ fn an_accessory_already_on_the_bus_is_used_without_switching() {
     let mut acc = android_device(9, "SER1");
     acc.pid = 0x2d00;
     let fake = FakeUsb::new(vec![acc], Script::default());
-    let o = aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .expect("connect");
+    let o = connect_default(&fake).expect("connect");
     assert_eq!(o.dev.pid, 0x2d00);
     assert_eq!(o.protocol, None);
     assert!(fake.control_calls().is_empty());
@@ -255,13 +234,7 @@ fn reenumeration_wait_retries_within_its_bound() {
             ..Default::default()
         },
     );
-    aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .expect("connect");
+    connect_default(&fake).expect("connect");
     let lists = fake.calls().iter().filter(|c| **c == Call::List).count();
     assert_eq!(lists, 1 + 3);
 
@@ -302,27 +275,14 @@ fn accessory_open_is_retried_past_a_late_udev_rule() {
             ..Default::default()
         },
     );
-    aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .expect("third open works");
+    connect_default(&fake).expect("third open works");
 }
 
 #[test]
 fn errors_name_the_cause_and_the_fix() {
     let connect = |script: Script| {
         let fake = FakeUsb::new(vec![android_device(5, "S")], script);
-        let e = aoa::connect(
-            &fake,
-            &UsbFilter::default(),
-            &AoaStrings::default(),
-            &fast(),
-        )
-        .err()
-        .expect("must fail");
+        let e = connect_default(&fake).err().expect("must fail");
         (e, fake)
     };
     let (e, _) = connect(Script {
@@ -421,13 +381,7 @@ fn unreadable_descriptor_falls_back_to_the_documented_endpoints() {
             ..Default::default()
         },
     );
-    let o = aoa::connect(
-        &fake,
-        &UsbFilter::default(),
-        &AoaStrings::default(),
-        &fast(),
-    )
-    .expect("connect");
+    let o = connect_default(&fake).expect("connect");
     assert_eq!(o.endpoints, descriptor::FALLBACK);
 }
 
