@@ -282,11 +282,7 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
             std::fs::write(&trigger, b"").expect("trigger");
             cloud.send(pay("fs-1", "ip-1", 1100)).await;
         }
-        let degraded = cloud
-            .wait("status", Duration::from_secs(20), |v| {
-                v["state"] == "degraded"
-            })
-            .await;
+        let degraded = cloud.degraded(&agent).await;
         assert!(
             degraded["reason"]
                 .as_str()
@@ -394,13 +390,7 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
     }
     let degraded = match degraded {
         Some(d) => d,
-        None => {
-            cloud
-                .wait("status", Duration::from_secs(20), |v| {
-                    v["state"] == "degraded"
-                })
-                .await
-        }
+        None => cloud.degraded(&agent).await,
     };
     assert!(
         degraded["reason"]

@@ -211,7 +211,11 @@ pub(crate) async fn run_connection(
                     // Never await here: this task is the only one polling the connection,
                     // and the intake's PUBACKs go through it. The gate bounds the queue.
                     if cmd_tx.send(cmd).is_err() {
-                        break;
+                        // The intake has stopped (the agent is stopping). Not acknowledged,
+                        // so the broker delivers it again to the next session; the
+                        // connection stays up for the pump's last status (`offline`, or
+                        // `degraded` after a store failure), which leaving here would lose.
+                        tracing::debug!("command left unacknowledged: the agent is stopping");
                     }
                 }
                 Ok(Event::Incoming(Incoming::PubAck(a))) => {

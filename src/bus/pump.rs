@@ -113,24 +113,7 @@ impl Pump {
                             }
                         }
                         Some(Outbound::StoreFailed(reason)) => {
-                            let since = Value::String(crate::api::ts(chrono::Utc::now()));
-                            let mut degraded = self.online.clone();
-                            degraded["state"] = Value::String("degraded".into());
-                            degraded["reason"] = Value::String(format!("store failure: {reason}"));
-                            degraded["since"] = since.clone();
-                            self.online = degraded.clone();
-                            self.final_status = Some(degraded.clone());
-                            for (id, payload) in terminals.iter_mut() {
-                                payload["state"] = Value::String("error".into());
-                                payload["last_error"] = Value::String(format!("agent store failure: {reason}"));
-                                payload["since"] = since.clone();
-                                if let Some(c) = &conn {
-                                    c.publish(self.topics.terminal(id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
-                                }
-                            }
-                            if let Some(c) = &conn {
-                                c.publish(self.topics.status(), QoS::AtLeastOnce, true, degraded.to_string().into_bytes(), Tag::None).await;
-                            }
+                            self.store_failed(&reason, &mut terminals, conn.as_ref()).await;
                         }
                         Some(Outbound::Terminal { id, payload }) => {
                             if let Some(c) = &conn {
@@ -147,8 +130,58 @@ impl Pump {
                 self.drain(c, &mut cursor, &mut inflight).await;
             }
         }
+        // The stop may overtake the pump's reading of `StoreFailed` (the agent stops at
+        // once on a store failure): the last status says `degraded` all the same.
+        if self.final_status.is_none() {
+            if let Some(reason) = self.store.failure() {
+                self.store_failed(&reason, &mut terminals, conn.as_ref())
+                    .await;
+            }
+        }
         self.goodbye(conn).await;
         self.stop_conn.cancel();
+    }
+
+    /// The store failed: the retained status becomes `degraded` with the reason (now, and
+    /// as the last status at stop), and every terminal's state `error`.
+    async fn store_failed(
+        &mut self,
+        reason: &str,
+        terminals: &mut BTreeMap<String, Value>,
+        conn: Option<&Conn>,
+    ) {
+        let since = Value::String(crate::api::ts(chrono::Utc::now()));
+        let mut degraded = self.online.clone();
+        degraded["state"] = Value::String("degraded".into());
+        degraded["reason"] = Value::String(format!("store failure: {reason}"));
+        degraded["since"] = since.clone();
+        self.online = degraded.clone();
+        self.final_status = Some(degraded.clone());
+        for (id, payload) in terminals.iter_mut() {
+            payload["state"] = Value::String("error".into());
+            payload["last_error"] = Value::String(format!("agent store failure: {reason}"));
+            payload["since"] = since.clone();
+            if let Some(c) = conn {
+                c.publish(
+                    self.topics.terminal(id),
+                    QoS::AtLeastOnce,
+                    true,
+                    payload.to_string().into_bytes(),
+                    Tag::None,
+                )
+                .await;
+            }
+        }
+        if let Some(c) = conn {
+            c.publish(
+                self.topics.status(),
+                QoS::AtLeastOnce,
+                true,
+                degraded.to_string().into_bytes(),
+                Tag::None,
+            )
+            .await;
+        }
     }
 
     async fn drain(&self, c: &Conn, cursor: &mut u64, inflight: &mut HashSet<u64>) {

@@ -455,6 +455,32 @@ impl Cloud {
         n: usize,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        self.try_wait_n(sub, within, n, pred)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The retained status turns `degraded` (a store failure); on a timeout the panic
+    /// carries the agent's log, which says why it did not.
+    pub async fn degraded(&self, agent: &Agent) -> Value {
+        match self
+            .try_wait_n("status", Duration::from_secs(20), 1, |v| {
+                v["state"] == "degraded"
+            })
+            .await
+        {
+            Ok(mut v) => v.remove(0),
+            Err(e) => panic!("{e}\nagent log:\n{}", agent.log()),
+        }
+    }
+
+    async fn try_wait_n(
+        &self,
+        sub: &str,
+        within: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>, String> {
         let topic = format!("{}/{}", self.root, sub);
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -470,13 +496,13 @@ impl Cloud {
                 })
                 .unwrap_or_default();
             if found.len() >= n {
-                return found;
+                return Ok(found);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
+                return Err(format!(
                     "timed out waiting for {n} message(s) on {topic}; seen: {:#?}",
                     self.seen.lock().map(|v| v.clone()).unwrap_or_default()
-                );
+                ));
             }
         }
     }
