@@ -1,27 +1,29 @@
-//! Test-only fault hook: abort the process at a named durability point.
+//! Test-only fault hooks, compiled in only with the `failpoints` feature (the tests'
+//! default). Production builds (`--no-default-features`, what the .deb ships) get the
+//! no-op versions at the end of this file: no environment variable can make a shop's
+//! agent abort or fail its I/O on purpose.
 //!
 //! `POSBRIDGE_FAULT_ABORT_AT=<point>` makes the agent call `abort()` (as sudden as
 //! `kill -9`: no destructors, no flush) the first time it reaches `<point>`, e.g.
 //! `journal:ip_sending:before` or `intake:stored`. The crash tests use it to stop the
-//! agent exactly between two journal writes. Unset in production: the check is one
-//! comparison against an empty value.
-
-use std::sync::OnceLock;
+//! agent exactly between two journal writes.
 
 pub const ENV: &str = "POSBRIDGE_FAULT_ABORT_AT";
 
-fn target() -> &'static str {
-    static T: OnceLock<String> = OnceLock::new();
-    T.get_or_init(|| std::env::var(ENV).unwrap_or_default())
-}
-
+#[cfg(feature = "failpoints")]
 pub fn hit(point: &str) {
-    let t = target();
+    use std::sync::OnceLock;
+    static T: OnceLock<String> = OnceLock::new();
+    let t = T.get_or_init(|| std::env::var(ENV).unwrap_or_default());
     if !t.is_empty() && t == point {
         eprintln!("posbridge: fault injection: aborting at {point}");
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_point: &str) {}
 
 /// `POSBRIDGE_IO_FAULTS=<point>=<eio|enospc>@<n>[,…]`: the `n`-th time (1-based) the
 /// store reaches `<point>` and every time after, the I/O there fails with that error
@@ -36,7 +38,7 @@ pub const IO_ENV: &str = "POSBRIDGE_IO_FAULTS";
 pub fn io(point: &str) -> std::io::Result<()> {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
     struct Rule {
         err: i32,
         from: u64,

@@ -5,15 +5,12 @@ pub mod api; //         the MQTT contract: types, topics, validation (no I/O)
 #[cfg(feature = "embedded-broker")]
 pub mod broker; //      embedded rumqttd for the demo and tests
 pub mod bus; //         MQTT connection, manual acks, outbox pump, status/will
+pub mod cli; //         the command line and its tools: doctor, provision, demo, sim, sign
 pub mod config; //      typed configuration (file + POSBRIDGE__ env)
-#[cfg(feature = "embedded-broker")]
-pub mod demo; //        `posbridge demo`: broker + simulator + agent + scripted cloud POS
-pub mod doctor; //      `posbridge doctor`: broker, store, clock, files, terminals
 pub mod drivers; //     one module per terminal kind behind one trait
 pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
-pub mod faults; //      test-only abort points
+pub mod faults; //      test-only abort and I/O-error points (feature `failpoints`)
 pub mod logging; //     journald / text / JSON log sinks
-pub mod provision; //   `posbridge provision`: config from flags, device key, ACL
 pub mod secrets; //     secrets at rest: AES-256-GCM under the device key
 pub mod sim; //         device simulators (`posbridge sim …`)
 pub mod store; //       sled store: commands, journal, outbox; group commit + fdatasync

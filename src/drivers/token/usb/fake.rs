@@ -4,7 +4,7 @@
 //! whose bulk endpoints are a byte pipe handed to the test (which bridges it to the
 //! Token simulator's device side). Every call is recorded for the assertions.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
@@ -177,10 +177,6 @@ impl FakeUsb {
 
     pub fn script(&self, f: impl FnOnce(&mut Script)) {
         f(&mut lock(&self.state).script)
-    }
-
-    pub fn devices(&self) -> Vec<DevInfo> {
-        lock(&self.state).devices.clone()
     }
 
     /// The register is unplugged: gone from the bus, every open handle disconnected.
@@ -434,6 +430,3 @@ impl UsbBackend for FakeUsb {
         }
     }
 }
-
-/// For the driver: a shared fake behind the same `Arc` the tests keep.
-pub type SharedFake = Arc<FakeUsb>;

@@ -3,13 +3,14 @@
 //! One small trait, [`UsbBackend`], is the only thing that touches the bus: list devices,
 //! open, control transfers in/out, the configuration descriptor, claim, bulk in/out. Two
 //! implementations exist: [`nusb_backend`] (pure Rust, default) and `rusb_backend`
-//! (libusb, cargo feature `libusb`); [`fake`] is a recording fake for the tests. The
+//! (libusb, cargo feature `libusb`); `fake` is a recording fake for the tests. The
 //! accessory switch ([`aoa`]), the descriptor parsing ([`descriptor`]), the byte stream the
 //! session runs over ([`stream`]) and the hotplug state machine ([`hotplug`]) are shared.
 
 pub mod aoa;
 pub mod descriptor;
-pub mod fake;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod hotplug;
 pub mod list;
 

@@ -1,0 +1,120 @@
+//! Small field tools: `secret set`, `store acknowledge`, `sign`, `usb list`, and the
+//! report `provision` prints.
+
+use std::process::ExitCode;
+
+use crate::config::Config;
+
+pub(super) async fn secret_set(
+    config: &std::path::Path,
+    terminal: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Read};
+    let cfg = Config::load(config)?;
+    if !cfg.terminals.iter().any(|t| t.id() == terminal) {
+        anyhow::bail!(
+            "terminal {terminal:?} is not configured in {}",
+            config.display()
+        );
+    }
+    let value = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("value for {terminal}/{name}: "))?
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.trim_end_matches(['\r', '\n']).to_string()
+    };
+    let value = zeroize::Zeroizing::new(value);
+    if value.is_empty() {
+        anyhow::bail!("empty value: nothing stored");
+    }
+    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
+    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
+        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
+    })?;
+    let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store)?;
+    secrets.set(terminal, name, value.as_bytes()).await?;
+    Ok(())
+}
+
+pub(super) async fn store_acknowledge(config: &std::path::Path) -> anyhow::Result<String> {
+    let cfg = Config::load(config)?;
+    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
+    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
+        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
+    })?;
+    Ok(match store.lift_money_hold().await? {
+        Some(h) => format!(
+            "money hold lifted: the store found damaged at {} (copy kept at {}) gave {} command ids, {} of them as unknown; payments and refunds are accepted again",
+            h.since, h.moved_aside, h.salvaged, h.salvaged_unknown
+        ),
+        None => "no money hold: nothing to acknowledge".to_string(),
+    })
+}
+
+pub(super) fn sign(
+    key: &std::path::Path,
+    kid: &str,
+    command: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use std::io::Read;
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(key)
+            .map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?,
+    );
+    let sk = crate::api::envelope::signing_key_from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let mut bytes = Vec::new();
+    match command {
+        Some(p) => bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        None => {
+            std::io::stdin().read_to_end(&mut bytes)?;
+        }
+    }
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| anyhow::anyhow!("the command is not valid JSON: {e}"))?;
+    Ok(crate::api::envelope::seal(&bytes, kid, &sk).to_string())
+}
+
+/// What `provision` prints after writing the files: where they are, the ACL for the broker
+/// and the next steps.
+pub(super) fn provision_report(s: &crate::cli::provision::Summary) {
+    println!("wrote {}", s.config.display());
+    println!(
+        "device key {} {}",
+        s.key_file.display(),
+        if s.key_created {
+            "created (0600) — back it up with the store"
+        } else {
+            "already existed (kept)"
+        }
+    );
+    for n in &s.notes {
+        println!("note: {n}");
+    }
+    println!("\n{}", s.acl);
+    println!(
+        "next: posbridge check --config {c}; systemctl restart posbridge; sudo -u posbridge posbridge doctor --config {c}",
+        c = s.config.display()
+    );
+}
+
+/// `usb list`: what is on the bus, and which device the Token driver would take.
+pub(super) async fn usb_list() -> ExitCode {
+    use crate::drivers::token::usb;
+    let port = usb::default_port(Default::default());
+    let devs = tokio::task::spawn_blocking(move || port.list())
+        .await
+        .unwrap_or_else(|e| Err(usb::UsbError::new(usb::UsbErrorKind::Other, e.to_string())));
+    let failed = matches!(&devs, Err(e) if e.kind != usb::UsbErrorKind::NoSubsystem);
+    print!("{}", usb::list::render(devs));
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
