@@ -2,8 +2,15 @@
 //! operation at a time per device), resumes unfinished work at start, and turns driver
 //! outcomes into results in the outbox.
 
+mod admit;
+mod authorize;
+mod cancel;
+mod deadline;
+mod dedup;
 mod intake;
 mod queries;
+mod refunds;
+mod resume;
 pub(crate) mod settle;
 mod worker;
 
@@ -23,7 +30,18 @@ use tokio_util::task::TaskTracker;
 use self::settle::Outcome;
 use crate::api::{ts, Evt, FinalState, ResultMsg};
 use crate::drivers::DynDriver;
-use crate::store::{CmdState, CommandRecord, OutMsg, Store, StoreError};
+use crate::store::{CommandRecord, OutMsg, Store, StoreError};
+
+/// Work to do once the batch is durable and acknowledged.
+pub(crate) enum After {
+    Evt(Evt),
+    Wake(String),
+    Query(String),
+    /// Answer a `list` off the intake path.
+    List(String),
+    /// Ask the device to cancel the running target of this `cancel` command.
+    CancelRunning(String),
+}
 
 /// Messages the engine hands to the bus besides the outbox (which the bus reads itself).
 #[derive(Debug, Clone)]
@@ -208,31 +226,11 @@ impl Engine {
     /// Hand unfinished commands back to their terminals and start one worker per terminal.
     /// Must run before the bus starts delivering commands.
     pub fn start(&self) -> Result<(), StoreError> {
-        let unfinished = self.inner.store.unfinished()?;
-        let mut orphans = Vec::new();
-        for rec in unfinished {
-            // Even when they name a terminal (a `list` filtered by terminal).
-            let term = rec
-                .cmd
-                .terminal
-                .as_ref()
-                .filter(|_| !rec.cmd.op.answered_by_engine())
-                .and_then(|t| self.inner.terminals.get(t));
-            match (rec.state, term) {
-                (CmdState::Queued, Some(t)) => lock(&t.queue).push_back(rec.cmd.id.clone()),
-                (CmdState::Running, Some(t)) => lock(&t.resume).push(rec.cmd.id.clone()),
-                _ => orphans.push(rec),
-            }
-        }
-        for rec in orphans {
-            // Engine-level ops (a `status` query that was asking a device) simply run again;
-            // device ops whose terminal left the configuration cannot be resumed.
-            queries::resume_orphan(&self.inner, rec);
-        }
+        resume::hand_back(&self.inner)?;
         let inner = self.inner.clone();
         self.inner
             .tasks
-            .spawn(async move { prune_loop(inner).await });
+            .spawn(async move { dedup::prune_loop(inner).await });
         let inner = self.inner.clone();
         self.inner
             .tasks
@@ -271,82 +269,6 @@ async fn checkpoint_loop(inner: Arc<Inner>) {
 }
 
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-
-/// Keep the store within `store.retention`: at start, then hourly — unless the wall clock
-/// jumped (see [`ClockGuard`]).
-async fn prune_loop(inner: Arc<Inner>) {
-    let mut guard = ClockGuard::new(Utc::now(), std::time::Instant::now(), inner.cfg.retention);
-    loop {
-        let keep =
-            chrono::Duration::from_std(inner.cfg.retention).unwrap_or(chrono::Duration::days(30));
-        let now = Utc::now();
-        match guard.may_prune(now, std::time::Instant::now()) {
-            Err(jump) => tracing::warn!(jump_s = jump.num_seconds(),
-                "the wall clock jumped; pruning waits one store.retention of real time, so no command id within the idempotency window is forgotten"),
-            Ok(()) => match inner.store.prune(now - keep, 10_000) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "pruned finished commands past store.retention"),
-                Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
-            },
-        }
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
-}
-
-/// Pruning by age trusts the wall clock; a clock that jumps forward (a wrong NTP answer, a
-/// Raspberry Pi without RTC correcting itself) would make every id in the idempotency
-/// window look old. The guard compares wall-clock progress with the monotonic clock:
-/// after a jump of more than [`ClockGuard::TOLERANCE`] either way, pruning pauses for one
-/// retention period of monotonic time, so every record that existed before the jump
-/// lives its full retention in real time.
-struct ClockGuard {
-    wall: DateTime<Utc>,
-    mono: std::time::Instant,
-    retention: Duration,
-    paused_until: Option<std::time::Instant>,
-}
-
-impl ClockGuard {
-    const TOLERANCE: Duration = Duration::from_secs(300);
-
-    fn new(wall: DateTime<Utc>, mono: std::time::Instant, retention: Duration) -> Self {
-        ClockGuard {
-            wall,
-            mono,
-            retention,
-            paused_until: None,
-        }
-    }
-
-    /// `Err(jump)` while pruning must wait.
-    fn may_prune(
-        &mut self,
-        wall: DateTime<Utc>,
-        mono: std::time::Instant,
-    ) -> Result<(), chrono::Duration> {
-        let real = chrono::Duration::from_std(mono.saturating_duration_since(self.mono))
-            .unwrap_or(chrono::Duration::zero());
-        let jump = (wall - self.wall) - real;
-        let tolerance = chrono::Duration::from_std(Self::TOLERANCE).unwrap_or_default();
-        // Re-anchor at every look: each jump is measured once.
-        self.wall = wall;
-        self.mono = mono;
-        if jump.abs() > tolerance {
-            self.paused_until = Some(mono + self.retention);
-            return Err(jump);
-        }
-        match self.paused_until {
-            Some(until) if mono < until => Err(jump),
-            _ => {
-                self.paused_until = None;
-                Ok(())
-            }
-        }
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another task panicked mid-update of plain data.
@@ -471,41 +393,5 @@ impl Inner {
             id: t.id.clone(),
             payload,
         });
-    }
-}
-
-#[cfg(test)]
-mod clock_tests {
-    use super::*;
-
-    #[test]
-    fn a_jumped_clock_pauses_pruning_for_one_retention_of_real_time() {
-        let t0 = Utc::now();
-        let m0 = std::time::Instant::now();
-        let hour = Duration::from_secs(3600);
-        let day = Duration::from_secs(86_400);
-        let mut g = ClockGuard::new(t0, m0, day);
-        // Steady: wall and monotonic move together (small NTP slews pass).
-        assert!(g
-            .may_prune(
-                t0 + chrono::Duration::hours(1) + chrono::Duration::seconds(2),
-                m0 + hour
-            )
-            .is_ok());
-        // A week forward in an hour: paused.
-        let wall = t0 + chrono::Duration::hours(2) + chrono::Duration::days(7);
-        assert!(g.may_prune(wall, m0 + 2 * hour).is_err());
-        // Still paused an hour later (the clock now moves normally)…
-        assert!(g
-            .may_prune(wall + chrono::Duration::hours(1), m0 + 3 * hour)
-            .is_err());
-        // …until a retention of real time has passed since the jump.
-        let later = m0 + 2 * hour + day + hour;
-        let wall_later = wall + chrono::Duration::days(1) + chrono::Duration::hours(1);
-        assert!(g.may_prune(wall_later, later).is_ok());
-        // Backwards counts too.
-        assert!(g
-            .may_prune(wall_later - chrono::Duration::days(3), later + hour)
-            .is_err());
     }
 }

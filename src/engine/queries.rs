@@ -1,13 +1,13 @@
-//! Ops the engine answers itself: `ping`, `list`, `status`, `cancel`.
+//! Ops the engine answers itself: `ping`, `list` and `status` (`cancel`: [`super::cancel`]).
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::intake::After;
 use super::settle::{self, Outcome};
-use super::{lock, Inner};
+use super::After;
+use super::Inner;
 use crate::api::{ErrorCode, FinalState, Op};
 use crate::store::{CmdState, CommandRecord, StoreError};
 
@@ -19,7 +19,6 @@ enum Answer {
 }
 
 pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<After>, StoreError> {
-    let mut extra: Option<CommandRecord> = None;
     let (outcome, answer) = match rec.cmd.op {
         Op::Ping => {
             let uptime = (Utc::now() - inner.started_at).num_seconds();
@@ -52,48 +51,13 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                 Some(t) => (Outcome::succeeded(None, None), Answer::Target(t.summary())),
             }
         }
-        Op::Cancel => {
-            let target = rec.cmd.target.clone().unwrap_or_default();
-            match inner.store.get(&target)? {
-                None => (not_found(&target), Answer::None),
-                Some(mut t) => {
-                    if dequeue(inner, &t) {
-                        let o = Outcome::cancelled(format!(
-                            "cancelled while queued by command {}",
-                            rec.cmd.id
-                        ));
-                        inner.finalize(&mut t, o, &[])?;
-                        let summary = t.summary();
-                        extra = Some(t);
-                        (Outcome::succeeded(None, None), Answer::Target(summary))
-                    } else if !t.state.is_final()
-                        && device_of(inner, &t).is_some_and(|d| d.can_cancel(&t))
-                    {
-                        rec.state = CmdState::Running;
-                        rec.started_at = Some(Utc::now());
-                        inner.store.write(&[&rec], &[])?;
-                        return Ok(vec![After::CancelRunning(rec.cmd.id.clone())]);
-                    } else {
-                        let why = if t.state.is_final() {
-                            format!("{target:?} already ended {}", t.state.as_str())
-                        } else {
-                            format!("{target:?} is already running on the terminal, which cannot cancel it; it goes on to its real outcome")
-                        };
-                        (
-                            Outcome::failed(ErrorCode::NotCancellable, why),
-                            Answer::None,
-                        )
-                    }
-                }
-            }
-        }
+        Op::Cancel => return super::cancel::answer(inner, rec),
         _ => (
             Outcome::rejected(ErrorCode::UnsupportedOp, "not an engine op"),
             Answer::None,
         ),
     };
-    let extra: Vec<&CommandRecord> = extra.iter().collect();
-    inner.finalize_with(&mut rec, outcome, &extra, |res| match answer {
+    inner.finalize_with(&mut rec, outcome, &[], |res| match answer {
         Answer::None => {}
         Answer::Agent(v) => res.agent = Some(v),
         Answer::Target(v) => res.target = Some(v),
@@ -101,29 +65,11 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
     Ok(vec![])
 }
 
-fn not_found(target: &str) -> Outcome {
+pub(super) fn not_found(target: &str) -> Outcome {
     Outcome::rejected(
         ErrorCode::NotFound,
         format!("no command {target:?} is known to this agent"),
     )
-}
-
-/// Remove a queued command from its terminal's queue; false if it was not queued (already
-/// running or finished). Queue membership, not the stored state, decides: the worker pops
-/// under the same lock.
-fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
-    let Some(term) = t
-        .cmd
-        .terminal
-        .as_ref()
-        .and_then(|tid| inner.terminals.get(tid))
-    else {
-        return false;
-    };
-    let mut q = lock(&term.queue);
-    let before = q.len();
-    q.retain(|id| *id != t.cmd.id);
-    before != q.len()
 }
 
 /// Records one `list` page may look at; past this the page ends with `next` even if it
@@ -192,7 +138,7 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String
     Ok((items, None))
 }
 
-fn device_of(inner: &Inner, rec: &CommandRecord) -> Option<crate::drivers::DynDriver> {
+pub(super) fn device_of(inner: &Inner, rec: &CommandRecord) -> Option<crate::drivers::DynDriver> {
     rec.cmd
         .terminal
         .as_ref()
@@ -214,7 +160,7 @@ pub(super) fn spawn_list(inner: Arc<Inner>, list_id: String) {
     });
 }
 
-async fn run_list(inner: &Arc<Inner>, list_id: &str) -> Result<(), StoreError> {
+pub(super) async fn run_list(inner: &Arc<Inner>, list_id: &str) -> Result<(), StoreError> {
     let _permit = LIST_PERMITS.acquire().await;
     let Some(mut rec) = inner.store.get(list_id)? else {
         return Ok(());
@@ -244,7 +190,7 @@ pub(super) fn spawn_query(inner: Arc<Inner>, status_id: String) {
     });
 }
 
-async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
+pub(super) async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
     let Some(mut rec) = inner.store.get(status_id)? else {
         return Ok(());
     };
@@ -285,73 +231,4 @@ async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
             res.target = Some(summary)
         })
         .await
-}
-
-/// `cancel` of a running command on a device that can cancel: ask it, answer with what
-/// it said. The target ends with its own result from its worker.
-pub(super) fn spawn_cancel(inner: Arc<Inner>, cancel_id: String) {
-    let tasks = inner.tasks.clone();
-    tasks.spawn(async move {
-        if let Err(e) = run_cancel(&inner, &cancel_id).await {
-            tracing::error!(id = %cancel_id, error = %e, "cancel failed");
-        }
-    });
-}
-
-async fn run_cancel(inner: &Inner, cancel_id: &str) -> Result<(), StoreError> {
-    let Some(mut rec) = inner.store.get(cancel_id)? else {
-        return Ok(());
-    };
-    let target_id = rec.cmd.target.clone().unwrap_or_default();
-    let target = inner.store.get(&target_id)?;
-    let outcome = match (&target, target.as_ref().and_then(|t| device_of(inner, t))) {
-        (Some(t), Some(d)) if !t.state.is_final() => match d.cancel_running(t).await {
-            Ok(()) => Outcome::succeeded(None, None),
-            Err(e) => Outcome::failed(ErrorCode::NotCancellable, "").with_error(e),
-        },
-        (Some(t), _) => Outcome::failed(
-            ErrorCode::NotCancellable,
-            format!("{target_id:?} already ended {}", t.state.as_str()),
-        ),
-        (None, _) => not_found(&target_id),
-    };
-    inner.finish(&mut rec, outcome).await
-}
-
-/// Unfinished at start with no terminal to run on.
-pub(super) fn resume_orphan(inner: &Arc<Inner>, rec: CommandRecord) {
-    let inner2 = inner.clone();
-    inner.tasks.spawn(async move {
-        let id = rec.cmd.id.clone();
-        let r = async {
-            match rec.cmd.op {
-                Op::Status => run_query(&inner2, &id).await,
-                Op::List => run_list(&inner2, &id).await,
-                Op::Cancel => run_cancel(&inner2, &id).await,
-                _ => {
-                    let mut rec = rec;
-                    let o = if rec.state == CmdState::Running
-                        && rec.cmd.op.moves_money()
-                        && rec.maybe_sent()
-                    {
-                        Outcome::unknown(
-                            ErrorCode::UnknownTerminal,
-                            "terminal no longer configured; the outcome cannot be learned",
-                            None,
-                        )
-                    } else {
-                        Outcome::rejected(
-                            ErrorCode::UnknownTerminal,
-                            "terminal no longer configured",
-                        )
-                    };
-                    inner2.finish(&mut rec, o).await
-                }
-            }
-        }
-        .await;
-        if let Err(e) = r {
-            tracing::error!(id = %id, error = %e, "could not settle an orphaned command");
-        }
-    });
 }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::resume::FirstStep;
 use crate::api::{ErrorBody, ErrorCode, FinalState, PaymentInfo};
 use crate::drivers::{Answer, Driver, Fact, NotSentWhy, OpContext, Refusal};
 
@@ -125,16 +126,15 @@ pub(crate) async fn run(
 ) -> Option<Outcome> {
     let money = ctx.cmd().op.moves_money();
     let resuming = entry == Entry::Resume;
-    let mut fact = if resuming && money && ctx.record.maybe_sent() {
+    let mut fact = match super::resume::first_step(&ctx.record, resuming, Utc::now()) {
         // The request may have reached the device: never send it blindly again.
-        None
-    } else if resuming && money && Utc::now() > ctx.record.expires_at {
-        // Died before the device could have seen it, and too late to start now.
-        return Some(Outcome::expired(
-            "deadline passed before the terminal was reached",
-        ));
-    } else {
-        Some(driver.execute(ctx).await)
+        FirstStep::Ask => None,
+        FirstStep::Expire => {
+            return Some(Outcome::expired(
+                "deadline passed before the terminal was reached",
+            ))
+        }
+        FirstStep::Execute => Some(driver.execute(ctx).await),
     };
     let window = driver.recovery_window();
     let deadline = Instant::now() + window;
@@ -173,7 +173,7 @@ pub(crate) async fn run(
                 if !resuming {
                     return Some(Outcome::failed(ErrorCode::DeviceUnavailable, msg));
                 }
-                if Utc::now() > ctx.record.expires_at {
+                if super::deadline::passed(&ctx.record, Utc::now()) {
                     return Some(Outcome::expired(msg));
                 }
                 fact = Some(driver.execute(ctx).await);

@@ -97,7 +97,7 @@ async fn run_record(
         return Ok(());
     }
     let now = Utc::now();
-    if now > rec.expires_at {
+    if super::deadline::passed(&rec, now) {
         // mqtt-api.md: not started on the device by its deadline → expired, device untouched.
         let outcome =
             Outcome::expired("deadline passed while queued; the terminal was not touched");

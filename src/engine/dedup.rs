@@ -1,0 +1,168 @@
+//! A command id, once seen, is never executed again (`mqtt-api.md`: Durability promise 2).
+//! A known id is answered from the store — the final result again, or its current state —
+//! and a signed command reusing an id with another signature is refused as a replay.
+//! Records leave the store only by pruning past `store.retention` (and never before a
+//! signed command's `expires_at`, `store::prune`), and pruning pauses when the wall clock
+//! jumps, so no id inside the idempotency window is forgotten.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{After, Inner};
+use crate::api::{ErrorCode, Evt, Rejection};
+use crate::store::{CmdState, CommandRecord, OutMsg, StoreError};
+
+impl Inner {
+    /// A command whose id the store already holds: `Err` with the refusal when a signed
+    /// command reuses the id under another signature (replay or forgery), else `Ok`.
+    pub(super) fn same_signature(
+        &self,
+        rec: &CommandRecord,
+        sig: &Option<String>,
+        payload: &[u8],
+    ) -> Result<(), Rejection> {
+        if sig.is_some() && rec.sig != *sig {
+            let mut rej = Rejection::new(
+                ErrorCode::Unauthorized,
+                format!("id {:?} was already used by a different signed command (replay or forgery); not executed", rec.cmd.id),
+            );
+            rej.raw = Some(crate::api::command::raw_echo(payload));
+            return Err(rej);
+        }
+        Ok(())
+    }
+
+    /// A command id seen before: republish the final result, or report the current state.
+    pub(super) fn duplicate(&self, rec: &CommandRecord) -> Result<Vec<After>, StoreError> {
+        match &rec.result {
+            Some(res) if rec.state.is_final() => {
+                self.store.write(&[], &[OutMsg::result(res)])?;
+                Ok(vec![])
+            }
+            _ => {
+                let state = if rec.state == CmdState::Running {
+                    "in_progress"
+                } else {
+                    "queued"
+                };
+                let mut e = Evt::new(&rec.cmd.id, state);
+                e.detail = Some(serde_json::json!({ "duplicate": true }));
+                Ok(vec![After::Evt(e)])
+            }
+        }
+    }
+}
+
+/// Keep the store within `store.retention`: at start, then hourly — unless the wall clock
+/// jumped (see [`ClockGuard`]).
+pub(super) async fn prune_loop(inner: Arc<Inner>) {
+    let mut guard = ClockGuard::new(Utc::now(), std::time::Instant::now(), inner.cfg.retention);
+    loop {
+        let keep =
+            chrono::Duration::from_std(inner.cfg.retention).unwrap_or(chrono::Duration::days(30));
+        let now = Utc::now();
+        match guard.may_prune(now, std::time::Instant::now()) {
+            Err(jump) => tracing::warn!(jump_s = jump.num_seconds(),
+                "the wall clock jumped; pruning waits one store.retention of real time, so no command id within the idempotency window is forgotten"),
+            Ok(()) => match inner.store.prune(now - keep, 10_000) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned finished commands past store.retention"),
+                Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
+            },
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// Pruning by age trusts the wall clock; a clock that jumps forward (a wrong NTP answer, a
+/// Raspberry Pi without RTC correcting itself) would make every id in the idempotency
+/// window look old. The guard compares wall-clock progress with the monotonic clock:
+/// after a jump of more than [`ClockGuard::TOLERANCE`] either way, pruning pauses for one
+/// retention period of monotonic time, so every record that existed before the jump
+/// lives its full retention in real time.
+struct ClockGuard {
+    wall: DateTime<Utc>,
+    mono: std::time::Instant,
+    retention: Duration,
+    paused_until: Option<std::time::Instant>,
+}
+
+impl ClockGuard {
+    const TOLERANCE: Duration = Duration::from_secs(300);
+
+    fn new(wall: DateTime<Utc>, mono: std::time::Instant, retention: Duration) -> Self {
+        ClockGuard {
+            wall,
+            mono,
+            retention,
+            paused_until: None,
+        }
+    }
+
+    /// `Err(jump)` while pruning must wait.
+    fn may_prune(
+        &mut self,
+        wall: DateTime<Utc>,
+        mono: std::time::Instant,
+    ) -> Result<(), chrono::Duration> {
+        let real = chrono::Duration::from_std(mono.saturating_duration_since(self.mono))
+            .unwrap_or(chrono::Duration::zero());
+        let jump = (wall - self.wall) - real;
+        let tolerance = chrono::Duration::from_std(Self::TOLERANCE).unwrap_or_default();
+        // Re-anchor at every look: each jump is measured once.
+        self.wall = wall;
+        self.mono = mono;
+        if jump.abs() > tolerance {
+            self.paused_until = Some(mono + self.retention);
+            return Err(jump);
+        }
+        match self.paused_until {
+            Some(until) if mono < until => Err(jump),
+            _ => {
+                self.paused_until = None;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jumped_clock_pauses_pruning_for_one_retention_of_real_time() {
+        let t0 = Utc::now();
+        let m0 = std::time::Instant::now();
+        let hour = Duration::from_secs(3600);
+        let day = Duration::from_secs(86_400);
+        let mut g = ClockGuard::new(t0, m0, day);
+        // Steady: wall and monotonic move together (small NTP slews pass).
+        assert!(g
+            .may_prune(
+                t0 + chrono::Duration::hours(1) + chrono::Duration::seconds(2),
+                m0 + hour
+            )
+            .is_ok());
+        // A week forward in an hour: paused.
+        let wall = t0 + chrono::Duration::hours(2) + chrono::Duration::days(7);
+        assert!(g.may_prune(wall, m0 + 2 * hour).is_err());
+        // Still paused an hour later (the clock now moves normally)…
+        assert!(g
+            .may_prune(wall + chrono::Duration::hours(1), m0 + 3 * hour)
+            .is_err());
+        // …until a retention of real time has passed since the jump.
+        let later = m0 + 2 * hour + day + hour;
+        let wall_later = wall + chrono::Duration::days(1) + chrono::Duration::hours(1);
+        assert!(g.may_prune(wall_later, later).is_ok());
+        // Backwards counts too.
+        assert!(g
+            .may_prune(wall_later - chrono::Duration::days(3), later + hour)
+            .is_err());
+    }
+}
