@@ -10,7 +10,9 @@ dpkg-deb -c "$deb" | awk '{print $NF}' >"$tmp/files"
 fail=0
 for f in ./usr/bin/posbridge ./lib/systemd/system/posbridge.service \
   ./lib/udev/rules.d/99-posbridge.rules \
-  ./usr/share/doc/posbridge/examples/posbridge.toml.example; do
+  ./usr/share/doc/posbridge/examples/posbridge.toml.example \
+  ./usr/share/doc/posbridge/operator-guide.md ./usr/share/doc/posbridge/configuration.md \
+  ./usr/share/doc/posbridge/terminals/token.md; do
   if ! grep -qx "$f" "$tmp/files"; then
     echo "deb-check: $deb lacks $f" >&2
     fail=1

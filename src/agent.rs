@@ -86,8 +86,8 @@ fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
 
 /// Load `security.command_keys`; any unreadable key stops the start (an agent that
 /// silently accepted unsigned commands would be worse than one that does not run).
-fn load_command_keys(cfg: &Config) -> anyhow::Result<crate::api::envelope::CommandKeys> {
-    let mut keys = crate::api::envelope::CommandKeys::default();
+fn load_command_keys(cfg: &Config) -> anyhow::Result<crate::api::signature::CommandKeys> {
+    let mut keys = crate::api::signature::CommandKeys::default();
     for (i, k) in cfg.security.command_keys.iter().enumerate() {
         let pem = std::fs::read_to_string(&k.public_key_file).with_context(|| {
             format!(
@@ -114,7 +114,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         anyhow::bail!(
             "security.command_keys is empty: this agent has payment terminals and would run \
              commands from anyone who can publish to {}/{}/cmd. Configure the cloud's public \
-             keys (README: Signed commands), or set security.allow_unsigned = true to accept \
+             keys (docs/mqtt-api.md: Signed commands), or set security.allow_unsigned = true to accept \
              unsigned commands (tests, a broker nobody else can write to)",
             cfg.topic_prefix,
             cfg.agent_id

@@ -322,7 +322,7 @@ async fn provision_writes_a_config_that_passes_check() {
 }
 
 /// The .deb's contents as cargo-deb will read them (the real `cargo deb` is not run in CI:
-/// see README "Cross builds and packages"), its maintainer scripts, and the example config.
+/// see docs/operator-guide.md "Cross builds and packages"), its maintainer scripts, and the example config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deb_metadata_scripts_udev_rule_and_example_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -28,7 +28,7 @@ use jsonschema::{Draft, Registry, Validator};
 use p256::ecdsa::SigningKey;
 use p256::elliptic_curve::Generate;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
-use posbridge::api::envelope::{open, seal, CommandKeys};
+use posbridge::api::signature::{open, seal, CommandKeys};
 use posbridge::sim::ip::{IpSim, SimOptions};
 use posbridge::sim::token::{SimOptions as TokenOptions, TokenSim};
 use serde_json::{json, Value};

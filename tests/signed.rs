@@ -12,7 +12,7 @@ use common::*;
 use p256::ecdsa::SigningKey;
 use p256::elliptic_curve::Generate;
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use posbridge::api::envelope::seal;
+use posbridge::api::signature::seal;
 use posbridge::sim::ip::{IpSim, SimOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;

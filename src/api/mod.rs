@@ -1,9 +1,9 @@
 //! The MQTT contract (`mqtt-api.md`): message types, topics and validation. No I/O.
 
 pub mod command;
-pub mod envelope;
 pub mod pan;
 pub mod result;
+pub mod signature;
 pub mod strict_json;
 pub mod topics;
 

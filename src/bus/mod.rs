@@ -13,6 +13,7 @@
 //!   matches rumqttc's `Outgoing::Publish(pkid)` events (emitted in the same order) to learn
 //!   each entry's packet id, and a `PUBACK` for that id deletes the entry.
 
+mod outbox;
 mod pump;
 pub mod tls;
 

@@ -15,10 +15,6 @@ use crate::api::Topics;
 use crate::engine::Outbound;
 use crate::store::Store;
 
-/// Most outbox entries in flight on one connection (below rumqttc's inflight of 1000, so
-/// packet ids never collide).
-const MAX_INFLIGHT: usize = 500;
-
 pub struct Pump {
     pub(crate) store: Store,
     pub(crate) topics: Topics,
@@ -36,13 +32,13 @@ pub struct Pump {
     pub(crate) final_status: Option<Value>,
 }
 
-struct Conn {
-    client: AsyncClient,
-    fifo: Fifo,
+pub(super) struct Conn {
+    pub(super) client: AsyncClient,
+    pub(super) fifo: Fifo,
 }
 
 impl Conn {
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         topic: String,
         qos: QoS,
@@ -181,47 +177,6 @@ impl Pump {
                 Tag::None,
             )
             .await;
-        }
-    }
-
-    async fn drain(&self, c: &Conn, cursor: &mut u64, inflight: &mut HashSet<u64>) {
-        while inflight.len() < MAX_INFLIGHT {
-            let batch = match self
-                .store
-                .outbox_from(*cursor, MAX_INFLIGHT - inflight.len())
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox read failed");
-                    return;
-                }
-            };
-            if batch.is_empty() {
-                return;
-            }
-            for (seq, msg) in batch {
-                let topic = format!("{}/{}", self.topics.root(), msg.topic);
-                let mut payload = msg.payload.into_bytes();
-                if payload.len() > crate::api::result::MAX_RESULT_BYTES {
-                    // Written by an older version: a packet this large would fail the
-                    // connection and be retried first after every reconnect, blocking
-                    // every later result. Publish a small result for the same id instead.
-                    tracing::warn!(
-                        seq,
-                        bytes = payload.len(),
-                        "outbox entry over the result size limit; publishing it shrunk"
-                    );
-                    payload = crate::api::result::shrink_payload(&payload);
-                }
-                if !c
-                    .publish(topic, QoS::AtLeastOnce, false, payload, Tag::Outbox(seq))
-                    .await
-                {
-                    return;
-                }
-                inflight.insert(seq);
-                *cursor = seq + 1;
-            }
         }
     }
 

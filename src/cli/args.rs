@@ -67,7 +67,7 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Embedded broker + IP terminal simulator + agent + a scripted cloud POS, on loopback.
+    /// Embedded broker + a simulator per terminal kind + agent + a scripted, signing cloud POS, on loopback.
     #[cfg(feature = "embedded-broker")]
     Demo {
         /// Print only the summary, not every message.
@@ -128,7 +128,7 @@ pub enum SecretCmd {
 #[derive(Subcommand)]
 pub enum StoreCmd {
     /// After the store was found damaged at start, money commands are refused until an
-    /// operator has reconciled the salvaged commands (README: "A store that cannot be
+    /// operator has reconciled the salvaged commands (docs/mqtt-api.md: "A store that cannot be
     /// opened"). This lifts that hold. Stop the agent first (single-process store).
     Acknowledge {
         #[arg(long, default_value = DEFAULT_PATH)]
@@ -206,7 +206,7 @@ pub enum SimKind {
         #[arg(long, default_value_t = 0.0)]
         garble_rate: f64,
     },
-    /// Kaspi Smart POS (kaspi.md, LAN API v2). Amount conventions: see the README.
+    /// Kaspi Smart POS (kaspi.md, LAN API v2). Amount conventions: docs/terminals/kaspi.md.
     Kaspi {
         /// Address to listen on (the terminal's port is 8080).
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -237,7 +237,7 @@ pub enum SimKind {
         token_lifetime: humantime::Duration,
     },
     /// Mock Paywall PhysicalAPI (paywall.md): base URLs …/test and …/live; outcomes by
-    /// the amount's last two minor digits (README "Terminal: paywall").
+    /// the amount's last two minor digits (docs/terminals/paywall.md).
     Paywall {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
@@ -248,7 +248,7 @@ pub enum SimKind {
         slow_ms: u64,
     },
     /// Mock pay-by-link API (kuveyt.md): base URLs …/test and …/live; outcomes by the
-    /// amount's last two minor digits (README "Terminal: kuveyt").
+    /// amount's last two minor digits (docs/terminals/kuveyt.md).
     Kuveyt {
         #[arg(long, default_value = "127.0.0.1:8091")]
         listen: SocketAddr,

@@ -1,5 +1,5 @@
-//! `posbridge demo`: an embedded broker, the IP terminal simulator, the agent and a
-//! scripted cloud POS in one process on loopback. Prints what crosses the wire and exits
+//! `posbridge demo`: an embedded broker, a simulator for every terminal kind, the agent
+//! and a scripted cloud POS that signs its commands, in one process on loopback. Prints what crosses the wire and exits
 //! 0 only when every step got its expected outcome.
 
 use std::time::Duration;
@@ -74,7 +74,7 @@ impl Signer {
             });
             inner = Value::Object(o).to_string().into_bytes();
         }
-        let env = crate::api::envelope::seal(&inner, &self.kid, &self.key)
+        let env = crate::api::signature::seal(&inner, &self.kid, &self.key)
             .to_string()
             .into_bytes();
         if let Some(id) = id {

@@ -102,7 +102,7 @@ pub fn terminal_toml(spec: &str, notes: &mut Vec<String>) -> anyhow::Result<Stri
 pub fn render(o: &Options, notes: &mut Vec<String>) -> anyhow::Result<String> {
     let mut s = format!(
         "# Written by `posbridge provision` on {}. Check it with `posbridge check`.\n\
-         # Every key: README \"Configuration\". Environment overrides: POSBRIDGE__SECTION__KEY.\n\
+         # Every key: docs/configuration.md. Environment overrides: POSBRIDGE__SECTION__KEY.\n\
          agent_id = {}\n",
         crate::api::ts(chrono::Utc::now()),
         quote(&o.agent_id)
@@ -121,7 +121,7 @@ pub fn render(o: &Options, notes: &mut Vec<String>) -> anyhow::Result<String> {
         ));
     }
     s.push_str(&format!(
-        "\n[store]\npath = {}\n\n[security]\n# Signed commands are the default (README: Signed commands): add the cloud's P-256\n# public key(s). Without keys the agent refuses to start with payment terminals,\n# unless allow_unsigned = true (only for a broker nobody else can write to).\n# command_keys = [{{ kid = \"cloud-1\", public_key_file = \"/etc/posbridge/cloud-1.pub\" }}]\n# allow_unsigned = false\n\n[log]\nformat = \"auto\"   # journald under systemd, text on a terminal\nlevel = \"info\"\n",
+        "\n[store]\npath = {}\n\n[security]\n# Signed commands are the default (docs/mqtt-api.md: Signed commands): add the cloud's P-256\n# public key(s). Without keys the agent refuses to start with payment terminals,\n# unless allow_unsigned = true (only for a broker nobody else can write to).\n# command_keys = [{{ kid = \"cloud-1\", public_key_file = \"/etc/posbridge/cloud-1.pub\" }}]\n# allow_unsigned = false\n\n[log]\nformat = \"auto\"   # journald under systemd, text on a terminal\nlevel = \"info\"\n",
         quote(&o.store_dir.to_string_lossy())
     ));
     for t in &o.terminals {

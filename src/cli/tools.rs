@@ -63,7 +63,7 @@ pub(super) fn sign(
         std::fs::read_to_string(key)
             .map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?,
     );
-    let sk = crate::api::envelope::signing_key_from_pem(&pem)
+    let sk = crate::api::signature::signing_key_from_pem(&pem)
         .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
     let mut bytes = Vec::new();
     match command {
@@ -77,7 +77,7 @@ pub(super) fn sign(
     }
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| anyhow::anyhow!("the command is not valid JSON: {e}"))?;
-    Ok(crate::api::envelope::seal(&bytes, kid, &sk).to_string())
+    Ok(crate::api::signature::seal(&bytes, kid, &sk).to_string())
 }
 
 /// What `provision` prints after writing the files: where they are, the ACL for the broker

@@ -10,6 +10,8 @@ mod load;
 mod validate;
 
 #[cfg(test)]
+mod docs_tests;
+#[cfg(test)]
 mod tests;
 
 pub use validate::MqttEndpoint;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::*;
 
 /// The example from spec/config.md, with concrete URLs for the `…` placeholders.
-const FULL: &str = r#"
+pub(super) const FULL: &str = r#"
 agent_id = "shop-042"
 topic_prefix = "posbridge"
 

@@ -2,7 +2,7 @@
 //! naming another agent is refused, and a signed one must name this agent and carry a
 //! deadline at most `security.max_command_age` ahead ([`super::deadline`]), so a captured
 //! envelope can neither run in another shop nor be replayed later. The signature itself is
-//! checked before parsing, in `api::envelope`.
+//! checked before parsing, in `api::signature`.
 
 use chrono::Utc;
 

@@ -1,7 +1,7 @@
 //! Command intake and durable-before-PUBACK (`mqtt-api.md`: Durability promise 1): a
 //! batch of commands is validated and written, made durable with one sync (group commit),
 //! and only then acknowledged to the broker, in arrival order; a failed sync acknowledges
-//! nothing. Each payload is routed here: signature ([`crate::api::envelope`]), parse,
+//! nothing. Each payload is routed here: signature ([`crate::api::signature`]), parse,
 //! duplicate id ([`super::dedup`]), binding to this agent ([`super::authorize`]), deadline
 //! ([`super::deadline`]), then the engine's own ops ([`super::queries`]) or a device op's
 //! admission ([`super::admit`]).
@@ -119,7 +119,7 @@ impl Inner {
         let payload = if self.cfg.command_keys.is_empty() {
             payload
         } else {
-            match crate::api::envelope::open(payload, &self.cfg.command_keys) {
+            match crate::api::signature::open(payload, &self.cfg.command_keys) {
                 Ok(o) => {
                     sig = Some(o.sig);
                     opened = o.command;

@@ -68,7 +68,7 @@ pub struct EngineConfig {
     /// Finished commands older than this are pruned from the store.
     pub retention: Duration,
     /// When non-empty, only signed envelopes are accepted (`mqtt-api.md`: Signed commands).
-    pub command_keys: crate::api::envelope::CommandKeys,
+    pub command_keys: crate::api::signature::CommandKeys,
     /// This agent's id: a command naming another agent is refused.
     pub agent_id: String,
     /// A signed command's `expires_at` may be at most this far ahead of its receipt.

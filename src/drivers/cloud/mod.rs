@@ -43,7 +43,7 @@ impl std::fmt::Debug for Credential {
 
 /// Find credential `name` (e.g. `api_key`) of terminal `terminal` for `mode`.
 ///
-/// Order (README "Terminal: paywall"): the secrets store wins over files, and a
+/// Order (docs/terminals/paywall.md): the secrets store wins over files, and a
 /// mode-specific secret wins over a generic one:
 /// 1. secret `<mode>_<name>` (`posbridge secret set paywall-1 live_api_key`), so test and
 ///    live credentials can both be provisioned and switching `mode` switches them;

@@ -180,7 +180,7 @@ impl PaywallDriver {
         .await
         .map_err(|e| e.to_string())?;
         if reply.status >= 300 {
-            // Including 404: the list route is not in the seed (README: unverified against
+            // Including 404: the list route is not in the seed (docs/terminals/paywall.md: unverified against
             // the real service); a 404 says nothing about this sale.
             return Err(format!("list answered HTTP {}", reply.status));
         }

@@ -9,7 +9,7 @@
 //!
 //! Line totals are `price × quantity` rounded half-up to the kuruş per line, a
 //! percentage adjustment is rounded half-up once on the total; the device's own rounding
-//! is unverified (README: Terminal: token).
+//! is unverified (docs/terminals/token.md).
 
 use serde_json::{json, Map, Value};
 

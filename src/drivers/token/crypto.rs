@@ -1,7 +1,7 @@
 //! Frame bodies (`token.md`: Frames): `AES-256-ECB-encrypt_PKCS7(zlib_compress(payload))`.
 //!
 //! ECB is what the device speaks, not a choice: the key and the challenge are fixed at
-//! bootstrap, so this layer is obfuscation (README: Terminal: token). Nothing here is
+//! bootstrap, so this layer is obfuscation (docs/terminals/token.md). Nothing here is
 //! hand-written cryptography: `aes` + `ecb` do the cipher, `flate2` the zlib stream.
 
 use std::io::{Read, Write};

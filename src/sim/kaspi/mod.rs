@@ -2,7 +2,7 @@
 //! speaking LAN API v2 as `kaspi.md` describes — payment, status, actualize, refund,
 //! deviceinfo, register (with a scripted cashier), revoke; tokens with expiry; error
 //! codes; customer time; fault knobs for tests. Amount conventions are listed on
-//! [`terminal::Terminal`] and in the README ("Terminal: kaspi").
+//! [`terminal::Terminal`] and in docs/terminals/kaspi.md.
 
 pub mod terminal;
 

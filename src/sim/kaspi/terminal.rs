@@ -279,7 +279,7 @@ impl Terminal {
         (1_678_090_451_700u64 + self.next_id).to_string()
     }
 
-    /// Amount conventions (whole tenge, last two digits; README "Terminal: kaspi"):
+    /// Amount conventions (whole tenge, last two digits; docs/terminals/kaspi.md):
     /// 06 blocked (106), 07 start failure (108), 11 QR ok, 12 card ok, 13 card declined,
     /// 14 QR declined, 15 customer cancels, 16 QR stays unknown then actualizes to fail,
     /// 17 card ok but `/v2/status` and actualize show a `chequeInfo.amount` one tenge

@@ -1,4 +1,4 @@
-//! Signed command envelopes (`mqtt-api.md`: Signed commands).
+//! Signature check of signed command envelopes (`mqtt-api.md`: Signed commands).
 //!
 //! `{"v":1,"kid":"…","signed":"<base64url of the command's JSON bytes>","sig":"<base64url
 //! ECDSA P-256 SHA-256, IEEE P1363 r‖s>"}`. base64url without padding; padded input is
