@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::result::ErrorCode;
+use super::error::ErrorCode;
 use super::{is_valid_name, is_valid_request_id, API_VERSION, RAW_ECHO_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The MQTT contract (`mqtt-api.md`): message types, topics and validation. No I/O.
 
 pub mod command;
+pub mod error;
 pub mod pan;
 pub mod result;
 pub mod signature;
@@ -8,7 +9,8 @@ pub mod strict_json;
 pub mod topics;
 
 pub use command::{parse_command, Command, Op, Rejection};
-pub use result::{ErrorBody, ErrorCode, Evt, FinalState, PaymentInfo, ResultMsg};
+pub use error::{ErrorBody, ErrorCode};
+pub use result::{Evt, FinalState, PaymentInfo, ResultMsg};
 pub use topics::Topics;
 
 /// The contract version every payload carries as `"v"`.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::command::{Op, Rejection};
+use super::error::ErrorBody;
 use super::API_VERSION;
 
 /// Final states (`mqtt-api.md`: Results).
@@ -27,48 +28,6 @@ impl FinalState {
             FinalState::Rejected => "rejected",
             FinalState::Expired => "expired",
             FinalState::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// Error codes of the contract. Each layer's errors are mapped to these once, at the
-/// engine edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    Unauthorized,
-    UnknownTerminal,
-    UnsupportedOp,
-    InvalidAmount,
-    Busy,
-    Expired,
-    NotFound,
-    NotCancellable,
-    DeviceUnavailable,
-    DeviceError,
-    Declined,
-    CancelledByCustomer,
-    Timeout,
-    Internal,
-    /// The store was found damaged at start: money commands wait for an operator.
-    StoreDamaged,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub code: ErrorCode,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_code: Option<Value>,
-}
-
-impl ErrorBody {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody {
-            code,
-            message: message.into(),
-            device_code: None,
         }
     }
 }

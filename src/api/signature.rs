@@ -16,7 +16,7 @@ use p256::pkcs8::DecodePublicKey;
 use serde_json::{json, Value};
 
 use super::command::{raw_echo, Rejection};
-use super::result::ErrorCode;
+use super::error::ErrorCode;
 
 /// base64url, padding optional on input.
 const B64: GeneralPurpose = GeneralPurpose::new(

@@ -79,7 +79,8 @@ const LEGACY_SENDING_STEPS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
-    /// Arrival order (sled `generate_id`, monotonic across restarts).
+    /// Arrival order: the store's sequence number (`Store::next_seq`, shared with the
+    /// outbox), monotonic across restarts.
     pub seq: u64,
     pub cmd: Command,
     pub state: CmdState,
