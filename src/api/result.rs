@@ -271,6 +271,7 @@ impl Evt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorCode;
 
     fn big_device() -> Value {
         serde_json::json!({ "blob": "x".repeat(MAX_RESULT_BYTES) })
