@@ -16,6 +16,8 @@ pub mod sim; //         device simulators (`posbridge sim …`)
 pub mod store; //       sled store: commands, journal, outbox; group commit + fdatasync
 pub mod systemd; //     sd_notify readiness + watchdog fed by engine progress
 pub mod telemetry; //   periodic metrics
+#[cfg(feature = "testkit")]
+pub mod testkit; //     brokers, agent process, typed config, cloud client for tests and bench
 
 /// The agent's version, as reported on `status` and `ping`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

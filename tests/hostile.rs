@@ -97,24 +97,13 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     let stop = CancellationToken::new();
     let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("shop-slow", broker.port()).ip("ip-1", addr);
-    let toml = spec.toml(&dir.path().join("store")).replace(
-        "op_timeout = \"20s\"",
-        "op_timeout = \"300ms\"\nrecovery_window = \"300ms\"",
+    let spec = AgentSpec::new("shop-slow", broker.port()).ip_with(
+        "ip-1",
+        addr,
+        &[("op_timeout", "300ms"), ("recovery_window", "300ms")],
     );
-    std::fs::write(dir.path().join("posbridge.toml"), toml).expect("config");
     let cloud = Cloud::connect(broker.port(), "shop-slow", "cloud-slow", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    // Agent::start wrote the default config; restart on the tightened one.
-    std::fs::write(
-        dir.path().join("posbridge.toml"),
-        spec.toml(&dir.path().join("store")).replace(
-            "op_timeout = \"20s\"",
-            "op_timeout = \"300ms\"\nrecovery_window = \"300ms\"",
-        ),
-    )
-    .expect("config");
-    agent.restart(&[]);
+    let _agent = Agent::start(&spec, dir.path());
     cloud.online().await;
 
     cloud.send(pay("slow-1", "ip-1", 700)).await;

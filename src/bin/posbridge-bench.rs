@@ -12,15 +12,14 @@
 //! (`BENCH_JSON {...}`). Never run in CI: it takes minutes and depends on the machine.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use posbridge::testkit::{Agent, AgentSpec, Broker, Stream};
+use rumqttc::QoS;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 // ------------------------------------------------------------------ figures
 
@@ -54,193 +53,30 @@ fn micros(d: Duration) -> f64 {
 
 // ------------------------------------------------------------------ broker
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+// ------------------------------------------------------------------ the test kit
 
-fn wait_port(port: u16, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    bail!("nothing listening on 127.0.0.1:{port}")
-}
-
-enum Broker {
-    Mosquitto {
-        port: u16,
-        conf: PathBuf,
-        child: Option<Child>,
-        _dir: tempfile::TempDir,
-    },
-    #[allow(dead_code)]
-    Embedded { port: u16 },
-}
-
-impl Broker {
-    fn start() -> Result<Broker> {
-        let have_mosquitto = Command::new("mosquitto")
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if have_mosquitto {
-            let dir = tempfile::tempdir()?;
-            let port = free_port()?;
-            let conf = dir.path().join("mosquitto.conf");
-            let mut f = std::fs::File::create(&conf)?;
-            // As tests/common: nodelay (latency), a deep queue (never drop QoS 1), big
-            // messages, persistence so a persistent session survives a restart.
-            writeln!(
-                f,
-                "user root\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nmax_inflight_messages 100\nmessage_size_limit 0\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
-                dir.path().display()
-            )?;
-            let mut b = Broker::Mosquitto {
-                port,
-                conf,
-                child: None,
-                _dir: dir,
-            };
-            b.resume()?;
-            return Ok(b);
-        }
-        #[cfg(feature = "embedded-broker")]
-        {
-            let port = posbridge::broker::start_embedded()?;
-            Ok(Broker::Embedded { port })
-        }
-        #[cfg(not(feature = "embedded-broker"))]
-        bail!("no mosquitto installed and built without the embedded-broker feature")
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Broker::Mosquitto { .. } => "mosquitto",
-            Broker::Embedded { .. } => "rumqttd (embedded)",
-        }
-    }
-
-    fn port(&self) -> u16 {
-        match self {
-            Broker::Mosquitto { port, .. } | Broker::Embedded { port } => *port,
-        }
-    }
-
-    /// Graceful stop (SIGTERM: mosquitto saves its sessions). Embedded: unsupported.
-    fn pause(&mut self) -> Result<()> {
-        match self {
-            Broker::Mosquitto { child, .. } => {
-                if let Some(mut c) = child.take() {
-                    // SAFETY: plain kill(2) on our own child's pid.
-                    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                    c.wait()?;
-                }
-                Ok(())
-            }
-            Broker::Embedded { .. } => bail!("the embedded broker cannot be restarted"),
-        }
-    }
-
-    fn resume(&mut self) -> Result<()> {
-        match self {
-            Broker::Mosquitto {
-                port, conf, child, ..
-            } => {
-                let c = Command::new("mosquitto")
-                    .arg("-c")
-                    .arg(&*conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("spawn mosquitto")?;
-                *child = Some(c);
-                wait_port(*port, Duration::from_secs(5))
-            }
-            Broker::Embedded { .. } => Ok(()),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Broker::Mosquitto { child: Some(c), .. } = self {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-// ------------------------------------------------------------------ MQTT client
-
-struct Client {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// The kit's [`Stream`] with the bench's error handling.
+struct Client(Stream);
 
 impl Client {
-    /// Connect, subscribe to `sub` (if any) and wait for the SUBACK.
     async fn connect(port: u16, id: &str, sub: Option<&str>, clean: bool) -> Result<Client> {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(clean)
-            .set_inflight(100)
-            .set_max_packet_size(16 << 20, 16 << 20);
-        let (client, mut el) = AsyncClient::new(o, 100_000);
-        el.network_options.set_tcp_nodelay(true);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-        let c2 = client.clone();
-        let sub = sub.map(str::to_string);
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => match &sub {
-                        Some(s) => {
-                            let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
-                        }
-                        None => {
-                            let _ = ready_tx.send(());
-                        }
-                    },
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                        let _ = ready_tx.send(());
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let _ = tx.send((p.topic, p.payload));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
-            .await
-            .context("MQTT client did not connect")?;
-        Ok(Client { client, rx, task })
+        Ok(Client(Stream::connect(port, id, sub, clean).await))
     }
 
     async fn recv(&mut self, within: Duration) -> Result<(String, bytes::Bytes)> {
-        tokio::time::timeout(within, self.rx.recv())
+        self.0
+            .recv(within)
             .await
-            .context("timed out waiting for a message")?
-            .context("client stopped")
+            .context("timed out waiting for a message")
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
+impl std::ops::Deref for Client {
+    type Target = Stream;
+    fn deref(&self) -> &Stream {
+        &self.0
     }
 }
-
-// ------------------------------------------------------------------ agent
 
 fn agent_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -271,93 +107,44 @@ fn agent_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-struct Agent {
-    child: Option<Child>,
-    log: PathBuf,
+/// The agent for one figure: unsigned commands, quiet logs (BENCH_LOG=debug to see what it
+/// does; logging costs time), no telemetry during the run.
+fn spec(agent_id: &str, port: u16, queue_depth: usize) -> AgentSpec {
+    AgentSpec {
+        queue_depth,
+        keep_alive: "30s".into(),
+        telemetry_interval: "60s".into(),
+        log_level: std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        ..AgentSpec::new(agent_id, port)
+    }
 }
 
-impl Agent {
-    fn start(dir: &Path, toml: &str) -> Result<Agent> {
-        let config = dir.join("posbridge.toml");
-        std::fs::write(&config, toml)?;
-        let log = dir.join("agent.log");
-        let f = std::fs::File::create(&log)?;
-        let child = Command::new(agent_bin()?)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .context("spawn agent")?;
-        Ok(Agent {
-            child: Some(child),
-            log,
-        })
-    }
+/// An IP terminal with customer time allowed for.
+fn ip_terminal(s: AgentSpec, id: &str, addr: &str) -> Result<AgentSpec> {
+    Ok(s.ip_with(id, addr.parse()?, &[("op_timeout", "120s")]))
+}
 
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
+fn start_agent(dir: &Path, spec: &AgentSpec) -> Result<Agent> {
+    // The kit's Agent runs the binary named here (built if missing).
+    std::env::set_var("POSBRIDGE_BIN", agent_bin()?);
+    Ok(Agent::start(spec, dir))
+}
 
-    fn rss_kib(&self) -> Option<u64> {
-        self.status_kib("VmRSS:")
-    }
-
-    /// A `kB` (or count) field of /proc/<pid>/status.
-    fn status_kib(&self, field: &str) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        s.lines()
-            .find(|l| l.starts_with(field))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+/// Graceful broker stop (mosquitto saves its sessions) and start again.
+fn pause(broker: &mut Broker) -> Result<()> {
+    match broker {
+        Broker::Mosquitto(m) => {
+            m.stop();
+            Ok(())
         }
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        Broker::Embedded { .. } => bail!("the embedded broker cannot be restarted"),
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
+fn resume(broker: &mut Broker) {
+    if let Broker::Mosquitto(m) = broker {
+        m.resume();
     }
-}
-
-fn base_toml(agent_id: &str, port: u16, store: &Path, queue_depth: usize) -> String {
-    // BENCH_LOG=debug to see what the agent does (logging costs time: warn by default).
-    let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    format!(
-        "agent_id = \"{agent_id}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n[commands]\nqueue_depth = {queue_depth}\n[telemetry]\ninterval = \"60s\"\n[security]\nallow_unsigned = true\n[log]\nlevel = \"{level}\"\n",
-        store.display()
-    )
-}
-
-fn ip_terminal(id: &str, addr: &str) -> String {
-    format!(
-        "[[terminals]]\nid = \"{id}\"\nkind = \"ip\"\naddr = \"{addr}\"\nop_timeout = \"120s\"\n"
-    )
 }
 
 async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::CancellationToken)> {
@@ -579,13 +366,12 @@ async fn bench_e2e(broker: &Broker, n: usize, figs: &mut Vec<Figure>, j: &mut Va
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = tempfile::tempdir()?;
-    let mut toml = base_toml("bench-e2e", port, &dir.path().join("store"), 16);
-    toml.push_str(&ip_terminal("ip-1", &sim_addr));
+    let spec = ip_terminal(spec("bench-e2e", port, 16), "ip-1", &sim_addr)?;
     let mut cloud =
         Client::connect(port, "bench-e2e-cloud", Some("posbridge/bench-e2e/#"), true).await?;
-    let agent = Agent::start(dir.path(), &toml)?;
+    let agent = start_agent(dir.path(), &spec)?;
     if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
-        bail!("{e:#}\n{}", agent.log_tail());
+        bail!("{e:#}\n{}", agent.log_tail(20));
     }
     let mut lat = Vec::with_capacity(n);
     for i in 0..n + 20 {
@@ -605,7 +391,7 @@ async fn bench_e2e(broker: &Broker, n: usize, figs: &mut Vec<Figure>, j: &mut Va
         loop {
             let (topic, p) = match cloud.recv(Duration::from_secs(30)).await {
                 Ok(m) => m,
-                Err(e) => bail!("{e:#}\n{}", agent.log_tail()),
+                Err(e) => bail!("{e:#}\n{}", agent.log_tail(20)),
             };
             if topic.ends_with("/result") {
                 let v: Value = serde_json::from_slice(&p)?;
@@ -696,14 +482,9 @@ async fn bench_intake(
     // Every terminal's first payment hangs at the (slow) simulator; the rest queue behind it.
     let (sim_addr, _sim) = ip_sim(600_000).await?;
     let dir = tempfile::tempdir()?;
-    let mut toml = base_toml(
-        "bench-in",
-        port,
-        &dir.path().join("store"),
-        n / TERMINALS + 10,
-    );
+    let mut spec = spec("bench-in", port, n / TERMINALS + 10);
     for t in 0..TERMINALS {
-        toml.push_str(&ip_terminal(&format!("t{t}"), &sim_addr));
+        spec = ip_terminal(spec, &format!("t{t}"), &sim_addr)?;
     }
     // `accepted` events are QoS 0 and may be dropped by the broker in a burst (the
     // contract allows it), so they cannot be counted. Instead a `ping` goes last: intake
@@ -723,9 +504,9 @@ async fn bench_intake(
         true,
     )
     .await?;
-    let agent = Agent::start(dir.path(), &toml)?;
+    let agent = start_agent(dir.path(), &spec)?;
     if let Err(e) = wait_online(&mut status, Duration::from_secs(20)).await {
-        bail!("{e:#}\n{}", agent.log_tail());
+        bail!("{e:#}\n{}", agent.log_tail(20));
     }
     let mut cmds: Vec<String> = (0..n)
         .map(|i| {
@@ -751,7 +532,7 @@ async fn bench_intake(
         Ok(m) => m,
         Err(e) => bail!(
             "no result for the closing ping: {e:#}\n{}",
-            agent.log_tail()
+            agent.log_tail(20)
         ),
     };
     if !contains(&p, b"\"in-last\"") {
@@ -804,7 +585,7 @@ async fn bench_drain(
         c.client.disconnect().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    broker.pause()?;
+    pause(broker)?;
     // The outbox, filled with n results as the engine writes them, then closed.
     {
         let (store, _) = posbridge::store::Store::open(&store_dir)?;
@@ -819,11 +600,10 @@ async fn bench_drain(
         }
         store.commit().await?;
     }
-    let toml = base_toml("bench-dr", port, &store_dir, 16);
-    let agent = Agent::start(dir.path(), &toml)?;
+    let agent = start_agent(dir.path(), &spec("bench-dr", port, 16))?;
     // The agent is up, has tried and failed to connect; the broker is away 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    broker.resume()?;
+    resume(broker);
     let t = Instant::now();
     let mut cloud = Client::connect(
         port,
@@ -836,7 +616,7 @@ async fn bench_drain(
     while got.len() < n {
         let (_, p) = match cloud.recv(Duration::from_secs(60)).await {
             Ok(m) => m,
-            Err(e) => bail!("{}/{n} delivered: {e:#}\n{}", got.len(), agent.log_tail()),
+            Err(e) => bail!("{}/{n} delivered: {e:#}\n{}", got.len(), agent.log_tail(20)),
         };
         let v: Value = serde_json::from_slice(&p)?;
         if let Some(id) = v["id"].as_str() {
@@ -889,16 +669,15 @@ async fn bench_footprint(broker: &Broker, figs: &mut Vec<Figure>, j: &mut Value)
     let (k, s) = (dir.path().join("api_key"), dir.path().join("secret"));
     std::fs::write(&k, "test-api-key")?;
     std::fs::write(&s, "test-secret")?;
-    let mut toml = base_toml("bench-fp", port, &dir.path().join("store"), 16);
-    toml.push_str(&ip_terminal("ip-1", &ip_addr));
-    toml.push_str(&format!(
+    let mut spec = ip_terminal(spec("bench-fp", port, 16), "ip-1", &ip_addr)?;
+    spec.extra = format!(
         "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{token_addr}\"\n\
          [[terminals]]\nid = \"kaspi-1\"\nkind = \"kaspi\"\nurl = \"{kaspi_url}\"\nprotected = false\n\
          [[terminals]]\nid = \"paywall-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{pw_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\napi_key_file = \"{k}\"\nclient_key_file = \"{s}\"\n\
          [[terminals]]\nid = \"kuveyt-1\"\nkind = \"kuveyt\"\nmode = \"test\"\ntest_url = \"{kv_url}\"\napi_key_file = \"{k}\"\napi_secret_file = \"{s}\"\n",
         k = k.display(),
         s = s.display()
-    ));
+    );
     let mut cloud = Client::connect(
         port,
         "bench-fp-cloud",
@@ -908,17 +687,17 @@ async fn bench_footprint(broker: &Broker, figs: &mut Vec<Figure>, j: &mut Value)
     .await?;
     let bin = agent_bin()?;
     let t = Instant::now();
-    let agent = Agent::start(dir.path(), &toml)?;
+    let agent = start_agent(dir.path(), &spec)?;
     if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
-        bail!("{e:#}\n{}", agent.log_tail());
+        bail!("{e:#}\n{}", agent.log_tail(20));
     }
     let start_ms = t.elapsed().as_secs_f64() * 1000.0;
     // Idle: let the drivers finish connecting and the allocator settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss = agent.rss_kib().unwrap_or(0) as f64 / 1024.0;
-    let mib = |f: &str| agent.status_kib(f).unwrap_or(0) as f64 / 1024.0;
+    let rss = agent.proc_status("VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    let mib = |f: &str| agent.proc_status(f).unwrap_or(0) as f64 / 1024.0;
     let (anon, file) = (mib("RssAnon:"), mib("RssFile:"));
-    let threads = agent.status_kib("Threads:").unwrap_or(0);
+    let threads = agent.proc_status("Threads:").unwrap_or(0);
     println!("footprint: idle RSS {rss:.1} MiB = anon {anon:.1} + file-backed {file:.1} (+ shmem); {threads} threads");
     j["footprint_parts"] = json!({"rss_anon_mib": anon, "rss_file_mib": file, "threads": threads});
     drop(agent);
@@ -1012,7 +791,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut broker = Broker::start()?;
+        let mut broker = Broker::start();
         println!(
             "posbridge-bench: broker {} on 127.0.0.1:{}, {} CPUs",
             broker.name(),

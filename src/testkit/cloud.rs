@@ -1,0 +1,295 @@
+//! MQTT clients on the cloud's side: [`Cloud`] records everything under an agent's root
+//! and waits for messages by predicate (the tests); [`Stream`] hands every message over
+//! as it comes (the benchmarks).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+
+use super::Agent;
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub json: Value,
+    pub retain: bool,
+}
+
+/// A cloud POS client that records everything under `{root}/#`.
+pub struct Cloud {
+    pub client: AsyncClient,
+    pub root: String,
+    seen: Arc<Mutex<Vec<Msg>>>,
+    notify: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cloud {
+    /// `persistent`: keep a session on the broker (results queue up while the broker
+    /// or this client is away).
+    pub async fn connect(port: u16, agent_id: &str, client_id: &str, persistent: bool) -> Cloud {
+        let root = format!("posbridge/{agent_id}");
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(!persistent)
+            .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        let (client, mut el) = AsyncClient::new(o, 1000);
+        el.network_options.set_tcp_nodelay(true);
+        let seen: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let notify = Arc::new(Notify::new());
+        let subscribed = Arc::new(Notify::new());
+        let (s2, n2, sub2, c2, r2) = (
+            seen.clone(),
+            notify.clone(),
+            subscribed.clone(),
+            client.clone(),
+            root.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        let _ = c2.subscribe(format!("{r2}/#"), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => sub2.notify_one(),
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if let Ok(mut v) = s2.lock() {
+                            v.push(Msg {
+                                topic: p.topic.clone(),
+                                json,
+                                retain: p.retain,
+                            });
+                        }
+                        n2.notify_waiters();
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), subscribed.notified())
+            .await
+            .expect("cloud subscribed");
+        Cloud {
+            client,
+            root,
+            seen,
+            notify,
+            task,
+        }
+    }
+
+    pub async fn send(&self, v: Value) {
+        self.send_raw(v.to_string().into_bytes()).await;
+    }
+
+    pub async fn send_raw(&self, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("{}/cmd", self.root),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .expect("publish");
+    }
+
+    /// A message the agent published (any topic under its root but `cmd`) whose JSON text
+    /// contains `needle`.
+    pub fn published_containing(&self, needle: &str) -> Option<String> {
+        let cmd = format!("{}/cmd", self.root);
+        self.seen.lock().ok().and_then(|v| {
+            v.iter()
+                .filter(|m| m.topic != cmd)
+                .map(|m| format!("{}: {}", m.topic, m.json))
+                .find(|t| t.contains(needle))
+        })
+    }
+
+    pub fn all(&self, sub: &str) -> Vec<Value> {
+        let topic = format!("{}/{}", self.root, sub);
+        self.seen
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|m| m.topic == topic)
+                    .map(|m| m.json.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Wait until a message on `{root}/{sub}` satisfies `pred` (messages already seen count).
+    pub async fn wait(&self, sub: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_n(sub, within, 1, pred).await.remove(0)
+    }
+
+    /// Wait until `n` messages on `{root}/{sub}` satisfy `pred`; returns all that do.
+    pub async fn wait_n(
+        &self,
+        sub: &str,
+        within: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        self.try_wait_n(sub, within, n, pred)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The retained status turns `degraded` (a store failure); on a timeout the panic
+    /// carries the agent's log, which says why it did not.
+    pub async fn degraded(&self, agent: &Agent) -> Value {
+        match self
+            .try_wait_n("status", Duration::from_secs(20), 1, |v| {
+                v["state"] == "degraded"
+            })
+            .await
+        {
+            Ok(mut v) => v.remove(0),
+            Err(e) => panic!("{e}\nagent log:\n{}", agent.log()),
+        }
+    }
+
+    async fn try_wait_n(
+        &self,
+        sub: &str,
+        within: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>, String> {
+        let topic = format!("{}/{}", self.root, sub);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.notify.notified();
+            let found: Vec<Value> = self
+                .seen
+                .lock()
+                .map(|v| {
+                    v.iter()
+                        .filter(|m| m.topic == topic && pred(&m.json))
+                        .map(|m| m.json.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if found.len() >= n {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "timed out waiting for {n} message(s) on {topic}; seen: {:#?}",
+                    self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+                ));
+            }
+        }
+    }
+
+    pub async fn result(&self, id: &str) -> Value {
+        let id = Value::String(id.to_string());
+        self.wait("result", Duration::from_secs(30), |v| v["id"] == id)
+            .await
+    }
+
+    pub fn results_for(&self, id: &str) -> Vec<Value> {
+        self.all("result")
+            .into_iter()
+            .filter(|v| v["id"] == id)
+            .collect()
+    }
+
+    pub async fn online(&self) {
+        self.wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online"
+        })
+        .await;
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain client: subscribes to one filter and passes every message on, in order.
+pub struct Stream {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    /// Connect, subscribe to `sub` (if any) and wait for the SUBACK (or the CONNACK).
+    pub async fn connect(port: u16, id: &str, sub: Option<&str>, clean: bool) -> Stream {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(clean)
+            .set_inflight(100)
+            .set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut el) = AsyncClient::new(o, 100_000);
+        el.network_options.set_tcp_nodelay(true);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+        let c2 = client.clone();
+        let sub = sub.map(str::to_string);
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => match &sub {
+                        Some(s) => {
+                            let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                        }
+                        None => {
+                            let _ = ready_tx.send(());
+                        }
+                    },
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send((p.topic, p.payload));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .expect("MQTT client connected");
+        Stream { client, rx, task }
+    }
+
+    /// The next message, or `None` after `within`.
+    pub async fn recv(&mut self, within: Duration) -> Option<(String, bytes::Bytes)> {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Wait for the agent's retained `online` status (subscribed to its `status`).
+    pub async fn online(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some((topic, p)) = self.recv(left).await else {
+                return false;
+            };
+            if topic.ends_with("/status") && p.windows(10).any(|w| w == b"\"online\"") {
+                return true;
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
