@@ -5,12 +5,14 @@ pub mod error;
 pub mod pan;
 pub mod result;
 pub mod signature;
+pub mod states;
 pub mod strict_json;
 pub mod topics;
 
 pub use command::{parse_command, Command, Op, Rejection};
 pub use error::{ErrorBody, ErrorCode};
 pub use result::{Evt, FinalState, PaymentInfo, ResultMsg};
+pub use states::{Progress, TerminalState};
 pub use topics::Topics;
 
 /// The contract version every payload carries as `"v"`.

@@ -242,8 +242,7 @@ pub fn strip_device_bodies(summary: &mut Value) -> bool {
 pub struct Evt {
     pub v: u8,
     pub id: String,
-    /// `accepted`, `queued`, `in_progress`.
-    pub state: String,
+    pub state: super::states::Progress,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,11 +251,11 @@ pub struct Evt {
 }
 
 impl Evt {
-    pub fn new(id: &str, state: &str) -> Self {
+    pub fn new(id: &str, state: super::states::Progress) -> Self {
         Evt {
             v: API_VERSION,
             id: id.to_string(),
-            state: state.to_string(),
+            state,
             sub_state: None,
             detail: None,
             ts: super::ts(chrono::Utc::now()),

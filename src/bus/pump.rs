@@ -154,7 +154,7 @@ impl Pump {
         self.online = degraded.clone();
         self.final_status = Some(degraded.clone());
         for (id, payload) in terminals.iter_mut() {
-            payload["state"] = Value::String("error".into());
+            payload["state"] = Value::String(crate::api::TerminalState::Error.as_str().into());
             payload["last_error"] = Value::String(format!("agent store failure: {reason}"));
             payload["since"] = since.clone();
             if let Some(c) = conn {

@@ -27,8 +27,7 @@ use crate::store::{CommandRecord, JournalEntry, Store, StoreError};
 /// Identity and reachability of a terminal, published retained on `terminals/{id}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
-    /// `connected`, `disconnected`, `error`.
-    pub state: &'static str,
+    pub state: crate::api::TerminalState,
     pub identity: Value,
     pub error: Option<String>,
 }
@@ -97,7 +96,7 @@ impl OpContext {
 
     /// Progress on `evt` (`in_progress` with a device sub-state). May be lost.
     pub fn progress(&self, sub_state: &str, detail: Option<Value>) {
-        let mut e = Evt::new(&self.record.cmd.id, "in_progress");
+        let mut e = Evt::new(&self.record.cmd.id, crate::api::Progress::InProgress);
         e.sub_state = Some(sub_state.to_string());
         e.detail = detail;
         let _ = self.evt.send(e);

@@ -95,11 +95,11 @@ impl Inner {
             q.push_back(rec.cmd.id.clone());
         }
         let queued = lock(&term.queue).len();
-        let mut accepted = Evt::new(&rec.cmd.id, "accepted");
+        let mut accepted = Evt::new(&rec.cmd.id, crate::api::Progress::Accepted);
         accepted.detail = Some(serde_json::json!({ "terminal": tid, "queue_position": queued }));
         Ok(vec![
             After::Evt(accepted),
-            After::Evt(Evt::new(&rec.cmd.id, "queued")),
+            After::Evt(Evt::new(&rec.cmd.id, crate::api::Progress::Queued)),
             After::Wake(tid),
         ])
     }

@@ -43,9 +43,9 @@ impl Inner {
             }
             _ => {
                 let state = if rec.state == CmdState::Running {
-                    "in_progress"
+                    crate::api::Progress::InProgress
                 } else {
-                    "queued"
+                    crate::api::Progress::Queued
                 };
                 let mut e = Evt::new(&rec.cmd.id, state);
                 e.detail = Some(serde_json::json!({ "duplicate": true }));

@@ -90,7 +90,8 @@ struct Terminal {
 
 #[derive(Debug, Clone, Default)]
 struct TerminalView {
-    state: String,
+    /// `None` until the first probe.
+    state: Option<crate::api::TerminalState>,
     since: Option<DateTime<Utc>>,
     identity: Value,
     last_error: Option<String>,
@@ -155,7 +156,7 @@ impl Engine {
                     resume: Mutex::new(Vec::new()),
                     running: Mutex::new(None),
                     state: Mutex::new(TerminalView {
-                        state: "unknown".into(),
+                        state: None,
                         ..Default::default()
                     }),
                 };
@@ -350,20 +351,20 @@ impl Inner {
     fn set_terminal_state(
         &self,
         t: &Terminal,
-        state: &str,
+        state: crate::api::TerminalState,
         identity: Option<Value>,
         err: Option<String>,
     ) {
         let payload = {
             let mut v = lock(&t.state);
-            let changed = v.state != state
+            let changed = v.state != Some(state)
                 || identity.as_ref().is_some_and(|i| *i != v.identity)
                 || (err.is_some() && err != v.last_error);
             if !changed {
                 return;
             }
-            if v.state != state {
-                v.state = state.to_string();
+            if v.state != Some(state) {
+                v.state = Some(state);
                 v.since = Some(Utc::now());
             }
             if let Some(i) = identity {

@@ -69,7 +69,7 @@ impl Driver for Fake {
     }
     async fn health(&self) -> Health {
         Health {
-            state: "connected",
+            state: crate::api::TerminalState::Connected,
             identity: json!({}),
             error: None,
         }

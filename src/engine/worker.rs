@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::settle::{self, Entry, Outcome};
 use super::{lock, Inner, Terminal};
-use crate::api::{ErrorCode, Evt, FinalState};
+use crate::api::{ErrorCode, Evt, FinalState, TerminalState};
 use crate::drivers::OpContext;
 use crate::store::{CmdState, StoreError};
 
@@ -80,7 +80,7 @@ async fn run_record(
             steps = rec.journal.len(),
             "resuming a command that was running when the agent stopped"
         );
-        inner.set_terminal_state(t, "busy", None, None);
+        inner.set_terminal_state(t, TerminalState::Busy, None, None);
         let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
         let Some(outcome) =
             settle::run(t.driver.as_ref(), &mut ctx, Entry::Resume, &inner.shutdown).await
@@ -110,8 +110,8 @@ async fn run_record(
     // and that commit covers this too. A crash before it leaves the command `queued` (the
     // device untouched), and it simply runs after the restart.
     ctx.note("started", json!({ "terminal": t.id }))?;
-    inner.set_terminal_state(t, "busy", None, None);
-    let mut e = Evt::new(id, "in_progress");
+    inner.set_terminal_state(t, TerminalState::Busy, None, None);
+    let mut e = Evt::new(id, crate::api::Progress::InProgress);
     e.sub_state = Some("started".into());
     inner.evt(e);
     let Some(outcome) =
@@ -130,13 +130,16 @@ async fn run_record(
 /// After an operation, the terminal's retained state follows what the device showed.
 fn note_error(inner: &Inner, t: &Terminal, o: &Outcome) {
     match &o.error {
-        Some(e) if e.code == ErrorCode::DeviceUnavailable => {
-            inner.set_terminal_state(t, "disconnected", None, Some(e.message.clone()))
-        }
+        Some(e) if e.code == ErrorCode::DeviceUnavailable => inner.set_terminal_state(
+            t,
+            TerminalState::Disconnected,
+            None,
+            Some(e.message.clone()),
+        ),
         // A device that refuses our credentials needs a person (e.g. Kaspi re-registration).
         Some(e) if o.state == FinalState::Unknown || e.code == ErrorCode::Unauthorized => {
-            inner.set_terminal_state(t, "error", None, Some(e.message.clone()))
+            inner.set_terminal_state(t, TerminalState::Error, None, Some(e.message.clone()))
         }
-        _ => inner.set_terminal_state(t, "connected", None, None),
+        _ => inner.set_terminal_state(t, TerminalState::Connected, None, None),
     }
 }

@@ -3,6 +3,7 @@
 //! compared with the state the running agent retained on the broker; plus a Kaspi
 //! terminal whose certificate is not checked.
 
+use crate::api::TerminalState;
 use std::path::Path;
 use std::time::Duration;
 
@@ -93,7 +94,7 @@ pub(super) async fn terminals(
                 format!("no health answer within {HEALTH_TIMEOUT:?}"),
                 fix,
             ),
-            Ok(h) if matches!(h.state, "connected" | "busy") => {
+            Ok(h) if matches!(h.state, TerminalState::Connected | TerminalState::Busy) => {
                 let mut detail = h.state.to_string();
                 if let Some(m) = mode {
                     detail.push_str(&format!(" (mode {m})"));

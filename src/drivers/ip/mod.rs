@@ -245,17 +245,17 @@ impl Driver for IpDriver {
         };
         match probe.await {
             Ok(resp) if resp.ok => Health {
-                state: "connected",
+                state: crate::api::TerminalState::Connected,
                 identity: json!({ "terminal_id": resp.terminal_id, "version": resp.version }),
                 error: None,
             },
             Ok(resp) => Health {
-                state: "error",
+                state: crate::api::TerminalState::Error,
                 identity: Value::Null,
                 error: Some(format!("ping answered {:?}", resp.error)),
             },
             Err(e) => Health {
-                state: "disconnected",
+                state: crate::api::TerminalState::Disconnected,
                 identity: Value::Null,
                 error: Some(self.unreachable_message(&e)),
             },

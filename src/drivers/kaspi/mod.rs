@@ -437,7 +437,7 @@ impl Driver for KaspiDriver {
             Ok(c) => c,
             Err(e) => {
                 return Health {
-                    state: "error",
+                    state: crate::api::TerminalState::Error,
                     identity: Value::Null,
                     error: Some(e.clone()),
                 }
@@ -446,23 +446,23 @@ impl Driver for KaspiDriver {
         match client.call("deviceinfo", &[]).await {
             Ok(data) => match DeviceInfo::parse(&data) {
                 Ok(info) => Health {
-                    state: "connected",
+                    state: crate::api::TerminalState::Connected,
                     identity: info.identity(),
                     error: None,
                 },
                 Err(e) => Health {
-                    state: "error",
+                    state: crate::api::TerminalState::Error,
                     identity: Value::Null,
                     error: Some(e.to_string()),
                 },
             },
             Err(CallError::Transport { message, .. }) => Health {
-                state: "disconnected",
+                state: crate::api::TerminalState::Disconnected,
                 identity: Value::Null,
                 error: Some(format!("{} ({})", message, client.base())),
             },
             Err(e) => Health {
-                state: "error",
+                state: crate::api::TerminalState::Error,
                 identity: Value::Null,
                 error: Some(e.to_string()),
             },

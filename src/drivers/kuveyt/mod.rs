@@ -447,18 +447,18 @@ impl Driver for KuveytDriver {
         let mode = json!({ "mode": cloud::mode_name(self.mode) });
         match &self.provider {
             Err(e) => Health {
-                state: "error",
+                state: crate::api::TerminalState::Error,
                 identity: mode,
                 error: Some(e.clone()),
             },
             Ok(p) => match p.probe().await {
                 Ok(_) => Health {
-                    state: "connected",
+                    state: crate::api::TerminalState::Connected,
                     identity: mode,
                     error: None,
                 },
                 Err(e) => Health {
-                    state: "disconnected",
+                    state: crate::api::TerminalState::Disconnected,
                     identity: mode,
                     error: Some(e),
                 },

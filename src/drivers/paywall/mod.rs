@@ -402,15 +402,15 @@ impl Driver for PaywallDriver {
     async fn health(&self) -> Health {
         match self.probe().await {
             Ok(identity) => Health {
-                state: "connected",
+                state: crate::api::TerminalState::Connected,
                 identity,
                 error: None,
             },
             Err(e) => Health {
                 state: if self.link.is_err() {
-                    "error"
+                    crate::api::TerminalState::Error
                 } else {
-                    "disconnected"
+                    crate::api::TerminalState::Disconnected
                 },
                 identity: json!({ "mode": cloud::mode_name(self.mode) }),
                 error: Some(e),

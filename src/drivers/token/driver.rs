@@ -499,17 +499,17 @@ impl Driver for TokenDriver {
         let mut slot = self.link.lock().await;
         match self.ready(&mut slot).await {
             Ok(s) => Health {
-                state: "connected",
+                state: crate::api::TerminalState::Connected,
                 identity: s.identity(),
                 error: None,
             },
             Err(ConnectError::Refused(e)) => Health {
-                state: "error",
+                state: crate::api::TerminalState::Error,
                 identity: Value::Null,
                 error: Some(format!("handshake refused: {e}")),
             },
             Err(e) => Health {
-                state: "disconnected",
+                state: crate::api::TerminalState::Disconnected,
                 identity: Value::Null,
                 error: Some(e.message()),
             },

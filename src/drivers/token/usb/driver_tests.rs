@@ -73,7 +73,7 @@ async fn health_becomes(d: &TokenDriver, want: &str) -> crate::drivers::Health {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let h = d.health().await;
-            if h.state == want {
+            if h.state.as_str() == want {
                 return h;
             }
             d.changed().await;
