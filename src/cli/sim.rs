@@ -154,13 +154,13 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
 }
 
 /// The test and live keys a cloud mock accepts (its own, not real secrets).
-fn keys(mock: &MockArgs) -> (sim::paywall::Keys, sim::paywall::Keys) {
+fn keys(mock: &MockArgs) -> (sim::cloud::Keys, sim::cloud::Keys) {
     (
-        sim::paywall::Keys {
+        sim::cloud::Keys {
             api_key: mock.test_api_key.clone(),
             client_key: mock.test_secret.clone(),
         },
-        sim::paywall::Keys {
+        sim::cloud::Keys {
             api_key: mock.live_api_key.clone(),
             client_key: mock.live_secret.clone(),
         },
@@ -169,11 +169,11 @@ fn keys(mock: &MockArgs) -> (sim::paywall::Keys, sim::paywall::Keys) {
 
 /// Serve a bound cloud mock (Paywall, Kuveyt): write its certificate where `--cert-out`
 /// says, print its two base URLs, run until a signal.
-async fn serve_mock<M: sim::CloudMock>(
+async fn serve_mock<P: sim::cloud::Provider>(
     name: &str,
     listen: SocketAddr,
     args: &MockArgs,
-    bound: std::io::Result<M>,
+    bound: std::io::Result<sim::CloudMock<P>>,
 ) -> ExitCode {
     let m = match bound {
         Ok(m) => m,

@@ -1,8 +1,8 @@
-//! What the HTTP simulators (`sim paywall`, `sim kuveyt`) share: serving an axum router
-//! over plain TCP or TLS with a certificate made at run time (rcgen), bounded connections,
-//! orderly shutdown, and the odd answers a real cloud sometimes gives.
+//! What the HTTP simulators (`sim paywall`, `sim kuveyt`, `sim kaspi`) share: serving
+//! HTTP/1 over plain TCP or TLS (for the cloud mocks with a certificate made at run time,
+//! rcgen), bounded connections, orderly shutdown, and the odd answers a real cloud
+//! sometimes gives.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +11,13 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-const MAX_CONNECTIONS: usize = 64;
+use super::listen;
 
 /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`, made at run time.
 pub struct TestCert {
@@ -78,29 +77,37 @@ pub async fn serve(
             return;
         }
     };
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let tracker = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    serve_http(listener, acceptor, shutdown, move || {
+        TowerToHyperService::new(router.clone())
+    })
+    .await;
+}
+
+/// Serve HTTP/1 on `listener`, over TLS when `tls` is given, until `shutdown`, each
+/// connection with a service from `service`; open requests get 5 s to finish.
+pub(crate) async fn serve_http<S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+    service: impl Fn() -> S,
+) where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let drain = Some(Duration::from_secs(5));
+    let stop = shutdown.clone();
+    listen::accept_loop(listener, shutdown, drain, move |stream, peer| {
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
-        let acceptor = acceptor.clone();
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
+        let svc = service();
+        let acceptor = tls.clone();
+        let stop = stop.clone();
+        async move {
             let builder = hyper::server::conn::http1::Builder::new();
             let result = match acceptor {
                 Some(a) => match a.accept(stream).await {
@@ -109,6 +116,8 @@ pub async fn serve(
                         run_conn(conn, &stop).await
                     }
                     Err(e) => {
+                        // Plain HTTP to an HTTPS mock, or a client that refused the
+                        // certificate (a pin mismatch).
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         Ok(())
                     }
@@ -121,13 +130,12 @@ pub async fn serve(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
-        });
-    }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+    })
+    .await;
 }
 
+/// One connection until it ends or `stop` (an open request is then dropped).
 async fn run_conn<C>(conn: C, stop: &CancellationToken) -> Result<(), hyper::Error>
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
@@ -184,13 +192,6 @@ pub fn lost() -> Response {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// `127.0.0.1:0`-style listen address → bound listener and its real address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr).await?;
-    let a = l.local_addr()?;
-    Ok((l, a))
 }
 
 /// Wait (bounded) until `check` holds, re-checking on every `changed` notification.

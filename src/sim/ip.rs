@@ -25,21 +25,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+pub use self::handles::{SimControl, SimStats};
+use super::faults::{self, AnswerFault};
+use super::listen;
 
 use crate::drivers::ip::proto::{
     decode_request, encode_response, read_line_bounded, ErrorCode, LineRead, Request, Response,
     MAX_LINE, PROTOCOL_VERSION,
 };
-
-/// Connections served at once; further clients wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
 
 /// Mixed into the seed for the answer-fault generator (any constant would do).
 const FAULT_SEED_MIX: u64 = 0x5eed_fa17_0000_0001;
@@ -87,18 +86,6 @@ impl Default for SimOptions {
 pub struct IpSim {
     listener: TcpListener,
     addr: SocketAddr,
-    shared: Arc<Shared>,
-}
-
-/// Read-only counters, for tests and logs. Cheap to clone.
-#[derive(Clone)]
-pub struct SimStats {
-    shared: Arc<Shared>,
-}
-
-/// Fault knobs, settable while the simulator runs. Cheap to clone.
-#[derive(Clone)]
-pub struct SimControl {
     shared: Arc<Shared>,
 }
 
@@ -155,15 +142,6 @@ enum Reply {
     Raw(Vec<u8>),
 }
 
-/// How the answer of an executed pay/refund is spoiled on the wire (the books keep the
-/// real one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AnswerFault {
-    Lose,
-    Garble,
-    Foreign,
-}
-
 /// How a pay/refund is answered, decided under the state lock.
 enum Plan {
     /// From the books (a repeat, `in_progress`, a rejection): nothing executes.
@@ -178,29 +156,17 @@ enum Plan {
 
 impl IpSim {
     pub async fn bind(addr: SocketAddr, opts: SimOptions) -> std::io::Result<IpSim> {
-        for (name, rate) in [
+        faults::check_rates(&[
             ("fail_rate", opts.fail_rate),
             ("lose_rate", opts.lose_rate),
             ("garble_rate", opts.garble_rate),
-        ] {
-            if !(0.0..=1.0).contains(&rate) {
-                let msg = format!("{name} must be within [0, 1], got {rate}");
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
-            }
-        }
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (rng, fault_rng) = match opts.seed {
-            Some(seed) => (
-                StdRng::seed_from_u64(seed),
-                StdRng::seed_from_u64(seed ^ FAULT_SEED_MIX),
-            ),
-            None => (StdRng::from_os_rng(), StdRng::from_os_rng()),
-        };
+        ])
+        .map_err(|msg| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg))?;
+        let (listener, addr) = listen::bind(addr).await?;
         let state = State {
-            rng,
+            rng: faults::seeded(opts.seed, 0),
             fail_rate: opts.fail_rate,
-            fault_rng,
+            fault_rng: faults::seeded(opts.seed, FAULT_SEED_MIX),
             lose_rate: opts.lose_rate,
             garble_rate: opts.garble_rate,
             next_fault: None,
@@ -247,109 +213,19 @@ impl IpSim {
     /// Serves until `shutdown` is cancelled, then waits for the connections to finish
     /// the request they are on (an operation is never cut off mid-execution).
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let tracker = TaskTracker::new();
         let terminal = &self.shared.terminal_id;
         tracing::info!(addr = %self.addr, terminal, "ip terminal simulator listening");
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = Arc::clone(&limit).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.listener.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Usually out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        let stop = shutdown.clone();
+        listen::accept_loop(self.listener, shutdown, None, |stream, peer| {
             let shared = Arc::clone(&self.shared);
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
+            let shutdown = stop.clone();
+            async move {
                 tracing::debug!(%peer, "connection opened");
                 serve(&shared, stream, &shutdown).await;
                 tracing::debug!(%peer, "connection closed");
-                drop(permit);
-            });
-        }
-        tracker.close();
-        tracker.wait().await;
-    }
-}
-
-impl SimStats {
-    /// How many times the terminal ran the operation for `ref` to an outcome (a charge,
-    /// a refund, or a decline the customer saw). Never more than 1 by design.
-    pub fn executions(&self, r#ref: &str) -> u32 {
-        self.shared.lock().ops.get(r#ref).map_or(0, |op| op.runs)
-    }
-
-    pub fn total_executions(&self) -> u64 {
-        self.shared.total_executions.load(Ordering::Relaxed)
-    }
-
-    /// Request lines received, valid or not.
-    pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
-    }
-}
-
-impl SimControl {
-    /// The next new pay executes, then its connection closes without an answer.
-    pub fn set_drop_response_once(&self, on: bool) {
-        self.shared.drop_response_once.store(on, Ordering::SeqCst);
-    }
-
-    /// The next new pay or refund executes, then its connection closes without an
-    /// answer. Replaces a garble/foreign knob not used yet.
-    pub fn lose_next_answer(&self) {
-        self.shared.lock().next_fault = Some(AnswerFault::Lose);
-    }
-
-    /// The next new pay or refund executes, then is answered with the first half of its
-    /// JSON line and `\n`. Replaces a lose/foreign knob not used yet.
-    pub fn garble_next_answer(&self) {
-        self.shared.lock().next_fault = Some(AnswerFault::Garble);
-    }
-
-    /// The next new pay or refund executes, then is answered with a well-formed answer
-    /// for `other-<ref>`. Replaces a lose/garble knob not used yet.
-    pub fn foreign_next_answer(&self) {
-        self.shared.lock().next_fault = Some(AnswerFault::Foreign);
-    }
-
-    /// Approved payments answer with `message` holding this many bytes of text (within
-    /// the protocol's 64 KiB line).
-    pub fn set_message_padding(&self, bytes: usize) {
-        self.set_message((bytes > 0).then(|| "R".repeat(bytes.min(60 * 1024))));
-    }
-
-    /// Approved payments answer with this `message` (`None`: none).
-    pub fn set_message(&self, text: Option<String>) {
-        self.shared.lock().message = text;
-    }
-
-    /// Clamped to [0, 1]; NaN never fails (no draw is below NaN).
-    pub fn set_fail_rate(&self, rate: f64) {
-        self.shared.lock().fail_rate = rate.clamp(0.0, 1.0);
-    }
-
-    /// Clamped to [0, 1]; NaN loses nothing.
-    pub fn set_lose_rate(&self, rate: f64) {
-        self.shared.lock().lose_rate = rate.clamp(0.0, 1.0);
-    }
-
-    /// Clamped to [0, 1]; NaN garbles nothing.
-    pub fn set_garble_rate(&self, rate: f64) {
-        self.shared.lock().garble_rate = rate.clamp(0.0, 1.0);
+            }
+        })
+        .await;
     }
 }
 
@@ -588,17 +464,7 @@ impl State {
         if let Some(f) = self.next_fault.take() {
             return Some(f);
         }
-        if self.lose_rate <= 0.0 && self.garble_rate <= 0.0 {
-            return None;
-        }
-        let draw: f64 = self.fault_rng.random();
-        if draw < self.lose_rate {
-            Some(AnswerFault::Lose)
-        } else if draw < self.lose_rate + self.garble_rate {
-            Some(AnswerFault::Garble)
-        } else {
-            None
-        }
+        faults::draw_fault(&mut self.fault_rng, self.lose_rate, self.garble_rate)
     }
 
     /// The outcome of a new payment, drawn in the order payments arrive so a seed gives
@@ -676,5 +542,6 @@ fn outcome(resp: &Response) -> &str {
     }
 }
 
+mod handles;
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,21 @@
 //! Device simulators shipped in the binary (`posbridge sim …`), used by the tests, the
 //! demo and field engineers.
+//!
+//! Shared by several: `listen` (the TCP accept loop), `http` (HTTP/1 over TCP or TLS, the
+//! odd answers), `faults` (seeded generators, fault rates and their draw) and `cloud` (the
+//! one mock server the cloud providers' mocks, `paywall` and `kuveyt`, run on).
 
+pub mod cloud;
+mod faults;
 pub mod http;
 pub mod ip;
 pub mod kaspi;
 pub mod kuveyt;
+mod listen;
 pub mod paywall;
 pub mod token;
+
+pub use cloud::CloudMock;
 
 /// The first half of `text`, cut on a character boundary: a JSON text cut short, for the
 /// simulators' garbled-answer faults.
@@ -16,45 +25,4 @@ pub(crate) fn first_half(text: &str) -> &str {
         cut -= 1;
     }
     &text[..cut]
-}
-
-/// A cloud provider's mock (Paywall, Kuveyt) as `posbridge sim` serves it: a test and a
-/// live base URL on one listener, optionally HTTPS with a certificate made at start.
-pub trait CloudMock {
-    fn base_url(&self, env: &str) -> String;
-    fn cert_pem(&self) -> Option<&str>;
-    fn run(
-        self,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl CloudMock for paywall::PaywallSim {
-    fn base_url(&self, env: &str) -> String {
-        paywall::PaywallSim::base_url(self, env)
-    }
-    fn cert_pem(&self) -> Option<&str> {
-        paywall::PaywallSim::cert_pem(self)
-    }
-    fn run(
-        self,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        paywall::PaywallSim::run(self, shutdown)
-    }
-}
-
-impl CloudMock for kuveyt::KuveytSim {
-    fn base_url(&self, env: &str) -> String {
-        kuveyt::KuveytSim::base_url(self, env)
-    }
-    fn cert_pem(&self) -> Option<&str> {
-        kuveyt::KuveytSim::cert_pem(self)
-    }
-    fn run(
-        self,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        kuveyt::KuveytSim::run(self, shutdown)
-    }
 }

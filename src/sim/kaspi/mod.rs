@@ -19,20 +19,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use sha2::Digest;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use self::terminal::{Counts, Reply, Settings, Terminal};
-
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 64;
+use super::{faults, listen};
 
 /// What the cashier does when `/v2/register` asks for access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,22 +394,13 @@ async fn register(shared: Arc<Shared>, params: &HashMap<String, String>) -> Repl
 impl KaspiSim {
     pub async fn bind(addr: SocketAddr, opts: SimOptions) -> std::io::Result<KaspiSim> {
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-        if !(0.0..=1.0).contains(&opts.fail_rate) {
-            return Err(invalid(format!(
-                "fail_rate must be within [0, 1], got {}",
-                opts.fail_rate
-            )));
-        }
+        faults::check_rates(&[("fail_rate", opts.fail_rate)]).map_err(invalid)?;
         let tls = match &opts.tls_name {
             Some(name) => Some(make_tls(name).map_err(invalid)?),
             None => None,
         };
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let rng = match opts.seed {
-            Some(s) => StdRng::seed_from_u64(s),
-            None => StdRng::from_os_rng(),
-        };
+        let (listener, addr) = listen::bind(addr).await?;
+        let rng = faults::seeded(opts.seed, 0);
         let settings = Settings {
             customer_time: opts.customer_time,
             qr_lifetime: opts.qr_lifetime,
@@ -470,73 +454,15 @@ impl KaspiSim {
 
     /// Serve until `shutdown`, then let open requests finish.
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let tracker = TaskTracker::new();
         let acceptor = self
             .tls
             .as_ref()
             .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = Arc::clone(&limit).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.listener.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let shared = self.shared.clone();
-            let acceptor = acceptor.clone();
-            let stop = shutdown.clone();
-            tracker.spawn(async move {
-                let _permit = permit;
-                let svc = service_fn(move |req| handle(shared.clone(), req));
-                let builder = hyper::server::conn::http1::Builder::new();
-                let served = match acceptor {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                        serve(conn, stop).await
-                    }
-                    Some(acc) => match acc.accept(stream).await {
-                        Ok(tls) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                            serve(conn, stop).await
-                        }
-                        Err(e) => {
-                            // Plain HTTP to a protected terminal, or a client that
-                            // refused the certificate (pin mismatch).
-                            tracing::debug!(error = %e, "kaspi sim: TLS handshake failed");
-                            Ok(())
-                        }
-                    },
-                };
-                if let Err(e) = served {
-                    tracing::debug!(error = %e, "kaspi sim: connection ended");
-                }
-            });
-        }
-        tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    }
-}
-
-async fn serve<C>(conn: C, stop: CancellationToken) -> Result<(), hyper::Error>
-where
-    C: std::future::Future<Output = Result<(), hyper::Error>>,
-{
-    tokio::select! {
-        r = conn => r,
-        _ = stop.cancelled() => Ok(()),
+        let shared = self.shared;
+        let service = move || {
+            let shared = shared.clone();
+            service_fn(move |req| handle(shared.clone(), req))
+        };
+        super::http::serve_http(self.listener, acceptor, shutdown, service).await;
     }
 }

@@ -1,6 +1,7 @@
 //! The simulated Smart POS's books and route logic (`kaspi.md`), without I/O: processes,
 //! payments and refunds, tokens, and the fault knobs. The server in `mod.rs` feeds it
-//! parsed requests and the current time.
+//! parsed requests and the current time. `looks` shows a process (`/v2/status`,
+//! `/v2/actualize`), `tokens` is the protected API.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::drivers::kaspi::api::code;
 
+mod looks;
 mod tokens;
 
 use self::tokens::Client;
@@ -274,6 +276,20 @@ impl Terminal {
             .any(|p| now.duration_since(p.started) < self.settings.customer_time)
     }
 
+    /// What a payment and a refund do once their own parameters are read: note
+    /// `owncheque`, then refuse while an operation is still running (107).
+    fn admit(&mut self, now: Instant, params: &HashMap<String, String>) -> Result<(), Reply> {
+        self.counts.last_owncheque = owncheque_param(params)?;
+        if self.busy(now) {
+            return Err(Reply::err(
+                200,
+                code::LAST_OPERATION_RUNNING,
+                "Could not register transaction. Last operation was not completed.",
+            ));
+        }
+        Ok(())
+    }
+
     fn new_process_id(&mut self) -> String {
         self.next_id += 1;
         (1_678_090_451_700u64 + self.next_id).to_string()
@@ -420,17 +436,8 @@ impl Terminal {
             Ok(t) => t,
             Err(r) => return r,
         };
-        let own = match owncheque_param(params) {
-            Ok(o) => o,
-            Err(r) => return r,
-        };
-        self.counts.last_owncheque = own;
-        if self.busy(now) {
-            return Reply::err(
-                200,
-                code::LAST_OPERATION_RUNNING,
-                "Could not register transaction. Last operation was not completed.",
-            );
+        if let Err(r) = self.admit(now, params) {
+            return r;
         }
         let (method, plan) = match self.plan_for(tenge) {
             Ok(x) => x,
@@ -475,17 +482,8 @@ impl Terminal {
             Ok(t) => t.to_string(),
             Err(r) => return r,
         };
-        let own = match owncheque_param(params) {
-            Ok(o) => o,
-            Err(r) => return r,
-        };
-        self.counts.last_owncheque = own;
-        if self.busy(now) {
-            return Reply::err(
-                200,
-                code::LAST_OPERATION_RUNNING,
-                "Could not register transaction. Last operation was not completed.",
-            );
+        if let Err(r) = self.admit(now, params) {
+            return r;
         }
         let Some(pay) = self
             .by_refund_id
@@ -518,154 +516,6 @@ impl Terminal {
                 counted_final: false,
             },
         )
-    }
-
-    /// The process as `/status` (or, with `actualize`, `/v2/actualize`) shows it now.
-    fn view(&mut self, now: Instant, id: &str, actualize: bool) -> Option<Value> {
-        let settings = self.settings.clone();
-        let p = self.procs.get_mut(id)?;
-        let elapsed = now.duration_since(p.started);
-        let base = json!({ "processId": id });
-        if elapsed < settings.customer_time {
-            let third = settings.customer_time / 3;
-            let sub = match (p.kind, p.method) {
-                _ if elapsed < third => "WaitUser",
-                (Kind::Refund, _) => "ProcessRefund",
-                (Kind::Payment, Method::Qr) => "WaitForQrConfirmation",
-                (Kind::Payment, Method::Card) if elapsed < third * 2 => "ProcessingCard",
-                (Kind::Payment, Method::Card) => "WaitForPinCode",
-            };
-            let mut v = base;
-            v["status"] = "wait".into();
-            v["subStatus"] = sub.into();
-            return Some(v);
-        }
-        let unknown = |mut v: Value| {
-            v["status"] = "unknown".into();
-            v["subStatus"] = "ProcessCancelled".into();
-            v["message"] = "Операция жойылды".into();
-            v
-        };
-        if p.unknown_left > 0 {
-            p.unknown_left -= 1;
-            return Some(unknown(base));
-        }
-        let plan = match &p.plan {
-            Plan::UnknownThenFail if actualize && elapsed >= settings.qr_lifetime => {
-                p.actualized = true;
-                Plan::Fail {
-                    sub: "QrTransactionFailure",
-                    message: "QR-кодтың жарамдылық мерзімі өтті",
-                }
-            }
-            Plan::UnknownThenFail if !p.actualized => return Some(unknown(base)),
-            Plan::UnknownThenFail => Plan::Fail {
-                sub: "QrTransactionFailure",
-                message: "QR-кодтың жарамдылық мерзімі өтті",
-            },
-            other => other.clone(),
-        };
-        let mut v = base;
-        match plan {
-            Plan::Success => {
-                let success_sub = match p.method {
-                    Method::Qr => "QrTransactionSuccess",
-                    Method::Card => "CardTransactionSuccess",
-                };
-                v["status"] = "success".into();
-                v["subStatus"] = success_sub.into();
-                v["chequeInfo"] = p.cheque.clone();
-                let txn = p
-                    .cheque
-                    .get("orderNumber")
-                    .or_else(|| p.cheque.get("rrn"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                v["transactionId"] = txn;
-                v["addInfo"] = json!({ "LoanTerm": 0, "IsOffer": false, "ProductType": "Gold" });
-            }
-            Plan::Fail { sub, message } => {
-                v["status"] = "fail".into();
-                v["subStatus"] = sub.into();
-                v["message"] = message.into();
-            }
-            Plan::UnknownThenFail => return Some(unknown(v)),
-        }
-        let success = v["status"] == "success";
-        if success && !p.counted_final {
-            p.counted_final = true;
-            let (kind, tenge, refund_of) = (p.kind, p.tenge, p.refund_of.clone());
-            let rid = p
-                .cheque
-                .get("orderNumber")
-                .or_else(|| p.cheque.get("rrn"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            match (kind, refund_of, rid) {
-                (Kind::Payment, _, Some(rid)) => {
-                    self.by_refund_id.insert(rid, id.to_string());
-                }
-                (Kind::Refund, Some(of), _) => {
-                    if let Some(pay) = self
-                        .by_refund_id
-                        .get(&of)
-                        .cloned()
-                        .and_then(|pid| self.procs.get_mut(&pid))
-                    {
-                        pay.refundable -= tenge;
-                    }
-                }
-                _ => {}
-            }
-        }
-        Some(v)
-    }
-
-    pub fn status(&mut self, now: Instant, params: &HashMap<String, String>) -> Reply {
-        self.counts.status_calls += 1;
-        let id = match param(params, "processId") {
-            Ok(id) => id.to_string(),
-            Err(r) => return r,
-        };
-        let Some(v) = self.view(now, &id, false) else {
-            return Reply::err(200, code::PROCESS_NOT_FOUND, "Process not found");
-        };
-        let mut reply = Reply::ok(v);
-        if let Some(p) = self.procs.get_mut(&id).filter(|p| p.garble_status_left > 0) {
-            p.garble_status_left -= 1;
-            reply.body = crate::sim::first_half(&reply.body).to_string();
-        }
-        reply
-    }
-
-    pub fn actualize(&mut self, now: Instant, params: &HashMap<String, String>) -> Reply {
-        self.counts.actualize_calls += 1;
-        let id = match param(params, "processId") {
-            Ok(id) => id.to_string(),
-            Err(r) => return r,
-        };
-        // kaspi.md: at most once per 10 s — the simulator counts offenders.
-        if let Some(last) = self.last_actualize.insert(id.clone(), now) {
-            if now.duration_since(last) < self.settings.actualize_gap {
-                self.counts.actualize_too_soon += 1;
-            }
-        }
-        let Some(p) = self.procs.get(&id) else {
-            return Reply::err(200, code::PROCESS_NOT_FOUND, "Process not found");
-        };
-        let in_unknown = now.duration_since(p.started) >= self.settings.customer_time
-            && (p.unknown_left > 0 || (p.plan == Plan::UnknownThenFail && !p.actualized));
-        if !in_unknown {
-            return Reply::err(
-                200,
-                code::UNABLE_TO_ACTUALIZE,
-                "This transaction is unable to actualize",
-            );
-        }
-        match self.view(now, &id, true) {
-            Some(v) => Reply::ok(v),
-            None => Reply::err(200, code::PROCESS_NOT_FOUND, "Process not found"),
-        }
     }
 
     pub fn device_info(&self) -> Reply {

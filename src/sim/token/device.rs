@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
@@ -16,6 +15,7 @@ use super::faults::{Knobs, FAULT_SEED_MIX};
 use super::identity::{DeviceIdentity, TestCa};
 use super::link::DeviceLink;
 use crate::drivers::token::codec::TokenCodec;
+use crate::sim::faults::{check_rates, seeded};
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -121,25 +121,18 @@ pub struct TokenDevice {
 
 impl TokenDevice {
     pub fn new(opts: SimOptions, ca: Option<&TestCa>) -> anyhow::Result<TokenDevice> {
-        for (name, rate) in [
+        check_rates(&[
             ("lose_rate", opts.lose_rate),
             ("garble_rate", opts.garble_rate),
-        ] {
-            if !(0.0..=1.0).contains(&rate) {
-                anyhow::bail!("{name} must be within [0, 1], got {rate}");
-            }
-        }
+        ])
+        .map_err(anyhow::Error::msg)?;
         let serial = opts.cert_serial.clone().unwrap_or(opts.fiscal_no.clone());
         let identity = DeviceIdentity::generate(&serial, ca)?;
         let seed = opts.seed.unwrap_or(0);
-        let fault_rng = match opts.seed {
-            Some(s) => StdRng::seed_from_u64(s ^ FAULT_SEED_MIX),
-            None => StdRng::from_os_rng(),
-        };
         let state = State {
             receipt_no: 1 + seed % 1000,
             z_no: 10 + seed % 90,
-            fault_rng: Some(fault_rng),
+            fault_rng: Some(seeded(opts.seed, FAULT_SEED_MIX)),
             ..Default::default()
         };
         Ok(TokenDevice {

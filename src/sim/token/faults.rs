@@ -2,9 +2,8 @@
 //! how the next sale result is spoiled (lost, garbled, foreign) — from the knobs first,
 //! else drawn against `lose_rate` and `garble_rate` from the device's own seeded generator.
 
-use rand::Rng;
-
 use super::device::{SimOptions, State};
+use crate::sim::faults::{draw_fault, AnswerFault};
 
 /// Fault knobs, each applying to the next occasion (cleared when used unless noted).
 #[derive(Debug, Clone, Default)]
@@ -40,45 +39,30 @@ pub struct Knobs {
     pub card_number_next: bool,
 }
 
-/// How the first delivery of a sale result is spoiled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResultFault {
-    Lose,
-    Garble,
-    Foreign,
-}
-
 /// Mixed into the seed for the result-fault generator (any constant would do).
 pub(super) const FAULT_SEED_MIX: u64 = 0x5eed_fa17_0000_0003;
 
 impl State {
     /// The spoiling of the sale result about to go out: the knobs first (lose, garble,
     /// foreign), else one draw against the rates (none while both are 0).
-    pub(super) fn take_result_fault(&mut self, opts: &SimOptions) -> Option<ResultFault> {
+    pub(super) fn take_result_fault(&mut self, opts: &SimOptions) -> Option<AnswerFault> {
         let k = &mut self.knobs;
         let knob = [
-            (std::mem::take(&mut k.lose_next_result), ResultFault::Lose),
+            (std::mem::take(&mut k.lose_next_result), AnswerFault::Lose),
             (
                 std::mem::take(&mut k.garble_next_result),
-                ResultFault::Garble,
+                AnswerFault::Garble,
             ),
             (
                 std::mem::take(&mut k.foreign_next_result),
-                ResultFault::Foreign,
+                AnswerFault::Foreign,
             ),
         ]
         .into_iter()
         .find_map(|(on, f)| on.then_some(f));
-        if knob.is_some() || (opts.lose_rate <= 0.0 && opts.garble_rate <= 0.0) {
+        if knob.is_some() {
             return knob;
         }
-        let draw: f64 = self.fault_rng.as_mut()?.random();
-        if draw < opts.lose_rate {
-            Some(ResultFault::Lose)
-        } else if draw < opts.lose_rate + opts.garble_rate {
-            Some(ResultFault::Garble)
-        } else {
-            None
-        }
+        draw_fault(self.fault_rng.as_mut()?, opts.lose_rate, opts.garble_rate)
     }
 }

@@ -14,10 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Encoder, Framed};
 
 use super::device::{lock, Shared};
-use super::faults::ResultFault;
 use crate::drivers::token::cert::CHALLENGE;
 use crate::drivers::token::codec::{ty, Inbound, Message, TokenCodec};
 use crate::drivers::token::crypto::Key;
+use crate::sim::faults::AnswerFault;
 
 pub(super) struct DeviceLink<T> {
     pub(super) io: Framed<T, TokenCodec>,
@@ -221,9 +221,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
         }
         let wire = match fault {
             None => result,
-            Some(ResultFault::Lose) => return Ok(Flow::Continue),
-            Some(ResultFault::Garble) => crate::sim::first_half(&result).to_string(),
-            Some(ResultFault::Foreign) => match serde_json::from_str::<Value>(&result) {
+            Some(AnswerFault::Lose) => return Ok(Flow::Continue),
+            Some(AnswerFault::Garble) => crate::sim::first_half(&result).to_string(),
+            Some(AnswerFault::Foreign) => match serde_json::from_str::<Value>(&result) {
                 Ok(mut v) => {
                     v["basketID"] = json!(format!("other-{basket_id}"));
                     v.to_string()

@@ -4,15 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::device::{SimControl, SimOptions, TokenDevice};
 use super::identity::TestCa;
+use crate::sim::listen;
 
 /// `posbridge sim token`: a TCP listener serving one link per connection.
 pub struct TokenSim {
@@ -28,8 +27,7 @@ impl TokenSim {
         ca: Option<&TestCa>,
     ) -> anyhow::Result<TokenSim> {
         let device = TokenDevice::new(opts, ca)?;
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = listen::bind(addr).await?;
         Ok(TokenSim {
             listener,
             addr,
@@ -50,32 +48,19 @@ impl TokenSim {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                acc = self.listener.accept() => match acc {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        tracing::info!(%peer, "token sim: host connected");
-                        let device = self.device.clone();
-                        let stop = shutdown.clone();
-                        tracker.spawn(async move {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = device.serve(stream) => {}
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "token sim: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+        let stop = shutdown.clone();
+        listen::accept_loop(self.listener, shutdown, None, |stream, peer| {
+            let _ = stream.set_nodelay(true);
+            tracing::info!(%peer, "token sim: host connected");
+            let device = self.device.clone();
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = device.serve(stream) => {}
+                }
             }
-        }
-        tracker.close();
-        tracker.wait().await;
+        })
+        .await;
     }
 }
