@@ -2,6 +2,7 @@
 
 pub mod command;
 pub mod error;
+pub mod ids;
 pub mod pan;
 pub mod result;
 pub mod signature;
@@ -9,8 +10,9 @@ pub mod states;
 pub mod strict_json;
 pub mod topics;
 
-pub use command::{parse_command, Command, Op, Rejection};
+pub use command::{parse_command, Body, Command, ListQuery, Op, Refund, Rejection};
 pub use error::{ErrorBody, ErrorCode};
+pub use ids::{Currency, Money, RequestId, TerminalId};
 pub use result::{Evt, FinalState, PaymentInfo, ResultMsg};
 pub use states::{Progress, TerminalState};
 pub use topics::Topics;

@@ -12,7 +12,12 @@ impl Inner {
         &self,
         rec: &mut CommandRecord,
     ) -> Result<Vec<After>, StoreError> {
-        let tid = rec.cmd.terminal.clone().unwrap_or_default();
+        let tid = rec
+            .cmd
+            .terminal
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         let Some(term) = self.terminals.get(&tid).cloned() else {
             return self.reject(
                 rec,
@@ -20,21 +25,21 @@ impl Inner {
                 format!("terminal {tid:?} is not configured on this agent"),
             );
         };
-        if !term.driver.supports(rec.cmd.op) {
+        if !term.driver.supports(rec.cmd.op()) {
             return self.reject(
                 rec,
                 ErrorCode::UnsupportedOp,
                 format!(
                     "{} terminals do not support {}",
                     term.driver.kind(),
-                    rec.cmd.op.as_str()
+                    rec.cmd.op().as_str()
                 ),
             );
         }
         if let Err(r) = term.driver.validate(&rec.cmd) {
             return self.reject(rec, r.code, r.message);
         }
-        if rec.cmd.op.moves_money() {
+        if rec.cmd.op().moves_money() {
             if let Some(hold) = self.store.money_hold()? {
                 // mqtt-api.md: Durability promise 7 — ids the damaged store held may not
                 // all have been salvaged; a resent one must not run as new.
@@ -49,8 +54,8 @@ impl Inner {
             return self.reject(rec, ErrorCode::Expired, "expires_at is already past".into());
         }
         let mut original = None;
-        if rec.cmd.op == Op::Refund {
-            let orig_id = match rec.cmd.original.clone() {
+        if rec.cmd.op() == Op::Refund {
+            let orig_id = match rec.cmd.refund().and_then(|r| r.original.as_ref()).map(|o| o.to_string()) {
                 Some(o) => Some(o),
                 None if !self.cfg.allow_unreferenced_refunds => {
                     return self.reject(
@@ -84,7 +89,7 @@ impl Inner {
             }
             let mut records: Vec<&CommandRecord> = vec![rec];
             if let Some(o) = original.as_mut() {
-                o.refunds.push(rec.cmd.id.clone());
+                o.refunds.push(rec.cmd.id.to_string());
             }
             if let Some(o) = original.as_ref() {
                 records.push(o);
@@ -92,7 +97,7 @@ impl Inner {
             self.store.write(&records, &[])?;
             // The worker's first step commits again before touching the device, so even a
             // worker woken early never runs ahead of this record's durability.
-            q.push_back(rec.cmd.id.clone());
+            q.push_back(rec.cmd.id.to_string());
         }
         let queued = lock(&term.queue).len();
         let mut accepted = Evt::new(&rec.cmd.id, crate::api::Progress::Accepted);

@@ -13,7 +13,7 @@ use crate::api::ErrorCode;
 use crate::store::{CmdState, CommandRecord, StoreError};
 
 pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<After>, StoreError> {
-    let target = rec.cmd.target.clone().unwrap_or_default();
+    let target = rec.cmd.target().map(|t| t.to_string()).unwrap_or_default();
     let Some(mut t) = inner.store.get(&target)? else {
         inner.finalize(&mut rec, queries::not_found(&target), &[])?;
         return Ok(vec![]);
@@ -31,7 +31,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
         rec.state = CmdState::Running;
         rec.started_at = Some(Utc::now());
         inner.store.write(&[&rec], &[])?;
-        return Ok(vec![After::CancelRunning(rec.cmd.id.clone())]);
+        return Ok(vec![After::CancelRunning(rec.cmd.id.to_string())]);
     }
     let why = if t.state.is_final() {
         format!("{target:?} already ended {}", t.state.as_str())
@@ -54,13 +54,13 @@ fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
         .cmd
         .terminal
         .as_ref()
-        .and_then(|tid| inner.terminals.get(tid))
+        .and_then(|tid| inner.terminals.get(tid.as_str()))
     else {
         return false;
     };
     let mut q = lock(&term.queue);
     let before = q.len();
-    q.retain(|id| *id != t.cmd.id);
+    q.retain(|id| *id != *t.cmd.id);
     before != q.len()
 }
 
@@ -79,7 +79,7 @@ pub(super) async fn run_cancel(inner: &Inner, cancel_id: &str) -> Result<(), Sto
     let Some(mut rec) = inner.store.get(cancel_id)? else {
         return Ok(());
     };
-    let target_id = rec.cmd.target.clone().unwrap_or_default();
+    let target_id = rec.cmd.target().map(|t| t.to_string()).unwrap_or_default();
     let target = inner.store.get(&target_id)?;
     let outcome = match (
         &target,

@@ -139,7 +139,7 @@ impl Inner {
                 return self.refuse(Some(rej));
             }
         };
-        let span = tracing::info_span!("command", id = %cmd.id, op = cmd.op.as_str(), terminal = ?cmd.terminal);
+        let span = tracing::info_span!("command", id = %cmd.id, op = cmd.op().as_str(), terminal = ?cmd.terminal);
         let _g = span.enter();
         if let Some(rec) = self.store.get(&cmd.id)? {
             if let Err(rej) = self.same_signature(&rec, &sig, payload) {
@@ -168,7 +168,7 @@ impl Inner {
         if let Some(why) = misdirected {
             return self.reject(&mut rec, ErrorCode::Unauthorized, why);
         }
-        match rec.cmd.op {
+        match rec.cmd.op() {
             op if op.answered_by_engine() => queries::answer(self, rec),
             _ => self.accept_device_op(&mut rec),
         }

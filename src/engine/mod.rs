@@ -297,11 +297,11 @@ impl Inner {
         decorate: impl FnOnce(&mut ResultMsg),
     ) -> Result<ResultMsg, StoreError> {
         let now = Utc::now();
-        let mut res = ResultMsg::new(Some(rec.cmd.id.clone()), outcome.state);
-        res.op = Some(rec.cmd.op);
-        res.terminal = rec.cmd.terminal.clone();
-        res.amount = rec.cmd.amount;
-        res.currency = rec.cmd.currency.clone();
+        let mut res = ResultMsg::new(Some(rec.cmd.id.to_string()), outcome.state);
+        res.op = Some(rec.cmd.op());
+        res.terminal = rec.cmd.terminal.as_ref().map(|t| t.to_string());
+        res.amount = rec.cmd.amount();
+        res.currency = rec.cmd.currency().map(|c| c.to_string());
         res.payment = outcome.payment;
         res.device = outcome.device;
         res.error = outcome.error;
@@ -312,7 +312,7 @@ impl Inner {
             .cmd
             .terminal
             .as_ref()
-            .and_then(|t| self.terminals.get(t))
+            .and_then(|t| self.terminals.get(t.as_str()))
             .and_then(|t| t.driver.mode())
             .map(str::to_string);
         decorate(&mut res);

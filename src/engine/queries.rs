@@ -19,7 +19,7 @@ enum Answer {
 }
 
 pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<After>, StoreError> {
-    let (outcome, answer) = match rec.cmd.op {
+    let (outcome, answer) = match rec.cmd.op() {
         Op::Ping => {
             let uptime = (Utc::now() - inner.started_at).num_seconds();
             let agent = json!({ "version": inner.cfg.version, "uptime_s": uptime, "started_at": crate::api::ts(inner.started_at) });
@@ -31,10 +31,10 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             rec.state = CmdState::Running;
             rec.started_at = Some(Utc::now());
             inner.store.write(&[&rec], &[])?;
-            return Ok(vec![After::List(rec.cmd.id.clone())]);
+            return Ok(vec![After::List(rec.cmd.id.to_string())]);
         }
         Op::Status => {
-            let target = rec.cmd.target.clone().unwrap_or_default();
+            let target = rec.cmd.target().map(|t| t.to_string()).unwrap_or_default();
             match inner.store.get(&target)? {
                 None => (not_found(&target), Answer::None),
                 Some(t)
@@ -46,7 +46,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                     rec.state = CmdState::Running;
                     rec.started_at = Some(Utc::now());
                     inner.store.write(&[&rec], &[])?;
-                    return Ok(vec![After::Query(rec.cmd.id.clone())]);
+                    return Ok(vec![After::Query(rec.cmd.id.to_string())]);
                 }
                 Some(t) => (Outcome::succeeded(None, None), Answer::Target(t.summary())),
             }
@@ -82,9 +82,13 @@ const PAGE_BYTES: usize = crate::api::result::MAX_RESULT_BYTES - 16 * 1024;
 /// One page of recent commands, newest first, and the cursor of the next page. Items are
 /// summaries without raw device bodies (`status` gives one command whole).
 fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String>), StoreError> {
-    let limit = rec.cmd.limit.unwrap_or(50) as usize;
+    let query = match &rec.cmd.body {
+        crate::api::Body::List(q) => q.clone(),
+        _ => Default::default(),
+    };
+    let limit = query.limit.unwrap_or(50) as usize;
     // The cursor is the `seq` of the first record not yet returned.
-    let below: Option<u64> = rec.cmd.cursor.as_deref().and_then(|c| c.parse().ok());
+    let below: Option<u64> = query.cursor;
     let mut items = Vec::new();
     let mut bytes = 0usize;
     let mut scanned = 0usize;
@@ -104,7 +108,7 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String
         if scanned > MAX_SCAN {
             return Ok((items, Some(r.seq.to_string())));
         }
-        if let Some(since) = rec.cmd.since {
+        if let Some(since) = query.since {
             if r.received_at < since {
                 // Newest first: everything after this is older still.
                 break;
@@ -118,12 +122,7 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String
         {
             continue;
         }
-        if rec
-            .cmd
-            .state
-            .as_ref()
-            .is_some_and(|s| r.state.as_str() != s)
-        {
+        if query.state.as_ref().is_some_and(|s| r.state.as_str() != s) {
             continue;
         }
         let mut item = r.summary();
@@ -142,7 +141,7 @@ pub(super) fn device_of(inner: &Inner, rec: &CommandRecord) -> Option<crate::dri
     rec.cmd
         .terminal
         .as_ref()
-        .and_then(|t| inner.terminals.get(t))
+        .and_then(|t| inner.terminals.get(t.as_str()))
         .map(|t| t.driver.clone())
 }
 
@@ -194,7 +193,7 @@ pub(super) async fn run_query(inner: &Inner, status_id: &str) -> Result<(), Stor
     let Some(mut rec) = inner.store.get(status_id)? else {
         return Ok(());
     };
-    let target_id = rec.cmd.target.clone().unwrap_or_default();
+    let target_id = rec.cmd.target().map(|t| t.to_string()).unwrap_or_default();
     let Some(mut target) = inner.store.get(&target_id)? else {
         return inner
             .finish(

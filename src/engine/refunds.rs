@@ -17,7 +17,7 @@ impl Inner {
         &self,
         cmd: &crate::api::Command,
     ) -> Result<Option<String>, StoreError> {
-        let Some(tx) = cmd.transaction_id.as_deref() else {
+        let Some(tx) = cmd.refund().and_then(|r| r.transaction_id.as_deref()) else {
             return Ok(None);
         };
         for r in self.store.recent().take(MAX_REFUND_SCAN) {
@@ -27,12 +27,12 @@ impl Inner {
                 .as_ref()
                 .and_then(|res| res.payment.as_ref())
                 .and_then(|p| p.transaction_id.as_deref());
-            if r.cmd.op == Op::Payment
+            if r.cmd.op() == Op::Payment
                 && r.state == CmdState::Succeeded
                 && r.cmd.terminal == cmd.terminal
                 && paid_by == Some(tx)
             {
-                return Ok(Some(r.cmd.id));
+                return Ok(Some(r.cmd.id.to_string()));
             }
         }
         Ok(None)
@@ -51,12 +51,12 @@ impl Inner {
                 format!("original payment {orig_id:?} is not known to this agent"),
             )));
         };
-        if orig.cmd.op != Op::Payment {
+        if orig.cmd.op() != Op::Payment {
             return Ok(Err((
                 ErrorCode::BadRequest,
                 format!(
                     "field original: {orig_id:?} is a {}, not a payment",
-                    orig.cmd.op.as_str()
+                    orig.cmd.op().as_str()
                 ),
             )));
         }
@@ -75,7 +75,7 @@ impl Inner {
                 ),
             )));
         }
-        let paid = orig.cmd.amount.unwrap_or(0);
+        let paid = orig.cmd.amount().unwrap_or(0);
         let mut committed = 0i64;
         for rid in &orig.refunds {
             if let Some(r) = self.store.get(rid)? {
@@ -83,11 +83,11 @@ impl Inner {
                     r.state,
                     CmdState::Queued | CmdState::Running | CmdState::Succeeded | CmdState::Unknown
                 ) {
-                    committed += r.cmd.amount.unwrap_or(0);
+                    committed += r.cmd.amount().unwrap_or(0);
                 }
             }
         }
-        let amount = cmd.amount.unwrap_or(0);
+        let amount = cmd.amount().unwrap_or(0);
         if amount > paid - committed {
             return Ok(Err((
                 ErrorCode::InvalidAmount,
@@ -102,10 +102,13 @@ impl Inner {
             .as_ref()
             .and_then(|r| r.payment.clone())
             .unwrap_or_default();
-        cmd.transaction_id = pay.transaction_id;
-        cmd.method = pay.method;
-        if cmd.currency.is_none() {
-            cmd.currency = orig.cmd.currency.clone();
+        let currency = orig.cmd.currency().cloned();
+        if let Some(r) = cmd.refund_mut() {
+            r.transaction_id = pay.transaction_id;
+            r.method = pay.method;
+            if r.currency.is_none() {
+                r.currency = currency;
+            }
         }
         Ok(Ok(orig))
     }

@@ -26,11 +26,11 @@ pub(super) fn hand_back(inner: &Arc<Inner>) -> Result<(), StoreError> {
             .cmd
             .terminal
             .as_ref()
-            .filter(|_| !rec.cmd.op.answered_by_engine())
-            .and_then(|t| inner.terminals.get(t));
+            .filter(|_| !rec.cmd.op().answered_by_engine())
+            .and_then(|t| inner.terminals.get(t.as_str()));
         match (rec.state, term) {
-            (CmdState::Queued, Some(t)) => lock(&t.queue).push_back(rec.cmd.id.clone()),
-            (CmdState::Running, Some(t)) => lock(&t.resume).push(rec.cmd.id.clone()),
+            (CmdState::Queued, Some(t)) => lock(&t.queue).push_back(rec.cmd.id.to_string()),
+            (CmdState::Running, Some(t)) => lock(&t.resume).push(rec.cmd.id.to_string()),
             _ => orphans.push(rec),
         }
     }
@@ -56,7 +56,7 @@ pub(crate) enum FirstStep {
 
 /// The resume decision: `resuming` is true for an op found running at start.
 pub(crate) fn first_step(rec: &CommandRecord, resuming: bool, now: DateTime<Utc>) -> FirstStep {
-    let money = rec.cmd.op.moves_money();
+    let money = rec.cmd.op().moves_money();
     if resuming && money && rec.maybe_sent() {
         FirstStep::Ask
     } else if resuming && money && super::deadline::passed(rec, now) {
@@ -70,16 +70,16 @@ pub(crate) fn first_step(rec: &CommandRecord, resuming: bool, now: DateTime<Utc>
 fn orphan(inner: &Arc<Inner>, rec: CommandRecord) {
     let inner2 = inner.clone();
     inner.tasks.spawn(async move {
-        let id = rec.cmd.id.clone();
+        let id = rec.cmd.id.to_string();
         let r = async {
-            match rec.cmd.op {
+            match rec.cmd.op() {
                 Op::Status => queries::run_query(&inner2, &id).await,
                 Op::List => queries::run_list(&inner2, &id).await,
                 Op::Cancel => super::cancel::run_cancel(&inner2, &id).await,
                 _ => {
                     let mut rec = rec;
                     let o = if rec.state == CmdState::Running
-                        && rec.cmd.op.moves_money()
+                        && rec.cmd.op().moves_money()
                         && rec.maybe_sent()
                     {
                         Outcome::unknown(

@@ -124,7 +124,7 @@ pub(crate) async fn run(
     entry: Entry,
     shutdown: &CancellationToken,
 ) -> Option<Outcome> {
-    let money = ctx.cmd().op.moves_money();
+    let money = ctx.cmd().op().moves_money();
     let resuming = entry == Entry::Resume;
     let mut fact = match super::resume::first_step(&ctx.record, resuming, Utc::now()) {
         // The request may have reached the device: never send it blindly again.

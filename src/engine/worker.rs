@@ -62,7 +62,8 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
     let Some(rec) = inner.store.get(id)? else {
         return Ok(());
     };
-    let span = tracing::info_span!("command", id = %id, op = rec.cmd.op.as_str(), terminal = %t.id);
+    let span =
+        tracing::info_span!("command", id = %id, op = rec.cmd.op().as_str(), terminal = %t.id);
     // Instrumented, not entered: a guard held across an await would leak the span into
     // whatever else runs on this thread.
     tracing::Instrument::instrument(run_record(inner, t, id, rec, resuming), span).await

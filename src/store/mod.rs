@@ -181,7 +181,7 @@ impl Store {
         let mut batch = LoggedBatch::default();
         for r in records {
             let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
-                key: r.cmd.id.clone(),
+                key: r.cmd.id.to_string(),
                 source,
             })?;
             batch.insert(&key(CMD, r.cmd.id.as_bytes()), &v);

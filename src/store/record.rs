@@ -120,20 +120,20 @@ impl CommandRecord {
     pub fn summary(&self) -> Value {
         let mut v = serde_json::json!({
             "id": self.cmd.id,
-            "op": self.cmd.op,
+            "op": self.cmd.op(),
             "state": self.state.as_str(),
             "received_at": crate::api::ts(self.received_at),
         });
         let obj = v.as_object_mut();
         if let Some(o) = obj {
             if let Some(t) = &self.cmd.terminal {
-                o.insert("terminal".into(), Value::String(t.clone()));
+                o.insert("terminal".into(), Value::String(t.to_string()));
             }
-            if let Some(a) = self.cmd.amount {
+            if let Some(a) = self.cmd.amount() {
                 o.insert("amount".into(), a.into());
             }
-            if let Some(c) = &self.cmd.currency {
-                o.insert("currency".into(), Value::String(c.clone()));
+            if let Some(c) = self.cmd.currency() {
+                o.insert("currency".into(), Value::String(c.to_string()));
             }
             if let Some(r) = &self.result {
                 if let Some(f) = &r.finished_at {

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::record::{CmdState, CommandRecord, JournalEntry};
-use crate::api::{is_valid_request_id, Command, ErrorBody, ErrorCode, FinalState, Op, ResultMsg};
+use crate::api::{
+    is_valid_request_id, Command, ErrorBody, ErrorCode, FinalState, Op, RequestId, ResultMsg,
+};
 
 /// Files larger than this are not read (reported as not searched).
 const MAX_FILE: u64 = 256 * 1024 * 1024;
@@ -81,15 +83,17 @@ pub fn salvage(dir: &Path, moved_aside: &str) -> Salvage {
         }
         // Running, queued, or versions that disagree: the outcome is not known.
         let base = f.versions.into_iter().max_by_key(|r| r.journal.len());
-        let cmd = match &base {
-            Some(r) => r.cmd.clone(),
-            None => bare_command(&id, f.op.unwrap_or(Op::Payment)),
+        let cmd = match (&base, RequestId::parse(&id)) {
+            (Some(r), _) => r.cmd.clone(),
+            (None, Some(rid)) => Command::salvaged(rid, f.op.unwrap_or(Op::Payment)),
+            // The scan only takes ids of the request-id form: not reached.
+            (None, None) => continue,
         };
         let mut res = ResultMsg::new(Some(id.clone()), FinalState::Unknown);
-        res.op = Some(cmd.op);
-        res.terminal = cmd.terminal.clone();
-        res.amount = cmd.amount;
-        res.currency = cmd.currency.clone();
+        res.op = Some(cmd.op());
+        res.terminal = cmd.terminal.as_ref().map(|t| t.to_string());
+        res.amount = cmd.amount();
+        res.currency = cmd.currency().map(|c| c.to_string());
         res.needs_reconciliation = true;
         res.started_at = base.as_ref().and_then(|r| r.started_at).map(crate::api::ts);
         res.finished_at = Some(crate::api::ts(now));
@@ -126,27 +130,6 @@ fn salvaged_step(from: &str, kept: bool) -> JournalEntry {
     }
 }
 
-fn bare_command(id: &str, op: Op) -> Command {
-    Command {
-        id: id.to_string(),
-        op,
-        terminal: None,
-        expires_at: None,
-        amount: None,
-        currency: None,
-        original: None,
-        transaction_id: None,
-        method: None,
-        target: None,
-        state: None,
-        since: None,
-        limit: None,
-        cursor: None,
-        agent: None,
-        extra: Default::default(),
-    }
-}
-
 /// Every regular file under `dir`, recursively (sled keeps blobs in a subdirectory).
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -178,7 +161,11 @@ fn scan(bytes: &[u8], found: &mut BTreeMap<String, Found>) {
             serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<CommandRecord>();
         if let Some(Ok(r)) = it.next() {
             if is_valid_request_id(&r.cmd.id) {
-                found.entry(r.cmd.id.clone()).or_default().versions.push(r);
+                found
+                    .entry(r.cmd.id.to_string())
+                    .or_default()
+                    .versions
+                    .push(r);
             }
         }
         at = start + RECORD.len();
@@ -275,7 +262,7 @@ mod tests {
             assert!(res.needs_reconciliation);
             assert!(s.unknown.contains(&id.to_string()));
         }
-        assert_eq!(by["out-1"].cmd.op, Op::Refund);
+        assert_eq!(by["out-1"].cmd.op(), Op::Refund);
         assert_eq!(s.files_read, 2);
     }
 

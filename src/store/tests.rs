@@ -52,7 +52,10 @@ async fn records_and_outbox_survive_reopen() {
     assert_eq!(out.len(), 1);
     store.outbox_remove(out[0].0).expect("remove");
     assert_eq!(store.outbox_len(), 0);
-    let ids: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id).collect();
+    let ids: Vec<String> = store
+        .recent()
+        .map(|r| r.expect("rec").cmd.id.to_string())
+        .collect();
     assert_eq!(ids, vec!["b".to_string(), "a".to_string()]);
 }
 
@@ -222,7 +225,7 @@ async fn prune_deletes_old_finished_records_only() {
     for i in 0..5 {
         let mut r = record(&store, &format!("p{i}"));
         if i != 2 {
-            let mut res = ResultMsg::new(Some(r.cmd.id.clone()), FinalState::Succeeded);
+            let mut res = ResultMsg::new(Some(r.cmd.id.to_string()), FinalState::Succeeded);
             res.finished_at = Some(crate::api::ts(old));
             r.state = CmdState::Succeeded;
             r.result = Some(res);
@@ -232,7 +235,7 @@ async fn prune_deletes_old_finished_records_only() {
             r.expires_at = chrono::Utc::now() + chrono::Duration::days(1);
         }
         store.write(&[&r], &[]).expect("write");
-        ids.push(r.cmd.id.clone());
+        ids.push(r.cmd.id.to_string());
     }
     store.commit().await.expect("commit");
     let n = store
@@ -245,7 +248,10 @@ async fn prune_deletes_old_finished_records_only() {
     assert!(store.get("p1").expect("get").is_some());
     assert!(store.get("p2").expect("get").is_some());
     assert!(store.get("p4").expect("get").is_some());
-    let left: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id).collect();
+    let left: Vec<String> = store
+        .recent()
+        .map(|r| r.expect("rec").cmd.id.to_string())
+        .collect();
     assert_eq!(
         left,
         vec!["p4".to_string(), "p2".to_string(), "p1".to_string()]
@@ -393,7 +399,7 @@ async fn sequence_numbers_continue_above_replayed_records_after_a_crash() {
     let (_d, cut) = power_cut(true, |store| {
         for i in 0..50 {
             let r = record(store, &format!("after-{i}"));
-            let res = ResultMsg::new(Some(r.cmd.id.clone()), FinalState::Succeeded);
+            let res = ResultMsg::new(Some(r.cmd.id.to_string()), FinalState::Succeeded);
             store.write(&[&r], &[OutMsg::result(&res)]).expect("write");
         }
     })

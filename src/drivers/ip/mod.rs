@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use self::proto::{IpClient, ProtoError, Request, Response};
 use super::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
-use crate::api::{Op, PaymentInfo};
+use crate::api::{Body, Op, PaymentInfo};
 use crate::store::CommandRecord;
 
 /// Journalled durably right before a pay/refund leaves for the terminal.
@@ -57,17 +57,17 @@ impl IpDriver {
     }
 
     fn request_for(cmd: &crate::api::Command) -> Option<Request> {
-        let r#ref = cmd.id.clone();
-        match cmd.op {
-            Op::Payment => Some(Request::Pay {
+        let r#ref = cmd.id.to_string();
+        match &cmd.body {
+            Body::Payment(m) => Some(Request::Pay {
                 r#ref,
-                amount: cmd.amount?,
-                currency: cmd.currency.clone().unwrap_or_default(),
+                amount: m.minor,
+                currency: m.currency.to_string(),
             }),
-            Op::Refund => Some(Request::Refund {
+            Body::Refund(r) => Some(Request::Refund {
                 r#ref,
-                transaction_id: cmd.transaction_id.clone()?,
-                amount: cmd.amount?,
+                transaction_id: r.transaction_id.clone()?,
+                amount: r.amount,
             }),
             _ => None,
         }
@@ -188,7 +188,7 @@ impl Driver for IpDriver {
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
-        match ctx.cmd().op {
+        match ctx.cmd().op() {
             Op::DeviceInfo => {
                 let mut c = match self.connect().await {
                     Ok(c) => c,
@@ -208,7 +208,7 @@ impl Driver for IpDriver {
                 Some(req) => self.run(ctx, req).await,
                 None => Fact::not_sent(
                     NotSentWhy::Unsupported,
-                    format!("ip terminal cannot run {}", ctx.cmd().op.as_str()),
+                    format!("ip terminal cannot run {}", ctx.cmd().op().as_str()),
                 ),
             },
         }

@@ -80,13 +80,13 @@ impl KaspiDriver {
 
     /// The route and query of a money op, from a validated command.
     fn request_for(cmd: &Command) -> Result<(&'static str, Query), String> {
-        let tenge = tenge_from_minor(cmd.amount.unwrap_or(0)).map_err(|e| e.to_string())?;
+        let tenge = tenge_from_minor(cmd.amount().unwrap_or(0)).map_err(|e| e.to_string())?;
         let own = cmd
             .extra
             .get("own_receipt")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        match cmd.op {
+        match cmd.op() {
             Op::Payment => Ok((
                 "payment",
                 vec![
@@ -95,11 +95,12 @@ impl KaspiDriver {
                 ],
             )),
             Op::Refund => {
-                let method = cmd
+                let refund = cmd.refund().ok_or("a refund without its fields")?;
+                let method = refund
                     .method
                     .clone()
                     .ok_or("refund without a method (the original payment has none)")?;
-                let txn = cmd
+                let txn = refund
                     .transaction_id
                     .clone()
                     .ok_or("refund without a transaction id (the original payment has none)")?;
@@ -113,7 +114,7 @@ impl KaspiDriver {
                     ],
                 ))
             }
-            _ => Err(format!("{} is not a money op", cmd.op.as_str())),
+            _ => Err(format!("{} is not a money op", cmd.op().as_str())),
         }
     }
 
@@ -159,7 +160,7 @@ impl KaspiDriver {
                     .and_then(|c| c.get("amount"))
                     .and_then(Value::as_str)
                     .map(|a| (a.to_string(), cheque_amount(a)));
-                let want = cmd.amount.and_then(|a| tenge_from_minor(a).ok());
+                let want = cmd.amount().and_then(|a| tenge_from_minor(a).ok());
                 if let (Some((text, got)), Some(want)) = (shown, want) {
                     if got.map(i64::abs) != Some(want) {
                         tracing::warn!(receipt_amount = %text, requested_tenge = want, answer = %crate::api::pan::mask_str(&d.raw.to_string()), "receipt amount differs from the request");
@@ -336,30 +337,30 @@ impl Driver for KaspiDriver {
 
     /// kaspi.md: whole tenge only, KZT only — refused before the terminal is touched.
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
-        if !cmd.op.moves_money() {
+        if !cmd.op().moves_money() {
             return Ok(());
         }
-        if let Some(c) = &cmd.currency {
+        if let Some(c) = cmd.currency() {
             if !c.eq_ignore_ascii_case("KZT") {
                 return Err(reject(
                     ErrorCode::BadRequest,
                     format!("field currency: Kaspi terminals take KZT only, not {c:?}"),
                 ));
             }
-        } else if cmd.op == Op::Payment {
+        } else if cmd.op() == Op::Payment {
             return Err(reject(
                 ErrorCode::BadRequest,
                 "field currency: KZT required",
             ));
         }
-        if let Err(e) = tenge_from_minor(cmd.amount.unwrap_or(0)) {
+        if let Err(e) = tenge_from_minor(cmd.amount().unwrap_or(0)) {
             return Err(reject(
                 ErrorCode::InvalidAmount,
                 format!("field amount: {e}"),
             ));
         }
-        if cmd.op == Op::Refund && cmd.original.is_none() {
-            match cmd.method.as_deref() {
+        if let Some(refund) = cmd.refund().filter(|r| r.original.is_none()) {
+            match refund.method.as_deref() {
                 Some("qr" | "card") => {}
                 other => {
                     return Err(reject(
@@ -375,7 +376,7 @@ impl Driver for KaspiDriver {
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
-        match ctx.cmd().op {
+        match ctx.cmd().op() {
             Op::DeviceInfo => self.device_info().await,
             Op::Payment | Op::Refund => self.run_money(ctx).await,
             op => Fact::not_sent(

@@ -128,8 +128,14 @@ impl KuveytDriver {
         return_url: Option<String>,
         cancel_url: Option<String>,
     ) -> Result<CreateRequest, String> {
-        let amount = cmd.amount.ok_or("field amount: required")?;
-        let currency = cmd.currency.clone().ok_or("field currency: required")?;
+        let crate::api::Body::Payment(money) = &cmd.body else {
+            return Err(format!(
+                "op {}: kuveyt terminals take payments only",
+                cmd.op().as_str()
+            ));
+        };
+        let amount = money.minor;
+        let currency = money.currency.to_string();
         let exp = money::exponent(&currency).ok_or_else(|| {
             format!("field currency: {currency:?}: posbridge does not know its minor unit")
         })?;
@@ -383,7 +389,7 @@ impl Driver for KuveytDriver {
         if let Err(e) = &self.provider {
             return Err(Rejection::new(ErrorCode::DeviceUnavailable, e.clone()));
         }
-        if cmd.op == Op::Payment {
+        if cmd.op() == Op::Payment {
             Self::create_request(cmd, String::new(), None, None)
                 .map_err(|e| Rejection::new(ErrorCode::BadRequest, e))?;
         }
@@ -395,7 +401,7 @@ impl Driver for KuveytDriver {
             Ok(p) => p,
             Err(f) => return f,
         };
-        match ctx.cmd().op {
+        match ctx.cmd().op() {
             Op::Payment => match self.create(ctx, p).await {
                 Ok(created) => self.wait_paid(ctx, p, &created).await,
                 Err(f) => f,
@@ -515,7 +521,10 @@ mod tests {
         .expect_err("age");
         assert!(e.starts_with("field customer.age"), "{e}");
         let mut c = cmd("");
-        c.currency = Some("XXX".into());
+        c.body = crate::api::Body::Payment(crate::api::Money {
+            minor: 15000,
+            currency: crate::api::Currency::parse("XXX").expect("a currency code"),
+        });
         assert!(KuveytDriver::create_request(&c, String::new(), None, None)
             .expect_err("cur")
             .starts_with("field currency"));

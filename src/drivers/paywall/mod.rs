@@ -351,7 +351,7 @@ impl Driver for PaywallDriver {
         if let Err(e) = &self.link {
             return Err(Rejection::new(ErrorCode::DeviceUnavailable, e.clone()));
         }
-        if cmd.op == Op::Payment {
+        if cmd.op() == Op::Payment {
             let muc = api::merchant_unique_code(&self.agent_id, &cmd.id);
             api::sale_request(cmd, &self.terminal_guid, muc, &self.currency_ids)
                 .map_err(|e| Rejection::new(ErrorCode::BadRequest, e.to_string()))?;
@@ -360,7 +360,7 @@ impl Driver for PaywallDriver {
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
-        match ctx.cmd().op {
+        match ctx.cmd().op() {
             Op::Payment => self.sale(ctx).await,
             Op::DeviceInfo => match self.probe().await {
                 Ok(identity) => Fact::approved(None, Some(identity)),
@@ -392,7 +392,7 @@ impl Driver for PaywallDriver {
     }
 
     async fn query(&self, record: &CommandRecord) -> Option<Fact> {
-        if record.cmd.op != Op::Payment {
+        if record.cmd.op() != Op::Payment {
             return None;
         }
         let link = self.link.as_ref().ok()?;
@@ -419,7 +419,7 @@ impl Driver for PaywallDriver {
     }
 
     fn can_cancel(&self, record: &CommandRecord) -> bool {
-        record.cmd.op == Op::Payment && self.link.is_ok()
+        record.cmd.op() == Op::Payment && self.link.is_ok()
     }
 
     /// `sale/rollback` while the device has not received the sale, else `sync/cancel`

@@ -180,8 +180,8 @@ impl TokenDriver {
     fn basket_for(&self, cmd: &Command) -> Result<DeviceBasket, String> {
         basket::validate(
             cmd.extra.get("basket"),
-            cmd.amount,
-            cmd.currency.as_deref(),
+            cmd.amount(),
+            cmd.currency().map(|c| c.as_str()),
             self.cfg.quantity_scale,
         )
     }
@@ -421,7 +421,7 @@ impl Driver for TokenDriver {
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
-        if cmd.op != Op::Payment {
+        if cmd.op() != Op::Payment {
             return Ok(());
         }
         self.basket_for(cmd).map(|_| ()).map_err(|m| {
@@ -435,7 +435,7 @@ impl Driver for TokenDriver {
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
-        match ctx.cmd().op {
+        match ctx.cmd().op() {
             Op::Payment => self.payment(ctx).await,
             Op::DeviceInfo => {
                 let policy = match self.policy() {

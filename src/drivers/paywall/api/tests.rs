@@ -207,7 +207,10 @@ fn every_rule_names_its_field() {
     let e = sale_request(
         &{
             let mut c = cmd(json!({"products": [product("a", 100)]}), 100);
-            c.currency = Some("USD".into());
+            c.body = crate::api::Body::Payment(crate::api::Money {
+                minor: 100,
+                currency: crate::api::Currency::parse("USD").expect("a currency code"),
+            });
             c
         },
         "g",

@@ -127,10 +127,10 @@ pub fn sale_request(
     muc: Uuid,
     currency_ids: &BTreeMap<String, u32>,
 ) -> Result<SaleRequest, FieldError> {
-    let Some(amount) = cmd.amount else {
+    let Some(amount) = cmd.amount() else {
         return err("amount", "required");
     };
-    let currency = cmd.currency.clone().unwrap_or_default();
+    let currency = cmd.currency().map(|c| c.to_string()).unwrap_or_default();
     let Some(&currency_id) = currency_ids.get(&currency) else {
         let known: Vec<&str> = currency_ids.keys().map(String::as_str).collect();
         return err(
