@@ -9,7 +9,7 @@ use super::Config;
 
 /// Keys the types accept: `section.key` (and top-level `key`), and per terminal kind.
 fn type_keys() -> (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) {
-    let c = Config::from_toml_str(super::tests::FULL).expect("full example");
+    let c = Config::from_toml_str(super::test_fixtures::FULL).expect("full example");
     let v = serde_json::to_value(&c).expect("serialise");
     let mut top = BTreeSet::new();
     let mut kinds: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -496,7 +496,7 @@ pub(super) fn redact_userinfo(url: &str) -> String {
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://{}@{}", super::MASK, &rest[at + 1..]),
+        Some(at) => format!("{scheme}://{}@{}", super::mask::MASK, &rest[at + 1..]),
         None => url.to_owned(),
     }
 }

@@ -2,7 +2,8 @@
 //! without USB): an Android register that answers `GET_PROTOCOL`, takes `SEND_STRING`
 //! and `START`, re-enumerates as an accessory after a scripted number of bus scans, and
 //! whose bulk endpoints are a byte pipe handed to the test (which bridges it to the
-//! Token simulator's device side). Every call is recorded for the assertions.
+//! Token simulator's device side). Every call is recorded for the assertions. Also the
+//! devices (the register, a mouse, a phone) and the fast timing the USB tests share.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::aoa::{
-    ACCESSORY_GET_PROTOCOL, ACCESSORY_SEND_STRING, ACCESSORY_START, PID_ACCESSORY_ADB,
+    AoaTiming, ACCESSORY_GET_PROTOCOL, ACCESSORY_SEND_STRING, ACCESSORY_START, PID_ACCESSORY_ADB,
     RT_VENDOR_IN, RT_VENDOR_OUT, VID_GOOGLE,
 };
 use super::{Ctrl, DevInfo, Endpoints, UsbBackend, UsbError, UsbErrorKind};
@@ -93,6 +94,43 @@ pub fn android_device(address: u8, serial: &str) -> DevInfo {
         serial: Some(serial.into()),
         manufacturer: Some("TOKEN".into()),
         product: Some("X30TR".into()),
+    }
+}
+
+pub fn mouse() -> DevInfo {
+    DevInfo {
+        bus: 1,
+        address: 2,
+        vid: 0x046d,
+        pid: 0xc52b,
+        serial: None,
+        manufacturer: Some("Logitech".into()),
+        product: None,
+    }
+}
+
+pub fn other_android() -> DevInfo {
+    // Another Android device (a phone) with another vendor id: never probed by default.
+    DevInfo {
+        bus: 1,
+        address: 3,
+        vid: 0x04e8,
+        pid: 0x6860,
+        serial: Some("PHONE".into()),
+        manufacturer: None,
+        product: None,
+    }
+}
+
+/// Timing with short timeouts and retry delays, so the fake's retries run fast.
+pub fn fast() -> AoaTiming {
+    AoaTiming {
+        control_timeout: Duration::from_millis(100),
+        open_attempts: 4,
+        retry_delay: Duration::from_millis(10),
+        write_timeout: Duration::from_secs(5),
+        read_poll: Duration::from_millis(50),
+        read_buffer: 15000,
     }
 }
 

@@ -21,9 +21,11 @@ pub mod rusb_backend;
 pub mod stream;
 
 #[cfg(test)]
+mod aoa_tests;
+#[cfg(test)]
 mod driver_tests;
 #[cfg(test)]
-mod tests;
+mod link_tests;
 
 use std::fmt;
 use std::path::PathBuf;

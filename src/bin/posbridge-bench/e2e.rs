@@ -1,0 +1,101 @@
+//! The payment round trip: a cloud client's payment command to its `succeeded` result
+//! through the broker, the agent and the IP simulator, p50 and p99 against the floor of
+//! one QoS 1 request → reply, one simulator call and the durability promise's syncs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use posbridge::testkit::Broker;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::floors::{floor_rr, floor_sim, floor_sync, PROMISE_SYNCS};
+use crate::kit::{ip_sim, ip_terminal, spec, start_agent, wait_online, Client};
+use crate::{micros, pct, Figure};
+
+pub(crate) async fn bench_e2e(
+    broker: &Broker,
+    n: usize,
+    figs: &mut Vec<Figure>,
+    j: &mut Value,
+) -> Result<()> {
+    let port = broker.port();
+    let (sim_addr, _sim) = ip_sim(0).await?;
+    let dir = tempfile::tempdir()?;
+    let spec = ip_terminal(spec("bench-e2e", port, 16), "ip-1", &sim_addr)?;
+    let mut cloud =
+        Client::connect(port, "bench-e2e-cloud", Some("posbridge/bench-e2e/#"), true).await?;
+    let agent = start_agent(dir.path(), &spec)?;
+    if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
+        bail!("{e:#}\n{}", agent.log_tail(20));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let id = format!("e2e-{i}");
+        let cmd =
+            json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"});
+        let t = Instant::now();
+        cloud
+            .client
+            .publish(
+                "posbridge/bench-e2e/cmd",
+                QoS::AtLeastOnce,
+                false,
+                cmd.to_string(),
+            )
+            .await?;
+        loop {
+            let (topic, p) = match cloud.recv(Duration::from_secs(30)).await {
+                Ok(m) => m,
+                Err(e) => bail!("{e:#}\n{}", agent.log_tail(20)),
+            };
+            if topic.ends_with("/result") {
+                let v: Value = serde_json::from_slice(&p)?;
+                if v["id"] == id.as_str() {
+                    if v["state"] != "succeeded" {
+                        bail!("payment {id} ended {v}");
+                    }
+                    break;
+                }
+            }
+        }
+        if i >= 20 {
+            lat.push(micros(t.elapsed()));
+        }
+    }
+    drop(agent);
+    let mut rr = floor_rr(port, n).await?;
+    let mut sim = floor_sim(&sim_addr, n).await?;
+    let fdir = tempfile::tempdir()?;
+    let mut sync = tokio::task::block_in_place(|| floor_sync(fdir.path(), n))?;
+    let (rr50, sim50, sync50) = (pct(&mut rr, 0.5), pct(&mut sim, 0.5), pct(&mut sync, 0.5));
+    let floor = rr50 + sim50 + PROMISE_SYNCS * sync50;
+    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    figs.push(Figure {
+        name: "payment round trip p50".into(),
+        value: p50,
+        unit: "µs",
+        limit: floor,
+        ratio: p50 / floor,
+        goal: "≤ 1.2 × floor".into(),
+        met: p50 <= 1.2 * floor,
+    });
+    figs.push(Figure {
+        name: "payment round trip p99".into(),
+        value: p99,
+        unit: "µs",
+        limit: floor,
+        ratio: p99 / floor,
+        goal: "≤ floor + 2 ms".into(),
+        met: p99 <= floor + 2000.0,
+    });
+    j["e2e"] = json!({
+        "n": n, "p50_us": p50, "p99_us": p99, "floor_us": floor,
+        "floor_parts_us": {"qos1_rr_p50": rr50, "sim_call_p50": sim50, "sync_p50": sync50, "syncs": PROMISE_SYNCS},
+        "ratio_p50": p50 / floor, "p99_minus_floor_us": p99 - floor,
+    });
+    println!(
+        "e2e: floor parts p50: QoS1 rr {rr50:.0} µs, sim call {sim50:.0} µs, durable write {sync50:.0} µs × {PROMISE_SYNCS}"
+    );
+    Ok(())
+}

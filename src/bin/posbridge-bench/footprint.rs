@@ -1,0 +1,125 @@
+//! Footprint: idle RSS with one terminal of each of the five kinds (against their
+//! simulators), the stripped binary's size, and the time from start to `online`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use posbridge::testkit::Broker;
+use serde_json::{json, Value};
+
+use crate::kit::{agent_bin, ip_sim, ip_terminal, spec, start_agent, wait_online, Client};
+use crate::Figure;
+
+pub(crate) async fn bench_footprint(
+    broker: &Broker,
+    figs: &mut Vec<Figure>,
+    j: &mut Value,
+) -> Result<()> {
+    let port = broker.port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (ip_addr, _ip) = ip_sim(0).await?;
+    let token = posbridge::sim::token::TokenSim::bind(
+        "127.0.0.1:0".parse()?,
+        posbridge::sim::token::SimOptions::default(),
+        None,
+    )
+    .await?;
+    let token_addr = token.local_addr();
+    token.spawn(shutdown.clone());
+    let kaspi = posbridge::sim::kaspi::KaspiSim::bind(
+        "127.0.0.1:0".parse()?,
+        posbridge::sim::kaspi::SimOptions::default(),
+    )
+    .await?;
+    let kaspi_url = kaspi.url();
+    kaspi.spawn(shutdown.clone());
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let pw = posbridge::sim::paywall::PaywallSim::bind(any, Default::default()).await?;
+    let kv = posbridge::sim::kuveyt::KuveytSim::bind(any, Default::default()).await?;
+    let (pw_url, kv_url) = (pw.base_url("test"), kv.base_url("test"));
+    pw.spawn(shutdown.clone());
+    kv.spawn(shutdown.clone());
+    let dir = tempfile::tempdir()?;
+    let (k, s) = (dir.path().join("api_key"), dir.path().join("secret"));
+    std::fs::write(&k, "test-api-key")?;
+    std::fs::write(&s, "test-secret")?;
+    let mut spec = ip_terminal(spec("bench-fp", port, 16), "ip-1", &ip_addr)?;
+    spec.extra = format!(
+        "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{token_addr}\"\n\
+         [[terminals]]\nid = \"kaspi-1\"\nkind = \"kaspi\"\nurl = \"{kaspi_url}\"\nprotected = false\n\
+         [[terminals]]\nid = \"paywall-1\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"{pw_url}\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\napi_key_file = \"{k}\"\nclient_key_file = \"{s}\"\n\
+         [[terminals]]\nid = \"kuveyt-1\"\nkind = \"kuveyt\"\nmode = \"test\"\ntest_url = \"{kv_url}\"\napi_key_file = \"{k}\"\napi_secret_file = \"{s}\"\n",
+        k = k.display(),
+        s = s.display()
+    );
+    let mut cloud = Client::connect(
+        port,
+        "bench-fp-cloud",
+        Some("posbridge/bench-fp/status"),
+        true,
+    )
+    .await?;
+    let bin = agent_bin()?;
+    let t = Instant::now();
+    let agent = start_agent(dir.path(), &spec)?;
+    if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
+        bail!("{e:#}\n{}", agent.log_tail(20));
+    }
+    let start_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // Idle: let the drivers finish connecting and the allocator settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = agent.proc_status("VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    let mib = |f: &str| agent.proc_status(f).unwrap_or(0) as f64 / 1024.0;
+    let (anon, file) = (mib("RssAnon:"), mib("RssFile:"));
+    let threads = agent.proc_status("Threads:").unwrap_or(0);
+    println!("footprint: idle RSS {rss:.1} MiB = anon {anon:.1} + file-backed {file:.1} (+ shmem); {threads} threads");
+    j["footprint_parts"] = json!({"rss_anon_mib": anon, "rss_file_mib": file, "threads": threads});
+    drop(agent);
+    shutdown.cancel();
+    let size = std::fs::metadata(&bin)?.len() as f64 / (1024.0 * 1024.0);
+    let stripped = {
+        let out = dir.path().join("posbridge.stripped");
+        let ok = Command::new("strip")
+            .arg("-o")
+            .arg(&out)
+            .arg(&bin)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            std::fs::metadata(&out)?.len() as f64 / (1024.0 * 1024.0)
+        } else {
+            size
+        }
+    };
+    figs.push(Figure {
+        name: "idle RSS, 5 terminal kinds".into(),
+        value: rss,
+        unit: "MiB",
+        limit: 8.0,
+        ratio: rss / 8.0,
+        goal: "≤ 8 MiB".into(),
+        met: rss <= 8.0,
+    });
+    figs.push(Figure {
+        name: format!("binary, stripped ({})", std::env::consts::ARCH),
+        value: stripped,
+        unit: "MiB",
+        limit: 8.0,
+        ratio: stripped / 8.0,
+        goal: "≤ 8 MiB (aarch64)".into(),
+        met: stripped <= 8.0,
+    });
+    figs.push(Figure {
+        name: "start to online".into(),
+        value: start_ms,
+        unit: "ms",
+        limit: 200.0,
+        ratio: start_ms / 200.0,
+        goal: "≤ 200 ms".into(),
+        met: start_ms <= 200.0,
+    });
+    j["footprint"] = json!({"idle_rss_mib": rss, "binary_mib": size, "binary_stripped_mib": stripped, "start_to_online_ms": start_ms, "arch": std::env::consts::ARCH});
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The test kit (`posbridge::testkit`) as the bench uses it: [`Client`] (the kit's MQTT
+//! stream with the bench's error handling), the agent binary found or built next to this
+//! one, an [`AgentSpec`] for one figure, the agent started on it, the broker paused and
+//! resumed, an IP simulator, the wait for the agent's `online` status, and a byte search
+//! in payloads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use posbridge::testkit::{Agent, AgentSpec, Broker, Stream};
+
+/// The kit's [`Stream`] with the bench's error handling.
+pub(crate) struct Client(Stream);
+
+impl Client {
+    pub(crate) async fn connect(
+        port: u16,
+        id: &str,
+        sub: Option<&str>,
+        clean: bool,
+    ) -> Result<Client> {
+        Ok(Client(Stream::connect(port, id, sub, clean).await))
+    }
+
+    pub(crate) async fn recv(&mut self, within: Duration) -> Result<(String, bytes::Bytes)> {
+        self.0
+            .recv(within)
+            .await
+            .context("timed out waiting for a message")
+    }
+}
+
+impl std::ops::Deref for Client {
+    type Target = Stream;
+    fn deref(&self) -> &Stream {
+        &self.0
+    }
+}
+
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+pub(crate) fn agent_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("posbridge");
+    if !bin.exists() {
+        // `cargo run --bin posbridge-bench` builds only this binary: build the agent too.
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let profile = if cfg!(debug_assertions) {
+                vec![]
+            } else {
+                vec!["--release"]
+            };
+            let st = Command::new(cargo)
+                .args(["build", "--bin", "posbridge"])
+                .args(profile)
+                .status()?;
+            if !st.success() {
+                bail!("cargo build --bin posbridge failed");
+            }
+        }
+    }
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release --bins` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The agent for one figure: unsigned commands, quiet logs (BENCH_LOG=debug to see what it
+/// does; logging costs time), no telemetry during the run.
+pub(crate) fn spec(agent_id: &str, port: u16, queue_depth: usize) -> AgentSpec {
+    AgentSpec {
+        queue_depth,
+        keep_alive: "30s".into(),
+        telemetry_interval: "60s".into(),
+        log_level: std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        ..AgentSpec::new(agent_id, port)
+    }
+}
+
+/// An IP terminal with customer time allowed for.
+pub(crate) fn ip_terminal(s: AgentSpec, id: &str, addr: &str) -> Result<AgentSpec> {
+    Ok(s.ip_with(id, addr.parse()?, &[("op_timeout", "120s")]))
+}
+
+pub(crate) fn start_agent(dir: &Path, spec: &AgentSpec) -> Result<Agent> {
+    // The kit's Agent runs the binary named here (built if missing).
+    std::env::set_var("POSBRIDGE_BIN", agent_bin()?);
+    Ok(Agent::start(spec, dir))
+}
+
+/// Graceful broker stop (mosquitto saves its sessions) and start again.
+pub(crate) fn pause(broker: &mut Broker) -> Result<()> {
+    match broker {
+        Broker::Mosquitto(m) => {
+            m.stop();
+            Ok(())
+        }
+        Broker::Embedded { .. } => bail!("the embedded broker cannot be restarted"),
+    }
+}
+
+pub(crate) fn resume(broker: &mut Broker) {
+    if let Broker::Mosquitto(m) = broker {
+        m.resume();
+    }
+}
+
+pub(crate) async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::CancellationToken)> {
+    use posbridge::sim::ip::{IpSim, SimOptions};
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sim = IpSim::bind(
+        "127.0.0.1:0".parse()?,
+        SimOptions {
+            fail_rate: 0.0,
+            seed: Some(1),
+            delay_ms,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let addr = sim.local_addr().to_string();
+    sim.spawn(stop.clone());
+    Ok((addr, stop))
+}
+
+pub(crate) async fn wait_online(c: &mut Client, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (topic, p) = c.recv(left).await.context("agent never came online")?;
+        if topic.ends_with("/status") && contains(&p, b"\"online\"") {
+            return Ok(());
+        }
+    }
+}
