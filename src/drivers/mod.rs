@@ -7,6 +7,7 @@
 
 pub mod cloud;
 pub mod fact;
+pub mod http;
 pub mod ip;
 pub mod kaspi;
 pub mod kuveyt;

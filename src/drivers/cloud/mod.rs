@@ -112,24 +112,7 @@ pub fn secret_header(value: &str) -> reqwest::header::HeaderValue {
 }
 
 /// Why a call gave no usable answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallError {
-    /// The request never left (connection refused, DNS, TLS handshake): nothing can have
-    /// happened on the provider's side.
-    NotSent(String),
-    /// It was sent, or may have been, but the answer is unusable (timeout, reset, 5xx,
-    /// an HTML error page, an empty or non-JSON body): the provider may have acted.
-    MaybeSent(String),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::NotSent(m) => write!(f, "request not sent: {m}"),
-            CallError::MaybeSent(m) => write!(f, "no usable answer: {m}"),
-        }
-    }
-}
+use super::http::Transport;
 
 /// A JSON object answer with its HTTP status, keys lower-cased at every level
 /// (`paywall.md`: key casing varies between routes — parse case-insensitively).
@@ -144,15 +127,15 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// Turn a raw HTTP answer into a [`Reply`] or a clear error. Pure: unit-tested with the
 /// odd answers a proxy or a broken server gives.
-pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<Reply, CallError> {
+pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<Reply, Transport> {
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(CallError::MaybeSent(format!(
+        return Err(Transport::MaybeSent(format!(
             "HTTP {status} with an empty body"
         )));
     }
     if body.len() > MAX_BODY {
-        return Err(CallError::MaybeSent(format!(
+        return Err(Transport::MaybeSent(format!(
             "HTTP {status} with a body over {MAX_BODY} bytes"
         )));
     }
@@ -164,17 +147,17 @@ pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<
             None => format!("{:?}", text.chars().take(80).collect::<String>()),
         };
         let ct = if ct.is_empty() { "none" } else { &ct };
-        return Err(CallError::MaybeSent(format!(
+        return Err(Transport::MaybeSent(format!(
             "HTTP {status} answered Content-Type {ct}, not JSON: {what}"
         )));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        CallError::MaybeSent(format!(
+        Transport::MaybeSent(format!(
             "HTTP {status} with a body that is not valid JSON: {e}"
         ))
     })?;
     if !v.is_object() {
-        return Err(CallError::MaybeSent(format!(
+        return Err(Transport::MaybeSent(format!(
             "HTTP {status} with a JSON body that is not an object"
         )));
     }
@@ -234,13 +217,10 @@ pub fn http_client(
 }
 
 /// Send a prepared request and classify the answer.
-pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply, CallError> {
+pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply, Transport> {
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_connect() || e.is_builder() => {
-            return Err(CallError::NotSent(error_chain(&e)))
-        }
-        Err(e) => return Err(CallError::MaybeSent(error_chain(&e))),
+        Err(e) => return Err(Transport::of(e)),
     };
     let status = resp.status().as_u16();
     let ct = resp
@@ -256,7 +236,7 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply, CallError> {
         match resp.chunk().await {
             Ok(Some(c)) => {
                 if body.len() + c.len() > MAX_BODY {
-                    return Err(CallError::MaybeSent(format!(
+                    return Err(Transport::MaybeSent(format!(
                         "HTTP {status} with a body over {MAX_BODY} bytes"
                     )));
                 }
@@ -264,30 +244,14 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply, CallError> {
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(CallError::MaybeSent(format!(
+                return Err(Transport::MaybeSent(format!(
                     "HTTP {status}, body lost: {}",
-                    error_chain(&e)
+                    super::http::error_chain(&e)
                 )))
             }
         }
     }
     classify(status, ct.as_deref(), &body)
-}
-
-/// `reqwest` hides the useful part ("connection refused", "operation timed out") in its
-/// source chain.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// URL without user info, for logs and messages.
@@ -344,7 +308,7 @@ mod tests {
         )
         .await;
         match r {
-            Err(CallError::MaybeSent(m)) => assert!(m.contains("body over"), "{m}"),
+            Err(Transport::MaybeSent(m)) => assert!(m.contains("body over"), "{m}"),
             other => panic!("{other:?}"),
         }
         let n = sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -366,19 +330,19 @@ mod tests {
         let e = classify(502, Some("text/html"), html).expect_err("html");
         assert_eq!(
             e,
-            CallError::MaybeSent(
+            Transport::MaybeSent(
                 "HTTP 502 answered Content-Type text/html, not JSON: an HTML page (\"502 Bad Gateway\")"
                     .into()
             )
         );
         let e = classify(200, Some("application/json"), b"").expect_err("empty");
         assert!(
-            matches!(&e, CallError::MaybeSent(m) if m.contains("empty body")),
+            matches!(&e, Transport::MaybeSent(m) if m.contains("empty body")),
             "{e}"
         );
         let e = classify(200, Some("text/plain"), br#"{"Succeeded":true}"#).expect_err("ct");
         assert!(
-            matches!(&e, CallError::MaybeSent(m) if m.contains("text/plain")),
+            matches!(&e, Transport::MaybeSent(m) if m.contains("text/plain")),
             "{e}"
         );
         let e = classify(200, None, br#"{"a":1}"#).expect_err("no ct");

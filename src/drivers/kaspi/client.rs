@@ -3,6 +3,7 @@
 //! registration (`/v2/register`). Tokens live encrypted at rest (crate::secrets); a new
 //! pair is made durable before it is used.
 
+use crate::drivers::http::Transport;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,9 +29,8 @@ const MAX_BODY: usize = 256 * 1024;
 pub enum CallError {
     /// The terminal answered, with an error or an odd body.
     Api(ApiError),
-    /// The request failed on the way. `sent = false`: it surely never reached the
-    /// terminal (connect or TLS handshake failed).
-    Transport { sent: bool, message: String },
+    /// The request failed on the way (the shared verdict: never left, or may have).
+    Transport(Transport),
     /// No usable token: a person must re-register the terminal.
     Auth(String),
 }
@@ -39,7 +39,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Api(e) => write!(f, "{e}"),
-            CallError::Transport { message, .. } => f.write_str(message),
+            CallError::Transport(t) => f.write_str(t.message()),
             CallError::Auth(m) => f.write_str(m),
         }
     }
@@ -134,16 +134,12 @@ impl KaspiClient {
         // without_url: the query of /v2/revoke carries the refresh token.
         let transport = |e: reqwest::Error| {
             let connect = e.is_connect();
-            let sent = !connect && !e.is_builder();
             let hint = if connect {
                 "could not connect: is the terminal on, is the url right, does a firewall block port 8080?"
             } else {
                 "the request may have reached the terminal"
             };
-            CallError::Transport {
-                sent,
-                message: format!("{route}: {} ({hint})", tls::chain(&e.without_url())),
-            }
+            CallError::Transport(Transport::of(e).map_message(|m| format!("{route}: {m} ({hint})")))
         };
         let mut resp = req.send().await.map_err(transport)?;
         let http = resp.status().as_u16();
@@ -270,7 +266,8 @@ impl KaspiClient {
             .and_then(|d| TokenAnswer::parse(&d).map_err(CallError::Api));
         let fresh = match answer {
             Ok(a) => TokenPair::from_answer(a, Utc::now()),
-            Err(CallError::Transport { message, .. }) => {
+            Err(CallError::Transport(t)) => {
+                let message = t.message();
                 // The terminal may have renewed and the answer got lost: the old token is
                 // then dead, and only re-registration helps. Nothing else to do.
                 return Err(CallError::Auth(format!(

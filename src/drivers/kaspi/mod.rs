@@ -11,6 +11,7 @@ pub mod process;
 pub mod register;
 pub mod tls;
 
+use crate::drivers::http::Transport;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -123,10 +124,10 @@ impl KaspiDriver {
         match e {
             // The terminal answered 401/403 (after a renewal attempt): nothing started.
             CallError::Auth(m) => Fact::refused(Refusal::Unauthorized, m, None),
-            CallError::Transport { sent: false, message } => {
+            CallError::Transport(Transport::NotSent(message)) => {
                 Fact::not_sent(NotSentWhy::Unreachable, message)
             }
-            CallError::Transport { sent: true, message } => Fact::CannotAsk {
+            CallError::Transport(Transport::MaybeSent(message)) => Fact::CannotAsk {
                 why: format!("the terminal's answer to the start request was lost, so its processId is unknown and the operation may be running on the terminal: {message}"),
             },
             CallError::Api(e) => match e.device_code() {
@@ -233,7 +234,7 @@ impl KaspiDriver {
                 Err(e) => Answer::Error(e),
             },
             Err(CallError::Api(e)) => Answer::Error(e),
-            Err(CallError::Transport { message, .. }) => Answer::Transport(message),
+            Err(CallError::Transport(t)) => Answer::Transport(t.message().to_string()),
             // Renewal already failed: the machine ends `unknown`, keeping the processId.
             Err(CallError::Auth(m)) => Answer::Error(ApiError::Unauthorized(m)),
         }
@@ -304,11 +305,10 @@ impl KaspiDriver {
         match client.call("deviceinfo", &[]).await {
             Ok(data) => Fact::approved(None, Some(data)),
             Err(CallError::Auth(m)) => Fact::refused(Refusal::Unauthorized, m, None),
-            Err(CallError::Transport {
-                sent: false,
-                message,
-            }) => Fact::not_sent(NotSentWhy::Unreachable, message),
-            Err(CallError::Transport { message, .. }) => Fact::lost(message),
+            Err(CallError::Transport(Transport::NotSent(message))) => {
+                Fact::not_sent(NotSentWhy::Unreachable, message)
+            }
+            Err(CallError::Transport(t)) => Fact::lost(t.message()),
             Err(CallError::Api(e)) => Fact::refused(Refusal::DeviceError, e.to_string(), None),
         }
     }
@@ -457,10 +457,10 @@ impl Driver for KaspiDriver {
                     error: Some(e.to_string()),
                 },
             },
-            Err(CallError::Transport { message, .. }) => Health {
+            Err(CallError::Transport(t)) => Health {
                 state: crate::api::TerminalState::Disconnected,
                 identity: Value::Null,
-                error: Some(format!("{} ({})", message, client.base())),
+                error: Some(format!("{} ({})", t.message(), client.base())),
             },
             Err(e) => Health {
                 state: crate::api::TerminalState::Error,

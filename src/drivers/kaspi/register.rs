@@ -3,6 +3,7 @@
 //! encrypted at rest, and prints what to pin. The agent must be stopped: the store is
 //! single-process.
 
+use crate::drivers::http::Transport;
 use anyhow::{bail, Context};
 
 use super::client::{CallError, KaspiClient};
@@ -32,7 +33,7 @@ pub async fn run(cfg: &Config, terminal: &str) -> anyhow::Result<String> {
     );
     let pair = match client.register().await {
         Ok(p) => p,
-        Err(CallError::Transport { sent: true, message }) => bail!(
+        Err(CallError::Transport(Transport::MaybeSent(message))) => bail!(
             "no answer within register_timeout ({:?}): did the cashier press \"Allow\"? ({message})",
             k.register_timeout
         ),

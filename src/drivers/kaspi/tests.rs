@@ -1,6 +1,7 @@
 //! Pure parts of the driver: validation, request mapping, outcome mapping.
 
 use super::*;
+use crate::drivers::http::Transport;
 
 fn driver() -> KaspiDriver {
     KaspiDriver {
@@ -77,10 +78,8 @@ fn requests_carry_whole_tenge_and_owncheque() {
 
 #[test]
 fn start_failures_never_guess() {
-    let refused = KaspiDriver::start_failure(CallError::Transport {
-        sent: false,
-        message: "connect".into(),
-    });
+    let refused =
+        KaspiDriver::start_failure(CallError::Transport(Transport::NotSent("connect".into())));
     assert!(matches!(
         refused,
         Fact::NotSent {
@@ -88,10 +87,8 @@ fn start_failures_never_guess() {
             ..
         }
     ));
-    let lost = KaspiDriver::start_failure(CallError::Transport {
-        sent: true,
-        message: "timeout".into(),
-    });
+    let lost =
+        KaspiDriver::start_failure(CallError::Transport(Transport::MaybeSent("timeout".into())));
     assert!(matches!(lost, Fact::CannotAsk { .. }), "{lost:?}");
     let busy = KaspiDriver::start_failure(CallError::Api(ApiError::Device {
         http: 200,

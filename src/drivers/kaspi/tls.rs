@@ -91,20 +91,7 @@ pub fn build(id: &str, cfg: &KaspiTerminal) -> Result<Endpoint, String> {
     Ok(Endpoint { http, base })
 }
 
-/// An error with its causes, `a: b: c` (reqwest hides the TLS reason in the chain).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
+use crate::drivers::http::error_chain as chain;
 
 pub fn pinned_config(pin_hex: &str) -> Result<rustls::ClientConfig, String> {
     let pin = hex::decode(pin_hex.trim())

@@ -18,7 +18,8 @@ use serde_json::{json, Map, Value};
 use self::provider::{
     CreateRequest, Created, CustomerInfo, KuveytApi, LinkStatus, PayByLink, ProviderError,
 };
-use super::cloud::{self, money, CallError};
+use super::cloud::{self, money};
+use super::http::Transport;
 use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{KuveytTerminal, ProviderMode};
@@ -258,14 +259,14 @@ impl KuveytDriver {
                         None,
                     ));
                 }
-                Err(ProviderError::Call(CallError::NotSent(e))) if !maybe_sent => {
+                Err(ProviderError::Call(Transport::NotSent(e))) if !maybe_sent => {
                     return Err(Fact::not_sent(
                         NotSentWhy::Unreachable,
                         format!("could not reach the payment provider: {e}"),
                     ));
                 }
                 Err(e) => {
-                    maybe_sent |= !matches!(e, ProviderError::Call(CallError::NotSent(_)));
+                    maybe_sent |= !matches!(e, ProviderError::Call(Transport::NotSent(_)));
                     tracing::warn!(error = %e, order_id = %order_id, "create gave no usable answer; retrying with the same order id");
                     if Utc::now()
                         + chrono::Duration::from_std(self.poll_interval).unwrap_or_default()

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::drivers::cloud::{self, CallError, Credential};
+use crate::drivers::cloud::{self, Credential};
+use crate::drivers::http::Transport;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerInfo {
@@ -61,7 +62,7 @@ pub enum LinkStatus {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderError {
-    Call(CallError),
+    Call(Transport),
     /// A definite "no" from the provider (bad request, wrong credentials, not found).
     Refused {
         http: u16,
@@ -122,7 +123,7 @@ impl KuveytApi {
         .await
         .map_err(ProviderError::Call)?;
         if reply.status >= 500 {
-            return Err(ProviderError::Call(CallError::MaybeSent(format!(
+            return Err(ProviderError::Call(Transport::MaybeSent(format!(
                 "HTTP {}: {}",
                 reply.status,
                 message(&reply.body)
@@ -209,7 +210,7 @@ impl PayByLink for KuveytApi {
         }
         let reply = self.post("/api/payments/create/", body).await?;
         let created =
-            parse_created(&reply.body).map_err(|e| ProviderError::Call(CallError::MaybeSent(e)))?;
+            parse_created(&reply.body).map_err(|e| ProviderError::Call(Transport::MaybeSent(e)))?;
         Ok((created, reply.body))
     }
 
@@ -221,7 +222,7 @@ impl PayByLink for KuveytApi {
             )
             .await?;
         let st =
-            parse_status(&reply.body).map_err(|e| ProviderError::Call(CallError::MaybeSent(e)))?;
+            parse_status(&reply.body).map_err(|e| ProviderError::Call(Transport::MaybeSent(e)))?;
         Ok((st, reply.body))
     }
 

@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use self::api::{Envelope, PaymentRef, PaymentView, Status};
-use super::cloud::{self, CallError, Credential, Reply};
+use super::cloud::{self, Credential, Reply};
+use super::http::Transport;
 use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorBody, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{PaywallTerminal, ProviderMode};
@@ -159,7 +160,7 @@ impl PaywallDriver {
         path: &str,
         body: String,
         timeout: Duration,
-    ) -> Result<Reply, CallError> {
+    ) -> Result<Reply, Transport> {
         cloud::send(
             self.request(link, reqwest::Method::POST, path)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -294,14 +295,14 @@ impl PaywallDriver {
             .await
         {
             Ok(reply) => sale_answer(&reply),
-            Err(CallError::NotSent(e)) => Fact::not_sent(
+            Err(Transport::NotSent(e)) => Fact::not_sent(
                 NotSentWhy::Unreachable,
                 format!(
                     "could not reach Paywall at {}: {e}",
                     cloud::redact_url(&self.base)
                 ),
             ),
-            Err(CallError::MaybeSent(e)) => Fact::lost(format!("the sale's answer: {e}")),
+            Err(Transport::MaybeSent(e)) => Fact::lost(format!("the sale's answer: {e}")),
         }
     }
 
