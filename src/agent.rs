@@ -160,6 +160,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             agent_id: cfg.agent_id.clone(),
             max_command_age: cfg.security.max_command_age,
             allow_unreferenced_refunds: cfg.security.allow_unreferenced_refunds,
+            clock: Arc::new(crate::engine::clock::SystemClock),
         },
         build_drivers(&cfg, &env),
         outbox_notify.clone(),

@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
 use super::settle::Outcome;
 use super::{lock, queries, After, Inner};
 use crate::api::ErrorCode;
@@ -29,7 +27,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
     }
     if !t.state.is_final() && queries::device_of(inner, &t).is_some_and(|d| d.can_cancel(&t)) {
         rec.state = CmdState::Running;
-        rec.started_at = Some(Utc::now());
+        rec.started_at = Some(inner.cfg.clock.now());
         inner.store.write(&[&rec], &[])?;
         return Ok(vec![After::CancelRunning(rec.cmd.id.to_string())]);
     }

@@ -58,11 +58,15 @@ impl Inner {
 /// Keep the store within `store.retention`: at start, then hourly — unless the wall clock
 /// jumped (see [`ClockGuard`]).
 pub(super) async fn prune_loop(inner: Arc<Inner>) {
-    let mut guard = ClockGuard::new(Utc::now(), std::time::Instant::now(), inner.cfg.retention);
+    let mut guard = ClockGuard::new(
+        inner.cfg.clock.now(),
+        std::time::Instant::now(),
+        inner.cfg.retention,
+    );
     loop {
         let keep =
             chrono::Duration::from_std(inner.cfg.retention).unwrap_or(chrono::Duration::days(30));
-        let now = Utc::now();
+        let now = inner.cfg.clock.now();
         match guard.may_prune(now, std::time::Instant::now()) {
             Err(jump) => tracing::warn!(jump_s = jump.num_seconds(),
                 "the wall clock jumped; pruning waits one store.retention of real time, so no command id within the idempotency window is forgotten"),

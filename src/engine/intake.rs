@@ -10,7 +10,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio::sync::mpsc;
 
 use super::settle::Outcome;
@@ -148,7 +147,7 @@ impl Inner {
             tracing::info!("duplicate id: answering from the store");
             return self.duplicate(&rec);
         }
-        let now = Utc::now();
+        let now = self.cfg.clock.now();
         let misdirected = self.misdirected(&cmd, sig.is_some(), now);
         let expires_at = deadline::of(cmd.expires_at, now, self.cfg.default_ttl);
         let mut rec = CommandRecord {

@@ -5,8 +5,11 @@
 mod admit;
 mod authorize;
 mod cancel;
+pub mod clock;
 mod deadline;
 mod dedup;
+#[cfg(test)]
+mod engine_tests;
 mod intake;
 mod queries;
 mod refunds;
@@ -75,6 +78,8 @@ pub struct EngineConfig {
     pub max_command_age: Duration,
     /// Refunds by `transaction_id` without `original` are taken.
     pub allow_unreferenced_refunds: bool,
+    /// The wall clock every deadline and window is decided on.
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 struct Terminal {
@@ -171,6 +176,7 @@ impl Engine {
                 let _ = fwd.send(Outbound::Evt(e));
             }
         });
+        let started_at = cfg.clock.now();
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -180,7 +186,7 @@ impl Engine {
                 out,
                 evt_tx,
                 stats: Stats::default(),
-                started_at: Utc::now(),
+                started_at,
                 shutdown,
                 tasks: TaskTracker::new(),
                 beat: crate::systemd::Beat::new(),
@@ -296,7 +302,7 @@ impl Inner {
         extra: &[&CommandRecord],
         decorate: impl FnOnce(&mut ResultMsg),
     ) -> Result<ResultMsg, StoreError> {
-        let now = Utc::now();
+        let now = self.cfg.clock.now();
         let mut res = ResultMsg::new(Some(rec.cmd.id.to_string()), outcome.state);
         res.op = Some(rec.cmd.op());
         res.terminal = rec.cmd.terminal.as_ref().map(|t| t.to_string());
@@ -365,7 +371,7 @@ impl Inner {
             }
             if v.state != Some(state) {
                 v.state = Some(state);
-                v.since = Some(Utc::now());
+                v.since = Some(self.cfg.clock.now());
             }
             if let Some(i) = identity {
                 if !i.is_null() {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::settle::{self, Outcome};
@@ -21,7 +20,7 @@ enum Answer {
 pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<After>, StoreError> {
     let (outcome, answer) = match rec.cmd.op() {
         Op::Ping => {
-            let uptime = (Utc::now() - inner.started_at).num_seconds();
+            let uptime = (inner.cfg.clock.now() - inner.started_at).num_seconds();
             let agent = json!({ "version": inner.cfg.version, "uptime_s": uptime, "started_at": crate::api::ts(inner.started_at) });
             (Outcome::succeeded(None, None), Answer::Agent(agent))
         }
@@ -29,7 +28,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             // Scanned off the intake path (a big store must not stall the intake past the
             // watchdog), at most LIST_CONCURRENCY at a time.
             rec.state = CmdState::Running;
-            rec.started_at = Some(Utc::now());
+            rec.started_at = Some(inner.cfg.clock.now());
             inner.store.write(&[&rec], &[])?;
             return Ok(vec![After::List(rec.cmd.id.to_string())]);
         }
@@ -44,7 +43,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
                 {
                     // Ask the device again (mqtt-api.md: status of an unknown outcome).
                     rec.state = CmdState::Running;
-                    rec.started_at = Some(Utc::now());
+                    rec.started_at = Some(inner.cfg.clock.now());
                     inner.store.write(&[&rec], &[])?;
                     return Ok(vec![After::Query(rec.cmd.id.to_string())]);
                 }
@@ -220,7 +219,7 @@ pub(super) async fn run_query(inner: &Inner, status_id: &str) -> Result<(), Stor
         r.device = o.device;
         r.error = o.error;
         r.needs_reconciliation = o.state == FinalState::Unknown;
-        r.finished_at = Some(crate::api::ts(Utc::now()));
+        r.finished_at = Some(crate::api::ts(inner.cfg.clock.now()));
         target.reconciled = Some(r);
         inner.store.write(&[&target], &[])?;
     }

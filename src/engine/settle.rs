@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -123,10 +122,11 @@ pub(crate) async fn run(
     ctx: &mut OpContext,
     entry: Entry,
     shutdown: &CancellationToken,
+    clock: &dyn super::clock::Clock,
 ) -> Option<Outcome> {
     let money = ctx.cmd().op().moves_money();
     let resuming = entry == Entry::Resume;
-    let mut fact = match super::resume::first_step(&ctx.record, resuming, Utc::now()) {
+    let mut fact = match super::resume::first_step(&ctx.record, resuming, clock.now()) {
         // The request may have reached the device: never send it blindly again.
         FirstStep::Ask => None,
         FirstStep::Expire => {
@@ -173,7 +173,7 @@ pub(crate) async fn run(
                 if !resuming {
                     return Some(Outcome::failed(ErrorCode::DeviceUnavailable, msg));
                 }
-                if super::deadline::passed(&ctx.record, Utc::now()) {
+                if super::deadline::passed(&ctx.record, clock.now()) {
                     return Some(Outcome::expired(msg));
                 }
                 fact = Some(driver.execute(ctx).await);

@@ -127,9 +127,15 @@ fn ctx(rig: &Rig, op: &str, sent_before: bool, expired: bool) -> OpContext {
 const WINDOW: Duration = Duration::from_secs(3);
 
 async fn settle(fake: &Fake, ctx: &mut OpContext, entry: Entry) -> Outcome {
-    run(fake, ctx, entry, &CancellationToken::new())
-        .await
-        .expect("not shut down")
+    run(
+        fake,
+        ctx,
+        entry,
+        &CancellationToken::new(),
+        &crate::engine::clock::SystemClock,
+    )
+    .await
+    .expect("not shut down")
 }
 
 fn code(o: &Outcome) -> Option<ErrorCode> {
@@ -459,7 +465,15 @@ async fn shutdown_while_asking_leaves_the_command_running() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         stopper.cancel();
     });
-    assert!(run(&fake, &mut c, Entry::Live, &stop).await.is_none());
+    assert!(run(
+        &fake,
+        &mut c,
+        Entry::Live,
+        &stop,
+        &crate::engine::clock::SystemClock
+    )
+    .await
+    .is_none());
     assert!(c.record.maybe_sent(), "the resume will ask, not resend");
 }
 

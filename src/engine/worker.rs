@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde_json::json;
 
 use super::settle::{self, Entry, Outcome};
@@ -83,8 +82,14 @@ async fn run_record(
         );
         inner.set_terminal_state(t, TerminalState::Busy, None, None);
         let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
-        let Some(outcome) =
-            settle::run(t.driver.as_ref(), &mut ctx, Entry::Resume, &inner.shutdown).await
+        let Some(outcome) = settle::run(
+            t.driver.as_ref(),
+            &mut ctx,
+            Entry::Resume,
+            &inner.shutdown,
+            inner.cfg.clock.as_ref(),
+        )
+        .await
         else {
             tracing::warn!("stopping while the device was being asked; resumed at next start");
             return Ok(());
@@ -97,7 +102,7 @@ async fn run_record(
     if rec.state != CmdState::Queued {
         return Ok(());
     }
-    let now = Utc::now();
+    let now = inner.cfg.clock.now();
     if super::deadline::passed(&rec, now) {
         // mqtt-api.md: not started on the device by its deadline → expired, device untouched.
         let outcome =
@@ -115,8 +120,14 @@ async fn run_record(
     let mut e = Evt::new(id, crate::api::Progress::InProgress);
     e.sub_state = Some("started".into());
     inner.evt(e);
-    let Some(outcome) =
-        settle::run(t.driver.as_ref(), &mut ctx, Entry::Live, &inner.shutdown).await
+    let Some(outcome) = settle::run(
+        t.driver.as_ref(),
+        &mut ctx,
+        Entry::Live,
+        &inner.shutdown,
+        inner.cfg.clock.as_ref(),
+    )
+    .await
     else {
         tracing::warn!("stopping while the device was being asked; resumed at next start");
         return Ok(());

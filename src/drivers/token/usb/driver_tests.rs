@@ -160,6 +160,7 @@ async fn sale_with_unplug(
             &mut ctx,
             crate::engine::settle::Entry::Live,
             &stop,
+            &crate::engine::clock::SystemClock,
         )
         .await
         .expect("not stopped")

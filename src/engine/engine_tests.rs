@@ -1,0 +1,133 @@
+//! The engine end to end (intake → queue → worker → settle → outbox) against a fake
+//! driver and a real store, on paused tokio time with the engine's [`TokioClock`]: time
+//! moves by `tokio::time::advance`, never by sleeping.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::clock::{Clock, TokioClock};
+use super::{Engine, EngineConfig, Incoming};
+use crate::api::Op;
+use crate::drivers::{Driver, Fact, Health, OpContext};
+use crate::store::{CmdState, Store};
+
+/// A terminal whose payments take as long as the test says: each `execute` reports that
+/// it started, then waits for `release`.
+#[derive(Default)]
+struct Slow {
+    started: Notify,
+    release: Notify,
+    executed: AtomicU32,
+}
+
+#[async_trait]
+impl Driver for Slow {
+    fn kind(&self) -> &'static str {
+        "slow"
+    }
+    fn supports(&self, _op: Op) -> bool {
+        true
+    }
+    async fn execute(&self, ctx: &mut OpContext) -> Fact {
+        self.executed.fetch_add(1, Ordering::SeqCst);
+        ctx.sending("slow_sending", json!({}))
+            .await
+            .expect("journal");
+        self.started.notify_one();
+        self.release.notified().await;
+        Fact::approved(None, Some(json!({ "ok": true })))
+    }
+    async fn health(&self) -> Health {
+        Health {
+            state: crate::api::TerminalState::Connected,
+            identity: json!({}),
+            error: None,
+        }
+    }
+}
+
+fn payment(id: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Incoming {
+    let mut v = json!({"v":1,"id":id,"op":"payment","terminal":"t","amount":100,"currency":"AZN"});
+    if let Some(e) = expires_at {
+        v["expires_at"] = json!(crate::api::ts(e));
+    }
+    Incoming {
+        payload: v.to_string().into_bytes(),
+        ack: Box::new(|| Box::pin(async {})),
+        slot: None,
+    }
+}
+
+async fn state_of(store: &Store, id: &str) -> CmdState {
+    loop {
+        if let Some(r) = store.get(id).expect("get") {
+            if r.state.is_final() {
+                return r.state;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("store")).expect("open");
+    let clock = Arc::new(TokioClock::new());
+    let slow = Arc::new(Slow::default());
+    let (out, _out_rx) = mpsc::unbounded_channel();
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            default_ttl: Duration::from_secs(3600),
+            max_bytes: 65536,
+            queue_depth: 16,
+            health_interval: Duration::from_secs(3600),
+            version: "test".into(),
+            retention: Duration::from_secs(86_400),
+            command_keys: Default::default(),
+            agent_id: "a".into(),
+            max_command_age: Duration::from_secs(900),
+            allow_unreferenced_refunds: false,
+            clock: clock.clone(),
+        },
+        vec![("t".into(), slow.clone())],
+        Arc::new(Notify::new()),
+        out,
+        CancellationToken::new(),
+    );
+    engine.start().expect("start");
+    engine
+        .intake_batch(vec![payment("first", None)])
+        .await
+        .expect("intake");
+    slow.started.notified().await;
+    // Queued behind the running payment, with five seconds to start.
+    let deadline = clock.now() + chrono::Duration::seconds(5);
+    engine
+        .intake_batch(vec![payment("second", Some(deadline))])
+        .await
+        .expect("intake");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    slow.release.notify_one();
+    assert_eq!(state_of(&store, "first").await, CmdState::Succeeded);
+    assert_eq!(state_of(&store, "second").await, CmdState::Expired);
+    let second = store.get("second").expect("get").expect("stored");
+    let why = second
+        .result
+        .and_then(|r| r.error)
+        .map(|e| e.message)
+        .unwrap_or_default();
+    assert!(why.contains("while queued"), "{why}");
+    assert_eq!(
+        slow.executed.load(Ordering::SeqCst),
+        1,
+        "the terminal ran only the first"
+    );
+}
