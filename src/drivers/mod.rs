@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 pub use self::fact::{Answer, Fact, NotSentWhy, Refusal};
 use crate::api::{Command, ErrorBody, ErrorCode, Evt, Op, Rejection};
+pub use crate::store::Step;
 use crate::store::{CommandRecord, JournalEntry, Store, StoreError};
 
 /// Identity and reachability of a terminal, published retained on `terminals/{id}`.
@@ -62,6 +63,16 @@ impl OpContext {
     /// From here on the engine treats the operation as possibly delivered: a crash, a lost
     /// or an unreadable answer make it ask the device again, never send anew blindly.
     /// Err: nothing was sent (the driver reports [`NotSentWhy::Store`]).
+    /// [`OpContext::sending`] of a typed step.
+    pub async fn sending_step<S: Step>(&mut self, s: &S) -> Result<(), StoreError> {
+        self.sending(S::NAME, step_data(s)).await
+    }
+
+    /// [`OpContext::journal`] of a typed step.
+    pub async fn journal_step<S: Step>(&mut self, s: &S) -> Result<(), StoreError> {
+        self.journal(S::NAME, step_data(s)).await
+    }
+
     pub async fn sending(&mut self, step: &str, data: Value) -> Result<(), StoreError> {
         self.write_step(step, data, true)?;
         self.store.commit().await?;
@@ -189,3 +200,8 @@ pub struct DriverEnv {
 }
 
 pub type DynDriver = Arc<dyn Driver>;
+
+/// A typed step's data as stored (a struct of strings and JSON values always serialises).
+fn step_data<S: Step>(s: &S) -> Value {
+    serde_json::to_value(s).unwrap_or(Value::Null)
+}

@@ -21,7 +21,7 @@ mod wal;
 pub use inspect::Inspection;
 pub(crate) use mark::Mark;
 pub use open::{refuse_root_on_foreign_store, MoneyHold, OpenReport};
-pub use record::{CmdState, CommandRecord, JournalEntry, OutMsg};
+pub use record::{CmdState, CommandRecord, JournalEntry, OutMsg, Step};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -104,9 +104,22 @@ pub struct CommandRecord {
     pub reconciled: Option<ResultMsg>,
 }
 
+/// A journal step as a type: its name, and its data as a struct that is written and read
+/// back whole (each driver declares its steps in its `journal.rs`). The stored form stays
+/// `{step, data}`.
+pub trait Step: Serialize + serde::de::DeserializeOwned {
+    const NAME: &'static str;
+}
+
 impl CommandRecord {
     pub fn last_step(&self, step: &str) -> Option<&JournalEntry> {
         self.journal.iter().rev().find(|j| j.step == step)
+    }
+
+    /// The data of the last `S` step, if there is one that reads as `S`.
+    pub fn last<S: Step>(&self) -> Option<S> {
+        self.last_step(S::NAME)
+            .and_then(|j| serde_json::from_value(j.data.clone()).ok())
     }
 
     /// Whether a request that can move money may have left the agent for the device.

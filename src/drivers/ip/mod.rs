@@ -4,6 +4,7 @@
 //! The command `id` is the terminal's `ref`: the terminal treats a repeated `ref` as the
 //! same operation, so asking again after a lost answer or a crash can never charge twice.
 
+pub mod journal;
 pub mod proto;
 
 use std::time::Duration;
@@ -17,7 +18,6 @@ use crate::api::{Body, Op, PaymentInfo};
 use crate::store::CommandRecord;
 
 /// Journalled durably right before a pay/refund leaves for the terminal.
-const STEP_SENDING: &str = "ip_sending";
 
 #[derive(Debug, Clone)]
 pub struct IpDriver {
@@ -114,7 +114,10 @@ impl IpDriver {
         let r#ref = ctx.cmd().id.clone();
         // Durable before the device can move money (mqtt-api.md: Durability promise 2).
         if let Err(e) = ctx
-            .sending(STEP_SENDING, json!({ "ref": r#ref, "addr": self.addr }))
+            .sending_step(&journal::Sending {
+                r#ref: r#ref.to_string(),
+                addr: self.addr.clone(),
+            })
             .await
         {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));

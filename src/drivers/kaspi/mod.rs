@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod client;
+pub mod journal;
 pub mod process;
 pub mod register;
 pub mod tls;
@@ -29,12 +30,6 @@ use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorCode, Op, Rejection};
 use crate::config::KaspiTerminal;
 use crate::store::CommandRecord;
-
-/// Journal steps (durable before/after the device step they name).
-/// Before `/v2/payment` or `/v2/refund` is sent.
-pub const STEP_SENDING: &str = "kaspi_sending";
-/// The terminal's `processId`, before polling starts.
-pub const STEP_PROCESS: &str = "kaspi_process";
 
 /// Query parameters of one GET.
 type Query = Vec<(&'static str, String)>;
@@ -273,8 +268,14 @@ impl KaspiDriver {
             Err(m) => return Fact::not_sent(NotSentWhy::BadRequest, m),
         };
         // Durable before the terminal can move money (mqtt-api.md: Durability promise 2).
-        let journalled = json!({ "route": route, "params": params.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>() });
-        if let Err(e) = ctx.sending(STEP_SENDING, journalled).await {
+        let journalled = journal::Sending {
+            route: route.to_string(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                .collect(),
+        };
+        if let Err(e) = ctx.sending_step(&journalled).await {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
         ctx.progress("Sending", Some(json!({ "route": route })));
@@ -288,7 +289,9 @@ impl KaspiDriver {
         };
         // Durable before polling: a restart polls this process, never starts another.
         if let Err(e) = ctx
-            .journal(STEP_PROCESS, json!({ "processId": process_id }))
+            .journal_step(&journal::Process {
+                process_id: process_id.clone(),
+            })
             .await
         {
             tracing::error!(error = %e, process_id, "journal write of the processId failed; polling anyway");
@@ -315,10 +318,7 @@ impl KaspiDriver {
 }
 
 fn process_id_of(rec: &CommandRecord) -> Option<String> {
-    rec.last_step(STEP_PROCESS)
-        .and_then(|j| j.data.get("processId"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    rec.last::<journal::Process>().map(|p| p.process_id)
 }
 
 fn reject(code: ErrorCode, msg: impl Into<String>) -> Rejection {

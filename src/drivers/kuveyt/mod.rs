@@ -7,6 +7,7 @@
 //! Never two payments: the order id is derived from the request and journalled before
 //! the create request; the provider answers a repeated order id with the same payment.
 
+pub mod journal;
 pub mod provider;
 
 use std::time::Duration;
@@ -24,11 +25,6 @@ use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{KuveytTerminal, ProviderMode};
 use crate::store::CommandRecord;
-
-/// Journalled durably right before the create request leaves.
-pub const STEP_CREATING: &str = "kuveyt_creating";
-/// The created link (transaction id, URL), durable before the URL is shown.
-pub const STEP_CREATED: &str = "kuveyt_created";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,13 +198,9 @@ impl KuveytDriver {
     /// Create the link; a lost answer is retried with the same order id (idempotent) until
     /// the deadline.
     async fn create(&self, ctx: &mut OpContext, p: &dyn PayByLink) -> Result<Created, Fact> {
-        let creating = ctx.record.last_step(STEP_CREATING).map(|s| s.data.clone());
-        let order_id = match creating
-            .as_ref()
-            .and_then(|d| d.get("order_id"))
-            .and_then(Value::as_str)
-        {
-            Some(o) => o.to_string(),
+        let creating = ctx.record.last::<journal::Creating>();
+        let order_id = match &creating {
+            Some(c) => c.order_id.clone(),
             None => Self::order_id(&self.agent_id, &ctx.cmd().id),
         };
         let req = Self::create_request(
@@ -222,10 +214,10 @@ impl KuveytDriver {
         let mut maybe_sent = creating.is_some();
         if !maybe_sent {
             // Durable before the provider can create anything.
-            ctx.sending(
-                STEP_CREATING,
-                json!({ "order_id": order_id, "mode": cloud::mode_name(self.mode) }),
-            )
+            ctx.sending_step(&journal::Creating {
+                order_id: order_id.clone(),
+                mode: cloud::mode_name(self.mode).to_string(),
+            })
             .await
             .map_err(|e| Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}")))?;
         }
@@ -233,7 +225,10 @@ impl KuveytDriver {
             match p.create(&req).await {
                 Ok((created, raw)) => {
                     if let Err(e) = ctx
-                        .journal(STEP_CREATED, json!({ "created": created, "answer": raw }))
+                        .journal_step(&journal::CreatedStep {
+                            created: created.clone(),
+                            answer: raw.clone(),
+                        })
                         .await
                     {
                         tracing::error!(error = %e, "journal write after create failed");
@@ -326,10 +321,7 @@ impl KuveytDriver {
     }
 
     fn created_of(record: &CommandRecord) -> Option<Created> {
-        record
-            .last_step(STEP_CREATED)
-            .and_then(|s| s.data.get("created"))
-            .and_then(|c| serde_json::from_value(c.clone()).ok())
+        record.last::<journal::CreatedStep>().map(|s| s.created)
     }
 }
 

@@ -10,6 +10,7 @@
 //! MerchantUniqueCode in a final state settles it.
 
 pub mod api;
+pub mod journal;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,9 +25,6 @@ use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorBody, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{PaywallTerminal, ProviderMode};
 use crate::store::CommandRecord;
-
-/// Journalled durably right before the sale request leaves.
-pub const STEP_SENDING: &str = "paywall_sale_sending";
 
 /// Short calls (list, inquiry, cancel).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -134,10 +132,8 @@ impl PaywallDriver {
     fn muc_of(&self, record: &CommandRecord) -> String {
         // The journalled code wins: it is the one Paywall saw, whatever the agent id is now.
         record
-            .last_step(STEP_SENDING)
-            .and_then(|s| s.data.get("merchant_unique_code"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+            .last::<journal::Sending>()
+            .map(|s| s.merchant_unique_code)
             .unwrap_or_else(|| {
                 api::merchant_unique_code(&self.agent_id, &record.cmd.id).to_string()
             })
@@ -281,10 +277,11 @@ impl PaywallDriver {
         // Durable before Paywall can move money (mqtt-api.md: Durability promise 2): after
         // a crash from here on, resume asks about this code instead of selling again.
         if let Err(e) = ctx
-            .sending(
-                STEP_SENDING,
-                json!({ "merchant_unique_code": muc, "terminal_guid": self.terminal_guid, "mode": cloud::mode_name(self.mode) }),
-            )
+            .sending_step(&journal::Sending {
+                merchant_unique_code: muc.clone(),
+                terminal_guid: self.terminal_guid.clone(),
+                mode: cloud::mode_name(self.mode).to_string(),
+            })
             .await
         {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
@@ -431,7 +428,10 @@ impl Driver for PaywallDriver {
             .as_ref()
             .map_err(|e| ErrorBody::new(ErrorCode::DeviceUnavailable, e.clone()))?;
         let not = |m: String| ErrorBody::new(ErrorCode::NotCancellable, m);
-        if record.last_step(STEP_SENDING).is_none() {
+        if record
+            .last_step(<journal::Sending as crate::drivers::Step>::NAME)
+            .is_none()
+        {
             return Err(not(
                 "the sale has not been sent to Paywall yet; try again".into()
             ));

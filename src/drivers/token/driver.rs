@@ -24,9 +24,6 @@ use crate::api::{Command, ErrorCode, Op, Rejection};
 use crate::config::{TokenTerminal, Transport, UsbFilter};
 use crate::drivers::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
 
-/// Journalled durably right before the basket is sent.
-const STEP_BASKET: &str = "token_basket";
-
 /// After a type 9 ("not processed"), how long a type 3 may still arrive.
 const NOT_PROCESSED_GRACE: Duration = Duration::from_secs(3);
 
@@ -298,10 +295,10 @@ impl TokenDriver {
         // Durable before the register can move money (mqtt-api.md: Durability promise 2).
         let fiscal_no = session.fiscal_no().to_string();
         if let Err(e) = ctx
-            .sending(
-                STEP_BASKET,
-                json!({ "basket_id": id, "fiscal_no": fiscal_no }),
-            )
+            .sending_step(&super::journal::Basket {
+                basket_id: id.to_string(),
+                fiscal_no: fiscal_no.clone(),
+            })
             .await
         {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
@@ -472,8 +469,8 @@ impl Driver for TokenDriver {
     async fn ask(&self, ctx: &mut OpContext, left: Duration) -> Fact {
         let id = ctx
             .record
-            .last_step(STEP_BASKET)
-            .and_then(|s| s.data["basket_id"].as_str().map(str::to_string))
+            .last::<super::journal::Basket>()
+            .map(|b| b.basket_id)
             .unwrap_or_else(|| basket_id(&self.agent_id, &ctx.cmd().id));
         self.wait_for_result(ctx, &id, left).await
     }

@@ -17,6 +17,7 @@ pub mod basket;
 pub mod cert;
 pub mod codec;
 pub mod crypto;
+pub mod journal;
 pub mod session;
 pub mod usb;
 
