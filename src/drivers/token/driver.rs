@@ -421,14 +421,17 @@ impl Driver for TokenDriver {
         if cmd.op() != Op::Payment {
             return Ok(());
         }
-        self.basket_for(cmd).map(|_| ()).map_err(|m| {
-            let code = if m.starts_with("field currency") {
-                ErrorCode::InvalidAmount
-            } else {
-                ErrorCode::BadRequest
-            };
-            Rejection::new(code, m).for_command(cmd)
-        })
+        // An amount in another currency is one the register cannot take (token.md: TRY).
+        if let Some(c) = cmd.currency().filter(|c| c.as_str() != "TRY") {
+            return Err(Rejection::new(
+                ErrorCode::InvalidAmount,
+                format!("field currency: the Token register takes TRY (kuruş) only, not {c}"),
+            )
+            .for_command(cmd));
+        }
+        self.basket_for(cmd)
+            .map(|_| ())
+            .map_err(|m| Rejection::new(ErrorCode::BadRequest, m).for_command(cmd))
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {

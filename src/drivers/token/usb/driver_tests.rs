@@ -228,3 +228,29 @@ async fn unplug_mid_sale_without_a_result_is_unknown() {
     assert!(msg.contains("check the register's last receipt"), "{msg}");
     assert_eq!(ctl.baskets_received(), 1);
 }
+
+/// token.md: the register takes TRY only — another currency is an amount it cannot take
+/// (`invalid_amount`), a broken basket a bad request; both before the register is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_currency_the_register_cannot_take_is_invalid_amount() {
+    use crate::drivers::Driver;
+    let (d, _fake, _ctl) = rig(SimOptions::default(), Duration::from_secs(1));
+    let parse = |v: serde_json::Value| {
+        crate::api::parse_command(v.to_string().as_bytes(), 65536).expect("valid command")
+    };
+    let eur = parse(
+        serde_json::json!({"v":1,"id":"c-eur","op":"payment","terminal":"t","amount":100,"currency":"EUR"}),
+    );
+    let r = d.validate(&eur).expect_err("EUR");
+    assert_eq!(
+        r.code,
+        crate::api::ErrorCode::InvalidAmount,
+        "{}",
+        r.message
+    );
+    let no_basket = parse(
+        serde_json::json!({"v":1,"id":"c-nb","op":"payment","terminal":"t","amount":100,"currency":"TRY"}),
+    );
+    let r = d.validate(&no_basket).expect_err("no basket");
+    assert_eq!(r.code, crate::api::ErrorCode::BadRequest, "{}", r.message);
+}
