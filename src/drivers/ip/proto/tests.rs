@@ -1,7 +1,10 @@
 //! Codec and client tests for protocol v1; the client runs over in-memory pipes.
 
+use std::io;
+use std::time::Duration;
+
 use super::*;
-use tokio::io::{duplex, AsyncReadExt};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const T: Duration = Duration::from_secs(5);
 
