@@ -10,7 +10,10 @@
 //! MerchantUniqueCode in a final state settles it.
 
 pub mod api;
+mod client;
 pub mod journal;
+
+use client::{Found, Link};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use self::api::{Envelope, PaymentRef, PaymentView, Status};
-use super::cloud::{self, Credential, Reply};
+use super::cloud::{self, Reply};
 use super::http::Transport;
 use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorBody, ErrorCode, Op, PaymentInfo, Rejection};
@@ -40,19 +43,6 @@ pub struct PaywallDriver {
     recovery_window: Duration,
     /// Everything needed to call Paywall, or why this terminal cannot be used.
     link: Result<Link, String>,
-}
-
-struct Link {
-    client: reqwest::Client,
-    api_key: Credential,
-    client_key: Credential,
-}
-
-/// What asking Paywall about a MerchantUniqueCode found.
-enum Found {
-    /// A row with exactly this MerchantUniqueCode (confirmed by inquiry when possible).
-    Sale(PaymentView, Value),
-    Absent,
 }
 
 impl PaywallDriver {
@@ -99,6 +89,7 @@ impl PaywallDriver {
                             client,
                             api_key,
                             client_key,
+                            base: base.clone(),
                         }
                     })
                 })
@@ -139,89 +130,9 @@ impl PaywallDriver {
             })
     }
 
-    fn request(&self, link: &Link, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        link.client
-            .request(method, format!("{}{path}", self.base))
-            .header("apikeyprivate", cloud::secret_header(link.api_key.expose()))
-            .header(
-                "apiclientprivate",
-                cloud::secret_header(link.client_key.expose()),
-            )
-            .header(reqwest::header::ACCEPT, "application/json")
-    }
-
-    async fn post(
-        &self,
-        link: &Link,
-        path: &str,
-        body: String,
-        timeout: Duration,
-    ) -> Result<Reply, Transport> {
-        cloud::send(
-            self.request(link, reqwest::Method::POST, path)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .timeout(timeout)
-                .body(body),
-        )
-        .await
-    }
-
-    /// Ask Paywall about a sale by its MerchantUniqueCode (`list`), then by its
-    /// PaymentRequestId (`inquiry`) when the list shows it. `Err`: no usable answer.
-    async fn lookup(&self, link: &Link, muc: &str) -> Result<Found, String> {
-        let reply = cloud::send(
-            self.request(link, reqwest::Method::GET, "/api/payment/list")
-                .query(&[("MerchantUniqueCode", muc)])
-                .timeout(CALL_TIMEOUT),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if reply.status >= 300 {
-            // Including 404: the list route is not in the seed (docs/terminals/paywall.md: unverified against
-            // the real service); a 404 says nothing about this sale.
-            return Err(format!("list answered HTTP {}", reply.status));
-        }
-        let env = Envelope::parse(&reply.body)?;
-        if !env.ok() {
-            return Err(format!("list refused: {}", env.describe()));
-        }
-        // Only a row that names exactly this code is this sale; a row without a code could
-        // be anyone's.
-        let Some(p) = env.payments().into_iter().find(|p| {
-            p.merchantuniquecode
-                .as_deref()
-                .is_some_and(|m| m.eq_ignore_ascii_case(muc))
-        }) else {
-            return Ok(Found::Absent);
-        };
-        // The list row is enough; inquiry confirms by PaymentRequestId.
-        let Some(id) = &p.paymentrequestid else {
-            return Ok(Found::Sale(p.clone(), reply.body.clone()));
-        };
-        match self.inquiry(link, id).await {
-            Ok((view, raw)) => {
-                if view
-                    .merchantuniquecode
-                    .as_deref()
-                    .is_some_and(|m| !m.eq_ignore_ascii_case(muc))
-                {
-                    return Err(format!(
-                        "inquiry of {id} answered a sale with another MerchantUniqueCode ({:?})",
-                        view.merchantuniquecode
-                    ));
-                }
-                Ok(Found::Sale(view, raw))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "inquiry failed; using the list row");
-                Ok(Found::Sale(p.clone(), reply.body.clone()))
-            }
-        }
-    }
-
     /// What asking about `muc` tells of the sale.
     async fn ask_about(&self, link: &Link, muc: &str) -> Fact {
-        match self.lookup(link, muc).await {
+        match link.lookup(muc).await {
             Ok(Found::Sale(view, raw)) => judge(view, raw),
             Ok(Found::Absent) => Fact::Absent {
                 why: format!("Paywall lists no sale with MerchantUniqueCode {muc}"),
@@ -231,30 +142,6 @@ impl PaywallDriver {
                 "asking Paywall about MerchantUniqueCode {muc}: {e}"
             )),
         }
-    }
-
-    async fn inquiry(&self, link: &Link, id: &str) -> Result<(PaymentView, Value), String> {
-        let reply = cloud::send(
-            self.request(
-                link,
-                reqwest::Method::GET,
-                &format!("/api/payment/inquiry/{id}"),
-            )
-            .timeout(CALL_TIMEOUT),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let env = Envelope::parse(&reply.body)?;
-        if reply.status >= 300 || !env.ok() {
-            return Err(format!(
-                "inquiry: HTTP {}: {}",
-                reply.status,
-                env.describe()
-            ));
-        }
-        env.payment()
-            .map(|p| (p, reply.body.clone()))
-            .ok_or_else(|| "inquiry answered without a payment".to_string())
     }
 
     async fn sale(&self, ctx: &mut OpContext) -> Fact {
@@ -287,8 +174,8 @@ impl PaywallDriver {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
         ctx.progress("WaitTerminal", Some(json!({ "merchant_unique_code": muc })));
-        match self
-            .post(link, "/api/payment/sync/sale", body, self.op_timeout)
+        match link
+            .post("/api/payment/sync/sale", body, self.op_timeout)
             .await
         {
             Ok(reply) => sale_answer(&reply),
@@ -307,7 +194,7 @@ impl PaywallDriver {
         let link = self.link.as_ref().map_err(Clone::clone)?;
         // An authenticated, harmless call: list by the nil code. Proves address and keys.
         let reply = cloud::send(
-            self.request(link, reqwest::Method::GET, "/api/payment/list")
+            link.request(reqwest::Method::GET, "/api/payment/list")
                 .query(&[("MerchantUniqueCode", uuid::Uuid::nil().to_string())])
                 .timeout(CALL_TIMEOUT),
         )
@@ -437,7 +324,7 @@ impl Driver for PaywallDriver {
             ));
         }
         let muc = self.muc_of(record);
-        let p = match self.lookup(link, &muc).await {
+        let p = match link.lookup(&muc).await {
             Ok(Found::Sale(p, _))
                 if !Status::from_code(p.paymentstatus.unwrap_or(-1)).is_final() =>
             {
@@ -473,7 +360,7 @@ impl Driver for PaywallDriver {
         };
         let mut last = String::new();
         for route in routes {
-            match self.post(link, route, body.clone(), CALL_TIMEOUT).await {
+            match link.post(route, body.clone(), CALL_TIMEOUT).await {
                 Ok(reply) => match Envelope::parse(&reply.body) {
                     Ok(env) if reply.status < 300 && env.ok() => return Ok(()),
                     Ok(env) => last = format!("{route}: {}", env.describe()),
