@@ -266,6 +266,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Validation shared by the cloud providers: a terminal that cannot be used (no
+/// credentials, disabled) refuses every command with `device_unavailable`; a payment must
+/// pass the provider's own field rules (`bad_request` naming the field).
+pub fn validate<T>(
+    usable: &Result<T, String>,
+    cmd: &crate::api::Command,
+    payment: impl FnOnce(&crate::api::Command) -> Result<(), String>,
+) -> Result<(), crate::api::Rejection> {
+    use crate::api::{ErrorCode, Op, Rejection};
+    if let Err(e) = usable {
+        return Err(Rejection::new(ErrorCode::DeviceUnavailable, e.clone()));
+    }
+    if cmd.op() == Op::Payment {
+        payment(cmd).map_err(|e| Rejection::new(ErrorCode::BadRequest, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

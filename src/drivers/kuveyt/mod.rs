@@ -22,7 +22,7 @@ use self::provider::{
 use super::cloud::{self, money};
 use super::http::Transport;
 use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
-use crate::api::{Command, ErrorCode, Op, PaymentInfo, Rejection};
+use crate::api::{Command, Op, PaymentInfo, Rejection};
 use crate::config::{KuveytTerminal, ProviderMode};
 use crate::store::CommandRecord;
 
@@ -379,14 +379,9 @@ impl Driver for KuveytDriver {
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
-        if let Err(e) = &self.provider {
-            return Err(Rejection::new(ErrorCode::DeviceUnavailable, e.clone()));
-        }
-        if cmd.op() == Op::Payment {
-            Self::create_request(cmd, String::new(), None, None)
-                .map_err(|e| Rejection::new(ErrorCode::BadRequest, e))?;
-        }
-        Ok(())
+        cloud::validate(&self.provider, cmd, |c| {
+            Self::create_request(c, String::new(), None, None).map(|_| ())
+        })
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {

@@ -233,15 +233,12 @@ impl Driver for PaywallDriver {
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
-        if let Err(e) = &self.link {
-            return Err(Rejection::new(ErrorCode::DeviceUnavailable, e.clone()));
-        }
-        if cmd.op() == Op::Payment {
-            let muc = api::merchant_unique_code(&self.agent_id, &cmd.id);
-            api::sale_request(cmd, &self.terminal_guid, muc, &self.currency_ids)
-                .map_err(|e| Rejection::new(ErrorCode::BadRequest, e.to_string()))?;
-        }
-        Ok(())
+        cloud::validate(&self.link, cmd, |c| {
+            let muc = api::merchant_unique_code(&self.agent_id, &c.id);
+            api::sale_request(c, &self.terminal_guid, muc, &self.currency_ids)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
