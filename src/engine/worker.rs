@@ -81,23 +81,10 @@ async fn run_record(
             "resuming a command that was running when the agent stopped"
         );
         inner.set_terminal_state(t, TerminalState::Busy, None, None);
-        let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
-        let Some(outcome) = settle::run(
-            t.driver.as_ref(),
-            &mut ctx,
-            Entry::Resume,
-            &inner.shutdown,
-            inner.cfg.clock.as_ref(),
-        )
-        .await
-        else {
-            tracing::warn!("stopping while the device was being asked; resumed at next start");
-            return Ok(());
-        };
-        let mut rec = ctx.record;
-        note_error(inner, t, &outcome);
-        inner.finish(&mut rec, outcome).await?;
-        return Ok(());
+        let ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
+        return settle_and_finish(inner, t, ctx, Entry::Resume)
+            .await
+            .map(|_| ());
     }
     if rec.state != CmdState::Queued {
         return Ok(());
@@ -120,23 +107,37 @@ async fn run_record(
     let mut e = Evt::new(id, crate::api::Progress::InProgress);
     e.sub_state = Some("started".into());
     inner.evt(e);
+    if settle_and_finish(inner, t, ctx, Entry::Live).await? {
+        crate::faults::hit("worker:finished");
+    }
+    Ok(())
+}
+
+/// Settle the op with the device, then finish the record with its outcome (`true`). A
+/// stop while the device was being asked leaves it `running` (`false`): the next start
+/// resumes it.
+async fn settle_and_finish(
+    inner: &Inner,
+    t: &Terminal,
+    mut ctx: OpContext,
+    entry: Entry,
+) -> Result<bool, StoreError> {
     let Some(outcome) = settle::run(
         t.driver.as_ref(),
         &mut ctx,
-        Entry::Live,
+        entry,
         &inner.shutdown,
         inner.cfg.clock.as_ref(),
     )
     .await
     else {
         tracing::warn!("stopping while the device was being asked; resumed at next start");
-        return Ok(());
+        return Ok(false);
     };
     let mut rec = ctx.record;
     note_error(inner, t, &outcome);
     inner.finish(&mut rec, outcome).await?;
-    crate::faults::hit("worker:finished");
-    Ok(())
+    Ok(true)
 }
 
 /// After an operation, the terminal's retained state follows what the device showed.
