@@ -466,6 +466,9 @@ impl Driver for KuveytDriver {
 }
 
 #[cfg(test)]
+mod fake_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::parse_command;
