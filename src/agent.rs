@@ -108,6 +108,7 @@ fn load_command_keys(cfg: &Config) -> anyhow::Result<crate::api::signature::Comm
 /// let running operations reach a journalled point, publish what is in the outbox,
 /// publish `offline`, disconnect.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::stages::init();
     let command_keys = load_command_keys(&cfg)?;
     // Secure by default: whoever can publish to the broker must not be able to move money.
     if command_keys.is_empty() && !cfg.terminals.is_empty() && !cfg.security.allow_unsigned {
@@ -194,6 +195,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         stop_conn: conn_stop.clone(),
         beat: crate::systemd::Beat::new(),
         final_status: None,
+        sent_ids: Default::default(),
     };
     let beats = vec![engine.beat(), pump.beat.clone()];
     let pump_task = tokio::spawn(pump.run());
@@ -279,6 +281,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     if let Some(t) = supervisor_task {
         let _ = t.await;
     }
+    crate::stages::write();
     if let Some(why) = store_failure {
         // sled writes its in-memory state to disk when its last handle drops, and that
         // state holds changes no commit made durable (their commit failed): never let it.

@@ -13,6 +13,7 @@ pub mod faults; //      test-only abort and I/O-error points (feature `failpoint
 pub mod logging; //     journald / text / JSON log sinks
 pub mod secrets; //     secrets at rest: AES-256-GCM under the device key
 pub mod sim; //         device simulators (`posbridge sim …`)
+pub mod stages; //      stage timestamps for posbridge-bench (POSBRIDGE_STAGES)
 pub mod store; //       sled store: commands, journal, outbox; group commit + fdatasync
 pub mod systemd; //     sd_notify readiness + watchdog fed by engine progress
 pub mod telemetry; //   periodic metrics

@@ -208,6 +208,7 @@ pub(crate) async fn run_connection(
                             })
                         }),
                         slot: Some(slot),
+                        received: crate::stages::now(),
                     };
                     // Never await here: this task is the only one polling the connection,
                     // and the intake's PUBACKs go through it. The gate bounds the queue.

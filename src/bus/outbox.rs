@@ -45,15 +45,33 @@ impl Pump {
                     );
                     payload = crate::api::result::shrink_payload(&payload);
                 }
+                let id = crate::stages::enabled()
+                    .then(|| result_id(&payload))
+                    .flatten();
                 if !c
                     .publish(topic, QoS::AtLeastOnce, false, payload, Tag::Outbox(seq))
                     .await
                 {
                     return;
                 }
+                if let Some(id) = id {
+                    crate::stages::mark(&id, "result_sent");
+                    if let Ok(mut m) = self.sent_ids.lock() {
+                        m.insert(seq, id);
+                    }
+                }
                 inflight.insert(seq);
                 *cursor = seq + 1;
             }
         }
     }
+}
+
+/// The `id` of a result payload (for the stage timestamps only).
+fn result_id(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
 }

@@ -30,6 +30,8 @@ pub struct Pump {
     pub(crate) beat: crate::systemd::Beat,
     /// The retained status left at stop: `offline`, or `degraded` after a store failure.
     pub(crate) final_status: Option<Value>,
+    /// Result ids by outbox seq while their PUBACK is awaited (stage timestamps only).
+    pub(crate) sent_ids: std::sync::Mutex<std::collections::HashMap<u64, String>>,
 }
 
 pub(super) struct Conn {
@@ -87,6 +89,11 @@ impl Pump {
                         continue;
                     }
                     Some(ConnEvent::Acked(Tag::Outbox(seq))) => {
+                        if crate::stages::enabled() {
+                            if let Some(id) = self.sent_ids.lock().ok().and_then(|mut m| m.remove(&seq)) {
+                                crate::stages::mark(&id, "result_acked");
+                            }
+                        }
                         if let Err(e) = self.store.outbox_remove(seq) {
                             tracing::error!(seq, error = %e, "could not delete acknowledged outbox entry");
                         }

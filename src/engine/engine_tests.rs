@@ -61,6 +61,7 @@ fn payment(id: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Incom
         payload: v.to_string().into_bytes(),
         ack: Box::new(|| Box::pin(async {})),
         slot: None,
+        received: 0,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Incoming {
     pub ack: Box<dyn FnOnce() -> AckFuture + Send>,
     /// Its place in the bounded intake queue, given back when this is dropped.
     pub slot: Option<crate::bus::gate::Slot>,
+    /// When it came off the connection ([`crate::stages::now`]; 0 when not recording).
+    pub received: u64,
 }
 
 /// Most commands written under one sync.
@@ -75,18 +77,25 @@ impl Engine {
         let inner = &self.inner;
         let mut acks = Vec::with_capacity(batch.len());
         let mut after: Vec<After> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
         for m in batch {
             inner
                 .stats
                 .commands_received
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            after.extend(inner.accept(&m.payload)?);
+            after.extend(inner.accept(&m.payload, m.received, &mut ids)?);
             acks.push(m.ack);
         }
         inner.store.commit().await?;
         crate::faults::hit("intake:stored");
+        let durable = crate::stages::now();
         for ack in acks {
             ack().await;
+        }
+        let acked = crate::stages::now();
+        for id in &ids {
+            crate::stages::mark_at(id, "durable", durable);
+            crate::stages::mark_at(id, "puback", acked);
         }
         inner.outbox_notify.notify_one();
         for a in after {
@@ -108,7 +117,13 @@ impl Engine {
 
 impl Inner {
     /// Validate one payload and write what it leads to (record and/or outbox result).
-    fn accept(self: &Arc<Self>, payload: &[u8]) -> Result<Vec<After>, StoreError> {
+    /// `ids` collects the ids of new commands (for the stage timestamps).
+    fn accept(
+        self: &Arc<Self>,
+        payload: &[u8],
+        received: u64,
+        ids: &mut Vec<String>,
+    ) -> Result<Vec<After>, StoreError> {
         if payload.len() > self.cfg.max_bytes * 2 + 1024 {
             // Far too big even for an envelope: refuse before decoding anything.
             return self.refuse(parse_command(payload, self.cfg.max_bytes).err());
@@ -164,6 +179,10 @@ impl Inner {
             reconciled: None,
         };
         tracing::info!("command received");
+        if crate::stages::enabled() {
+            crate::stages::mark_at(&rec.cmd.id, "received", received);
+            ids.push(rec.cmd.id.to_string());
+        }
         if let Some(why) = misdirected {
             return self.reject(&mut rec, ErrorCode::Unauthorized, why);
         }

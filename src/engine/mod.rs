@@ -345,6 +345,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let res = self.finalize_with(rec, outcome, &[], decorate)?;
         self.store.commit().await?;
+        crate::stages::mark(&rec.cmd.id, "result_durable");
         self.outbox_notify.notify_one();
         tracing::info!(id = %rec.cmd.id, state = res.state.as_str(), "command finished");
         Ok(())

@@ -134,7 +134,12 @@ pub(crate) async fn run(
                 "deadline passed before the terminal was reached",
             ))
         }
-        FirstStep::Execute => Some(driver.execute(ctx).await),
+        FirstStep::Execute => {
+            crate::stages::mark(&ctx.cmd().id, "device_call");
+            let f = driver.execute(ctx).await;
+            crate::stages::mark(&ctx.cmd().id, "device_answer");
+            Some(f)
+        }
     };
     let window = driver.recovery_window();
     let deadline = Instant::now() + window;

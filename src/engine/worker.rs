@@ -98,6 +98,7 @@ async fn run_record(
     }
     rec.state = CmdState::Running;
     rec.started_at = Some(now);
+    crate::stages::mark(id, "worker");
     let mut ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
     // Not synced on its own: every driver journals durably before its first device step,
     // and that commit covers this too. A crash before it leaves the command `queued` (the

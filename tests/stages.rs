@@ -1,0 +1,69 @@
+//! `POSBRIDGE_STAGES`: the agent notes when each payment reaches each stage of its path,
+//! for `posbridge-bench`'s breakdown (docs/performance.md), and writes them at stop.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use posbridge::sim::ip::{IpSim, SimOptions};
+use tokio_util::sync::CancellationToken;
+
+const PATH: [&str; 9] = [
+    "received",
+    "durable",
+    "puback",
+    "worker",
+    "device_call",
+    "device_answer",
+    "result_durable",
+    "result_sent",
+    "result_acked",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_of_a_payment_is_noted_in_order() {
+    let broker = embedded();
+    let sim = IpSim::bind("127.0.0.1:0".parse().expect("addr"), SimOptions::default())
+        .await
+        .expect("sim");
+    let addr = sim.local_addr();
+    let stop = CancellationToken::new();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stages = dir.path().join("stages.jsonl");
+    let spec = AgentSpec::new("stages", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "stages", "cloud-stages", false).await;
+    let mut agent = Agent::start_with(
+        &spec,
+        dir.path(),
+        &[(posbridge::stages::ENV, stages.to_str().expect("utf-8 path"))],
+        &[],
+    );
+    cloud.online().await;
+    cloud.send(pay("st-1", "ip-1", 1500)).await;
+    assert_eq!(cloud.result("st-1").await["state"], "succeeded");
+    // The result's PUBACK may reach the agent after the cloud has the result; the agent
+    // waits at stop until its outbox is empty, so `result_acked` is noted by then.
+    assert!(agent.sigterm().success(), "{}", agent.log());
+    let text = std::fs::read_to_string(&stages).expect("stages written at stop");
+    let mut at: HashMap<String, u64> = HashMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        if v["id"] == "st-1" {
+            at.insert(
+                v["stage"].as_str().expect("stage").to_string(),
+                v["ns"].as_u64().expect("ns"),
+            );
+        }
+    }
+    let mut last = 0;
+    for stage in PATH {
+        let t = *at
+            .get(stage)
+            .unwrap_or_else(|| panic!("no {stage} in {text}"));
+        assert!(t >= last, "{stage} before the stage ahead of it: {at:?}");
+        last = t;
+    }
+    stop.cancel();
+}
