@@ -6,9 +6,10 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 use crate::config::LogFormat;
 
@@ -76,10 +77,30 @@ pub fn choose(format: LogFormat, env: Env) -> (Sink, Option<String>) {
 }
 
 /// The filter: `RUST_LOG` wins over `log.level`; noisy dependencies are kept quiet unless
-/// asked for (sled logs at TRACE/DEBUG).
-pub fn filter(level: &str) -> EnvFilter {
-    EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sled=warn,rumqttd=off,rumqttc=warn")))
+/// asked for (sled logs at TRACE/DEBUG). Both are lists of `level` and `target=level`
+/// directives (`tracing_subscriber::filter::Targets`: no regex engine in the binary).
+pub fn filter(level: &str) -> Targets {
+    if let Some(t) = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+    {
+        return t;
+    }
+    format!("sled=warn,rumqttd=off,rumqttc=warn,{level}")
+        .parse()
+        .unwrap_or_else(|_| {
+            eprintln!("posbridge: log.level {level:?} is not a list of level or target=level directives; using info");
+            Targets::new()
+                .with_default(tracing::Level::INFO)
+                .with_target("sled", tracing::Level::WARN)
+                .with_target("rumqttd", tracing_subscriber::filter::LevelFilter::OFF)
+                .with_target("rumqttc", tracing::Level::WARN)
+        })
+}
+
+/// Whether `level` is a valid `log.level` (config validation).
+pub fn is_valid_filter(level: &str) -> bool {
+    level.parse::<Targets>().is_ok()
 }
 
 /// journald priorities: error→err(3), warn→warning(4), info→info(6), debug/trace→debug(7).
@@ -219,5 +240,29 @@ mod tests {
         assert_eq!(p.warn as u8, b'4');
         assert_eq!(p.error as u8, b'3');
         assert_eq!(p.debug as u8, b'7');
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn log_level_takes_levels_and_target_directives_only() {
+        for ok in [
+            "info",
+            "debug,sled=warn",
+            "warn,posbridge::drivers=debug",
+            "off",
+        ] {
+            assert!(is_valid_filter(ok), "{ok}");
+        }
+        for bad in ["sled=loud", "info,rumqttc=chatty"] {
+            assert!(!is_valid_filter(bad), "{bad}");
+        }
+        // The user's directive for a noisy dependency wins over the default for it.
+        let t = filter("info,sled=debug");
+        assert!(t.would_enable("sled::tree", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("rumqttc::state", &tracing::Level::INFO));
     }
 }

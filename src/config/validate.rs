@@ -89,6 +89,12 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty (e.g. \"info\")");
         }
+        if !crate::logging::is_valid_filter(&self.log.level) {
+            return invalid(
+                "log.level",
+                "must be a level or target=level directives separated by commas (e.g. \"info\" or \"debug,sled=warn\")",
+            );
+        }
         let mut ids = HashMap::new();
         for (i, terminal) in self.terminals.iter().enumerate() {
             let at = format!("terminals[{i}]");
