@@ -223,16 +223,9 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
 async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() {
     use posbridge::sim::ip::{IpSim, SimOptions};
     let broker = embedded();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(1),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0))
+        .await
+        .expect("sim");
     let (addr, stats) = (sim.local_addr(), sim.stats());
     let stop = tokio_util::sync::CancellationToken::new();
     sim.spawn(stop.clone());

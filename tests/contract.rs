@@ -11,15 +11,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(fail_rate: f64, delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate,
-            seed: Some(42),
-            delay_ms,
-            ..Default::default()
-        },
-    )
+    let s = IpSim::loopback(SimOptions {
+        fail_rate,
+        seed: Some(42),
+        delay_ms,
+        ..Default::default()
+    })
     .await
     .expect("sim");
     (s, CancellationToken::new())

@@ -10,17 +10,9 @@ use posbridge::sim::ip::{IpSim, SimOptions, SimStats};
 use tokio_util::sync::CancellationToken;
 
 async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(1),
-            delay_ms,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let s = IpSim::loopback(SimOptions::approving(Some(1), delay_ms))
+        .await
+        .expect("sim");
     (s, CancellationToken::new())
 }
 

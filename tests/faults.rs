@@ -84,15 +84,12 @@ impl Counts {
 }
 
 async fn sim(seed: u64) -> (IpSim, SimStats) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.1,
-            seed: Some(seed),
-            delay_ms: 30,
-            ..Default::default()
-        },
-    )
+    let s = IpSim::loopback(SimOptions {
+        fail_rate: 0.1,
+        seed: Some(seed),
+        delay_ms: 30,
+        ..Default::default()
+    })
     .await
     .expect("sim");
     let stats = s.stats();

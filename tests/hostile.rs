@@ -82,16 +82,9 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     let broker = embedded();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            delay_ms: 2_500,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(None, 2_500))
+        .await
+        .expect("sim");
     let addr = sim.local_addr();
     let stats = sim.stats();
     let stop = CancellationToken::new();

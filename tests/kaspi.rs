@@ -77,6 +77,29 @@ fn spec(agent_id: &str, broker: u16, terminals: &[String]) -> AgentSpec {
     }
 }
 
+/// An agent with one plain-HTTP terminal `kaspi-1` at the simulator.
+fn plain_spec(agent_id: &str, broker: &Broker, s: &Sim) -> AgentSpec {
+    spec(
+        agent_id,
+        broker.port(),
+        &[terminal("kaspi-1", &s.url, false, "")],
+    )
+}
+
+/// The protected terminal `kaspi-1` at the simulator by IP over HTTPS, verified against
+/// the certificate's name via tls_name + the simulator's CA (written into `dir`); `more`
+/// adds keys.
+fn verified_terminal(s: &Sim, dir: &Path, more: &str) -> String {
+    let ca = dir.join("sim-ca.pem");
+    std::fs::write(&ca, &s.tls.as_ref().expect("tls").ca_pem).expect("ca");
+    let keys = format!(
+        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n{more}",
+        ca.display()
+    );
+    let url = format!("https://127.0.0.1:{}", s.port);
+    terminal("kaspi-1", &url, true, &keys)
+}
+
 fn kzt(id: &str, amount: i64) -> Value {
     json!({"v":1,"id":id,"op":"payment","terminal":"kaspi-1","amount":amount,"currency":"KZT"})
 }
@@ -103,19 +126,9 @@ async fn payments_declines_refund_and_device_info_over_http() {
     let broker = embedded();
     let s = sim(plain_opts(300)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-http",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-http", "cloud-kaspi-http", false).await;
-    let agent = Agent::start_with(
-        &sp,
-        dir.path(),
-        &[("POSBRIDGE__SECURITY__ALLOW_UNREFERENCED_REFUNDS", "true")],
-        &[],
-    );
-    cloud.online().await;
+    let sp = plain_spec("kaspi-http", &broker, &s);
+    let env = [("POSBRIDGE__SECURITY__ALLOW_UNREFERENCED_REFUNDS", "true")];
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &env).await;
 
     // Not whole tenge: rejected before any request to the terminal.
     cloud.send(kzt("bad-1", 150_050)).await;
@@ -227,14 +240,8 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
     let broker = embedded();
     let s = sim(plain_opts(0)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-unk",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-unk", "cloud-kaspi-unk", false).await;
-    let _agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let sp = plain_spec("kaspi-unk", &broker, &s);
+    let (cloud, _agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
 
     s.control.unknown_for_next(u64::MAX);
     cloud.send(kzt("u-1", 11_100)).await;
@@ -270,14 +277,8 @@ async fn lost_start_answer_is_unknown_never_failed() {
     let broker = embedded();
     let s = sim(plain_opts(0)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-lost",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-lost", "cloud-kaspi-lost", false).await;
-    let _agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let sp = plain_spec("kaspi-lost", &broker, &s);
+    let (cloud, _agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     s.control.lose_next_answer("payment");
     cloud.send(kzt("l-1", 11_200)).await;
     let r = result(&cloud, "l-1").await;
@@ -299,14 +300,8 @@ async fn lost_foreign_and_garbled_answers_are_never_failed() {
     let broker = embedded();
     let s = sim(plain_opts(0)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-answers",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-answers", "cloud-kaspi-answers", false).await;
-    let agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let sp = plain_spec("kaspi-answers", &broker, &s);
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     // (id, amount in tiyn, expected state)
     let cases = [
         ("a-lost", 11_800, "unknown"),
@@ -356,21 +351,10 @@ async fn kill9_around_the_process_id_never_pays_twice() {
         let agent_id = format!("kaspi-crash-{n}");
         let id = format!("c-{n}");
         let dir = tempfile::tempdir().expect("tempdir");
-        let sp = spec(
-            &agent_id,
-            broker.port(),
-            &[terminal("kaspi-1", &s.url, false, "")],
-        );
-        let cloud = Cloud::connect(
-            broker.port(),
-            &agent_id,
-            &format!("cloud-{agent_id}"),
-            false,
-        )
-        .await;
+        let sp = plain_spec(&agent_id, &broker, &s);
         let before = s.stats.counts().payments_started;
-        let mut agent = Agent::start_with(&sp, dir.path(), &[(posbridge::faults::ENV, point)], &[]);
-        cloud.online().await;
+        let env = [(posbridge::faults::ENV, *point)];
+        let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &env).await;
         cloud.send(kzt(&id, 11_200)).await;
         let st = agent
             .wait_exit(T)
@@ -411,20 +395,12 @@ async fn kill9_around_the_process_id_never_pays_twice() {
 async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     let broker = embedded();
     let s = sim(tls_opts(true)).await;
-    let tls = s.tls.clone().expect("tls");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).expect("ca");
     // Addressed by IP, verified against the certificate's name via tls_name + ca_file.
-    let keys = format!(
-        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n",
-        ca.display()
-    );
-    let url = format!("https://127.0.0.1:{}", s.port);
     let sp = spec(
         "kaspi-tok",
         broker.port(),
-        &[terminal("kaspi-1", &url, true, &keys)],
+        &[verified_terminal(&s, dir.path(), "")],
     );
 
     // Enrolment by the field engineer.
@@ -434,9 +410,7 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     assert!(stderr.contains("registered"), "{stderr}");
     assert_eq!(s.stats.counts().registers, 1);
 
-    let cloud = Cloud::connect(broker.port(), "kaspi-tok", "cloud-kaspi-tok", false).await;
-    let agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("t-1", 11_200)).await;
     let r = result(&cloud, "t-1").await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
@@ -493,29 +467,16 @@ async fn renewed_tokens_survive_a_restart() {
         ..tls_opts(true)
     })
     .await;
-    let tls = s.tls.clone().expect("tls");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).expect("ca");
-    let keys = format!(
-        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\nrenew_before = \"1h\"\n",
-        ca.display()
-    );
-    let url = format!("https://127.0.0.1:{}", s.port);
-    let sp = spec(
-        "kaspi-renew",
-        broker.port(),
-        &[terminal("kaspi-1", &url, true, &keys)],
-    );
+    let t = verified_terminal(&s, dir.path(), "renew_before = \"1h\"\n");
+    let sp = spec("kaspi-renew", broker.port(), &[t]);
     let out = register(&sp, dir.path());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cloud = Cloud::connect(broker.port(), "kaspi-renew", "cloud-kaspi-renew", false).await;
-    let mut agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("r-1", 11_200)).await;
     assert_eq!(result(&cloud, "r-1").await["state"], "succeeded");
     let renewed = s.stats.counts().revokes;
@@ -559,9 +520,7 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let sp = spec("kaspi-pin", broker.port(), &terminals);
-    let cloud = Cloud::connect(broker.port(), "kaspi-pin", "cloud-kaspi-pin", false).await;
-    let agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     for t in ["kaspi-1", "kaspi-2", "kaspi-3", "kaspi-4"] {
         cloud
             .send(json!({"v":1,"id":format!("i-{t}"),"op":"device_info","terminal":t}))
@@ -603,16 +562,8 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
         ..tls_opts(true)
     })
     .await;
-    let tls = s.tls.clone().expect("tls");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).expect("ca");
-    let keys = format!(
-        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n",
-        ca.display()
-    );
-    let url = format!("https://127.0.0.1:{}", s.port);
-    let t = terminal("kaspi-1", &url, true, &keys)
+    let t = verified_terminal(&s, dir.path(), "")
         .replace("register_timeout = \"10s\"", "register_timeout = \"1s\"");
     let sp = spec("kaspi-reg", broker.port(), &[t]);
 
@@ -629,9 +580,7 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     assert!(!out.status.success());
     assert!(err.contains("Register Error"), "{err}");
     // Without a token the agent refuses payments with the enrolment hint.
-    let cloud = Cloud::connect(broker.port(), "kaspi-reg", "cloud-kaspi-reg", false).await;
-    let mut agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("n-1", 11_200)).await;
     let r = result(&cloud, "n-1").await;
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
@@ -662,14 +611,8 @@ async fn a_full_card_number_from_the_terminal_is_never_kept_or_sent() {
     let broker = embedded();
     let s = sim(plain_opts(0)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-pan",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-pan", "cloud-kaspi-pan", false).await;
-    let mut agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let sp = plain_spec("kaspi-pan", &broker, &s);
+    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("pan-1", 12_000)).await;
     let r = result(&cloud, "pan-1").await;
     assert_eq!(r["state"], "succeeded", "{r}");

@@ -444,17 +444,9 @@ impl<'a> Session<'a> {
 }
 
 async fn ip_sim(delay_ms: u64) -> IpSim {
-    IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(7),
-            delay_ms,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("ip simulator")
+    IpSim::loopback(SimOptions::approving(Some(7), delay_ms))
+        .await
+        .expect("ip simulator")
 }
 
 const AGENT: &str = "shop-schemas";

@@ -50,15 +50,9 @@ async fn signed_setup(
     security_extra: &str,
     stop: &CancellationToken,
 ) -> (SigningKey, posbridge::sim::ip::SimStats, AgentSpec) {
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(None, 0))
+        .await
+        .expect("sim");
     let (addr, stats) = (sim.local_addr(), sim.stats());
     sim.spawn(stop.clone());
     let sk = SigningKey::generate();

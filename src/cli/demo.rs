@@ -204,17 +204,9 @@ impl CloudPos {
 pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     let port = crate::broker::start_embedded().context("starting the embedded broker")?;
     let shutdown = CancellationToken::new();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse()?,
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(7),
-            delay_ms: 300,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("starting the IP terminal simulator")?;
+    let sim = IpSim::loopback(SimOptions::approving(Some(7), 300))
+        .await
+        .context("starting the IP terminal simulator")?;
     let sim_addr = sim.local_addr();
     let stats = sim.stats();
     let control = sim.control();

@@ -9,7 +9,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
-use super::Agent;
+use super::{Agent, AgentSpec};
 
 #[derive(Debug, Clone)]
 pub struct Msg {
@@ -207,6 +207,20 @@ impl Cloud {
             v["state"] == "online"
         })
         .await;
+    }
+
+    /// The agent `spec` describes, started in `dir` with `env`, and a cloud client for it
+    /// (`cloud-<agent_id>`, connected first so nothing is missed), once the agent is online.
+    pub async fn with_agent(
+        spec: &AgentSpec,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> (Cloud, Agent) {
+        let id = &spec.agent_id;
+        let cloud = Cloud::connect(spec.broker_port, id, &format!("cloud-{id}"), false).await;
+        let agent = Agent::start_with(spec, dir, env, &[]);
+        cloud.online().await;
+        (cloud, agent)
     }
 }
 

@@ -3,7 +3,10 @@
 //! tests need. Everything on loopback.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -48,4 +51,32 @@ pub fn file_containing(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> 
                 .then_some(p)
         }
     })
+}
+
+/// `posbridge run --config cfg` from a hand-written config, unsigned commands allowed,
+/// stderr into `log`.
+pub fn run_agent(cfg: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("POSBRIDGE__SECURITY__ALLOW_UNSIGNED", "true")
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("agent")
+}
+
+/// The text of the log at `path` once `done` holds for it (polled every 50 ms, for 15 s at
+/// the most; `what` names what was awaited).
+pub async fn wait_log(path: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            if done(&log) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"))
 }

@@ -115,16 +115,7 @@ pub(crate) fn resume(broker: &mut Broker) {
 pub(crate) async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::CancellationToken)> {
     use posbridge::sim::ip::{IpSim, SimOptions};
     let stop = tokio_util::sync::CancellationToken::new();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse()?,
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(1),
-            delay_ms,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = IpSim::loopback(SimOptions::approving(Some(1), delay_ms)).await?;
     let addr = sim.local_addr().to_string();
     sim.spawn(stop.clone());
     Ok((addr, stop))
