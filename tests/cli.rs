@@ -90,21 +90,7 @@ fn env_overrides_reach_check() {
 fn secret_set_stores_encrypted_and_never_echoes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), &minimal(dir.path()));
-    let mut child = Command::new(BIN)
-        .args(["secret", "set", "ip-1", "api_key", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"very-secret-value-123\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = secret_set(&cfg, "ip-1", "api_key", "very-secret-value-123\n");
     assert!(
         out.status.success(),
         "{}",
@@ -193,9 +179,7 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-twice", broker.port())
         .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let cloud = Cloud::connect(broker.port(), "shop-twice", "cloud-twice", false).await;
-    let _first = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (_cloud, _first) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(dir.path().join("posbridge.toml"))
@@ -231,9 +215,7 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
     sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-salvage", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "shop-salvage", "cloud-salvage", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     cloud.send(pay("x-1", "ip-1", 1500)).await;
     let first = cloud.result("x-1").await;
     assert_eq!(first["state"], "succeeded", "{first}");

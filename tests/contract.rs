@@ -46,9 +46,7 @@ async fn ip_rig(broker: Broker, agent_id: &str) -> IpRig {
     sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     IpRig {
         cloud,
         agent,
@@ -72,9 +70,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
         max_bytes: 4096,
         ..AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr)
     };
-    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let status = cloud
         .wait("status", Duration::from_secs(5), |v| v["state"] == "online")
         .await;
@@ -296,9 +292,7 @@ async fn queue_full_and_cancel() {
         queue_depth: 2,
         ..AgentSpec::new("shop-q", broker.port()).ip("ip-1", addr)
     };
-    let cloud = Cloud::connect(broker.port(), "shop-q", "cloud-q", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     cloud.send(pay("q-1", "ip-1", 100)).await;
     cloud
@@ -345,9 +339,7 @@ async fn unreachable_terminal_fails_cleanly() {
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-dead", broker.port()).ip("ip-1", dead);
-    let cloud = Cloud::connect(broker.port(), "shop-dead", "cloud-dead", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     cloud.send(pay("x-1", "ip-1", 100)).await;
     let r = cloud.result("x-1").await;
     assert_eq!(r["state"], "failed");

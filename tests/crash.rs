@@ -28,19 +28,6 @@ async fn executed(stats: &SimStats, id: &str) {
     .expect("terminal executed the operation");
 }
 
-/// Every point at which the agent writes something its promise depends on, in the order
-/// a payment on an IP terminal passes them.
-const POINTS: &[&str] = &[
-    "intake:stored",
-    "journal:started:before",
-    "journal:started:after",
-    "journal:ip_sending:before",
-    "journal:ip_sending:after",
-    "journal:answer:before",
-    "journal:answer:after",
-    "worker:finished",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_every_journal_point_never_charges_twice() {
     let broker = embedded();
@@ -48,21 +35,13 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
     let addr = sim.local_addr();
     let stats = sim.stats();
     let _sim = sim.spawn(stop.clone());
-    for (n, point) in POINTS.iter().enumerate() {
+    for (n, point) in IP_JOURNAL_POINTS.iter().enumerate() {
         let agent_id = format!("crash-{n}");
         let id = format!("k-{n}");
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = AgentSpec::new(&agent_id, broker.port()).ip("ip-1", addr);
-        let cloud = Cloud::connect(
-            broker.port(),
-            &agent_id,
-            &format!("cloud-{agent_id}"),
-            false,
-        )
-        .await;
-        let mut agent =
-            Agent::start_with(&spec, dir.path(), &[(posbridge::faults::ENV, point)], &[]);
-        cloud.online().await;
+        let (cloud, mut agent) =
+            Cloud::with_agent(&spec, dir.path(), &[(posbridge::faults::ENV, point)]).await;
         cloud.send(pay(&id, "ip-1", 700)).await;
         let st = agent
             .wait_exit(Duration::from_secs(20))
@@ -150,9 +129,7 @@ async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
     let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-down", m.port).ip("ip-1", addr);
-    let cloud = Cloud::connect(m.port, "shop-down", "cloud-down", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     agent.kill9();
     // The will tells the cloud the agent is gone.
     cloud

@@ -19,21 +19,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const POINTS: &[&str] = &[
-    "intake:stored",
-    "journal:started:before",
-    "journal:started:after",
-    "journal:ip_sending:before",
-    "journal:ip_sending:after",
-    "journal:answer:before",
-    "journal:answer:after",
-    "worker:finished",
-    "journal:token_basket:before",
-    "journal:token_basket:after",
-    "journal:paywall_sale_sending:before",
-    "journal:paywall_sale_sending:after",
-];
-
 /// A fiscal sale on the Token register (basket adds up to 2000 kuruş).
 fn token_sale(id: &str) -> Value {
     json!({"v":1,"id":id,"op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
@@ -321,7 +306,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 counts.store_damage += 1;
             }
             0..=4 => {
-                let point = POINTS[rng.random_range(0..POINTS.len())];
+                let point = JOURNAL_POINTS[rng.random_range(0..JOURNAL_POINTS.len())];
                 agent.restart(&[(posbridge::faults::ENV, point)]);
                 // Re-send the batch's ids as duplicates so the restarted agent has work
                 // that crosses the point even if the batch was already finished.

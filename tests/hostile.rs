@@ -15,9 +15,7 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-hostile", broker.port())
         .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let cloud = Cloud::connect(broker.port(), "shop-hostile", "cloud-hostile", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     let deep = format!(
         r#"{{"v":1,"id":"deep-1","op":"ping","basket":{}{}}}"#,
@@ -95,9 +93,7 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
         addr,
         &[("op_timeout", "300ms"), ("recovery_window", "300ms")],
     );
-    let cloud = Cloud::connect(broker.port(), "shop-slow", "cloud-slow", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     cloud.send(pay("slow-1", "ip-1", 700)).await;
     let r = cloud.result("slow-1").await;

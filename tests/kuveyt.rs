@@ -15,20 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 const T: &str = "kv-1";
 
-struct Rig {
-    _broker: Broker,
-    _dir: tempfile::TempDir,
-    stats: KuveytStats,
-    stop: CancellationToken,
-    agent: Agent,
-    cloud: Cloud,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+type Rig = common::Rig<KuveytStats>;
 
 fn terminal(mode: &str, test_url: &str, live_url: &str, dir: &Path) -> String {
     std::fs::write(dir.join("api_key"), "test-api-key\n").expect("key");
@@ -59,17 +46,7 @@ async fn rig(name: &str, mode: &str, env: &[(&str, &str)]) -> Rig {
         dir.path(),
     );
     sim.spawn(stop.clone());
-    let cloud = Cloud::connect(broker.port(), name, &format!("cloud-{name}"), false).await;
-    let agent = Agent::start_with(&spec, dir.path(), env, &[]);
-    cloud.online().await;
-    Rig {
-        _broker: broker,
-        _dir: dir,
-        stats,
-        stop,
-        agent,
-        cloud,
-    }
+    Rig::start(broker, dir, &spec, env, stats, stop).await
 }
 
 fn pay(id: &str, amount: i64, within: Duration) -> Value {
@@ -312,7 +289,7 @@ async fn a_full_card_number_from_the_provider_is_never_kept_or_sent() {
     for pan in ["4111111111111111", "4111 1111 1111 1111"] {
         let published = r.cloud.published_containing(pan);
         assert!(published.is_none(), "{published:?}");
-        let file = file_containing(r._dir.path(), pan.as_bytes());
+        let file = file_containing(r.dir.path(), pan.as_bytes());
         assert!(file.is_none(), "{file:?} holds the card number");
     }
 }

@@ -63,9 +63,7 @@ async fn doctor_all_green_with_the_agent_running_then_stopped() {
     let (addr, _sim) = sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-doc", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "shop-doc", "cloud-doc", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let config = agent.config.to_string_lossy().into_owned();
 
     let out = posbridge(&["doctor", "--config", &config]).await;

@@ -15,20 +15,7 @@ use tokio_util::sync::CancellationToken;
 const GUID: &str = "8ff33705-57c7-42dc-8341-a0053e7f3009";
 const T: &str = "pw-1";
 
-struct Rig {
-    _broker: Broker,
-    _dir: tempfile::TempDir,
-    stats: PaywallStats,
-    stop: CancellationToken,
-    agent: Agent,
-    cloud: Cloud,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+type Rig = common::Rig<PaywallStats>;
 
 /// Key files for the test environment, as an operator would write them.
 fn key_files(dir: &Path) -> String {
@@ -78,17 +65,7 @@ async fn rig_with(
     )
     .expect("config");
     before_start(&dir.path().join("posbridge.toml"));
-    let cloud = Cloud::connect(broker.port(), name, &format!("cloud-{name}"), false).await;
-    let agent = Agent::start_with(&spec, dir.path(), env, &[]);
-    cloud.online().await;
-    Rig {
-        _broker: broker,
-        _dir: dir,
-        stats,
-        stop,
-        agent,
-        cloud,
-    }
+    Rig::start(broker, dir, &spec, env, stats, stop).await
 }
 
 async fn rig(name: &str) -> Rig {
@@ -231,21 +208,7 @@ async fn live_mode_uses_live_url_and_secrets_from_the_store() {
                 ("live_api_key", "live-api-key"),
                 ("live_client_key", "live-secret"),
             ] {
-                let mut child = std::process::Command::new(BIN)
-                    .args(["secret", "set", T, name, "--config"])
-                    .arg(config)
-                    .stdin(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("secret set");
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(value.as_bytes())
-                    .expect("write");
-                let out = child.wait_with_output().expect("wait");
+                let out = secret_set(config, T, name, value);
                 assert!(
                     out.status.success(),
                     "{}",
@@ -500,9 +463,7 @@ async fn https_with_a_generated_certificate_and_ca_file() {
             dir.path().join("ca.pem").display()
         ),
     );
-    let cloud = Cloud::connect(broker.port(), "pw-tls", "cloud-pw-tls", false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     cloud.send(sale("t-1", 2200)).await;
     let res = cloud.result("t-1").await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
@@ -584,6 +545,6 @@ async fn a_full_card_number_from_paywall_is_never_kept_or_sent() {
     assert!(r.agent.sigterm().success());
     let published = r.cloud.published_containing("4111111111111111");
     assert!(published.is_none(), "{published:?}");
-    let file = file_containing(r._dir.path(), "4111111111111111".as_bytes());
+    let file = file_containing(r.dir.path(), "4111111111111111".as_bytes());
     assert!(file.is_none(), "{file:?} holds the card number");
 }

@@ -90,9 +90,7 @@ async fn only_signed_commands_run() {
             .as_bytes(),
     )
     .expect("write key");
-    let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-signed", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     // Signed by the CLI with the configured key: runs.
     let cmd = signed_pay("s-1", 1200);
@@ -203,9 +201,7 @@ async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
         &stop,
     )
     .await;
-    let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-bound", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let send = |v: Value| {
         let env = seal(v.to_string().as_bytes(), "k", &sk);
         let c = &cloud;

@@ -60,9 +60,8 @@ async fn rig(agent_id: &str) -> Rig {
     let broker = embedded();
     let (addr, ctl, stop) = sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
-    let agent = Agent::start(&spec(agent_id, broker.port(), addr), dir.path());
-    cloud.online().await;
+    let (cloud, agent) =
+        Cloud::with_agent(&spec(agent_id, broker.port(), addr), dir.path(), &[]).await;
     Rig {
         cloud,
         agent,
@@ -226,20 +225,12 @@ async fn kill9_between_basket_and_result_never_sells_twice() {
         let agent_id = format!("tok-crash-{n}");
         let id = format!("c-{n}");
         let dir = tempfile::tempdir().expect("tempdir");
-        let cloud = Cloud::connect(
-            broker.port(),
-            &agent_id,
-            &format!("cloud-{agent_id}"),
-            false,
-        )
-        .await;
-        let mut agent = Agent::start_with(
+        let (cloud, mut agent) = Cloud::with_agent(
             &spec(&agent_id, broker.port(), addr),
             dir.path(),
             &[(posbridge::faults::ENV, point)],
-            &[],
-        );
-        cloud.online().await;
+        )
+        .await;
         cloud.send(sale(&id)).await;
         let st = agent
             .wait_exit(Duration::from_secs(20))
@@ -265,9 +256,7 @@ async fn usb_transport_without_a_register_is_device_unavailable_with_the_cause()
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = AgentSpec::new("tok-usb", broker.port());
     s.extra = "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"usb\"\n".into();
-    let cloud = Cloud::connect(broker.port(), "tok-usb", "cloud-tok-usb", false).await;
-    let _agent = Agent::start(&s, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&s, dir.path(), &[]).await;
     cloud
         .send(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"}))
         .await;
@@ -332,9 +321,7 @@ async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
             ca_path.display()
         ));
     }
-    let cloud = Cloud::connect(broker.port(), "tok-strict", "cloud-tok-strict", false).await;
-    let agent = Agent::start(&s, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent(&s, dir.path(), &[]).await;
     cloud.send(sale("st-1")).await;
     let res = cloud.result("st-1").await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
@@ -445,9 +432,8 @@ async fn another_register_at_the_same_address_is_refused() {
     let broker = embedded();
     let (addr, _ctl, stop) = sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = Cloud::connect(broker.port(), "tok-pin", "cloud-tok-pin", false).await;
-    let mut agent = Agent::start(&spec("tok-pin", broker.port(), addr), dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) =
+        Cloud::with_agent(&spec("tok-pin", broker.port(), addr), dir.path(), &[]).await;
     cloud.send(sale("pin-1")).await;
     assert_eq!(cloud.result("pin-1").await["state"], "succeeded");
     agent.restart(&[]);

@@ -9,14 +9,74 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 pub use posbridge::testkit::*;
 
 /// The agent binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_posbridge");
 
+/// Every point at which the agent writes something its promise depends on: first in the
+/// order a payment on an IP terminal passes them, then the Token and Paywall ones.
+pub const JOURNAL_POINTS: &[&str] = &[
+    "intake:stored",
+    "journal:started:before",
+    "journal:started:after",
+    "journal:ip_sending:before",
+    "journal:ip_sending:after",
+    "journal:answer:before",
+    "journal:answer:after",
+    "worker:finished",
+    "journal:token_basket:before",
+    "journal:token_basket:after",
+    "journal:paywall_sale_sending:before",
+    "journal:paywall_sale_sending:after",
+];
+
+/// The points a payment on an IP terminal passes, in order.
+pub const IP_JOURNAL_POINTS: &[&str] = JOURNAL_POINTS.split_at(8).0;
+
 pub fn embedded() -> Broker {
     Broker::embedded()
+}
+
+/// A broker, a temp dir, a simulator (its `stats` kept, stopped through `stop` on drop),
+/// and the agent with its cloud client online.
+pub struct Rig<S> {
+    pub broker: Broker,
+    pub dir: tempfile::TempDir,
+    pub stats: S,
+    pub stop: CancellationToken,
+    pub agent: Agent,
+    pub cloud: Cloud,
+}
+
+impl<S> Rig<S> {
+    /// Start the agent `spec` describes in `dir` with `env`, and its cloud client.
+    pub async fn start(
+        broker: Broker,
+        dir: tempfile::TempDir,
+        spec: &AgentSpec,
+        env: &[(&str, &str)],
+        stats: S,
+        stop: CancellationToken,
+    ) -> Self {
+        let (cloud, agent) = Cloud::with_agent(spec, dir.path(), env).await;
+        Rig {
+            broker,
+            dir,
+            stats,
+            stop,
+            agent,
+            cloud,
+        }
+    }
+}
+
+impl<S> Drop for Rig<S> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 pub fn pay(id: &str, terminal: &str, amount: i64) -> Value {
@@ -79,4 +139,25 @@ pub async fn wait_log(path: &Path, what: &str, done: impl Fn(&str) -> bool) -> S
     })
     .await
     .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// `posbridge secret set <terminal> <name> --config <config>` with `value` typed on stdin.
+pub fn secret_set(config: &Path, terminal: &str, name: &str, value: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(BIN)
+        .args(["secret", "set", terminal, name, "--config"])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("secret set");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
 }
