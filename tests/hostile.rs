@@ -95,8 +95,7 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     );
     let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
-    cloud.send(pay("slow-1", "ip-1", 700)).await;
-    let r = cloud.result("slow-1").await;
+    let r = cloud.ask(pay("slow-1", "ip-1", 700)).await;
     assert_eq!(r["state"], "unknown", "{r}");
     assert_eq!(r["needs_reconciliation"], true);
 
@@ -108,10 +107,9 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     })
     .await
     .expect("terminal finished");
-    cloud
-        .send(json!({"v":1,"id":"st-1","op":"status","target":"slow-1"}))
+    let s = cloud
+        .ask(json!({"v":1,"id":"st-1","op":"status","target":"slow-1"}))
         .await;
-    let s = cloud.result("st-1").await;
     assert_eq!(s["state"], "succeeded", "{s}");
     assert_eq!(
         s["target"]["state"], "unknown",

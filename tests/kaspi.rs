@@ -86,6 +86,17 @@ fn plain_spec(agent_id: &str, broker: &Broker, s: &Sim) -> AgentSpec {
     )
 }
 
+/// A broker, a simulator with no customer time, and the agent `agent_id` with its plain
+/// terminal in a temp dir, its cloud client online.
+async fn plain_rig(agent_id: &str) -> (Broker, Sim, tempfile::TempDir, Cloud, Agent) {
+    let broker = embedded();
+    let s = sim(plain_opts(0)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sp = plain_spec(agent_id, &broker, &s);
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    (broker, s, dir, cloud, agent)
+}
+
 /// The protected terminal `kaspi-1` at the simulator by IP over HTTPS, verified against
 /// the certificate's name via tls_name + the simulator's CA (written into `dir`); `more`
 /// adds keys.
@@ -102,11 +113,6 @@ fn verified_terminal(s: &Sim, dir: &Path, more: &str) -> String {
 
 fn kzt(id: &str, amount: i64) -> Value {
     json!({"v":1,"id":id,"op":"payment","terminal":"kaspi-1","amount":amount,"currency":"KZT"})
-}
-
-async fn result(cloud: &Cloud, id: &str) -> Value {
-    let id = Value::String(id.to_string());
-    cloud.wait("result", T, |v| v["id"] == id).await
 }
 
 /// `posbridge kaspi register` against the simulator, as a field engineer runs it.
@@ -131,21 +137,19 @@ async fn payments_declines_refund_and_device_info_over_http() {
     let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &env).await;
 
     // Not whole tenge: rejected before any request to the terminal.
-    cloud.send(kzt("bad-1", 150_050)).await;
-    let r = result(&cloud, "bad-1").await;
+    let r = cloud.ask(kzt("bad-1", 150_050)).await;
     assert_eq!(r["state"], "rejected", "{r}");
     assert_eq!(r["error"]["code"], "invalid_amount");
     cloud
         .send(json!({"v":1,"id":"bad-2","op":"payment","terminal":"kaspi-1","amount":100,"currency":"USD"}))
         .await;
-    assert_eq!(result(&cloud, "bad-2").await["state"], "rejected");
+    assert_eq!(cloud.result("bad-2").await["state"], "rejected");
     assert_eq!(s.stats.counts().payments_started, 0);
 
     // Card, approved (amount convention …12), own receipt.
     let mut card = kzt("card-1", 151_200);
     card["own_receipt"] = json!(true);
-    cloud.send(card).await;
-    let r = result(&cloud, "card-1").await;
+    let r = cloud.ask(card).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(r["amount"], 151_200);
     let p = &r["payment"];
@@ -165,8 +169,7 @@ async fn payments_declines_refund_and_device_info_over_http() {
         .await;
 
     // QR, approved: the transaction id is the orderNumber.
-    cloud.send(kzt("qr-1", 51_100)).await;
-    let r = result(&cloud, "qr-1").await;
+    let r = cloud.ask(kzt("qr-1", 51_100)).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["payment"]["method"], "qr");
     assert_eq!(
@@ -180,17 +183,14 @@ async fn payments_declines_refund_and_device_info_over_http() {
         .await;
 
     // Declined card (…13) and customer cancel (…15).
-    cloud.send(kzt("dec-1", 21_300)).await;
-    let r = result(&cloud, "dec-1").await;
+    let r = cloud.ask(kzt("dec-1", 21_300)).await;
     assert_eq!(r["state"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "declined");
     assert_eq!(r["error"]["device_code"], "CardTransactionFailure");
-    cloud.send(kzt("can-1", 21_500)).await;
-    let r = result(&cloud, "can-1").await;
+    let r = cloud.ask(kzt("can-1", 21_500)).await;
     assert_eq!(r["error"]["code"], "cancelled_by_customer", "{r}");
     // Payments blocked (…06): the terminal's 106 refuses before anything starts.
-    cloud.send(kzt("blk-1", 10_600)).await;
-    let r = result(&cloud, "blk-1").await;
+    let r = cloud.ask(kzt("blk-1", 10_600)).await;
     assert_eq!(
         (r["state"].as_str(), r["error"]["device_code"].as_i64()),
         (Some("failed"), Some(106)),
@@ -198,35 +198,28 @@ async fn payments_declines_refund_and_device_info_over_http() {
     );
 
     // Refund by original: the engine fills method + rrn; the terminal checks them.
-    cloud
-        .send(json!({"v":1,"id":"ref-1","op":"refund","terminal":"kaspi-1","amount":100_000,"original":"card-1"}))
-        .await;
-    let r = result(&cloud, "ref-1").await;
+    let r = cloud.ask(json!({"v":1,"id":"ref-1","op":"refund","terminal":"kaspi-1","amount":100_000,"original":"card-1"})).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(r["device"]["chequeInfo"]["type"], "refund");
     // Refund by explicit transaction id + method (the QR payment).
-    let qr = result(&cloud, "qr-1").await;
+    let qr = cloud.result("qr-1").await;
     cloud
         .send(json!({"v":1,"id":"ref-2","op":"refund","terminal":"kaspi-1","amount":100,"currency":"KZT",
                      "transaction_id": qr["payment"]["transaction_id"], "method":"qr"}))
         .await;
-    assert_eq!(result(&cloud, "ref-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("ref-2").await["state"], "succeeded");
     // Allowed without `original`, but the transaction is this agent's own payment: the
     // over-refund check still applies (511 ₸ paid, 1 ₸ refunded).
-    cloud
-        .send(json!({"v":1,"id":"ref-3","op":"refund","terminal":"kaspi-1","amount":51_100,"currency":"KZT",
-                     "transaction_id": qr["payment"]["transaction_id"], "method":"qr"}))
-        .await;
-    let r = result(&cloud, "ref-3").await;
+    let r = cloud.ask(json!({"v":1,"id":"ref-3","op":"refund","terminal":"kaspi-1","amount":51_100,"currency":"KZT",
+                     "transaction_id": qr["payment"]["transaction_id"], "method":"qr"})).await;
     assert_eq!(r["error"]["code"], "invalid_amount", "{r}");
     assert_eq!(s.stats.counts().refunds_started, 2);
     assert_eq!(s.stats.counts().payments_started, 4);
 
     // device_info and the retained terminal state.
-    cloud
-        .send(json!({"v":1,"id":"info-1","op":"device_info","terminal":"kaspi-1"}))
+    let r = cloud
+        .ask(json!({"v":1,"id":"info-1","op":"device_info","terminal":"kaspi-1"}))
         .await;
-    let r = result(&cloud, "info-1").await;
     assert_eq!(r["device"]["serialNum"], "00043010171", "{r}");
     let t = cloud
         .wait("terminals/kaspi-1", T, |v| v["state"] == "connected")
@@ -237,15 +230,10 @@ async fn payments_declines_refund_and_device_info_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_is_actualized_then_a_later_status_resolves_it() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = plain_spec("kaspi-unk", &broker, &s);
-    let (cloud, _agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    let (_broker, s, _dir, cloud, _agent) = plain_rig("kaspi-unk").await;
 
     s.control.unknown_for_next(u64::MAX);
-    cloud.send(kzt("u-1", 11_100)).await;
-    let r = result(&cloud, "u-1").await;
+    let r = cloud.ask(kzt("u-1", 11_100)).await;
     assert_eq!(r["state"], "unknown", "{r}");
     assert_eq!(r["needs_reconciliation"], true);
     assert!(
@@ -263,10 +251,9 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
 
     // The terminal learns the outcome later; a status command asks again.
     s.control.settle_unknown();
-    cloud
-        .send(json!({"v":1,"id":"s-1","op":"status","target":"u-1"}))
+    let st = cloud
+        .ask(json!({"v":1,"id":"s-1","op":"status","target":"u-1"}))
         .await;
-    let st = result(&cloud, "s-1").await;
     assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(st["target"]["reconciled"]["payment"]["method"], "qr");
     assert_eq!(s.stats.counts().payments_started, 1, "never paid twice");
@@ -274,21 +261,16 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_start_answer_is_unknown_never_failed() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = plain_spec("kaspi-lost", &broker, &s);
-    let (cloud, _agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    let (_broker, s, _dir, cloud, _agent) = plain_rig("kaspi-lost").await;
     s.control.lose_next_answer("payment");
-    cloud.send(kzt("l-1", 11_200)).await;
-    let r = result(&cloud, "l-1").await;
+    let r = cloud.ask(kzt("l-1", 11_200)).await;
     assert_eq!(r["state"], "unknown", "{r}");
     assert_eq!(r["needs_reconciliation"], true);
     assert_eq!(s.stats.counts().payments_started, 1);
     // A lost status answer, on the other hand, is just asked again.
     s.control.lose_next_answer("status");
     cloud.send(kzt("l-2", 11_200)).await;
-    assert_eq!(result(&cloud, "l-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("l-2").await["state"], "succeeded");
 }
 
 /// The terminal runs the payment, then: its answer to `/v2/payment` is lost (18: no
@@ -297,11 +279,7 @@ async fn lost_start_answer_is_unknown_never_failed() {
 /// `failed`; one payment each; the last settles to the terminal's real answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_foreign_and_garbled_answers_are_never_failed() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = plain_spec("kaspi-answers", &broker, &s);
-    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    let (_broker, s, _dir, cloud, agent) = plain_rig("kaspi-answers").await;
     // (id, amount in tiyn, expected state)
     let cases = [
         ("a-lost", 11_800, "unknown"),
@@ -309,8 +287,7 @@ async fn lost_foreign_and_garbled_answers_are_never_failed() {
         ("a-garbled", 11_900, "succeeded"),
     ];
     for (n, (id, amount, want)) in cases.iter().enumerate() {
-        cloud.send(kzt(id, *amount)).await;
-        let r = result(&cloud, id).await;
+        let r = cloud.ask(kzt(id, *amount)).await;
         assert_eq!(r["state"], *want, "{id}: {r}\n{}", agent.log());
         if *want == "unknown" {
             assert_eq!(r["needs_reconciliation"], true, "{r}");
@@ -322,10 +299,9 @@ async fn lost_foreign_and_garbled_answers_are_never_failed() {
         );
     }
     // The foreign receipt is kept raw for the operator, and `status` does not take it.
-    cloud
-        .send(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"}))
+    let st = cloud
+        .ask(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"}))
         .await;
-    let st = result(&cloud, "a-st").await;
     assert!(st["target"].get("reconciled").is_none(), "{st}");
     assert!(agent.log().contains("receipt amount differs"));
 }
@@ -364,7 +340,7 @@ async fn kill9_around_the_process_id_never_pays_twice() {
             s.control.forget_processes();
         }
         agent.restart(&[]);
-        let r = result(&cloud, &id).await;
+        let r = cloud.result(&id).await;
         assert_eq!(
             r["state"],
             *want,
@@ -411,8 +387,7 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     assert_eq!(s.stats.counts().registers, 1);
 
     let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
-    cloud.send(kzt("t-1", 11_200)).await;
-    let r = result(&cloud, "t-1").await;
+    let r = cloud.ask(kzt("t-1", 11_200)).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(s.stats.counts().revokes, 0);
 
@@ -429,20 +404,19 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     // 403: token past its expiration → one renewal, then the payment runs.
     s.control.expire_tokens_now();
     cloud.send(kzt("t-2", 11_200)).await;
-    assert_eq!(result(&cloud, "t-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("t-2").await["state"], "succeeded");
     assert_eq!(s.stats.counts().revokes, 1);
     // 401 "Session expires…" → one renewal.
     s.control.require_renewal();
     cloud.send(kzt("t-3", 11_200)).await;
-    assert_eq!(result(&cloud, "t-3").await["state"], "succeeded");
+    assert_eq!(cloud.result("t-3").await["state"], "succeeded");
     assert_eq!(s.stats.counts().revokes, 2);
     assert_eq!(s.stats.counts().payments_started, 3);
 
     // Renewal fails: a clear terminal error that says how to re-register; no payment.
     s.control.break_refresh();
     s.control.expire_tokens_now();
-    cloud.send(kzt("t-4", 11_200)).await;
-    let r = result(&cloud, "t-4").await;
+    let r = cloud.ask(kzt("t-4", 11_200)).await;
     assert_eq!(r["state"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "unauthorized");
     let msg = r["error"]["message"].as_str().expect("message");
@@ -478,13 +452,12 @@ async fn renewed_tokens_survive_a_restart() {
     );
     let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("r-1", 11_200)).await;
-    assert_eq!(result(&cloud, "r-1").await["state"], "succeeded");
+    assert_eq!(cloud.result("r-1").await["state"], "succeeded");
     let renewed = s.stats.counts().revokes;
     assert!(renewed >= 1, "renewed before expiry");
     // The old pair died at the terminal; only the durably stored new one works now.
     agent.restart(&[]);
-    cloud.send(kzt("r-2", 11_200)).await;
-    let r = result(&cloud, "r-2").await;
+    let r = cloud.ask(kzt("r-2", 11_200)).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(s.stats.counts().auth_refused, 0, "never used a dead token");
 }
@@ -526,10 +499,10 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
             .send(json!({"v":1,"id":format!("i-{t}"),"op":"device_info","terminal":t}))
             .await;
     }
-    let ok = result(&cloud, "i-kaspi-1").await;
+    let ok = cloud.result("i-kaspi-1").await;
     assert_eq!(ok["state"], "succeeded", "{ok}\n{}", agent.log());
     assert_eq!(ok["device"]["terminalId"], "31452963");
-    let bad = result(&cloud, "i-kaspi-2").await;
+    let bad = cloud.result("i-kaspi-2").await;
     assert_eq!(bad["state"], "failed", "{bad}");
     assert_eq!(bad["error"]["code"], "device_unavailable");
     let m = bad["error"]["message"].as_str().expect("msg");
@@ -538,19 +511,16 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
         "{m}"
     );
     // A payment to the mismatching terminal never leaves the agent: failed, not unknown.
-    cloud
-        .send(json!({"v":1,"id":"p-kaspi-2","op":"payment","terminal":"kaspi-2","amount":11_200,"currency":"KZT"}))
-        .await;
-    let r = result(&cloud, "p-kaspi-2").await;
+    let r = cloud.ask(json!({"v":1,"id":"p-kaspi-2","op":"payment","terminal":"kaspi-2","amount":11_200,"currency":"KZT"})).await;
     assert_eq!(
         (r["state"].as_str(), r["error"]["code"].as_str()),
         (Some("failed"), Some("device_unavailable")),
         "{r}"
     );
     assert_eq!(s.stats.counts().payments_started, 0);
-    let unverified = result(&cloud, "i-kaspi-3").await;
+    let unverified = cloud.result("i-kaspi-3").await;
     assert_eq!(unverified["state"], "failed", "{unverified}");
-    assert_eq!(result(&cloud, "i-kaspi-4").await["state"], "succeeded");
+    assert_eq!(cloud.result("i-kaspi-4").await["state"], "succeeded");
     assert!(agent.log().contains("tls = \\\"insecure\\\"") || agent.log().contains("insecure"));
 }
 
@@ -581,8 +551,7 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     assert!(err.contains("Register Error"), "{err}");
     // Without a token the agent refuses payments with the enrolment hint.
     let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
-    cloud.send(kzt("n-1", 11_200)).await;
-    let r = result(&cloud, "n-1").await;
+    let r = cloud.ask(kzt("n-1", 11_200)).await;
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
     assert!(r["error"]["message"]
         .as_str()
@@ -600,7 +569,7 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     );
     agent.spawn(&[]);
     cloud.send(kzt("n-2", 11_200)).await;
-    assert_eq!(result(&cloud, "n-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("n-2").await["state"], "succeeded");
 }
 
 /// A terminal firmware that puts the full card number in its answer (`cardMask`, and track
@@ -608,13 +577,8 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
 /// files or the log — masked to its first 6 and last 4 digits (`mqtt-api.md` 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_the_terminal_is_never_kept_or_sent() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = plain_spec("kaspi-pan", &broker, &s);
-    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
-    cloud.send(kzt("pan-1", 12_000)).await;
-    let r = result(&cloud, "pan-1").await;
+    let (_broker, _s, dir, cloud, mut agent) = plain_rig("kaspi-pan").await;
+    let r = cloud.ask(kzt("pan-1", 12_000)).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["payment"]["card_mask"], "411111******1111", "{r}");
     assert!(agent.sigterm().success());

@@ -121,16 +121,11 @@ async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     }
-    let config = dir.path().join("posbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(dir.path(), "posbridge.toml", &format!(
             "agent_id = \"shop-down\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{dead}\"\nusername = \"shop-down\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n",
             pw.display(),
             dir.path().join("store").display()
-        ),
-    )
-    .expect("config");
+        ));
     let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -154,12 +149,11 @@ async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_reports_a_config_error_as_a_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("bad.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        dir.path(),
+        "bad.toml",
         "agent_id = \"x\"\n[mqtt]\nurll = \"mqtt://127.0.0.1\"\n",
-    )
-    .expect("w");
+    );
     let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -472,17 +466,12 @@ async fn doctor_over_mqtts_checks_tls_and_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_fails_an_unchecked_kaspi_certificate_and_warns_on_unsigned() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("posbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(dir.path(), "posbridge.toml", &format!(
             "agent_id = \"shop-tls-off\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[store]\npath = \"{}\"\n[security]\nallow_unsigned = true\n[[terminals]]\nid = \"k-1\"\nkind = \"kaspi\"\nurl = \"https://127.0.0.1:{}\"\ntls = \"insecure\"\nprotected = false\n",
             free_port(),
             dir.path().join("store").display(),
             free_port()
-        ),
-    )
-    .expect("config");
+        ));
     let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
     let t = text(&out);
     assert_eq!(status_of(row(&t, "terminal k-1 tls")), "FAIL", "{t}");

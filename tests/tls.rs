@@ -45,12 +45,11 @@ async fn mqtts_with_ca_client_cert_and_password() {
 
     // The cloud listens on the plain loopback listener.
     let cloud = Cloud::connect(m.port, "shop-tls", "cloud-tls", false).await;
-    let cfg = d.join("posbridge.toml");
-    std::fs::write(
-        &cfg,
-        agent_config(d, tls_port, ip, &d.join("pw").display().to_string()),
-    )
-    .expect("cfg");
+    let cfg = write_config(
+        d,
+        "posbridge.toml",
+        &agent_config(d, tls_port, ip, &d.join("pw").display().to_string()),
+    );
     let mut agent = run_agent(&cfg, &d.join("agent.log"));
     cloud.online().await;
     cloud.send(pay("tls-1", "ip-1", 100)).await;
@@ -61,17 +60,16 @@ async fn mqtts_with_ca_client_cert_and_password() {
     assert!(!log.contains("s3cret"), "the password must never be logged");
 
     // Wrong password: never online, the log says why, and the password is not logged.
-    let cfg2 = d.join("bad.toml");
-    std::fs::write(
-        &cfg2,
-        agent_config(d, tls_port, ip, &d.join("bad-pw").display().to_string())
+    let cfg2 = write_config(
+        d,
+        "bad.toml",
+        &agent_config(d, tls_port, ip, &d.join("bad-pw").display().to_string())
             .replace("shop-tls", "shop-bad")
             .replace(
                 &format!("{}/store", d.display()),
                 &format!("{}/store2", d.display()),
             ),
-    )
-    .expect("cfg");
+    );
     let mut bad = run_agent(&cfg2, &d.join("bad.log"));
     let refused = wait_log(
         &d.join("bad.log"),
@@ -109,15 +107,10 @@ async fn mqtts_refuses_an_unknown_server_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     std::fs::write(d.join("ca.pem"), other).expect("ca");
-    let cfg = d.join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = write_config(d, "c.toml", &format!(
             "agent_id = \"shop-x\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{d}/ca.pem\"\n[store]\npath = \"{d}/store\"\n",
             d = d.display()
-        ),
-    )
-    .expect("cfg");
+        ));
     let mut agent = run_agent(&cfg, &d.join("agent.log"));
     let log = wait_log(&d.join("agent.log"), "connection refused", |log| {
         log.contains("broker connection lost")

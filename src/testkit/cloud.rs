@@ -195,6 +195,23 @@ impl Cloud {
             .await
     }
 
+    /// Wait (10 s at most) for a result whose error message contains `text`.
+    pub async fn refusal(&self, text: &str) -> Value {
+        self.wait("result", Duration::from_secs(10), |v| {
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(text))
+        })
+        .await
+    }
+
+    /// Send the command `v` and wait for its result (by `v`'s id).
+    pub async fn ask(&self, v: Value) -> Value {
+        let id = v["id"].as_str().expect("the command has an id").to_string();
+        self.send(v).await;
+        self.result(&id).await
+    }
+
     pub fn results_for(&self, id: &str) -> Vec<Value> {
         self.all("result")
             .into_iter()

@@ -113,6 +113,13 @@ pub fn file_containing(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> 
     })
 }
 
+/// A hand-written config file `dir/name`.
+pub fn write_config(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write config");
+    p
+}
+
 /// `posbridge run --config cfg` from a hand-written config, unsigned commands allowed,
 /// stderr into `log`.
 pub fn run_agent(cfg: &Path, log: &Path) -> std::process::Child {
@@ -141,23 +148,61 @@ pub async fn wait_log(path: &Path, what: &str, done: impl Fn(&str) -> bool) -> S
     .unwrap_or_else(|_| panic!("{what}"))
 }
 
+/// Credential files as an operator writes them: for each `(key, value)`, `value` and a
+/// newline in `dir/<key without _file>`; returns the `key = "<path>"` lines for the
+/// terminal's table.
+pub fn write_key_files(dir: &Path, keys: &[(&str, &str)]) -> String {
+    keys.iter()
+        .map(|(key, value)| {
+            let path = dir.join(key.trim_end_matches("_file"));
+            std::fs::write(&path, format!("{value}\n")).expect("key");
+            format!("{key} = \"{}\"\n", path.display())
+        })
+        .collect()
+}
+
 /// `posbridge secret set <terminal> <name> --config <config>` with `value` typed on stdin.
 pub fn secret_set(config: &Path, terminal: &str, name: &str, value: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["secret", "set", terminal, name, "--config"])
+        .arg(config);
+    output_with_stdin(&mut cmd, value.as_bytes())
+}
+
+/// Run `cmd` with `input` on its stdin (a program that exits without reading it is fine);
+/// its stdout and stderr captured.
+pub fn output_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
     use std::io::Write;
     use std::process::Stdio;
-    let mut child = std::process::Command::new(BIN)
-        .args(["secret", "set", terminal, name, "--config"])
-        .arg(config)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("secret set");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(value.as_bytes())
-        .expect("write");
+        .expect("spawn");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
     child.wait_with_output().expect("wait")
+}
+
+/// A new cloud signing key whose public half is written to `dir/<kid>.pub`, and the
+/// `[security]` table that names it as `kid`.
+pub fn cloud_key(dir: &Path, kid: &str) -> (p256::ecdsa::SigningKey, String) {
+    use p256::elliptic_curve::Generate;
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let sk = p256::ecdsa::SigningKey::generate();
+    let pub_file = dir.join(format!("{kid}.pub"));
+    std::fs::write(
+        &pub_file,
+        sk.verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem"),
+    )
+    .expect("write pub");
+    let security = format!(
+        "[security]\ncommand_keys = [{{ kid = \"{kid}\", public_key_file = \"{}\" }}]\n",
+        pub_file.display()
+    );
+    (sk, security)
 }
