@@ -86,9 +86,7 @@ async fn broker_restart_while_a_payment_runs_loses_nothing() {
     let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-outage", port).ip("ip-1", addr);
-    let cloud = Cloud::connect(port, "shop-outage", "cloud-outage", true).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
 
     cloud.send(pay("o-1", "ip-1", 900)).await;
     cloud
@@ -225,16 +223,9 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
         let trigger = dir.path().join("disk-fails");
         let agent_id = format!("failstop-{n}");
         let spec = AgentSpec::new(&agent_id, broker.port()).ip("ip-1", addr);
-        let cloud =
-            Cloud::connect(broker.port(), &agent_id, &format!("cloud-{agent_id}"), true).await;
         let faults = format!("wal:sync=eio@if:{}", trigger.display());
-        let mut agent = Agent::start_with(
-            &spec,
-            dir.path(),
-            &[(posbridge::faults::IO_ENV, &faults)],
-            &[],
-        );
-        cloud.online().await;
+        let env = [(posbridge::faults::IO_ENV, faults.as_str())];
+        let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &env).await;
         cloud.send(pay("ok-1", "ip-1", 1000)).await;
         assert_eq!(cloud.result("ok-1").await["state"], "succeeded");
         if *fail_on == "result" {
@@ -325,9 +316,7 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
         return;
     };
     let spec = AgentSpec::new("enospc", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "enospc", "cloud-enospc", true).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
     cloud.send(pay("d-0", "ip-1", 1000)).await;
     assert_eq!(cloud.result("d-0").await["state"], "succeeded");
     // Fill the disk to the last byte.

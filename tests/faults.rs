@@ -111,8 +111,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let _t2 = s2.spawn(stop.clone());
 
     // A Token register and a Paywall cloud beside the two IP terminals.
-    let token = posbridge::sim::token::TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+    let token = posbridge::sim::token::TokenSim::loopback(
         posbridge::sim::token::SimOptions {
             seed: Some(seed),
             ..Default::default()
@@ -176,9 +175,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             .ip("ip-1", a1)
             .ip("ip-2", a2)
     };
-    let cloud = Cloud::connect(port, "shop-faults", "cloud-faults", true).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
 
     let mut counts = Counts::default();
     let mut violations_early: Vec<String> = Vec::new();

@@ -478,8 +478,7 @@ async fn every_published_message_matches_its_schema() {
         hang.spawn(stop.clone()),
     ];
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let token = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+    let token = TokenSim::loopback(
         TokenOptions {
             seed: Some(7),
             ..Default::default()

@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 async fn sim() -> (SocketAddr, SimControl, CancellationToken) {
-    let s = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+    let s = TokenSim::loopback(
         SimOptions {
             seed: Some(7),
             ..Default::default()
@@ -282,20 +281,12 @@ async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
     let broker = embedded();
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
     let stranger = TestCa::generate("Not Kamu SM").expect("ca");
-    let good = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions::default(),
-        Some(&ca),
-    )
-    .await
-    .expect("sim");
-    let bad = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions::default(),
-        Some(&stranger),
-    )
-    .await
-    .expect("sim");
+    let good = TokenSim::loopback(SimOptions::default(), Some(&ca))
+        .await
+        .expect("sim");
+    let bad = TokenSim::loopback(SimOptions::default(), Some(&stranger))
+        .await
+        .expect("sim");
     let (good_addr, bad_addr, bad_ctl) = (good.local_addr(), bad.local_addr(), bad.control());
     let stop = CancellationToken::new();
     good.spawn(stop.clone());

@@ -228,8 +228,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     let stats = sim.stats();
     let control = sim.control();
     let sim_task = sim.spawn(shutdown.clone());
-    let token_sim = crate::sim::token::TokenSim::bind(
-        "127.0.0.1:0".parse()?,
+    let token_sim = crate::sim::token::TokenSim::loopback(
         crate::sim::token::SimOptions {
             seed: Some(7),
             ..Default::default()

@@ -233,8 +233,27 @@ impl Cloud {
         dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> (Cloud, Agent) {
+        Self::start_agent(spec, dir, env, false).await
+    }
+
+    /// [`Cloud::with_agent`] with a persistent session: results queue up on the broker
+    /// while this client is away.
+    pub async fn with_agent_persistent(
+        spec: &AgentSpec,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> (Cloud, Agent) {
+        Self::start_agent(spec, dir, env, true).await
+    }
+
+    async fn start_agent(
+        spec: &AgentSpec,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        persistent: bool,
+    ) -> (Cloud, Agent) {
         let id = &spec.agent_id;
-        let cloud = Cloud::connect(spec.broker_port, id, &format!("cloud-{id}"), false).await;
+        let cloud = Cloud::connect(spec.broker_port, id, &format!("cloud-{id}"), persistent).await;
         let agent = Agent::start_with(spec, dir, env, &[]);
         cloud.online().await;
         (cloud, agent)

@@ -15,8 +15,7 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
     let port = broker.port();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (ip_addr, _ip) = ip_sim(0).await?;
-    let token = posbridge::sim::token::TokenSim::bind(
-        "127.0.0.1:0".parse()?,
+    let token = posbridge::sim::token::TokenSim::loopback(
         posbridge::sim::token::SimOptions::default(),
         None,
     )
