@@ -2,17 +2,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
-    let p = dir.join("posbridge.toml");
-    std::fs::write(&p, body).expect("write config");
-    p
-}
 
 fn minimal(dir: &std::path::Path) -> String {
     format!(
@@ -25,7 +18,7 @@ fn minimal(dir: &std::path::Path) -> String {
 #[test]
 fn check_prints_effective_config_and_names_bad_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&cfg)
@@ -46,6 +39,7 @@ fn check_prints_effective_config_and_names_bad_keys() {
 
     let bad = write_config(
         dir.path(),
+        "posbridge.toml",
         &minimal(dir.path())
             .replace("[commands]", "")
             .replace("[store]", "[store]\nfoo = 1"),
@@ -74,7 +68,7 @@ fn check_prints_effective_config_and_names_bad_keys() {
 #[test]
 fn env_overrides_reach_check() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&cfg)
@@ -89,22 +83,8 @@ fn env_overrides_reach_check() {
 #[test]
 fn secret_set_stores_encrypted_and_never_echoes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), &minimal(dir.path()));
-    let mut child = Command::new(BIN)
-        .args(["secret", "set", "ip-1", "api_key", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"very-secret-value-123\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
+    let out = secret_set(&cfg, "ip-1", "api_key", "very-secret-value-123\n");
     assert!(
         out.status.success(),
         "{}",
@@ -165,10 +145,8 @@ async fn damaged_store_is_reported_on_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-damaged", broker.port())
         .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let cloud = Cloud::connect(broker.port(), "shop-damaged", "cloud-damaged", false).await;
     // First run creates the store; then garble it while the agent is stopped.
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     assert!(agent.sigterm().success());
     garble_sled_headers(dir.path());
     agent.restart(&[]);
@@ -193,9 +171,7 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-twice", broker.port())
         .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let cloud = Cloud::connect(broker.port(), "shop-twice", "cloud-twice", false).await;
-    let _first = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (_cloud, _first) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(dir.path().join("posbridge.toml"))
@@ -223,26 +199,16 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
 async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() {
     use posbridge::sim::ip::{IpSim, SimOptions};
     let broker = embedded();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(1),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0))
+        .await
+        .expect("sim");
     let (addr, stats) = (sim.local_addr(), sim.stats());
     let stop = tokio_util::sync::CancellationToken::new();
     sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-salvage", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "shop-salvage", "cloud-salvage", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
-    cloud.send(pay("x-1", "ip-1", 1500)).await;
-    let first = cloud.result("x-1").await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    let first = cloud.ask(pay("x-1", "ip-1", 1500)).await;
     assert_eq!(first["state"], "succeeded", "{first}");
     assert!(agent.sigterm().success());
 
@@ -268,8 +234,7 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
     );
     assert_eq!(stats.executions("x-1"), 1, "never charged twice");
     // A new payment waits for the operator.
-    cloud.send(pay("x-2", "ip-1", 700)).await;
-    let held = cloud.result("x-2").await;
+    let held = cloud.ask(pay("x-2", "ip-1", 700)).await;
     assert_eq!(held["state"], "rejected", "{held}");
     assert_eq!(held["error"]["code"], "store_damaged", "{held}");
     assert_eq!(stats.executions("x-2"), 0);
@@ -327,23 +292,12 @@ fn store_tools_refuse_root_on_the_agents_store() {
     let store = dir.path().join("store");
     std::fs::create_dir(&store).expect("store dir");
     std::os::unix::fs::chown(&store, Some(65534), Some(65534)).expect("chown");
-    let cfg = write_config(dir.path(), &minimal(dir.path()));
+    let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
     for args in [
         vec!["store", "acknowledge", "--config"],
         vec!["secret", "set", "ip-1", "api_key", "--config"],
     ] {
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .arg(&cfg)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(b"value\n");
-        }
-        let out = child.wait_with_output().expect("run");
+        let out = output_with_stdin(Command::new(BIN).args(&args).arg(&cfg), b"value\n");
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("belongs to uid 65534"), "{args:?}: {err}");

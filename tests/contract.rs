@@ -11,15 +11,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(fail_rate: f64, delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate,
-            seed: Some(42),
-            delay_ms,
-            ..Default::default()
-        },
-    )
+    let s = IpSim::loopback(SimOptions {
+        fail_rate,
+        seed: Some(42),
+        delay_ms,
+        ..Default::default()
+    })
     .await
     .expect("sim");
     (s, CancellationToken::new())
@@ -44,14 +41,23 @@ impl Drop for IpRig {
 }
 
 async fn ip_rig(broker: Broker, agent_id: &str) -> IpRig {
-    let (sim, stop) = sim(0.0, 0).await;
+    ip_rig_with(broker, agent_id, 0, |spec| spec).await
+}
+
+/// The same with a customer time of `delay_ms` at the terminal and the agent's spec
+/// changed by `tweak`.
+async fn ip_rig_with(
+    broker: Broker,
+    agent_id: &str,
+    delay_ms: u64,
+    tweak: impl FnOnce(AgentSpec) -> AgentSpec,
+) -> IpRig {
+    let (sim, stop) = sim(0.0, delay_ms).await;
     let (addr, stats, ctl) = (sim.local_addr(), sim.stats(), sim.control());
     sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let spec = tweak(AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr));
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     IpRig {
         cloud,
         agent,
@@ -65,19 +71,19 @@ async fn ip_rig(broker: Broker, agent_id: &str) -> IpRig {
 
 /// Every scenario of the demo plus the bad-input cases, against one broker.
 async fn contract_scenarios(broker: Broker, agent_id: &str) {
-    let (sim, stop) = sim(0.0, 0).await;
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let control = sim.control();
-    let _sim = sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec {
+    let mut rig = ip_rig_with(broker, agent_id, 0, |spec| AgentSpec {
         max_bytes: 4096,
-        ..AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr)
-    };
-    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+        ..spec
+    })
+    .await;
+    let IpRig {
+        cloud,
+        agent,
+        stats,
+        ctl: control,
+        stop,
+        ..
+    } = &mut rig;
     let status = cloud
         .wait("status", Duration::from_secs(5), |v| v["state"] == "online")
         .await;
@@ -85,8 +91,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert!(status["version"].is_string() && status["started_at"].is_string());
 
     // Approved payment.
-    cloud.send(pay("p-1", "ip-1", 1500)).await;
-    let r = cloud.result("p-1").await;
+    let r = cloud.ask(pay("p-1", "ip-1", 1500)).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["op"], "payment");
     assert_eq!(r["amount"], 1500);
@@ -110,8 +115,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
 
     // Declined payment.
     control.set_fail_rate(1.0);
-    cloud.send(pay("p-2", "ip-1", 2500)).await;
-    let r = cloud.result("p-2").await;
+    let r = cloud.ask(pay("p-2", "ip-1", 2500)).await;
     assert_eq!(r["state"], "failed", "{r}");
     assert!(
         r["error"]["code"].is_string() && r["error"]["device_code"].is_string(),
@@ -131,16 +135,14 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert_eq!(stats.executions("p-1"), 1);
 
     // Refund by original, then an over-refund is refused before the terminal sees it.
-    cloud.send(json!({"v":1,"id":"r-1","op":"refund","terminal":"ip-1","amount":1000,"original":"p-1"})).await;
-    let r = cloud.result("r-1").await;
+    let r = cloud.ask(json!({"v":1,"id":"r-1","op":"refund","terminal":"ip-1","amount":1000,"original":"p-1"})).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["currency"], "AZN");
-    cloud
-        .send(
+    let r = cloud
+        .ask(
             json!({"v":1,"id":"r-2","op":"refund","terminal":"ip-1","amount":501,"original":"p-1"}),
         )
         .await;
-    let r = cloud.result("r-2").await;
     assert_eq!(r["state"], "rejected");
     assert_eq!(r["error"]["code"], "invalid_amount");
     assert_eq!(stats.executions("r-2"), 0);
@@ -179,8 +181,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert_eq!(r["raw"].as_str().map(str::len), Some(256));
 
     // Wrong type names the field and keeps the id.
-    cloud.send(json!({"v":1,"id":"t-1","op":"payment","terminal":"ip-1","amount":"15","currency":"AZN"})).await;
-    let r = cloud.result("t-1").await;
+    let r = cloud.ask(json!({"v":1,"id":"t-1","op":"payment","terminal":"ip-1","amount":"15","currency":"AZN"})).await;
     assert_eq!(r["error"]["code"], "bad_request");
     assert!(
         r["error"]["message"]
@@ -190,8 +191,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     );
 
     // Expired before it started: the device is never touched.
-    cloud.send(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"})).await;
-    let r = cloud.result("e-1").await;
+    let r = cloud.ask(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"})).await;
     assert_eq!(r["state"], "expired");
     assert_eq!(stats.executions("e-1"), 0);
 
@@ -207,20 +207,17 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert_eq!(cloud.result("f-1").await["error"]["code"], "unsupported_op");
 
     // device_info, ping, status, list.
-    cloud
-        .send(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
+    let r = cloud
+        .ask(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
         .await;
-    let r = cloud.result("d-1").await;
     assert_eq!(r["state"], "succeeded");
     assert_eq!(r["device"]["terminal_id"], "IPT-0001");
-    cloud.send(json!({"v":1,"id":"ping-1","op":"ping"})).await;
-    let r = cloud.result("ping-1").await;
+    let r = cloud.ask(json!({"v":1,"id":"ping-1","op":"ping"})).await;
     assert_eq!(r["state"], "succeeded");
     assert!(r["agent"]["uptime_s"].is_number());
-    cloud
-        .send(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
+    let r = cloud
+        .ask(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
         .await;
-    let r = cloud.result("s-1").await;
     assert_eq!(r["target"]["state"], "succeeded");
     assert_eq!(
         r["target"]["result"]["payment"]["transaction_id"],
@@ -230,12 +227,9 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
         .send(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}))
         .await;
     assert_eq!(cloud.result("s-2").await["error"]["code"], "not_found");
-    cloud
-        .send(
-            json!({"v":1,"id":"l-1","op":"list","terminal":"ip-1","state":"succeeded","limit":10}),
-        )
+    let r = cloud
+        .ask(json!({"v":1,"id":"l-1","op":"list","terminal":"ip-1","state":"succeeded","limit":10}))
         .await;
-    let r = cloud.result("l-1").await;
     let items = r["items"].as_array().expect("items");
     let ids: Vec<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
     assert_eq!(
@@ -289,19 +283,14 @@ async fn contract_over_mosquitto() {
 /// Queue full → busy; cancel of a queued command; cancel of a running one fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_and_cancel() {
-    let broker = embedded();
-    let (sim, stop) = sim(0.0, 1500).await;
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let _sim = sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec {
+    let rig = ip_rig_with(embedded(), "shop-q", 1500, |spec| AgentSpec {
         queue_depth: 2,
-        ..AgentSpec::new("shop-q", broker.port()).ip("ip-1", addr)
-    };
-    let cloud = Cloud::connect(broker.port(), "shop-q", "cloud-q", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+        ..spec
+    })
+    .await;
+    let IpRig {
+        cloud, stats, stop, ..
+    } = &rig;
 
     cloud.send(pay("q-1", "ip-1", 100)).await;
     cloud
@@ -311,8 +300,7 @@ async fn queue_full_and_cancel() {
         .await;
     cloud.send(pay("q-2", "ip-1", 100)).await;
     cloud.send(pay("q-3", "ip-1", 100)).await;
-    cloud.send(pay("q-4", "ip-1", 100)).await;
-    let r = cloud.result("q-4").await;
+    let r = cloud.ask(pay("q-4", "ip-1", 100)).await;
     assert_eq!(r["state"], "rejected");
     assert_eq!(r["error"]["code"], "busy");
 
@@ -322,10 +310,9 @@ async fn queue_full_and_cancel() {
     assert_eq!(cloud.result("c-1").await["state"], "succeeded");
     let r = cloud.result("q-3").await;
     assert_eq!(r["state"], "cancelled");
-    cloud
-        .send(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
+    let r = cloud
+        .ask(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
         .await;
-    let r = cloud.result("c-2").await;
     assert_eq!(r["state"], "failed");
     assert_eq!(r["error"]["code"], "not_cancellable");
 
@@ -348,11 +335,8 @@ async fn unreachable_terminal_fails_cleanly() {
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-dead", broker.port()).ip("ip-1", dead);
-    let cloud = Cloud::connect(broker.port(), "shop-dead", "cloud-dead", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
-    cloud.send(pay("x-1", "ip-1", 100)).await;
-    let r = cloud.result("x-1").await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    let r = cloud.ask(pay("x-1", "ip-1", 100)).await;
     assert_eq!(r["state"], "failed");
     assert_eq!(r["error"]["code"], "device_unavailable");
     assert!(r["error"]["message"]
@@ -383,8 +367,7 @@ async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
         inject();
         let id = format!("ans-{name}");
         let before = stats.requests();
-        cloud.send(pay(&id, "ip-1", 1500)).await;
-        let res = cloud.result(&id).await;
+        let res = cloud.ask(pay(&id, "ip-1", 1500)).await;
         assert_eq!(
             res["state"],
             "succeeded",
@@ -416,25 +399,22 @@ async fn large_device_answers_and_long_lists_stay_bounded() {
             .as_str()
             .is_some_and(|m| m.len() > 60_000));
     }
-    cloud
-        .send(json!({"v":1,"id":"big-list","op":"list","limit":500}))
+    let l = cloud
+        .ask(json!({"v":1,"id":"big-list","op":"list","limit":500}))
         .await;
-    let l = cloud.result("big-list").await;
     let items = l["items"].as_array().expect("items");
     assert_eq!(items.len(), 25, "{l}");
     assert!(l.to_string().len() <= 256 * 1024);
     assert_eq!(items[0]["result"]["device_truncated"], true);
     assert!(items[0]["result"].get("device").is_none());
     // Pages: 10, then the rest by cursor, newest first, nothing twice.
-    cloud
-        .send(json!({"v":1,"id":"big-p1","op":"list","limit":10}))
+    let p1 = cloud
+        .ask(json!({"v":1,"id":"big-p1","op":"list","limit":10}))
         .await;
-    let p1 = cloud.result("big-p1").await;
     let next = p1["next"].as_str().expect("next").to_string();
-    cloud
-        .send(json!({"v":1,"id":"big-p2","op":"list","limit":500,"cursor":next}))
+    let p2 = cloud
+        .ask(json!({"v":1,"id":"big-p2","op":"list","limit":500,"cursor":next}))
         .await;
-    let p2 = cloud.result("big-p2").await;
     let ids = |v: &serde_json::Value| -> Vec<String> {
         v["items"]
             .as_array()
@@ -455,10 +435,9 @@ async fn large_device_answers_and_long_lists_stay_bounded() {
         assert!(all.contains(&format!("big-{i}")), "big-{i} missing");
     }
     // A bad cursor is a clear error.
-    cloud
-        .send(json!({"v":1,"id":"big-bad","op":"list","cursor":"abc"}))
+    let bad = cloud
+        .ask(json!({"v":1,"id":"big-bad","op":"list","cursor":"abc"}))
         .await;
-    let bad = cloud.result("big-bad").await;
     assert_eq!(bad["error"]["code"], "bad_request", "{bad}");
     // And results keep flowing.
     cloud.send(pay("big-after", "ip-1", 500)).await;
@@ -517,8 +496,7 @@ async fn card_numbers_from_a_device_never_leave_the_device() {
     ctl.set_message(Some(
         "approved card 4111 1111 1111 1111 track ;5555555555554444=2512?".into(),
     ));
-    cloud.send(pay("pan-1", "ip-1", 1200)).await;
-    let res = cloud.result("pan-1").await;
+    let res = cloud.ask(pay("pan-1", "ip-1", 1200)).await;
     assert_eq!(res["state"], "succeeded", "{res}");
     let msg = res["device"]["message"]
         .as_str()
@@ -526,10 +504,9 @@ async fn card_numbers_from_a_device_never_leave_the_device() {
         .to_string();
     assert!(msg.contains("4111 11** **** 1111"), "{msg}");
     assert!(msg.contains("555555******4444"), "{msg}");
-    cloud
-        .send(json!({"v":1,"id":"pan-st","op":"status","target":"pan-1"}))
+    let st = cloud
+        .ask(json!({"v":1,"id":"pan-st","op":"status","target":"pan-1"}))
         .await;
-    let st = cloud.result("pan-st").await;
     assert!(!st.to_string().contains("5555555555554444"), "{st}");
     // Nothing on disk or in the log holds either number.
     assert!(r.agent.sigterm().success());
@@ -547,8 +524,7 @@ async fn a_command_for_another_agent_is_refused() {
     let (cloud, stats) = (&r.cloud, &r.stats);
     let mut other = pay("ag-1", "ip-1", 500);
     other["agent"] = json!("ip-theirs");
-    cloud.send(other).await;
-    let r = cloud.result("ag-1").await;
+    let r = cloud.ask(other).await;
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
     assert_eq!(stats.executions("ag-1"), 0);
     let mut mine = pay("ag-2", "ip-1", 500);
@@ -563,15 +539,13 @@ async fn a_command_for_another_agent_is_refused() {
 async fn unreferenced_refunds_are_refused_by_default() {
     let r = ip_rig(embedded(), "ip-unref").await;
     let (cloud, stats) = (&r.cloud, &r.stats);
-    cloud.send(pay("u-pay", "ip-1", 500)).await;
-    let p = cloud.result("u-pay").await;
-    cloud
-        .send(
+    let p = cloud.ask(pay("u-pay", "ip-1", 500)).await;
+    let r = cloud
+        .ask(
             json!({"v":1,"id":"u-ref","op":"refund","terminal":"ip-1","amount":100,
                      "transaction_id": p["payment"]["transaction_id"], "method":"card"}),
         )
         .await;
-    let r = cloud.result("u-ref").await;
     assert_eq!(r["state"], "rejected", "{r}");
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
     assert_eq!(stats.executions("u-ref"), 0);

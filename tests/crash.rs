@@ -10,17 +10,9 @@ use posbridge::sim::ip::{IpSim, SimOptions, SimStats};
 use tokio_util::sync::CancellationToken;
 
 async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(1),
-            delay_ms,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let s = IpSim::loopback(SimOptions::approving(Some(1), delay_ms))
+        .await
+        .expect("sim");
     (s, CancellationToken::new())
 }
 
@@ -36,19 +28,6 @@ async fn executed(stats: &SimStats, id: &str) {
     .expect("terminal executed the operation");
 }
 
-/// Every point at which the agent writes something its promise depends on, in the order
-/// a payment on an IP terminal passes them.
-const POINTS: &[&str] = &[
-    "intake:stored",
-    "journal:started:before",
-    "journal:started:after",
-    "journal:ip_sending:before",
-    "journal:ip_sending:after",
-    "journal:answer:before",
-    "journal:answer:after",
-    "worker:finished",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_every_journal_point_never_charges_twice() {
     let broker = embedded();
@@ -56,21 +35,13 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
     let addr = sim.local_addr();
     let stats = sim.stats();
     let _sim = sim.spawn(stop.clone());
-    for (n, point) in POINTS.iter().enumerate() {
+    for (n, point) in IP_JOURNAL_POINTS.iter().enumerate() {
         let agent_id = format!("crash-{n}");
         let id = format!("k-{n}");
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = AgentSpec::new(&agent_id, broker.port()).ip("ip-1", addr);
-        let cloud = Cloud::connect(
-            broker.port(),
-            &agent_id,
-            &format!("cloud-{agent_id}"),
-            false,
-        )
-        .await;
-        let mut agent =
-            Agent::start_with(&spec, dir.path(), &[(posbridge::faults::ENV, point)], &[]);
-        cloud.online().await;
+        let (cloud, mut agent) =
+            Cloud::with_agent(&spec, dir.path(), &[(posbridge::faults::ENV, point)]).await;
         cloud.send(pay(&id, "ip-1", 700)).await;
         let st = agent
             .wait_exit(Duration::from_secs(20))
@@ -115,9 +86,7 @@ async fn broker_restart_while_a_payment_runs_loses_nothing() {
     let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-outage", port).ip("ip-1", addr);
-    let cloud = Cloud::connect(port, "shop-outage", "cloud-outage", true).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
 
     cloud.send(pay("o-1", "ip-1", 900)).await;
     cloud
@@ -158,9 +127,7 @@ async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
     let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-down", m.port).ip("ip-1", addr);
-    let cloud = Cloud::connect(m.port, "shop-down", "cloud-down", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     agent.kill9();
     // The will tells the cloud the agent is gone.
     cloud
@@ -256,16 +223,9 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
         let trigger = dir.path().join("disk-fails");
         let agent_id = format!("failstop-{n}");
         let spec = AgentSpec::new(&agent_id, broker.port()).ip("ip-1", addr);
-        let cloud =
-            Cloud::connect(broker.port(), &agent_id, &format!("cloud-{agent_id}"), true).await;
         let faults = format!("wal:sync=eio@if:{}", trigger.display());
-        let mut agent = Agent::start_with(
-            &spec,
-            dir.path(),
-            &[(posbridge::faults::IO_ENV, &faults)],
-            &[],
-        );
-        cloud.online().await;
+        let env = [(posbridge::faults::IO_ENV, faults.as_str())];
+        let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &env).await;
         cloud.send(pay("ok-1", "ip-1", 1000)).await;
         assert_eq!(cloud.result("ok-1").await["state"], "succeeded");
         if *fail_on == "result" {
@@ -356,9 +316,7 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
         return;
     };
     let spec = AgentSpec::new("enospc", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "enospc", "cloud-enospc", true).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
     cloud.send(pay("d-0", "ip-1", 1000)).await;
     assert_eq!(cloud.result("d-0").await["state"], "succeeded");
     // Fill the disk to the last byte.

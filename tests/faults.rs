@@ -19,21 +19,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const POINTS: &[&str] = &[
-    "intake:stored",
-    "journal:started:before",
-    "journal:started:after",
-    "journal:ip_sending:before",
-    "journal:ip_sending:after",
-    "journal:answer:before",
-    "journal:answer:after",
-    "worker:finished",
-    "journal:token_basket:before",
-    "journal:token_basket:after",
-    "journal:paywall_sale_sending:before",
-    "journal:paywall_sale_sending:after",
-];
-
 /// A fiscal sale on the Token register (basket adds up to 2000 kuruş).
 fn token_sale(id: &str) -> Value {
     json!({"v":1,"id":id,"op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
@@ -84,15 +69,12 @@ impl Counts {
 }
 
 async fn sim(seed: u64) -> (IpSim, SimStats) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.1,
-            seed: Some(seed),
-            delay_ms: 30,
-            ..Default::default()
-        },
-    )
+    let s = IpSim::loopback(SimOptions {
+        fail_rate: 0.1,
+        seed: Some(seed),
+        delay_ms: 30,
+        ..Default::default()
+    })
     .await
     .expect("sim");
     let stats = s.stats();
@@ -129,8 +111,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let _t2 = s2.spawn(stop.clone());
 
     // A Token register and a Paywall cloud beside the two IP terminals.
-    let token = posbridge::sim::token::TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+    let token = posbridge::sim::token::TokenSim::loopback(
         posbridge::sim::token::SimOptions {
             seed: Some(seed),
             ..Default::default()
@@ -194,9 +175,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             .ip("ip-1", a1)
             .ip("ip-2", a2)
     };
-    let cloud = Cloud::connect(port, "shop-faults", "cloud-faults", true).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
 
     let mut counts = Counts::default();
     let mut violations_early: Vec<String> = Vec::new();
@@ -324,7 +303,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 counts.store_damage += 1;
             }
             0..=4 => {
-                let point = POINTS[rng.random_range(0..POINTS.len())];
+                let point = JOURNAL_POINTS[rng.random_range(0..JOURNAL_POINTS.len())];
                 agent.restart(&[(posbridge::faults::ENV, point)]);
                 // Re-send the batch's ids as duplicates so the restarted agent has work
                 // that crosses the point even if the batch was already finished.

@@ -15,9 +15,7 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-hostile", broker.port())
         .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let cloud = Cloud::connect(broker.port(), "shop-hostile", "cloud-hostile", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     let deep = format!(
         r#"{{"v":1,"id":"deep-1","op":"ping","basket":{}{}}}"#,
@@ -82,16 +80,9 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     let broker = embedded();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            delay_ms: 2_500,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(None, 2_500))
+        .await
+        .expect("sim");
     let addr = sim.local_addr();
     let stats = sim.stats();
     let stop = CancellationToken::new();
@@ -102,12 +93,9 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
         addr,
         &[("op_timeout", "300ms"), ("recovery_window", "300ms")],
     );
-    let cloud = Cloud::connect(broker.port(), "shop-slow", "cloud-slow", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
-    cloud.send(pay("slow-1", "ip-1", 700)).await;
-    let r = cloud.result("slow-1").await;
+    let r = cloud.ask(pay("slow-1", "ip-1", 700)).await;
     assert_eq!(r["state"], "unknown", "{r}");
     assert_eq!(r["needs_reconciliation"], true);
 
@@ -119,10 +107,9 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     })
     .await
     .expect("terminal finished");
-    cloud
-        .send(json!({"v":1,"id":"st-1","op":"status","target":"slow-1"}))
+    let s = cloud
+        .ask(json!({"v":1,"id":"st-1","op":"status","target":"slow-1"}))
         .await;
-    let s = cloud.result("st-1").await;
     assert_eq!(s["state"], "succeeded", "{s}");
     assert_eq!(
         s["target"]["state"], "unknown",

@@ -77,13 +77,42 @@ fn spec(agent_id: &str, broker: u16, terminals: &[String]) -> AgentSpec {
     }
 }
 
-fn kzt(id: &str, amount: i64) -> Value {
-    json!({"v":1,"id":id,"op":"payment","terminal":"kaspi-1","amount":amount,"currency":"KZT"})
+/// An agent with one plain-HTTP terminal `kaspi-1` at the simulator.
+fn plain_spec(agent_id: &str, broker: &Broker, s: &Sim) -> AgentSpec {
+    spec(
+        agent_id,
+        broker.port(),
+        &[terminal("kaspi-1", &s.url, false, "")],
+    )
 }
 
-async fn result(cloud: &Cloud, id: &str) -> Value {
-    let id = Value::String(id.to_string());
-    cloud.wait("result", T, |v| v["id"] == id).await
+/// A broker, a simulator with no customer time, and the agent `agent_id` with its plain
+/// terminal in a temp dir, its cloud client online.
+async fn plain_rig(agent_id: &str) -> (Broker, Sim, tempfile::TempDir, Cloud, Agent) {
+    let broker = embedded();
+    let s = sim(plain_opts(0)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sp = plain_spec(agent_id, &broker, &s);
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    (broker, s, dir, cloud, agent)
+}
+
+/// The protected terminal `kaspi-1` at the simulator by IP over HTTPS, verified against
+/// the certificate's name via tls_name + the simulator's CA (written into `dir`); `more`
+/// adds keys.
+fn verified_terminal(s: &Sim, dir: &Path, more: &str) -> String {
+    let ca = dir.join("sim-ca.pem");
+    std::fs::write(&ca, &s.tls.as_ref().expect("tls").ca_pem).expect("ca");
+    let keys = format!(
+        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n{more}",
+        ca.display()
+    );
+    let url = format!("https://127.0.0.1:{}", s.port);
+    terminal("kaspi-1", &url, true, &keys)
+}
+
+fn kzt(id: &str, amount: i64) -> Value {
+    json!({"v":1,"id":id,"op":"payment","terminal":"kaspi-1","amount":amount,"currency":"KZT"})
 }
 
 /// `posbridge kaspi register` against the simulator, as a field engineer runs it.
@@ -103,36 +132,24 @@ async fn payments_declines_refund_and_device_info_over_http() {
     let broker = embedded();
     let s = sim(plain_opts(300)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-http",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-http", "cloud-kaspi-http", false).await;
-    let agent = Agent::start_with(
-        &sp,
-        dir.path(),
-        &[("POSBRIDGE__SECURITY__ALLOW_UNREFERENCED_REFUNDS", "true")],
-        &[],
-    );
-    cloud.online().await;
+    let sp = plain_spec("kaspi-http", &broker, &s);
+    let env = [("POSBRIDGE__SECURITY__ALLOW_UNREFERENCED_REFUNDS", "true")];
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &env).await;
 
     // Not whole tenge: rejected before any request to the terminal.
-    cloud.send(kzt("bad-1", 150_050)).await;
-    let r = result(&cloud, "bad-1").await;
+    let r = cloud.ask(kzt("bad-1", 150_050)).await;
     assert_eq!(r["state"], "rejected", "{r}");
     assert_eq!(r["error"]["code"], "invalid_amount");
     cloud
         .send(json!({"v":1,"id":"bad-2","op":"payment","terminal":"kaspi-1","amount":100,"currency":"USD"}))
         .await;
-    assert_eq!(result(&cloud, "bad-2").await["state"], "rejected");
+    assert_eq!(cloud.result("bad-2").await["state"], "rejected");
     assert_eq!(s.stats.counts().payments_started, 0);
 
     // Card, approved (amount convention …12), own receipt.
     let mut card = kzt("card-1", 151_200);
     card["own_receipt"] = json!(true);
-    cloud.send(card).await;
-    let r = result(&cloud, "card-1").await;
+    let r = cloud.ask(card).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(r["amount"], 151_200);
     let p = &r["payment"];
@@ -152,8 +169,7 @@ async fn payments_declines_refund_and_device_info_over_http() {
         .await;
 
     // QR, approved: the transaction id is the orderNumber.
-    cloud.send(kzt("qr-1", 51_100)).await;
-    let r = result(&cloud, "qr-1").await;
+    let r = cloud.ask(kzt("qr-1", 51_100)).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["payment"]["method"], "qr");
     assert_eq!(
@@ -167,17 +183,14 @@ async fn payments_declines_refund_and_device_info_over_http() {
         .await;
 
     // Declined card (…13) and customer cancel (…15).
-    cloud.send(kzt("dec-1", 21_300)).await;
-    let r = result(&cloud, "dec-1").await;
+    let r = cloud.ask(kzt("dec-1", 21_300)).await;
     assert_eq!(r["state"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "declined");
     assert_eq!(r["error"]["device_code"], "CardTransactionFailure");
-    cloud.send(kzt("can-1", 21_500)).await;
-    let r = result(&cloud, "can-1").await;
+    let r = cloud.ask(kzt("can-1", 21_500)).await;
     assert_eq!(r["error"]["code"], "cancelled_by_customer", "{r}");
     // Payments blocked (…06): the terminal's 106 refuses before anything starts.
-    cloud.send(kzt("blk-1", 10_600)).await;
-    let r = result(&cloud, "blk-1").await;
+    let r = cloud.ask(kzt("blk-1", 10_600)).await;
     assert_eq!(
         (r["state"].as_str(), r["error"]["device_code"].as_i64()),
         (Some("failed"), Some(106)),
@@ -185,35 +198,28 @@ async fn payments_declines_refund_and_device_info_over_http() {
     );
 
     // Refund by original: the engine fills method + rrn; the terminal checks them.
-    cloud
-        .send(json!({"v":1,"id":"ref-1","op":"refund","terminal":"kaspi-1","amount":100_000,"original":"card-1"}))
-        .await;
-    let r = result(&cloud, "ref-1").await;
+    let r = cloud.ask(json!({"v":1,"id":"ref-1","op":"refund","terminal":"kaspi-1","amount":100_000,"original":"card-1"})).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(r["device"]["chequeInfo"]["type"], "refund");
     // Refund by explicit transaction id + method (the QR payment).
-    let qr = result(&cloud, "qr-1").await;
+    let qr = cloud.result("qr-1").await;
     cloud
         .send(json!({"v":1,"id":"ref-2","op":"refund","terminal":"kaspi-1","amount":100,"currency":"KZT",
                      "transaction_id": qr["payment"]["transaction_id"], "method":"qr"}))
         .await;
-    assert_eq!(result(&cloud, "ref-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("ref-2").await["state"], "succeeded");
     // Allowed without `original`, but the transaction is this agent's own payment: the
     // over-refund check still applies (511 ₸ paid, 1 ₸ refunded).
-    cloud
-        .send(json!({"v":1,"id":"ref-3","op":"refund","terminal":"kaspi-1","amount":51_100,"currency":"KZT",
-                     "transaction_id": qr["payment"]["transaction_id"], "method":"qr"}))
-        .await;
-    let r = result(&cloud, "ref-3").await;
+    let r = cloud.ask(json!({"v":1,"id":"ref-3","op":"refund","terminal":"kaspi-1","amount":51_100,"currency":"KZT",
+                     "transaction_id": qr["payment"]["transaction_id"], "method":"qr"})).await;
     assert_eq!(r["error"]["code"], "invalid_amount", "{r}");
     assert_eq!(s.stats.counts().refunds_started, 2);
     assert_eq!(s.stats.counts().payments_started, 4);
 
     // device_info and the retained terminal state.
-    cloud
-        .send(json!({"v":1,"id":"info-1","op":"device_info","terminal":"kaspi-1"}))
+    let r = cloud
+        .ask(json!({"v":1,"id":"info-1","op":"device_info","terminal":"kaspi-1"}))
         .await;
-    let r = result(&cloud, "info-1").await;
     assert_eq!(r["device"]["serialNum"], "00043010171", "{r}");
     let t = cloud
         .wait("terminals/kaspi-1", T, |v| v["state"] == "connected")
@@ -224,21 +230,10 @@ async fn payments_declines_refund_and_device_info_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_is_actualized_then_a_later_status_resolves_it() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-unk",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-unk", "cloud-kaspi-unk", false).await;
-    let _agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (_broker, s, _dir, cloud, _agent) = plain_rig("kaspi-unk").await;
 
     s.control.unknown_for_next(u64::MAX);
-    cloud.send(kzt("u-1", 11_100)).await;
-    let r = result(&cloud, "u-1").await;
+    let r = cloud.ask(kzt("u-1", 11_100)).await;
     assert_eq!(r["state"], "unknown", "{r}");
     assert_eq!(r["needs_reconciliation"], true);
     assert!(
@@ -256,10 +251,9 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
 
     // The terminal learns the outcome later; a status command asks again.
     s.control.settle_unknown();
-    cloud
-        .send(json!({"v":1,"id":"s-1","op":"status","target":"u-1"}))
+    let st = cloud
+        .ask(json!({"v":1,"id":"s-1","op":"status","target":"u-1"}))
         .await;
-    let st = result(&cloud, "s-1").await;
     assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(st["target"]["reconciled"]["payment"]["method"], "qr");
     assert_eq!(s.stats.counts().payments_started, 1, "never paid twice");
@@ -267,27 +261,16 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_start_answer_is_unknown_never_failed() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-lost",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-lost", "cloud-kaspi-lost", false).await;
-    let _agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (_broker, s, _dir, cloud, _agent) = plain_rig("kaspi-lost").await;
     s.control.lose_next_answer("payment");
-    cloud.send(kzt("l-1", 11_200)).await;
-    let r = result(&cloud, "l-1").await;
+    let r = cloud.ask(kzt("l-1", 11_200)).await;
     assert_eq!(r["state"], "unknown", "{r}");
     assert_eq!(r["needs_reconciliation"], true);
     assert_eq!(s.stats.counts().payments_started, 1);
     // A lost status answer, on the other hand, is just asked again.
     s.control.lose_next_answer("status");
     cloud.send(kzt("l-2", 11_200)).await;
-    assert_eq!(result(&cloud, "l-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("l-2").await["state"], "succeeded");
 }
 
 /// The terminal runs the payment, then: its answer to `/v2/payment` is lost (18: no
@@ -296,17 +279,7 @@ async fn lost_start_answer_is_unknown_never_failed() {
 /// `failed`; one payment each; the last settles to the terminal's real answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_foreign_and_garbled_answers_are_never_failed() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-answers",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-answers", "cloud-kaspi-answers", false).await;
-    let agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (_broker, s, _dir, cloud, agent) = plain_rig("kaspi-answers").await;
     // (id, amount in tiyn, expected state)
     let cases = [
         ("a-lost", 11_800, "unknown"),
@@ -314,8 +287,7 @@ async fn lost_foreign_and_garbled_answers_are_never_failed() {
         ("a-garbled", 11_900, "succeeded"),
     ];
     for (n, (id, amount, want)) in cases.iter().enumerate() {
-        cloud.send(kzt(id, *amount)).await;
-        let r = result(&cloud, id).await;
+        let r = cloud.ask(kzt(id, *amount)).await;
         assert_eq!(r["state"], *want, "{id}: {r}\n{}", agent.log());
         if *want == "unknown" {
             assert_eq!(r["needs_reconciliation"], true, "{r}");
@@ -327,10 +299,9 @@ async fn lost_foreign_and_garbled_answers_are_never_failed() {
         );
     }
     // The foreign receipt is kept raw for the operator, and `status` does not take it.
-    cloud
-        .send(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"}))
+    let st = cloud
+        .ask(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"}))
         .await;
-    let st = result(&cloud, "a-st").await;
     assert!(st["target"].get("reconciled").is_none(), "{st}");
     assert!(agent.log().contains("receipt amount differs"));
 }
@@ -356,21 +327,10 @@ async fn kill9_around_the_process_id_never_pays_twice() {
         let agent_id = format!("kaspi-crash-{n}");
         let id = format!("c-{n}");
         let dir = tempfile::tempdir().expect("tempdir");
-        let sp = spec(
-            &agent_id,
-            broker.port(),
-            &[terminal("kaspi-1", &s.url, false, "")],
-        );
-        let cloud = Cloud::connect(
-            broker.port(),
-            &agent_id,
-            &format!("cloud-{agent_id}"),
-            false,
-        )
-        .await;
+        let sp = plain_spec(&agent_id, &broker, &s);
         let before = s.stats.counts().payments_started;
-        let mut agent = Agent::start_with(&sp, dir.path(), &[(posbridge::faults::ENV, point)], &[]);
-        cloud.online().await;
+        let env = [(posbridge::faults::ENV, *point)];
+        let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &env).await;
         cloud.send(kzt(&id, 11_200)).await;
         let st = agent
             .wait_exit(T)
@@ -380,7 +340,7 @@ async fn kill9_around_the_process_id_never_pays_twice() {
             s.control.forget_processes();
         }
         agent.restart(&[]);
-        let r = result(&cloud, &id).await;
+        let r = cloud.result(&id).await;
         assert_eq!(
             r["state"],
             *want,
@@ -411,20 +371,12 @@ async fn kill9_around_the_process_id_never_pays_twice() {
 async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     let broker = embedded();
     let s = sim(tls_opts(true)).await;
-    let tls = s.tls.clone().expect("tls");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).expect("ca");
     // Addressed by IP, verified against the certificate's name via tls_name + ca_file.
-    let keys = format!(
-        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n",
-        ca.display()
-    );
-    let url = format!("https://127.0.0.1:{}", s.port);
     let sp = spec(
         "kaspi-tok",
         broker.port(),
-        &[terminal("kaspi-1", &url, true, &keys)],
+        &[verified_terminal(&s, dir.path(), "")],
     );
 
     // Enrolment by the field engineer.
@@ -434,11 +386,8 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     assert!(stderr.contains("registered"), "{stderr}");
     assert_eq!(s.stats.counts().registers, 1);
 
-    let cloud = Cloud::connect(broker.port(), "kaspi-tok", "cloud-kaspi-tok", false).await;
-    let agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
-    cloud.send(kzt("t-1", 11_200)).await;
-    let r = result(&cloud, "t-1").await;
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    let r = cloud.ask(kzt("t-1", 11_200)).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(s.stats.counts().revokes, 0);
 
@@ -455,20 +404,19 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     // 403: token past its expiration → one renewal, then the payment runs.
     s.control.expire_tokens_now();
     cloud.send(kzt("t-2", 11_200)).await;
-    assert_eq!(result(&cloud, "t-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("t-2").await["state"], "succeeded");
     assert_eq!(s.stats.counts().revokes, 1);
     // 401 "Session expires…" → one renewal.
     s.control.require_renewal();
     cloud.send(kzt("t-3", 11_200)).await;
-    assert_eq!(result(&cloud, "t-3").await["state"], "succeeded");
+    assert_eq!(cloud.result("t-3").await["state"], "succeeded");
     assert_eq!(s.stats.counts().revokes, 2);
     assert_eq!(s.stats.counts().payments_started, 3);
 
     // Renewal fails: a clear terminal error that says how to re-register; no payment.
     s.control.break_refresh();
     s.control.expire_tokens_now();
-    cloud.send(kzt("t-4", 11_200)).await;
-    let r = result(&cloud, "t-4").await;
+    let r = cloud.ask(kzt("t-4", 11_200)).await;
     assert_eq!(r["state"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "unauthorized");
     let msg = r["error"]["message"].as_str().expect("message");
@@ -493,37 +441,23 @@ async fn renewed_tokens_survive_a_restart() {
         ..tls_opts(true)
     })
     .await;
-    let tls = s.tls.clone().expect("tls");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).expect("ca");
-    let keys = format!(
-        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\nrenew_before = \"1h\"\n",
-        ca.display()
-    );
-    let url = format!("https://127.0.0.1:{}", s.port);
-    let sp = spec(
-        "kaspi-renew",
-        broker.port(),
-        &[terminal("kaspi-1", &url, true, &keys)],
-    );
+    let t = verified_terminal(&s, dir.path(), "renew_before = \"1h\"\n");
+    let sp = spec("kaspi-renew", broker.port(), &[t]);
     let out = register(&sp, dir.path());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cloud = Cloud::connect(broker.port(), "kaspi-renew", "cloud-kaspi-renew", false).await;
-    let mut agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("r-1", 11_200)).await;
-    assert_eq!(result(&cloud, "r-1").await["state"], "succeeded");
+    assert_eq!(cloud.result("r-1").await["state"], "succeeded");
     let renewed = s.stats.counts().revokes;
     assert!(renewed >= 1, "renewed before expiry");
     // The old pair died at the terminal; only the durably stored new one works now.
     agent.restart(&[]);
-    cloud.send(kzt("r-2", 11_200)).await;
-    let r = result(&cloud, "r-2").await;
+    let r = cloud.ask(kzt("r-2", 11_200)).await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(s.stats.counts().auth_refused, 0, "never used a dead token");
 }
@@ -559,18 +493,16 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let sp = spec("kaspi-pin", broker.port(), &terminals);
-    let cloud = Cloud::connect(broker.port(), "kaspi-pin", "cloud-kaspi-pin", false).await;
-    let agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
+    let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     for t in ["kaspi-1", "kaspi-2", "kaspi-3", "kaspi-4"] {
         cloud
             .send(json!({"v":1,"id":format!("i-{t}"),"op":"device_info","terminal":t}))
             .await;
     }
-    let ok = result(&cloud, "i-kaspi-1").await;
+    let ok = cloud.result("i-kaspi-1").await;
     assert_eq!(ok["state"], "succeeded", "{ok}\n{}", agent.log());
     assert_eq!(ok["device"]["terminalId"], "31452963");
-    let bad = result(&cloud, "i-kaspi-2").await;
+    let bad = cloud.result("i-kaspi-2").await;
     assert_eq!(bad["state"], "failed", "{bad}");
     assert_eq!(bad["error"]["code"], "device_unavailable");
     let m = bad["error"]["message"].as_str().expect("msg");
@@ -579,19 +511,16 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
         "{m}"
     );
     // A payment to the mismatching terminal never leaves the agent: failed, not unknown.
-    cloud
-        .send(json!({"v":1,"id":"p-kaspi-2","op":"payment","terminal":"kaspi-2","amount":11_200,"currency":"KZT"}))
-        .await;
-    let r = result(&cloud, "p-kaspi-2").await;
+    let r = cloud.ask(json!({"v":1,"id":"p-kaspi-2","op":"payment","terminal":"kaspi-2","amount":11_200,"currency":"KZT"})).await;
     assert_eq!(
         (r["state"].as_str(), r["error"]["code"].as_str()),
         (Some("failed"), Some("device_unavailable")),
         "{r}"
     );
     assert_eq!(s.stats.counts().payments_started, 0);
-    let unverified = result(&cloud, "i-kaspi-3").await;
+    let unverified = cloud.result("i-kaspi-3").await;
     assert_eq!(unverified["state"], "failed", "{unverified}");
-    assert_eq!(result(&cloud, "i-kaspi-4").await["state"], "succeeded");
+    assert_eq!(cloud.result("i-kaspi-4").await["state"], "succeeded");
     assert!(agent.log().contains("tls = \\\"insecure\\\"") || agent.log().contains("insecure"));
 }
 
@@ -603,16 +532,8 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
         ..tls_opts(true)
     })
     .await;
-    let tls = s.tls.clone().expect("tls");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, &tls.ca_pem).expect("ca");
-    let keys = format!(
-        "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\nca_file = \"{}\"\n",
-        ca.display()
-    );
-    let url = format!("https://127.0.0.1:{}", s.port);
-    let t = terminal("kaspi-1", &url, true, &keys)
+    let t = verified_terminal(&s, dir.path(), "")
         .replace("register_timeout = \"10s\"", "register_timeout = \"1s\"");
     let sp = spec("kaspi-reg", broker.port(), &[t]);
 
@@ -629,11 +550,8 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     assert!(!out.status.success());
     assert!(err.contains("Register Error"), "{err}");
     // Without a token the agent refuses payments with the enrolment hint.
-    let cloud = Cloud::connect(broker.port(), "kaspi-reg", "cloud-kaspi-reg", false).await;
-    let mut agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
-    cloud.send(kzt("n-1", 11_200)).await;
-    let r = result(&cloud, "n-1").await;
+    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    let r = cloud.ask(kzt("n-1", 11_200)).await;
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
     assert!(r["error"]["message"]
         .as_str()
@@ -651,7 +569,7 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     );
     agent.spawn(&[]);
     cloud.send(kzt("n-2", 11_200)).await;
-    assert_eq!(result(&cloud, "n-2").await["state"], "succeeded");
+    assert_eq!(cloud.result("n-2").await["state"], "succeeded");
 }
 
 /// A terminal firmware that puts the full card number in its answer (`cardMask`, and track
@@ -659,19 +577,8 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
 /// files or the log — masked to its first 6 and last 4 digits (`mqtt-api.md` 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_the_terminal_is_never_kept_or_sent() {
-    let broker = embedded();
-    let s = sim(plain_opts(0)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sp = spec(
-        "kaspi-pan",
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    );
-    let cloud = Cloud::connect(broker.port(), "kaspi-pan", "cloud-kaspi-pan", false).await;
-    let mut agent = Agent::start(&sp, dir.path());
-    cloud.online().await;
-    cloud.send(kzt("pan-1", 12_000)).await;
-    let r = result(&cloud, "pan-1").await;
+    let (_broker, _s, dir, cloud, mut agent) = plain_rig("kaspi-pan").await;
+    let r = cloud.ask(kzt("pan-1", 12_000)).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["payment"]["card_mask"], "411111******1111", "{r}");
     assert!(agent.sigterm().success());

@@ -15,28 +15,18 @@ use tokio_util::sync::CancellationToken;
 
 const T: &str = "kv-1";
 
-struct Rig {
-    _broker: Broker,
-    _dir: tempfile::TempDir,
-    stats: KuveytStats,
-    stop: CancellationToken,
-    agent: Agent,
-    cloud: Cloud,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+type Rig = common::Rig<KuveytStats>;
 
 fn terminal(mode: &str, test_url: &str, live_url: &str, dir: &Path) -> String {
-    std::fs::write(dir.join("api_key"), "test-api-key\n").expect("key");
-    std::fs::write(dir.join("api_secret"), "test-secret\n").expect("key");
+    let keys = write_key_files(
+        dir,
+        &[
+            ("api_key_file", "test-api-key"),
+            ("api_secret_file", "test-secret"),
+        ],
+    );
     format!(
-        "[[terminals]]\nid = \"{T}\"\nkind = \"kuveyt\"\nmode = \"{mode}\"\ntest_url = \"{test_url}\"\nlive_url = \"{live_url}\"\nreturn_url = \"https://shop.example/return\"\ncancel_url = \"https://shop.example/cancel\"\napi_key_file = \"{}\"\napi_secret_file = \"{}\"\npoll_interval = \"2s\"\n",
-        dir.join("api_key").display(),
-        dir.join("api_secret").display()
+        "[[terminals]]\nid = \"{T}\"\nkind = \"kuveyt\"\nmode = \"{mode}\"\ntest_url = \"{test_url}\"\nlive_url = \"{live_url}\"\nreturn_url = \"https://shop.example/return\"\ncancel_url = \"https://shop.example/cancel\"\npoll_interval = \"2s\"\n{keys}"
     )
 }
 
@@ -59,17 +49,7 @@ async fn rig(name: &str, mode: &str, env: &[(&str, &str)]) -> Rig {
         dir.path(),
     );
     sim.spawn(stop.clone());
-    let cloud = Cloud::connect(broker.port(), name, &format!("cloud-{name}"), false).await;
-    let agent = Agent::start_with(&spec, dir.path(), env, &[]);
-    cloud.online().await;
-    Rig {
-        _broker: broker,
-        _dir: dir,
-        stats,
-        stop,
-        agent,
-        cloud,
-    }
+    Rig::start(broker, dir, &spec, env, stats, stop).await
 }
 
 fn pay(id: &str, amount: i64, within: Duration) -> Value {
@@ -140,10 +120,7 @@ async fn customer_gives_up_fails() {
 async fn deadline_is_unknown_then_status_verifies_again() {
     let r = rig("kv-late", "test", &[]).await;
     // 53: stays pending.
-    r.cloud
-        .send(pay("w-1", 15053, Duration::from_secs(5)))
-        .await;
-    let res = r.cloud.result("w-1").await;
+    let res = r.cloud.ask(pay("w-1", 15053, Duration::from_secs(5))).await;
     assert_eq!(res["state"], "unknown", "{res}");
     assert_eq!(res["needs_reconciliation"], true);
     assert_eq!(res["mode"], "test");
@@ -154,10 +131,10 @@ async fn deadline_is_unknown_then_status_verifies_again() {
     );
     // The customer pays late; `status` asks the provider again.
     assert!(r.stats.complete(&tid, "completed"));
-    r.cloud
-        .send(json!({"v":1,"id":"w-2","op":"status","target":"w-1"}))
+    let st = r
+        .cloud
+        .ask(json!({"v":1,"id":"w-2","op":"status","target":"w-1"}))
         .await;
-    let st = r.cloud.result("w-2").await;
     assert_eq!(st["state"], "succeeded", "{st}");
     assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(
@@ -169,10 +146,10 @@ async fn deadline_is_unknown_then_status_verifies_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_create_answer_is_retried_with_the_same_order() {
     let r = rig("kv-lost", "test", &[]).await;
-    r.cloud
-        .send(pay("l-1", 15055, Duration::from_secs(30)))
+    let res = r
+        .cloud
+        .ask(pay("l-1", 15055, Duration::from_secs(30)))
         .await;
-    let res = r.cloud.result("l-1").await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(r.stats.payments_created(), 1, "one payment");
     assert_eq!(
@@ -185,10 +162,7 @@ async fn lost_create_answer_is_retried_with_the_same_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_error_on_create_until_the_deadline_is_unknown() {
     let r = rig("kv-503", "test", &[]).await;
-    r.cloud
-        .send(pay("e-1", 15054, Duration::from_secs(5)))
-        .await;
-    let res = r.cloud.result("e-1").await;
+    let res = r.cloud.ask(pay("e-1", 15054, Duration::from_secs(5))).await;
     assert_eq!(res["state"], "unknown", "{res}");
     assert_eq!(res["needs_reconciliation"], true);
     assert!(
@@ -208,10 +182,10 @@ async fn server_error_on_create_until_the_deadline_is_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_or_invalid_is_rejected_before_any_request() {
     let r = rig("kv-off", "disabled", &[]).await;
-    r.cloud
-        .send(pay("x-1", 15000, Duration::from_secs(30)))
+    let res = r
+        .cloud
+        .ask(pay("x-1", 15000, Duration::from_secs(30)))
         .await;
-    let res = r.cloud.result("x-1").await;
     assert_eq!(res["state"], "rejected", "{res}");
     assert_eq!(res["error"]["code"], "device_unavailable");
     assert_eq!(res["mode"], "disabled");
@@ -220,8 +194,7 @@ async fn disabled_or_invalid_is_rejected_before_any_request() {
     let r = rig("kv-bad", "test", &[]).await;
     let mut bad = pay("b-1", 15000, Duration::from_secs(30));
     bad["customer"]["phone"] = json!("1".repeat(21));
-    r.cloud.send(bad).await;
-    let res = r.cloud.result("b-1").await;
+    let res = r.cloud.ask(bad).await;
     assert_eq!(res["state"], "rejected", "{res}");
     assert_eq!(res["error"]["code"], "bad_request");
     assert!(res["error"]["message"]
@@ -299,10 +272,10 @@ async fn garbled_answers_are_asked_again_never_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_the_provider_is_never_kept_or_sent() {
     let mut r = rig("kv-pan", "test", &[]).await;
-    r.cloud
-        .send(pay("pan-1", 15060, Duration::from_secs(30)))
+    let res = r
+        .cloud
+        .ask(pay("pan-1", 15060, Duration::from_secs(30)))
         .await;
-    let res = r.cloud.result("pan-1").await;
     assert_eq!(res["state"], "succeeded", "{res}");
     assert!(
         res["device"].to_string().contains("4111 11** **** 1111"),
@@ -312,7 +285,7 @@ async fn a_full_card_number_from_the_provider_is_never_kept_or_sent() {
     for pan in ["4111111111111111", "4111 1111 1111 1111"] {
         let published = r.cloud.published_containing(pan);
         assert!(published.is_none(), "{published:?}");
-        let file = file_containing(r._dir.path(), pan.as_bytes());
+        let file = file_containing(r.dir.path(), pan.as_bytes());
         assert!(file.is_none(), "{file:?} holds the card number");
     }
 }

@@ -14,16 +14,9 @@ use posbridge::sim::ip::{IpSim, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 async fn sim() -> (std::net::SocketAddr, CancellationToken) {
-    let s = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(7),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let s = IpSim::loopback(SimOptions::approving(Some(7), 0))
+        .await
+        .expect("sim");
     let addr = s.local_addr();
     let stop = CancellationToken::new();
     let _task = s.spawn(stop.clone());
@@ -70,9 +63,7 @@ async fn doctor_all_green_with_the_agent_running_then_stopped() {
     let (addr, _sim) = sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-doc", broker.port()).ip("ip-1", addr);
-    let cloud = Cloud::connect(broker.port(), "shop-doc", "cloud-doc", false).await;
-    let mut agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let config = agent.config.to_string_lossy().into_owned();
 
     let out = posbridge(&["doctor", "--config", &config]).await;
@@ -130,16 +121,11 @@ async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     }
-    let config = dir.path().join("posbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(dir.path(), "posbridge.toml", &format!(
             "agent_id = \"shop-down\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{dead}\"\nusername = \"shop-down\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n",
             pw.display(),
             dir.path().join("store").display()
-        ),
-    )
-    .expect("config");
+        ));
     let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -163,12 +149,11 @@ async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_reports_a_config_error_as_a_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("bad.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        dir.path(),
+        "bad.toml",
         "agent_id = \"x\"\n[mqtt]\nurll = \"mqtt://127.0.0.1\"\n",
-    )
-    .expect("w");
+    );
     let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -430,58 +415,17 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
 /// password: ok with the right one; FAIL naming the refusal and the fix with a wrong one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_over_mqtts_checks_tls_and_credentials() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     if !mosquitto_available() {
         return;
     }
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "doctor test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let server_key = KeyPair::generate().expect("server key");
-    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    sp.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let server = sp
-        .signed_by(&server_key, &ca_cert, &ca_key)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("client key");
-    let cp = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    let client = cp
-        .signed_by(&client_key, &ca_cert, &ca_key)
-        .expect("client cert");
-
+    let pki = common::tls::pki();
     let tls_port = free_port();
-    let _m = Mosquitto::start_with(|d| {
-        std::fs::write(d.join("ca.pem"), ca_cert.pem()).expect("ca");
-        std::fs::write(d.join("server.pem"), server.pem()).expect("srv");
-        std::fs::write(d.join("server.key"), server_key.serialize_pem()).expect("key");
-        let st = std::process::Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(d.join("passwd"))
-            .args(["agent", "right-password"])
-            .status()
-            .expect("mosquitto_passwd");
-        assert!(st.success());
-        format!(
-            "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n",
-            d = d.display()
-        )
-    });
+    let _m = pki.mosquitto(tls_port, "agent", "right-password");
     wait_port(tls_port);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    std::fs::write(d.join("ca.pem"), ca_cert.pem()).expect("ca");
-    std::fs::write(d.join("client.pem"), client.pem()).expect("client");
-    std::fs::write(d.join("client.key"), client_key.serialize_pem()).expect("client key");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d.join("client.key"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
-    }
+    pki.write_client_files(d);
     let config = |pw: &str| {
         let pw_file = d.join(format!("{pw}.pw"));
         std::fs::write(&pw_file, format!("{pw}\n")).expect("pw");
@@ -522,17 +466,12 @@ async fn doctor_over_mqtts_checks_tls_and_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_fails_an_unchecked_kaspi_certificate_and_warns_on_unsigned() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("posbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(dir.path(), "posbridge.toml", &format!(
             "agent_id = \"shop-tls-off\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[store]\npath = \"{}\"\n[security]\nallow_unsigned = true\n[[terminals]]\nid = \"k-1\"\nkind = \"kaspi\"\nurl = \"https://127.0.0.1:{}\"\ntls = \"insecure\"\nprotected = false\n",
             free_port(),
             dir.path().join("store").display(),
             free_port()
-        ),
-    )
-    .expect("config");
+        ));
     let out = posbridge(&["doctor", "--config", &config.to_string_lossy()]).await;
     let t = text(&out);
     assert_eq!(status_of(row(&t, "terminal k-1 tls")), "FAIL", "{t}");

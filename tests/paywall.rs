@@ -15,29 +15,16 @@ use tokio_util::sync::CancellationToken;
 const GUID: &str = "8ff33705-57c7-42dc-8341-a0053e7f3009";
 const T: &str = "pw-1";
 
-struct Rig {
-    _broker: Broker,
-    _dir: tempfile::TempDir,
-    stats: PaywallStats,
-    stop: CancellationToken,
-    agent: Agent,
-    cloud: Cloud,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+type Rig = common::Rig<PaywallStats>;
 
 /// Key files for the test environment, as an operator would write them.
 fn key_files(dir: &Path) -> String {
-    std::fs::write(dir.join("api_key"), "test-api-key\n").expect("key");
-    std::fs::write(dir.join("client_key"), "test-secret\n").expect("key");
-    format!(
-        "api_key_file = \"{}\"\nclient_key_file = \"{}\"\n",
-        dir.join("api_key").display(),
-        dir.join("client_key").display()
+    write_key_files(
+        dir,
+        &[
+            ("api_key_file", "test-api-key"),
+            ("client_key_file", "test-secret"),
+        ],
     )
 }
 
@@ -78,17 +65,7 @@ async fn rig_with(
     )
     .expect("config");
     before_start(&dir.path().join("posbridge.toml"));
-    let cloud = Cloud::connect(broker.port(), name, &format!("cloud-{name}"), false).await;
-    let agent = Agent::start_with(&spec, dir.path(), env, &[]);
-    cloud.online().await;
-    Rig {
-        _broker: broker,
-        _dir: dir,
-        stats,
-        stop,
-        agent,
-        cloud,
-    }
+    Rig::start(broker, dir, &spec, env, stats, stop).await
 }
 
 async fn rig(name: &str) -> Rig {
@@ -116,8 +93,7 @@ fn muc(agent_id: &str, id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sale_succeeds_in_test_mode_with_mode_on_the_result() {
     let r = rig("pw-ok").await;
-    r.cloud.send(sale("s-1", 2200)).await;
-    let res = r.cloud.result("s-1").await;
+    let res = r.cloud.ask(sale("s-1", 2200)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(res["mode"], "test");
     assert_eq!(res["amount"], 2200);
@@ -146,8 +122,7 @@ async fn sale_succeeds_in_test_mode_with_mode_on_the_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declined_sale_fails_with_paywall_codes() {
     let r = rig("pw-decl").await;
-    r.cloud.send(sale("d-1", 2251)).await;
-    let res = r.cloud.result("d-1").await;
+    let res = r.cloud.ask(sale("d-1", 2251)).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["mode"], "test");
     assert_eq!(res["error"]["code"], "declined");
@@ -203,8 +178,7 @@ async fn disabled_terminal_rejects_with_device_unavailable() {
         &[],
     )
     .await;
-    r.cloud.send(sale("x-1", 2200)).await;
-    let res = r.cloud.result("x-1").await;
+    let res = r.cloud.ask(sale("x-1", 2200)).await;
     assert_eq!(res["state"], "rejected", "{res}");
     assert_eq!(res["error"]["code"], "device_unavailable");
     assert!(res["error"]["message"]
@@ -231,21 +205,7 @@ async fn live_mode_uses_live_url_and_secrets_from_the_store() {
                 ("live_api_key", "live-api-key"),
                 ("live_client_key", "live-secret"),
             ] {
-                let mut child = std::process::Command::new(BIN)
-                    .args(["secret", "set", T, name, "--config"])
-                    .arg(config)
-                    .stdin(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("secret set");
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(value.as_bytes())
-                    .expect("write");
-                let out = child.wait_with_output().expect("wait");
+                let out = secret_set(config, T, name, value);
                 assert!(
                     out.status.success(),
                     "{}",
@@ -256,8 +216,7 @@ async fn live_mode_uses_live_url_and_secrets_from_the_store() {
         &[],
     )
     .await;
-    r.cloud.send(sale("l-1", 2200)).await;
-    let res = r.cloud.result("l-1").await;
+    let res = r.cloud.ask(sale("l-1", 2200)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(res["mode"], "live");
     let p = r.stats.payments();
@@ -289,8 +248,7 @@ async fn wrong_credentials_fail_unauthorized() {
         &[],
     )
     .await;
-    r.cloud.send(sale("u-1", 2200)).await;
-    let res = r.cloud.result("u-1").await;
+    let res = r.cloud.ask(sale("u-1", 2200)).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "unauthorized");
     assert_eq!(r.stats.payments_created(), 0);
@@ -308,10 +266,10 @@ async fn cancel_of_a_running_sale_goes_through_sync_cancel() {
             .await,
         "the sale reached the device"
     );
-    r.cloud
-        .send(json!({"v":1,"id":"c-2","op":"cancel","target":"c-1"}))
+    let cancel = r
+        .cloud
+        .ask(json!({"v":1,"id":"c-2","op":"cancel","target":"c-1"}))
         .await;
-    let cancel = r.cloud.result("c-2").await;
     assert_eq!(cancel["state"], "succeeded", "{cancel}\n{}", r.agent.log());
     let res = r.cloud.result("c-1").await;
     assert_eq!(res["state"], "failed", "{res}");
@@ -361,8 +319,7 @@ async fn lost_or_odd_answers_are_resolved_by_inquiry() {
         ("o-58", 2258),
         ("o-59", 2259),
     ] {
-        r.cloud.send(sale(id, amount)).await;
-        let res = r.cloud.result(id).await;
+        let res = r.cloud.ask(sale(id, amount)).await;
         assert_eq!(res["state"], "succeeded", "{id}: {res}\n{}", r.agent.log());
         let p = r
             .stats
@@ -386,8 +343,7 @@ async fn lost_or_odd_answers_are_resolved_by_inquiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_error_after_the_sale_request_is_unknown_never_failed() {
     let r = rig("pw-503").await;
-    r.cloud.send(sale("e-1", 2254)).await;
-    let res = r.cloud.result("e-1").await;
+    let res = r.cloud.ask(sale("e-1", 2254)).await;
     assert_eq!(res["state"], "unknown", "{res}");
     assert_eq!(res["needs_reconciliation"], true, "{res}");
     let msg = res["error"]["message"].as_str().unwrap_or("");
@@ -403,17 +359,16 @@ async fn server_error_after_the_sale_request_is_unknown_never_failed() {
 async fn unresolved_sale_is_unknown_then_status_asks_again() {
     let r = rig("pw-unk").await;
     // 56: the answer is lost and the sale stays on the device.
-    r.cloud.send(sale("n-1", 2256)).await;
-    let res = r.cloud.result("n-1").await;
+    let res = r.cloud.ask(sale("n-1", 2256)).await;
     assert_eq!(res["state"], "unknown", "{res}");
     assert_eq!(res["needs_reconciliation"], true);
     assert_eq!(res["mode"], "test");
     // The customer finishes paying; a later `status` learns it from Paywall.
     assert!(r.stats.complete(&muc("pw-unk", "n-1"), "succeeded"));
-    r.cloud
-        .send(json!({"v":1,"id":"n-2","op":"status","target":"n-1"}))
+    let st = r
+        .cloud
+        .ask(json!({"v":1,"id":"n-2","op":"status","target":"n-1"}))
         .await;
-    let st = r.cloud.result("n-2").await;
     assert_eq!(st["state"], "succeeded", "{st}");
     assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(r.stats.payments_created(), 1);
@@ -500,11 +455,8 @@ async fn https_with_a_generated_certificate_and_ca_file() {
             dir.path().join("ca.pem").display()
         ),
     );
-    let cloud = Cloud::connect(broker.port(), "pw-tls", "cloud-pw-tls", false).await;
-    let agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
-    cloud.send(sale("t-1", 2200)).await;
-    let res = cloud.result("t-1").await;
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    let res = cloud.ask(sale("t-1", 2200)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
     assert_eq!(stats.payments_created(), 1);
     stop.cancel();
@@ -516,8 +468,7 @@ async fn https_with_a_generated_certificate_and_ca_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
     let r = rig("pw-unlisted").await;
-    r.cloud.send(sale("u-1", 2262)).await;
-    let res = r.cloud.result("u-1").await;
+    let res = r.cloud.ask(sale("u-1", 2262)).await;
     assert_eq!(res["state"], "unknown", "{res}");
     assert_eq!(res["needs_reconciliation"], true, "{res}");
     assert_eq!(
@@ -531,10 +482,10 @@ async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
     );
     let code = muc("pw-unlisted", "u-1");
     assert!(r.stats.publish(&code), "the mock knows the sale");
-    r.cloud
-        .send(json!({"v":1,"id":"u-2","op":"status","target":"u-1"}))
+    let st = r
+        .cloud
+        .ask(json!({"v":1,"id":"u-2","op":"status","target":"u-1"}))
         .await;
-    let st = r.cloud.result("u-2").await;
     assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(r.stats.payments_created(), 1);
     let sold: Vec<_> = r
@@ -552,8 +503,7 @@ async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbled_sale_answer_is_asked_about_not_failed() {
     let r = rig("pw-garbled").await;
-    r.cloud.send(sale("g-1", 2261)).await;
-    let res = r.cloud.result("g-1").await;
+    let res = r.cloud.ask(sale("g-1", 2261)).await;
     assert_eq!(res["state"], "succeeded", "{res}");
     assert_eq!(r.stats.payments_created(), 1);
     let p = r
@@ -574,8 +524,7 @@ async fn garbled_sale_answer_is_asked_about_not_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_paywall_is_never_kept_or_sent() {
     let mut r = rig("pw-pan").await;
-    r.cloud.send(sale("pan-1", 2263)).await;
-    let res = r.cloud.result("pan-1").await;
+    let res = r.cloud.ask(sale("pan-1", 2263)).await;
     assert_eq!(res["state"], "succeeded", "{res}");
     assert!(
         res["device"].to_string().contains("411111******1111"),
@@ -584,6 +533,6 @@ async fn a_full_card_number_from_paywall_is_never_kept_or_sent() {
     assert!(r.agent.sigterm().success());
     let published = r.cloud.published_containing("4111111111111111");
     assert!(published.is_none(), "{published:?}");
-    let file = file_containing(r._dir.path(), "4111111111111111".as_bytes());
+    let file = file_containing(r.dir.path(), "4111111111111111".as_bytes());
     assert!(file.is_none(), "{file:?} holds the card number");
 }

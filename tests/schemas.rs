@@ -25,9 +25,6 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use jsonschema::{Draft, Registry, Validator};
-use p256::ecdsa::SigningKey;
-use p256::elliptic_curve::Generate;
-use p256::pkcs8::{EncodePublicKey, LineEnding};
 use posbridge::api::signature::{open, seal, CommandKeys};
 use posbridge::sim::ip::{IpSim, SimOptions};
 use posbridge::sim::token::{SimOptions as TokenOptions, TokenSim};
@@ -441,20 +438,22 @@ impl<'a> Session<'a> {
     async fn result(&mut self, id: &str) -> Value {
         self.wait("result", |v| v["id"] == id).await
     }
+
+    /// `send`, then the command's result (by its id).
+    async fn ask(&mut self, cmd: Value) -> Value {
+        let id = cmd["id"]
+            .as_str()
+            .expect("the command has an id")
+            .to_string();
+        self.send(cmd).await;
+        self.result(&id).await
+    }
 }
 
 async fn ip_sim(delay_ms: u64) -> IpSim {
-    IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(7),
-            delay_ms,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("ip simulator")
+    IpSim::loopback(SimOptions::approving(Some(7), delay_ms))
+        .await
+        .expect("ip simulator")
 }
 
 const AGENT: &str = "shop-schemas";
@@ -479,8 +478,7 @@ async fn every_published_message_matches_its_schema() {
         hang.spawn(stop.clone()),
     ];
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let token = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+    let token = TokenSim::loopback(
         TokenOptions {
             seed: Some(7),
             ..Default::default()
@@ -513,24 +511,22 @@ async fn every_published_message_matches_its_schema() {
     s.wait("status", |v| v["state"] == "online").await;
 
     // Payment succeeded, payment failed, duplicate.
-    s.send(pay("p-1", "ip-1", 1500)).await;
-    assert_eq!(s.result("p-1").await["state"], "succeeded");
+    assert_eq!(s.ask(pay("p-1", "ip-1", 1500)).await["state"], "succeeded");
     control.set_fail_rate(1.0);
-    s.send(pay("p-2", "ip-1", 2500)).await;
-    assert_eq!(s.result("p-2").await["state"], "failed");
+    assert_eq!(s.ask(pay("p-2", "ip-1", 2500)).await["state"], "failed");
     control.set_fail_rate(0.0);
     s.send(pay("p-1", "ip-1", 1500)).await;
     s.wait_n("result", 2, |v| v["id"] == "p-1").await;
 
     // Refund by original; one beyond what is left of the payment.
-    s.send(
-        json!({"v":1,"id":"r-1","op":"refund","terminal":"ip-1","amount":1000,"original":"p-1"}),
-    )
-    .await;
-    assert_eq!(s.result("r-1").await["state"], "succeeded");
-    s.send(json!({"v":1,"id":"r-2","op":"refund","terminal":"ip-1","amount":501,"original":"p-1"}))
-        .await;
-    assert_eq!(s.result("r-2").await["error"]["code"], "invalid_amount");
+    assert_eq!(s.ask(json!({"v":1,"id":"r-1","op":"refund","terminal":"ip-1","amount":1000,"original":"p-1"}),).await["state"], "succeeded");
+    assert_eq!(
+        s.ask(
+            json!({"v":1,"id":"r-2","op":"refund","terminal":"ip-1","amount":501,"original":"p-1"})
+        )
+        .await["error"]["code"],
+        "invalid_amount"
+    );
 
     // Malformed JSON, oversize (max_bytes 4096), wrong type, an id that is not one.
     cloud
@@ -548,47 +544,56 @@ async fn every_published_message_matches_its_schema() {
     s.wait_n("result", 3, |v| v["id"].is_null()).await;
 
     // Expired, unknown terminal, unsupported op, a dead terminal.
-    s.send(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"}))
-        .await;
-    assert_eq!(s.result("e-1").await["state"], "expired");
-    s.send(pay("u-1", "nope", 100)).await;
-    assert_eq!(s.result("u-1").await["error"]["code"], "unknown_terminal");
-    s.send(json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"}))
-        .await;
-    assert_eq!(s.result("f-1").await["error"]["code"], "unsupported_op");
-    s.send(pay("x-1", "ip-dead", 100)).await;
-    assert_eq!(s.result("x-1").await["state"], "failed");
+    assert_eq!(s.ask(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"})).await["state"], "expired");
+    assert_eq!(
+        s.ask(pay("u-1", "nope", 100)).await["error"]["code"],
+        "unknown_terminal"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"}))
+            .await["error"]["code"],
+        "unsupported_op"
+    );
+    assert_eq!(s.ask(pay("x-1", "ip-dead", 100)).await["state"], "failed");
 
     // device_info, ping, status found and not found.
-    s.send(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
-        .await;
-    assert_eq!(s.result("d-1").await["state"], "succeeded");
-    s.send(json!({"v":1,"id":"ping-1","op":"ping","expires_at":"2099-01-01T00:00:00+03:00"}))
-        .await;
-    assert_eq!(s.result("ping-1").await["state"], "succeeded");
-    s.send(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
-        .await;
-    assert_eq!(s.result("s-1").await["target"]["state"], "succeeded");
-    s.send(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}))
-        .await;
-    assert_eq!(s.result("s-2").await["error"]["code"], "not_found");
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
+            .await["state"],
+        "succeeded"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"ping-1","op":"ping","expires_at":"2099-01-01T00:00:00+03:00"}))
+            .await["state"],
+        "succeeded"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
+            .await["target"]["state"],
+        "succeeded"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}))
+            .await["error"]["code"],
+        "not_found"
+    );
 
     // A fiscal register: fiscal_info, device_info, a sale with a basket.
-    s.send(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
-        .await;
-    assert_eq!(s.result("fi-1").await["state"], "succeeded");
-    s.send(json!({"v":1,"id":"d-2","op":"device_info","terminal":"token-1"}))
-        .await;
-    assert_eq!(s.result("d-2").await["state"], "succeeded");
-    s.send(
-        json!({"v":1,"id":"tk-1","op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
+            .await["state"],
+        "succeeded"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"d-2","op":"device_info","terminal":"token-1"}))
+            .await["state"],
+        "succeeded"
+    );
+    assert_eq!(s.ask(json!({"v":1,"id":"tk-1","op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
         "basket": {"items": [{"name": "Su", "price": 500, "quantity": 1, "section_no": 1},
                              {"name": "Armut", "price": 1500, "quantity": 1, "section_no": 1}],
                    "payments": [{"type": 1, "amount": 1000, "description": "nakit"},
-                                {"type": 3, "amount": 1000, "description": "kredi kartı"}]}}),
-    )
-    .await;
-    assert_eq!(s.result("tk-1").await["state"], "succeeded");
+                                {"type": 3, "amount": 1000, "description": "kredi kartı"}]}}),).await["state"], "succeeded");
 
     // A queue on the slow terminal (queue_depth 2): running, queued, full; repeats of a
     // running and a queued id; cancel of a queued, a running and a finished command.
@@ -597,8 +602,10 @@ async fn every_published_message_matches_its_schema() {
         .await;
     s.send(pay("q-2", "ip-slow", 200)).await;
     s.send(pay("q-3", "ip-slow", 300)).await;
-    s.send(pay("q-4", "ip-slow", 400)).await;
-    assert_eq!(s.result("q-4").await["error"]["code"], "busy");
+    assert_eq!(
+        s.ask(pay("q-4", "ip-slow", 400)).await["error"]["code"],
+        "busy"
+    );
     s.send(json!({"v":1,"id":"l-0","op":"list","terminal":"ip-slow"}))
         .await;
     let mut records = s.result("l-0").await["items"]
@@ -609,25 +616,32 @@ async fn every_published_message_matches_its_schema() {
     s.send(pay("q-2", "ip-slow", 200)).await;
     s.wait_n("evt", 2, |v| v["detail"]["duplicate"] == true)
         .await;
-    s.send(json!({"v":1,"id":"s-3","op":"status","target":"q-1","terminal":"ip-slow"}))
-        .await;
-    assert_eq!(s.result("s-3").await["target"]["state"], "in_progress");
-    s.send(json!({"v":1,"id":"c-1","op":"cancel","target":"q-2"}))
-        .await;
-    assert_eq!(s.result("c-1").await["target"]["state"], "cancelled");
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"s-3","op":"status","target":"q-1","terminal":"ip-slow"}))
+            .await["target"]["state"],
+        "in_progress"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"c-1","op":"cancel","target":"q-2"}))
+            .await["target"]["state"],
+        "cancelled"
+    );
     assert_eq!(s.result("q-2").await["state"], "cancelled");
-    s.send(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
-        .await;
-    assert_eq!(s.result("c-2").await["error"]["code"], "not_cancellable");
-    s.send(json!({"v":1,"id":"c-3","op":"cancel","target":"p-2"}))
-        .await;
-    assert_eq!(s.result("c-3").await["error"]["code"], "not_cancellable");
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
+            .await["error"]["code"],
+        "not_cancellable"
+    );
+    assert_eq!(
+        s.ask(json!({"v":1,"id":"c-3","op":"cancel","target":"p-2"}))
+            .await["error"]["code"],
+        "not_cancellable"
+    );
     assert_eq!(s.result("q-1").await["state"], "succeeded");
     assert_eq!(s.result("q-3").await["state"], "succeeded");
 
     // An answer that never comes: unknown; once the terminal is done, status reconciles.
-    s.send(pay("h-1", "ip-hang", 700)).await;
-    assert_eq!(s.result("h-1").await["state"], "unknown");
+    assert_eq!(s.ask(pay("h-1", "ip-hang", 700)).await["state"], "unknown");
     tokio::time::timeout(Duration::from_secs(15), async {
         while hang_stats.executions("h-1") == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -658,13 +672,9 @@ async fn every_published_message_matches_its_schema() {
             .iter()
             .cloned(),
     );
-    s.send(json!({"v":1,"id":"l-2","op":"list","terminal":"ip-1","state":"succeeded","since":"2020-01-01T00:00:00Z","limit":10}))
-        .await;
-    assert_eq!(s.result("l-2").await["state"], "succeeded");
+    assert_eq!(s.ask(json!({"v":1,"id":"l-2","op":"list","terminal":"ip-1","state":"succeeded","since":"2020-01-01T00:00:00Z","limit":10})).await["state"], "succeeded");
     // Pages: one item, then the next page by its cursor.
-    s.send(json!({"v":1,"id":"l-3","op":"list","limit":1}))
-        .await;
-    let next = s.result("l-3").await["next"].clone();
+    let next = s.ask(json!({"v":1,"id":"l-3","op":"list","limit":1})).await["next"].clone();
     assert!(next.is_string(), "a second page exists");
     s.send(json!({"v":1,"id":"l-4","op":"list","limit":1,"cursor":next}))
         .await;
@@ -790,20 +800,9 @@ async fn signed_commands_match_the_schemas() {
     let schemas = Schemas::load();
     let broker = embedded();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::generate();
-    let pub_file = dir.path().join("cloud-1.pub");
-    std::fs::write(
-        &pub_file,
-        key.verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("pem"),
-    )
-    .expect("write key");
+    let (key, security) = cloud_key(dir.path(), "cloud-1");
     let spec = AgentSpec {
-        extra: format!(
-            "[security]\ncommand_keys = [{{ kid = \"cloud-1\", public_key_file = \"{}\" }}]\n",
-            pub_file.display()
-        ),
+        extra: security,
         ..AgentSpec::new("shop-signed-schemas", broker.port())
     };
     let cloud = Cloud::connect(

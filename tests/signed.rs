@@ -5,33 +5,24 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use p256::ecdsa::SigningKey;
 use p256::elliptic_curve::Generate;
-use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use posbridge::api::signature::seal;
 use posbridge::sim::ip::{IpSim, SimOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 fn sign_with_cli(key_file: &std::path::Path, kid: &str, cmd: &Value) -> Vec<u8> {
-    let mut child = Command::new(BIN)
-        .args(["sign", "--kid", kid, "--key"])
-        .arg(key_file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn sign");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(cmd.to_string().as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("sign");
+    let out = output_with_stdin(
+        Command::new(BIN)
+            .args(["sign", "--kid", kid, "--key"])
+            .arg(key_file),
+        cmd.to_string().as_bytes(),
+    );
     assert!(out.status.success());
     String::from_utf8(out.stdout)
         .expect("utf8")
@@ -50,31 +41,14 @@ async fn signed_setup(
     security_extra: &str,
     stop: &CancellationToken,
 ) -> (SigningKey, posbridge::sim::ip::SimStats, AgentSpec) {
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions {
-            fail_rate: 0.0,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(None, 0))
+        .await
+        .expect("sim");
     let (addr, stats) = (sim.local_addr(), sim.stats());
     sim.spawn(stop.clone());
-    let sk = SigningKey::generate();
-    let pub_file = dir.join(format!("{kid}.pub"));
-    std::fs::write(
-        &pub_file,
-        sk.verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("pem"),
-    )
-    .expect("write pub");
+    let (sk, security) = cloud_key(dir, kid);
     let spec = AgentSpec {
-        extra: format!(
-            "[security]\ncommand_keys = [{{ kid = \"{kid}\", public_key_file = \"{}\" }}]\n{security_extra}",
-            pub_file.display()
-        ),
+        extra: format!("{security}{security_extra}"),
         ..AgentSpec::new("shop-signed", broker).ip("ip-1", addr)
     };
     (sk, stats, spec)
@@ -96,9 +70,7 @@ async fn only_signed_commands_run() {
             .as_bytes(),
     )
     .expect("write key");
-    let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-signed", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     // Signed by the CLI with the configured key: runs.
     let cmd = signed_pay("s-1", 1200);
@@ -122,13 +94,7 @@ async fn only_signed_commands_run() {
     let mut forged: Value = serde_json::from_slice(&env).expect("json");
     forged["signed"] = json!(base64_url(&pay("s-3", "ip-1", 999_999).to_string()));
     cloud.send(forged).await;
-    cloud
-        .wait("result", std::time::Duration::from_secs(10), |v| {
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("bad signature"))
-        })
-        .await;
+    cloud.refusal("bad signature").await;
 
     // Unknown kid.
     let other = SigningKey::generate();
@@ -139,13 +105,7 @@ async fn only_signed_commands_run() {
             &other,
         ))
         .await;
-    cloud
-        .wait("result", std::time::Duration::from_secs(10), |v| {
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("unknown kid"))
-        })
-        .await;
+    cloud.refusal("unknown kid").await;
 
     // Replay of the identical envelope: never executed again, the stored result returns.
     cloud.send_raw(env).await;
@@ -161,11 +121,7 @@ async fn only_signed_commands_run() {
         .send(seal(reuse.to_string().as_bytes(), "cloud-1", &sk))
         .await;
     cloud
-        .wait("result", std::time::Duration::from_secs(10), |v| {
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("already used by a different signed command"))
-        })
+        .refusal("already used by a different signed command")
         .await;
 
     assert_eq!(stats.executions("s-1"), 1);
@@ -209,9 +165,7 @@ async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
         &stop,
     )
     .await;
-    let cloud = Cloud::connect(broker.port(), "shop-signed", "cloud-bound", false).await;
-    let _agent = Agent::start(&spec, dir.path());
-    cloud.online().await;
+    let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let send = |v: Value| {
         let env = seal(v.to_string().as_bytes(), "k", &sk);
         let c = &cloud;
@@ -252,13 +206,7 @@ async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
         &sk,
     );
     cloud.send(env).await;
-    cloud
-        .wait("result", std::time::Duration::from_secs(10), |v| {
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("twice"))
-        })
-        .await;
+    cloud.refusal("twice").await;
     assert_eq!(stats.executions("b-6"), 0);
     stop.cancel();
 }
@@ -271,16 +219,11 @@ fn base64_url(s: &str) -> String {
 #[test]
 fn unreadable_key_stops_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = write_config(dir.path(), "c.toml", &format!(
             "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n[security]\ncommand_keys = [{{ kid = \"k\", public_key_file = \"{}/missing.pem\" }}]\n",
             dir.path().join("store").display(),
             dir.path().display()
-        ),
-    )
-    .expect("write");
+        ));
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg)
@@ -296,15 +239,10 @@ fn unreadable_key_stops_the_start() {
 #[test]
 fn unsigned_is_opt_in() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = write_config(dir.path(), "c.toml", &format!(
             "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n[[terminals]]\nid = \"ip-1\"\nkind = \"ip\"\naddr = \"127.0.0.1:9\"\n",
             dir.path().join("store").display(),
-        ),
-    )
-    .expect("write");
+        ));
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg)

@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 async fn sim() -> (SocketAddr, SimControl, CancellationToken) {
-    let s = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+    let s = TokenSim::loopback(
         SimOptions {
             seed: Some(7),
             ..Default::default()
@@ -60,9 +59,8 @@ async fn rig(agent_id: &str) -> Rig {
     let broker = embedded();
     let (addr, ctl, stop) = sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = Cloud::connect(broker.port(), agent_id, &format!("cloud-{agent_id}"), false).await;
-    let agent = Agent::start(&spec(agent_id, broker.port(), addr), dir.path());
-    cloud.online().await;
+    let (cloud, agent) =
+        Cloud::with_agent(&spec(agent_id, broker.port(), addr), dir.path(), &[]).await;
     Rig {
         cloud,
         agent,
@@ -78,24 +76,21 @@ async fn fiscal_sale_end_to_end_with_fiscal_and_device_info() {
     let r = rig("tok-e2e").await;
     let cloud = &r.cloud;
 
-    cloud
-        .send(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
+    let fi = cloud
+        .ask(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
         .await;
-    let fi = cloud.result("fi-1").await;
     assert_eq!(fi["state"], "succeeded", "{fi}");
     assert_eq!(fi["device"]["sections"][0]["name"], "GİDA");
     assert_eq!(fi["device"]["receiptLimit"], 990000);
 
-    cloud
-        .send(json!({"v":1,"id":"di-1","op":"device_info","terminal":"token-1"}))
+    let di = cloud
+        .ask(json!({"v":1,"id":"di-1","op":"device_info","terminal":"token-1"}))
         .await;
-    let di = cloud.result("di-1").await;
     assert_eq!(di["state"], "succeeded", "{di}");
     assert_eq!(di["device"]["fiscal_no"], "AV0000000121");
     assert_eq!(di["device"]["cert_serial"], "AV0000000121");
 
-    cloud.send(sale("s-1")).await;
-    let res = cloud.result("s-1").await;
+    let res = cloud.ask(sale("s-1")).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(res["amount"], 2000);
     assert_eq!(res["payment"]["method"], "mixed");
@@ -140,9 +135,7 @@ async fn bad_baskets_are_rejected_before_any_device_traffic() {
         (no_basket, "field basket:"),
         (amount, "field amount"),
     ] {
-        let id = cmd["id"].as_str().expect("id").to_string();
-        cloud.send(cmd).await;
-        let res = cloud.result(&id).await;
+        let res = cloud.ask(cmd).await;
         assert_eq!(res["state"], "rejected", "{res}");
         assert_eq!(res["error"]["code"], "bad_request");
         let msg = res["error"]["message"].as_str().expect("message");
@@ -157,8 +150,7 @@ async fn device_error_type60_is_failed_with_device_code() {
     let r = rig("tok-60").await;
     r.ctl
         .set(|k| k.error_next_basket = Some("KASA KAPALI".into()));
-    r.cloud.send(sale("e-1")).await;
-    let res = r.cloud.result("e-1").await;
+    let res = r.cloud.ask(sale("e-1")).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "device_error");
     assert_eq!(res["error"]["device_code"], "KASA KAPALI");
@@ -166,8 +158,7 @@ async fn device_error_type60_is_failed_with_device_code() {
 
     // A customer cancel is a definite failure too.
     r.ctl.set(|k| k.cancel_next = true);
-    r.cloud.send(sale("e-2")).await;
-    let res = r.cloud.result("e-2").await;
+    let res = r.cloud.ask(sale("e-2")).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "cancelled_by_customer");
     assert_eq!(res["error"]["device_code"], -1);
@@ -182,8 +173,7 @@ async fn link_drop_mid_sale_is_unknown_unless_the_result_arrives_after_reconnect
         k.drop_link_mid_sale = true;
         k.redeliver_after_reconnect = true;
     });
-    r.cloud.send(sale("d-1")).await;
-    let res = r.cloud.result("d-1").await;
+    let res = r.cloud.ask(sale("d-1")).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(r.ctl.sales(&basket_id("tok-drop", "d-1")), 1);
 
@@ -193,8 +183,7 @@ async fn link_drop_mid_sale_is_unknown_unless_the_result_arrives_after_reconnect
         k.redeliver_after_reconnect = false;
     });
     let before = r.ctl.baskets_received();
-    r.cloud.send(sale("d-2")).await;
-    let res = r.cloud.result("d-2").await;
+    let res = r.cloud.ask(sale("d-2")).await;
     assert_eq!(res["state"], "unknown", "{res}");
     assert_eq!(res["needs_reconciliation"], true);
     assert_eq!(r.ctl.baskets_received(), before + 1, "never resent");
@@ -226,20 +215,12 @@ async fn kill9_between_basket_and_result_never_sells_twice() {
         let agent_id = format!("tok-crash-{n}");
         let id = format!("c-{n}");
         let dir = tempfile::tempdir().expect("tempdir");
-        let cloud = Cloud::connect(
-            broker.port(),
-            &agent_id,
-            &format!("cloud-{agent_id}"),
-            false,
-        )
-        .await;
-        let mut agent = Agent::start_with(
+        let (cloud, mut agent) = Cloud::with_agent(
             &spec(&agent_id, broker.port(), addr),
             dir.path(),
             &[(posbridge::faults::ENV, point)],
-            &[],
-        );
-        cloud.online().await;
+        )
+        .await;
         cloud.send(sale(&id)).await;
         let st = agent
             .wait_exit(Duration::from_secs(20))
@@ -265,13 +246,10 @@ async fn usb_transport_without_a_register_is_device_unavailable_with_the_cause()
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = AgentSpec::new("tok-usb", broker.port());
     s.extra = "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"usb\"\n".into();
-    let cloud = Cloud::connect(broker.port(), "tok-usb", "cloud-tok-usb", false).await;
-    let _agent = Agent::start(&s, dir.path());
-    cloud.online().await;
-    cloud
-        .send(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"}))
+    let (cloud, _agent) = Cloud::with_agent(&s, dir.path(), &[]).await;
+    let res = cloud
+        .ask(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"}))
         .await;
-    let res = cloud.result("u-1").await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "device_unavailable");
     let msg = res["error"]["message"].as_str().expect("message");
@@ -287,8 +265,7 @@ async fn usb_transport_without_a_register_is_device_unavailable_with_the_cause()
     // A bad basket is still rejected up front, whatever the transport.
     let mut bad = sale("u-2");
     bad["basket"]["items"][0]["section_no"] = json!("one");
-    cloud.send(bad).await;
-    let res = cloud.result("u-2").await;
+    let res = cloud.ask(bad).await;
     assert_eq!(res["state"], "rejected");
     assert!(res["error"]["message"]
         .as_str()
@@ -304,20 +281,12 @@ async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
     let broker = embedded();
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
     let stranger = TestCa::generate("Not Kamu SM").expect("ca");
-    let good = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions::default(),
-        Some(&ca),
-    )
-    .await
-    .expect("sim");
-    let bad = TokenSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimOptions::default(),
-        Some(&stranger),
-    )
-    .await
-    .expect("sim");
+    let good = TokenSim::loopback(SimOptions::default(), Some(&ca))
+        .await
+        .expect("sim");
+    let bad = TokenSim::loopback(SimOptions::default(), Some(&stranger))
+        .await
+        .expect("sim");
     let (good_addr, bad_addr, bad_ctl) = (good.local_addr(), bad.local_addr(), bad.control());
     let stop = CancellationToken::new();
     good.spawn(stop.clone());
@@ -332,17 +301,13 @@ async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
             ca_path.display()
         ));
     }
-    let cloud = Cloud::connect(broker.port(), "tok-strict", "cloud-tok-strict", false).await;
-    let agent = Agent::start(&s, dir.path());
-    cloud.online().await;
-    cloud.send(sale("st-1")).await;
-    let res = cloud.result("st-1").await;
+    let (cloud, agent) = Cloud::with_agent(&s, dir.path(), &[]).await;
+    let res = cloud.ask(sale("st-1")).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
 
     let mut other = sale("st-2");
     other["terminal"] = json!("token-2");
-    cloud.send(other).await;
-    let res = cloud.result("st-2").await;
+    let res = cloud.ask(other).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "device_error");
     let msg = res["error"]["message"].as_str().expect("message");
@@ -395,8 +360,7 @@ async fn lost_garbled_or_foreign_sale_result_is_unknown_never_failed() {
     for (n, (name, knob)) in faults.into_iter().enumerate() {
         r.ctl.set(knob);
         let id = format!("ans-{name}");
-        r.cloud.send(sale(&id)).await;
-        let res = r.cloud.result(&id).await;
+        let res = r.cloud.ask(sale(&id)).await;
         assert_eq!(res["state"], "unknown", "{name}: {res}\n{}", r.agent.log());
         assert_eq!(res["needs_reconciliation"], true, "{res}");
         let bid = basket_id("tok-answers", &id);
@@ -424,8 +388,7 @@ async fn lost_garbled_or_foreign_sale_result_is_unknown_never_failed() {
 async fn a_full_card_number_from_the_register_is_never_kept_or_sent() {
     let mut r = rig("tok-pan").await;
     r.ctl.set(|k| k.card_number_next = true);
-    r.cloud.send(sale("pan-1")).await;
-    let res = r.cloud.result("pan-1").await;
+    let res = r.cloud.ask(sale("pan-1")).await;
     assert_eq!(res["state"], "succeeded", "{res}");
     let item = &res["device"]["paymentItems"][0];
     assert_eq!(item["cardNumber"], "411111******1111", "{res}");
@@ -445,9 +408,8 @@ async fn another_register_at_the_same_address_is_refused() {
     let broker = embedded();
     let (addr, _ctl, stop) = sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = Cloud::connect(broker.port(), "tok-pin", "cloud-tok-pin", false).await;
-    let mut agent = Agent::start(&spec("tok-pin", broker.port(), addr), dir.path());
-    cloud.online().await;
+    let (cloud, mut agent) =
+        Cloud::with_agent(&spec("tok-pin", broker.port(), addr), dir.path(), &[]).await;
     cloud.send(sale("pin-1")).await;
     assert_eq!(cloud.result("pin-1").await["state"], "succeeded");
     agent.restart(&[]);
@@ -476,8 +438,7 @@ async fn another_register_at_the_same_address_is_refused() {
     let stop2 = CancellationToken::new();
     other.spawn(stop2.clone());
     agent.restart(&[]);
-    cloud.send(sale("pin-3")).await;
-    let r = cloud.result("pin-3").await;
+    let r = cloud.ask(sale("pin-3")).await;
     assert_ne!(r["state"], "succeeded", "{r}");
     assert!(
         r["error"]["message"]

@@ -17,13 +17,30 @@ struct Step {
     title: &'static str,
     payload: Vec<u8>,
     /// `None` for a payload with no usable id (the result carries `"id": null`).
-    id: Option<&'static str>,
+    id: Option<String>,
     expect_state: &'static str,
     expect_code: Option<&'static str>,
 }
 
 fn cmd(v: Value) -> Vec<u8> {
     v.to_string().into_bytes()
+}
+
+/// The command `v`, whose result (by `v`'s id) is expected to end `expect_state`, with
+/// error `expect_code` if one is given.
+fn step(
+    title: &'static str,
+    v: Value,
+    expect_state: &'static str,
+    expect_code: Option<&'static str>,
+) -> Step {
+    Step {
+        title,
+        id: v["id"].as_str().map(String::from),
+        payload: cmd(v),
+        expect_state,
+        expect_code,
+    }
 }
 
 /// A cloud POS: an MQTT client subscribed to the agent's outbound topics.
@@ -204,23 +221,14 @@ impl CloudPos {
 pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     let port = crate::broker::start_embedded().context("starting the embedded broker")?;
     let shutdown = CancellationToken::new();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse()?,
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(7),
-            delay_ms: 300,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("starting the IP terminal simulator")?;
+    let sim = IpSim::loopback(SimOptions::approving(Some(7), 300))
+        .await
+        .context("starting the IP terminal simulator")?;
     let sim_addr = sim.local_addr();
     let stats = sim.stats();
     let control = sim.control();
     let sim_task = sim.spawn(shutdown.clone());
-    let token_sim = crate::sim::token::TokenSim::bind(
-        "127.0.0.1:0".parse()?,
+    let token_sim = crate::sim::token::TokenSim::loopback(
         crate::sim::token::SimOptions {
             seed: Some(7),
             ..Default::default()
@@ -305,86 +313,61 @@ poll_interval = "200ms"
 
     let past = crate::api::ts(chrono::Utc::now() - chrono::Duration::minutes(5));
     let steps = [
-        Step {
-            title: "payment (approved)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
-            ),
-            id: Some("demo-pay-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title: "payment (declined by the terminal)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-pay-2","op":"payment","terminal":"ip-1","amount":2500,"currency":"AZN"}),
-            ),
-            id: Some("demo-pay-2"),
-            expect_state: "failed",
-            expect_code: None,
-        },
-        Step {
-            title: "duplicate id (answered from the store, never charged again)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
-            ),
-            id: Some("demo-pay-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title: "refund by original",
-            payload: cmd(
-                json!({"v":1,"id":"demo-refund-1","op":"refund","terminal":"ip-1","amount":500,"original":"demo-pay-1"}),
-            ),
-            id: Some("demo-refund-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title: "fiscal sale on the Token register (basket, kuruş)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-fiscal-1","op":"payment","terminal":"token-1",
+        step(
+            "payment (approved)",
+            json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
+            "succeeded",
+            None,
+        ),
+        step(
+            "payment (declined by the terminal)",
+            json!({"v":1,"id":"demo-pay-2","op":"payment","terminal":"ip-1","amount":2500,"currency":"AZN"}),
+            "failed",
+            None,
+        ),
+        step(
+            "duplicate id (answered from the store, never charged again)",
+            json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
+            "succeeded",
+            None,
+        ),
+        step(
+            "refund by original",
+            json!({"v":1,"id":"demo-refund-1","op":"refund","terminal":"ip-1","amount":500,"original":"demo-pay-1"}),
+            "succeeded",
+            None,
+        ),
+        step(
+            "fiscal sale on the Token register (basket, kuruş)",
+            json!({"v":1,"id":"demo-fiscal-1","op":"payment","terminal":"token-1",
                 "amount":2000,"currency":"TRY","basket":{
                 "items":[{"name":"Su","price":500,"quantity":1,"section_no":1},
                          {"name":"Armut","price":1500,"quantity":1,"section_no":1}],
                 "payments":[{"type":1,"amount":2000,"description":"nakit"}]}}),
-            ),
-            id: Some("demo-fiscal-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title: "fiscal basket that does not add up (rejected before the register)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-fiscal-2","op":"payment","terminal":"token-1",
+            "succeeded",
+            None,
+        ),
+        step(
+            "fiscal basket that does not add up (rejected before the register)",
+            json!({"v":1,"id":"demo-fiscal-2","op":"payment","terminal":"token-1",
                 "amount":2000,"currency":"TRY","basket":{
                 "items":[{"name":"Su","price":500,"quantity":1,"section_no":1}],
                 "payments":[{"type":1,"amount":2000}]}}),
-            ),
-            id: Some("demo-fiscal-2"),
-            expect_state: "rejected",
-            expect_code: Some("bad_request"),
-        },
-        Step {
-            title: "Kaspi Smart POS: QR payment (approved; 1 511 ₸ = 151100 tiyn)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-kaspi-1","op":"payment","terminal":"kaspi-1","amount":151100,"currency":"KZT"}),
-            ),
-            id: Some("demo-kaspi-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title:
-                "Kaspi Smart POS: amount in tiyn (rejected before the terminal: whole tenge only)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-kaspi-2","op":"payment","terminal":"kaspi-1","amount":150050,"currency":"KZT"}),
-            ),
-            id: Some("demo-kaspi-2"),
-            expect_state: "rejected",
-            expect_code: Some("invalid_amount"),
-        },
+            "rejected",
+            Some("bad_request"),
+        ),
+        step(
+            "Kaspi Smart POS: QR payment (approved; 1 511 ₸ = 151100 tiyn)",
+            json!({"v":1,"id":"demo-kaspi-1","op":"payment","terminal":"kaspi-1","amount":151100,"currency":"KZT"}),
+            "succeeded",
+            None,
+        ),
+        step(
+            "Kaspi Smart POS: amount in tiyn (rejected before the terminal: whole tenge only)",
+            json!({"v":1,"id":"demo-kaspi-2","op":"payment","terminal":"kaspi-1","amount":150050,"currency":"KZT"}),
+            "rejected",
+            Some("invalid_amount"),
+        ),
         Step {
             title: "malformed command",
             payload: br#"{"v":1,"id":"demo-bad","op":"payment","amount":"#.to_vec(),
@@ -392,69 +375,51 @@ poll_interval = "200ms"
             expect_state: "rejected",
             expect_code: Some("bad_request"),
         },
-        Step {
-            title: "expired command (deadline already past)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-late-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":past}),
-            ),
-            id: Some("demo-late-1"),
-            expect_state: "expired",
-            expect_code: Some("expired"),
-        },
-        Step {
-            title: "paywall sale (test mode, mock Paywall cloud)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-pw-1","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
+        step(
+            "expired command (deadline already past)",
+            json!({"v":1,"id":"demo-late-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":past}),
+            "expired",
+            Some("expired"),
+        ),
+        step(
+            "paywall sale (test mode, mock Paywall cloud)",
+            json!({"v":1,"id":"demo-pw-1","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
                        "products":[{"name":"Saç Tıraşı","amount":2200,"quantity":1,"tax_group_id":10,"unit_code_id":1}]}),
-            ),
-            id: Some("demo-pw-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title: "paywall sale whose products do not add up (refused before any request)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-pw-2","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
+            "succeeded",
+            None,
+        ),
+        step(
+            "paywall sale whose products do not add up (refused before any request)",
+            json!({"v":1,"id":"demo-pw-2","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
                        "products":[{"name":"Su","amount":500,"quantity":1,"tax_group_id":10,"unit_code_id":1}]}),
-            ),
-            id: Some("demo-pw-2"),
-            expect_state: "rejected",
-            expect_code: Some("bad_request"),
-        },
-        Step {
-            title: "kuveyt pay-by-link (payment_url on evt, customer pays)",
-            payload: cmd(
-                json!({"v":1,"id":"demo-kv-1","op":"payment","terminal":"kuveyt-1","amount":15000,"currency":"TRY"}),
-            ),
-            id: Some("demo-kv-1"),
-            expect_state: "succeeded",
-            expect_code: None,
-        },
-        Step {
-            title: "unknown terminal",
-            payload: cmd(
-                json!({"v":1,"id":"demo-pay-9","op":"payment","terminal":"nope","amount":100,"currency":"AZN"}),
-            ),
-            id: Some("demo-pay-9"),
-            expect_state: "rejected",
-            expect_code: Some("unknown_terminal"),
-        },
+            "rejected",
+            Some("bad_request"),
+        ),
+        step(
+            "kuveyt pay-by-link (payment_url on evt, customer pays)",
+            json!({"v":1,"id":"demo-kv-1","op":"payment","terminal":"kuveyt-1","amount":15000,"currency":"TRY"}),
+            "succeeded",
+            None,
+        ),
+        step(
+            "unknown terminal",
+            json!({"v":1,"id":"demo-pay-9","op":"payment","terminal":"nope","amount":100,"currency":"AZN"}),
+            "rejected",
+            Some("unknown_terminal"),
+        ),
     ];
 
     let mut ok = true;
     let mut first_txn = None;
     for (n, step) in steps.iter().enumerate() {
         println!("\n[{}] {}", n + 1, step.title);
-        if step.id == Some("demo-pay-2") {
+        if step.id.as_deref() == Some("demo-pay-2") {
             control.set_fail_rate(1.0);
         } else {
             control.set_fail_rate(0.0);
         }
         pos.send(step.payload.clone()).await?;
-        let want_id = step
-            .id
-            .map(|s| Value::String(s.into()))
-            .unwrap_or(Value::Null);
+        let want_id = step.id.clone().map(Value::String).unwrap_or(Value::Null);
         let res = pos
             .wait_for("result", Duration::from_secs(15), |v| v["id"] == want_id)
             .await;
@@ -469,7 +434,7 @@ poll_interval = "200ms"
         let state_ok = res["state"] == step.expect_state;
         let code_ok = step.expect_code.is_none_or(|c| res["error"]["code"] == c);
         let mut extra_ok = true;
-        if step.id == Some("demo-pay-1") {
+        if step.id.as_deref() == Some("demo-pay-1") {
             let txn = res["payment"]["transaction_id"].clone();
             match &first_txn {
                 None => first_txn = Some(txn),

@@ -35,7 +35,7 @@ pub use terminals::{
 };
 pub use validate::MqttEndpoint;
 
-use values::{duration_str, non_empty};
+use values::{duration_str, non_empty, secs};
 
 /// Where `posbridge run|check|doctor` look when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/posbridge/posbridge.toml";
@@ -123,7 +123,7 @@ pub struct MqttConfig {
     pub client_cert_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "non_empty")]
     pub client_key_file: Option<PathBuf>,
-    #[serde(default = "default_keep_alive", with = "duration_str")]
+    #[serde(default = "secs::<30>", with = "duration_str")]
     pub keep_alive: Duration,
     /// Allow a password over plain `mqtt://` to a broker that is not on this machine.
     #[serde(default)]
@@ -250,7 +250,4 @@ pub enum LogFormat {
 
 fn default_topic_prefix() -> String {
     "posbridge".into()
-}
-fn default_keep_alive() -> Duration {
-    Duration::from_secs(30)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::values::{duration_str, non_empty};
+use super::values::{duration_str, non_empty, secs};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,54 +92,27 @@ pub struct KaspiTerminal {
     #[serde(default = "yes")]
     pub protected: bool,
     /// `/v2/status` poll interval while a payment runs (kaspi.md: recommended 1 s).
-    #[serde(default = "kaspi::poll_interval", with = "duration_str")]
+    #[serde(default = "secs::<1>", with = "duration_str")]
     pub poll_interval: Duration,
     /// Gap between two `/v2/actualize` calls (kaspi.md: at most once per 10 s).
-    #[serde(default = "kaspi::actualize_interval", with = "duration_str")]
+    #[serde(default = "secs::<10>", with = "duration_str")]
     pub actualize_interval: Duration,
     /// How long an `unknown` process is actualized before the result says `unknown`.
-    #[serde(default = "kaspi::actualize_window", with = "duration_str")]
+    #[serde(default = "secs::<300>", with = "duration_str")]
     pub actualize_window: Duration,
     /// Overall deadline of one payment/refund on the device (180 s QR + 60 s confirmation
     /// + margin); past it the outcome is `unknown`, never guessed.
-    #[serde(default = "kaspi::payment_timeout", with = "duration_str")]
+    #[serde(default = "secs::<260>", with = "duration_str")]
     pub payment_timeout: Duration,
     /// Timeout of one HTTP request to the terminal.
-    #[serde(default = "kaspi::request_timeout", with = "duration_str")]
+    #[serde(default = "secs::<10>", with = "duration_str")]
     pub request_timeout: Duration,
     /// `posbridge kaspi register`: how long to wait for the cashier to press "Allow".
-    #[serde(default = "kaspi::register_timeout", with = "duration_str")]
+    #[serde(default = "secs::<120>", with = "duration_str")]
     pub register_timeout: Duration,
     /// Renew the access token when less than this remains before `expirationDate`.
-    #[serde(default = "kaspi::renew_before", with = "duration_str")]
+    #[serde(default = "secs::<3600>", with = "duration_str")]
     pub renew_before: Duration,
-}
-
-/// Defaults of the Kaspi terminal's timing keys (kaspi.md).
-mod kaspi {
-    use std::time::Duration;
-
-    pub fn poll_interval() -> Duration {
-        Duration::from_secs(1)
-    }
-    pub fn actualize_interval() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn actualize_window() -> Duration {
-        Duration::from_secs(300)
-    }
-    pub fn payment_timeout() -> Duration {
-        Duration::from_secs(260)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn register_timeout() -> Duration {
-        Duration::from_secs(120)
-    }
-    pub fn renew_before() -> Duration {
-        Duration::from_secs(3600)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,14 +121,14 @@ pub struct IpTerminal {
     pub id: String,
     /// `host:port`.
     pub addr: String,
-    #[serde(default = "default_connect_timeout", with = "duration_str")]
+    #[serde(default = "secs::<5>", with = "duration_str")]
     pub connect_timeout: Duration,
     /// How long to wait for the terminal to answer a pay.
-    #[serde(default = "default_op_timeout", with = "duration_str")]
+    #[serde(default = "secs::<120>", with = "duration_str")]
     pub op_timeout: Duration,
     /// After a lost answer, how long to keep asking the terminal `status` by ref before the
     /// outcome is reported `unknown` (+ needs_reconciliation).
-    #[serde(default = "default_recovery_window", with = "duration_str")]
+    #[serde(default = "secs::<30>", with = "duration_str")]
     pub recovery_window: Duration,
 }
 
@@ -181,14 +154,14 @@ pub struct TokenTerminal {
     #[serde(default = "default_quantity_scale")]
     pub quantity_scale: u32,
     /// Connect + each handshake step.
-    #[serde(default = "default_connect_timeout", with = "duration_str")]
+    #[serde(default = "secs::<5>", with = "duration_str")]
     pub connect_timeout: Duration,
     /// How long a sale may take on the register (customer time included).
-    #[serde(default = "default_op_timeout", with = "duration_str")]
+    #[serde(default = "secs::<120>", with = "duration_str")]
     pub op_timeout: Duration,
     /// After a lost link or a restart mid-sale: how long to reconnect and wait for the
     /// sale result before answering `unknown`.
-    #[serde(default = "default_recovery_window", with = "duration_str")]
+    #[serde(default = "secs::<30>", with = "duration_str")]
     pub recovery_window: Duration,
 }
 
@@ -262,11 +235,11 @@ pub struct PaywallTerminal {
     #[serde(default, deserialize_with = "non_empty")]
     pub client_key_file: Option<PathBuf>,
     /// How long a sync sale may take, customer time at the terminal included.
-    #[serde(default = "default_paywall_op_timeout", with = "duration_str")]
+    #[serde(default = "secs::<180>", with = "duration_str")]
     pub op_timeout: Duration,
     /// After a lost or unusable answer: how long to keep asking Paywall about the sale
     /// (by MerchantUniqueCode) before reporting `unknown`.
-    #[serde(default = "default_paywall_recovery_window", with = "duration_str")]
+    #[serde(default = "secs::<60>", with = "duration_str")]
     pub recovery_window: Duration,
     /// ISO 4217 code → Paywall `CurrencyId`. Empty means `{ TRY = 1 }`, the only value
     /// the Paywall documentation shows.
@@ -301,34 +274,15 @@ pub struct KuveytTerminal {
     pub api_secret_file: Option<PathBuf>,
     /// How often a created payment is verified while the customer pays (kuveyt.md: every
     /// few seconds, at least 2 s).
-    #[serde(default = "default_poll_interval", with = "duration_str")]
+    #[serde(default = "secs::<3>", with = "duration_str")]
     pub poll_interval: Duration,
     /// Extra trusted CA (PEM) for the provider's HTTPS, besides the system roots.
     #[serde(default, deserialize_with = "non_empty")]
     pub ca_file: Option<PathBuf>,
 }
 
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_recovery_window() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_op_timeout() -> Duration {
-    Duration::from_secs(120)
-}
 fn default_quantity_scale() -> u32 {
     1000
-}
-fn default_paywall_op_timeout() -> Duration {
-    Duration::from_secs(180)
-}
-fn default_paywall_recovery_window() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_poll_interval() -> Duration {
-    Duration::from_secs(3)
 }
 fn default_company_name() -> String {
     "posbridge".into()

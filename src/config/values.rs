@@ -1,7 +1,14 @@
 //! How values are written in the file: `""` means "not set" (`None` in the types), and
 //! durations are humantime strings (`"120s"`, `"5m"`), read and written back that way.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Deserializer};
+
+/// A default of `N` seconds: `#[serde(default = "secs::<30>", with = "duration_str")]`.
+pub(super) fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
 
 /// config.md writes "not set" as `""`; the typed config says `None`.
 pub(super) fn non_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>

@@ -95,22 +95,16 @@ fn ctx(rig: &Rig, op: &str, sent_before: bool, expired: bool) -> OpContext {
     )
     .expect("valid");
     let now = chrono::Utc::now();
+    let expires_at = if expired {
+        now - chrono::Duration::seconds(5)
+    } else {
+        now + chrono::Duration::seconds(60)
+    };
+    let seq = rig.store.next_seq().expect("seq");
     let mut rec = CommandRecord {
-        seq: rig.store.next_seq().expect("seq"),
-        cmd,
         state: CmdState::Running,
-        received_at: now,
-        expires_at: if expired {
-            now - chrono::Duration::seconds(5)
-        } else {
-            now + chrono::Duration::seconds(60)
-        },
         started_at: Some(now),
-        journal: vec![],
-        result: None,
-        refunds: vec![],
-        sig: None,
-        reconciled: None,
+        ..CommandRecord::new(seq, cmd, now, expires_at)
     };
     if sent_before {
         rec.journal.push(crate::store::JournalEntry {

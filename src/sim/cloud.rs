@@ -160,6 +160,17 @@ pub struct CloudMock<P: Provider> {
     shared: Arc<Shared<P>>,
 }
 
+/// A mock serving on loopback, for the simulators' own tests: the test environment's base
+/// URL, the server's root URL, the books, the token that stops it and a client for it.
+#[cfg(test)]
+pub(crate) struct Started<P: Provider> {
+    pub base: String,
+    pub root: String,
+    pub stats: MockStats<P>,
+    pub stop: CancellationToken,
+    pub http: reqwest::Client,
+}
+
 /// The books of a running mock, for tests. Cheap to clone.
 pub struct MockStats<P: Provider> {
     pub(crate) shared: Arc<Shared<P>>,
@@ -193,6 +204,30 @@ impl<P: Provider> CloudMock<P> {
             }),
             cert,
         })
+    }
+
+    /// Bound to a free port on 127.0.0.1 and serving (the simulators' own tests).
+    #[cfg(test)]
+    pub(crate) async fn start_on_loopback(opts: P::Options) -> Started<P> {
+        let sim = Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts)
+            .await
+            .expect("bind");
+        let (base, root) = (sim.base_url("test"), format!("http://{}", sim.local_addr()));
+        let stats = sim.stats();
+        let stop = CancellationToken::new();
+        sim.spawn(stop.clone());
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .expect("client");
+        Started {
+            base,
+            root,
+            stats,
+            stop,
+            http,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

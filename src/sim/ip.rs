@@ -83,6 +83,18 @@ impl Default for SimOptions {
     }
 }
 
+impl SimOptions {
+    /// A terminal that approves every payment after `delay_ms`; `seed` fixes its draws.
+    pub fn approving(seed: Option<u64>, delay_ms: u64) -> Self {
+        SimOptions {
+            fail_rate: 0.0,
+            seed,
+            delay_ms,
+            ..Default::default()
+        }
+    }
+}
+
 pub struct IpSim {
     listener: TcpListener,
     addr: SocketAddr,
@@ -188,6 +200,11 @@ impl IpSim {
             addr,
             shared,
         })
+    }
+
+    /// Bound to a free port on 127.0.0.1.
+    pub async fn loopback(opts: SimOptions) -> std::io::Result<IpSim> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -112,6 +112,28 @@ pub trait Step: Serialize + serde::de::DeserializeOwned {
 }
 
 impl CommandRecord {
+    /// A command as intake stores it: `Queued`, nothing journalled, no result yet.
+    pub fn new(
+        seq: u64,
+        cmd: Command,
+        received_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        CommandRecord {
+            seq,
+            cmd,
+            state: CmdState::Queued,
+            received_at,
+            expires_at,
+            started_at: None,
+            journal: vec![],
+            result: None,
+            refunds: vec![],
+            sig: None,
+            reconciled: None,
+        }
+    }
+
     pub fn last_step(&self, step: &str) -> Option<&JournalEntry> {
         self.journal.iter().rev().find(|j| j.step == step)
     }

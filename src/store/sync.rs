@@ -115,10 +115,10 @@ impl Syncer {
             .spawn(move || {
                 let mark = task_mark;
                 let failure = task_failure;
-                // `None` after a failed append: the next commit starts a new generation,
-                // so a partly written record is only ever a file's last bytes.
-                let mut log: Option<LogFile> = Some(log);
-                let mut generation = log.as_ref().map_or(0, |l| l.generation);
+                let mut wal = Wal {
+                    generation: log.generation,
+                    log: Some(log),
+                };
                 while let Ok((db, first)) = rx.recv() {
                     let mut commits = Vec::new();
                     let mut checkpoints = Vec::new();
@@ -134,10 +134,10 @@ impl Syncer {
                         // Poisoned: no more I/O, every request fails.
                         Some(why) => (Err(why.clone()), Err(why)),
                         None => {
-                            let res = commit(&mut log, &mut generation, &dir, &mark, &pending);
-                            let big = log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+                            let res = commit(&mut wal, &dir, &mark, &pending);
+                            let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
                             let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
-                                checkpoint(&db, &mut log, &mut generation, &dir, &mark, &pending)
+                                checkpoint(&db, &mut wal, &dir, &mark, &pending)
                             } else {
                                 Ok(())
                             };
@@ -187,14 +187,25 @@ impl Syncer {
     }
 }
 
+/// The sync thread's log: the file being appended to (`None` after a failed append: the
+/// next commit starts a new generation, so a partly written record is only ever a file's
+/// last bytes) and its generation.
+struct Wal {
+    log: Option<LogFile>,
+    generation: u64,
+}
+
+/// Changes taken from `pending` that did not become durable: back in front of the ones
+/// applied since, in order.
+fn put_back(pending: &Pending, taken: Vec<u8>) {
+    let mut p = lock_pending(pending);
+    let later = std::mem::replace(&mut *p, taken);
+    p.extend_from_slice(&later);
+}
+
 /// Append what is pending to the log and `fdatasync` it.
-fn commit(
-    log: &mut Option<LogFile>,
-    generation: &mut u64,
-    dir: &Path,
-    mark: &Mark,
-    pending: &Pending,
-) -> Result<(), String> {
+fn commit(wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending) -> Result<(), String> {
+    let Wal { log, generation } = wal;
     // Read the marks under the same lock as the bytes: exactly these changes are covered.
     let (buf, upto, outbox_upto) = {
         let mut p = lock_pending(pending);
@@ -225,9 +236,7 @@ fn commit(
         if let Err(e) = written {
             // Kept, in order, in front of later changes: never dropped before durable.
             *log = None;
-            let mut p = lock_pending(pending);
-            let later = std::mem::replace(&mut *p, buf);
-            p.extend_from_slice(&later);
+            put_back(pending, buf);
             return Err(format!("store log append: {e}"));
         }
     }
@@ -239,12 +248,12 @@ fn commit(
 /// Make sled durable (flush + `fdatasync`), then drop every log older than a fresh one.
 fn checkpoint(
     db: &sled::Db,
-    log: &mut Option<LogFile>,
-    generation: &mut u64,
+    wal: &mut Wal,
     dir: &Path,
     mark: &Mark,
     pending: &Pending,
 ) -> Result<(), String> {
+    let Wal { log, generation } = wal;
     let nothing_logged = log.as_ref().is_some_and(|l| l.len == 0);
     let (taken, upto, outbox_upto) = {
         let mut p = lock_pending(pending);
@@ -257,9 +266,7 @@ fn checkpoint(
     };
     if let Err(e) = durable_flush(db, dir) {
         // Not durable anywhere yet: back in front of later changes, for the log.
-        let mut p = lock_pending(pending);
-        let later = std::mem::replace(&mut *p, taken);
-        p.extend_from_slice(&later);
+        put_back(pending, taken);
         return Err(e);
     }
     mark.outbox_synced(outbox_upto);

@@ -9,19 +9,7 @@ fn record(store: &Store, id: &str) -> CommandRecord {
     )
     .expect("valid");
     let now = chrono::Utc::now();
-    CommandRecord {
-        seq: store.next_seq().expect("seq"),
-        cmd,
-        state: CmdState::Queued,
-        received_at: now,
-        expires_at: now,
-        started_at: None,
-        journal: vec![],
-        result: None,
-        refunds: vec![],
-        sig: None,
-        reconciled: None,
-    }
+    CommandRecord::new(store.next_seq().expect("seq"), cmd, now, now)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
-use super::Agent;
+use super::{Agent, AgentSpec};
 
 #[derive(Debug, Clone)]
 pub struct Msg {
@@ -195,6 +195,23 @@ impl Cloud {
             .await
     }
 
+    /// Wait (10 s at most) for a result whose error message contains `text`.
+    pub async fn refusal(&self, text: &str) -> Value {
+        self.wait("result", Duration::from_secs(10), |v| {
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(text))
+        })
+        .await
+    }
+
+    /// Send the command `v` and wait for its result (by `v`'s id).
+    pub async fn ask(&self, v: Value) -> Value {
+        let id = v["id"].as_str().expect("the command has an id").to_string();
+        self.send(v).await;
+        self.result(&id).await
+    }
+
     pub fn results_for(&self, id: &str) -> Vec<Value> {
         self.all("result")
             .into_iter()
@@ -207,6 +224,39 @@ impl Cloud {
             v["state"] == "online"
         })
         .await;
+    }
+
+    /// The agent `spec` describes, started in `dir` with `env`, and a cloud client for it
+    /// (`cloud-<agent_id>`, connected first so nothing is missed), once the agent is online.
+    pub async fn with_agent(
+        spec: &AgentSpec,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> (Cloud, Agent) {
+        Self::start_agent(spec, dir, env, false).await
+    }
+
+    /// [`Cloud::with_agent`] with a persistent session: results queue up on the broker
+    /// while this client is away.
+    pub async fn with_agent_persistent(
+        spec: &AgentSpec,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> (Cloud, Agent) {
+        Self::start_agent(spec, dir, env, true).await
+    }
+
+    async fn start_agent(
+        spec: &AgentSpec,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        persistent: bool,
+    ) -> (Cloud, Agent) {
+        let id = &spec.agent_id;
+        let cloud = Cloud::connect(spec.broker_port, id, &format!("cloud-{id}"), persistent).await;
+        let agent = Agent::start_with(spec, dir, env, &[]);
+        cloud.online().await;
+        (cloud, agent)
     }
 }
 

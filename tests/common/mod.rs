@@ -3,17 +3,80 @@
 //! tests need. Everything on loopback.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 pub use posbridge::testkit::*;
 
 /// The agent binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_posbridge");
 
+/// Every point at which the agent writes something its promise depends on: first in the
+/// order a payment on an IP terminal passes them, then the Token and Paywall ones.
+pub const JOURNAL_POINTS: &[&str] = &[
+    "intake:stored",
+    "journal:started:before",
+    "journal:started:after",
+    "journal:ip_sending:before",
+    "journal:ip_sending:after",
+    "journal:answer:before",
+    "journal:answer:after",
+    "worker:finished",
+    "journal:token_basket:before",
+    "journal:token_basket:after",
+    "journal:paywall_sale_sending:before",
+    "journal:paywall_sale_sending:after",
+];
+
+/// The points a payment on an IP terminal passes, in order.
+pub const IP_JOURNAL_POINTS: &[&str] = JOURNAL_POINTS.split_at(8).0;
+
 pub fn embedded() -> Broker {
     Broker::embedded()
+}
+
+/// A broker, a temp dir, a simulator (its `stats` kept, stopped through `stop` on drop),
+/// and the agent with its cloud client online.
+pub struct Rig<S> {
+    pub broker: Broker,
+    pub dir: tempfile::TempDir,
+    pub stats: S,
+    pub stop: CancellationToken,
+    pub agent: Agent,
+    pub cloud: Cloud,
+}
+
+impl<S> Rig<S> {
+    /// Start the agent `spec` describes in `dir` with `env`, and its cloud client.
+    pub async fn start(
+        broker: Broker,
+        dir: tempfile::TempDir,
+        spec: &AgentSpec,
+        env: &[(&str, &str)],
+        stats: S,
+        stop: CancellationToken,
+    ) -> Self {
+        let (cloud, agent) = Cloud::with_agent(spec, dir.path(), env).await;
+        Rig {
+            broker,
+            dir,
+            stats,
+            stop,
+            agent,
+            cloud,
+        }
+    }
+}
+
+impl<S> Drop for Rig<S> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 pub fn pay(id: &str, terminal: &str, amount: i64) -> Value {
@@ -48,4 +111,98 @@ pub fn file_containing(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> 
                 .then_some(p)
         }
     })
+}
+
+/// A hand-written config file `dir/name`.
+pub fn write_config(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write config");
+    p
+}
+
+/// `posbridge run --config cfg` from a hand-written config, unsigned commands allowed,
+/// stderr into `log`.
+pub fn run_agent(cfg: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("POSBRIDGE__SECURITY__ALLOW_UNSIGNED", "true")
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("agent")
+}
+
+/// The text of the log at `path` once `done` holds for it (polled every 50 ms, for 15 s at
+/// the most; `what` names what was awaited).
+pub async fn wait_log(path: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            if done(&log) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// Credential files as an operator writes them: for each `(key, value)`, `value` and a
+/// newline in `dir/<key without _file>`; returns the `key = "<path>"` lines for the
+/// terminal's table.
+pub fn write_key_files(dir: &Path, keys: &[(&str, &str)]) -> String {
+    keys.iter()
+        .map(|(key, value)| {
+            let path = dir.join(key.trim_end_matches("_file"));
+            std::fs::write(&path, format!("{value}\n")).expect("key");
+            format!("{key} = \"{}\"\n", path.display())
+        })
+        .collect()
+}
+
+/// `posbridge secret set <terminal> <name> --config <config>` with `value` typed on stdin.
+pub fn secret_set(config: &Path, terminal: &str, name: &str, value: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["secret", "set", terminal, name, "--config"])
+        .arg(config);
+    output_with_stdin(&mut cmd, value.as_bytes())
+}
+
+/// Run `cmd` with `input` on its stdin (a program that exits without reading it is fine);
+/// its stdout and stderr captured.
+pub fn output_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// A new cloud signing key whose public half is written to `dir/<kid>.pub`, and the
+/// `[security]` table that names it as `kid`.
+pub fn cloud_key(dir: &Path, kid: &str) -> (p256::ecdsa::SigningKey, String) {
+    use p256::elliptic_curve::Generate;
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let sk = p256::ecdsa::SigningKey::generate();
+    let pub_file = dir.join(format!("{kid}.pub"));
+    std::fs::write(
+        &pub_file,
+        sk.verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem"),
+    )
+    .expect("write pub");
+    let security = format!(
+        "[security]\ncommand_keys = [{{ kid = \"{kid}\", public_key_file = \"{}\" }}]\n",
+        pub_file.display()
+    );
+    (sk, security)
 }

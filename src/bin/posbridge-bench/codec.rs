@@ -5,9 +5,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::{pct, Figure};
+use crate::{pct, Figure, Report};
 
 /// A Token basket message of about 2 KiB, shaped like the driver's (items, prices, VAT).
 fn basket_2k() -> Vec<u8> {
@@ -45,7 +45,7 @@ fn median_ns(n: usize, mut f: impl FnMut()) -> f64 {
 
 /// Token codec: encode (compress + encrypt + frame) and decode of a 2 KiB basket, against
 /// zlib and AES-256-ECB alone on the same bytes (what the codec cannot go below).
-pub(crate) fn bench_codec(n: usize, figs: &mut Vec<Figure>, j: &mut Value) -> Result<()> {
+pub(crate) fn bench_codec(n: usize, out: &mut Report) -> Result<()> {
     use aes::cipher::{BlockEncryptMut, KeyInit};
     use bytes::BytesMut;
     use posbridge::drivers::token::codec::{ty, Inbound, Message, TokenCodec};
@@ -104,7 +104,7 @@ pub(crate) fn bench_codec(n: usize, figs: &mut Vec<Figure>, j: &mut Value) -> Re
         "codec: 2 KiB basket: encode {:.1} µs ({:.0} MB/s), decode {:.1} µs ({:.0} MB/s); alone: zlib compress {:.1} µs, inflate {:.1} µs, AES-256-ECB {:.1} µs ({:.0} MB/s)",
         encode / 1e3, mbps(encode), decode / 1e3, mbps(decode), zlib_c / 1e3, zlib_d / 1e3, aes / 1e3, mbps(aes)
     );
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: "token codec enc+dec 2 KiB".into(),
         value: value / 1e3,
         unit: "µs",
@@ -113,7 +113,7 @@ pub(crate) fn bench_codec(n: usize, figs: &mut Vec<Figure>, j: &mut Value) -> Re
         goal: "report (zlib+AES alone)".into(),
         met: true,
     });
-    j["codec"] = json!({
+    out.json["codec"] = json!({
         "payload_bytes": payload.len(), "encode_ns": encode, "decode_ns": decode,
         "encode_mb_s": mbps(encode), "decode_mb_s": mbps(decode),
         "zlib_compress_ns": zlib_c, "zlib_inflate_ns": zlib_d, "aes_ecb_encrypt_ns": aes,

@@ -8,14 +8,9 @@ use posbridge::testkit::Broker;
 use serde_json::{json, Value};
 
 use crate::kit::{pause, resume, spec, start_agent, Client};
-use crate::Figure;
+use crate::{Figure, Report};
 
-pub(crate) async fn bench_drain(
-    broker: &mut Broker,
-    n: usize,
-    figs: &mut Vec<Figure>,
-    j: &mut Value,
-) -> Result<()> {
+pub(crate) async fn bench_drain(broker: &mut Broker, n: usize, out: &mut Report) -> Result<()> {
     if matches!(broker, Broker::Embedded { .. }) {
         println!("drain: skipped (needs mosquitto: the embedded broker cannot be restarted)");
         return Ok(());
@@ -25,13 +20,7 @@ pub(crate) async fn bench_drain(
     let store_dir = dir.path().join("store");
     // A persistent cloud session, so results published while it reconnects are queued.
     {
-        let c = Client::connect(
-            port,
-            "bench-dr-cloud",
-            Some("posbridge/bench-dr/result"),
-            false,
-        )
-        .await?;
+        let c = Client::of(port, "bench-dr", "cloud", "result", false).await?;
         c.client.disconnect().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -55,13 +44,7 @@ pub(crate) async fn bench_drain(
     tokio::time::sleep(Duration::from_secs(3)).await;
     resume(broker);
     let t = Instant::now();
-    let mut cloud = Client::connect(
-        port,
-        "bench-dr-cloud",
-        Some("posbridge/bench-dr/result"),
-        false,
-    )
-    .await?;
+    let mut cloud = Client::of(port, "bench-dr", "cloud", "result", false).await?;
     let mut got = std::collections::HashSet::new();
     while got.len() < n {
         let (_, p) = match cloud.recv(Duration::from_secs(60)).await {
@@ -75,7 +58,7 @@ pub(crate) async fn bench_drain(
     }
     let secs = t.elapsed().as_secs_f64();
     drop(agent);
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: format!("outbox drain ({n})"),
         value: secs * 1000.0,
         unit: "ms",
@@ -84,6 +67,6 @@ pub(crate) async fn bench_drain(
         goal: "≤ 2 s after broker returns".into(),
         met: secs <= 2.0,
     });
-    j["drain"] = json!({"n": n, "ms_after_broker_returns": secs * 1000.0, "outage_s": 3});
+    out.json["drain"] = json!({"n": n, "ms_after_broker_returns": secs * 1000.0, "outage_s": 3});
     Ok(())
 }

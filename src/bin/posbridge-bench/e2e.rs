@@ -10,25 +10,16 @@ use rumqttc::QoS;
 use serde_json::{json, Value};
 
 use crate::floors::{floor_rr, floor_sim, floor_sync, PROMISE_SYNCS};
-use crate::kit::{ip_sim, ip_terminal, spec, start_agent, wait_online, Client};
-use crate::{micros, pct, Figure};
+use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
+use crate::{micros, pct, Figure, Report};
 
-pub(crate) async fn bench_e2e(
-    broker: &Broker,
-    n: usize,
-    figs: &mut Vec<Figure>,
-    j: &mut Value,
-) -> Result<()> {
+pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = tempfile::tempdir()?;
     let spec = ip_terminal(spec("bench-e2e", port, 16), "ip-1", &sim_addr)?;
-    let mut cloud =
-        Client::connect(port, "bench-e2e-cloud", Some("posbridge/bench-e2e/#"), true).await?;
-    let agent = start_agent(dir.path(), &spec)?;
-    if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
-        bail!("{e:#}\n{}", agent.log_tail(20));
-    }
+    let mut cloud = Client::of(port, "bench-e2e", "cloud", "#", true).await?;
+    let agent = start_online(dir.path(), &spec, &mut cloud).await?;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let id = format!("e2e-{i}");
@@ -71,7 +62,7 @@ pub(crate) async fn bench_e2e(
     let (rr50, sim50, sync50) = (pct(&mut rr, 0.5), pct(&mut sim, 0.5), pct(&mut sync, 0.5));
     let floor = rr50 + sim50 + PROMISE_SYNCS * sync50;
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: "payment round trip p50".into(),
         value: p50,
         unit: "µs",
@@ -80,7 +71,7 @@ pub(crate) async fn bench_e2e(
         goal: "≤ 1.2 × floor".into(),
         met: p50 <= 1.2 * floor,
     });
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: "payment round trip p99".into(),
         value: p99,
         unit: "µs",
@@ -89,7 +80,7 @@ pub(crate) async fn bench_e2e(
         goal: "≤ floor + 2 ms".into(),
         met: p99 <= floor + 2000.0,
     });
-    j["e2e"] = json!({
+    out.json["e2e"] = json!({
         "n": n, "p50_us": p50, "p99_us": p99, "floor_us": floor,
         "floor_parts_us": {"qos1_rr_p50": rr50, "sim_call_p50": sim50, "sync_p50": sync50, "syncs": PROMISE_SYNCS},
         "ratio_p50": p50 / floor, "p99_minus_floor_us": p99 - floor,

@@ -4,23 +4,18 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use posbridge::testkit::Broker;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::kit::{agent_bin, ip_sim, ip_terminal, spec, start_agent, wait_online, Client};
-use crate::Figure;
+use crate::kit::{agent_bin, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::{Figure, Report};
 
-pub(crate) async fn bench_footprint(
-    broker: &Broker,
-    figs: &mut Vec<Figure>,
-    j: &mut Value,
-) -> Result<()> {
+pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result<()> {
     let port = broker.port();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (ip_addr, _ip) = ip_sim(0).await?;
-    let token = posbridge::sim::token::TokenSim::bind(
-        "127.0.0.1:0".parse()?,
+    let token = posbridge::sim::token::TokenSim::loopback(
         posbridge::sim::token::SimOptions::default(),
         None,
     )
@@ -53,19 +48,10 @@ pub(crate) async fn bench_footprint(
         k = k.display(),
         s = s.display()
     );
-    let mut cloud = Client::connect(
-        port,
-        "bench-fp-cloud",
-        Some("posbridge/bench-fp/status"),
-        true,
-    )
-    .await?;
+    let mut cloud = Client::of(port, "bench-fp", "cloud", "status", true).await?;
     let bin = agent_bin()?;
     let t = Instant::now();
-    let agent = start_agent(dir.path(), &spec)?;
-    if let Err(e) = wait_online(&mut cloud, Duration::from_secs(20)).await {
-        bail!("{e:#}\n{}", agent.log_tail(20));
-    }
+    let agent = start_online(dir.path(), &spec, &mut cloud).await?;
     let start_ms = t.elapsed().as_secs_f64() * 1000.0;
     // Idle: let the drivers finish connecting and the allocator settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -74,7 +60,8 @@ pub(crate) async fn bench_footprint(
     let (anon, file) = (mib("RssAnon:"), mib("RssFile:"));
     let threads = agent.proc_status("Threads:").unwrap_or(0);
     println!("footprint: idle RSS {rss:.1} MiB = anon {anon:.1} + file-backed {file:.1} (+ shmem); {threads} threads");
-    j["footprint_parts"] = json!({"rss_anon_mib": anon, "rss_file_mib": file, "threads": threads});
+    out.json["footprint_parts"] =
+        json!({"rss_anon_mib": anon, "rss_file_mib": file, "threads": threads});
     drop(agent);
     shutdown.cancel();
     let size = std::fs::metadata(&bin)?.len() as f64 / (1024.0 * 1024.0);
@@ -93,7 +80,7 @@ pub(crate) async fn bench_footprint(
             size
         }
     };
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: "idle RSS, 5 terminal kinds".into(),
         value: rss,
         unit: "MiB",
@@ -102,7 +89,7 @@ pub(crate) async fn bench_footprint(
         goal: "≤ 8 MiB".into(),
         met: rss <= 8.0,
     });
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: format!("binary, stripped ({})", std::env::consts::ARCH),
         value: stripped,
         unit: "MiB",
@@ -111,7 +98,7 @@ pub(crate) async fn bench_footprint(
         goal: "≤ 8 MiB (aarch64)".into(),
         met: stripped <= 8.0,
     });
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: "start to online".into(),
         value: start_ms,
         unit: "ms",
@@ -120,6 +107,6 @@ pub(crate) async fn bench_footprint(
         goal: "≤ 200 ms".into(),
         met: start_ms <= 200.0,
     });
-    j["footprint"] = json!({"idle_rss_mib": rss, "binary_mib": size, "binary_stripped_mib": stripped, "start_to_online_ms": start_ms, "arch": std::env::consts::ARCH});
+    out.json["footprint"] = json!({"idle_rss_mib": rss, "binary_mib": size, "binary_stripped_mib": stripped, "start_to_online_ms": start_ms, "arch": std::env::consts::ARCH});
     Ok(())
 }

@@ -6,18 +6,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use posbridge::testkit::Broker;
 use rumqttc::QoS;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::floors::floor_throughput;
-use crate::kit::{contains, ip_sim, ip_terminal, spec, start_agent, wait_online, Client};
-use crate::Figure;
+use crate::kit::{contains, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::{Figure, Report};
 
-pub(crate) async fn bench_intake(
-    broker: &Broker,
-    n: usize,
-    figs: &mut Vec<Figure>,
-    j: &mut Value,
-) -> Result<()> {
+pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
     let port = broker.port();
     const TERMINALS: usize = 50;
     // Every terminal's first payment hangs at the (slow) simulator; the rest queue behind it.
@@ -31,24 +26,9 @@ pub(crate) async fn bench_intake(
     // contract allows it), so they cannot be counted. Instead a `ping` goes last: intake
     // stores and acknowledges in arrival order, so its (QoS 1) result means every payment
     // before it was stored, synced and PUBACKed. Any payment result would be a rejection.
-    let mut cloud = Client::connect(
-        port,
-        "bench-in-cloud",
-        Some("posbridge/bench-in/result"),
-        true,
-    )
-    .await?;
-    let mut status = Client::connect(
-        port,
-        "bench-in-status",
-        Some("posbridge/bench-in/status"),
-        true,
-    )
-    .await?;
-    let agent = start_agent(dir.path(), &spec)?;
-    if let Err(e) = wait_online(&mut status, Duration::from_secs(20)).await {
-        bail!("{e:#}\n{}", agent.log_tail(20));
-    }
+    let mut cloud = Client::of(port, "bench-in", "cloud", "result", true).await?;
+    let mut status = Client::of(port, "bench-in", "status", "status", true).await?;
+    let agent = start_online(dir.path(), &spec, &mut status).await?;
     let mut cmds: Vec<String> = (0..n)
         .map(|i| {
             json!({"v":1,"id":format!("in-{i}"),"op":"payment","terminal":format!("t{}", i % TERMINALS),"amount":1500,"currency":"AZN"}).to_string()
@@ -86,7 +66,7 @@ pub(crate) async fn bench_intake(
     feeder.abort();
     drop(agent);
     let floor = floor_throughput(port, n, size).await?;
-    figs.push(Figure {
+    out.figs.push(Figure {
         name: "durable intake".into(),
         value: rate,
         unit: "cmd/s",
@@ -95,6 +75,6 @@ pub(crate) async fn bench_intake(
         goal: "≥ 0.5 × broker QoS1".into(),
         met: rate >= 0.5 * floor,
     });
-    j["intake"] = json!({"n": n, "cmd_per_s": rate, "broker_qos1_msg_per_s": floor, "ratio": rate / floor, "payload_bytes": size});
+    out.json["intake"] = json!({"n": n, "cmd_per_s": rate, "broker_qos1_msg_per_s": floor, "ratio": rate / floor, "payload_bytes": size});
     Ok(())
 }

@@ -24,6 +24,18 @@ impl Client {
         Ok(Client(Stream::connect(port, id, sub, clean).await))
     }
 
+    /// The client `<agent_id>-<name>`, subscribed to the agent's `topic` (`#`: all).
+    pub(crate) async fn of(
+        port: u16,
+        agent_id: &str,
+        name: &str,
+        topic: &str,
+        clean: bool,
+    ) -> Result<Client> {
+        let sub = format!("posbridge/{agent_id}/{topic}");
+        Self::connect(port, &format!("{agent_id}-{name}"), Some(&sub), clean).await
+    }
+
     pub(crate) async fn recv(&mut self, within: Duration) -> Result<(String, bytes::Bytes)> {
         self.0
             .recv(within)
@@ -115,19 +127,24 @@ pub(crate) fn resume(broker: &mut Broker) {
 pub(crate) async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::CancellationToken)> {
     use posbridge::sim::ip::{IpSim, SimOptions};
     let stop = tokio_util::sync::CancellationToken::new();
-    let sim = IpSim::bind(
-        "127.0.0.1:0".parse()?,
-        SimOptions {
-            fail_rate: 0.0,
-            seed: Some(1),
-            delay_ms,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = IpSim::loopback(SimOptions::approving(Some(1), delay_ms)).await?;
     let addr = sim.local_addr().to_string();
     sim.spawn(stop.clone());
     Ok((addr, stop))
+}
+
+/// The agent started on `spec` in `dir`, once `status` (subscribed to its status) saw it
+/// online; else the error with the log's tail.
+pub(crate) async fn start_online(
+    dir: &Path,
+    spec: &AgentSpec,
+    status: &mut Client,
+) -> Result<Agent> {
+    let agent = start_agent(dir, spec)?;
+    if let Err(e) = wait_online(status, Duration::from_secs(20)).await {
+        bail!("{e:#}\n{}", agent.log_tail(20));
+    }
+    Ok(agent)
 }
 
 pub(crate) async fn wait_online(c: &mut Client, within: Duration) -> Result<()> {

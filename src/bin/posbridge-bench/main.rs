@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use posbridge::testkit::Broker;
-use serde_json::json;
+use serde_json::{json, Value};
 
 mod codec;
 mod drain;
@@ -42,6 +42,12 @@ struct Figure {
     ratio: f64,
     goal: String,
     met: bool,
+}
+
+/// What the benches measured: the figures for the table and the JSON line.
+struct Report {
+    figs: Vec<Figure>,
+    json: Value,
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -108,8 +114,10 @@ fn main() -> Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(0)
         );
-        let mut figs = Vec::new();
-        let mut j = json!({"broker": broker.name(), "version": posbridge::VERSION});
+        let mut out = Report {
+            figs: Vec::new(),
+            json: json!({"broker": broker.name(), "version": posbridge::VERSION}),
+        };
         let all = what == "all";
         let mut report = |name: &str, r: Result<()>| {
             if let Err(e) = r {
@@ -120,28 +128,25 @@ fn main() -> Result<()> {
         if all || what == "footprint" {
             report(
                 "footprint",
-                footprint::bench_footprint(&broker, &mut figs, &mut j).await,
+                footprint::bench_footprint(&broker, &mut out).await,
             );
         }
         if all || what == "codec" {
-            report("codec", codec::bench_codec(n_codec, &mut figs, &mut j));
+            report("codec", codec::bench_codec(n_codec, &mut out));
         }
         if all || what == "e2e" {
-            report(
-                "e2e",
-                e2e::bench_e2e(&broker, n_e2e, &mut figs, &mut j).await,
-            );
+            report("e2e", e2e::bench_e2e(&broker, n_e2e, &mut out).await);
         }
         if all || what == "intake" {
             report(
                 "intake",
-                intake::bench_intake(&broker, n_intake, &mut figs, &mut j).await,
+                intake::bench_intake(&broker, n_intake, &mut out).await,
             );
         }
         if all || what == "drain" {
             report(
                 "drain",
-                drain::bench_drain(&mut broker, n_drain, &mut figs, &mut j).await,
+                drain::bench_drain(&mut broker, n_drain, &mut out).await,
             );
         }
         println!();
@@ -150,7 +155,7 @@ fn main() -> Result<()> {
             "figure", "value", "limit", "ratio", "goal", "met"
         );
         println!("|{}|", "-".repeat(112));
-        for f in &figs {
+        for f in &out.figs {
             println!(
                 "| {:<30} | {:>8.1} {:<5}| {:>12.1} | {:>7.3} | {:<28} | {:<4} |",
                 f.name,
@@ -162,7 +167,7 @@ fn main() -> Result<()> {
                 if f.met { "yes" } else { "NO" }
             );
         }
-        println!("BENCH_JSON {j}");
+        println!("BENCH_JSON {}", out.json);
         if failed > 0 {
             bail!("{failed} figure(s) could not be measured (see above)");
         }

@@ -1,41 +1,13 @@
 //! The mock over loopback (127.0.0.1:0 only): the garbled-answer conventions.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use super::{KuveytSim, KuveytSimOptions, KuveytStats, LinkSnapshot};
+use super::{KuveytSim, KuveytSimOptions, LinkSnapshot};
 
-struct Mock {
-    base: String,
-    stats: KuveytStats,
-    stop: CancellationToken,
-    http: reqwest::Client,
-}
+type Mock = crate::sim::cloud::Started<super::Kuveyt>;
 
 async fn mock() -> Mock {
-    let sim = KuveytSim::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        KuveytSimOptions::default(),
-    )
-    .await
-    .expect("bind");
-    let (base, stats) = (sim.base_url("test"), sim.stats());
-    let stop = CancellationToken::new();
-    sim.spawn(stop.clone());
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    Mock {
-        base,
-        stats,
-        stop,
-        http,
-    }
+    KuveytSim::start_on_loopback(KuveytSimOptions::default()).await
 }
 
 impl Mock {

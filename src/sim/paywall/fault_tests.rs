@@ -1,49 +1,17 @@
 //! The mock over loopback (127.0.0.1:0 only): the answer faults and what `list`
 //! answers.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use super::{PaymentSnapshot, PaywallSim, PaywallSimOptions, PaywallStats};
+use super::{PaymentSnapshot, PaywallSim, PaywallSimOptions};
 use crate::drivers::paywall::api::STATUS_SUCCEEDED;
 
-const W: Duration = Duration::from_secs(5);
 const TERMINAL: &str = "8ff33705-57c7-42dc-8341-a0053e7f3009";
 
-struct Mock {
-    base: String,
-    root: String,
-    stats: PaywallStats,
-    stop: CancellationToken,
-    http: reqwest::Client,
-}
+type Mock = crate::sim::cloud::Started<super::Paywall>;
 
 async fn mock() -> Mock {
-    let sim = PaywallSim::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        PaywallSimOptions::default(),
-    )
-    .await
-    .expect("bind");
-    let (base, root) = (sim.base_url("test"), format!("http://{}", sim.local_addr()));
-    let stats = sim.stats();
-    let stop = CancellationToken::new();
-    sim.spawn(stop.clone());
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(W)
-        .build()
-        .expect("client");
-    Mock {
-        base,
-        root,
-        stats,
-        stop,
-        http,
-    }
+    PaywallSim::start_on_loopback(PaywallSimOptions::default()).await
 }
 
 impl Mock {

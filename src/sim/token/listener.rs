@@ -35,6 +35,11 @@ impl TokenSim {
         })
     }
 
+    /// Bound to a free port on 127.0.0.1.
+    pub async fn loopback(opts: SimOptions, ca: Option<&TestCa>) -> anyhow::Result<TokenSim> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts, ca).await
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

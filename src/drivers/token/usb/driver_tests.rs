@@ -104,12 +104,15 @@ async fn hotplug_moves_the_terminal_state() {
     let h = health_becomes(&d, "connected").await;
     assert_eq!(h.identity["fiscal_no"], "AV0000000121");
     // Connected again through a fresh accessory switch after the replug.
-    let starts = fake
-        .control_calls()
+    assert_eq!(accessory_starts(&fake), 2);
+}
+
+/// How many accessory switches (control request 53, ACCESSORY_START) the fake has seen.
+fn accessory_starts(fake: &FakeUsb) -> usize {
+    fake.control_calls()
         .iter()
         .filter(|c| matches!(c, Call::ControlOut { ctrl, .. } if ctrl.request == 53))
-        .count();
-    assert_eq!(starts, 2);
+        .count()
 }
 
 fn payment(id: &str) -> CommandRecord {
@@ -126,17 +129,9 @@ fn payment(id: &str) -> CommandRecord {
     .expect("valid command");
     let now = chrono::Utc::now();
     CommandRecord {
-        seq: 1,
-        cmd,
         state: CmdState::Running,
-        received_at: now,
-        expires_at: now + chrono::Duration::seconds(60),
         started_at: Some(now),
-        journal: vec![],
-        result: None,
-        refunds: vec![],
-        sig: None,
-        reconciled: None,
+        ..CommandRecord::new(1, cmd, now, now + chrono::Duration::seconds(60))
     }
 }
 
@@ -203,12 +198,7 @@ async fn unplug_mid_sale_then_replug_gets_the_result_without_resending() {
     assert_eq!(ctl.sales(&id), 1);
     assert_eq!(ctl.baskets_received(), 1, "the basket was sent again");
     // The result came over a new link after the replug (a second accessory switch).
-    let starts = fake
-        .control_calls()
-        .iter()
-        .filter(|c| matches!(c, Call::ControlOut { ctrl, .. } if ctrl.request == 53))
-        .count();
-    assert_eq!(starts, 2);
+    assert_eq!(accessory_starts(&fake), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
