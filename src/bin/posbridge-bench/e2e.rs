@@ -2,6 +2,7 @@
 //! through the broker, the agent and the IP simulator, p50 and p99 against the floor of
 //! one QoS 1 request → reply, one simulator call and the durability promise's syncs.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -9,6 +10,7 @@ use posbridge::testkit::Broker;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
+use crate::breakdown;
 use crate::floors::{floor_rr, floor_sim, floor_sync, PROMISE_SYNCS};
 use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
 use crate::{micros, pct, Figure, Report};
@@ -19,13 +21,20 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     let dir = tempfile::tempdir()?;
     let spec = ip_terminal(spec("bench-e2e", port, 16), "ip-1", &sim_addr)?;
     let mut cloud = Client::of(port, "bench-e2e", "cloud", "#", true).await?;
-    let agent = start_online(dir.path(), &spec, &mut cloud).await?;
+    // The agent notes each payment's stages (posbridge::stages), written when it stops.
+    let stages_file = dir.path().join("stages.jsonl");
+    std::env::set_var(posbridge::stages::ENV, &stages_file);
+    let started = start_online(dir.path(), &spec, &mut cloud).await;
+    std::env::remove_var(posbridge::stages::ENV);
+    let mut agent = started?;
     let mut lat = Vec::with_capacity(n);
+    let mut times: HashMap<String, (u64, u64)> = HashMap::new();
     for i in 0..n + 20 {
         let id = format!("e2e-{i}");
         let cmd =
             json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"});
         let t = Instant::now();
+        let sent = posbridge::stages::monotonic_ns();
         cloud
             .client
             .publish(
@@ -52,9 +61,14 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
         }
         if i >= 20 {
             lat.push(micros(t.elapsed()));
+            times.insert(id, (sent, posbridge::stages::monotonic_ns()));
         }
     }
-    drop(agent);
+    agent.stop();
+    match breakdown::medians(&stages_file, &times) {
+        Ok(steps) => breakdown::report(&steps, &mut out.json),
+        Err(e) => eprintln!("e2e: no stage breakdown: {e:#}"),
+    }
     let mut rr = floor_rr(port, n).await?;
     let mut sim = floor_sim(&sim_addr, n).await?;
     let fdir = tempfile::tempdir()?;

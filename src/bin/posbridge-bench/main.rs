@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo run --release --bin posbridge-bench -- e2e|intake|drain|footprint|codec|all [--n N] [--quick]
+//! cargo run --release --bin posbridge-bench -- e2e|intake|drain|footprint|codec|all [--n N] [--runs R] [--quick]
 //! ```
 //!
 //! Starts a broker (mosquitto when installed, configured like the tests: `set_tcp_nodelay
 //! true`, a deep queue; otherwise the embedded rumqttd), the simulators and the agent
 //! binary (`posbridge run`, a child process next to this binary), and measures each figure
 //! together with its limit in the same run. Prints a table and one JSON line
-//! (`BENCH_JSON {...}`). The full run takes minutes and depends on the machine; CI runs
-//! only `all --quick`, to prove every figure still runs.
+//! (`BENCH_JSON {...}`). Each figure is measured `--runs` times (default 3) and reported as
+//! the median with the spread of its ratio, since one run on a shared machine says little;
+//! e2e also prints where the median payment's time goes, stage by stage (`breakdown`). The
+//! full run takes minutes and depends on the machine; CI runs only `all --quick` (one run),
+//! to prove every figure still runs.
 //!
 //! This file holds the arguments, `Figure` and the output (the table and the JSON line);
 //! each figure family is a module (`e2e`, `intake`, `drain`, `footprint`, `codec`), the
@@ -23,6 +26,7 @@ use anyhow::{bail, Result};
 use posbridge::testkit::Broker;
 use serde_json::{json, Value};
 
+mod breakdown;
 mod codec;
 mod drain;
 mod e2e;
@@ -59,6 +63,52 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
+/// One figure over all runs: the run with the median ratio, and the spread.
+struct Summary {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    limit: f64,
+    ratio: f64,
+    min_ratio: f64,
+    max_ratio: f64,
+    goal: String,
+    met: bool,
+}
+
+fn summarize(reports: &[Report]) -> Vec<Summary> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in reports {
+        for f in &r.figs {
+            if !names.contains(&f.name.as_str()) {
+                names.push(&f.name);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let mut runs: Vec<&Figure> = reports
+                .iter()
+                .flat_map(|r| r.figs.iter().filter(|f| f.name == name))
+                .collect();
+            runs.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+            let mid = runs.get((runs.len().saturating_sub(1)) / 2)?;
+            Some(Summary {
+                name: name.to_string(),
+                value: mid.value,
+                unit: mid.unit,
+                limit: mid.limit,
+                ratio: mid.ratio,
+                min_ratio: runs.first().map_or(f64::NAN, |f| f.ratio),
+                max_ratio: runs.last().map_or(f64::NAN, |f| f.ratio),
+                goal: mid.goal.clone(),
+                met: mid.met,
+            })
+        })
+        .collect()
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -73,16 +123,18 @@ fn main() -> Result<()> {
         .unwrap_or("all")
         .to_string();
     const USAGE: &str =
-        "usage: posbridge-bench e2e|intake|drain|footprint|codec|all [--n N] [--quick]";
+        "usage: posbridge-bench e2e|intake|drain|footprint|codec|all [--n N] [--runs R] [--quick]";
     let mut n_e2e = 300;
     let mut n_intake = 10_000;
     let mut n_drain = 10_000;
     let mut n_codec = 20_000;
+    let mut runs = 3usize;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if a == "--quick" {
             // CI: proves every figure still runs; the numbers mean nothing.
             (n_e2e, n_intake, n_drain, n_codec) = (20, 200, 200, 200);
+            runs = 1;
             continue;
         }
         let v: Option<usize> = it.next().and_then(|v| v.parse().ok());
@@ -93,6 +145,7 @@ fn main() -> Result<()> {
                 n_drain = v;
                 n_codec = v;
             }
+            ("--runs", Some(v)) if v > 0 => runs = v,
             _ => bail!(USAGE),
         }
     }
@@ -114,59 +167,77 @@ fn main() -> Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(0)
         );
-        let mut out = Report {
-            figs: Vec::new(),
-            json: json!({"broker": broker.name(), "version": posbridge::VERSION}),
-        };
-        let all = what == "all";
-        let mut report = |name: &str, r: Result<()>| {
-            if let Err(e) = r {
-                eprintln!("{name} failed: {e:#}");
-                failed += 1;
+        let mut reports: Vec<Report> = Vec::new();
+        for run in 1..=runs {
+            if runs > 1 {
+                println!("posbridge-bench: run {run} of {runs}");
             }
-        };
-        if all || what == "footprint" {
-            report(
-                "footprint",
-                footprint::bench_footprint(&broker, &mut out).await,
-            );
+            let mut out = Report {
+                figs: Vec::new(),
+                json: json!({"broker": broker.name(), "version": posbridge::VERSION}),
+            };
+            let all = what == "all";
+            let mut report = |name: &str, r: Result<()>| {
+                if let Err(e) = r {
+                    eprintln!("{name} failed: {e:#}");
+                    failed += 1;
+                }
+            };
+            if all || what == "footprint" {
+                report(
+                    "footprint",
+                    footprint::bench_footprint(&broker, &mut out).await,
+                );
+            }
+            if all || what == "codec" {
+                report("codec", codec::bench_codec(n_codec, &mut out));
+            }
+            if all || what == "e2e" {
+                report("e2e", e2e::bench_e2e(&broker, n_e2e, &mut out).await);
+            }
+            if all || what == "intake" {
+                report(
+                    "intake",
+                    intake::bench_intake(&broker, n_intake, &mut out).await,
+                );
+            }
+            if all || what == "drain" {
+                report(
+                    "drain",
+                    drain::bench_drain(&mut broker, n_drain, &mut out).await,
+                );
+            }
+            reports.push(out);
         }
-        if all || what == "codec" {
-            report("codec", codec::bench_codec(n_codec, &mut out));
-        }
-        if all || what == "e2e" {
-            report("e2e", e2e::bench_e2e(&broker, n_e2e, &mut out).await);
-        }
-        if all || what == "intake" {
-            report(
-                "intake",
-                intake::bench_intake(&broker, n_intake, &mut out).await,
-            );
-        }
-        if all || what == "drain" {
-            report(
-                "drain",
-                drain::bench_drain(&mut broker, n_drain, &mut out).await,
-            );
-        }
+        let summary = summarize(&reports);
         println!();
         println!(
-            "| {:<30} | {:>12} | {:>12} | {:>7} | {:<28} | {:<4} |",
-            "figure", "value", "limit", "ratio", "goal", "met"
+            "| {:<30} | {:>14} | {:>12} | {:>7} | {:<15} | {:<28} | {:<4} |",
+            "figure", "median value", "limit", "ratio", "ratio min–max", "goal", "met"
         );
-        println!("|{}|", "-".repeat(112));
-        for f in &out.figs {
+        println!("|{}|", "-".repeat(132));
+        for f in &summary {
             println!(
-                "| {:<30} | {:>8.1} {:<5}| {:>12.1} | {:>7.3} | {:<28} | {:<4} |",
+                "| {:<30} | {:>8.1} {:<5}| {:>12.1} | {:>7.3} | {:>6.3}–{:<8.3} | {:<28} | {:<4} |",
                 f.name,
                 f.value,
                 f.unit,
                 f.limit,
                 f.ratio,
+                f.min_ratio,
+                f.max_ratio,
                 f.goal,
                 if f.met { "yes" } else { "NO" }
             );
         }
+        let out = json!({
+            "runs": reports.iter().map(|r| r.json.clone()).collect::<Vec<_>>(),
+            "median": summary
+                .iter()
+                .map(|f| (f.name.clone(), json!({"value": f.value, "limit": f.limit, "ratio": f.ratio, "ratio_min": f.min_ratio, "ratio_max": f.max_ratio, "met": f.met})))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        let out = Report { figs: Vec::new(), json: out };
         println!("BENCH_JSON {}", out.json);
         if failed > 0 {
             bail!("{failed} figure(s) could not be measured (see above)");
