@@ -17,6 +17,19 @@ use std::sync::{Mutex, OnceLock};
 
 pub const ENV: &str = "POSBRIDGE_STAGES";
 
+/// The stages a payment passes, in order.
+pub const PATH: [&str; 9] = [
+    "received",
+    "durable",
+    "puback",
+    "worker",
+    "device_call",
+    "device_answer",
+    "result_durable",
+    "result_sent",
+    "result_acked",
+];
+
 struct Recorder {
     path: std::path::PathBuf,
     marks: Mutex<Vec<(String, &'static str, u64)>>,

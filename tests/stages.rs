@@ -9,22 +9,10 @@ use common::*;
 use posbridge::sim::ip::{IpSim, SimOptions};
 use tokio_util::sync::CancellationToken;
 
-const PATH: [&str; 9] = [
-    "received",
-    "durable",
-    "puback",
-    "worker",
-    "device_call",
-    "device_answer",
-    "result_durable",
-    "result_sent",
-    "result_acked",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_of_a_payment_is_noted_in_order() {
     let broker = embedded();
-    let sim = IpSim::bind("127.0.0.1:0".parse().expect("addr"), SimOptions::default())
+    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0))
         .await
         .expect("sim");
     let addr = sim.local_addr();
@@ -58,7 +46,7 @@ async fn every_stage_of_a_payment_is_noted_in_order() {
         }
     }
     let mut last = 0;
-    for stage in PATH {
+    for stage in posbridge::stages::PATH {
         let t = *at
             .get(stage)
             .unwrap_or_else(|| panic!("no {stage} in {text}"));

@@ -64,15 +64,6 @@ fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
 
 /// `cancel` of a running command on a device that can cancel: ask it, answer with what
 /// it said. The target ends with its own result from its worker.
-pub(super) fn spawn_cancel(inner: Arc<Inner>, cancel_id: String) {
-    let tasks = inner.tasks.clone();
-    tasks.spawn(async move {
-        if let Err(e) = run_cancel(&inner, &cancel_id).await {
-            tracing::error!(id = %cancel_id, error = %e, "cancel failed");
-        }
-    });
-}
-
 pub(super) async fn run_cancel(inner: &Inner, cancel_id: &str) -> Result<(), StoreError> {
     let Some(mut rec) = inner.store.get(cancel_id)? else {
         return Ok(());

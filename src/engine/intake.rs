@@ -106,9 +106,15 @@ impl Engine {
                         t.wake.notify_one();
                     }
                 }
-                After::Query(id) => queries::spawn_query(inner.clone(), id),
-                After::List(id) => queries::spawn_list(inner.clone(), id),
-                After::CancelRunning(id) => super::cancel::spawn_cancel(inner.clone(), id),
+                After::Query(id) => spawn_answer(inner, id, "status", |i, id| {
+                    Box::pin(queries::run_query(i, id))
+                }),
+                After::List(id) => spawn_answer(inner, id, "list", |i, id| {
+                    Box::pin(queries::run_list(i, id))
+                }),
+                After::CancelRunning(id) => spawn_answer(inner, id, "cancel", |i, id| {
+                    Box::pin(super::cancel::run_cancel(i, id))
+                }),
             }
         }
         Ok(())
@@ -221,4 +227,22 @@ impl Inner {
         self.finalize(rec, o, &[])?;
         Ok(vec![])
     }
+}
+
+/// An engine op answered off the intake path (it asks a device, or scans the store).
+type Answer = for<'a> fn(
+    &'a Arc<Inner>,
+    &'a str,
+) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// Run `answer` for command `id` as a tracked task; a store failure is logged (the command
+/// stays `running` and the next start runs it again).
+fn spawn_answer(inner: &Arc<Inner>, id: String, what: &'static str, answer: Answer) {
+    let inner = inner.clone();
+    let tasks = inner.tasks.clone();
+    tasks.spawn(async move {
+        if let Err(e) = answer(&inner, &id).await {
+            tracing::error!(id = %id, error = %e, "{what} failed");
+        }
+    });
 }

@@ -149,15 +149,6 @@ const LIST_CONCURRENCY: usize = 2;
 static LIST_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LIST_CONCURRENCY);
 
 /// Answer a `list` command: scan (on a blocking thread), then finalize and publish.
-pub(super) fn spawn_list(inner: Arc<Inner>, list_id: String) {
-    let tasks = inner.tasks.clone();
-    tasks.spawn(async move {
-        if let Err(e) = run_list(&inner, &list_id).await {
-            tracing::error!(id = %list_id, error = %e, "list failed");
-        }
-    });
-}
-
 pub(super) async fn run_list(inner: &Arc<Inner>, list_id: &str) -> Result<(), StoreError> {
     let _permit = LIST_PERMITS.acquire().await;
     let Some(mut rec) = inner.store.get(list_id)? else {
@@ -179,15 +170,6 @@ pub(super) async fn run_list(inner: &Arc<Inner>, list_id: &str) -> Result<(), St
 }
 
 /// `status` of an `unknown` command: ask the device, then answer with what it said.
-pub(super) fn spawn_query(inner: Arc<Inner>, status_id: String) {
-    let tasks = inner.tasks.clone();
-    tasks.spawn(async move {
-        if let Err(e) = run_query(&inner, &status_id).await {
-            tracing::error!(id = %status_id, error = %e, "status query failed");
-        }
-    });
-}
-
 pub(super) async fn run_query(inner: &Inner, status_id: &str) -> Result<(), StoreError> {
     let Some(mut rec) = inner.store.get(status_id)? else {
         return Ok(());

@@ -12,18 +12,13 @@ use serde_json::{json, Value};
 /// The stages of one payment, in path order, between the cloud's send and its receipt of
 /// the result (`sent` and `got` are the client's). The broker's PUBACK of the result
 /// (`result_acked`) comes after the cloud has it: reported beside the path.
-pub(crate) const PATH: [&str; 10] = [
-    "sent",
-    "received",
-    "durable",
-    "puback",
-    "worker",
-    "device_call",
-    "device_answer",
-    "result_durable",
-    "result_sent",
-    "got",
-];
+fn path() -> Vec<&'static str> {
+    let agent = &posbridge::stages::PATH;
+    let mut p = vec!["sent"];
+    p.extend(agent.iter().filter(|s| **s != "result_acked"));
+    p.push("got");
+    p
+}
 
 /// For each step `PATH[i-1] → PATH[i]`: the median over the payments that have both, in µs.
 /// `client` holds each id's `sent` and `got` times.
@@ -51,7 +46,8 @@ pub(crate) fn medians(
         e.insert("got".into(), *got);
     }
     let mut out = Vec::new();
-    let steps = PATH
+    let path = path();
+    let steps = path
         .windows(2)
         .map(|w| (w[0], w[1]))
         .chain([("result_sent", "result_acked")]);
