@@ -106,6 +106,10 @@ struct Shared {
     delay: Duration,
     drop_response_once: AtomicBool,
     requests: AtomicU64,
+    /// Connections accepted.
+    connections: AtomicU64,
+    /// Close each connection after its answer (a terminal that does not keep them).
+    close_after_answer: AtomicBool,
     total_executions: AtomicU64,
     state: Mutex<State>,
 }
@@ -192,6 +196,8 @@ impl IpSim {
             delay: Duration::from_millis(opts.delay_ms),
             drop_response_once: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            close_after_answer: AtomicBool::new(false),
             total_executions: AtomicU64::new(0),
             state: Mutex::new(state),
         });
@@ -251,6 +257,7 @@ async fn serve(shared: &Shared, stream: TcpStream, shutdown: &CancellationToken)
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    shared.connections.fetch_add(1, Ordering::Relaxed);
     let mut stream = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -291,7 +298,7 @@ async fn serve(shared: &Shared, stream: TcpStream, shutdown: &CancellationToken)
             tracing::debug!(error = %e, "writing the answer failed");
             return;
         }
-        if !keep_open {
+        if !keep_open || shared.close_after_answer.load(Ordering::Relaxed) {
             return;
         }
     }

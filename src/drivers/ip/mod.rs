@@ -5,6 +5,8 @@
 //! same operation, so asking again after a lost answer or a crash can never charge twice.
 
 pub mod journal;
+#[cfg(test)]
+mod pool_tests;
 pub mod proto;
 
 use std::time::Duration;
@@ -17,8 +19,6 @@ use super::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Body, Op, PaymentInfo};
 use crate::store::CommandRecord;
 
-/// Journalled durably right before a pay/refund leaves for the terminal.
-
 #[derive(Debug, Clone)]
 pub struct IpDriver {
     addr: String,
@@ -28,6 +28,8 @@ pub struct IpDriver {
     /// How long to keep asking (the same request, same `ref`) after a lost answer before
     /// the engine says `unknown`; the terminal's own op timeout is added.
     recovery_window: Duration,
+    /// The connection of the last answered pay/refund, kept for the next one.
+    pool: std::sync::Arc<tokio::sync::Mutex<Option<IpClient>>>,
 }
 
 impl IpDriver {
@@ -37,6 +39,7 @@ impl IpDriver {
             connect_timeout,
             op_timeout,
             recovery_window: Duration::from_secs(30),
+            pool: Default::default(),
         }
     }
 
@@ -84,25 +87,56 @@ impl IpDriver {
         .await
     }
 
-    /// Send one pay/refund on a fresh connection and say what came back.
+    /// Send one pay/refund and say what came back. The connection of the last answered
+    /// request is reused (`ip-terminal.md`: a client may reuse it): one connect less per
+    /// payment. A reused connection that fails (the terminal closed it while idle) costs one
+    /// resend of the same request — same `ref`, which the terminal answers from its books —
+    /// on a fresh connection, never a second charge; once a request may have left, no
+    /// later failure can make it "not sent".
     async fn send(&self, req: &Request, first: bool) -> Fact {
         let r#ref = req.reference().unwrap_or_default().to_string();
+        let mut may_have_left = !first;
+        let pooled = self.pool.lock().await.take();
+        if let Some(mut c) = pooled {
+            match c.call(req, self.op_timeout).await {
+                Ok(resp) => {
+                    *self.pool.lock().await = Some(c);
+                    return answer_fact(&r#ref, resp);
+                }
+                // Slow, not stale: the terminal has the request.
+                Err(e @ ProtoError::Timeout(_)) => return self.failed(&r#ref, e, true),
+                Err(e) => {
+                    tracing::debug!(r#ref, error = %e, "kept connection failed; sending the same ref on a fresh one");
+                    may_have_left |= e.maybe_delivered();
+                }
+            }
+        }
         let mut client = match self.connect().await {
             Ok(c) => c,
-            // Asking again: "cannot connect now" says nothing about the first request.
-            Err(e) if !first => return Fact::lost(self.unreachable_message(&e)),
+            // "Cannot connect now" says nothing about a request that may have left before.
+            Err(e) if may_have_left => return Fact::lost(self.unreachable_message(&e)),
             Err(e) => return Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e)),
         };
         match client.call(req, self.op_timeout).await {
-            Ok(resp) => answer_fact(&r#ref, resp),
-            Err(e) if first && !e.maybe_delivered() => {
+            Ok(resp) => {
+                *self.pool.lock().await = Some(client);
+                answer_fact(&r#ref, resp)
+            }
+            Err(e) => self.failed(&r#ref, e, may_have_left),
+        }
+    }
+
+    /// A call that got no answer: what it proves.
+    fn failed(&self, r#ref: &str, e: ProtoError, may_have_left: bool) -> Fact {
+        match e {
+            e if !may_have_left && !e.maybe_delivered() => {
                 Fact::not_sent(NotSentWhy::Unreachable, self.unreachable_message(&e))
             }
-            Err(ProtoError::BadResponse(m)) => {
+            ProtoError::BadResponse(m) => {
                 tracing::warn!(r#ref, answer = %crate::api::pan::mask_str(&m), "unreadable answer from the terminal");
                 Fact::unreadable(format!("malformed answer: {m}"), Value::String(m))
             }
-            Err(e) => {
+            e => {
                 tracing::warn!(r#ref, error = %e, "answer lost");
                 Fact::lost(e.to_string())
             }

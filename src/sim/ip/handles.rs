@@ -33,9 +33,20 @@ impl SimStats {
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
     }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
 }
 
 impl SimControl {
+    /// Close every connection after its answer (a terminal that does not keep them): a
+    /// client's kept connection is then found closed at its next request.
+    pub fn set_close_after_answer(&self, on: bool) {
+        self.shared.close_after_answer.store(on, Ordering::Relaxed);
+    }
+
     /// The next new pay executes, then its connection closes without an answer.
     pub fn set_drop_response_once(&self, on: bool) {
         self.shared.drop_response_once.store(on, Ordering::SeqCst);

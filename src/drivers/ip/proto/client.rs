@@ -52,6 +52,7 @@ where
 
 /// A connection to one IP terminal: one request, one response, then reusable.
 /// Generic over the stream so tests can run it over an in-memory pipe.
+#[derive(Debug)]
 pub struct IpClient<S = TcpStream> {
     pub(super) stream: BufReader<S>,
     pub(super) buf: Vec<u8>,
