@@ -38,35 +38,7 @@ pub enum Cmd {
         config: PathBuf,
     },
     /// Write a configuration from flags, create the device key, print the broker ACL.
-    Provision {
-        #[arg(long)]
-        agent_id: String,
-        /// mqtt://host[:port]
-        #[arg(long)]
-        broker_url: String,
-        #[arg(long)]
-        username: Option<String>,
-        /// A file holding the MQTT password (root:posbridge 0640).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// kind:id:addr-or-url, repeatable: ip:ip-1:192.0.2.20:8080,
-        /// kaspi:kaspi-1:https://192.0.2.10:8080, token:token-1:usb, paywall:pw-1:URL,
-        /// kuveyt:kv-1:URL
-        #[arg(long = "terminal")]
-        terminals: Vec<String>,
-        #[arg(long, default_value = DEFAULT_PATH)]
-        out: PathBuf,
-        #[arg(long, default_value = "/var/lib/posbridge")]
-        store_dir: PathBuf,
-        #[arg(long, default_value = "posbridge")]
-        topic_prefix: String,
-        /// The agent's system user (owns the device key; the config's group), when root.
-        #[arg(long, default_value = "posbridge")]
-        user: String,
-        /// Replace an existing configuration (kept as .bak).
-        #[arg(long)]
-        force: bool,
-    },
+    Provision(super::provision::Options),
     /// Embedded broker + a simulator per terminal kind + agent + a scripted, signing cloud POS, on loopback.
     #[cfg(feature = "embedded-broker")]
     Demo {

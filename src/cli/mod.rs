@@ -59,41 +59,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Cmd::Provision {
-            agent_id,
-            broker_url,
-            username,
-            password_file,
-            terminals,
-            out,
-            store_dir,
-            topic_prefix,
-            user,
-            force,
-        } => {
-            let opts = provision::Options {
-                agent_id,
-                broker_url,
-                username,
-                password_file,
-                terminals,
-                out,
-                store_dir,
-                topic_prefix,
-                user,
-                force,
-            };
-            match provision::run(&opts) {
-                Ok(s) => {
-                    tools::provision_report(&s);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("posbridge provision: {e:#}");
-                    ExitCode::from(2)
-                }
+        Cmd::Provision(opts) => match provision::run(&opts) {
+            Ok(s) => {
+                tools::provision_report(&s);
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("posbridge provision: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         #[cfg(feature = "embedded-broker")]
         Cmd::Demo { quiet } => {
             init_logging(LogFormat::Text, "error");

@@ -8,19 +8,35 @@ use anyhow::{bail, Context};
 use crate::api::Topics;
 use crate::config::Config;
 
-#[derive(Debug, Clone)]
+/// The flags of `posbridge provision`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    #[arg(long)]
     pub agent_id: String,
+    /// mqtt://host[:port]
+    #[arg(long)]
     pub broker_url: String,
+    #[arg(long)]
     pub username: Option<String>,
+    /// A file holding the MQTT password (root:posbridge 0640).
+    #[arg(long)]
     pub password_file: Option<PathBuf>,
-    /// `kind:id:addr-or-url` (see [`terminal_toml`]).
+    /// kind:id:addr-or-url, repeatable: ip:ip-1:192.0.2.20:8080,
+    /// kaspi:kaspi-1:https://192.0.2.10:8080, token:token-1:usb, paywall:pw-1:URL,
+    /// kuveyt:kv-1:URL
+    #[arg(long = "terminal")]
     pub terminals: Vec<String>,
+    #[arg(long, default_value = crate::config::DEFAULT_PATH)]
     pub out: PathBuf,
+    #[arg(long, default_value = "/var/lib/posbridge")]
     pub store_dir: PathBuf,
+    #[arg(long, default_value = "posbridge")]
     pub topic_prefix: String,
-    /// The system user the agent runs as: owner of the device key, group of the config.
+    /// The agent's system user (owns the device key; the config's group), when root.
+    #[arg(long, default_value = "posbridge")]
     pub user: String,
+    /// Replace an existing configuration (kept as .bak).
+    #[arg(long)]
     pub force: bool,
 }
 

@@ -205,3 +205,21 @@ pub type DynDriver = Arc<dyn Driver>;
 fn step_data<S: Step>(s: &S) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
+
+/// For driver tests: the context of `command` (its JSON) as a worker starts it — running,
+/// a minute before its deadline — over `store`.
+#[cfg(test)]
+pub(crate) fn test_context(store: &Store, command: &str) -> OpContext {
+    let cmd = crate::api::parse_command(command.as_bytes(), 65536).expect("a valid command");
+    let now = chrono::Utc::now();
+    let mut rec = CommandRecord::new(
+        store.next_seq().expect("seq"),
+        cmd,
+        now,
+        now + chrono::Duration::seconds(60),
+    );
+    rec.state = crate::store::CmdState::Running;
+    rec.started_at = Some(now);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    OpContext::new(rec, store.clone(), tx)
+}

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::settle::Outcome;
 use super::{deadline, queries, After, Engine, Inner};
 use crate::api::{parse_command, ErrorCode, FinalState, ResultMsg};
-use crate::store::{CmdState, CommandRecord, OutMsg, StoreError};
+use crate::store::{CommandRecord, OutMsg, StoreError};
 
 pub type AckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -171,19 +171,8 @@ impl Inner {
         let now = self.cfg.clock.now();
         let misdirected = self.misdirected(&cmd, sig.is_some(), now);
         let expires_at = deadline::of(cmd.expires_at, now, self.cfg.default_ttl);
-        let mut rec = CommandRecord {
-            seq: self.store.next_seq()?,
-            cmd,
-            state: CmdState::Queued,
-            received_at: now,
-            expires_at,
-            started_at: None,
-            journal: vec![],
-            result: None,
-            refunds: vec![],
-            sig,
-            reconciled: None,
-        };
+        let mut rec = CommandRecord::new(self.store.next_seq()?, cmd, now, expires_at);
+        rec.sig = sig;
         tracing::info!("command received");
         if crate::stages::enabled() {
             crate::stages::mark_at(&rec.cmd.id, "received", received);

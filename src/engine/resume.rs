@@ -121,28 +121,19 @@ mod tests {
         )
         .expect("valid");
         let now = Utc::now();
-        CommandRecord {
-            seq: 1,
-            cmd,
-            state: CmdState::Running,
-            received_at: now,
-            expires_at: now + chrono::Duration::seconds(if expired { -5 } else { 60 }),
-            started_at: Some(now),
-            journal: if sent {
-                vec![crate::store::JournalEntry {
-                    step: "x_sending".into(),
-                    at: now,
-                    data: serde_json::Value::Null,
-                    sends: true,
-                }]
-            } else {
-                vec![]
-            },
-            result: None,
-            refunds: vec![],
-            sig: None,
-            reconciled: None,
+        let deadline = now + chrono::Duration::seconds(if expired { -5 } else { 60 });
+        let mut rec = CommandRecord::new(1, cmd, now, deadline);
+        rec.state = CmdState::Running;
+        rec.started_at = Some(now);
+        if sent {
+            rec.journal.push(crate::store::JournalEntry {
+                step: "x_sending".into(),
+                at: now,
+                data: serde_json::Value::Null,
+                sends: true,
+            });
         }
+        rec
     }
 
     #[test]

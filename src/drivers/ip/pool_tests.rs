@@ -5,27 +5,17 @@
 use std::time::Duration;
 
 use super::*;
-use crate::api::parse_command;
 use crate::drivers::{Answer, Driver};
 use crate::sim::ip::{IpSim, SimOptions};
-use crate::store::{CommandRecord, Store};
+use crate::store::Store;
 
 fn context(store: &Store, id: &str) -> OpContext {
-    let cmd = parse_command(
-        format!(r#"{{"v":1,"id":"{id}","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN"}}"#)
-            .as_bytes(),
-        65536,
+    crate::drivers::test_context(
+        store,
+        &format!(
+            r#"{{"v":1,"id":"{id}","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN"}}"#
+        ),
     )
-    .expect("valid");
-    let now = chrono::Utc::now();
-    let rec = CommandRecord::new(
-        store.next_seq().expect("seq"),
-        cmd,
-        now,
-        now + chrono::Duration::seconds(60),
-    );
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    OpContext::new(rec, store.clone(), tx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

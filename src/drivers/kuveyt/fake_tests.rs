@@ -9,9 +9,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::api::parse_command;
 use crate::drivers::Answer;
-use crate::store::{CmdState, CommandRecord, Store};
+use crate::store::Store;
 
 /// Answers `create` from a script (then `Ok` with the same link) and records every order
 /// id it was asked for; `verify` says the link was paid.
@@ -83,27 +82,10 @@ fn driver(p: Scripted) -> KuveytDriver {
 
 fn context(dir: &std::path::Path) -> OpContext {
     let (store, _) = Store::open(&dir.join("store")).expect("open");
-    let cmd = parse_command(
-        br#"{"v":1,"id":"p-1","op":"payment","terminal":"kv","amount":15000,"currency":"TRY"}"#,
-        65536,
+    crate::drivers::test_context(
+        &store,
+        r#"{"v":1,"id":"p-1","op":"payment","terminal":"kv","amount":15000,"currency":"TRY"}"#,
     )
-    .expect("valid");
-    let now = chrono::Utc::now();
-    let rec = CommandRecord {
-        seq: store.next_seq().expect("seq"),
-        cmd,
-        state: CmdState::Running,
-        received_at: now,
-        expires_at: now + chrono::Duration::seconds(30),
-        started_at: Some(now),
-        journal: vec![],
-        result: None,
-        refunds: vec![],
-        sig: None,
-        reconciled: None,
-    };
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    OpContext::new(rec, store, tx)
 }
 
 #[tokio::test]
