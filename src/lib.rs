@@ -11,6 +11,7 @@ pub mod drivers; //     one module per terminal kind behind one trait
 pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
 pub mod faults; //      test-only abort and I/O-error points (feature `failpoints`)
 pub mod logging; //     journald / text / JSON log sinks
+pub mod pos; //         the cloud POS side: command client and signer (demo, `posbridge cloud`, test kit)
 pub mod secrets; //     secrets at rest: AES-256-GCM under the device key
 pub mod sim; //         device simulators (`posbridge sim …`)
 pub mod stages; //      stage timestamps for posbridge-bench (POSBRIDGE_STAGES)

@@ -29,11 +29,11 @@ pub enum ErrorCode {
     StoreDamaged,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_code: Option<Value>,
 }
 

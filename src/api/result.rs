@@ -32,52 +32,39 @@ impl FinalState {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PaymentInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_mask: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Value>,
 }
 
 /// One final outcome. Optional parts are omitted from the wire when absent.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMsg {
     pub v: u8,
+    #[serialize_always]
     pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<String>,
     pub state: FinalState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
     /// `status` answers: the target's stored record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Value>,
     /// `list` answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<Value>>,
     /// `list` answers with more to read: pass it back as `cursor`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
     /// A raw device body was left out to keep the result within [`MAX_RESULT_BYTES`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -87,14 +74,10 @@ pub struct ResultMsg {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     /// `ping` answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<Value>,
     /// First bytes of a payload that could not be parsed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
 }
 
@@ -238,14 +221,13 @@ pub fn strip_device_bodies(summary: &mut Value) -> bool {
 }
 
 /// Progress on `{root}/evt` (QoS 0, may be lost, never needed for correctness).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evt {
     pub v: u8,
     pub id: String,
     pub state: super::states::Progress,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
     pub ts: String,
 }

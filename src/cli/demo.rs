@@ -5,216 +5,100 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::pos::{self, Signer};
 use crate::sim::ip::{IpSim, SimOptions};
 
-/// One scripted step: what the cloud sends and what it must get back.
+/// The scripted steps: what the cloud sends and what it must get back.
+const STEPS: &str = include_str!("demo_steps.json");
+
+/// One scripted step (an entry of `demo_steps.json`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Step {
-    title: &'static str,
-    payload: Vec<u8>,
-    /// `None` for a payload with no usable id (the result carries `"id": null`).
-    id: Option<String>,
-    expect_state: &'static str,
-    expect_code: Option<&'static str>,
+    title: String,
+    /// The command; `"expires_at": "$PAST"` stands for a deadline five minutes ago.
+    #[serde(default)]
+    command: Option<Value>,
+    /// Or raw bytes that are not a usable command (the result carries `"id": null`).
+    #[serde(default)]
+    raw: Option<String>,
+    /// The IP terminal declines this one.
+    #[serde(default)]
+    declines: bool,
+    expect: String,
+    #[serde(default)]
+    code: Option<String>,
 }
 
-fn cmd(v: Value) -> Vec<u8> {
-    v.to_string().into_bytes()
-}
+impl Step {
+    fn id(&self) -> Value {
+        self.command
+            .as_ref()
+            .map_or(Value::Null, |c| c["id"].clone())
+    }
 
-/// The command `v`, whose result (by `v`'s id) is expected to end `expect_state`, with
-/// error `expect_code` if one is given.
-fn step(
-    title: &'static str,
-    v: Value,
-    expect_state: &'static str,
-    expect_code: Option<&'static str>,
-) -> Step {
-    Step {
-        title,
-        id: v["id"].as_str().map(String::from),
-        payload: cmd(v),
-        expect_state,
-        expect_code,
+    fn payload(&self, past: &str) -> Vec<u8> {
+        match (&self.command, &self.raw) {
+            (Some(c), _) => {
+                let mut c = c.clone();
+                if c["expires_at"] == "$PAST" {
+                    c["expires_at"] = Value::String(past.to_string());
+                }
+                c.to_string().into_bytes()
+            }
+            (None, raw) => raw.clone().unwrap_or_default().into_bytes(),
+        }
     }
 }
 
-/// A cloud POS: an MQTT client subscribed to the agent's outbound topics.
-pub struct CloudPos {
-    pub client: AsyncClient,
-    events: EventLoop,
+fn steps() -> anyhow::Result<Vec<Step>> {
+    serde_json::from_str(STEPS).context("demo_steps.json")
+}
+
+/// The scripted cloud POS: a [`pos::Client`] on the agent's topics that signs what it
+/// sends and prints what crosses the wire.
+struct CloudPos {
+    client: pos::Client,
     root: String,
     quiet: bool,
-    signer: Option<Signer>,
-}
-
-/// Signs commands the way a cloud POS must for an agent with `security.command_keys`
-/// (`mqtt-api.md`: Signed commands): naming the agent, with a near deadline, sealed with
-/// the cloud's P-256 key. A repeated id sends the very same envelope (a retry).
-pub struct Signer {
-    pub kid: String,
-    pub key: p256::ecdsa::SigningKey,
-    pub agent_id: String,
-    /// Envelope and signed bytes by id.
-    sent: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
-}
-
-impl Signer {
-    pub fn new(kid: &str, key: p256::ecdsa::SigningKey, agent_id: &str) -> Signer {
-        Signer {
-            kid: kid.into(),
-            key,
-            agent_id: agent_id.into(),
-            sent: Default::default(),
-        }
-    }
-
-    /// The envelope for `payload`, and the command bytes it signs.
-    fn seal(&mut self, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
-        let mut inner = payload.to_vec();
-        let mut id = None;
-        if let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(payload) {
-            id = o.get("id").and_then(Value::as_str).map(str::to_string);
-            if let Some(prev) = id.as_ref().and_then(|i| self.sent.get(i)) {
-                return prev.clone();
-            }
-            o.entry("agent")
-                .or_insert_with(|| Value::String(self.agent_id.clone()));
-            o.entry("expires_at").or_insert_with(|| {
-                Value::String(crate::api::ts(
-                    chrono::Utc::now() + chrono::Duration::minutes(5),
-                ))
-            });
-            inner = Value::Object(o).to_string().into_bytes();
-        }
-        let env = crate::api::signature::seal(&inner, &self.kid, &self.key)
-            .to_string()
-            .into_bytes();
-        if let Some(id) = id {
-            self.sent.insert(id, (env.clone(), inner.clone()));
-        }
-        (env, inner)
-    }
+    signer: Signer,
 }
 
 impl CloudPos {
-    pub async fn connect(port: u16, root: &str, quiet: bool) -> anyhow::Result<CloudPos> {
-        let mut o = MqttOptions::new(
-            format!("cloud-pos-{}", std::process::id()),
-            "127.0.0.1",
-            port,
-        );
-        o.set_keep_alive(Duration::from_secs(10));
-        o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        let (client, mut events) = AsyncClient::new(o, 100);
-        events.network_options.set_tcp_nodelay(true);
-        client
-            .subscribe(format!("{root}/#"), QoS::AtLeastOnce)
-            .await?;
-        let mut pos = CloudPos {
-            client,
-            events,
-            root: root.to_string(),
-            quiet,
-            signer: None,
-        };
-        // Wait for the subscription to be in place.
-        pos.next_matching(Duration::from_secs(5), |ev| {
-            matches!(ev, Incoming::SubAck(_))
-        })
-        .await
-        .context("subscribing the cloud POS")?;
-        Ok(pos)
-    }
-
-    /// Sign every command from now on.
-    pub fn sign_with(&mut self, signer: Signer) {
-        self.signer = Some(signer);
-    }
-
-    pub async fn send(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
-        let (payload, shown) = match self.signer.as_mut() {
-            Some(s) => {
-                let (env, inner) = s.seal(&payload);
-                (
-                    env,
-                    format!(
-                        "{} (signed, kid {})",
-                        String::from_utf8_lossy(&inner),
-                        s.kid
-                    ),
-                )
-            }
-            None => (
-                payload.clone(),
-                String::from_utf8_lossy(&payload).into_owned(),
-            ),
-        };
+    async fn send(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+        let (env, inner) = self.signer.seal(&payload);
         if !self.quiet {
-            println!("  cloud → {}/cmd  {shown}", self.root);
+            let shown = String::from_utf8_lossy(&inner);
+            let kid = &self.signer.kid;
+            println!("  cloud → {}/cmd  {shown} (signed, kid {kid})", self.root);
         }
-        self.client
-            .publish(
-                format!("{}/cmd", self.root),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn next_matching(
-        &mut self,
-        within: Duration,
-        mut f: impl FnMut(&Incoming) -> bool,
-    ) -> anyhow::Result<Incoming> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let ev = tokio::time::timeout_at(deadline, self.events.poll())
-                .await
-                .context("timed out waiting for the agent")??;
-            if let Event::Incoming(i) = ev {
-                if f(&i) {
-                    return Ok(i);
-                }
-            }
-        }
+        self.client.send(&self.root, env).await
     }
 
     /// Wait for a message on `{root}/{sub}` whose JSON satisfies `pred`; print the traffic.
-    pub async fn wait_for(
+    async fn wait_for(
         &mut self,
         sub: &str,
         within: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let topic = format!("{}/{}", self.root, sub);
-        let root = self.root.clone();
-        let quiet = self.quiet;
-        let mut found = None;
-        self.next_matching(within, |i| {
-            let Incoming::Publish(p) = i else {
-                return false;
-            };
-            let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-            if !quiet && !p.topic.ends_with("/cmd") {
-                let short = p.topic.strip_prefix(&root).unwrap_or(&p.topic);
+        let (root, quiet) = (self.root.clone(), self.quiet);
+        let show = |m: &pos::Message, v: &Value| {
+            if !quiet && !m.topic.ends_with("/cmd") {
+                let short = m.topic.strip_prefix(&root).unwrap_or(&m.topic);
                 println!("  agent → {short:<22} {v}");
             }
-            if p.topic == topic && pred(&v) {
-                found = Some(v);
-                true
-            } else {
-                false
-            }
-        })
-        .await?;
-        found.context("no message")
+        };
+        let topic = format!("{}/{sub}", self.root);
+        self.client
+            .wait_for(&topic, within, show, pred)
+            .await
+            .with_context(|| format!("timed out waiting on {topic}"))
     }
 }
 
@@ -301,8 +185,18 @@ poll_interval = "200ms"
     ))?;
     let root = "posbridge/demo-shop";
     println!("posbridge demo: broker 127.0.0.1:{port}, IP terminal simulator {sim_addr}, agent demo-shop");
-    let mut pos = CloudPos::connect(port, root, quiet).await?;
-    pos.sign_with(Signer::new("demo-cloud", cloud_key, "demo-shop"));
+    let client = pos::Client::connect(
+        pos::Options::loopback(port, "demo-cloud-pos", Some(&format!("{root}/#"))),
+        Duration::from_secs(5),
+    )
+    .await
+    .context("connecting the cloud POS")?;
+    let mut pos = CloudPos {
+        client,
+        root: root.to_string(),
+        quiet,
+        signer: Signer::new("demo-cloud", cloud_key, "demo-shop"),
+    };
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone()));
     pos.wait_for("status", Duration::from_secs(10), |v| {
@@ -312,114 +206,15 @@ poll_interval = "200ms"
     .context("agent never came online")?;
 
     let past = crate::api::ts(chrono::Utc::now() - chrono::Duration::minutes(5));
-    let steps = [
-        step(
-            "payment (approved)",
-            json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "payment (declined by the terminal)",
-            json!({"v":1,"id":"demo-pay-2","op":"payment","terminal":"ip-1","amount":2500,"currency":"AZN"}),
-            "failed",
-            None,
-        ),
-        step(
-            "duplicate id (answered from the store, never charged again)",
-            json!({"v":1,"id":"demo-pay-1","op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "refund by original",
-            json!({"v":1,"id":"demo-refund-1","op":"refund","terminal":"ip-1","amount":500,"original":"demo-pay-1"}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "fiscal sale on the Token register (basket, kuruş)",
-            json!({"v":1,"id":"demo-fiscal-1","op":"payment","terminal":"token-1",
-                "amount":2000,"currency":"TRY","basket":{
-                "items":[{"name":"Su","price":500,"quantity":1,"section_no":1},
-                         {"name":"Armut","price":1500,"quantity":1,"section_no":1}],
-                "payments":[{"type":1,"amount":2000,"description":"nakit"}]}}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "fiscal basket that does not add up (rejected before the register)",
-            json!({"v":1,"id":"demo-fiscal-2","op":"payment","terminal":"token-1",
-                "amount":2000,"currency":"TRY","basket":{
-                "items":[{"name":"Su","price":500,"quantity":1,"section_no":1}],
-                "payments":[{"type":1,"amount":2000}]}}),
-            "rejected",
-            Some("bad_request"),
-        ),
-        step(
-            "Kaspi Smart POS: QR payment (approved; 1 511 ₸ = 151100 tiyn)",
-            json!({"v":1,"id":"demo-kaspi-1","op":"payment","terminal":"kaspi-1","amount":151100,"currency":"KZT"}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "Kaspi Smart POS: amount in tiyn (rejected before the terminal: whole tenge only)",
-            json!({"v":1,"id":"demo-kaspi-2","op":"payment","terminal":"kaspi-1","amount":150050,"currency":"KZT"}),
-            "rejected",
-            Some("invalid_amount"),
-        ),
-        Step {
-            title: "malformed command",
-            payload: br#"{"v":1,"id":"demo-bad","op":"payment","amount":"#.to_vec(),
-            id: None,
-            expect_state: "rejected",
-            expect_code: Some("bad_request"),
-        },
-        step(
-            "expired command (deadline already past)",
-            json!({"v":1,"id":"demo-late-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":past}),
-            "expired",
-            Some("expired"),
-        ),
-        step(
-            "paywall sale (test mode, mock Paywall cloud)",
-            json!({"v":1,"id":"demo-pw-1","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
-                       "products":[{"name":"Saç Tıraşı","amount":2200,"quantity":1,"tax_group_id":10,"unit_code_id":1}]}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "paywall sale whose products do not add up (refused before any request)",
-            json!({"v":1,"id":"demo-pw-2","op":"payment","terminal":"paywall-1","amount":2200,"currency":"TRY",
-                       "products":[{"name":"Su","amount":500,"quantity":1,"tax_group_id":10,"unit_code_id":1}]}),
-            "rejected",
-            Some("bad_request"),
-        ),
-        step(
-            "kuveyt pay-by-link (payment_url on evt, customer pays)",
-            json!({"v":1,"id":"demo-kv-1","op":"payment","terminal":"kuveyt-1","amount":15000,"currency":"TRY"}),
-            "succeeded",
-            None,
-        ),
-        step(
-            "unknown terminal",
-            json!({"v":1,"id":"demo-pay-9","op":"payment","terminal":"nope","amount":100,"currency":"AZN"}),
-            "rejected",
-            Some("unknown_terminal"),
-        ),
-    ];
+    let steps = steps()?;
 
     let mut ok = true;
     let mut first_txn = None;
     for (n, step) in steps.iter().enumerate() {
         println!("\n[{}] {}", n + 1, step.title);
-        if step.id.as_deref() == Some("demo-pay-2") {
-            control.set_fail_rate(1.0);
-        } else {
-            control.set_fail_rate(0.0);
-        }
-        pos.send(step.payload.clone()).await?;
-        let want_id = step.id.clone().map(Value::String).unwrap_or(Value::Null);
+        control.set_fail_rate(if step.declines { 1.0 } else { 0.0 });
+        pos.send(step.payload(&past)).await?;
+        let want_id = step.id();
         let res = pos
             .wait_for("result", Duration::from_secs(15), |v| v["id"] == want_id)
             .await;
@@ -431,10 +226,13 @@ poll_interval = "200ms"
                 continue;
             }
         };
-        let state_ok = res["state"] == step.expect_state;
-        let code_ok = step.expect_code.is_none_or(|c| res["error"]["code"] == c);
+        let state_ok = res["state"] == step.expect.as_str();
+        let code_ok = step
+            .code
+            .as_deref()
+            .is_none_or(|c| res["error"]["code"] == c);
         let mut extra_ok = true;
-        if step.id.as_deref() == Some("demo-pay-1") {
+        if want_id == "demo-pay-1" {
             let txn = res["payment"]["transaction_id"].clone();
             match &first_txn {
                 None => first_txn = Some(txn),
@@ -448,10 +246,7 @@ poll_interval = "200ms"
                 res["error"]["code"].as_str().unwrap_or("")
             );
         } else {
-            println!(
-                "  ✗ expected {} {:?}, got {}",
-                step.expect_state, step.expect_code, res
-            );
+            println!("  ✗ expected {} {:?}, got {}", step.expect, step.code, res);
             ok = false;
         }
     }

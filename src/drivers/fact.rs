@@ -112,6 +112,15 @@ impl Fact {
         }
     }
 
+    /// An op the driver does not run (the engine refuses those at admission; this is
+    /// the driver's own guard).
+    pub fn unsupported(kind: &str, op: crate::api::Op) -> Fact {
+        Fact::not_sent(
+            NotSentWhy::Unsupported,
+            format!("{kind} terminals cannot run {}", op.as_str()),
+        )
+    }
+
     pub fn lost(why: impl Into<String>) -> Fact {
         Fact::Lost {
             why: why.into(),

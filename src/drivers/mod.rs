@@ -115,11 +115,24 @@ impl OpContext {
     }
 }
 
+/// What a driver is: its `kind` word (as in the config and on `terminals/…`) and the
+/// ops it runs; anything else is refused before it is queued.
+pub struct Caps {
+    pub kind: &'static str,
+    pub ops: &'static [Op],
+}
+
 #[async_trait]
 pub trait Driver: Send + Sync {
-    fn kind(&self) -> &'static str;
+    fn caps(&self) -> &'static Caps;
 
-    fn supports(&self, op: Op) -> bool;
+    fn kind(&self) -> &'static str {
+        self.caps().kind
+    }
+
+    fn supports(&self, op: Op) -> bool {
+        self.caps().ops.contains(&op)
+    }
 
     /// Checks only this device can make (amount granularity, basket rules), before the
     /// command is queued. The default accepts everything.

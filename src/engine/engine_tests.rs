@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::clock::{Clock, TokioClock};
 use super::{Engine, EngineConfig, Incoming};
 use crate::api::Op;
-use crate::drivers::{Driver, Fact, Health, OpContext};
+use crate::drivers::{Caps, Driver, Fact, Health, OpContext};
 use crate::store::{CmdState, Store};
 
 /// A terminal whose payments take as long as the test says: each `execute` reports that
@@ -28,8 +28,11 @@ struct Slow {
 
 #[async_trait]
 impl Driver for Slow {
-    fn kind(&self) -> &'static str {
-        "slow"
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "slow",
+            ops: &[],
+        }
     }
     fn supports(&self, _op: Op) -> bool {
         true

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::api::{parse_command, Op};
-use crate::drivers::{Health, NotSentWhy, OpContext, Refusal};
+use crate::drivers::{Caps, Health, NotSentWhy, OpContext, Refusal};
 use crate::store::{CmdState, CommandRecord, Store};
 
 /// Answers `execute` with one scripted fact (journalling `sending` first when the fact
@@ -41,8 +41,11 @@ impl Fake {
 
 #[async_trait]
 impl Driver for Fake {
-    fn kind(&self) -> &'static str {
-        "fake"
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "fake",
+            ops: &[],
+        }
     }
     fn supports(&self, _op: Op) -> bool {
         true

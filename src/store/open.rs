@@ -9,12 +9,11 @@ use std::path::Path;
 use super::*;
 
 /// What happened when the store was opened; reported on `status` and in logs.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct OpenReport {
     /// Where a damaged store was moved to (never deleted) before a fresh one was started.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub moved_aside: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Records that could not be decoded (kept in place, reported).
     pub corrupt_records: u64,
@@ -23,11 +22,9 @@ pub struct OpenReport {
     #[serde(skip)]
     pub replayed_commits: u64,
     /// Command ids salvaged from the damaged copy into the fresh store (this start).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub salvaged: Option<u64>,
     /// Money commands are refused until an operator acknowledges the damage
     /// (`posbridge store acknowledge`); kept across restarts until then.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub money_blocked: Option<MoneyHold>,
 }
 

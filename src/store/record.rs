@@ -77,6 +77,7 @@ const LEGACY_SENDING_STEPS: &[&str] = &[
     "kuveyt_creating",
 ];
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
     /// Arrival order: the store's sequence number (`Store::next_seq`, shared with the
@@ -86,21 +87,17 @@ pub struct CommandRecord {
     pub state: CmdState,
     pub received_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub journal: Vec<JournalEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultMsg>,
     /// Payments: ids of refunds accepted against this payment (over-refund check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refunds: Vec<String>,
     /// Signature of the envelope that carried this command (signed mode): a later command
     /// with the same id but another signature is refused as a replay or forgery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
     /// A later `status` query learned the real outcome of an `unknown` command.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled: Option<ResultMsg>,
 }
 

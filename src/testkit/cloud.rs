@@ -1,15 +1,16 @@
-//! MQTT clients on the cloud's side: [`Cloud`] records everything under an agent's root
-//! and waits for messages by predicate (the tests); [`Stream`] hands every message over
-//! as it comes (the benchmarks).
+//! The cloud's side for tests: [`Cloud`] records everything under an agent's root and
+//! waits for messages by predicate. Both it and the benchmarks stand on
+//! [`crate::pos::Client`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::{Agent, AgentSpec};
+use crate::pos;
 
 #[derive(Debug, Clone)]
 pub struct Msg {
@@ -31,49 +32,30 @@ impl Cloud {
     /// `persistent`: keep a session on the broker (results queue up while the broker
     /// or this client is away).
     pub async fn connect(port: u16, agent_id: &str, client_id: &str, persistent: bool) -> Cloud {
-        let root = format!("posbridge/{agent_id}");
-        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(!persistent)
-            .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        let (client, mut el) = AsyncClient::new(o, 1000);
-        el.network_options.set_tcp_nodelay(true);
-        let seen: Arc<Mutex<Vec<Msg>>> = Arc::default();
-        let notify = Arc::new(Notify::new());
-        let subscribed = Arc::new(Notify::new());
-        let (s2, n2, sub2, c2, r2) = (
-            seen.clone(),
-            notify.clone(),
-            subscribed.clone(),
-            client.clone(),
-            root.clone(),
-        );
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                        let _ = c2.subscribe(format!("{r2}/#"), QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => sub2.notify_one(),
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        if let Ok(mut v) = s2.lock() {
-                            v.push(Msg {
-                                topic: p.topic.clone(),
-                                json,
-                                retain: p.retain,
-                            });
-                        }
-                        n2.notify_waiters();
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(30), subscribed.notified())
+        let root = pos::root(agent_id);
+        let mut o = pos::Options::loopback(port, client_id, Some(&format!("{root}/#")));
+        o.keep_alive = Duration::from_secs(5);
+        o.clean = !persistent;
+        let mut c = pos::Client::connect(o, Duration::from_secs(30))
             .await
             .expect("cloud subscribed");
+        let client = c.client.clone();
+        let seen: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let notify = Arc::new(Notify::new());
+        let (s2, n2) = (seen.clone(), notify.clone());
+        let task = tokio::spawn(async move {
+            while let Some(m) = c.next().await {
+                let json = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                if let Ok(mut v) = s2.lock() {
+                    v.push(Msg {
+                        topic: m.topic,
+                        json,
+                        retain: m.retain,
+                    });
+                }
+                n2.notify_waiters();
+            }
+        });
         Cloud {
             client,
             root,
@@ -261,84 +243,6 @@ impl Cloud {
 }
 
 impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A plain client: subscribes to one filter and passes every message on, in order.
-pub struct Stream {
-    pub client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Stream {
-    /// Connect, subscribe to `sub` (if any) and wait for the SUBACK (or the CONNACK).
-    pub async fn connect(port: u16, id: &str, sub: Option<&str>, clean: bool) -> Stream {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(clean)
-            .set_inflight(100)
-            .set_max_packet_size(16 << 20, 16 << 20);
-        let (client, mut el) = AsyncClient::new(o, 100_000);
-        el.network_options.set_tcp_nodelay(true);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-        let c2 = client.clone();
-        let sub = sub.map(str::to_string);
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => match &sub {
-                        Some(s) => {
-                            let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
-                        }
-                        None => {
-                            let _ = ready_tx.send(());
-                        }
-                    },
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                        let _ = ready_tx.send(());
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let _ = tx.send((p.topic, p.payload));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
-            .await
-            .expect("MQTT client connected");
-        Stream { client, rx, task }
-    }
-
-    /// The next message, or `None` after `within`.
-    pub async fn recv(&mut self, within: Duration) -> Option<(String, bytes::Bytes)> {
-        tokio::time::timeout(within, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Wait for the agent's retained `online` status (subscribed to its `status`).
-    pub async fn online(&mut self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some((topic, p)) = self.recv(left).await else {
-                return false;
-            };
-            if topic.ends_with("/status") && p.windows(10).any(|w| w == b"\"online\"") {
-                return true;
-            }
-        }
-    }
-}
-
-impl Drop for Stream {
     fn drop(&mut self) {
         self.task.abort();
     }

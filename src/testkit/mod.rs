@@ -1,7 +1,7 @@
 //! The one test kit (feature `testkit`, on by default, left out of production builds):
 //! brokers (a real mosquitto on loopback, or the embedded rumqttd), the agent binary as a
 //! child process (so it can be killed with SIGKILL at any point), its configuration as a
-//! typed spec, and a cloud POS client. Used by the black-box tests in `tests/`
+//! typed spec, and a recording cloud POS client (on [`crate::pos::Client`]). Used by the black-box tests in `tests/`
 //! (`tests/common` re-exports it), by `posbridge-bench` and, for its broker, by the demo.
 //! Everything runs on loopback.
 //!
@@ -14,4 +14,4 @@ pub mod cloud;
 
 pub use agent::{agent_bin, Agent, AgentSpec};
 pub use broker::{free_port, mosquitto_available, wait_port, Broker, Mosquitto};
-pub use cloud::{Cloud, Msg, Stream};
+pub use cloud::{Cloud, Msg};

@@ -1,5 +1,5 @@
-//! The test kit (`posbridge::testkit`) as the bench uses it: [`Client`] (the kit's MQTT
-//! stream with the bench's error handling), the agent binary found or built next to this
+//! The test kit (`posbridge::testkit`) as the bench uses it: [`Client`] (the cloud-side
+//! [`pos::Client`] with the bench's error handling), the agent binary found or built next to this
 //! one, an [`AgentSpec`] for one figure, the agent started on it, the broker paused and
 //! resumed, an IP simulator, the wait for the agent's `online` status, and a byte search
 //! in payloads.
@@ -9,10 +9,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use posbridge::testkit::{Agent, AgentSpec, Broker, Stream};
+use posbridge::pos;
+use posbridge::testkit::{Agent, AgentSpec, Broker};
 
-/// The kit's [`Stream`] with the bench's error handling.
-pub(crate) struct Client(Stream);
+/// A [`pos::Client`] with the bench's error handling and a deep request queue.
+pub(crate) struct Client(pos::Client);
 
 impl Client {
     pub(crate) async fn connect(
@@ -21,7 +22,13 @@ impl Client {
         sub: Option<&str>,
         clean: bool,
     ) -> Result<Client> {
-        Ok(Client(Stream::connect(port, id, sub, clean).await))
+        let mut o = pos::Options::loopback(port, id, sub);
+        o.clean = clean;
+        o.keep_alive = Duration::from_secs(30);
+        o.capacity = 100_000;
+        Ok(Client(
+            pos::Client::connect(o, Duration::from_secs(10)).await?,
+        ))
     }
 
     /// The client `<agent_id>-<name>`, subscribed to the agent's `topic` (`#`: all).
@@ -32,21 +39,23 @@ impl Client {
         topic: &str,
         clean: bool,
     ) -> Result<Client> {
-        let sub = format!("posbridge/{agent_id}/{topic}");
+        let sub = format!("{}/{topic}", pos::root(agent_id));
         Self::connect(port, &format!("{agent_id}-{name}"), Some(&sub), clean).await
     }
 
     pub(crate) async fn recv(&mut self, within: Duration) -> Result<(String, bytes::Bytes)> {
-        self.0
+        let m = self
+            .0
             .recv(within)
             .await
-            .context("timed out waiting for a message")
+            .context("timed out waiting for a message")?;
+        Ok((m.topic, m.payload))
     }
 }
 
 impl std::ops::Deref for Client {
-    type Target = Stream;
-    fn deref(&self) -> &Stream {
+    type Target = pos::Client;
+    fn deref(&self) -> &pos::Client {
         &self.0
     }
 }

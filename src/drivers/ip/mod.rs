@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use self::proto::{IpClient, ProtoError, Request, Response};
-use super::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
+use super::{Caps, Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Body, Op, PaymentInfo};
 use crate::store::CommandRecord;
 
@@ -216,12 +216,11 @@ fn answer_fact(r#ref: &str, resp: Response) -> Fact {
 
 #[async_trait]
 impl Driver for IpDriver {
-    fn kind(&self) -> &'static str {
-        "ip"
-    }
-
-    fn supports(&self, op: Op) -> bool {
-        matches!(op, Op::Payment | Op::Refund | Op::DeviceInfo)
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "ip",
+            ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
+        }
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
@@ -243,10 +242,7 @@ impl Driver for IpDriver {
             }
             _ => match Self::request_for(ctx.cmd()) {
                 Some(req) => self.run(ctx, req).await,
-                None => Fact::not_sent(
-                    NotSentWhy::Unsupported,
-                    format!("ip terminal cannot run {}", ctx.cmd().op().as_str()),
-                ),
+                None => Fact::unsupported(self.kind(), ctx.cmd().op()),
             },
         }
     }

@@ -26,7 +26,7 @@ use self::api::{
 };
 use self::client::{CallError, KaspiClient};
 use self::process::{Answer, Ask, End, Process, Step, Timing};
-use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
+use super::{Caps, Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorCode, Op, Rejection};
 use crate::config::KaspiTerminal;
 use crate::store::CommandRecord;
@@ -327,12 +327,11 @@ fn reject(code: ErrorCode, msg: impl Into<String>) -> Rejection {
 
 #[async_trait]
 impl Driver for KaspiDriver {
-    fn kind(&self) -> &'static str {
-        "kaspi"
-    }
-
-    fn supports(&self, op: Op) -> bool {
-        matches!(op, Op::Payment | Op::Refund | Op::DeviceInfo)
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "kaspi",
+            ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
+        }
     }
 
     /// kaspi.md: whole tenge only, KZT only — refused before the terminal is touched.
@@ -379,10 +378,7 @@ impl Driver for KaspiDriver {
         match ctx.cmd().op() {
             Op::DeviceInfo => self.device_info().await,
             Op::Payment | Op::Refund => self.run_money(ctx).await,
-            op => Fact::not_sent(
-                NotSentWhy::Unsupported,
-                format!("kaspi terminals cannot run {}", op.as_str()),
-            ),
+            op => Fact::unsupported(self.kind(), op),
         }
     }
 

@@ -21,7 +21,7 @@ use self::provider::{
 };
 use super::cloud::{self, money};
 use super::http::Transport;
-use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
+use super::{Caps, Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, Op, PaymentInfo, Rejection};
 use crate::config::{KuveytTerminal, ProviderMode};
 use crate::store::CommandRecord;
@@ -370,12 +370,11 @@ fn fact_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Fact> {
 
 #[async_trait]
 impl Driver for KuveytDriver {
-    fn kind(&self) -> &'static str {
-        "kuveyt"
-    }
-
-    fn supports(&self, op: Op) -> bool {
-        matches!(op, Op::Payment | Op::DeviceInfo)
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "kuveyt",
+            ops: &[Op::Payment, Op::DeviceInfo],
+        }
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
@@ -398,10 +397,7 @@ impl Driver for KuveytDriver {
                 Ok(_) => Fact::approved(None, Some(json!({ "mode": cloud::mode_name(self.mode) }))),
                 Err(e) => Fact::lost(e),
             },
-            op => Fact::not_sent(
-                NotSentWhy::Unsupported,
-                format!("kuveyt terminals cannot run {}", op.as_str()),
-            ),
+            op => Fact::unsupported(self.kind(), op),
         }
     }
 

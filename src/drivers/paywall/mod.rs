@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use self::api::{Envelope, PaymentRef, PaymentView, Status};
 use super::cloud::{self, Reply};
 use super::http::Transport;
-use super::{Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
+use super::{Caps, Driver, DriverEnv, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Command, ErrorBody, ErrorCode, Op, PaymentInfo, Rejection};
 use crate::config::{PaywallTerminal, ProviderMode};
 use crate::store::CommandRecord;
@@ -224,12 +224,11 @@ impl PaywallDriver {
 
 #[async_trait]
 impl Driver for PaywallDriver {
-    fn kind(&self) -> &'static str {
-        "paywall"
-    }
-
-    fn supports(&self, op: Op) -> bool {
-        matches!(op, Op::Payment | Op::DeviceInfo)
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "paywall",
+            ops: &[Op::Payment, Op::DeviceInfo],
+        }
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
@@ -248,10 +247,7 @@ impl Driver for PaywallDriver {
                 Ok(identity) => Fact::approved(None, Some(identity)),
                 Err(e) => Fact::lost(e),
             },
-            op => Fact::not_sent(
-                NotSentWhy::Unsupported,
-                format!("paywall terminals cannot run {}", op.as_str()),
-            ),
+            op => Fact::unsupported(self.kind(), op),
         }
     }
 

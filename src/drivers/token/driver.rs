@@ -22,7 +22,7 @@ use super::session::{
 use super::usb;
 use crate::api::{Command, ErrorCode, Op, Rejection};
 use crate::config::{TokenTerminal, Transport, UsbFilter};
-use crate::drivers::{Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
+use crate::drivers::{Caps, Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
 
 /// After a type 9 ("not processed"), how long a type 3 may still arrive.
 const NOT_PROCESSED_GRACE: Duration = Duration::from_secs(3);
@@ -409,12 +409,11 @@ impl TokenDriver {
 
 #[async_trait]
 impl Driver for TokenDriver {
-    fn kind(&self) -> &'static str {
-        "token"
-    }
-
-    fn supports(&self, op: Op) -> bool {
-        matches!(op, Op::Payment | Op::DeviceInfo | Op::FiscalInfo)
+    fn caps(&self) -> &'static Caps {
+        &Caps {
+            kind: "token",
+            ops: &[Op::Payment, Op::DeviceInfo, Op::FiscalInfo],
+        }
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
@@ -461,10 +460,7 @@ impl Driver for TokenDriver {
                 })
                 .await
             }
-            op => Fact::not_sent(
-                NotSentWhy::Unsupported,
-                format!("token terminal cannot run {}", op.as_str()),
-            ),
+            op => Fact::unsupported(self.kind(), op),
         }
     }
 

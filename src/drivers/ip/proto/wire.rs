@@ -62,24 +62,18 @@ impl Request {
 
 /// One answer line. Every field but `ok` may be missing; unknown fields are ignored so a
 /// newer terminal firmware does not break the driver.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
-    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ref", default)]
     pub r#ref: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_mask: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 

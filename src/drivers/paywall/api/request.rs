@@ -25,17 +25,15 @@ pub fn merchant_unique_code(agent_id: &str, request_id: &str) -> Uuid {
     )
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SaleRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_tag_code: Option<String>,
     #[serde(default)]
     pub send_notification_device_disconnected: bool,
     pub merchant_unique_code: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_code: Option<String>,
     /// A JSON decimal written from minor units, never through a float.
     pub amount: Box<RawValue>,
@@ -44,7 +42,6 @@ pub struct SaleRequest {
     pub methods: Vec<Method>,
     #[serde(default)]
     pub split_payment_support: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer: Option<Map<String, Value>>,
     #[serde(default)]
     pub products: Vec<Product>,
@@ -54,7 +51,6 @@ pub struct SaleRequest {
     pub skip_print_merchant: bool,
     #[serde(default)]
     pub skip_payment_option_screen: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_options: Option<ReceiptOptions>,
 }
 
@@ -64,6 +60,7 @@ pub struct Method {
     pub payment_method_id: i64,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Product {
@@ -72,18 +69,16 @@ pub struct Product {
     pub unit_code_id: i64,
     pub amount: Box<RawValue>,
     pub quantity: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method_id: Option<i64>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ReceiptOptions {
     pub top_support: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<ReceiptText>,
     pub bottom_support: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bottom: Option<ReceiptText>,
 }
 
