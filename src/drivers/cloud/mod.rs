@@ -101,6 +101,79 @@ pub fn credential(
     })
 }
 
+/// Where a cloud terminal calls and with what: its provider's base URL for the configured
+/// mode, its two credentials and an HTTP client.
+pub struct Access {
+    pub base: String,
+    pub key: Credential,
+    pub secret: Credential,
+    pub client: reqwest::Client,
+}
+
+/// What [`Access::open`] reads from a cloud terminal's config.
+pub struct AccessConfig<'a> {
+    pub kind: &'static str,
+    pub id: &'a str,
+    pub mode: ProviderMode,
+    pub test_url: Option<&'a str>,
+    pub live_url: Option<&'a str>,
+    /// The two credentials by name (`api_key`, then `client_key` or `api_secret`) with
+    /// the files the config names for them.
+    pub credentials: [(&'static str, Option<&'a Path>); 2],
+    pub ca_file: Option<&'a Path>,
+    pub connect_timeout: Duration,
+}
+
+impl AccessConfig<'_> {
+    /// The configured mode's base URL, without a trailing `/` (empty when disabled or unset).
+    pub fn base(&self) -> String {
+        match self.mode {
+            ProviderMode::Test => self.test_url,
+            ProviderMode::Live => self.live_url,
+            ProviderMode::Disabled => None,
+        }
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string()
+    }
+}
+
+impl Access {
+    /// Everything needed to call the provider, or why this terminal cannot be used (it
+    /// is disabled, a credential is missing, the CA file is unreadable). Logs where the
+    /// credentials came from (never their values), or a warning with the reason.
+    pub fn open(c: &AccessConfig, secrets: &Secrets) -> Result<Access, String> {
+        let mode_name = mode_name(c.mode);
+        let opened = if c.mode == ProviderMode::Disabled {
+            Err(format!(
+                "terminal {} is disabled (mode = \"disabled\" in the config)",
+                c.id
+            ))
+        } else {
+            let [(key_name, key_file), (secret_name, secret_file)] = c.credentials;
+            (|| {
+                let key = credential(secrets, c.id, mode_name, key_name, key_file)?;
+                let secret = credential(secrets, c.id, mode_name, secret_name, secret_file)?;
+                let client = http_client(c.connect_timeout, c.ca_file)?;
+                tracing::info!(terminal = %c.id, kind = c.kind, mode = mode_name,
+                    "credentials loaded: {key_name} from {}, {secret_name} from {}",
+                    key.source, secret.source);
+                Ok(Access {
+                    base: c.base(),
+                    key,
+                    secret,
+                    client,
+                })
+            })()
+            .map_err(|e: String| format!("terminal {} ({mode_name} mode): {e}", c.id))
+        };
+        if let Err(e) = &opened {
+            tracing::warn!(terminal = %c.id, kind = c.kind, error = %e, "terminal unusable");
+        }
+        opened
+    }
+}
+
 /// A header value that holds a secret (a token, an API key): marked sensitive, so HTTP
 /// client logging and debug output never show it. A value no header can carry becomes an
 /// empty one (the provider then refuses the credentials, which says what is wrong).

@@ -19,6 +19,12 @@ use super::{Caps, Driver, Fact, Health, NotSentWhy, OpContext, Refusal};
 use crate::api::{Body, Op, PaymentInfo};
 use crate::store::CommandRecord;
 
+/// What this terminal kind runs; anything else is refused at admission.
+const CAPS: Caps = Caps {
+    kind: "ip",
+    ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
+};
+
 #[derive(Debug, Clone)]
 pub struct IpDriver {
     addr: String,
@@ -217,10 +223,7 @@ fn answer_fact(r#ref: &str, resp: Response) -> Fact {
 #[async_trait]
 impl Driver for IpDriver {
     fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "ip",
-            ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
-        }
+        &CAPS
     }
 
     async fn execute(&self, ctx: &mut OpContext) -> Fact {

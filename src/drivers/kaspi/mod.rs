@@ -34,6 +34,12 @@ use crate::store::CommandRecord;
 /// Query parameters of one GET.
 type Query = Vec<(&'static str, String)>;
 
+/// What this terminal kind runs; anything else is refused at admission.
+const CAPS: Caps = Caps {
+    kind: "kaspi",
+    ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
+};
+
 pub struct KaspiDriver {
     id: String,
     client: Result<KaspiClient, String>,
@@ -328,10 +334,7 @@ fn reject(code: ErrorCode, msg: impl Into<String>) -> Rejection {
 #[async_trait]
 impl Driver for KaspiDriver {
     fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "kaspi",
-            ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
-        }
+        &CAPS
     }
 
     /// kaspi.md: whole tenge only, KZT only — refused before the terminal is touched.

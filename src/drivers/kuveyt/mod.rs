@@ -39,6 +39,12 @@ const CUSTOMER_FIELDS: &[(&str, usize)] = &[
 ];
 const DESCRIPTION_MAX: usize = 255;
 
+/// What this terminal kind runs; anything else is refused at admission.
+const CAPS: Caps = Caps {
+    kind: "kuveyt",
+    ops: &[Op::Payment, Op::DeviceInfo],
+};
+
 pub struct KuveytDriver {
     mode: ProviderMode,
     agent_id: String,
@@ -50,53 +56,31 @@ pub struct KuveytDriver {
 
 impl KuveytDriver {
     pub fn new(cfg: &KuveytTerminal, env: &DriverEnv) -> KuveytDriver {
-        let mode_name = cloud::mode_name(cfg.mode);
-        let base = match cfg.mode {
-            ProviderMode::Test => cfg.test_url.clone(),
-            ProviderMode::Live => cfg.live_url.clone(),
-            ProviderMode::Disabled => None,
-        }
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string();
-        let provider: Result<Box<dyn PayByLink>, String> = if cfg.mode == ProviderMode::Disabled {
-            Err(format!(
-                "terminal {} is disabled (mode = \"disabled\" in the config)",
-                cfg.id
-            ))
-        } else {
-            (|| {
-                let api_key = cloud::credential(
-                    &env.secrets,
-                    &cfg.id,
-                    mode_name,
-                    "api_key",
-                    cfg.api_key_file.as_deref(),
-                )?;
-                let api_secret = cloud::credential(
-                    &env.secrets,
-                    &cfg.id,
-                    mode_name,
-                    "api_secret",
-                    cfg.api_secret_file.as_deref(),
-                )?;
-                let client = cloud::http_client(CONNECT_TIMEOUT, cfg.ca_file.as_deref())?;
-                tracing::info!(terminal = %cfg.id, mode = mode_name, api_key = %api_key.source,
-                    api_secret = %api_secret.source, "kuveyt credentials loaded");
-                let api: Box<dyn PayByLink> = Box::new(KuveytApi {
-                    base,
-                    client,
-                    api_key,
-                    api_secret,
-                    call_timeout: CALL_TIMEOUT,
-                });
-                Ok(api)
-            })()
-            .map_err(|e: String| format!("terminal {} ({mode_name} mode): {e}", cfg.id))
-        };
-        if let Err(e) = &provider {
-            tracing::warn!(terminal = %cfg.id, error = %e, "kuveyt terminal unusable");
-        }
+        let access = cloud::Access::open(
+            &cloud::AccessConfig {
+                kind: CAPS.kind,
+                id: &cfg.id,
+                mode: cfg.mode,
+                test_url: cfg.test_url.as_deref(),
+                live_url: cfg.live_url.as_deref(),
+                credentials: [
+                    ("api_key", cfg.api_key_file.as_deref()),
+                    ("api_secret", cfg.api_secret_file.as_deref()),
+                ],
+                ca_file: cfg.ca_file.as_deref(),
+                connect_timeout: CONNECT_TIMEOUT,
+            },
+            &env.secrets,
+        );
+        let provider = access.map(|a| -> Box<dyn PayByLink> {
+            Box::new(KuveytApi {
+                base: a.base,
+                client: a.client,
+                api_key: a.key,
+                api_secret: a.secret,
+                call_timeout: CALL_TIMEOUT,
+            })
+        });
         KuveytDriver {
             mode: cfg.mode,
             agent_id: env.agent_id.clone(),
@@ -371,10 +355,7 @@ fn fact_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Fact> {
 #[async_trait]
 impl Driver for KuveytDriver {
     fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "kuveyt",
-            ops: &[Op::Payment, Op::DeviceInfo],
-        }
+        &CAPS
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {

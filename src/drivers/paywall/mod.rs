@@ -33,6 +33,12 @@ use crate::store::CommandRecord;
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What this terminal kind runs; anything else is refused at admission.
+const CAPS: Caps = Caps {
+    kind: "paywall",
+    ops: &[Op::Payment, Op::DeviceInfo],
+};
+
 pub struct PaywallDriver {
     mode: ProviderMode,
     agent_id: String,
@@ -47,57 +53,26 @@ pub struct PaywallDriver {
 
 impl PaywallDriver {
     pub fn new(cfg: &PaywallTerminal, env: &DriverEnv) -> PaywallDriver {
-        let mode_name = cloud::mode_name(cfg.mode);
-        let base = match cfg.mode {
-            ProviderMode::Test => cfg.test_url.clone(),
-            ProviderMode::Live => cfg.live_url.clone(),
-            ProviderMode::Disabled => None,
-        }
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string();
-        let link = if cfg.mode == ProviderMode::Disabled {
-            Err(format!(
-                "terminal {} is disabled (mode = \"disabled\" in the config)",
-                cfg.id
-            ))
-        } else {
-            let creds = cloud::credential(
-                &env.secrets,
-                &cfg.id,
-                mode_name,
-                "api_key",
-                cfg.api_key_file.as_deref(),
-            )
-            .and_then(|k| {
-                cloud::credential(
-                    &env.secrets,
-                    &cfg.id,
-                    mode_name,
-                    "client_key",
-                    cfg.client_key_file.as_deref(),
-                )
-                .map(|c| (k, c))
-            });
-            creds
-                .and_then(|(api_key, client_key)| {
-                    cloud::http_client(CONNECT_TIMEOUT, cfg.ca_file.as_deref()).map(|client| {
-                        tracing::info!(terminal = %cfg.id, mode = mode_name,
-                            api_key = %api_key.source, client_key = %client_key.source,
-                            "paywall credentials loaded");
-                        Link {
-                            client,
-                            api_key,
-                            client_key,
-                            base: base.clone(),
-                        }
-                    })
-                })
-                .map_err(|e| format!("terminal {} ({mode_name} mode): {e}", cfg.id))
+        let access = cloud::AccessConfig {
+            kind: CAPS.kind,
+            id: &cfg.id,
+            mode: cfg.mode,
+            test_url: cfg.test_url.as_deref(),
+            live_url: cfg.live_url.as_deref(),
+            credentials: [
+                ("api_key", cfg.api_key_file.as_deref()),
+                ("client_key", cfg.client_key_file.as_deref()),
+            ],
+            ca_file: cfg.ca_file.as_deref(),
+            connect_timeout: CONNECT_TIMEOUT,
         };
-        if let Err(e) = &link {
-            tracing::warn!(terminal = %cfg.id, error = %e, "paywall terminal unusable");
-        }
+        let base = access.base();
+        let link = cloud::Access::open(&access, &env.secrets).map(|a| Link {
+            client: a.client,
+            api_key: a.key,
+            client_key: a.secret,
+            base: a.base,
+        });
         let mut currency_ids = cfg.currency_ids.clone();
         if currency_ids.is_empty() {
             currency_ids.insert("TRY".into(), 1);
@@ -225,10 +200,7 @@ impl PaywallDriver {
 #[async_trait]
 impl Driver for PaywallDriver {
     fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "paywall",
-            ops: &[Op::Payment, Op::DeviceInfo],
-        }
+        &CAPS
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {

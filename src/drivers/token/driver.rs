@@ -89,6 +89,12 @@ impl ConnectError {
     }
 }
 
+/// What this terminal kind runs; anything else is refused at admission.
+const CAPS: Caps = Caps {
+    kind: "token",
+    ops: &[Op::Payment, Op::DeviceInfo, Op::FiscalInfo],
+};
+
 pub struct TokenDriver {
     cfg: TokenSettings,
     agent_id: String,
@@ -410,10 +416,7 @@ impl TokenDriver {
 #[async_trait]
 impl Driver for TokenDriver {
     fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "token",
-            ops: &[Op::Payment, Op::DeviceInfo, Op::FiscalInfo],
-        }
+        &CAPS
     }
 
     fn validate(&self, cmd: &Command) -> Result<(), Rejection> {
