@@ -186,25 +186,39 @@ mod tests {
         }
     }
 
+    /// `choose` over (format, journal stream, journal socket, stderr a terminal) → sink,
+    /// for the cases without a warning.
+    fn assert_chosen(cases: &[(LogFormat, (bool, bool, bool), Sink)]) {
+        for &(format, (stream, socket, tty), want) in cases {
+            assert_eq!(
+                choose(format, env(stream, socket, tty)),
+                (want, None),
+                "{format:?} stream={stream} socket={socket} tty={tty}"
+            );
+        }
+    }
+
     #[test]
     fn auto_uses_journald_under_systemd_and_text_elsewhere() {
-        assert_eq!(
-            choose(LogFormat::Auto, env(true, true, false)),
-            (Sink::Journald, None)
-        );
-        // On a terminal (someone ran it by hand inside a unit's environment): text.
-        assert_eq!(
-            choose(LogFormat::Auto, env(true, true, true)),
-            (Sink::Text { ansi: true }, None)
-        );
-        assert_eq!(
-            choose(LogFormat::Auto, env(false, true, false)),
-            (Sink::Text { ansi: false }, None)
-        );
-        assert_eq!(
-            choose(LogFormat::Auto, env(false, false, true)),
-            (Sink::Text { ansi: true }, None)
-        );
+        assert_chosen(&[
+            (LogFormat::Auto, (true, true, false), Sink::Journald),
+            // On a terminal (someone ran it by hand inside a unit's environment): text.
+            (
+                LogFormat::Auto,
+                (true, true, true),
+                Sink::Text { ansi: true },
+            ),
+            (
+                LogFormat::Auto,
+                (false, true, false),
+                Sink::Text { ansi: false },
+            ),
+            (
+                LogFormat::Auto,
+                (false, false, true),
+                Sink::Text { ansi: true },
+            ),
+        ]);
     }
 
     #[test]
@@ -215,22 +229,19 @@ mod tests {
         let (sink, warning) = choose(LogFormat::Auto, env(true, false, false));
         assert_eq!(sink, Sink::Text { ansi: false });
         assert!(warning.is_some());
-        assert_eq!(
-            choose(LogFormat::Journald, env(false, true, true)),
-            (Sink::Journald, None)
-        );
+        assert_chosen(&[(LogFormat::Journald, (false, true, true), Sink::Journald)]);
     }
 
     #[test]
     fn explicit_formats_win() {
-        assert_eq!(
-            choose(LogFormat::Json, env(true, true, false)),
-            (Sink::Json, None)
-        );
-        assert_eq!(
-            choose(LogFormat::Text, env(true, true, false)),
-            (Sink::Text { ansi: false }, None)
-        );
+        assert_chosen(&[
+            (LogFormat::Json, (true, true, false), Sink::Json),
+            (
+                LogFormat::Text,
+                (true, true, false),
+                Sink::Text { ansi: false },
+            ),
+        ]);
     }
 
     #[test]

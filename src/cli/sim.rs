@@ -1,8 +1,13 @@
 //! `posbridge sim …`: run one device simulator in the foreground until SIGTERM/Ctrl-C.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use super::args::{MockArgs, SimKind};
 use super::{init_logging, shutdown_on_signals};
@@ -65,17 +70,12 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
                 delay_ms,
                 ..Default::default()
             };
-            match sim::ip::IpSim::bind(addr, opts).await {
-                Ok(s) => {
-                    println!("ip terminal simulator listening on {}", s.local_addr());
-                    s.run(shutdown_on_signals()).await;
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("posbridge sim ip: cannot listen on {addr}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let bound = sim::ip::IpSim::bind(addr, opts).await;
+            let announce = |s: &sim::ip::IpSim| {
+                println!("ip terminal simulator listening on {}", s.local_addr());
+                Ok(())
+            };
+            serve("ip", addr, bound, announce, sim::ip::IpSim::run).await
         }
         SimKind::Token {
             listen,
@@ -93,17 +93,12 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
                 garble_rate,
                 ..Default::default()
             };
-            match sim::token::TokenSim::bind(listen, opts, None).await {
-                Ok(s) => {
-                    println!("token register simulator listening on {}", s.local_addr());
-                    s.run(shutdown_on_signals()).await;
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("posbridge sim token: cannot start on {listen}: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            let bound = sim::token::TokenSim::bind(listen, opts, None).await;
+            let announce = |s: &sim::token::TokenSim| {
+                println!("token register simulator listening on {}", s.local_addr());
+                Ok(())
+            };
+            serve("token", listen, bound, announce, sim::token::TokenSim::run).await
         }
         SimKind::Kaspi {
             listen,
@@ -126,29 +121,23 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
                 token_lifetime: token_lifetime.into(),
                 ..Default::default()
             };
-            let s = match sim::kaspi::KaspiSim::bind(listen, opts).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("posbridge sim kaspi: cannot listen on {listen}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            println!("kaspi simulator listening on {}", s.url());
-            if let Some(t) = s.tls() {
-                println!(
-                    "certificate for {}; pin_sha256 = \"{}\"",
-                    t.name, t.cert_sha256
-                );
-                if let Some(path) = &ca_out {
-                    if let Err(e) = std::fs::write(path, &t.ca_pem) {
-                        eprintln!("posbridge sim kaspi: --ca-out {}: {e}", path.display());
-                        return ExitCode::FAILURE;
+            let bound = sim::kaspi::KaspiSim::bind(listen, opts).await;
+            let announce = |s: &sim::kaspi::KaspiSim| {
+                println!("kaspi simulator listening on {}", s.url());
+                if let Some(t) = s.tls() {
+                    println!(
+                        "certificate for {}; pin_sha256 = \"{}\"",
+                        t.name, t.cert_sha256
+                    );
+                    if let Some(path) = &ca_out {
+                        std::fs::write(path, &t.ca_pem)
+                            .with_context(|| format!("--ca-out {}", path.display()))?;
+                        println!("CA certificate written to {}", path.display());
                     }
-                    println!("CA certificate written to {}", path.display());
                 }
-            }
-            s.run(shutdown_on_signals()).await;
-            ExitCode::SUCCESS
+                Ok(())
+            };
+            serve("kaspi", listen, bound, announce, sim::kaspi::KaspiSim::run).await
         }
     }
 }
@@ -175,23 +164,36 @@ async fn serve_mock<P: sim::cloud::Provider>(
     args: &MockArgs,
     bound: std::io::Result<sim::CloudMock<P>>,
 ) -> ExitCode {
-    let m = match bound {
-        Ok(m) => m,
+    let announce = |m: &sim::CloudMock<P>| {
+        write_cert(m.cert_pem(), args.cert_out.as_deref())?;
+        let (test, live) = (m.base_url("test"), m.base_url("live"));
+        println!("{name} mock: test_url = {test}  live_url = {live}");
+        Ok(())
+    };
+    serve(name, listen, bound, announce, sim::CloudMock::run).await
+}
+
+/// Run a bound simulator in the foreground: `announce` says where it listens (and writes
+/// what it must), then it runs until SIGTERM/Ctrl-C.
+async fn serve<S, F: Future<Output = ()>>(
+    name: &str,
+    at: impl Display,
+    bound: Result<S, impl Display>,
+    announce: impl FnOnce(&S) -> anyhow::Result<()>,
+    run: impl FnOnce(S, CancellationToken) -> F,
+) -> ExitCode {
+    let s = match bound {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("posbridge sim {name}: cannot listen on {listen}: {e}");
+            eprintln!("posbridge sim {name}: cannot listen on {at}: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = write_cert(m.cert_pem(), args.cert_out.as_deref()) {
-        eprintln!("posbridge sim {name}: {e}");
+    if let Err(e) = announce(&s) {
+        eprintln!("posbridge sim {name}: {e:#}");
         return ExitCode::FAILURE;
     }
-    println!(
-        "{name} mock: test_url = {}  live_url = {}",
-        m.base_url("test"),
-        m.base_url("live")
-    );
-    m.run(shutdown_on_signals()).await;
+    run(s, shutdown_on_signals()).await;
     ExitCode::SUCCESS
 }
 

@@ -140,29 +140,24 @@ mod tests {
     fn a_request_that_may_have_left_is_asked_never_resent() {
         let now = Utc::now();
         for op in ["payment", "refund"] {
-            // Whatever the deadline says: the device may have the money.
-            assert_eq!(
-                first_step(&record(op, true, false), true, now),
-                FirstStep::Ask
-            );
-            assert_eq!(
-                first_step(&record(op, true, true), true, now),
-                FirstStep::Ask
-            );
-            // Never reached the device: too late → expired; in time → sent now.
-            assert_eq!(
-                first_step(&record(op, false, true), true, now),
-                FirstStep::Expire
-            );
-            assert_eq!(
-                first_step(&record(op, false, false), true, now),
-                FirstStep::Execute
-            );
-            // Live (from the queue): always sent; the worker checked the deadline.
-            assert_eq!(
-                first_step(&record(op, false, false), false, now),
-                FirstStep::Execute
-            );
+            // (sent, past deadline, resuming) → the first step.
+            let cases = [
+                // Whatever the deadline says: the device may have the money.
+                ((true, false, true), FirstStep::Ask),
+                ((true, true, true), FirstStep::Ask),
+                // Never reached the device: too late → expired; in time → sent now.
+                ((false, true, true), FirstStep::Expire),
+                ((false, false, true), FirstStep::Execute),
+                // Live (from the queue): always sent; the worker checked the deadline.
+                ((false, false, false), FirstStep::Execute),
+            ];
+            for ((sent, late, resuming), want) in cases {
+                let got = first_step(&record(op, sent, late), resuming, now);
+                assert_eq!(
+                    got, want,
+                    "{op} sent={sent} late={late} resuming={resuming}"
+                );
+            }
         }
     }
 }

@@ -105,6 +105,16 @@ fn seq_of(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
+impl StoreError {
+    /// `map_err` for an I/O error at `path`.
+    pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Sled(e)

@@ -111,10 +111,7 @@ impl Store {
                 ));
                 tracing::error!(store = %path.display(), moved_to = %aside.display(), error = %e,
                     "store could not be opened; moving it aside and starting a fresh one — reconcile commands from the damaged copy");
-                std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                std::fs::rename(path, &aside).map_err(StoreError::io_at(path))?;
                 let _ = std::fs::rename(mark.path(), format!("{}.mark", aside.display()));
                 report.moved_aside = Some(aside.display().to_string());
                 report.error = Some(e.to_string());
@@ -132,11 +129,7 @@ impl Store {
             }
         };
         report.replayed_commits = replayed.records;
-        let newest = db
-            .scan_prefix(RECENT)
-            .next_back()
-            .transpose()?
-            .and_then(|(k, _)| seq_of(&k));
+        let newest = last_seq(&db, RECENT)?;
         if let Some(n) = newest {
             mark.note(n);
         }
@@ -151,24 +144,11 @@ impl Store {
         // before a crash, since the pump treats whatever the outbox holds now as durable.
         sync::durable_flush(&db, path).map_err(StoreError::Sync)?;
         mark.persist_checkpoint(newest.unwrap_or(0))
-            .map_err(|source| StoreError::Io {
-                path: mark.path().to_path_buf(),
-                source,
-            })?;
-        let log = wal::LogFile::create(path, last_gen + 1).map_err(|source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        wal::remove_before(path, log.generation).map_err(|source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+            .map_err(StoreError::io_at(mark.path()))?;
+        let log = wal::LogFile::create(path, last_gen + 1).map_err(StoreError::io_at(path))?;
+        wal::remove_before(path, log.generation).map_err(StoreError::io_at(path))?;
         // Whatever the outbox holds at open was read back from disk: durable.
-        let last_outbox = db
-            .scan_prefix(OUTBOX)
-            .next_back()
-            .transpose()?
-            .and_then(|(k, _)| seq_of(&k));
+        let last_outbox = last_seq(&db, OUTBOX)?;
         if let Some(last) = last_outbox {
             mark.note_outbox(last);
             mark.outbox_synced(last);
@@ -279,10 +259,7 @@ impl Store {
     }
 
     fn try_open_once(path: &Path) -> Result<sled::Db, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(path).map_err(StoreError::io_at(path))?;
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
@@ -315,4 +292,10 @@ impl Store {
         db.checksum()?;
         Ok(db)
     }
+}
+
+/// The sequence number in the last key under `prefix`, if any.
+fn last_seq(db: &sled::Db, prefix: &[u8]) -> Result<Option<u64>, StoreError> {
+    let last = db.scan_prefix(prefix).next_back().transpose()?;
+    Ok(last.and_then(|(k, _)| seq_of(&k)))
 }

@@ -18,6 +18,8 @@ use super::session::FiscalInfo;
 const DOCUMENT_TYPES: &[i64] = &[0, 9000, 9001, 9002, 9005, 9006, 9007, 9008];
 const PAYMENT_TYPES: &[i64] = &[1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20];
 const MAX_ITEMS: usize = 1000;
+/// Payment lines in one basket: a bound on input, far above any real sale.
+const MAX_PAYMENTS: usize = 1000;
 
 /// customerInfo fields: contract (snake_case) → device. The device spells
 /// `citySubdivisonName` (sic); both spellings are accepted on our side.
@@ -136,6 +138,24 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A required array of 1 to `max` entries.
+    fn list(&self, k: &str, max: usize) -> Result<&'a Vec<Value>, String> {
+        let at = &self.at;
+        let v = self
+            .get(k)
+            .ok_or_else(|| format!("field {at}.{k}: required"))?;
+        let a = v
+            .as_array()
+            .ok_or_else(|| format!("field {at}.{k}: expected an array"))?;
+        if a.is_empty() {
+            return Err(format!("field {at}.{k}: must not be empty"));
+        }
+        if a.len() > max {
+            return Err(format!("field {at}.{k}: more than {max} entries"));
+        }
+        Ok(a)
+    }
+
     fn one_of(&self, k: &str, default: Option<i64>, set: &[i64]) -> Result<i64, String> {
         let n = self.int(k, default, i64::MIN)?;
         if set.contains(&n) {
@@ -191,17 +211,7 @@ pub fn validate(
         ],
     )?;
     let document_type = b.one_of("document_type", Some(0), DOCUMENT_TYPES)?;
-    let items_v = b
-        .get("items")
-        .ok_or("field basket.items: required")?
-        .as_array()
-        .ok_or("field basket.items: expected an array")?;
-    if items_v.is_empty() {
-        return Err("field basket.items: must not be empty".into());
-    }
-    if items_v.len() > MAX_ITEMS {
-        return Err(format!("field basket.items: more than {MAX_ITEMS} items"));
-    }
+    let items_v = b.list("items", MAX_ITEMS)?;
     let mut items = vec![];
     let mut total: i128 = 0;
     for (i, v) in items_v.iter().enumerate() {
@@ -303,14 +313,7 @@ pub fn validate(
     };
     let total = i64::try_from(total).map_err(|_| "field basket.items: total too large")?;
 
-    let pays_v = b
-        .get("payments")
-        .ok_or("field basket.payments: required")?
-        .as_array()
-        .ok_or("field basket.payments: expected an array")?;
-    if pays_v.is_empty() {
-        return Err("field basket.payments: must not be empty".into());
-    }
+    let pays_v = b.list("payments", MAX_PAYMENTS)?;
     let mut payments = vec![];
     let mut paid: i128 = 0;
     for (i, v) in pays_v.iter().enumerate() {
