@@ -10,16 +10,27 @@ use crate::api::PaymentInfo;
 
 /// `statusCode` values the seed names (`kaspi.md`: Response envelope).
 pub mod code {
+    /// Success.
     pub const OK: i64 = 0;
+    /// `actualize` could not reach Kaspi.
     pub const NO_INTERNET: i64 = 100;
+    /// Unknown `processId`, or older than 24 h.
     pub const PROCESS_NOT_FOUND: i64 = 101;
+    /// The transaction's pay method cannot be actualized.
     pub const UNSUPPORTED_METHOD: i64 = 102;
+    /// Already final (fail or success): nothing to actualize.
     pub const UNABLE_TO_ACTUALIZE: i64 = 103;
+    /// No transaction for the `processId`.
     pub const TRANSACTION_NOT_FOUND: i64 = 104;
+    /// A service error; `data.message` says more.
     pub const SERVICE_ERROR: i64 = 105;
+    /// Kaspi has blocked payments on this register.
     pub const PAYMENTS_BLOCKED: i64 = 106;
+    /// Another operation is still running on the terminal.
     pub const LAST_OPERATION_RUNNING: i64 = 107;
+    /// The transaction could not be started.
     pub const START_FAILED: i64 = 108;
+    /// Any other error.
     pub const GENERIC: i64 = 999;
 }
 

@@ -32,15 +32,25 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Packet types (`token.md`: Packet types).
 pub mod ty {
+    /// PC→device: our company and library version; device→PC: its info, with the fiscal number.
     pub const DEVICE_INFO: u16 = 0;
+    /// PC→device: the basket JSON of a sale.
     pub const BASKET: u16 = 1;
+    /// PC→device empty; device→PC: sections and saved products (before any sale).
     pub const FISCAL_INFO: u16 = 2;
+    /// Device→PC: the sale result JSON (after the receipt).
     pub const SALE_RESULT: u16 = 3;
+    /// PC→device: the fixed challenge `asdfg`.
     pub const HELLO: u16 = 4;
+    /// Device→PC: its certificate and its signature of the challenge.
     pub const CERTIFICATE: u16 = 5;
+    /// PC→device: a new session key, encrypted under the current one.
     pub const KEY: u16 = 6;
+    /// Either way: close the link (empty).
     pub const CLOSE: u16 = 7;
+    /// Device→PC: whether the basket was processed.
     pub const BASKET_STATUS: u16 = 9;
+    /// Device→PC: an error report.
     pub const ERROR: u16 = 60;
 }
 
