@@ -115,43 +115,48 @@ fn micros(d: Duration) -> f64 {
 
 // ------------------------------------------------------------------ main
 
+/// Which figures to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum What {
+    E2e,
+    Intake,
+    Drain,
+    Footprint,
+    Codec,
+    All,
+}
+
+/// The agent measured against its physical limits, on loopback only (see docs/performance.md).
+#[derive(Debug, clap::Parser)]
+#[command(name = "posbridge-bench", version)]
+struct Args {
+    /// The figures to measure.
+    #[arg(value_enum, default_value = "all")]
+    what: What,
+    /// Operations per figure (payments, commands, results, codec rounds); default per figure.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    n: Option<u64>,
+    /// How many times each figure is measured; the table shows the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// One short run (CI: proves every figure still runs; the numbers mean nothing).
+    #[arg(long)]
+    quick: bool,
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let what = args
-        .first()
-        .map(String::as_str)
-        .unwrap_or("all")
-        .to_string();
-    const USAGE: &str =
-        "usage: posbridge-bench e2e|intake|drain|footprint|codec|all [--n N] [--runs R] [--quick]";
-    let mut n_e2e = 300;
-    let mut n_intake = 10_000;
-    let mut n_drain = 10_000;
-    let mut n_codec = 20_000;
-    let mut runs = 3usize;
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--quick" {
-            // CI: proves every figure still runs; the numbers mean nothing.
-            (n_e2e, n_intake, n_drain, n_codec) = (20, 200, 200, 200);
-            runs = 1;
-            continue;
-        }
-        let v: Option<usize> = it.next().and_then(|v| v.parse().ok());
-        match (a.as_str(), v) {
-            ("--n", Some(v)) => {
-                n_e2e = v;
-                n_intake = v;
-                n_drain = v;
-                n_codec = v;
-            }
-            ("--runs", Some(v)) if v > 0 => runs = v,
-            _ => bail!(USAGE),
-        }
+    let args = <Args as clap::Parser>::parse();
+    let (mut n_e2e, mut n_intake, mut n_drain, mut n_codec) = (300, 10_000, 10_000, 20_000);
+    let mut runs = args.runs as usize;
+    if args.quick {
+        (n_e2e, n_intake, n_drain, n_codec) = (20, 200, 200, 200);
+        runs = 1;
     }
-    if !["e2e", "intake", "drain", "footprint", "codec", "all"].contains(&what.as_str()) {
-        bail!(USAGE);
+    if let Some(n) = args.n {
+        let n = n as usize;
+        (n_e2e, n_intake, n_drain, n_codec) = (n, n, n, n);
     }
+    let what = args.what;
     let mut failed = 0;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -176,32 +181,32 @@ fn main() -> Result<()> {
                 figs: Vec::new(),
                 json: json!({"broker": broker.name(), "version": posbridge::VERSION}),
             };
-            let all = what == "all";
+            let all = what == What::All;
             let mut report = |name: &str, r: Result<()>| {
                 if let Err(e) = r {
                     eprintln!("{name} failed: {e:#}");
                     failed += 1;
                 }
             };
-            if all || what == "footprint" {
+            if all || what == What::Footprint {
                 report(
                     "footprint",
                     footprint::bench_footprint(&broker, &mut out).await,
                 );
             }
-            if all || what == "codec" {
+            if all || what == What::Codec {
                 report("codec", codec::bench_codec(n_codec, &mut out));
             }
-            if all || what == "e2e" {
+            if all || what == What::E2e {
                 report("e2e", e2e::bench_e2e(&broker, n_e2e, &mut out).await);
             }
-            if all || what == "intake" {
+            if all || what == What::Intake {
                 report(
                     "intake",
                     intake::bench_intake(&broker, n_intake, &mut out).await,
                 );
             }
-            if all || what == "drain" {
+            if all || what == What::Drain {
                 report(
                     "drain",
                     drain::bench_drain(&mut broker, n_drain, &mut out).await,
