@@ -49,8 +49,8 @@ pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> 
 }
 
 fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
-    let ep = cfg.mqtt.endpoint()?;
-    let tls = if ep.tls {
+    let brokers = cfg.mqtt.endpoints()?;
+    let tls = if brokers.iter().any(|b| b.tls) {
         Some(crate::bus::tls::client_config(
             &crate::bus::tls::TlsFiles {
                 ca_file: cfg.mqtt.ca_file.clone(),
@@ -71,8 +71,7 @@ fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
         None => None,
     };
     Ok(BusConfig {
-        host: ep.host,
-        port: ep.port,
+        brokers,
         client_id: cfg.mqtt.client_id.clone(),
         keep_alive: cfg.mqtt.keep_alive,
         username: cfg.mqtt.username.clone(),

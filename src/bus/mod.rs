@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::MqttEndpoint;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
 };
@@ -48,8 +49,9 @@ pub(crate) enum Tag {
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    pub host: String,
-    pub port: u16,
+    /// The brokers, tried in order: after a lost connection or a failed attempt the next
+    /// one is tried (the first again after the last), each with its own persistent session.
+    pub brokers: Vec<MqttEndpoint>,
     pub client_id: String,
     pub keep_alive: Duration,
     pub username: Option<String>,
@@ -60,7 +62,7 @@ pub struct BusConfig {
     pub max_incoming: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// `mqtts://`: the rustls client configuration.
+    /// For the `mqtts://` brokers: the rustls client configuration.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
@@ -81,8 +83,8 @@ pub struct BusStats {
     pub connected: std::sync::atomic::AtomicBool,
 }
 
-pub(crate) fn mqtt_options(cfg: &BusConfig, topics: &Topics) -> MqttOptions {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+pub(crate) fn mqtt_options(cfg: &BusConfig, broker: &MqttEndpoint, topics: &Topics) -> MqttOptions {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), broker.host.clone(), broker.port);
     o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -95,7 +97,7 @@ pub(crate) fn mqtt_options(cfg: &BusConfig, topics: &Topics) -> MqttOptions {
             QoS::AtLeastOnce,
             true,
         ));
-    if let Some(tls) = &cfg.tls {
+    if let (true, Some(tls)) = (broker.tls, &cfg.tls) {
         o.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
@@ -118,20 +120,25 @@ pub(crate) async fn run_connection(
     gate: Arc<gate::Gate>,
     stop: CancellationToken,
 ) {
-    let opts = mqtt_options(&cfg, &topics);
     let cmd_topic = topics.cmd();
+    // Which broker the next attempt goes to.
+    let mut node = 0;
     let mut backoff = cfg.backoff_min;
     let mut first = true;
     // When the broker was last lost (None while connected or before the first attempt).
     let mut outage_since: Option<std::time::Instant> = None;
     while !stop.is_cancelled() {
-        let (client, mut el) = AsyncClient::new(opts.clone(), 4096);
+        let broker = &cfg.brokers[node % cfg.brokers.len()];
+        let at = format!("{}:{}", broker.host, broker.port);
+        let (client, mut el) = AsyncClient::new(mqtt_options(&cfg, broker, &topics), 4096);
         // CRATES.md: 88 ms per QoS 1 round trip without it, 0.14 ms with it.
         el.network_options.set_tcp_nodelay(true);
         el.network_options.set_connection_timeout(10);
         let fifo: Fifo = Arc::new(Mutex::new(VecDeque::new()));
         let mut pkids: HashMap<u16, Tag> = HashMap::new();
         let mut connected = false;
+        // The broker refused or was lost (not a reconnect of our own choosing).
+        let mut lost = false;
         loop {
             let ev = tokio::select! {
                 biased;
@@ -145,10 +152,11 @@ pub(crate) async fn run_connection(
             match ev {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                     if ack.code != ConnectReturnCode::Success {
-                        tracing::error!(code = ?ack.code, "broker refused the connection");
+                        tracing::error!(broker = %at, code = ?ack.code, "broker refused the connection");
+                        lost = true;
                         break;
                     }
-                    tracing::info!(session_present = ack.session_present, "connected to broker");
+                    tracing::info!(broker = %at, session_present = ack.session_present, "connected to broker");
                     if !first {
                         stats
                             .reconnects
@@ -237,7 +245,8 @@ pub(crate) async fn run_connection(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "broker connection lost");
+                    tracing::warn!(broker = %at, error = %e, "broker connection lost");
+                    lost = true;
                     break;
                 }
             }
@@ -251,6 +260,12 @@ pub(crate) async fn run_connection(
         drop(el);
         if stop.is_cancelled() {
             break;
+        }
+        if lost {
+            // The next broker in the list (mqtt.urls; the same one when there is one),
+            // with the backoff below between attempts as for one broker. A reconnect of
+            // our own (for redelivery) stays on the broker that holds the commands.
+            node = (node + 1) % cfg.brokers.len();
         }
         // Capped exponential backoff with jitter so a fleet does not reconnect in lockstep.
         // Short outages (a broker restart, a Wi-Fi blip) are the common case and results

@@ -24,6 +24,8 @@ mod env_tests;
 #[cfg(test)]
 mod error_tests;
 #[cfg(test)]
+mod failover_tests;
+#[cfg(test)]
 mod parse_tests;
 #[cfg(test)]
 mod test_fixtures;
@@ -108,8 +110,13 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// `mqtt://host[:port]` or `mqtts://host[:port]`; see [`MqttConfig::endpoint`].
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`; see [`MqttConfig::endpoints`].
+    #[serde(default)]
     pub url: String,
+    /// Instead of `url`: several brokers (the nodes of a cluster), tried in order; the
+    /// agent moves to the next when its broker is lost or refuses it.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Empty in the file means `"posbridge-" + agent_id` (filled in by `load`).
     #[serde(default)]
     pub client_id: String,

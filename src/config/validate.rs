@@ -25,7 +25,8 @@ static GUID: LazyLock<Regex> = LazyLock::new(|| {
 const MIN_MAX_BYTES: usize = 1024;
 const MAX_MAX_BYTES: usize = 16 * 1024 * 1024;
 
-/// Where the agent's MQTT connection goes, parsed from `mqtt.url`.
+/// One broker the agent's MQTT connection may go to, parsed from `mqtt.url` or an
+/// entry of `mqtt.urls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttEndpoint {
     /// `mqtts://`.
@@ -114,44 +115,80 @@ impl Config {
     }
 }
 
+/// At most this many brokers in `mqtt.urls`.
+pub const MAX_BROKERS: usize = 16;
+
 impl MqttConfig {
-    /// Parses `url`: scheme `mqtt://` or `mqtts://`, a host, an optional port.
+    /// The first broker (`mqtt.url`, or the first of `mqtt.urls`).
     pub fn endpoint(&self) -> Result<MqttEndpoint> {
-        const KEY: &str = "mqtt.url";
-        let url = self.url.trim();
-        let expected = "expected mqtt://host[:port] or mqtts://host[:port]";
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return invalid(KEY, format!("{url:?}: {expected}"));
-        };
-        let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
-            "mqtt" => (false, 1883),
-            "mqtts" => (true, 8883),
-            _ => return invalid(KEY, format!("scheme {scheme:?} in {url:?}: {expected}")),
-        };
-        if rest.contains('@') {
-            return invalid(
-                KEY,
-                "credentials in the URL are not allowed; use mqtt.username and mqtt.password_file",
-            );
-        }
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains(['/', '?', '#']) {
-            return invalid(KEY, format!("{url:?} has a path; {expected}"));
-        }
-        let (host, port) = split_host_port(authority).or_else(|m| invalid(KEY, m))?;
-        Ok(MqttEndpoint {
-            tls,
-            host,
-            port: port.unwrap_or(default_port),
-        })
+        Ok(self.endpoints()?.remove(0))
     }
 
+    /// The brokers the agent tries, in order: `mqtt.url`, or each of `mqtt.urls`.
+    pub fn endpoints(&self) -> Result<Vec<MqttEndpoint>> {
+        match (self.url.trim().is_empty(), self.urls.is_empty()) {
+            (false, false) => invalid("mqtt.urls", "set mqtt.url or mqtt.urls, not both"),
+            (true, true) => Err(ConfigError::MissingKey {
+                key: "mqtt.url".into(),
+                origin: "[mqtt] (or mqtt.urls: a list of brokers tried in order)".into(),
+            }),
+            (false, true) => Ok(vec![parse_endpoint("mqtt.url", &self.url)?]),
+            (true, false) => {
+                if self.urls.len() > MAX_BROKERS {
+                    return invalid("mqtt.urls", format!("more than {MAX_BROKERS} brokers"));
+                }
+                let mut out: Vec<MqttEndpoint> = Vec::new();
+                for (i, url) in self.urls.iter().enumerate() {
+                    let key = format!("mqtt.urls[{i}]");
+                    let ep = parse_endpoint(&key, url)?;
+                    if out.contains(&ep) {
+                        return invalid(key, format!("{url:?} is listed twice"));
+                    }
+                    out.push(ep);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Parses one broker URL: scheme `mqtt://` or `mqtts://`, a host, an optional port.
+fn parse_endpoint(key: &str, url: &str) -> Result<MqttEndpoint> {
+    let url = url.trim();
+    let expected = "expected mqtt://host[:port] or mqtts://host[:port]";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return invalid(key, format!("{url:?}: {expected}"));
+    };
+    let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "mqtt" => (false, 1883),
+        "mqtts" => (true, 8883),
+        _ => return invalid(key, format!("scheme {scheme:?} in {url:?}: {expected}")),
+    };
+    if rest.contains('@') {
+        return invalid(
+            key,
+            "credentials in the URL are not allowed; use mqtt.username and mqtt.password_file",
+        );
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return invalid(key, format!("{url:?} has a path; {expected}"));
+    }
+    let (host, port) = split_host_port(authority).or_else(|m| invalid(key, m))?;
+    Ok(MqttEndpoint {
+        tls,
+        host,
+        port: port.unwrap_or(default_port),
+    })
+}
+
+impl MqttConfig {
     fn validate(&self) -> Result {
-        let endpoint = self.endpoint()?;
+        let endpoints = self.endpoints()?;
         if self.client_id.is_empty() {
             return invalid("mqtt.client_id", "must not be empty");
         }
-        if !endpoint.tls {
+        if !endpoints.iter().any(|e| e.tls) {
             for (key, set) in [
                 ("mqtt.ca_file", self.ca_file.is_some()),
                 ("mqtt.client_cert_file", self.client_cert_file.is_some()),
@@ -177,10 +214,17 @@ impl MqttConfig {
         }
         // A broker password in clear text on the shop's network: only when asked for (or
         // to this machine itself).
-        let loopback = is_loopback_host(&endpoint.host);
-        if !endpoint.tls && self.password_file.is_some() && !self.allow_plaintext && !loopback {
+        let key = if self.urls.is_empty() {
+            "mqtt.url"
+        } else {
+            "mqtt.urls"
+        };
+        let clear = endpoints
+            .iter()
+            .any(|e| !e.tls && !is_loopback_host(&e.host));
+        if clear && self.password_file.is_some() && !self.allow_plaintext {
             return invalid(
-                "mqtt.url",
+                key,
                 "mqtt:// would send mqtt.password_file's password in clear text: use mqtts://, or set mqtt.allow_plaintext = true",
             );
         }

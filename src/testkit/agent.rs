@@ -38,6 +38,8 @@ pub struct IpTerminal {
 pub struct AgentSpec {
     pub agent_id: String,
     pub broker_port: u16,
+    /// More brokers after `broker_port`, tried in order (`mqtt.urls`); empty: `mqtt.url`.
+    pub failover_ports: Vec<u16>,
     pub terminals: Vec<IpTerminal>,
     pub queue_depth: usize,
     pub max_bytes: usize,
@@ -54,6 +56,7 @@ impl AgentSpec {
         AgentSpec {
             agent_id: agent_id.into(),
             broker_port,
+            failover_ports: vec![],
             terminals: vec![],
             queue_depth: 16,
             max_bytes: 65536,
@@ -95,15 +98,17 @@ impl AgentSpec {
         };
         let mut t = Table::new();
         t.insert("agent_id".into(), self.agent_id.clone().into());
+        let url = |port: &u16| Value::from(format!("mqtt://127.0.0.1:{port}"));
+        let broker = match self.failover_ports.is_empty() {
+            true => ("url", url(&self.broker_port)),
+            false => {
+                let all = std::iter::once(&self.broker_port).chain(&self.failover_ports);
+                ("urls", Value::Array(all.map(url).collect()))
+            }
+        };
         t.insert(
             "mqtt".into(),
-            table(vec![
-                (
-                    "url",
-                    format!("mqtt://127.0.0.1:{}", self.broker_port).into(),
-                ),
-                ("keep_alive", self.keep_alive.clone().into()),
-            ]),
+            table(vec![broker, ("keep_alive", self.keep_alive.clone().into())]),
         );
         t.insert(
             "store".into(),

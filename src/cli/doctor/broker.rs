@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Check;
 use crate::api::Topics;
-use crate::config::Config;
+use crate::config::{Config, MqttEndpoint};
 
 /// TCP connect and MQTT CONNECT, each.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,29 +29,62 @@ pub(super) struct BrokerView {
     pub(super) terminals: std::collections::BTreeMap<String, Value>,
 }
 
-pub(super) async fn broker(cfg: &Config) -> BrokerView {
-    let mut view = BrokerView {
-        check: Check::ok("broker", ""),
-        reached: false,
-        status: None,
-        terminals: Default::default(),
-    };
-    match broker_inner(cfg, &mut view).await {
-        Ok(detail) => {
-            view.reached = true;
-            view.check = Check::ok("broker", detail);
+/// One check per broker (`broker`, or `broker[i]` for each of `mqtt.urls`), and the view
+/// of the first one reached where the agent's status is retained (else the first reached):
+/// a cluster may keep retained messages on one node only.
+pub(super) async fn brokers(cfg: &Config) -> (Vec<Check>, BrokerView) {
+    let endpoints = match cfg.mqtt.endpoints() {
+        Ok(e) => e,
+        Err(e) => {
+            let check = Check::fail("broker", e.to_string(), "fix mqtt.url / mqtt.urls");
+            return (vec![check.clone()], BrokerView::failed(check));
         }
-        Err(c) => view.check = c,
+    };
+    let many = endpoints.len() > 1;
+    let mut views = Vec::new();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let (name, key) = match many {
+            true => (format!("broker[{i}]"), format!("mqtt.urls[{i}]")),
+            false => ("broker".to_string(), "mqtt.url".to_string()),
+        };
+        let mut view = BrokerView::failed(Check::ok(name.clone(), ""));
+        match broker_inner(cfg, ep, &name, &key, &mut view).await {
+            Ok(detail) => {
+                view.reached = true;
+                view.check = Check::ok(name, detail);
+            }
+            Err(c) => view.check = c,
+        }
+        views.push(view);
     }
-    view
+    let checks = views.iter().map(|v| v.check.clone()).collect();
+    let pick = views
+        .iter()
+        .position(|v| v.reached && v.status.is_some())
+        .or_else(|| views.iter().position(|v| v.reached))
+        .unwrap_or(0);
+    (checks, views.swap_remove(pick))
 }
 
-async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Check> {
-    const NAME: &str = "broker";
-    let ep = cfg
-        .mqtt
-        .endpoint()
-        .map_err(|e| Check::fail(NAME, e.to_string(), "fix mqtt.url"))?;
+impl BrokerView {
+    fn failed(check: Check) -> BrokerView {
+        BrokerView {
+            check,
+            reached: false,
+            status: None,
+            terminals: Default::default(),
+        }
+    }
+}
+
+async fn broker_inner(
+    cfg: &Config,
+    ep: &MqttEndpoint,
+    name: &str,
+    key: &str,
+    view: &mut BrokerView,
+) -> Result<String, Check> {
+    let fail = |detail: String, fix: &str| Check::fail(name, detail, fix.replace("mqtt.url", key));
     // mqtts://: the same rustls configuration as the agent (CA file, client certificate).
     let tls = if ep.tls {
         Some(
@@ -61,8 +94,7 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
                 client_key_file: cfg.mqtt.client_key_file.clone(),
             })
             .map_err(|e| {
-                Check::fail(
-                    NAME,
+                fail(
                     format!("{e:#}"),
                     "check mqtt.ca_file / client_cert_file / client_key_file (PEM, readable by the agent)",
                 )
@@ -81,16 +113,12 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
     {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
-            return Err(Check::fail(
-                NAME,
-                format!("cannot connect to {target}: {e}"),
+            return Err(fail(format!("cannot connect to {target}: {e}"),
                 "is the broker running and mqtt.url right? check the network/firewall from this machine (`nc -vz HOST PORT`)",
             ))
         }
         Err(_) => {
-            return Err(Check::fail(
-                NAME,
-                format!("no answer from {target} within {BROKER_TIMEOUT:?}"),
+            return Err(fail(format!("no answer from {target} within {BROKER_TIMEOUT:?}"),
                 "check mqtt.url, routing and firewall (packets are dropped, not refused)",
             ))
         }
@@ -100,9 +128,7 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
         Some(p) => Some(
             std::fs::read_to_string(p)
                 .map_err(|e| {
-                    Check::fail(
-                        NAME,
-                        format!("cannot read mqtt.password_file {}: {e}", p.display()),
+                    fail(format!("cannot read mqtt.password_file {}: {e}", p.display()),
                         "run doctor as the agent's user (`sudo -u posbridge posbridge doctor`); the file should be root:posbridge 0640",
                     )
                 })?
@@ -148,16 +174,12 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
         .unwrap_or_default();
     match connack {
         Err(_) => {
-            return Err(Check::fail(
-                NAME,
-                format!("{target} accepted TCP but sent no CONNACK within {BROKER_TIMEOUT:?}"),
+            return Err(fail(format!("{target} accepted TCP but sent no CONNACK within {BROKER_TIMEOUT:?}"),
                 "is it an MQTT listener (not WebSocket; TLS only with mqtts://)? check the port in mqtt.url",
             ))
         }
         Ok(Err(e)) => {
-            return Err(Check::fail(
-                NAME,
-                format!("MQTT connect to {target} failed: {e}"),
+            return Err(fail(format!("MQTT connect to {target} failed: {e}"),
                 if ep.tls {
                     "TLS: does mqtt.ca_file hold the broker's CA, does the broker's certificate name the host in mqtt.url, is the client certificate accepted? (broker log)"
                 } else {
@@ -174,9 +196,7 @@ async fn broker_inner(cfg: &Config, view: &mut BrokerView) -> Result<String, Che
                 ConnectReturnCode::BadClientId => "check mqtt.client_id (the broker refuses it)",
                 _ => "check the broker's log",
             };
-            return Err(Check::fail(
-                NAME,
-                format!("{target} refused the login{who}: {code:?}"),
+            return Err(fail(format!("{target} refused the login{who}: {code:?}"),
                 fix,
             ));
         }

@@ -113,8 +113,8 @@ pub async fn run(path: &Path) -> Vec<Check> {
     )];
     checks.push(host::clock());
     checks.push(security::security(&cfg));
-    let broker = broker::broker(&cfg).await;
-    checks.push(broker.check.clone());
+    let (broker_checks, broker) = broker::brokers(&cfg).await;
+    checks.extend(broker_checks);
     checks.push(broker::agent_status(&cfg, &broker));
     let (store_check, store_state) = store::store(&cfg);
     checks.push(store_check);
