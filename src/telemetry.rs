@@ -13,9 +13,18 @@ use crate::engine::{Engine, Outbound};
 
 pub fn snapshot(engine: &Engine, bus: &BusStats) -> Value {
     let uptime = (chrono::Utc::now() - engine.started_at()).num_seconds();
+    let broker = bus.broker.lock().ok().and_then(|b| b.clone());
+    let money_blocked = matches!(engine.store().money_hold(), Ok(Some(_)));
     let mut v = json!({
         "v": crate::api::API_VERSION,
         "ts": crate::api::ts(chrono::Utc::now()),
+        // The heartbeat: what the retained `status` and `terminals/…` say, again, for a
+        // client that cannot rely on retained messages (mqtt-api.md: telemetry).
+        "state": "online",
+        "started_at": crate::api::ts(engine.started_at()),
+        "money_blocked": money_blocked,
+        "terminals": engine.terminal_states(),
+        "broker": broker,
         "uptime_s": uptime,
         "version": crate::VERSION,
         "mqtt_reconnects": bus.reconnects.load(Ordering::Relaxed),

@@ -1,6 +1,7 @@
 //! Broker failover (`mqtt.urls`): two real mosquittos on loopback; the agent's broker dies
 //! mid-payment, the agent moves to the next one, the result arrives there, and nothing
-//! runs twice. `doctor` checks every broker of the list.
+//! runs twice; its telemetry heartbeat names the broker and the terminals' states. `doctor`
+//! checks every broker of the list.
 
 mod common;
 
@@ -67,6 +68,16 @@ async fn the_first_broker_dies_mid_payment_and_the_result_arrives_on_the_second(
     assert!(again.iter().all(|v| v["state"] == "succeeded"), "{again:?}");
     assert_eq!(again[0]["payment"], again[1]["payment"]);
     assert_eq!(stats.executions("fo-pay-1"), 1);
+
+    // The heartbeat on telemetry says where the agent is and what its terminals are
+    // doing, without relying on retained messages.
+    let at = format!("127.0.0.1:{}", second.port);
+    let beat = on_second
+        .wait("telemetry", Duration::from_secs(10), |v| v["broker"] == at)
+        .await;
+    assert_eq!(beat["state"], "online", "{beat}");
+    assert_eq!(beat["terminals"]["ip-1"]["kind"], "ip", "{beat}");
+    assert!(beat["terminals"]["ip-1"]["state"].is_string(), "{beat}");
 
     // And new work goes through the second broker.
     let r = on_second.ask(pay("fo-pay-2", "ip-1", 300)).await;

@@ -81,6 +81,8 @@ pub struct BusStats {
     /// Publishes on `cmd` that were not plain QoS 1 (QoS 0 or retained): dropped.
     pub dropped_commands: std::sync::atomic::AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
+    /// `host:port` of the broker of the current (or last) connection.
+    pub broker: Mutex<Option<String>>,
 }
 
 pub(crate) fn mqtt_options(cfg: &BusConfig, broker: &MqttEndpoint, topics: &Topics) -> MqttOptions {
@@ -169,6 +171,9 @@ pub(crate) async fn run_connection(
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     backoff = cfg.backoff_min;
                     outage_since = None;
+                    if let Ok(mut b) = stats.broker.lock() {
+                        *b = Some(at.clone());
+                    }
                     // Subscribe every time: cheap, and covers a broker that lost the session
                     // (rumqttc #1014/#1056).
                     if let Err(e) = client.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce) {

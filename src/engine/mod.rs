@@ -219,6 +219,26 @@ impl Engine {
             .collect()
     }
 
+    /// Each terminal's state as on its retained `terminals/{id}` topic (`kind`, `state`,
+    /// `since`): telemetry repeats it so a cloud client that missed the retained message
+    /// (a broker cluster that keeps retained messages per node) converges within one
+    /// interval.
+    pub fn terminal_states(&self) -> BTreeMap<String, Value> {
+        self.inner
+            .terminals
+            .values()
+            .map(|t| {
+                let v = t.state.lock().map(|s| s.clone()).unwrap_or_default();
+                let state = json!({
+                    "kind": t.driver.kind(),
+                    "state": v.state,
+                    "since": v.since.map(ts),
+                });
+                (t.id.clone(), state)
+            })
+            .collect()
+    }
+
     pub fn last_errors(&self) -> BTreeMap<String, Option<String>> {
         self.inner
             .terminals
