@@ -43,10 +43,7 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
         let (cloud, mut agent) =
             Cloud::with_agent(&spec, dir.path(), &[(posbridge::faults::ENV, point)]).await;
         cloud.send(pay(&id, "ip-1", 700)).await;
-        let st = agent
-            .wait_exit(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
-        assert!(!st.success(), "{point}: aborted");
+        assert_aborts_at(&mut agent, point, Duration::from_secs(20));
         assert!(
             agent.log().contains(&format!("aborting at {point}")),
             "{point}"

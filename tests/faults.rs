@@ -111,15 +111,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let _t2 = s2.spawn(stop.clone());
 
     // A Token register and a Paywall cloud beside the two IP terminals.
-    let token = posbridge::sim::token::TokenSim::loopback(
-        posbridge::sim::token::SimOptions {
-            seed: Some(seed),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .expect("token sim");
+    let token = token_sim(seed).await;
     let token_addr = token.local_addr();
     let token_ctl = token.control();
     let _t3 = token.spawn(stop.clone());
