@@ -115,6 +115,25 @@ pub async fn token_sim(seed: u64) -> posbridge::sim::token::TokenSim {
     .expect("token simulator")
 }
 
+/// A provider's cloud mock (Paywall, Kuveyt) on loopback with its default options, running
+/// until `stop`: its base URL in test mode, and its stats.
+pub async fn cloud_mock<P: posbridge::sim::cloud::Provider>(
+    stop: &CancellationToken,
+) -> (String, posbridge::sim::cloud::MockStats<P>)
+where
+    P::Options: Default,
+{
+    let mock = posbridge::sim::CloudMock::<P>::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        Default::default(),
+    )
+    .await
+    .expect("cloud mock");
+    let (url, stats) = (mock.base_url("test"), mock.stats());
+    mock.spawn(stop.clone());
+    (url, stats)
+}
+
 pub fn pay(id: &str, terminal: &str, amount: i64) -> Value {
     serde_json::json!({"v":1,"id":id,"op":"payment","terminal":terminal,"amount":amount,"currency":"AZN"})
 }
