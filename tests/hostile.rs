@@ -5,17 +5,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use posbridge::sim::ip::{IpSim, SimOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
-    let broker = embedded();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("shop-hostile", broker.port())
-        .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    let (_broker, _dir, cloud, mut agent) = agent_with_a_silent_terminal("shop-hostile").await;
 
     let deep = format!(
         r#"{{"v":1,"id":"deep-1","op":"ping","basket":{}{}}}"#,
@@ -80,13 +75,8 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     let broker = embedded();
-    let sim = IpSim::loopback(SimOptions::approving(None, 2_500))
-        .await
-        .expect("sim");
-    let addr = sim.local_addr();
-    let stats = sim.stats();
     let stop = CancellationToken::new();
-    let _sim = sim.spawn(stop.clone());
+    let (addr, stats) = approving_ip_sim(None, 2_500, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-slow", broker.port()).ip_with(
         "ip-1",

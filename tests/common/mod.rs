@@ -102,6 +102,67 @@ impl<S> Drop for Rig<S> {
     }
 }
 
+/// An IP terminal simulator on loopback that approves every payment (after `delay_ms`, its
+/// draws from `seed`), running until `stop`: its address and stats.
+pub async fn approving_ip_sim(
+    seed: Option<u64>,
+    delay_ms: u64,
+    stop: &CancellationToken,
+) -> (std::net::SocketAddr, posbridge::sim::ip::SimStats) {
+    let sim = posbridge::sim::ip::IpSim::loopback(posbridge::sim::ip::SimOptions::approving(
+        seed, delay_ms,
+    ))
+    .await
+    .expect("sim");
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    sim.spawn(stop.clone());
+    (addr, stats)
+}
+
+/// A broker, a temp dir, and agent `agent_id` started there with its cloud client online;
+/// its one terminal, `ip-1`, is at a port nothing answers on.
+pub async fn agent_with_a_silent_terminal(
+    agent_id: &str,
+) -> (Broker, tempfile::TempDir, Cloud, Agent) {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec =
+        AgentSpec::new(agent_id, broker.port()).ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    (broker, dir, cloud, agent)
+}
+
+/// Stop the agent, damage its store under `dir` as a power cut on an SD card may (sled's
+/// headers garbled), and start it again: its first online status whose `store` object
+/// `reports` accepts.
+pub async fn restart_on_a_damaged_store(
+    agent: &mut Agent,
+    cloud: &Cloud,
+    dir: &Path,
+    reports: impl Fn(&Value) -> bool,
+) -> Value {
+    assert!(agent.sigterm().success());
+    garble_sled_headers(dir);
+    agent.restart(&[]);
+    cloud
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online" && reports(&v["store"])
+        })
+        .await
+}
+
+/// `posbridge <args> --config <config>`, to run.
+pub fn posbridge_with(args: &[&str], config: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args).arg("--config").arg(config);
+    cmd
+}
+
+/// A command's stdout and stderr as one text.
+pub fn output_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// A Token register simulator on loopback (no TLS) drawing from `seed`, not yet running.
 pub async fn token_sim(seed: u64) -> posbridge::sim::token::TokenSim {
     posbridge::sim::token::TokenSim::loopback(
