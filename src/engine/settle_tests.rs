@@ -1,80 +1,18 @@
-//! The settle policy against a scripted fake driver: every fact, live and at resume, to
-//! its contract outcome; and the rule that nothing but a definite device answer (or a
-//! first request that provably never left) ends `failed`.
+//! The settle policy against the scripted fake driver (`engine_tests::Fake`): every fact,
+//! live and at resume, to its contract outcome; and the rule that nothing but a definite
+//! device answer (or a first request that provably never left) ends `failed`.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::api::{parse_command, Op};
-use crate::drivers::{Health, NotSentWhy, OpContext, Refusal};
+use crate::api::parse_command;
+use crate::drivers::{NotSentWhy, OpContext, Refusal};
+use crate::engine::engine_tests::Fake;
 use crate::store::{CmdState, CommandRecord, Store};
-
-/// Answers `execute` with one scripted fact (journalling `sending` first when the fact
-/// says the request may have left) and each `ask` with the next scripted fact, `Lost`
-/// once the script runs out.
-struct Fake {
-    first: Fact,
-    asks: Mutex<VecDeque<Fact>>,
-    window: Duration,
-    executed: AtomicU32,
-    asked: AtomicU32,
-}
-
-impl Fake {
-    fn new(first: Fact, asks: Vec<Fact>, window: Duration) -> Fake {
-        Fake {
-            first,
-            asks: Mutex::new(asks.into()),
-            window,
-            executed: AtomicU32::new(0),
-            asked: AtomicU32::new(0),
-        }
-    }
-}
-
-#[async_trait]
-impl Driver for Fake {
-    fn kind(&self) -> &'static str {
-        "fake"
-    }
-    fn supports(&self, _op: Op) -> bool {
-        true
-    }
-    async fn execute(&self, ctx: &mut OpContext) -> Fact {
-        self.executed.fetch_add(1, Ordering::SeqCst);
-        if !matches!(self.first, Fact::NotSent { .. }) {
-            ctx.sending("fake_sending", json!({}))
-                .await
-                .expect("journal");
-        }
-        self.first.clone()
-    }
-    async fn ask(&self, _ctx: &mut OpContext, _left: Duration) -> Fact {
-        self.asked.fetch_add(1, Ordering::SeqCst);
-        self.asks
-            .lock()
-            .expect("lock")
-            .pop_front()
-            .unwrap_or_else(|| Fact::lost("scripted: no answer"))
-    }
-    fn recovery_window(&self) -> Duration {
-        self.window
-    }
-    async fn health(&self) -> Health {
-        Health {
-            state: crate::api::TerminalState::Connected,
-            identity: json!({}),
-            error: None,
-        }
-    }
-}
 
 struct Rig {
     _dir: tempfile::TempDir,
