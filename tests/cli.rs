@@ -19,11 +19,7 @@ fn minimal(dir: &std::path::Path) -> String {
 fn check_prints_effective_config_and_names_bad_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run");
+    let out = posbridge_with(&["check"], &cfg).output().expect("run");
     assert!(
         out.status.success(),
         "{}",
@@ -44,11 +40,7 @@ fn check_prints_effective_config_and_names_bad_keys() {
             .replace("[commands]", "")
             .replace("[store]", "[store]\nfoo = 1"),
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let out = posbridge_with(&["check"], &bad).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -56,9 +48,7 @@ fn check_prints_effective_config_and_names_bad_keys() {
         "{err}"
     );
 
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.path().join("missing.toml"))
+    let out = posbridge_with(&["check"], &dir.path().join("missing.toml"))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
@@ -69,9 +59,7 @@ fn check_prints_effective_config_and_names_bad_keys() {
 fn env_overrides_reach_check() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
+    let out = posbridge_with(&["check"], &cfg)
         .env("POSBRIDGE__COMMANDS__QUEUE_DEPTH", "3")
         .output()
         .expect("run");
@@ -112,9 +100,7 @@ fn secret_set_stores_encrypted_and_never_echoes() {
         );
     }
     // Unknown terminal is refused.
-    let out = Command::new(BIN)
-        .args(["secret", "set", "nope", "api_key", "--config"])
-        .arg(&cfg)
+    let out = posbridge_with(&["secret", "set", "nope", "api_key"], &cfg)
         .stdin(Stdio::null())
         .output()
         .expect("run");
@@ -141,20 +127,12 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// fresh one, and says so on the retained status topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_store_is_reported_on_status() {
-    let broker = embedded();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("shop-damaged", broker.port())
-        .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
     // First run creates the store; then garble it while the agent is stopped.
-    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
-    assert!(agent.sigterm().success());
-    garble_sled_headers(dir.path());
-    agent.restart(&[]);
-    let st = cloud
-        .wait("status", Duration::from_secs(20), |v| {
-            v["state"] == "online" && v["store"]["moved_aside"].is_string()
-        })
-        .await;
+    let (_broker, dir, cloud, mut agent) = agent_with_a_silent_terminal("shop-damaged").await;
+    let st = restart_on_a_damaged_store(&mut agent, &cloud, dir.path(), |store| {
+        store["moved_aside"].is_string()
+    })
+    .await;
     let aside = st["store"]["moved_aside"].as_str().expect("path");
     assert!(
         std::path::Path::new(aside).join("db").exists(),
@@ -167,14 +145,8 @@ async fn damaged_store_is_reported_on_status() {
 /// live store aside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_in_use_is_not_mistaken_for_damage() {
-    let broker = embedded();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = AgentSpec::new("shop-twice", broker.port())
-        .ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
-    let (_cloud, _first) = Cloud::with_agent(&spec, dir.path(), &[]).await;
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("posbridge.toml"))
+    let (_broker, dir, _cloud, _first) = agent_with_a_silent_terminal("shop-twice").await;
+    let out = posbridge_with(&["run"], &dir.path().join("posbridge.toml"))
         .output()
         .expect("second agent");
     assert!(!out.status.success());
@@ -197,28 +169,19 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
 /// retained status and `doctor` say; afterwards payments run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() {
-    use posbridge::sim::ip::{IpSim, SimOptions};
     let broker = embedded();
-    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0))
-        .await
-        .expect("sim");
-    let (addr, stats) = (sim.local_addr(), sim.stats());
     let stop = tokio_util::sync::CancellationToken::new();
-    sim.spawn(stop.clone());
+    let (addr, stats) = approving_ip_sim(Some(1), 0, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-salvage", broker.port()).ip("ip-1", addr);
     let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let first = cloud.ask(pay("x-1", "ip-1", 1500)).await;
     assert_eq!(first["state"], "succeeded", "{first}");
-    assert!(agent.sigterm().success());
 
-    garble_sled_headers(dir.path());
-    agent.restart(&[]);
-    let st = cloud
-        .wait("status", Duration::from_secs(20), |v| {
-            v["state"] == "online" && v["store"]["money_blocked"].is_object()
-        })
-        .await;
+    let st = restart_on_a_damaged_store(&mut agent, &cloud, dir.path(), |store| {
+        store["money_blocked"].is_object()
+    })
+    .await;
     assert!(st["store"]["salvaged"].as_u64().unwrap_or(0) >= 1, "{st}");
 
     // The same id again: answered from the salvaged record, never executed.
@@ -247,18 +210,13 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
     // The operator acknowledges (agent stopped), and payments run again.
     assert!(agent.sigterm().success());
     let config = dir.path().join("posbridge.toml");
-    let doctor = Command::new(BIN)
-        .args(["doctor", "--config"])
-        .arg(&config)
+    let doctor = posbridge_with(&["doctor"], &config)
         .output()
         .expect("doctor");
-    let text = String::from_utf8_lossy(&doctor.stdout).to_string()
-        + &String::from_utf8_lossy(&doctor.stderr);
+    let text = output_text(&doctor);
     assert!(text.contains("REFUSED"), "{text}");
     assert!(text.contains("posbridge store acknowledge"), "{text}");
-    let ack = Command::new(BIN)
-        .args(["store", "acknowledge", "--config"])
-        .arg(&config)
+    let ack = posbridge_with(&["store", "acknowledge"], &config)
         .output()
         .expect("acknowledge");
     assert!(ack.status.success(), "{ack:?}");

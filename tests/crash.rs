@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use posbridge::sim::ip::{IpSim, SimOptions, SimStats};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
@@ -28,6 +29,36 @@ async fn executed(stats: &SimStats, id: &str) {
     .expect("terminal executed the operation");
 }
 
+/// Whether the command a test needs ran and succeeded (its `status`). If not, the test
+/// cannot run here for `why` and says SKIP; but where the variable `ci` is set (in CI) it
+/// must run, and fails saying `must`.
+fn succeeded_or_skips(
+    status: std::io::Result<std::process::ExitStatus>,
+    ci: &str,
+    must: &str,
+    why: &str,
+) -> bool {
+    if status.is_ok_and(|s| s.success()) {
+        return true;
+    }
+    assert!(std::env::var_os(ci).is_none(), "{must}");
+    eprintln!("SKIP: {why}");
+    false
+}
+
+/// The agent's `degraded` status names `why`, and the agent stops with a non-zero exit
+/// (so that systemd restarts it).
+fn assert_degraded_then_stops(agent: &mut Agent, degraded: &Value, why: &str) {
+    assert!(
+        degraded["reason"].as_str().is_some_and(|r| r.contains(why)),
+        "{degraded}"
+    );
+    let st = agent
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the agent stops after a store failure\n{}", agent.log()));
+    assert!(!st.success(), "non-zero exit so systemd restarts it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_every_journal_point_never_charges_twice() {
     let broker = embedded();
@@ -43,10 +74,7 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
         let (cloud, mut agent) =
             Cloud::with_agent(&spec, dir.path(), &[(posbridge::faults::ENV, point)]).await;
         cloud.send(pay(&id, "ip-1", 700)).await;
-        let st = agent
-            .wait_exit(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
-        assert!(!st.success(), "{point}: aborted");
+        assert_aborts_at(&mut agent, point, Duration::from_secs(20));
         assert!(
             agent.log().contains(&format!("aborting at {point}")),
             "{point}"
@@ -151,17 +179,16 @@ async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
 /// every commit is an fdatasync of the write-ahead log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_writes_are_fdatasynced() {
-    let strace_ok = std::process::Command::new("strace")
+    let strace = std::process::Command::new("strace")
         .arg("-V")
         .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !strace_ok {
-        assert!(
-            std::env::var_os("POSBRIDGE_REQUIRE_MOSQUITTO").is_none(),
-            "CI must have strace (.ci/run installs it)"
-        );
-        eprintln!("SKIP: strace not installed");
+        .status();
+    if !succeeded_or_skips(
+        strace,
+        "POSBRIDGE_REQUIRE_MOSQUITTO",
+        "CI must have strace (.ci/run installs it)",
+        "strace not installed",
+    ) {
         return;
     }
     let broker = embedded();
@@ -243,16 +270,7 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
             cloud.send(pay("fs-1", "ip-1", 1100)).await;
         }
         let degraded = cloud.degraded(&agent).await;
-        assert!(
-            degraded["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("store")),
-            "{degraded}"
-        );
-        let st = agent
-            .wait_exit(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("the agent stops after a store failure\n{}", agent.log()));
-        assert!(!st.success(), "non-zero exit so systemd restarts it");
+        assert_degraded_then_stops(&mut agent, &degraded, "store");
         assert!(
             cloud.results_for("fs-1").is_empty(),
             "nothing published after the failure"
@@ -277,17 +295,16 @@ impl Tmpfs {
     /// root, and there (`CI` set) failing to mount fails the test.
     fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).expect("mount point");
-        let ok = std::process::Command::new("mount")
+        let mount = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI runs as root and must be able to mount a tmpfs"
-            );
-            eprintln!("SKIP: cannot mount a tmpfs here (not root)");
+            .status();
+        if !succeeded_or_skips(
+            mount,
+            "CI",
+            "CI runs as root and must be able to mount a tmpfs",
+            "cannot mount a tmpfs here (not root)",
+        ) {
             return None;
         }
         Some(Tmpfs(at.to_path_buf()))
@@ -350,16 +367,7 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
         Some(d) => d,
         None => cloud.degraded(&agent).await,
     };
-    assert!(
-        degraded["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("No space left")),
-        "{degraded}"
-    );
-    let st = agent
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("stops on a full disk\n{}", agent.log()));
-    assert!(!st.success());
+    assert_degraded_then_stops(&mut agent, &degraded, "No space left");
     // Space returns; the restart settles everything, once each.
     std::fs::remove_file(&filler).expect("free space");
     agent.restart(&[]);

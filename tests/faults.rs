@@ -44,6 +44,19 @@ fn paywall_sale(id: &str, amount: i64) -> Value {
         "products":[{"name":"Kahve","amount":amount,"quantity":1,"tax_group_id":10,"unit_code_id":1}]})
 }
 
+/// Send `cmd` and book it (by its id) among the commands that must reach a final result.
+async fn send_booked(
+    cloud: &Cloud,
+    sent: &mut BTreeMap<String, Value>,
+    counts: &mut Counts,
+    cmd: Value,
+) {
+    cloud.send(cmd.clone()).await;
+    let id = cmd["id"].as_str().unwrap_or_default().to_string();
+    sent.insert(id, cmd);
+    counts.commands += 1;
+}
+
 #[derive(Default, Debug)]
 struct Counts {
     commands: usize,
@@ -111,27 +124,11 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let _t2 = s2.spawn(stop.clone());
 
     // A Token register and a Paywall cloud beside the two IP terminals.
-    let token = posbridge::sim::token::TokenSim::loopback(
-        posbridge::sim::token::SimOptions {
-            seed: Some(seed),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .expect("token sim");
+    let token = token_sim(seed).await;
     let token_addr = token.local_addr();
     let token_ctl = token.control();
     let _t3 = token.spawn(stop.clone());
-    let paywall = posbridge::sim::paywall::PaywallSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        Default::default(),
-    )
-    .await
-    .expect("paywall mock");
-    let paywall_url = paywall.base_url("test");
-    let paywall_stats = paywall.stats();
-    let _t4 = paywall.spawn(stop.clone());
+    let (paywall_url, paywall_stats) = cloud_mock::<posbridge::sim::paywall::Paywall>(&stop).await;
     // A Kaspi Smart POS (plain HTTP API) and a pay-by-link provider.
     let kaspi = posbridge::sim::kaspi::KaspiSim::bind(
         "127.0.0.1:0".parse().expect("addr"),
@@ -147,15 +144,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let kaspi_url = kaspi.url();
     let (kaspi_stats, kaspi_ctl) = (kaspi.stats(), kaspi.control());
     let _t5 = kaspi.spawn(stop.clone());
-    let kuveyt = posbridge::sim::kuveyt::KuveytSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        Default::default(),
-    )
-    .await
-    .expect("kuveyt mock");
-    let kuveyt_url = kuveyt.base_url("test");
-    let kuveyt_stats = kuveyt.stats();
-    let _t6 = kuveyt.spawn(stop.clone());
+    let (kuveyt_url, kuveyt_stats) = cloud_mock::<posbridge::sim::kuveyt::Kuveyt>(&stop).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("api_key"), "test-api-key\n").expect("key");
@@ -191,10 +180,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             kaspi_sale(&format!("w{i}-kaspi"), 1200),
             kuveyt_sale(&format!("w{i}-kv"), 1500),
         ] {
-            cloud.send(cmd.clone()).await;
-            let id = cmd["id"].as_str().unwrap_or_default().to_string();
-            sent.insert(id, cmd);
-            counts.commands += 1;
+            send_booked(&cloud, &mut sent, &mut counts, cmd).await;
         }
     }
     // Their results first: the warm-up proves every kind works before the faults begin.
@@ -231,9 +217,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                     pay(&id, term, rng.random_range(100..10_000))
                 }
             };
-            cloud.send(cmd.clone()).await;
-            sent.insert(id, cmd);
-            counts.commands += 1;
+            send_booked(&cloud, &mut sent, &mut counts, cmd).await;
         }
         match rng.random_range(0..12) {
             10 => {
@@ -249,10 +233,8 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 agent.restart(&[(posbridge::faults::IO_ENV, &spec)]);
                 let id = format!("f{round}-io");
                 let cmd = pay(&id, "ip-1", 222);
-                cloud.send(cmd.clone()).await;
-                sent.insert(id.clone(), cmd);
+                send_booked(&cloud, &mut sent, &mut counts, cmd).await;
                 paid.push(id);
-                counts.commands += 1;
                 match agent.wait_exit(Duration::from_secs(20)) {
                     Some(st) if !st.success() => counts.sync_errors += 1,
                     Some(st) => violations_early.push(format!(
@@ -309,10 +291,8 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 // that crosses the point even if the batch was already finished.
                 let extra = format!("f{round}-x");
                 let cmd = pay(&extra, "ip-1", 111);
-                cloud.send(cmd.clone()).await;
-                sent.insert(extra.clone(), cmd);
+                send_booked(&cloud, &mut sent, &mut counts, cmd).await;
                 paid.push(extra);
-                counts.commands += 1;
                 if agent.wait_exit(Duration::from_secs(5)).is_some() {
                     counts.aborts_at_points += 1;
                 } else {
@@ -341,9 +321,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                         // Paywall code 55: sold, the answer lost.
                         let id = format!("f{round}-pl");
                         let cmd = paywall_sale(&id, rng.random_range(1..50) * 100 + 55);
-                        cloud.send(cmd.clone()).await;
-                        sent.insert(id, cmd);
-                        counts.commands += 1;
+                        send_booked(&cloud, &mut sent, &mut counts, cmd).await;
                     }
                 }
                 counts.lost_answers += 1;
@@ -360,18 +338,14 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                         // Paywall code 61: sold, the answer's JSON cut short.
                         let id = format!("f{round}-pg");
                         let cmd = paywall_sale(&id, rng.random_range(1..50) * 100 + 61);
-                        cloud.send(cmd.clone()).await;
-                        sent.insert(id, cmd);
-                        counts.commands += 1;
+                        send_booked(&cloud, &mut sent, &mut counts, cmd).await;
                     }
                     _ => {
                         // Kuveyt 58/59: a verify's or the create's answer cut short.
                         let id = format!("f{round}-kg");
                         let code = if rng.random_bool(0.5) { 58 } else { 59 };
                         let cmd = kuveyt_sale(&id, rng.random_range(1..50) * 100 + code);
-                        cloud.send(cmd.clone()).await;
-                        sent.insert(id, cmd);
-                        counts.commands += 1;
+                        send_booked(&cloud, &mut sent, &mut counts, cmd).await;
                     }
                 }
                 counts.garbled_answers += 1;

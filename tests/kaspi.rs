@@ -234,15 +234,7 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
 
     s.control.unknown_for_next(u64::MAX);
     let r = cloud.ask(kzt("u-1", 11_100)).await;
-    assert_eq!(r["state"], "unknown", "{r}");
-    assert_eq!(r["needs_reconciliation"], true);
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .expect("msg")
-            .contains("actualizing"),
-        "{r}"
-    );
+    assert_unknown_because(&r, "actualizing");
     let c = s.stats.counts();
     // Window 1 s, interval 200 ms: several actualizes, never two too close.
     assert!(c.actualize_calls >= 3, "{c:?}");
@@ -251,10 +243,7 @@ async fn unknown_is_actualized_then_a_later_status_resolves_it() {
 
     // The terminal learns the outcome later; a status command asks again.
     s.control.settle_unknown();
-    let st = cloud
-        .ask(json!({"v":1,"id":"s-1","op":"status","target":"u-1"}))
-        .await;
-    assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
+    let st = status_reconciled(&cloud, "s-1", "u-1").await;
     assert_eq!(st["target"]["reconciled"]["payment"]["method"], "qr");
     assert_eq!(s.stats.counts().payments_started, 1, "never paid twice");
 }
@@ -264,8 +253,7 @@ async fn lost_start_answer_is_unknown_never_failed() {
     let (_broker, s, _dir, cloud, _agent) = plain_rig("kaspi-lost").await;
     s.control.lose_next_answer("payment");
     let r = cloud.ask(kzt("l-1", 11_200)).await;
-    assert_eq!(r["state"], "unknown", "{r}");
-    assert_eq!(r["needs_reconciliation"], true);
+    assert_unknown(&r);
     assert_eq!(s.stats.counts().payments_started, 1);
     // A lost status answer, on the other hand, is just asked again.
     s.control.lose_next_answer("status");
@@ -332,10 +320,7 @@ async fn kill9_around_the_process_id_never_pays_twice() {
         let env = [(posbridge::faults::ENV, *point)];
         let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &env).await;
         cloud.send(kzt(&id, 11_200)).await;
-        let st = agent
-            .wait_exit(T)
-            .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
-        assert!(!st.success(), "{point}");
+        assert_aborts_at(&mut agent, point, T);
         if *forget {
             s.control.forget_processes();
         }
@@ -582,8 +567,5 @@ async fn a_full_card_number_from_the_terminal_is_never_kept_or_sent() {
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["payment"]["card_mask"], "411111******1111", "{r}");
     assert!(agent.sigterm().success());
-    let published = cloud.published_containing("4111111111111111");
-    assert!(published.is_none(), "{published:?}");
-    let file = file_containing(dir.path(), "4111111111111111".as_bytes());
-    assert!(file.is_none(), "{file:?} holds the card number");
+    assert_card_number_nowhere(&cloud, dir.path(), &["4111111111111111"]);
 }

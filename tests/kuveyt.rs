@@ -59,12 +59,15 @@ fn pay(id: &str, amount: i64, within: Duration) -> Value {
            "customer":{"name":"Ahmet Yılmaz","email":"customer@example.com","phone":"+905551234567"}})
 }
 
+/// A payment the customer has 30 s for.
+fn payment(id: &str, amount: i64) -> Value {
+    pay(id, amount, Duration::from_secs(30))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_url_on_evt_then_completed() {
     let r = rig("kv-ok", "test", &[]).await;
-    r.cloud
-        .send(pay("p-1", 15000, Duration::from_secs(30)))
-        .await;
+    r.cloud.send(payment("p-1", 15000)).await;
     let evt = r
         .cloud
         .wait("evt", Duration::from_secs(20), |v| {
@@ -101,12 +104,8 @@ async fn payment_url_on_evt_then_completed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_gives_up_fails() {
     let r = rig("kv-fail", "test", &[]).await;
-    r.cloud
-        .send(pay("f-1", 15051, Duration::from_secs(30)))
-        .await;
-    r.cloud
-        .send(pay("f-2", 15052, Duration::from_secs(30)))
-        .await;
+    r.cloud.send(payment("f-1", 15051)).await;
+    r.cloud.send(payment("f-2", 15052)).await;
     let res = r.cloud.result("f-1").await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "declined");
@@ -121,8 +120,7 @@ async fn deadline_is_unknown_then_status_verifies_again() {
     let r = rig("kv-late", "test", &[]).await;
     // 53: stays pending.
     let res = r.cloud.ask(pay("w-1", 15053, Duration::from_secs(5))).await;
-    assert_eq!(res["state"], "unknown", "{res}");
-    assert_eq!(res["needs_reconciliation"], true);
+    assert_unknown(&res);
     assert_eq!(res["mode"], "test");
     let tid = r.stats.links()[0].transaction_id.clone();
     assert!(
@@ -131,12 +129,8 @@ async fn deadline_is_unknown_then_status_verifies_again() {
     );
     // The customer pays late; `status` asks the provider again.
     assert!(r.stats.complete(&tid, "completed"));
-    let st = r
-        .cloud
-        .ask(json!({"v":1,"id":"w-2","op":"status","target":"w-1"}))
-        .await;
+    let st = status_reconciled(&r.cloud, "w-2", "w-1").await;
     assert_eq!(st["state"], "succeeded", "{st}");
-    assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(
         st["target"]["reconciled"]["payment"]["transaction_id"],
         tid.as_str()
@@ -146,10 +140,7 @@ async fn deadline_is_unknown_then_status_verifies_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_create_answer_is_retried_with_the_same_order() {
     let r = rig("kv-lost", "test", &[]).await;
-    let res = r
-        .cloud
-        .ask(pay("l-1", 15055, Duration::from_secs(30)))
-        .await;
+    let res = r.cloud.ask(payment("l-1", 15055)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(r.stats.payments_created(), 1, "one payment");
     assert_eq!(
@@ -163,15 +154,7 @@ async fn lost_create_answer_is_retried_with_the_same_order() {
 async fn server_error_on_create_until_the_deadline_is_unknown() {
     let r = rig("kv-503", "test", &[]).await;
     let res = r.cloud.ask(pay("e-1", 15054, Duration::from_secs(5))).await;
-    assert_eq!(res["state"], "unknown", "{res}");
-    assert_eq!(res["needs_reconciliation"], true);
-    assert!(
-        res["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("503"),
-        "{res}"
-    );
+    assert_unknown_because(&res, "503");
     assert!(
         r.stats.create_requests() >= 2,
         "retried with the same order id"
@@ -182,25 +165,17 @@ async fn server_error_on_create_until_the_deadline_is_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_or_invalid_is_rejected_before_any_request() {
     let r = rig("kv-off", "disabled", &[]).await;
-    let res = r
-        .cloud
-        .ask(pay("x-1", 15000, Duration::from_secs(30)))
-        .await;
+    let res = r.cloud.ask(payment("x-1", 15000)).await;
     assert_eq!(res["state"], "rejected", "{res}");
     assert_eq!(res["error"]["code"], "device_unavailable");
     assert_eq!(res["mode"], "disabled");
     drop(r);
 
     let r = rig("kv-bad", "test", &[]).await;
-    let mut bad = pay("b-1", 15000, Duration::from_secs(30));
+    let mut bad = payment("b-1", 15000);
     bad["customer"]["phone"] = json!("1".repeat(21));
     let res = r.cloud.ask(bad).await;
-    assert_eq!(res["state"], "rejected", "{res}");
-    assert_eq!(res["error"]["code"], "bad_request");
-    assert!(res["error"]["message"]
-        .as_str()
-        .unwrap_or("")
-        .starts_with("field customer.phone"));
+    assert!(error_message(&res, "rejected", "bad_request").starts_with("field customer.phone"));
     assert_eq!(r.stats.create_requests(), 0);
 }
 
@@ -215,15 +190,9 @@ async fn crash_around_create_resumes_and_creates_once() {
     .iter()
     .enumerate()
     {
-        let name = format!("kv-crash-{n}");
-        let mut r = rig(&name, "test", &[(posbridge::faults::ENV, point)]).await;
+        let mut r = rig(&format!("kv-crash-{n}"), "test", &[(CRASH_AT, point)]).await;
         let id = format!("k-{n}");
-        r.cloud.send(pay(&id, 15000, Duration::from_secs(30))).await;
-        let st = r
-            .agent
-            .wait_exit(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("no abort at {point}\n{}", r.agent.log()));
-        assert!(!st.success());
+        r.crash_at(payment(&id, 15000), point).await;
         assert_eq!(r.stats.payments_created(), n as u64, "{point}");
         r.agent.restart(&[]);
         let res = r.cloud.result(&id).await;
@@ -248,12 +217,8 @@ async fn crash_around_create_resumes_and_creates_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbled_answers_are_asked_again_never_failed() {
     let r = rig("kv-garbled", "test", &[]).await;
-    r.cloud
-        .send(pay("g-1", 15058, Duration::from_secs(30)))
-        .await;
-    r.cloud
-        .send(pay("g-2", 15059, Duration::from_secs(30)))
-        .await;
+    r.cloud.send(payment("g-1", 15058)).await;
+    r.cloud.send(payment("g-2", 15059)).await;
     for id in ["g-1", "g-2"] {
         let res = r.cloud.result(id).await;
         assert_eq!(res["state"], "succeeded", "{id}: {res}\n{}", r.agent.log());
@@ -272,20 +237,10 @@ async fn garbled_answers_are_asked_again_never_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_the_provider_is_never_kept_or_sent() {
     let mut r = rig("kv-pan", "test", &[]).await;
-    let res = r
-        .cloud
-        .ask(pay("pan-1", 15060, Duration::from_secs(30)))
-        .await;
-    assert_eq!(res["state"], "succeeded", "{res}");
-    assert!(
-        res["device"].to_string().contains("4111 11** **** 1111"),
-        "{res}"
-    );
-    assert!(r.agent.sigterm().success());
-    for pan in ["4111111111111111", "4111 1111 1111 1111"] {
-        let published = r.cloud.published_containing(pan);
-        assert!(published.is_none(), "{published:?}");
-        let file = file_containing(r.dir.path(), pan.as_bytes());
-        assert!(file.is_none(), "{file:?} holds the card number");
-    }
+    r.assert_card_number_masked(
+        payment("pan-1", 15060),
+        "4111 11** **** 1111",
+        &["4111111111111111", "4111 1111 1111 1111"],
+    )
+    .await;
 }

@@ -10,16 +10,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use posbridge::sim::ip::{IpSim, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 async fn sim() -> (std::net::SocketAddr, CancellationToken) {
-    let s = IpSim::loopback(SimOptions::approving(Some(7), 0))
-        .await
-        .expect("sim");
-    let addr = s.local_addr();
     let stop = CancellationToken::new();
-    let _task = s.spawn(stop.clone());
+    let (addr, _) = approving_ip_sim(Some(7), 0, &stop).await;
     (addr, stop)
 }
 

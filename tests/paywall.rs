@@ -68,15 +68,29 @@ async fn rig_with(
     Rig::start(broker, dir, &spec, env, stats, stop).await
 }
 
-async fn rig(name: &str) -> Rig {
+/// Whether a payment at the mock reaches `status` within 20 s.
+async fn reaches(r: &Rig, status: i64) -> bool {
+    r.stats
+        .wait_until(Duration::from_secs(20), |s| {
+            s.payments().iter().any(|p| p.status == status)
+        })
+        .await
+}
+
+/// The default mock, the terminal in `mode` with test key files, the agent with `env`.
+async fn rig_in(name: &str, mode: &str, env: &[(&str, &str)]) -> Rig {
     rig_with(
         name,
         PaywallSimOptions::default(),
-        |t, l, d| terminal("test", t, l, &key_files(d)),
+        |t, l, d| terminal(mode, t, l, &key_files(d)),
         |_| {},
-        &[],
+        env,
     )
     .await
+}
+
+async fn rig(name: &str) -> Rig {
+    rig_in(name, "test", &[]).await
 }
 
 fn sale(id: &str, amount: i64) -> Value {
@@ -170,21 +184,9 @@ async fn invalid_products_are_rejected_before_any_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_terminal_rejects_with_device_unavailable() {
-    let r = rig_with(
-        "pw-off",
-        PaywallSimOptions::default(),
-        |t, l, d| terminal("disabled", t, l, &key_files(d)),
-        |_| {},
-        &[],
-    )
-    .await;
+    let r = rig_in("pw-off", "disabled", &[]).await;
     let res = r.cloud.ask(sale("x-1", 2200)).await;
-    assert_eq!(res["state"], "rejected", "{res}");
-    assert_eq!(res["error"]["code"], "device_unavailable");
-    assert!(res["error"]["message"]
-        .as_str()
-        .unwrap_or("")
-        .contains("disabled"));
+    assert!(error_message(&res, "rejected", "device_unavailable").contains("disabled"));
     assert_eq!(res["mode"], "disabled");
     assert_eq!(
         r.stats.requests(),
@@ -259,11 +261,7 @@ async fn cancel_of_a_running_sale_goes_through_sync_cancel() {
     let r = rig("pw-cancel").await;
     r.cloud.send(sale("c-1", 2253)).await;
     assert!(
-        r.stats
-            .wait_until(Duration::from_secs(20), |s| s.payments().iter().any(|p| p
-                .status
-                == posbridge::drivers::paywall::api::STATUS_ON_DEVICE))
-            .await,
+        reaches(&r, posbridge::drivers::paywall::api::STATUS_ON_DEVICE).await,
         "the sale reached the device"
     );
     let cancel = r
@@ -287,13 +285,7 @@ async fn cancel_before_the_device_received_the_sale_rolls_it_back() {
     let r = rig("pw-rollback").await;
     // 60: slow, and the device has not received the sale yet.
     r.cloud.send(sale("rb-1", 2260)).await;
-    assert!(
-        r.stats
-            .wait_until(Duration::from_secs(20), |s| s.payments().iter().any(|p| p
-                .status
-                == posbridge::drivers::paywall::api::STATUS_WAITING))
-            .await
-    );
+    assert!(reaches(&r, posbridge::drivers::paywall::api::STATUS_WAITING).await);
     r.cloud
         .send(json!({"v":1,"id":"rb-2","op":"cancel","target":"rb-1"}))
         .await;
@@ -344,10 +336,7 @@ async fn lost_or_odd_answers_are_resolved_by_inquiry() {
 async fn server_error_after_the_sale_request_is_unknown_never_failed() {
     let r = rig("pw-503").await;
     let res = r.cloud.ask(sale("e-1", 2254)).await;
-    assert_eq!(res["state"], "unknown", "{res}");
-    assert_eq!(res["needs_reconciliation"], true, "{res}");
-    let msg = res["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("503"), "{msg}");
+    assert_unknown_because(&res, "503");
     assert_eq!(r.stats.payments_created(), 0);
     assert!(
         r.stats.list_requests() >= 2,
@@ -360,17 +349,12 @@ async fn unresolved_sale_is_unknown_then_status_asks_again() {
     let r = rig("pw-unk").await;
     // 56: the answer is lost and the sale stays on the device.
     let res = r.cloud.ask(sale("n-1", 2256)).await;
-    assert_eq!(res["state"], "unknown", "{res}");
-    assert_eq!(res["needs_reconciliation"], true);
+    assert_unknown(&res);
     assert_eq!(res["mode"], "test");
     // The customer finishes paying; a later `status` learns it from Paywall.
     assert!(r.stats.complete(&muc("pw-unk", "n-1"), "succeeded"));
-    let st = r
-        .cloud
-        .ask(json!({"v":1,"id":"n-2","op":"status","target":"n-1"}))
-        .await;
+    let st = status_reconciled(&r.cloud, "n-2", "n-1").await;
     assert_eq!(st["state"], "succeeded", "{st}");
-    assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     assert_eq!(r.stats.payments_created(), 1);
 }
 
@@ -388,22 +372,9 @@ async fn crash_around_the_sale_resumes_and_sells_once() {
     .iter()
     .enumerate()
     {
-        let name = format!("pw-crash-{n}");
-        let mut r = rig_with(
-            &name,
-            PaywallSimOptions::default(),
-            |t, l, d| terminal("test", t, l, &key_files(d)),
-            |_| {},
-            &[(posbridge::faults::ENV, point)],
-        )
-        .await;
+        let mut r = rig_in(&format!("pw-crash-{n}"), "test", &[(CRASH_AT, point)]).await;
         let id = format!("k-{n}");
-        r.cloud.send(sale(&id, 2200)).await;
-        let st = r
-            .agent
-            .wait_exit(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("no abort at {point}\n{}", r.agent.log()));
-        assert!(!st.success());
+        r.crash_at(sale(&id, 2200), point).await;
         // Before the request: nothing at Paywall yet; after the answer: sold once.
         let sold = u64::from(n == 1);
         assert_eq!(r.stats.payments_created(), sold, "{point}");
@@ -469,8 +440,7 @@ async fn https_with_a_generated_certificate_and_ca_file() {
 async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
     let r = rig("pw-unlisted").await;
     let res = r.cloud.ask(sale("u-1", 2262)).await;
-    assert_eq!(res["state"], "unknown", "{res}");
-    assert_eq!(res["needs_reconciliation"], true, "{res}");
+    assert_unknown(&res);
     assert_eq!(
         r.stats.payments_created(),
         1,
@@ -482,11 +452,7 @@ async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
     );
     let code = muc("pw-unlisted", "u-1");
     assert!(r.stats.publish(&code), "the mock knows the sale");
-    let st = r
-        .cloud
-        .ask(json!({"v":1,"id":"u-2","op":"status","target":"u-1"}))
-        .await;
-    assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
+    status_reconciled(&r.cloud, "u-2", "u-1").await;
     assert_eq!(r.stats.payments_created(), 1);
     let sold: Vec<_> = r
         .stats
@@ -524,15 +490,10 @@ async fn garbled_sale_answer_is_asked_about_not_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_paywall_is_never_kept_or_sent() {
     let mut r = rig("pw-pan").await;
-    let res = r.cloud.ask(sale("pan-1", 2263)).await;
-    assert_eq!(res["state"], "succeeded", "{res}");
-    assert!(
-        res["device"].to_string().contains("411111******1111"),
-        "{res}"
-    );
-    assert!(r.agent.sigterm().success());
-    let published = r.cloud.published_containing("4111111111111111");
-    assert!(published.is_none(), "{published:?}");
-    let file = file_containing(r.dir.path(), "4111111111111111".as_bytes());
-    assert!(file.is_none(), "{file:?} holds the card number");
+    r.assert_card_number_masked(
+        sale("pan-1", 2263),
+        "411111******1111",
+        &["4111111111111111"],
+    )
+    .await;
 }

@@ -27,7 +27,6 @@ use common::*;
 use jsonschema::{Draft, Registry, Validator};
 use posbridge::api::signature::{open, seal, CommandKeys};
 use posbridge::sim::ip::{IpSim, SimOptions};
-use posbridge::sim::token::{SimOptions as TokenOptions, TokenSim};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -439,6 +438,16 @@ impl<'a> Session<'a> {
         self.wait("result", |v| v["id"] == id).await
     }
 
+    /// `ask` each command in turn: its result holds the string `want` at the JSON pointer
+    /// `at`.
+    async fn asks(&mut self, cases: Vec<(Value, &str, &str)>) {
+        for (cmd, at, want) in cases {
+            let id = cmd["id"].clone();
+            let got = self.ask(cmd).await;
+            assert_eq!(got.pointer(at), Some(&json!(want)), "{id} {at}: {got}");
+        }
+    }
+
     /// `send`, then the command's result (by its id).
     async fn ask(&mut self, cmd: Value) -> Value {
         let id = cmd["id"]
@@ -478,15 +487,7 @@ async fn every_published_message_matches_its_schema() {
         hang.spawn(stop.clone()),
     ];
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let token = TokenSim::loopback(
-        TokenOptions {
-            seed: Some(7),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .expect("token simulator");
+    let token = token_sim(7).await;
     let token_addr = token.local_addr();
     token.spawn(stop.clone());
 
@@ -543,57 +544,28 @@ async fn every_published_message_matches_its_schema() {
         .await;
     s.wait_n("result", 3, |v| v["id"].is_null()).await;
 
-    // Expired, unknown terminal, unsupported op, a dead terminal.
-    assert_eq!(s.ask(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"})).await["state"], "expired");
-    assert_eq!(
-        s.ask(pay("u-1", "nope", 100)).await["error"]["code"],
-        "unknown_terminal"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"}))
-            .await["error"]["code"],
-        "unsupported_op"
-    );
-    assert_eq!(s.ask(pay("x-1", "ip-dead", 100)).await["state"], "failed");
-
-    // device_info, ping, status found and not found.
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
-            .await["state"],
-        "succeeded"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"ping-1","op":"ping","expires_at":"2099-01-01T00:00:00+03:00"}))
-            .await["state"],
-        "succeeded"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
-            .await["target"]["state"],
-        "succeeded"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}))
-            .await["error"]["code"],
-        "not_found"
-    );
-
-    // A fiscal register: fiscal_info, device_info, a sale with a basket.
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
-            .await["state"],
-        "succeeded"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"d-2","op":"device_info","terminal":"token-1"}))
-            .await["state"],
-        "succeeded"
-    );
-    assert_eq!(s.ask(json!({"v":1,"id":"tk-1","op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
-        "basket": {"items": [{"name": "Su", "price": 500, "quantity": 1, "section_no": 1},
-                             {"name": "Armut", "price": 1500, "quantity": 1, "section_no": 1}],
-                   "payments": [{"type": 1, "amount": 1000, "description": "nakit"},
-                                {"type": 3, "amount": 1000, "description": "kredi kartı"}]}}),).await["state"], "succeeded");
+    // Expired, unknown terminal, unsupported op, a dead terminal; device_info, ping,
+    // status found and not found; a fiscal register: fiscal_info, device_info, a sale
+    // with a basket. (command, where in its result, what.)
+    #[rustfmt::skip]
+    let asked = vec![
+        (json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"}), "/state", "expired"),
+        (pay("u-1", "nope", 100), "/error/code", "unknown_terminal"),
+        (json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"}), "/error/code", "unsupported_op"),
+        (pay("x-1", "ip-dead", 100), "/state", "failed"),
+        (json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}), "/state", "succeeded"),
+        (json!({"v":1,"id":"ping-1","op":"ping","expires_at":"2099-01-01T00:00:00+03:00"}), "/state", "succeeded"),
+        (json!({"v":1,"id":"s-1","op":"status","target":"p-1"}), "/target/state", "succeeded"),
+        (json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}), "/error/code", "not_found"),
+        (json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}), "/state", "succeeded"),
+        (json!({"v":1,"id":"d-2","op":"device_info","terminal":"token-1"}), "/state", "succeeded"),
+        (json!({"v":1,"id":"tk-1","op":"payment","terminal":"token-1","amount":2000,"currency":"TRY",
+            "basket": {"items": [{"name": "Su", "price": 500, "quantity": 1, "section_no": 1},
+                                 {"name": "Armut", "price": 1500, "quantity": 1, "section_no": 1}],
+                       "payments": [{"type": 1, "amount": 1000, "description": "nakit"},
+                                    {"type": 3, "amount": 1000, "description": "kredi kartı"}]}}), "/state", "succeeded"),
+    ];
+    s.asks(asked).await;
 
     // A queue on the slow terminal (queue_depth 2): running, queued, full; repeats of a
     // running and a queued id; cancel of a queued, a running and a finished command.
@@ -616,27 +588,16 @@ async fn every_published_message_matches_its_schema() {
     s.send(pay("q-2", "ip-slow", 200)).await;
     s.wait_n("evt", 2, |v| v["detail"]["duplicate"] == true)
         .await;
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"s-3","op":"status","target":"q-1","terminal":"ip-slow"}))
-            .await["target"]["state"],
-        "in_progress"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"c-1","op":"cancel","target":"q-2"}))
-            .await["target"]["state"],
-        "cancelled"
-    );
+    // Status of the running one; cancel of a queued, a running and a finished command.
+    #[rustfmt::skip]
+    let asked = vec![
+        (json!({"v":1,"id":"s-3","op":"status","target":"q-1","terminal":"ip-slow"}), "/target/state", "in_progress"),
+        (json!({"v":1,"id":"c-1","op":"cancel","target":"q-2"}), "/target/state", "cancelled"),
+        (json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}), "/error/code", "not_cancellable"),
+        (json!({"v":1,"id":"c-3","op":"cancel","target":"p-2"}), "/error/code", "not_cancellable"),
+    ];
+    s.asks(asked).await;
     assert_eq!(s.result("q-2").await["state"], "cancelled");
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
-            .await["error"]["code"],
-        "not_cancellable"
-    );
-    assert_eq!(
-        s.ask(json!({"v":1,"id":"c-3","op":"cancel","target":"p-2"}))
-            .await["error"]["code"],
-        "not_cancellable"
-    );
     assert_eq!(s.result("q-1").await["state"], "succeeded");
     assert_eq!(s.result("q-3").await["state"], "succeeded");
 

@@ -12,7 +12,6 @@ use p256::ecdsa::SigningKey;
 use p256::elliptic_curve::Generate;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use posbridge::api::signature::seal;
-use posbridge::sim::ip::{IpSim, SimOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -41,11 +40,7 @@ async fn signed_setup(
     security_extra: &str,
     stop: &CancellationToken,
 ) -> (SigningKey, posbridge::sim::ip::SimStats, AgentSpec) {
-    let sim = IpSim::loopback(SimOptions::approving(None, 0))
-        .await
-        .expect("sim");
-    let (addr, stats) = (sim.local_addr(), sim.stats());
-    sim.spawn(stop.clone());
+    let (addr, stats) = approving_ip_sim(None, 0, stop).await;
     let (sk, security) = cloud_key(dir, kid);
     let spec = AgentSpec {
         extra: format!("{security}{security_extra}"),
@@ -216,19 +211,30 @@ fn base64_url(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
 }
 
+/// The config `dir/c.toml` of agent `a`: a broker nothing answers on, the store in
+/// `dir/store`, then `rest`.
+fn offline_config(dir: &std::path::Path, rest: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        "c.toml",
+        &format!(
+            "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n{rest}",
+            dir.join("store").display()
+        ),
+    )
+}
+
 #[test]
 fn unreadable_key_stops_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), "c.toml", &format!(
-            "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n[security]\ncommand_keys = [{{ kid = \"k\", public_key_file = \"{}/missing.pem\" }}]\n",
-            dir.path().join("store").display(),
+    let cfg = offline_config(
+        dir.path(),
+        &format!(
+            "[security]\ncommand_keys = [{{ kid = \"k\", public_key_file = \"{}/missing.pem\" }}]\n",
             dir.path().display()
-        ));
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run");
+        ),
+    );
+    let out = posbridge_with(&["run"], &cfg).output().expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("command_keys[0].public_key_file"));
 }
@@ -239,13 +245,11 @@ fn unreadable_key_stops_the_start() {
 #[test]
 fn unsigned_is_opt_in() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), "c.toml", &format!(
-            "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[store]\npath = \"{}\"\n[[terminals]]\nid = \"ip-1\"\nkind = \"ip\"\naddr = \"127.0.0.1:9\"\n",
-            dir.path().join("store").display(),
-        ));
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
+    let cfg = offline_config(
+        dir.path(),
+        "[[terminals]]\nid = \"ip-1\"\nkind = \"ip\"\naddr = \"127.0.0.1:9\"\n",
+    );
+    let out = posbridge_with(&["run"], &cfg)
         .env_remove("POSBRIDGE__SECURITY__ALLOW_UNSIGNED")
         .output()
         .expect("run");
@@ -257,13 +261,8 @@ fn unsigned_is_opt_in() {
         !dir.path().join("store").exists(),
         "refused before anything was created"
     );
-    let doctor = Command::new(BIN)
-        .args(["doctor", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("doctor");
-    let text = String::from_utf8_lossy(&doctor.stdout).to_string()
-        + &String::from_utf8_lossy(&doctor.stderr);
+    let doctor = posbridge_with(&["doctor"], &cfg).output().expect("doctor");
+    let text = output_text(&doctor);
     assert!(text.contains("security"), "{text}");
     assert!(!doctor.status.success(), "{text}");
 }

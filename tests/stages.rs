@@ -6,18 +6,13 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use posbridge::sim::ip::{IpSim, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_of_a_payment_is_noted_in_order() {
     let broker = embedded();
-    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0))
-        .await
-        .expect("sim");
-    let addr = sim.local_addr();
     let stop = CancellationToken::new();
-    let _sim = sim.spawn(stop.clone());
+    let (addr, _) = approving_ip_sim(Some(1), 0, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let stages = dir.path().join("stages.jsonl");
     let spec = AgentSpec::new("stages", broker.port()).ip("ip-1", addr);

@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::tls::{pki, pki_ca_only};
+use common::tls::{pki_and_port, pki_ca_only};
 use common::*;
-use posbridge::sim::ip::{IpSim, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 fn agent_config(
@@ -22,20 +21,14 @@ fn agent_config(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_with_ca_client_cert_and_password() {
-    if !mosquitto_available() {
+    let Some((pki, tls_port)) = pki_and_port() else {
         return;
-    }
-    let pki = pki();
-    let tls_port = free_port();
+    };
     let m = pki.mosquitto(tls_port, "agent", "s3cret");
     wait_port(tls_port);
 
-    let sim = IpSim::loopback(SimOptions::approving(None, 0))
-        .await
-        .expect("sim");
-    let ip = sim.local_addr();
     let stop = CancellationToken::new();
-    let _sim = sim.spawn(stop.clone());
+    let (ip, _) = approving_ip_sim(None, 0, &stop).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -89,12 +82,10 @@ async fn mqtts_with_ca_client_cert_and_password() {
 /// A server certificate from an unknown CA is refused (no silent insecure fallback).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_refuses_an_unknown_server_ca() {
-    if !mosquitto_available() {
+    let Some((pki, tls_port)) = pki_and_port() else {
         return;
-    }
-    let pki = pki();
+    };
     let other = pki_ca_only();
-    let tls_port = free_port();
     let _m = Mosquitto::start_with(|d| {
         std::fs::write(d.join("server.pem"), &pki.server_pem).expect("srv");
         std::fs::write(d.join("server.key"), &pki.server_key).expect("srv key");

@@ -13,15 +13,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 async fn sim() -> (SocketAddr, SimControl, CancellationToken) {
-    let s = TokenSim::loopback(
-        SimOptions {
-            seed: Some(7),
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .expect("sim");
+    let s = token_sim(7).await;
     let stop = CancellationToken::new();
     let (addr, ctl) = (s.local_addr(), s.control());
     s.spawn(stop.clone());
@@ -184,8 +176,7 @@ async fn link_drop_mid_sale_is_unknown_unless_the_result_arrives_after_reconnect
     });
     let before = r.ctl.baskets_received();
     let res = r.cloud.ask(sale("d-2")).await;
-    assert_eq!(res["state"], "unknown", "{res}");
-    assert_eq!(res["needs_reconciliation"], true);
+    assert_unknown(&res);
     assert_eq!(r.ctl.baskets_received(), before + 1, "never resent");
     assert_eq!(r.ctl.sales(&basket_id("tok-drop", "d-2")), 1);
 
@@ -222,10 +213,7 @@ async fn kill9_between_basket_and_result_never_sells_twice() {
         )
         .await;
         cloud.send(sale(&id)).await;
-        let st = agent
-            .wait_exit(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
-        assert!(!st.success(), "{point}");
+        assert_aborts_at(&mut agent, point, Duration::from_secs(20));
         agent.restart(&[]);
         let res = cloud.result(&id).await;
         assert_eq!(res["state"], *want, "{point}: {res}\n{}", agent.log());
@@ -393,10 +381,7 @@ async fn a_full_card_number_from_the_register_is_never_kept_or_sent() {
     let item = &res["device"]["paymentItems"][0];
     assert_eq!(item["cardNumber"], "411111******1111", "{res}");
     assert!(r.agent.sigterm().success());
-    let published = r.cloud.published_containing("4111111111111111");
-    assert!(published.is_none(), "{published:?}");
-    let file = file_containing(r._dir.path(), "4111111111111111".as_bytes());
-    assert!(file.is_none(), "{file:?} holds the card number");
+    assert_card_number_nowhere(&r.cloud, r._dir.path(), &["4111111111111111"]);
     r.stop.cancel();
 }
 

@@ -5,13 +5,31 @@
 use super::test_fixtures::{error, load, with_terminal, FULL, MINIMAL};
 use super::*;
 
+/// `text` as a config file is refused with a message that starts with `prefix` and names
+/// the file; the message.
+fn refused_in_file(text: &str, prefix: &str) -> String {
+    let (c, path) = load(text, &[]);
+    let message = c.expect_err(prefix).to_string();
+    assert!(
+        message.starts_with(&format!("{prefix} in {path}")),
+        "{message}"
+    );
+    message
+}
+
+/// Each config text is refused with a message that starts with its prefix.
+fn refused(cases: &[(String, &str)]) {
+    for (text, prefix) in cases {
+        let message = error(text);
+        assert!(message.starts_with(prefix), "{prefix}: {message}");
+    }
+}
+
 #[test]
 fn unknown_top_level_key_names_key_and_file() {
-    let (c, path) = load(&format!("agnet_id = \"x\"\n{MINIMAL}"), &[]);
-    let message = c.expect_err("unknown key").to_string();
-    assert!(
-        message.starts_with(&format!("unknown key \"agnet_id\" in {path}")),
-        "{message}"
+    let message = refused_in_file(
+        &format!("agnet_id = \"x\"\n{MINIMAL}"),
+        "unknown key \"agnet_id\"",
     );
     assert!(
         message.contains("agent_id, topic_prefix"),
@@ -21,42 +39,33 @@ fn unknown_top_level_key_names_key_and_file() {
 
 #[test]
 fn unknown_nested_key_names_section_key_and_file() {
-    let (c, path) = load(&format!("{MINIMAL}urll = \"mqtt://y\"\n"), &[]);
-    let message = c.expect_err("unknown key").to_string();
-    assert!(
-        message.starts_with(&format!("unknown key \"mqtt.urll\" in {path}")),
-        "{message}"
+    refused_in_file(
+        &format!("{MINIMAL}urll = \"mqtt://y\"\n"),
+        "unknown key \"mqtt.urll\"",
     );
-    let message = error(&format!("{MINIMAL}[log]\ncolour = true\n"));
-    assert!(
-        message.starts_with("unknown key \"log.colour\" in inline TOML"),
-        "{message}"
-    );
+    refused(&[(
+        format!("{MINIMAL}[log]\ncolour = true\n"),
+        "unknown key \"log.colour\" in inline TOML",
+    )]);
 }
 
 #[test]
 fn unknown_terminal_key_is_rejected_and_named() {
-    let text = format!("{FULL}colour = \"red\"\n"); // lands in the last table: terminals[4]
-    let (c, path) = load(&text, &[]);
-    let message = c.expect_err("unknown terminal key").to_string();
-    assert!(
-        message.starts_with(&format!("unknown key \"terminals[4].colour\" in {path}")),
-        "{message}"
+    // Lands in the last table: terminals[4].
+    refused_in_file(
+        &format!("{FULL}colour = \"red\"\n"),
+        "unknown key \"terminals[4].colour\"",
     );
-    let message = error(&with_terminal(
-        "id = \"i\"\nkind = \"ip\"\naddr = \"h:1\"\nurl = \"x\"",
-    ));
-    assert!(
-        message.starts_with("unknown key \"terminals[0].url\""),
-        "{message}"
-    );
-    let message = error(&with_terminal(
-        "id = \"t\"\nkind = \"token\"\nusb = { vidd = 1 }",
-    ));
-    assert!(
-        message.starts_with("unknown key \"terminals[0].usb.vidd\""),
-        "{message}"
-    );
+    refused(&[
+        (
+            with_terminal("id = \"i\"\nkind = \"ip\"\naddr = \"h:1\"\nurl = \"x\""),
+            "unknown key \"terminals[0].url\"",
+        ),
+        (
+            with_terminal("id = \"t\"\nkind = \"token\"\nusb = { vidd = 1 }"),
+            "unknown key \"terminals[0].usb.vidd\"",
+        ),
+    ]);
 }
 
 #[test]
@@ -66,62 +75,64 @@ fn unknown_kind_and_missing_keys_are_named() {
         message.contains("terminals[0]") && message.contains("visa"),
         "{message}"
     );
-    let message = error(&with_terminal("id = \"x\""));
-    assert!(
-        message.starts_with("missing key \"terminals[0].kind\""),
-        "{message}"
-    );
-    let message = error(&with_terminal("id = \"x\"\nkind = \"ip\""));
-    assert!(
-        message.starts_with("missing key \"terminals[0].addr\""),
-        "{message}"
-    );
-    let message = error("agent_id = \"a\"\n[mqtt]\n");
-    assert!(message.starts_with("missing key \"mqtt.url\""), "{message}");
-    let message = error("[mqtt]\nurl = \"mqtt://h\"\n");
-    assert!(message.starts_with("missing key \"agent_id\""), "{message}");
+    refused(&[
+        (
+            with_terminal("id = \"x\""),
+            "missing key \"terminals[0].kind\"",
+        ),
+        (
+            with_terminal("id = \"x\"\nkind = \"ip\""),
+            "missing key \"terminals[0].addr\"",
+        ),
+        (
+            "agent_id = \"a\"\n[mqtt]\n".into(),
+            "missing key \"mqtt.url\"",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://h\"\n".into(),
+            "missing key \"agent_id\"",
+        ),
+    ]);
 }
 
 #[test]
 fn bad_duration_is_named() {
-    let message = error(&format!("{MINIMAL}keep_alive = \"30 parsecs\"\n"));
-    assert!(
-        message.starts_with("mqtt.keep_alive: invalid duration \"30 parsecs\""),
-        "{message}"
-    );
-    let message = error(&format!("{MINIMAL}[commands]\ndefault_ttl = 120\n"));
-    assert!(
-        message.starts_with("commands.default_ttl: invalid duration \"120\""),
-        "{message}"
-    );
-    let message = error(&with_terminal(
-        "id = \"i\"\nkind = \"ip\"\naddr = \"h:1\"\nop_timeout = \"soon\"",
-    ));
-    assert!(
-        message.starts_with("terminals[0]: invalid duration \"soon\""),
-        "{message}"
-    );
-    let message = error(&format!("{MINIMAL}[commands]\ndefault_ttl = \"0s\"\n"));
-    assert!(
-        message.starts_with("commands.default_ttl: must be more than 0s"),
-        "{message}"
-    );
+    refused(&[
+        (
+            format!("{MINIMAL}keep_alive = \"30 parsecs\"\n"),
+            "mqtt.keep_alive: invalid duration \"30 parsecs\"",
+        ),
+        (
+            format!("{MINIMAL}[commands]\ndefault_ttl = 120\n"),
+            "commands.default_ttl: invalid duration \"120\"",
+        ),
+        (
+            with_terminal("id = \"i\"\nkind = \"ip\"\naddr = \"h:1\"\nop_timeout = \"soon\""),
+            "terminals[0]: invalid duration \"soon\"",
+        ),
+        (
+            format!("{MINIMAL}[commands]\ndefault_ttl = \"0s\"\n"),
+            "commands.default_ttl: must be more than 0s",
+        ),
+    ]);
 }
 
 #[test]
 fn bad_types_and_enums_are_named() {
-    let message = error(&format!("{MINIMAL}[commands]\nmax_bytes = \"lots\"\n"));
-    assert!(message.starts_with("commands.max_bytes: "), "{message}");
+    refused(&[
+        (
+            format!("{MINIMAL}[commands]\nmax_bytes = \"lots\"\n"),
+            "commands.max_bytes: ",
+        ),
+        ("agent_id = \"a\"\nmqtt = \"mqtt://h\"\n".into(), "mqtt: "),
+        (
+            "agent_id = \"a\"\n[mqtt\n".into(),
+            "inline TOML: invalid TOML",
+        ),
+    ]);
     let message = error(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"));
     assert!(
         message.starts_with("log.format: ") && message.contains("xml"),
-        "{message}"
-    );
-    let message = error("agent_id = \"a\"\nmqtt = \"mqtt://h\"\n");
-    assert!(message.starts_with("mqtt: "), "{message}");
-    let message = error("agent_id = \"a\"\n[mqtt\n");
-    assert!(
-        message.starts_with("inline TOML: invalid TOML"),
         "{message}"
     );
 }
@@ -196,89 +207,101 @@ fn mqtt_url_and_endpoint() {
 
 #[test]
 fn cross_key_rules() {
-    let mqtt = |extra: &str| error(&format!("{MINIMAL}{extra}\n"));
-    assert!(mqtt("ca_file = \"/ca.pem\"").starts_with("mqtt.ca_file: only used with an mqtts://"));
-    assert!(mqtt("password_file = \"/p\"").starts_with("mqtt.password_file: needs mqtt.username"));
-    // A password over plain mqtt:// to another machine only when asked for.
-    assert!(mqtt("username = \"u\"\npassword_file = \"/p\"")
-        .starts_with("mqtt.url: mqtt:// would send mqtt.password_file's password in clear text"));
-    assert!(Config::from_toml_str(&format!(
-        "{MINIMAL}username = \"u\"\npassword_file = \"/p\"\nallow_plaintext = true\n"
-    ))
-    .is_ok());
-    assert!(Config::from_toml_str(
-        "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\npassword_file = \"/p\"\n"
-    )
-    .is_ok());
-    assert!(mqtt("keep_alive = \"0s\"").starts_with("mqtt.keep_alive: "));
-    let commands = |extra: &str| error(&format!("{MINIMAL}[commands]\n{extra}\n"));
-    assert!(commands("max_bytes = 1023").starts_with("commands.max_bytes: 1023 is outside"));
-    assert!(commands("max_bytes = 16777217").starts_with("commands.max_bytes: "));
-    assert!(commands("queue_depth = 0").starts_with("commands.queue_depth: "));
-    let terminal = |body: &str| error(&with_terminal(body));
+    let mqtt = |extra: &str| format!("{MINIMAL}{extra}\n");
+    let commands = |extra: &str| format!("{MINIMAL}[commands]\n{extra}\n");
     let kaspi = "id = \"k\"\nkind = \"kaspi\"\nurl = \"https://192.0.2.1\"\n";
-    assert!(
-        terminal(&format!("{kaspi}tls = \"pin\"")).starts_with("terminals[0].pin_sha256: required")
-    );
-    assert!(
-        terminal(&format!("{kaspi}tls = \"pin\"\npin_sha256 = \"abc\""))
-            .starts_with("terminals[0].pin_sha256: must be 64 hex")
-    );
-    let pinned = format!("{kaspi}tls = \"pin\"\npin_sha256 = \"{}\"", "aB".repeat(32));
-    assert!(Config::from_toml_str(&with_terminal(&pinned)).is_ok());
-    assert!(terminal("id = \"k\"\nkind = \"kaspi\"\nurl = \"ftp://h\"")
-        .starts_with("terminals[0].url: "));
-    assert!(terminal("id = \"i\"\nkind = \"ip\"\naddr = \"192.0.2.20\"")
-        .starts_with("terminals[0].addr: "));
-    assert!(
-        terminal("id = \"t\"\nkind = \"token\"\ntransport = \"tcp\"")
-            .starts_with("terminals[0].addr: required")
-    );
-    assert!(terminal("id = \"t\"\nkind = \"token\"\nstrict = true")
-        .starts_with("terminals[0].ca_file: required with strict = true"));
-    assert!(terminal("id = \"t\"\nkind = \"token\"\nquantity_scale = 7")
-        .starts_with("terminals[0].quantity_scale: "));
-    assert!(
-        terminal("id = \"t\"\nkind = \"token\"\nrecovery_window = \"0s\"")
-            .starts_with("terminals[0].recovery_window: ")
-    );
     let paywall = "id = \"p\"\nkind = \"paywall\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\n";
-    assert!(terminal(&format!(
-        "{paywall}mode = \"live\"\ntest_url = \"https://t.example\""
-    ))
-    .starts_with("terminals[0].live_url: required with mode = \"live\""));
-    // Live money never over plain HTTP, but to this machine itself (a simulator).
-    assert!(terminal(&format!(
-        "{paywall}mode = \"live\"\nlive_url = \"http://paywall.example/api\""
-    ))
-    .starts_with("terminals[0].live_url: \"http://paywall.example/api\": a live provider URL must be https://"));
-    assert!(Config::from_toml_str(&with_terminal(&format!(
-        "{paywall}mode = \"live\"\nlive_url = \"http://127.0.0.1:8443/live\""
-    )))
-    .is_ok());
-    assert!(
-        Config::from_toml_str(&with_terminal(&format!("{paywall}mode = \"disabled\""))).is_ok()
+    let pinned = format!("{kaspi}tls = \"pin\"\npin_sha256 = \"{}\"", "aB".repeat(32));
+    refused(&[
+        (
+            mqtt("ca_file = \"/ca.pem\""),
+            "mqtt.ca_file: only used with an mqtts://",
+        ),
+        (
+            mqtt("password_file = \"/p\""),
+            "mqtt.password_file: needs mqtt.username",
+        ),
+        // A password over plain mqtt:// to another machine only when asked for (below).
+        (
+            mqtt("username = \"u\"\npassword_file = \"/p\""),
+            "mqtt.url: mqtt:// would send mqtt.password_file's password in clear text",
+        ),
+        (mqtt("keep_alive = \"0s\""), "mqtt.keep_alive: "),
+        (
+            commands("max_bytes = 1023"),
+            "commands.max_bytes: 1023 is outside",
+        ),
+        (commands("max_bytes = 16777217"), "commands.max_bytes: "),
+        (commands("queue_depth = 0"), "commands.queue_depth: "),
+    ]);
+    refused(
+        &[
+            (format!("{kaspi}tls = \"pin\""), "terminals[0].pin_sha256: required"),
+            (
+                format!("{kaspi}tls = \"pin\"\npin_sha256 = \"abc\""),
+                "terminals[0].pin_sha256: must be 64 hex",
+            ),
+            ("id = \"k\"\nkind = \"kaspi\"\nurl = \"ftp://h\"".into(), "terminals[0].url: "),
+            ("id = \"i\"\nkind = \"ip\"\naddr = \"192.0.2.20\"".into(), "terminals[0].addr: "),
+            (
+                "id = \"t\"\nkind = \"token\"\ntransport = \"tcp\"".into(),
+                "terminals[0].addr: required",
+            ),
+            (
+                "id = \"t\"\nkind = \"token\"\nstrict = true".into(),
+                "terminals[0].ca_file: required with strict = true",
+            ),
+            (
+                "id = \"t\"\nkind = \"token\"\nquantity_scale = 7".into(),
+                "terminals[0].quantity_scale: ",
+            ),
+            (
+                "id = \"t\"\nkind = \"token\"\nrecovery_window = \"0s\"".into(),
+                "terminals[0].recovery_window: ",
+            ),
+            (
+                format!("{paywall}mode = \"live\"\ntest_url = \"https://t.example\""),
+                "terminals[0].live_url: required with mode = \"live\"",
+            ),
+            // Live money never over plain HTTP, but to this machine itself (a simulator).
+            (
+                format!("{paywall}mode = \"live\"\nlive_url = \"http://paywall.example/api\""),
+                "terminals[0].live_url: \"http://paywall.example/api\": a live provider URL must be https://",
+            ),
+            (
+                "id = \"p\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"https://t.example\"".into(),
+                "terminals[0].terminal_guid: required",
+            ),
+            (
+                "id = \"k\"\nkind = \"kuveyt\"\nmode = \"test\"".into(),
+                "terminals[0].test_url: required",
+            ),
+            (
+                "id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\nreturn_url = \"https://u:p@x\"".into(),
+                "terminals[0].return_url: credentials",
+            ),
+            (
+                "id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\npoll_interval = \"1s\"".into(),
+                "terminals[0].poll_interval: must be at least 2s",
+            ),
+            (
+                format!("{paywall}mode = \"disabled\"\ncurrency_ids = {{ try = 1 }}"),
+                "terminals[0].currency_ids.try: ",
+            ),
+            (
+                format!("{paywall}mode = \"disabled\"\nop_timeout = \"0s\""),
+                "terminals[0].op_timeout: ",
+            ),
+        ]
+        .map(|(body, prefix)| (with_terminal(&body), prefix)),
     );
-    assert!(terminal(
-        "id = \"p\"\nkind = \"paywall\"\nmode = \"test\"\ntest_url = \"https://t.example\""
-    )
-    .starts_with("terminals[0].terminal_guid: required"));
-    assert!(terminal("id = \"k\"\nkind = \"kuveyt\"\nmode = \"test\"")
-        .starts_with("terminals[0].test_url: required"));
-    assert!(terminal(
-        "id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\nreturn_url = \"https://u:p@x\""
-    )
-    .starts_with("terminals[0].return_url: credentials"));
-    assert!(
-        terminal("id = \"k\"\nkind = \"kuveyt\"\nmode = \"disabled\"\npoll_interval = \"1s\"")
-            .starts_with("terminals[0].poll_interval: must be at least 2s")
-    );
-    assert!(terminal(&format!(
-        "{paywall}mode = \"disabled\"\ncurrency_ids = {{ try = 1 }}"
-    ))
-    .starts_with("terminals[0].currency_ids.try: "));
-    assert!(terminal(&format!(
-        "{paywall}mode = \"disabled\"\nop_timeout = \"0s\""
-    ))
-    .starts_with("terminals[0].op_timeout: "));
+    for ok in [
+        mqtt("username = \"u\"\npassword_file = \"/p\"\nallow_plaintext = true"),
+        "agent_id = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\npassword_file = \"/p\"\n".into(),
+        with_terminal(&pinned),
+        with_terminal(&format!("{paywall}mode = \"live\"\nlive_url = \"http://127.0.0.1:8443/live\"")),
+        with_terminal(&format!("{paywall}mode = \"disabled\"")),
+    ] {
+        assert!(Config::from_toml_str(&ok).is_ok(), "{ok}");
+    }
 }

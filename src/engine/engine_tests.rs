@@ -2,8 +2,9 @@
 //! driver and a real store, on paused tokio time with the engine's [`TokioClock`]: time
 //! moves by `tokio::time::advance`, never by sleeping.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,20 +18,50 @@ use crate::api::Op;
 use crate::drivers::{Caps, Driver, Fact, Health, OpContext};
 use crate::store::{CmdState, Store};
 
-/// A terminal whose payments take as long as the test says: each `execute` reports that
-/// it started, then waits for `release`.
-#[derive(Default)]
-struct Slow {
-    started: Notify,
-    release: Notify,
-    executed: AtomicU32,
+/// The fake terminal of the engine's tests (here and `settle`'s): `execute` answers with
+/// one scripted fact (journalling `sending` first when the fact says the request may have
+/// left), each `ask` with the next scripted fact, `Lost` once the script runs out. A gated
+/// one takes as long as the test says: it reports that it started, then waits for
+/// `release` before it answers.
+pub(super) struct Fake {
+    first: Fact,
+    asks: Mutex<VecDeque<Fact>>,
+    window: Duration,
+    gated: bool,
+    pub(super) started: Notify,
+    pub(super) release: Notify,
+    pub(super) executed: AtomicU32,
+    pub(super) asked: AtomicU32,
+}
+
+impl Fake {
+    pub(super) fn new(first: Fact, asks: Vec<Fact>, window: Duration) -> Fake {
+        Fake {
+            first,
+            asks: Mutex::new(asks.into()),
+            window,
+            gated: false,
+            started: Notify::new(),
+            release: Notify::new(),
+            executed: AtomicU32::new(0),
+            asked: AtomicU32::new(0),
+        }
+    }
+
+    /// Answers `first` once released.
+    fn gated(first: Fact) -> Fake {
+        Fake {
+            gated: true,
+            ..Fake::new(first, vec![], Duration::ZERO)
+        }
+    }
 }
 
 #[async_trait]
-impl Driver for Slow {
+impl Driver for Fake {
     fn caps(&self) -> &'static Caps {
         &Caps {
-            kind: "slow",
+            kind: "fake",
             ops: &[],
         }
     }
@@ -39,12 +70,27 @@ impl Driver for Slow {
     }
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
         self.executed.fetch_add(1, Ordering::SeqCst);
-        ctx.sending("slow_sending", json!({}))
-            .await
-            .expect("journal");
-        self.started.notify_one();
-        self.release.notified().await;
-        Fact::approved(None, Some(json!({ "ok": true })))
+        if !matches!(self.first, Fact::NotSent { .. }) {
+            ctx.sending("fake_sending", json!({}))
+                .await
+                .expect("journal");
+        }
+        if self.gated {
+            self.started.notify_one();
+            self.release.notified().await;
+        }
+        self.first.clone()
+    }
+    async fn ask(&self, _ctx: &mut OpContext, _left: Duration) -> Fact {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.asks
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or_else(|| Fact::lost("scripted: no answer"))
+    }
+    fn recovery_window(&self) -> Duration {
+        self.window
     }
     async fn health(&self) -> Health {
         Health {
@@ -84,7 +130,10 @@ async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("store")).expect("open");
     let clock = Arc::new(TokioClock::new());
-    let slow = Arc::new(Slow::default());
+    let slow = Arc::new(Fake::gated(Fact::approved(
+        None,
+        Some(json!({ "ok": true })),
+    )));
     let (out, _out_rx) = mpsc::unbounded_channel();
     let engine = Engine::new(
         store.clone(),

@@ -1,83 +1,18 @@
-//! The settle policy against a scripted fake driver: every fact, live and at resume, to
-//! its contract outcome; and the rule that nothing but a definite device answer (or a
-//! first request that provably never left) ends `failed`.
+//! The settle policy against the scripted fake driver (`engine_tests::Fake`): every fact,
+//! live and at resume, to its contract outcome; and the rule that nothing but a definite
+//! device answer (or a first request that provably never left) ends `failed`.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::api::{parse_command, Op};
-use crate::drivers::{Caps, Health, NotSentWhy, OpContext, Refusal};
+use crate::api::parse_command;
+use crate::drivers::{NotSentWhy, OpContext, Refusal};
+use crate::engine::engine_tests::Fake;
 use crate::store::{CmdState, CommandRecord, Store};
-
-/// Answers `execute` with one scripted fact (journalling `sending` first when the fact
-/// says the request may have left) and each `ask` with the next scripted fact, `Lost`
-/// once the script runs out.
-struct Fake {
-    first: Fact,
-    asks: Mutex<VecDeque<Fact>>,
-    window: Duration,
-    executed: AtomicU32,
-    asked: AtomicU32,
-}
-
-impl Fake {
-    fn new(first: Fact, asks: Vec<Fact>, window: Duration) -> Fake {
-        Fake {
-            first,
-            asks: Mutex::new(asks.into()),
-            window,
-            executed: AtomicU32::new(0),
-            asked: AtomicU32::new(0),
-        }
-    }
-}
-
-#[async_trait]
-impl Driver for Fake {
-    fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "fake",
-            ops: &[],
-        }
-    }
-    fn supports(&self, _op: Op) -> bool {
-        true
-    }
-    async fn execute(&self, ctx: &mut OpContext) -> Fact {
-        self.executed.fetch_add(1, Ordering::SeqCst);
-        if !matches!(self.first, Fact::NotSent { .. }) {
-            ctx.sending("fake_sending", json!({}))
-                .await
-                .expect("journal");
-        }
-        self.first.clone()
-    }
-    async fn ask(&self, _ctx: &mut OpContext, _left: Duration) -> Fact {
-        self.asked.fetch_add(1, Ordering::SeqCst);
-        self.asks
-            .lock()
-            .expect("lock")
-            .pop_front()
-            .unwrap_or_else(|| Fact::lost("scripted: no answer"))
-    }
-    fn recovery_window(&self) -> Duration {
-        self.window
-    }
-    async fn health(&self) -> Health {
-        Health {
-            state: crate::api::TerminalState::Connected,
-            identity: json!({}),
-            error: None,
-        }
-    }
-}
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -155,134 +90,49 @@ fn absent_guaranteed() -> Fact {
 
 #[tokio::test(start_paused = true)]
 async fn live_facts_map_to_outcomes() {
+    use ErrorCode as E;
+    use FinalState as S;
+    use NotSentWhy as N;
     let rig = rig();
     let declined = Fact::refused(Refusal::Declined, "no", None);
     let raw = json!({"cut": "{\"ok\":tr"});
-    // (first fact, scripted asks, state, code, asks made)
+    let cancelled = Fact::refused(Refusal::CancelledByCustomer, "x", None);
+    let unreachable = Fact::not_sent(N::Unreachable, "refused");
+    let unreadable = Fact::unreadable("cut short", raw.clone());
+    let wait = Fact::pending("wait");
+    let cannot_ask = Fact::CannotAsk {
+        why: "no key".into(),
+    };
+    let lost = Fact::lost("reset");
+    // (first fact, scripted asks, state, code, asks made; u32::MAX: kept asking)
     type Row = (Fact, Vec<Fact>, FinalState, Option<ErrorCode>, u32);
+    // One row a line, so that the table reads as one.
+    #[rustfmt::skip]
     let table: Vec<Row> = vec![
-        (
-            Fact::approved(None, None),
-            vec![],
-            FinalState::Succeeded,
-            None,
-            0,
-        ),
-        (
-            declined.clone(),
-            vec![],
-            FinalState::Failed,
-            Some(ErrorCode::Declined),
-            0,
-        ),
-        (
-            Fact::refused(Refusal::CancelledByCustomer, "x", None),
-            vec![],
-            FinalState::Failed,
-            Some(ErrorCode::CancelledByCustomer),
-            0,
-        ),
-        (
-            Fact::not_sent(NotSentWhy::Unreachable, "refused"),
-            vec![],
-            FinalState::Failed,
-            Some(ErrorCode::DeviceUnavailable),
-            0,
-        ),
-        (
-            Fact::not_sent(NotSentWhy::BadRequest, "bad"),
-            vec![],
-            FinalState::Rejected,
-            Some(ErrorCode::BadRequest),
-            0,
-        ),
-        (
-            Fact::not_sent(NotSentWhy::Unsupported, "no"),
-            vec![],
-            FinalState::Rejected,
-            Some(ErrorCode::UnsupportedOp),
-            0,
-        ),
-        (
-            Fact::not_sent(NotSentWhy::Store, "disk"),
-            vec![],
-            FinalState::Failed,
-            Some(ErrorCode::Internal),
-            0,
-        ),
+        (Fact::approved(None, None), vec![], S::Succeeded, None, 0),
+        (declined.clone(), vec![], S::Failed, Some(E::Declined), 0),
+        (cancelled, vec![], S::Failed, Some(E::CancelledByCustomer), 0),
+        (unreachable.clone(), vec![], S::Failed, Some(E::DeviceUnavailable), 0),
+        (Fact::not_sent(N::BadRequest, "bad"), vec![], S::Rejected, Some(E::BadRequest), 0),
+        (Fact::not_sent(N::Unsupported, "no"), vec![], S::Rejected, Some(E::UnsupportedOp), 0),
+        (Fact::not_sent(N::Store, "disk"), vec![], S::Failed, Some(E::Internal), 0),
         // Lost, then the device answers when asked again.
-        (
-            Fact::lost("reset"),
-            vec![Fact::approved(None, None)],
-            FinalState::Succeeded,
-            None,
-            1,
-        ),
-        (
-            Fact::lost("reset"),
-            vec![declined.clone()],
-            FinalState::Failed,
-            Some(ErrorCode::Declined),
-            1,
-        ),
+        (lost.clone(), vec![Fact::approved(None, None)], S::Succeeded, None, 1),
+        (lost.clone(), vec![declined.clone()], S::Failed, Some(E::Declined), 1),
         // Lost for good: unknown, never failed.
-        (
-            Fact::lost("reset"),
-            vec![],
-            FinalState::Unknown,
-            Some(ErrorCode::Timeout),
-            u32::MAX,
-        ),
+        (lost.clone(), vec![], S::Unknown, Some(E::Timeout), u32::MAX),
         // Unreadable answer: unknown with the raw answer kept.
-        (
-            Fact::unreadable("cut short", raw.clone()),
-            vec![],
-            FinalState::Unknown,
-            Some(ErrorCode::Timeout),
-            u32::MAX,
-        ),
+        (unreadable, vec![], S::Unknown, Some(E::Timeout), u32::MAX),
         // Still running twice, then a verdict.
-        (
-            Fact::pending("wait"),
-            vec![Fact::pending("wait"), declined.clone()],
-            FinalState::Failed,
-            Some(ErrorCode::Declined),
-            2,
-        ),
+        (wait.clone(), vec![wait, declined.clone()], S::Failed, Some(E::Declined), 2),
         // "No record" proves nothing after a maybe-sent request.
-        (
-            absent(),
-            vec![absent(), absent()],
-            FinalState::Unknown,
-            Some(ErrorCode::Timeout),
-            u32::MAX,
-        ),
+        (absent(), vec![absent(), absent()], S::Unknown, Some(E::Timeout), u32::MAX),
         // …unless the protocol guarantees it.
-        (
-            absent_guaranteed(),
-            vec![],
-            FinalState::Failed,
-            Some(ErrorCode::DeviceUnavailable),
-            0,
-        ),
+        (absent_guaranteed(), vec![], S::Failed, Some(E::DeviceUnavailable), 0),
         // Cannot be asked: unknown at once.
-        (
-            Fact::CannotAsk {
-                why: "no key".into(),
-            },
-            vec![],
-            FinalState::Unknown,
-            Some(ErrorCode::DeviceUnavailable),
-            0,
-        ),
+        (cannot_ask, vec![], S::Unknown, Some(E::DeviceUnavailable), 0),
         // Asking again could not even connect: still says nothing about the first request.
-        (
-            Fact::lost("reset"),
-            vec![Fact::not_sent(NotSentWhy::Unreachable, "refused"); 50],
-            FinalState::Unknown,
-            Some(ErrorCode::Timeout),
-            u32::MAX,
-        ),
+        (lost, vec![unreachable; 50], S::Unknown, Some(E::Timeout), u32::MAX),
     ];
     for (i, (first, asks, state, want_code, want_asks)) in table.into_iter().enumerate() {
         let fake = Fake::new(first.clone(), asks, WINDOW);
@@ -393,45 +243,33 @@ async fn resume_asks_and_never_resends_a_maybe_sent_request() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn resume_before_anything_left_runs_in_time_or_expires() {
-    let rig = rig();
-    let fake = Fake::new(Fact::approved(None, None), vec![], WINDOW);
-    let mut c = ctx(&rig, "payment", false, false);
+/// A payment resumed (journalled as maybe sent or not) against a fake that would approve
+/// it and answers asks from `asks`: in time, it runs once and succeeds; past its deadline,
+/// it expires with the device untouched. The expired outcome.
+async fn runs_in_time_else_expires(rig: &Rig, asks: Vec<Fact>, sent_before: bool) -> Outcome {
+    let fake = Fake::new(Fact::approved(None, None), asks.clone(), WINDOW);
+    let mut c = ctx(rig, "payment", sent_before, false);
     let o = settle(&fake, &mut c, Entry::Resume).await;
     assert_eq!(o.state, FinalState::Succeeded);
     assert_eq!(fake.executed.load(Ordering::SeqCst), 1);
 
-    let fake = Fake::new(Fact::approved(None, None), vec![], WINDOW);
-    let mut c = ctx(&rig, "payment", false, true);
+    let fake = Fake::new(Fact::approved(None, None), asks, WINDOW);
+    let mut c = ctx(rig, "payment", sent_before, true);
     let o = settle(&fake, &mut c, Entry::Resume).await;
     assert_eq!(o.state, FinalState::Expired);
-    assert_eq!(code(&o), Some(ErrorCode::Expired));
     assert_eq!(fake.executed.load(Ordering::SeqCst), 0, "device untouched");
+    o
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_before_anything_left_runs_in_time_or_expires() {
+    let expired = runs_in_time_else_expires(&rig(), vec![], false).await;
+    assert_eq!(code(&expired), Some(ErrorCode::Expired));
 }
 
 #[tokio::test(start_paused = true)]
 async fn guaranteed_absence_at_resume_runs_again_in_time_else_expires() {
-    let rig = rig();
-    let fake = Fake::new(
-        Fact::approved(None, None),
-        vec![absent_guaranteed()],
-        WINDOW,
-    );
-    let mut c = ctx(&rig, "payment", true, false);
-    let o = settle(&fake, &mut c, Entry::Resume).await;
-    assert_eq!(o.state, FinalState::Succeeded);
-    assert_eq!(fake.executed.load(Ordering::SeqCst), 1);
-
-    let fake = Fake::new(
-        Fact::approved(None, None),
-        vec![absent_guaranteed()],
-        WINDOW,
-    );
-    let mut c = ctx(&rig, "payment", true, true);
-    let o = settle(&fake, &mut c, Entry::Resume).await;
-    assert_eq!(o.state, FinalState::Expired);
-    assert_eq!(fake.executed.load(Ordering::SeqCst), 0);
+    runs_in_time_else_expires(&rig(), vec![absent_guaranteed()], true).await;
 }
 
 #[tokio::test(start_paused = true)]

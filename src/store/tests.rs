@@ -132,6 +132,18 @@ async fn damaged(damage: impl FnOnce(&std::path::Path)) -> (tempfile::TempDir, O
     (dir, report, store)
 }
 
+/// The store was moved aside and the report says committed data was lost.
+fn assert_lost_committed_data(report: &OpenReport) {
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("lost committed data")),
+        "{report:?}"
+    );
+}
+
 #[tokio::test]
 async fn truncated_data_file_is_detected_not_silently_shortened() {
     let (_d, report, store) = damaged(|sled| {
@@ -143,14 +155,7 @@ async fn truncated_data_file_is_detected_not_silently_shortened() {
         f.set_len(len / 2).expect("truncate");
     })
     .await;
-    assert!(report.moved_aside.is_some(), "{report:?}");
-    assert!(
-        report
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("lost committed data")),
-        "{report:?}"
-    );
+    assert_lost_committed_data(&report);
     // Half the data file is gone: what is left of it is salvaged as `unknown` (nothing
     // resumes), the rest cannot be proven, so money waits for an operator.
     assert!(
@@ -326,14 +331,7 @@ async fn committed_changes_sled_never_wrote_are_replayed_from_the_log() {
 async fn a_lost_log_is_detected_not_silently_ignored() {
     let (_d, cut) = power_cut(false, write_after).await;
     let (_store, report) = Store::open(&cut).expect("open");
-    assert!(report.moved_aside.is_some(), "{report:?}");
-    assert!(
-        report
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("lost committed data")),
-        "{report:?}"
-    );
+    assert_lost_committed_data(&report);
 }
 
 #[tokio::test]

@@ -16,6 +16,10 @@ pub use posbridge::testkit::*;
 /// The agent binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_posbridge");
 
+/// The environment variable naming the point at which the agent aborts (`kill -9` in the
+/// middle of its work).
+pub const CRASH_AT: &str = posbridge::faults::ENV;
+
 /// Every point at which the agent writes something its promise depends on: first in the
 /// order a payment on an IP terminal passes them, then the Token and Paywall ones.
 pub const JOURNAL_POINTS: &[&str] = &[
@@ -73,14 +77,175 @@ impl<S> Rig<S> {
     }
 }
 
+impl<S> Rig<S> {
+    /// Send `cmd` to an agent started with a crash point: it aborts at `point`.
+    pub async fn crash_at(&mut self, cmd: Value, point: &str) {
+        self.cloud.send(cmd).await;
+        assert_aborts_at(&mut self.agent, point, Duration::from_secs(20));
+    }
+
+    /// `cmd` is a payment whose provider answer carries a full card number: it succeeds,
+    /// its device answer shows the card only as `mask`, and once the agent has stopped,
+    /// none of `pans` is in a message or a file.
+    pub async fn assert_card_number_masked(&mut self, cmd: Value, mask: &str, pans: &[&str]) {
+        let res = self.cloud.ask(cmd).await;
+        assert_eq!(res["state"], "succeeded", "{res}");
+        assert!(res["device"].to_string().contains(mask), "{res}");
+        assert!(self.agent.sigterm().success());
+        assert_card_number_nowhere(&self.cloud, self.dir.path(), pans);
+    }
+}
+
 impl<S> Drop for Rig<S> {
     fn drop(&mut self) {
         self.stop.cancel();
     }
 }
 
+/// An IP terminal simulator on loopback that approves every payment (after `delay_ms`, its
+/// draws from `seed`), running until `stop`: its address and stats.
+pub async fn approving_ip_sim(
+    seed: Option<u64>,
+    delay_ms: u64,
+    stop: &CancellationToken,
+) -> (std::net::SocketAddr, posbridge::sim::ip::SimStats) {
+    let sim = posbridge::sim::ip::IpSim::loopback(posbridge::sim::ip::SimOptions::approving(
+        seed, delay_ms,
+    ))
+    .await
+    .expect("sim");
+    let (addr, stats) = (sim.local_addr(), sim.stats());
+    sim.spawn(stop.clone());
+    (addr, stats)
+}
+
+/// A broker, a temp dir, and agent `agent_id` started there with its cloud client online;
+/// its one terminal, `ip-1`, is at a port nothing answers on.
+pub async fn agent_with_a_silent_terminal(
+    agent_id: &str,
+) -> (Broker, tempfile::TempDir, Cloud, Agent) {
+    let broker = embedded();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec =
+        AgentSpec::new(agent_id, broker.port()).ip("ip-1", "127.0.0.1:9".parse().expect("addr"));
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    (broker, dir, cloud, agent)
+}
+
+/// Stop the agent, damage its store under `dir` as a power cut on an SD card may (sled's
+/// headers garbled), and start it again: its first online status whose `store` object
+/// `reports` accepts.
+pub async fn restart_on_a_damaged_store(
+    agent: &mut Agent,
+    cloud: &Cloud,
+    dir: &Path,
+    reports: impl Fn(&Value) -> bool,
+) -> Value {
+    assert!(agent.sigterm().success());
+    garble_sled_headers(dir);
+    agent.restart(&[]);
+    cloud
+        .wait("status", Duration::from_secs(20), |v| {
+            v["state"] == "online" && reports(&v["store"])
+        })
+        .await
+}
+
+/// `posbridge <args> --config <config>`, to run.
+pub fn posbridge_with(args: &[&str], config: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args).arg("--config").arg(config);
+    cmd
+}
+
+/// A command's stdout and stderr as one text.
+pub fn output_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A Token register simulator on loopback (no TLS) drawing from `seed`, not yet running.
+pub async fn token_sim(seed: u64) -> posbridge::sim::token::TokenSim {
+    posbridge::sim::token::TokenSim::loopback(
+        posbridge::sim::token::SimOptions {
+            seed: Some(seed),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .expect("token simulator")
+}
+
+/// A provider's cloud mock (Paywall, Kuveyt) on loopback with its default options, running
+/// until `stop`: its base URL in test mode, and its stats.
+pub async fn cloud_mock<P: posbridge::sim::cloud::Provider>(
+    stop: &CancellationToken,
+) -> (String, posbridge::sim::cloud::MockStats<P>)
+where
+    P::Options: Default,
+{
+    let mock = posbridge::sim::CloudMock::<P>::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        Default::default(),
+    )
+    .await
+    .expect("cloud mock");
+    let (url, stats) = (mock.base_url("test"), mock.stats());
+    mock.spawn(stop.clone());
+    (url, stats)
+}
+
 pub fn pay(id: &str, terminal: &str, amount: i64) -> Value {
     serde_json::json!({"v":1,"id":id,"op":"payment","terminal":terminal,"amount":amount,"currency":"AZN"})
+}
+
+/// None of the card numbers `pans` is in a message the cloud saw or in a file under `dir`
+/// (the agent's store and log).
+pub fn assert_card_number_nowhere(cloud: &Cloud, dir: &Path, pans: &[&str]) {
+    for pan in pans {
+        let published = cloud.published_containing(pan);
+        assert!(published.is_none(), "{published:?}");
+        let file = file_containing(dir, pan.as_bytes());
+        assert!(file.is_none(), "{file:?} holds the card number");
+    }
+}
+
+/// The agent aborts (exits non-zero) at the crash point `point`, within `within`.
+pub fn assert_aborts_at(agent: &mut Agent, point: &str, within: Duration) {
+    let st = agent
+        .wait_exit(within)
+        .unwrap_or_else(|| panic!("agent did not abort at {point}\n{}", agent.log()));
+    assert!(!st.success(), "{point}: aborted");
+}
+
+/// `res` ended `state` with the error `code`: its error message.
+pub fn error_message<'a>(res: &'a Value, state: &str, code: &str) -> &'a str {
+    assert_eq!(res["state"], state, "{res}");
+    assert_eq!(res["error"]["code"], code, "{res}");
+    res["error"]["message"].as_str().unwrap_or("")
+}
+
+/// `res` is `unknown` and asks for reconciliation.
+pub fn assert_unknown(res: &Value) {
+    assert_eq!(res["state"], "unknown", "{res}");
+    assert_eq!(res["needs_reconciliation"], true, "{res}");
+}
+
+/// `res` is `unknown`, asks for reconciliation, and its error message names `why`.
+pub fn assert_unknown_because(res: &Value, why: &str) {
+    assert_unknown(res);
+    let message = res["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains(why), "{res}");
+}
+
+/// `status` of `target` (as command `id`): the target was reconciled as succeeded. The
+/// status result.
+pub async fn status_reconciled(cloud: &Cloud, id: &str, target: &str) -> Value {
+    let st = cloud
+        .ask(serde_json::json!({"v":1,"id":id,"op":"status","target":target}))
+        .await;
+    assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
+    st
 }
 
 /// Damage a stopped agent's store the way a power cut on an SD card can: garble the

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 
-use super::Mosquitto;
+use super::{free_port, mosquitto_available, Mosquitto};
 
 pub struct Pki {
     pub ca_pem: String,
@@ -13,6 +13,12 @@ pub struct Pki {
     pub server_key: String,
     pub client_pem: String,
     pub client_key: String,
+}
+
+/// Where mosquitto is installed, a new PKI and a free port for a TLS listener; `None`
+/// where the test cannot run.
+pub fn pki_and_port() -> Option<(Pki, u16)> {
+    mosquitto_available().then(|| (pki(), free_port()))
 }
 
 pub fn pki() -> Pki {

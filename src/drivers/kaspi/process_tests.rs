@@ -32,6 +32,20 @@ fn at(step: &Step) -> (Ask, Instant) {
     }
 }
 
+/// A process started now (its first step, a status question now, dropped), and now.
+fn started() -> (Process, Instant) {
+    let t0 = Instant::now();
+    (Process::new(T, t0).0, t0)
+}
+
+/// The status of the final answer `step` ends with.
+fn final_status(step: &Step) -> ProcessStatus {
+    match step {
+        Step::Done(End::Final(d)) => d.status.clone(),
+        other => panic!("expected a final status, got {other:?}"),
+    }
+}
+
 #[test]
 fn polls_every_second_until_success() {
     let t0 = Instant::now();
@@ -43,21 +57,19 @@ fn polls_every_second_until_success() {
     let s = p.on_answer(Ask::Status, t1, data("wait", "ProcessingCard"));
     assert_eq!(at(&s), (Ask::Status, t1 + Duration::from_secs(1)));
     let s = p.on_answer(Ask::Status, t1, data("success", "CardTransactionSuccess"));
-    assert!(matches!(s, Step::Done(End::Final(ref d)) if d.status == ProcessStatus::Success));
+    assert_eq!(final_status(&s), ProcessStatus::Success);
 }
 
 #[test]
 fn fail_is_final() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     let s = p.on_answer(Ask::Status, t0, data("fail", "QrTransactionFailure"));
-    assert!(matches!(s, Step::Done(End::Final(ref d)) if d.status == ProcessStatus::Fail));
+    assert_eq!(final_status(&s), ProcessStatus::Fail);
 }
 
 #[test]
 fn sub_status_changes_are_reported_once() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, _) = started();
     let d = StatusData::parse(&json!({"status":"wait","subStatus":"WaitUser"})).expect("d");
     assert_eq!(p.sub_status_change(&d).as_deref(), Some("WaitUser"));
     assert_eq!(p.sub_status_change(&d), None);
@@ -67,8 +79,7 @@ fn sub_status_changes_are_reported_once() {
 
 #[test]
 fn deadline_ends_unknown_not_failed() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     let late = t0 + Duration::from_secs(259);
     let s = p.on_answer(Ask::Status, late, data("wait", "WaitUser"));
     // Never asks past the deadline.
@@ -85,8 +96,7 @@ fn deadline_ends_unknown_not_failed() {
 
 #[test]
 fn transport_errors_retry_until_the_deadline() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     let s = p.on_answer(Ask::Status, t0, Answer::Transport("reset".into()));
     assert_eq!(at(&s).0, Ask::Status);
     let s = p.on_answer(Ask::Status, t0, device(500));
@@ -104,8 +114,7 @@ fn transport_errors_retry_until_the_deadline() {
 
 #[test]
 fn unknown_is_actualized_at_most_every_10s_within_the_window() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     // First unknown: actualize at once.
     let s = p.on_answer(Ask::Status, t0, data("unknown", "ProcessCancelled"));
     assert_eq!(at(&s), (Ask::Actualize, t0));
@@ -142,8 +151,7 @@ fn unknown_is_actualized_at_most_every_10s_within_the_window() {
 
 #[test]
 fn actualize_can_resolve_and_errors_keep_the_window() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     p.on_answer(Ask::Status, t0, data("unknown", "ProcessCancelled"));
     // No internet on the terminal: try again later, not sooner than 10 s.
     let s = p.on_answer(Ask::Actualize, t0, device(code::NO_INTERNET));
@@ -158,8 +166,7 @@ fn actualize_can_resolve_and_errors_keep_the_window() {
 
 #[test]
 fn already_final_on_actualize_asks_status() {
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     p.on_answer(Ask::Status, t0, data("unknown", "ProcessCancelled"));
     let s = p.on_answer(Ask::Actualize, t0, device(code::UNABLE_TO_ACTUALIZE));
     assert_eq!(at(&s), (Ask::Status, t0));
@@ -180,8 +187,7 @@ fn process_not_found_and_unactualizable_end_unknown() {
             other => panic!("{c}: {other:?}"),
         }
     }
-    let t0 = Instant::now();
-    let (mut p, _) = Process::new(T, t0);
+    let (mut p, t0) = started();
     let s = p.on_answer(Ask::Status, t0, Answer::Error(ApiError::Forbidden));
     assert!(matches!(s, Step::Done(End::Unknown { .. })));
 }

@@ -20,6 +20,28 @@ fn decode_all(c: &mut TokenCodec, bytes: &[u8]) -> Vec<Inbound> {
     out
 }
 
+/// Frames of the given types, each body sealed under the bootstrap key, decoded.
+fn decode_frames(frames: &[(u16, &[u8])]) -> Vec<Inbound> {
+    let k = Key::bootstrap();
+    let mut bytes = BytesMut::new();
+    for (ty, body) in frames {
+        put_frame(&mut bytes, *ty, &seal(&k, body));
+    }
+    decode_all(&mut TokenCodec::default(), &bytes)
+}
+
+/// `got` is two stray-frame faults, then `last`, and nothing more: the faults' type and
+/// reason.
+fn strays_then(got: &[Inbound], last: Message) -> [(u16, &'static str); 2] {
+    let stray = |i: &Inbound| match i {
+        Inbound::Fault(Fault::Stray { ty, why }) => (*ty, *why),
+        other => panic!("not a stray frame: {other:?} in {got:?}"),
+    };
+    assert_eq!(got[2], Inbound::Message(last));
+    assert_eq!(got.len(), 3);
+    [stray(&got[0]), stray(&got[1])]
+}
+
 fn msg(ty: u16, p: &str) -> Message {
     Message::new(ty, p.as_bytes().to_vec())
 }
@@ -101,57 +123,35 @@ fn oversize_length_is_refused_without_allocating() {
 
 #[test]
 fn stray_frames_are_faults() {
-    let k = Key::bootstrap();
-    let mut bytes = BytesMut::new();
     // A data frame with no start, then an end with no data, then a good message.
-    put_frame(&mut bytes, ty::SALE_RESULT, &seal(&k, b"{}"));
-    put_frame(&mut bytes, TYPE_START, &seal(&k, b""));
-    put_frame(&mut bytes, TYPE_END, &seal(&k, b""));
-    put_frame(&mut bytes, TYPE_START, &seal(&k, b""));
-    put_frame(&mut bytes, ty::CLOSE, &seal(&k, b""));
-    put_frame(&mut bytes, TYPE_END, &seal(&k, b""));
-    let got = decode_all(&mut TokenCodec::default(), &bytes);
-    assert!(matches!(
-        got[0],
-        Inbound::Fault(Fault::Stray {
-            ty: ty::SALE_RESULT,
-            ..
-        })
-    ));
-    assert!(matches!(
-        got[1],
-        Inbound::Fault(Fault::Stray { ty: TYPE_END, .. })
-    ));
-    assert_eq!(got[2], Inbound::Message(msg(ty::CLOSE, "")));
-    assert_eq!(got.len(), 3);
+    let got = decode_frames(&[
+        (ty::SALE_RESULT, b"{}"),
+        (TYPE_START, b""),
+        (TYPE_END, b""),
+        (TYPE_START, b""),
+        (ty::CLOSE, b""),
+        (TYPE_END, b""),
+    ]);
+    let [first, second] = strays_then(&got, msg(ty::CLOSE, ""));
+    assert_eq!(first.0, ty::SALE_RESULT);
+    assert_eq!(second.0, TYPE_END);
 }
 
 #[test]
 fn two_data_frames_and_missing_end_are_faults() {
-    let k = Key::bootstrap();
-    let mut bytes = BytesMut::new();
-    put_frame(&mut bytes, TYPE_START, &seal(&k, b""));
-    put_frame(&mut bytes, ty::BASKET, &seal(&k, b"a"));
-    put_frame(&mut bytes, ty::BASKET, &seal(&k, b"b"));
-    put_frame(&mut bytes, TYPE_START, &seal(&k, b""));
-    put_frame(&mut bytes, ty::BASKET, &seal(&k, b"c"));
-    put_frame(&mut bytes, TYPE_START, &seal(&k, b""));
-    put_frame(&mut bytes, ty::BASKET, &seal(&k, b"d"));
-    put_frame(&mut bytes, TYPE_END, &seal(&k, b""));
-    let got = decode_all(&mut TokenCodec::default(), &bytes);
-    assert!(matches!(
-        got[0],
-        Inbound::Fault(Fault::Stray {
-            why: "second data frame",
-            ..
-        })
-    ));
-    assert!(matches!(
-        got[1],
-        Inbound::Fault(Fault::Stray { ty: TYPE_START, .. })
-    ));
-    assert_eq!(got[2], Inbound::Message(msg(ty::BASKET, "d")));
-    assert_eq!(got.len(), 3);
+    let got = decode_frames(&[
+        (TYPE_START, b""),
+        (ty::BASKET, b"a"),
+        (ty::BASKET, b"b"),
+        (TYPE_START, b""),
+        (ty::BASKET, b"c"),
+        (TYPE_START, b""),
+        (ty::BASKET, b"d"),
+        (TYPE_END, b""),
+    ]);
+    let [first, second] = strays_then(&got, msg(ty::BASKET, "d"));
+    assert_eq!(first.1, "second data frame");
+    assert_eq!(second.0, TYPE_START);
 }
 
 #[test]

@@ -19,6 +19,16 @@ fn policy() -> Policy {
     }
 }
 
+/// Strict mode: the certificate must chain to `ca`.
+fn strict(ca: &TestCa) -> Policy {
+    Policy {
+        pinned: None,
+        strict: true,
+        ca_pem: Some(ca.pem().into_bytes()),
+        ..policy()
+    }
+}
+
 /// A device on the far end of an in-memory pipe.
 fn device(opts: SimOptions, ca: Option<&TestCa>) -> (DuplexStream, SimControl) {
     let dev = Arc::new(TokenDevice::new(opts, ca).expect("device"));
@@ -35,6 +45,28 @@ async fn ready(io: DuplexStream, p: &Policy) -> Session<Ready, DuplexStream> {
         .expect("device accepted")
 }
 
+/// A default device, the session with it ready.
+async fn ready_default() -> (Session<Ready, DuplexStream>, SimControl) {
+    let (io, ctl) = device(SimOptions::default(), None);
+    (ready(io, &policy()).await, ctl)
+}
+
+/// The basket `id` (section 1) sent; the device took it.
+async fn sent(s: &mut Session<Ready, DuplexStream>, id: &str) {
+    s.send_basket(&basket(id, 1))
+        .await
+        .expect("link")
+        .expect("taken");
+}
+
+/// How the sale of the basket `id` ended (within `T`, after `grace` of "not processed").
+async fn sale_end(s: &mut Session<Ready, DuplexStream>, id: &str, grace: Duration) -> SaleEnd {
+    s.wait_sale(id, T, grace)
+        .await
+        .expect("link")
+        .expect("device")
+}
+
 fn basket(id: &str, section: i64) -> String {
     json!({"basketID": id, "documentType": 0, "createInvoice": false, "isVoid": false,
         "items": [{"name": "Su", "price": 500, "quantity": 1000, "sectionNo": section}],
@@ -45,8 +77,7 @@ fn basket(id: &str, section: i64) -> String {
 
 #[tokio::test]
 async fn handshake_switches_key_and_loads_fiscal_info() {
-    let (io, ctl) = device(SimOptions::default(), None);
-    let s = ready(io, &policy()).await;
+    let (s, ctl) = ready_default().await;
     assert_eq!(s.fiscal_no(), "AV0000000121");
     assert_eq!(s.cert().serial_number.as_deref(), Some("AV0000000121"));
     assert_eq!(s.fiscal_info().section_numbers(), vec![1, 2]);
@@ -67,17 +98,9 @@ async fn early_hello_ok_also_works() {
 
 #[tokio::test]
 async fn sale_result_arrives_for_the_basket() {
-    let (io, ctl) = device(SimOptions::default(), None);
-    let mut s = ready(io, &policy()).await;
-    s.send_basket(&basket("b-1", 1))
-        .await
-        .expect("link")
-        .expect("taken");
-    let end = s
-        .wait_sale("b-1", T, Duration::from_millis(200))
-        .await
-        .expect("link")
-        .expect("device");
+    let (mut s, ctl) = ready_default().await;
+    sent(&mut s, "b-1").await;
+    let end = sale_end(&mut s, "b-1", Duration::from_millis(200)).await;
     let SaleEnd::Result(r) = end else {
         panic!("{end:?}")
     };
@@ -100,41 +123,28 @@ async fn bad_signature_stops_the_handshake() {
 
 #[tokio::test]
 async fn type60_refuses_the_basket() {
-    let (io, ctl) = device(SimOptions::default(), None);
-    let mut s = ready(io, &policy()).await;
+    let (mut s, ctl) = ready_default().await;
     ctl.set(|k| k.error_next_basket = Some("KASA KAPALI".into()));
     let r = s.send_basket(&basket("b-2", 1)).await.expect("link");
     assert_eq!(r, Err(DeviceError::Error("KASA KAPALI".into())));
     // The session stays usable.
-    s.send_basket(&basket("b-3", 1))
-        .await
-        .expect("link")
-        .expect("taken");
+    sent(&mut s, "b-3").await;
     assert_eq!(ctl.sales("b-2"), 0);
 }
 
 #[tokio::test]
 async fn type9_means_not_processed_after_the_grace() {
-    let (io, ctl) = device(SimOptions::default(), None);
-    let mut s = ready(io, &policy()).await;
+    let (mut s, ctl) = ready_default().await;
     ctl.set(|k| k.not_processed_next = true);
-    s.send_basket(&basket("b-4", 1))
-        .await
-        .expect("link")
-        .expect("taken");
-    let end = s
-        .wait_sale("b-4", T, Duration::from_millis(100))
-        .await
-        .expect("link")
-        .expect("device");
+    sent(&mut s, "b-4").await;
+    let end = sale_end(&mut s, "b-4", Duration::from_millis(100)).await;
     assert!(matches!(end, SaleEnd::NotProcessed(_)), "{end:?}");
     assert_eq!(ctl.sales("b-4"), 0);
 }
 
 #[tokio::test]
 async fn corrupted_frame_is_dropped_and_the_session_goes_on() {
-    let (io, ctl) = device(SimOptions::default(), None);
-    let mut s = ready(io, &policy()).await;
+    let (mut s, ctl) = ready_default().await;
     ctl.set(|k| k.corrupt_next_crc = true);
     // The fiscal info's end frame arrives with a bad CRC, so the message is lost and
     // the `2 OK` alone comes through — a typed answer, not a hang or a panic.
@@ -152,13 +162,9 @@ async fn corrupted_frame_is_dropped_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn link_drop_mid_sale_is_a_transport_error() {
-    let (io, ctl) = device(SimOptions::default(), None);
-    let mut s = ready(io, &policy()).await;
+    let (mut s, ctl) = ready_default().await;
     ctl.set(|k| k.drop_link_mid_sale = true);
-    s.send_basket(&basket("b-5", 1))
-        .await
-        .expect("link")
-        .expect("taken");
+    sent(&mut s, "b-5").await;
     let r = s.wait_sale("b-5", T, Duration::from_millis(100)).await;
     assert!(matches!(r, Err(TransportError::Closed)), "{r:?}");
     assert_eq!(ctl.sales("b-5"), 1, "the register completed it anyway");
@@ -168,12 +174,7 @@ async fn link_drop_mid_sale_is_a_transport_error() {
 async fn strict_mode_accepts_a_chain_to_the_ca_and_a_matching_serial() {
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
     let (io, _) = device(SimOptions::default(), Some(&ca));
-    let p = Policy {
-        pinned: None,
-        strict: true,
-        ca_pem: Some(ca.pem().into_bytes()),
-        ..policy()
-    };
+    let p = strict(&ca);
     let s = ready(io, &p).await;
     assert_eq!(s.fiscal_no(), "AV0000000121");
 }
@@ -183,12 +184,7 @@ async fn strict_mode_rejects_another_ca() {
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
     let other = TestCa::generate("Someone else").expect("ca");
     let (io, _) = device(SimOptions::default(), Some(&other));
-    let p = Policy {
-        pinned: None,
-        strict: true,
-        ca_pem: Some(ca.pem().into_bytes()),
-        ..policy()
-    };
+    let p = strict(&ca);
     let r = handshake(io, T, &p).await.expect("link");
     assert!(
         matches!(r, Err(DeviceError::Certificate(CertError::Chain(_)))),
@@ -211,12 +207,7 @@ async fn strict_mode_rejects_a_serial_mismatch_lenient_mode_accepts_it() {
         cert_serial: Some("AV0000000507".into()),
         ..Default::default()
     };
-    let strict = Policy {
-        pinned: None,
-        strict: true,
-        ca_pem: Some(ca.pem().into_bytes()),
-        ..policy()
-    };
+    let strict = strict(&ca);
     let (io, _) = device(opts.clone(), Some(&ca));
     let r = handshake(io, T, &strict).await.expect("link");
     assert_eq!(

@@ -45,6 +45,36 @@ async fn start(opts: SimOptions) -> Running {
     }
 }
 
+/// A sim that approves every payment after the customer pays for `delay_ms`.
+async fn start_paying_for(delay_ms: u64) -> Running {
+    start(SimOptions {
+        delay_ms,
+        ..opts(0.0)
+    })
+    .await
+}
+
+/// `req` on a new connection that closes instead of answering.
+async fn closed_call(sim: &Running, req: &Request) -> ProtoError {
+    let err = sim.client().await.call(req, T).await.unwrap_err();
+    assert!(matches!(err, ProtoError::Closed), "{err}");
+    err
+}
+
+/// After a spoiled answer to the pay `r`: asked again, the books answer with `real`, the
+/// pay ran once, and the next pay (`next`, same amount) is approved as usual.
+async fn books_hold(
+    sim: &Running,
+    client: &mut IpClient,
+    real: &Response,
+    (r, amount): (&str, i64),
+    next: &str,
+) {
+    assert_eq!(call(client, pay(r, amount)).await, *real);
+    assert_eq!(sim.stats.executions(r), 1);
+    assert!(call(client, pay(next, amount)).await.ok);
+}
+
 fn opts(fail_rate: f64) -> SimOptions {
     SimOptions {
         fail_rate,
@@ -195,11 +225,7 @@ async fn repeated_pay_is_answered_from_the_books() {
 
 #[tokio::test]
 async fn concurrent_pays_with_one_ref_execute_once() {
-    let sim = start(SimOptions {
-        delay_ms: 50,
-        ..opts(0.0)
-    })
-    .await;
+    let sim = start_paying_for(50).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let mut client = sim.client().await;
@@ -220,11 +246,7 @@ async fn concurrent_pays_with_one_ref_execute_once() {
 
 #[tokio::test]
 async fn status_and_repeats_say_in_progress_while_the_customer_pays() {
-    let sim = start(SimOptions {
-        delay_ms: 1000,
-        ..opts(0.0)
-    })
-    .await;
+    let sim = start_paying_for(1000).await;
     let mut payer = sim.client().await;
     let paying = tokio::spawn(async move { call(&mut payer, pay("slow", 250)).await });
     let mut watcher = sim.client().await;
@@ -289,21 +311,13 @@ async fn refunds_up_to_the_paid_amount_and_no_further() {
 async fn lost_response_is_recovered_by_status() {
     let sim = start(opts(0.0)).await;
     sim.control.set_drop_response_once(true);
-    let err = sim
-        .client()
-        .await
-        .call(&pay("lost", 300), T)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ProtoError::Closed), "{err}");
+    let err = closed_call(&sim, &pay("lost", 300)).await;
     assert!(err.maybe_delivered());
     let mut client = sim.client().await;
     let stored = call(&mut client, status("lost")).await;
     assert!(stored.ok && stored.transaction_id.is_some(), "{stored:?}");
-    assert_eq!(call(&mut client, pay("lost", 300)).await, stored);
-    assert_eq!(sim.stats.executions("lost"), 1);
     // Once only: the next pay is answered.
-    assert!(call(&mut client, pay("next", 300)).await.ok);
+    books_hold(&sim, &mut client, &stored, ("lost", 300), "next").await;
     sim.stop().await;
 }
 
@@ -352,13 +366,7 @@ async fn over_long_line_is_refused_and_closed() {
 async fn lost_answer_of_a_pay_and_a_refund_executes_once_and_stays_in_the_books() {
     let sim = start(opts(0.0)).await;
     sim.control.lose_next_answer();
-    let err = sim
-        .client()
-        .await
-        .call(&pay("lose-pay", 800), T)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ProtoError::Closed), "{err}");
+    closed_call(&sim, &pay("lose-pay", 800)).await;
     assert_eq!(sim.stats.executions("lose-pay"), 1);
     let mut client = sim.client().await;
     let paid = call(&mut client, status("lose-pay")).await;
@@ -371,13 +379,7 @@ async fn lost_answer_of_a_pay_and_a_refund_executes_once_and_stays_in_the_books(
 
     // Refunds too (the older drop_response_once knob is pay-only).
     sim.control.lose_next_answer();
-    let err = sim
-        .client()
-        .await
-        .call(&refund("lose-back", &txn, 300), T)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ProtoError::Closed), "{err}");
+    closed_call(&sim, &refund("lose-back", &txn, 300)).await;
     let back = call(&mut client, status("lose-back")).await;
     assert!(back.ok && back.transaction_id.is_some(), "{back:?}");
     assert_eq!(
@@ -420,9 +422,7 @@ async fn garbled_answer_is_the_first_half_of_the_real_line() {
     let full = encode_response(&real);
     let json = &full[..full.len() - 1];
     assert_eq!(&got[..got.len() - 1], &json[..json.len() / 2]);
-    assert_eq!(call(&mut client, pay("garble", 450)).await, real);
-    assert_eq!(sim.stats.executions("garble"), 1);
-    assert!(call(&mut client, pay("after", 450)).await.ok);
+    books_hold(&sim, &mut client, &real, ("garble", 450), "after").await;
     sim.stop().await;
 }
 

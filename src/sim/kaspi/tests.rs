@@ -17,6 +17,15 @@ async fn sim(opts: SimOptions) -> (String, SimStats, SimControl, CancellationTok
     (url, stats, control, stop)
 }
 
+/// A sim with the `quick` options, changed by `change`.
+async fn quick_sim(
+    change: impl FnOnce(&mut SimOptions),
+) -> (String, SimStats, SimControl, CancellationToken) {
+    let mut opts = quick();
+    change(&mut opts);
+    sim(opts).await
+}
+
 async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     let c = reqwest::Client::new();
     let mut r = c.get(url);
@@ -32,6 +41,22 @@ async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     )
 }
 
+/// The `statusCode` of the answer to a GET of `url` (no token).
+async fn status_code(url: &str) -> Value {
+    get(url, None).await.1["statusCode"].clone()
+}
+
+/// The process id of the operation a GET of `url` (no token) started.
+async fn started(url: &str) -> String {
+    let (_, v) = get(url, None).await;
+    v["data"]["processId"].as_str().expect("pid").to_string()
+}
+
+/// A payment of `amount` started: its process id.
+async fn payment(url: &str, amount: u32) -> String {
+    started(&format!("{url}/v2/payment?amount={amount}")).await
+}
+
 fn quick() -> SimOptions {
     SimOptions {
         seed: Some(7),
@@ -43,19 +68,13 @@ fn quick() -> SimOptions {
 #[tokio::test]
 async fn payment_conventions_and_errors() {
     let (url, stats, _c, stop) = sim(quick()).await;
-    let (_, v) = get(
-        &format!("{url}/v2/payment?amount=1511&owncheque=true"),
-        None,
-    )
-    .await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = started(&format!("{url}/v2/payment?amount=1511&owncheque=true")).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "success");
     assert_eq!(v["data"]["chequeInfo"]["method"], "qr");
     assert_eq!(v["data"]["chequeInfo"]["amount"], "1 511 ₸");
     assert_eq!(stats.counts().last_owncheque.as_deref(), Some("true"));
-    let (_, v) = get(&format!("{url}/v2/payment?amount=213"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 213).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "fail");
     assert_eq!(v["data"]["subStatus"], "CardTransactionFailure");
@@ -74,8 +93,10 @@ async fn payment_conventions_and_errors() {
     );
     let (h, v) = get(&format!("{url}/v2/nope"), None).await;
     assert_eq!(h, 404, "{v}");
-    let (_, v) = get(&format!("{url}/v2/status?processId=42"), None).await;
-    assert_eq!(v["statusCode"], 101);
+    assert_eq!(
+        status_code(&format!("{url}/v2/status?processId=42")).await,
+        101
+    );
     assert_eq!(stats.counts().payments_started, 2);
     stop.cancel();
 }
@@ -83,8 +104,7 @@ async fn payment_conventions_and_errors() {
 #[tokio::test]
 async fn refund_rules() {
     let (url, stats, _c, stop) = sim(quick()).await;
-    let (_, v) = get(&format!("{url}/v2/payment?amount=1012"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 1012).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     let rrn = v["data"]["chequeInfo"]["rrn"]
         .as_str()
@@ -105,12 +125,10 @@ async fn refund_rules() {
         v["errorText"],
         "Param unvalidated: method. Unknown payment method"
     );
-    let (_, v) = get(
-        &format!("{url}/v2/refund?method=card&amount=1000&transactionId={rrn}"),
-        None,
-    )
+    let rid = started(&format!(
+        "{url}/v2/refund?method=card&amount=1000&transactionId={rrn}"
+    ))
     .await;
-    let rid = v["data"]["processId"].as_str().expect("pid").to_string();
     let (_, v) = get(&format!("{url}/v2/status?processId={rid}"), None).await;
     assert_eq!(v["data"]["chequeInfo"]["type"], "refund");
     assert_eq!(v["data"]["chequeInfo"]["amount"], "- 1 000 ₸");
@@ -126,44 +144,37 @@ async fn refund_rules() {
 
 #[tokio::test]
 async fn unknown_actualize_and_rate_counting() {
-    let (url, stats, control, stop) = sim(SimOptions {
-        qr_lifetime: Duration::ZERO,
-        ..quick()
-    })
-    .await;
-    let (_, v) = get(&format!("{url}/v2/payment?amount=116"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (url, stats, control, stop) = quick_sim(|o| o.qr_lifetime = Duration::ZERO).await;
+    let pid = payment(&url, 116).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "unknown");
     let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "fail", "{v}");
-    let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
-    assert_eq!(v["statusCode"], 103);
+    assert_eq!(
+        status_code(&format!("{url}/v2/actualize?processId={pid}")).await,
+        103
+    );
     assert_eq!(stats.counts().actualize_too_soon, 1);
     // Knob: unknown until settled.
     control.unknown_for_next(u64::MAX);
-    let (_, v) = get(&format!("{url}/v2/payment?amount=111"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 111).await;
     let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "unknown");
     control.settle_unknown();
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "success");
     control.forget_processes();
-    let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
-    assert_eq!(v["statusCode"], 101);
+    assert_eq!(
+        status_code(&format!("{url}/v2/status?processId={pid}")).await,
+        101
+    );
     stop.cancel();
 }
 
 #[tokio::test]
 async fn busy_while_the_customer_acts() {
-    let (url, _s, _c, stop) = sim(SimOptions {
-        customer_time: Duration::from_secs(30),
-        ..quick()
-    })
-    .await;
-    let (_, v) = get(&format!("{url}/v2/payment?amount=100"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let (url, _s, _c, stop) = quick_sim(|o| o.customer_time = Duration::from_secs(30)).await;
+    let pid = payment(&url, 100).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(
         (
@@ -172,17 +183,18 @@ async fn busy_while_the_customer_acts() {
         ),
         (Some("wait"), Some("WaitUser"))
     );
-    let (_, v) = get(&format!("{url}/v2/payment?amount=100"), None).await;
-    assert_eq!(v["statusCode"], 107);
+    assert_eq!(
+        status_code(&format!("{url}/v2/payment?amount=100")).await,
+        107
+    );
     stop.cancel();
 }
 
 #[tokio::test]
 async fn tokens_register_revoke_expire() {
-    let (url, stats, control, stop) = sim(SimOptions {
-        protected: true,
-        cashier: Cashier::Allow(Duration::from_millis(50)),
-        ..quick()
+    let (url, stats, control, stop) = quick_sim(|o| {
+        o.protected = true;
+        o.cashier = Cashier::Allow(Duration::from_millis(50));
     })
     .await;
     let (h, v) = get(&format!("{url}/v2/deviceinfo"), None).await;
@@ -285,8 +297,7 @@ async fn get_text(url: &str) -> (u16, String, String) {
 #[tokio::test]
 async fn amount_17_shows_one_tenge_more_than_requested() {
     let (url, stats, _c, stop) = sim(quick()).await;
-    let (_, v) = get(&format!("{url}/v2/payment?amount=1517"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 1517).await;
     for _ in 0..2 {
         let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
         assert_eq!(v["data"]["status"], "success", "{v}");
@@ -352,8 +363,7 @@ async fn amount_18_runs_the_process_and_loses_the_start_answer() {
 #[tokio::test]
 async fn amount_19_garbles_the_first_three_status_answers() {
     let (url, stats, control, stop) = sim(quick()).await;
-    let (_, v) = get(&format!("{url}/v2/payment?amount=1519"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 1519).await;
     let status = format!("{url}/v2/status?processId={pid}");
     let mut cut = Vec::new();
     for _ in 0..3 {
@@ -372,16 +382,14 @@ async fn amount_19_garbles_the_first_three_status_answers() {
     assert_eq!((stats.starts_of(&pid), stats.counts().status_calls), (1, 4));
     // The knob does the same for any amount.
     control.garble_status_for_next(1);
-    let (_, v) = get(&format!("{url}/v2/payment?amount=1512"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 1512).await;
     let status = format!("{url}/v2/status?processId={pid}");
     let (_, _, body) = get_text(&status).await;
     assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
     let (_, v) = get(&status, None).await;
     assert_eq!(v["data"]["status"], "success", "{v}");
     control.cheque_amount_off_next(-2);
-    let (_, v) = get(&format!("{url}/v2/payment?amount=1512"), None).await;
-    let pid = v["data"]["processId"].as_str().expect("pid").to_string();
+    let pid = payment(&url, 1512).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["chequeInfo"]["amount"], "1 510 ₸");
     stop.cancel();

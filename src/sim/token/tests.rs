@@ -83,6 +83,13 @@ impl Host {
         assert!(m.ty == ty::BASKET && m.is_ok(), "{m:?}");
     }
 
+    /// The next message is a sale result (type 3).
+    async fn sale_result(&mut self) -> Message {
+        let m = self.recv().await;
+        assert_eq!(m.ty, ty::SALE_RESULT);
+        m
+    }
+
     /// The next message is the answer to a device-info probe: nothing else was sent
     /// in between (the device serves one request at a time).
     async fn nothing_before_probe(&mut self) {
@@ -99,6 +106,15 @@ fn device(opts: SimOptions) -> (Arc<TokenDevice>, SimControl) {
     (dev, ctl)
 }
 
+/// A default device with `knobs` set, and a host connected to it (with what the device
+/// re-sent after the handshake).
+async fn armed(knobs: impl FnOnce(&mut Knobs)) -> (Arc<TokenDevice>, SimControl, Host, Vec<Value>) {
+    let (dev, ctl) = device(SimOptions::default());
+    ctl.set(knobs);
+    let (h, again) = Host::connect(&dev).await;
+    (dev, ctl, h, again)
+}
+
 fn booked(ctl: &SimControl, id: &str) -> Value {
     let text = ctl.sale_result(id).expect("booked result");
     serde_json::from_str(&text).expect("booked JSON")
@@ -106,12 +122,11 @@ fn booked(ctl: &SimControl, id: &str) -> Value {
 
 #[tokio::test]
 async fn lost_result_is_sold_once_and_redelivered_after_reconnect() {
-    let (dev, ctl) = device(SimOptions::default());
-    ctl.set(|k| {
+    let (dev, ctl, mut h, again) = armed(|k| {
         k.lose_next_result = true;
         k.redeliver_after_reconnect = true;
-    });
-    let (mut h, again) = Host::connect(&dev).await;
+    })
+    .await;
     assert!(again.is_empty());
     h.basket("lose-1").await;
     // No type 3, and the link is still up.
@@ -128,8 +143,7 @@ async fn lost_result_is_sold_once_and_redelivered_after_reconnect() {
     assert_eq!(again, vec![real]);
     // Once only: the next sale's result is sent.
     h.basket("lose-2").await;
-    let m = h.recv().await;
-    assert_eq!(m.ty, ty::SALE_RESULT);
+    let m = h.sale_result().await;
     let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
     assert_eq!(v["basketID"], "lose-2");
     assert_eq!((ctl.sales("lose-1"), ctl.total_sales()), (1, 2));
@@ -137,12 +151,9 @@ async fn lost_result_is_sold_once_and_redelivered_after_reconnect() {
 
 #[tokio::test]
 async fn garbled_result_is_the_first_half_of_the_real_json() {
-    let (dev, ctl) = device(SimOptions::default());
-    ctl.set(|k| k.garble_next_result = true);
-    let (mut h, _) = Host::connect(&dev).await;
+    let (dev, ctl, mut h, _) = armed(|k| k.garble_next_result = true).await;
     h.basket("garble-1").await;
-    let m = h.recv().await;
-    assert_eq!(m.ty, ty::SALE_RESULT);
+    let m = h.sale_result().await;
     assert!(serde_json::from_slice::<Value>(&m.payload).is_err());
     assert_eq!(ctl.sales("garble-1"), 1);
     let real = ctl.sale_result("garble-1").expect("booked");
@@ -158,12 +169,9 @@ async fn garbled_result_is_the_first_half_of_the_real_json() {
 
 #[tokio::test]
 async fn foreign_result_names_another_basket() {
-    let (dev, ctl) = device(SimOptions::default());
-    ctl.set(|k| k.foreign_next_result = true);
-    let (mut h, _) = Host::connect(&dev).await;
+    let (_dev, ctl, mut h, _) = armed(|k| k.foreign_next_result = true).await;
     h.basket("mine-1").await;
-    let m = h.recv().await;
-    assert_eq!(m.ty, ty::SALE_RESULT);
+    let m = h.sale_result().await;
     let foreign: Value = serde_json::from_slice(&m.payload).expect("well-formed");
     assert_eq!(foreign["basketID"], "other-mine-1");
     assert_eq!(ctl.sales("mine-1"), 1);
@@ -206,12 +214,9 @@ async fn rates_spoil_sales_and_are_validated() {
 
 #[tokio::test]
 async fn cancelled_basket_leaves_the_result_knob_armed() {
-    let (dev, ctl) = device(SimOptions::default());
-    ctl.set(|k| {
-        k.cancel_next = true;
-        k.lose_next_result = true;
-    });
-    let (mut h, _) = Host::connect(&dev).await;
+    let (_dev, ctl, mut h, _) = armed(|k| k.cancel_next = true).await;
+    // The knob the cancelled basket must leave armed (knobs are read by baskets only).
+    ctl.set(|k| k.lose_next_result = true);
     h.basket("cancel-1").await;
     let m = h.recv().await;
     let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
