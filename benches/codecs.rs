@@ -68,11 +68,7 @@ fn token(c: &mut Criterion) {
         b.iter(|| {
             let mut dst = BytesMut::with_capacity(4096);
             put_frame(&mut dst, TYPE_START, &crypto::seal(&key, b""));
-            put_frame(
-                &mut dst,
-                ty::BASKET,
-                &crypto::seal(&key, black_box(&payload)),
-            );
+            put_frame(&mut dst, ty::BASKET, &crypto::seal(&key, black_box(&payload)));
             put_frame(&mut dst, TYPE_END, &crypto::seal(&key, b""));
             dst
         })

@@ -6,14 +6,11 @@ use posbridge::api::{ErrorCode, Rejection, ResultMsg};
 use posbridge::store::{OutMsg, Store};
 
 fn store(c: &mut Criterion) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    };
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => panic!("runtime: {e}"),
+        };
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),
@@ -23,10 +20,8 @@ fn store(c: &mut Criterion) {
         Err(e) => panic!("store: {e}"),
     };
     let msg = {
-        let mut rej = Rejection::new(
-            ErrorCode::Busy,
-            "terminal ip-1 already has 16 commands queued",
-        );
+        let mut rej =
+            Rejection::new(ErrorCode::Busy, "terminal ip-1 already has 16 commands queued");
         rej.id = Some("bench-0001".into());
         OutMsg::result(&ResultMsg::rejected(&rej))
     };

@@ -51,13 +51,11 @@ pub fn build_drivers(cfg: &Config, env: &DriverEnv) -> Vec<(String, DynDriver)> 
 fn bus_config(cfg: &Config) -> anyhow::Result<BusConfig> {
     let brokers = cfg.mqtt.endpoints()?;
     let tls = if brokers.iter().any(|b| b.tls) {
-        Some(crate::bus::tls::client_config(
-            &crate::bus::tls::TlsFiles {
-                ca_file: cfg.mqtt.ca_file.clone(),
-                client_cert_file: cfg.mqtt.client_cert_file.clone(),
-                client_key_file: cfg.mqtt.client_key_file.clone(),
-            },
-        )?)
+        Some(crate::bus::tls::client_config(&crate::bus::tls::TlsFiles {
+            ca_file: cfg.mqtt.ca_file.clone(),
+            client_cert_file: cfg.mqtt.client_cert_file.clone(),
+            client_key_file: cfg.mqtt.client_key_file.clone(),
+        })?)
     } else {
         None
     };
@@ -125,24 +123,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     let bus_cfg = bus_config(&cfg)?;
     let (store, report) = Store::open(&cfg.store.path).with_context(|| {
-        format!(
-            "store.path: cannot open the store at {}",
-            cfg.store.path.display()
-        )
+        format!("store.path: cannot open the store at {}", cfg.store.path.display())
     })?;
     if report.corrupt_records > 0 {
-        tracing::error!(
-            count = report.corrupt_records,
-            "store holds undecodable records"
-        );
+        tracing::error!(count = report.corrupt_records, "store holds undecodable records");
     }
     let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store.clone())
         .context("store.key_file")?;
-    let env = DriverEnv {
-        store: store.clone(),
-        secrets,
-        agent_id: cfg.agent_id.clone(),
-    };
+    let env = DriverEnv { store: store.clone(), secrets, agent_id: cfg.agent_id.clone() };
     let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
     let outbox_notify = Arc::new(Notify::new());
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -258,9 +246,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // Give the pump a moment to hand the last results to the broker.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while store.outbox_len() > 0
-            && bus_stats
-                .connected
-                .load(std::sync::atomic::Ordering::Relaxed)
+            && bus_stats.connected.load(std::sync::atomic::Ordering::Relaxed)
         {
             outbox_notify.notify_one();
             tokio::time::sleep(Duration::from_millis(20)).await;

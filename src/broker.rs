@@ -50,13 +50,11 @@ pub fn start_embedded() -> std::io::Result<u16> {
         ..Default::default()
     };
     let mut broker = Broker::new(config);
-    std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })?;
+    std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "embedded broker stopped");
+        }
+    })?;
     // Wait until it accepts connections.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < deadline {

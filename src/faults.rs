@@ -62,15 +62,7 @@ pub fn io(point: &str) -> std::io::Result<()> {
                     Some(path) => (1, Some(std::path::PathBuf::from(path))),
                     None => (n.parse().ok()?, None),
                 };
-                Some((
-                    point.to_string(),
-                    Rule {
-                        err,
-                        from,
-                        when_exists,
-                        seen: AtomicU64::new(0),
-                    },
-                ))
+                Some((point.to_string(), Rule { err, from, when_exists, seen: AtomicU64::new(0) }))
             })
             .collect()
     });

@@ -50,9 +50,7 @@ impl Env {
 /// Picks the sink; the second value is a warning to log once logging is up (journald was
 /// asked for but is not there).
 pub fn choose(format: LogFormat, env: Env) -> (Sink, Option<String>) {
-    let text = Sink::Text {
-        ansi: env.stderr_tty,
-    };
+    let text = Sink::Text { ansi: env.stderr_tty };
     let want_journald = match format {
         LogFormat::Json => return (Sink::Json, None),
         LogFormat::Text => return (text, None),
@@ -80,10 +78,7 @@ pub fn choose(format: LogFormat, env: Env) -> (Sink, Option<String>) {
 /// asked for (sled logs at TRACE/DEBUG). Both are lists of `level` and `target=level`
 /// directives (`tracing_subscriber::filter::Targets`: no regex engine in the binary).
 pub fn filter(level: &str) -> Targets {
-    if let Some(t) = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-    {
+    if let Some(t) = std::env::var("RUST_LOG").ok().and_then(|v| v.parse::<Targets>().ok()) {
         return t;
     }
     format!("sled=warn,rumqttd=off,rumqttc=warn,{level}")
@@ -134,20 +129,14 @@ pub fn init(format: LogFormat, level: &str) -> Sink {
                 )
                 .try_init(),
             Err(e) => {
-                sink = Sink::Text {
-                    ansi: std::io::stderr().is_terminal(),
-                };
+                sink = Sink::Text { ansi: std::io::stderr().is_terminal() };
                 warning = Some(format!(
                     "log.format: cannot talk to journald ({e}); logging text to stderr"
                 ));
-                registry
-                    .with(text_layer(false).with_filter(filter))
-                    .try_init()
+                registry.with(text_layer(false).with_filter(filter)).try_init()
             }
         },
-        Sink::Text { ansi } => registry
-            .with(text_layer(ansi).with_filter(filter))
-            .try_init(),
+        Sink::Text { ansi } => registry.with(text_layer(ansi).with_filter(filter)).try_init(),
         Sink::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -169,9 +158,7 @@ fn text_layer<S>(ansi: bool) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)
 }
 
 #[cfg(test)]
@@ -179,11 +166,7 @@ mod tests {
     use super::*;
 
     fn env(journal_stream: bool, journal_socket: bool, stderr_tty: bool) -> Env {
-        Env {
-            journal_stream,
-            journal_socket,
-            stderr_tty,
-        }
+        Env { journal_stream, journal_socket, stderr_tty }
     }
 
     /// `choose` over (format, journal stream, journal socket, stderr a terminal) → sink,
@@ -203,21 +186,9 @@ mod tests {
         assert_chosen(&[
             (LogFormat::Auto, (true, true, false), Sink::Journald),
             // On a terminal (someone ran it by hand inside a unit's environment): text.
-            (
-                LogFormat::Auto,
-                (true, true, true),
-                Sink::Text { ansi: true },
-            ),
-            (
-                LogFormat::Auto,
-                (false, true, false),
-                Sink::Text { ansi: false },
-            ),
-            (
-                LogFormat::Auto,
-                (false, false, true),
-                Sink::Text { ansi: true },
-            ),
+            (LogFormat::Auto, (true, true, true), Sink::Text { ansi: true }),
+            (LogFormat::Auto, (false, true, false), Sink::Text { ansi: false }),
+            (LogFormat::Auto, (false, false, true), Sink::Text { ansi: true }),
         ]);
     }
 
@@ -236,11 +207,7 @@ mod tests {
     fn explicit_formats_win() {
         assert_chosen(&[
             (LogFormat::Json, (true, true, false), Sink::Json),
-            (
-                LogFormat::Text,
-                (true, true, false),
-                Sink::Text { ansi: false },
-            ),
+            (LogFormat::Text, (true, true, false), Sink::Text { ansi: false }),
         ]);
     }
 
@@ -260,12 +227,7 @@ mod filter_tests {
 
     #[test]
     fn log_level_takes_levels_and_target_directives_only() {
-        for ok in [
-            "info",
-            "debug,sled=warn",
-            "warn,posbridge::drivers=debug",
-            "off",
-        ] {
+        for ok in ["info", "debug,sled=warn", "warn,posbridge::drivers=debug", "off"] {
             assert!(is_valid_filter(ok), "{ok}");
         }
         for bad in ["sled=loud", "info,rumqttc=chatty"] {

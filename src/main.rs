@@ -7,16 +7,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = posbridge::cli::Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("posbridge: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("posbridge: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     rt.block_on(posbridge::cli::run(cli))
 }

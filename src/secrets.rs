@@ -20,10 +20,7 @@ const NONCE_LEN: usize = 12;
 #[derive(Debug, Error)]
 pub enum SecretError {
     #[error("device key {path}: {source}")]
-    KeyIo {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    KeyIo { path: PathBuf, source: std::io::Error },
     #[error("device key {path} must hold exactly 32 bytes (it holds {len}); restore it or re-provision the secrets")]
     KeyLength { path: PathBuf, len: usize },
     #[error(
@@ -63,10 +60,8 @@ impl Secrets {
     /// Load the device key (creating it 0600 if missing) and bind it to the store.
     pub fn open(key_file: &Path, store: Store) -> Result<Secrets, SecretError> {
         let key = load_or_create_key(key_file)?;
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| SecretError::KeyLength {
-            path: key_file.to_path_buf(),
-            len: key.len(),
-        })?;
+        let cipher = Aes256Gcm::new_from_slice(&key)
+            .map_err(|_| SecretError::KeyLength { path: key_file.to_path_buf(), len: key.len() })?;
         Ok(Secrets { store, cipher })
     }
 
@@ -91,13 +86,7 @@ impl Secrets {
         // Encryption with a valid key and in-memory buffers cannot fail.
         let ct = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: value,
-                    aad: aad.as_bytes(),
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: value, aad: aad.as_bytes() })
             .unwrap_or_default();
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -106,10 +95,7 @@ impl Secrets {
     }
 
     fn open_sealed(
-        &self,
-        terminal: &str,
-        name: &str,
-        sealed: &[u8],
+        &self, terminal: &str, name: &str, sealed: &[u8],
     ) -> Result<Secret, SecretError> {
         let slot = slot(terminal, name);
         if sealed.len() < NONCE_LEN + 16 {
@@ -117,13 +103,7 @@ impl Secrets {
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: slot.as_bytes(),
-                },
-            )
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: slot.as_bytes() })
             .map(|v| Secret(Zeroizing::new(v)))
             .map_err(|_| SecretError::Decrypt { slot })
     }
@@ -142,16 +122,10 @@ fn slot(terminal: &str, name: &str) -> String {
 }
 
 fn load_or_create_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, SecretError> {
-    let io = |source| SecretError::KeyIo {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| SecretError::KeyIo { path: path.to_path_buf(), source };
     match std::fs::read(path) {
         Ok(bytes) if bytes.len() == 32 => Ok(Zeroizing::new(bytes)),
-        Ok(bytes) => Err(SecretError::KeyLength {
-            path: path.to_path_buf(),
-            len: bytes.len(),
-        }),
+        Ok(bytes) => Err(SecretError::KeyLength { path: path.to_path_buf(), len: bytes.len() }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
@@ -185,35 +159,22 @@ mod tests {
         let (store, _) = Store::open(&dir.path().join("store")).expect("store");
         let key = dir.path().join("device.key");
         let s = Secrets::open(&key, store.clone()).expect("open");
-        s.set("kaspi-1", "token", b"s3cr3t-value")
-            .await
-            .expect("set");
+        s.set("kaspi-1", "token", b"s3cr3t-value").await.expect("set");
         let got = s.get("kaspi-1", "token").expect("get").expect("present");
         assert_eq!(got.expose(), b"s3cr3t-value");
         assert_eq!(format!("{got:?}"), "Secret(***)");
         // Encrypted at rest: the plaintext is nowhere in the stored bytes.
-        let raw = store
-            .get_secret("kaspi-1", "token")
-            .expect("raw")
-            .expect("present");
+        let raw = store.get_secret("kaspi-1", "token").expect("raw").expect("present");
         assert!(!raw.windows(12).any(|w| w == b"s3cr3t-value"));
         // Bound to its slot: moved elsewhere it does not decrypt.
         store.put_secret("kaspi-2", "token", &raw).expect("copy");
-        assert!(matches!(
-            s.get("kaspi-2", "token"),
-            Err(SecretError::Decrypt { .. })
-        ));
+        assert!(matches!(s.get("kaspi-2", "token"), Err(SecretError::Decrypt { .. })));
         // Key file is private, and a second seal uses a fresh nonce.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        s.set("kaspi-1", "token", b"s3cr3t-value")
-            .await
-            .expect("set again");
-        let raw2 = store
-            .get_secret("kaspi-1", "token")
-            .expect("raw")
-            .expect("present");
+        s.set("kaspi-1", "token", b"s3cr3t-value").await.expect("set again");
+        let raw2 = store.get_secret("kaspi-1", "token").expect("raw").expect("present");
         assert_ne!(raw[..NONCE_LEN], raw2[..NONCE_LEN]);
     }
 

@@ -79,10 +79,7 @@ impl Notifier {
                 ))
             }
         };
-        Ok(Notifier {
-            socket: UnixDatagram::unbound()?,
-            target,
-        })
+        Ok(Notifier { socket: UnixDatagram::unbound()?, target })
     }
 
     /// Send one notification (`READY=1`, `WATCHDOG=1`, `STATUS=…`). Non-blocking in
@@ -93,9 +90,7 @@ impl Notifier {
             Target::Abstract(name) => {
                 use std::os::linux::net::SocketAddrExt;
                 let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-                self.socket
-                    .send_to_addr(state.as_bytes(), &addr)
-                    .map(|_| ())
+                self.socket.send_to_addr(state.as_bytes(), &addr).map(|_| ())
             }
         }
     }
@@ -134,9 +129,7 @@ impl Supervisor {
     /// then feed the watchdog while every beat moves. When `stopping` is cancelled, send
     /// `STOPPING=1` and keep feeding unconditionally (the drain is bounded elsewhere).
     pub async fn run(
-        self,
-        ready: impl std::future::Future<Output = ()>,
-        stopping: CancellationToken,
+        self, ready: impl std::future::Future<Output = ()>, stopping: CancellationToken,
         done: CancellationToken,
     ) {
         let connected = tokio::select! {
@@ -145,15 +138,13 @@ impl Supervisor {
             r = tokio::time::timeout(self.ready_timeout, ready) => r.is_ok(),
         };
         if connected {
-            self.notifier
-                .send("READY=1\nSTATUS=running, connected to the broker");
+            self.notifier.send("READY=1\nSTATUS=running, connected to the broker");
         } else {
             tracing::warn!(
                 timeout_s = self.ready_timeout.as_secs(),
                 "broker not reached yet; reporting ready anyway (the agent works offline)"
             );
-            self.notifier
-                .send("READY=1\nSTATUS=running, broker not reached yet");
+            self.notifier.send("READY=1\nSTATUS=running, broker not reached yet");
         }
         let mut stopping_sent = false;
         let Some(period) = self.watchdog else {
@@ -212,11 +203,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("notify.sock");
         let rx = tokio::net::UnixDatagram::bind(&path).expect("bind");
-        Fake {
-            _dir: dir,
-            rx,
-            path,
-        }
+        Fake { _dir: dir, rx, path }
     }
 
     async fn recv(rx: &tokio::net::UnixDatagram) -> String {
@@ -282,21 +269,14 @@ mod tests {
             }
         });
         let mut feeds_after_stall = 0;
-        while tokio::time::timeout(Duration::from_secs(60), recv(&fake.rx))
-            .await
-            .is_ok()
-        {
+        while tokio::time::timeout(Duration::from_secs(60), recv(&fake.rx)).await.is_ok() {
             feeds_after_stall += 1;
-            assert!(
-                feeds_after_stall <= 1,
-                "watchdog still fed with a stalled engine"
-            );
+            assert!(feeds_after_stall <= 1, "watchdog still fed with a stalled engine");
         }
         // It resumes when the engine moves again.
         engine.bump();
-        let again = tokio::time::timeout(Duration::from_secs(6), recv(&fake.rx))
-            .await
-            .expect("fed again");
+        let again =
+            tokio::time::timeout(Duration::from_secs(6), recv(&fake.rx)).await.expect("fed again");
         assert_eq!(again, "WATCHDOG=1");
         pump_only.abort();
         // Stopping: STOPPING=1, then the watchdog is fed although nothing beats.

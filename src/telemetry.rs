@@ -44,10 +44,7 @@ pub fn snapshot(engine: &Engine, bus: &BusStats) -> Value {
 }
 
 pub async fn run(
-    engine: Engine,
-    bus: Arc<BusStats>,
-    interval: Duration,
-    out: mpsc::UnboundedSender<Outbound>,
+    engine: Engine, bus: Arc<BusStats>, interval: Duration, out: mpsc::UnboundedSender<Outbound>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
@@ -67,11 +64,7 @@ pub fn rss_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
         return 0;
     };
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = s.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64

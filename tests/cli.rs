@@ -20,37 +20,23 @@ fn check_prints_effective_config_and_names_bad_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
     let out = posbridge_with(&["check"], &cfg).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["agent_id"], "shop-1");
-    assert_eq!(
-        v["mqtt"]["client_id"], "posbridge-shop-1",
-        "defaults are shown"
-    );
+    assert_eq!(v["mqtt"]["client_id"], "posbridge-shop-1", "defaults are shown");
     assert_eq!(v["commands"]["default_ttl"], "2m");
 
     let bad = write_config(
         dir.path(),
         "posbridge.toml",
-        &minimal(dir.path())
-            .replace("[commands]", "")
-            .replace("[store]", "[store]\nfoo = 1"),
+        &minimal(dir.path()).replace("[commands]", "").replace("[store]", "[store]\nfoo = 1"),
     );
     let out = posbridge_with(&["check"], &bad).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("store.foo") && err.contains("posbridge.toml"),
-        "{err}"
-    );
+    assert!(err.contains("store.foo") && err.contains("posbridge.toml"), "{err}");
 
-    let out = posbridge_with(&["check"], &dir.path().join("missing.toml"))
-        .output()
-        .expect("run");
+    let out = posbridge_with(&["check"], &dir.path().join("missing.toml")).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
@@ -73,24 +59,14 @@ fn secret_set_stores_encrypted_and_never_echoes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "posbridge.toml", &minimal(dir.path()));
     let out = secret_set(&cfg, "ip-1", "api_key", "very-secret-value-123\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!printed.contains("very-secret-value-123"));
     // The key file exists, private; the value is not in any store file in clear.
     let key = dir.path().join("store").join("device.key");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
     for entry in walk(&dir.path().join("store")) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         assert!(
@@ -134,10 +110,7 @@ async fn damaged_store_is_reported_on_status() {
     })
     .await;
     let aside = st["store"]["moved_aside"].as_str().expect("path");
-    assert!(
-        std::path::Path::new(aside).join("db").exists(),
-        "damaged copy kept at {aside}"
-    );
+    assert!(std::path::Path::new(aside).join("db").exists(), "damaged copy kept at {aside}");
     assert!(agent.log().contains("moving it aside"));
 }
 
@@ -156,10 +129,7 @@ async fn a_store_in_use_is_not_mistaken_for_damage() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        !entries.iter().any(|e| e.contains("damaged")),
-        "{entries:?}"
-    );
+    assert!(!entries.iter().any(|e| e.contains("damaged")), "{entries:?}");
 }
 
 /// The "damaged store charges twice": pay with id X, stop, damage sled's files
@@ -186,15 +156,10 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
 
     // The same id again: answered from the salvaged record, never executed.
     cloud.send(pay("x-1", "ip-1", 1500)).await;
-    cloud
-        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "x-1")
-        .await;
+    cloud.wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "x-1").await;
     let again = cloud.results_for("x-1");
     assert_eq!(again[1]["state"], "succeeded", "{again:?}");
-    assert_eq!(
-        again[1]["payment"]["transaction_id"],
-        first["payment"]["transaction_id"]
-    );
+    assert_eq!(again[1]["payment"]["transaction_id"], first["payment"]["transaction_id"]);
     assert_eq!(stats.executions("x-1"), 1, "never charged twice");
     // A new payment waits for the operator.
     let held = cloud.ask(pay("x-2", "ip-1", 700)).await;
@@ -202,23 +167,17 @@ async fn damaged_store_never_forgets_an_id_and_holds_money_until_acknowledged() 
     assert_eq!(held["error"]["code"], "store_damaged", "{held}");
     assert_eq!(stats.executions("x-2"), 0);
     // Non-money ops still work.
-    cloud
-        .send(serde_json::json!({"v":1,"id":"x-st","op":"status","target":"x-1"}))
-        .await;
+    cloud.send(serde_json::json!({"v":1,"id":"x-st","op":"status","target":"x-1"})).await;
     assert_eq!(cloud.result("x-st").await["target"]["state"], "succeeded");
 
     // The operator acknowledges (agent stopped), and payments run again.
     assert!(agent.sigterm().success());
     let config = dir.path().join("posbridge.toml");
-    let doctor = posbridge_with(&["doctor"], &config)
-        .output()
-        .expect("doctor");
+    let doctor = posbridge_with(&["doctor"], &config).output().expect("doctor");
     let text = output_text(&doctor);
     assert!(text.contains("REFUSED"), "{text}");
     assert!(text.contains("posbridge store acknowledge"), "{text}");
-    let ack = posbridge_with(&["store", "acknowledge"], &config)
-        .output()
-        .expect("acknowledge");
+    let ack = posbridge_with(&["store", "acknowledge"], &config).output().expect("acknowledge");
     assert!(ack.status.success(), "{ack:?}");
     assert!(String::from_utf8_lossy(&ack.stdout).contains("money hold lifted"));
     agent.restart(&[]);

@@ -11,14 +11,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(fail_rate: f64, delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::loopback(SimOptions {
-        fail_rate,
-        seed: Some(42),
-        delay_ms,
-        ..Default::default()
-    })
-    .await
-    .expect("sim");
+    let s =
+        IpSim::loopback(SimOptions { fail_rate, seed: Some(42), delay_ms, ..Default::default() })
+            .await
+            .expect("sim");
     (s, CancellationToken::new())
 }
 
@@ -47,10 +43,7 @@ async fn ip_rig(broker: Broker, agent_id: &str) -> IpRig {
 /// The same with a customer time of `delay_ms` at the terminal and the agent's spec
 /// changed by `tweak`.
 async fn ip_rig_with(
-    broker: Broker,
-    agent_id: &str,
-    delay_ms: u64,
-    tweak: impl FnOnce(AgentSpec) -> AgentSpec,
+    broker: Broker, agent_id: &str, delay_ms: u64, tweak: impl FnOnce(AgentSpec) -> AgentSpec,
 ) -> IpRig {
     let (sim, stop) = sim(0.0, delay_ms).await;
     let (addr, stats, ctl) = (sim.local_addr(), sim.stats(), sim.control());
@@ -58,35 +51,15 @@ async fn ip_rig_with(
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = tweak(AgentSpec::new(agent_id, broker.port()).ip("ip-1", addr));
     let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
-    IpRig {
-        cloud,
-        agent,
-        stats,
-        ctl,
-        stop,
-        dir,
-        _broker: broker,
-    }
+    IpRig { cloud, agent, stats, ctl, stop, dir, _broker: broker }
 }
 
 /// Every scenario of the demo plus the bad-input cases, against one broker.
 async fn contract_scenarios(broker: Broker, agent_id: &str) {
-    let mut rig = ip_rig_with(broker, agent_id, 0, |spec| AgentSpec {
-        max_bytes: 4096,
-        ..spec
-    })
-    .await;
-    let IpRig {
-        cloud,
-        agent,
-        stats,
-        ctl: control,
-        stop,
-        ..
-    } = &mut rig;
-    let status = cloud
-        .wait("status", Duration::from_secs(5), |v| v["state"] == "online")
-        .await;
+    let mut rig =
+        ip_rig_with(broker, agent_id, 0, |spec| AgentSpec { max_bytes: 4096, ..spec }).await;
+    let IpRig { cloud, agent, stats, ctl: control, stop, .. } = &mut rig;
+    let status = cloud.wait("status", Duration::from_secs(5), |v| v["state"] == "online").await;
     assert_eq!(status["v"], 1);
     assert!(status["version"].is_string() && status["started_at"].is_string());
 
@@ -95,43 +68,28 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["op"], "payment");
     assert_eq!(r["amount"], 1500);
-    let txn = r["payment"]["transaction_id"]
-        .as_str()
-        .expect("txn")
-        .to_string();
+    let txn = r["payment"]["transaction_id"].as_str().expect("txn").to_string();
     assert!(r["payment"]["card_mask"].is_string() && r["payment"]["auth_code"].is_string());
     assert!(r["started_at"].is_string() && r["finished_at"].is_string());
     // Progress went out on evt.
     cloud
-        .wait("evt", Duration::from_secs(5), |v| {
-            v["id"] == "p-1" && v["state"] == "accepted"
-        })
+        .wait("evt", Duration::from_secs(5), |v| v["id"] == "p-1" && v["state"] == "accepted")
         .await;
     cloud
-        .wait("evt", Duration::from_secs(5), |v| {
-            v["id"] == "p-1" && v["state"] == "in_progress"
-        })
+        .wait("evt", Duration::from_secs(5), |v| v["id"] == "p-1" && v["state"] == "in_progress")
         .await;
 
     // Declined payment.
     control.set_fail_rate(1.0);
     let r = cloud.ask(pay("p-2", "ip-1", 2500)).await;
     assert_eq!(r["state"], "failed", "{r}");
-    assert!(
-        r["error"]["code"].is_string() && r["error"]["device_code"].is_string(),
-        "{r}"
-    );
+    assert!(r["error"]["code"].is_string() && r["error"]["device_code"].is_string(), "{r}");
     control.set_fail_rate(0.0);
 
     // Duplicate id: the stored result again, never a second charge.
     cloud.send(pay("p-1", "ip-1", 1500)).await;
-    let all = cloud
-        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "p-1")
-        .await;
-    assert_eq!(
-        all[0], all[1],
-        "a duplicate republishes the stored result unchanged"
-    );
+    let all = cloud.wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "p-1").await;
+    assert_eq!(all[0], all[1], "a duplicate republishes the stored result unchanged");
     assert_eq!(stats.executions("p-1"), 1);
 
     // Refund by original, then an over-refund is refused before the terminal sees it.
@@ -153,9 +111,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert_eq!(cloud.result("r-3").await["state"], "rejected");
 
     // Malformed JSON: rejected with id null and the raw bytes echoed.
-    cloud
-        .send_raw(br#"{"v":1,"id":"bad-1","op":"pay"#.to_vec())
-        .await;
+    cloud.send_raw(br#"{"v":1,"id":"bad-1","op":"pay"#.to_vec()).await;
     let r = cloud
         .wait("result", Duration::from_secs(10), |v| {
             v["id"].is_null() && v["raw"].as_str().is_some_and(|s| s.contains("bad-1"))
@@ -165,17 +121,12 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     assert_eq!(r["error"]["code"], "bad_request");
 
     // Oversize payload (> commands.max_bytes = 4096): rejected unparsed, connection intact.
-    let big = format!(
-        r#"{{"v":1,"id":"big-1","op":"ping","pad":"{}"}}"#,
-        "x".repeat(10_000)
-    );
+    let big = format!(r#"{{"v":1,"id":"big-1","op":"ping","pad":"{}"}}"#, "x".repeat(10_000));
     cloud.send_raw(big.into_bytes()).await;
     let r = cloud
         .wait("result", Duration::from_secs(10), |v| {
             v["id"].is_null()
-                && v["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("max_bytes"))
+                && v["error"]["message"].as_str().is_some_and(|m| m.contains("max_bytes"))
         })
         .await;
     assert_eq!(r["raw"].as_str().map(str::len), Some(256));
@@ -183,12 +134,7 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     // Wrong type names the field and keeps the id.
     let r = cloud.ask(json!({"v":1,"id":"t-1","op":"payment","terminal":"ip-1","amount":"15","currency":"AZN"})).await;
     assert_eq!(r["error"]["code"], "bad_request");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("amount")),
-        "{r}"
-    );
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("amount")), "{r}");
 
     // Expired before it started: the device is never touched.
     let r = cloud.ask(json!({"v":1,"id":"e-1","op":"payment","terminal":"ip-1","amount":100,"currency":"AZN","expires_at":"2020-01-01T00:00:00Z"})).await;
@@ -197,72 +143,41 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
 
     // Unknown terminal, unsupported op.
     cloud.send(pay("u-1", "nope", 100)).await;
-    assert_eq!(
-        cloud.result("u-1").await["error"]["code"],
-        "unknown_terminal"
-    );
-    cloud
-        .send(json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"}))
-        .await;
+    assert_eq!(cloud.result("u-1").await["error"]["code"], "unknown_terminal");
+    cloud.send(json!({"v":1,"id":"f-1","op":"fiscal_info","terminal":"ip-1"})).await;
     assert_eq!(cloud.result("f-1").await["error"]["code"], "unsupported_op");
 
     // device_info, ping, status, list.
-    let r = cloud
-        .ask(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"}))
-        .await;
+    let r = cloud.ask(json!({"v":1,"id":"d-1","op":"device_info","terminal":"ip-1"})).await;
     assert_eq!(r["state"], "succeeded");
     assert_eq!(r["device"]["terminal_id"], "IPT-0001");
     let r = cloud.ask(json!({"v":1,"id":"ping-1","op":"ping"})).await;
     assert_eq!(r["state"], "succeeded");
     assert!(r["agent"]["uptime_s"].is_number());
-    let r = cloud
-        .ask(json!({"v":1,"id":"s-1","op":"status","target":"p-1"}))
-        .await;
+    let r = cloud.ask(json!({"v":1,"id":"s-1","op":"status","target":"p-1"})).await;
     assert_eq!(r["target"]["state"], "succeeded");
-    assert_eq!(
-        r["target"]["result"]["payment"]["transaction_id"],
-        txn.as_str()
-    );
-    cloud
-        .send(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"}))
-        .await;
+    assert_eq!(r["target"]["result"]["payment"]["transaction_id"], txn.as_str());
+    cloud.send(json!({"v":1,"id":"s-2","op":"status","target":"never-sent"})).await;
     assert_eq!(cloud.result("s-2").await["error"]["code"], "not_found");
     let r = cloud
         .ask(json!({"v":1,"id":"l-1","op":"list","terminal":"ip-1","state":"succeeded","limit":10}))
         .await;
     let items = r["items"].as_array().expect("items");
     let ids: Vec<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
-    assert_eq!(
-        ids,
-        vec!["d-1", "r-1", "p-1"],
-        "newest first, filtered: {r}"
-    );
+    assert_eq!(ids, vec!["d-1", "r-1", "p-1"], "newest first, filtered: {r}");
 
     // Retained terminal state and telemetry.
-    let t = cloud
-        .wait("terminals/ip-1", Duration::from_secs(10), |v| {
-            v["state"] == "connected"
-        })
-        .await;
+    let t =
+        cloud.wait("terminals/ip-1", Duration::from_secs(10), |v| v["state"] == "connected").await;
     assert_eq!(t["identity"]["terminal_id"], "IPT-0001");
-    let tel = cloud
-        .wait("telemetry", Duration::from_secs(10), |v| {
-            v["outbox_len"].is_number()
-        })
-        .await;
-    assert!(
-        tel["uptime_s"].is_number() && tel["queue_len"]["ip-1"].is_number(),
-        "{tel}"
-    );
+    let tel =
+        cloud.wait("telemetry", Duration::from_secs(10), |v| v["outbox_len"].is_number()).await;
+    assert!(tel["uptime_s"].is_number() && tel["queue_len"]["ip-1"].is_number(), "{tel}");
 
     // Clean shutdown publishes offline.
     let st = agent.sigterm();
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
-    cloud
-        .wait("status", Duration::from_secs(10), |v| {
-            v["state"] == "offline"
-        })
-        .await;
+    cloud.wait("status", Duration::from_secs(10), |v| v["state"] == "offline").await;
     stop.cancel();
 }
 
@@ -283,20 +198,13 @@ async fn contract_over_mosquitto() {
 /// Queue full → busy; cancel of a queued command; cancel of a running one fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_and_cancel() {
-    let rig = ip_rig_with(embedded(), "shop-q", 1500, |spec| AgentSpec {
-        queue_depth: 2,
-        ..spec
-    })
-    .await;
-    let IpRig {
-        cloud, stats, stop, ..
-    } = &rig;
+    let rig =
+        ip_rig_with(embedded(), "shop-q", 1500, |spec| AgentSpec { queue_depth: 2, ..spec }).await;
+    let IpRig { cloud, stats, stop, .. } = &rig;
 
     cloud.send(pay("q-1", "ip-1", 100)).await;
     cloud
-        .wait("evt", Duration::from_secs(10), |v| {
-            v["id"] == "q-1" && v["state"] == "in_progress"
-        })
+        .wait("evt", Duration::from_secs(10), |v| v["id"] == "q-1" && v["state"] == "in_progress")
         .await;
     cloud.send(pay("q-2", "ip-1", 100)).await;
     cloud.send(pay("q-3", "ip-1", 100)).await;
@@ -304,25 +212,17 @@ async fn queue_full_and_cancel() {
     assert_eq!(r["state"], "rejected");
     assert_eq!(r["error"]["code"], "busy");
 
-    cloud
-        .send(json!({"v":1,"id":"c-1","op":"cancel","target":"q-3"}))
-        .await;
+    cloud.send(json!({"v":1,"id":"c-1","op":"cancel","target":"q-3"})).await;
     assert_eq!(cloud.result("c-1").await["state"], "succeeded");
     let r = cloud.result("q-3").await;
     assert_eq!(r["state"], "cancelled");
-    let r = cloud
-        .ask(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"}))
-        .await;
+    let r = cloud.ask(json!({"v":1,"id":"c-2","op":"cancel","target":"q-1"})).await;
     assert_eq!(r["state"], "failed");
     assert_eq!(r["error"]["code"], "not_cancellable");
 
     assert_eq!(cloud.result("q-1").await["state"], "succeeded");
     assert_eq!(cloud.result("q-2").await["state"], "succeeded");
-    assert_eq!(
-        stats.executions("q-3"),
-        0,
-        "a cancelled command never reaches the terminal"
-    );
+    assert_eq!(stats.executions("q-3"), 0, "a cancelled command never reaches the terminal");
     assert_eq!(stats.executions("q-4"), 0);
     stop.cancel();
 }
@@ -339,13 +239,9 @@ async fn unreachable_terminal_fails_cleanly() {
     let r = cloud.ask(pay("x-1", "ip-1", 100)).await;
     assert_eq!(r["state"], "failed");
     assert_eq!(r["error"]["code"], "device_unavailable");
-    assert!(r["error"]["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("could not connect")));
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("could not connect")));
     let t = cloud
-        .wait("terminals/ip-1", Duration::from_secs(10), |v| {
-            v["state"] == "disconnected"
-        })
+        .wait("terminals/ip-1", Duration::from_secs(10), |v| v["state"] == "disconnected")
         .await;
     assert!(t["last_error"].is_string());
 }
@@ -368,12 +264,7 @@ async fn lost_garbled_and_foreign_answers_settle_on_the_same_ref() {
         let id = format!("ans-{name}");
         let before = stats.requests();
         let res = cloud.ask(pay(&id, "ip-1", 1500)).await;
-        assert_eq!(
-            res["state"],
-            "succeeded",
-            "{name}: {res}\n{}",
-            r.agent.log()
-        );
+        assert_eq!(res["state"], "succeeded", "{name}: {res}\n{}", r.agent.log());
         assert!(res["payment"]["transaction_id"].is_string(), "{res}");
         assert_eq!(stats.executions(&id), 1, "{name}: charged once");
         assert!(stats.requests() >= before + 2, "{name}: asked again");
@@ -395,34 +286,22 @@ async fn large_device_answers_and_long_lists_stay_bounded() {
         cloud.send(pay(&format!("big-{i}"), "ip-1", 1000 + i)).await;
         let r = cloud.result(&format!("big-{i}")).await;
         assert_eq!(r["state"], "succeeded", "{r}");
-        assert!(r["device"]["message"]
-            .as_str()
-            .is_some_and(|m| m.len() > 60_000));
+        assert!(r["device"]["message"].as_str().is_some_and(|m| m.len() > 60_000));
     }
-    let l = cloud
-        .ask(json!({"v":1,"id":"big-list","op":"list","limit":500}))
-        .await;
+    let l = cloud.ask(json!({"v":1,"id":"big-list","op":"list","limit":500})).await;
     let items = l["items"].as_array().expect("items");
     assert_eq!(items.len(), 25, "{l}");
     assert!(l.to_string().len() <= 256 * 1024);
     assert_eq!(items[0]["result"]["device_truncated"], true);
     assert!(items[0]["result"].get("device").is_none());
     // Pages: 10, then the rest by cursor, newest first, nothing twice.
-    let p1 = cloud
-        .ask(json!({"v":1,"id":"big-p1","op":"list","limit":10}))
-        .await;
+    let p1 = cloud.ask(json!({"v":1,"id":"big-p1","op":"list","limit":10})).await;
     let next = p1["next"].as_str().expect("next").to_string();
-    let p2 = cloud
-        .ask(json!({"v":1,"id":"big-p2","op":"list","limit":500,"cursor":next}))
-        .await;
+    let p2 = cloud.ask(json!({"v":1,"id":"big-p2","op":"list","limit":500,"cursor":next})).await;
     let ids = |v: &serde_json::Value| -> Vec<String> {
         v["items"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|i| i["id"].as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|i| i["id"].as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     };
     let (a, b) = (ids(&p1), ids(&p2));
@@ -435,9 +314,7 @@ async fn large_device_answers_and_long_lists_stay_bounded() {
         assert!(all.contains(&format!("big-{i}")), "big-{i} missing");
     }
     // A bad cursor is a clear error.
-    let bad = cloud
-        .ask(json!({"v":1,"id":"big-bad","op":"list","cursor":"abc"}))
-        .await;
+    let bad = cloud.ask(json!({"v":1,"id":"big-bad","op":"list","cursor":"abc"})).await;
     assert_eq!(bad["error"]["code"], "bad_request", "{bad}");
     // And results keep flowing.
     cloud.send(pay("big-after", "ip-1", 500)).await;
@@ -463,20 +340,14 @@ async fn qos0_commands_are_dropped_and_counted() {
                 format!("{}/cmd", cloud.root),
                 rumqttc::QoS::AtMostOnce,
                 false,
-                pay(&format!("q0-{i}"), "ip-1", 500)
-                    .to_string()
-                    .into_bytes(),
+                pay(&format!("q0-{i}"), "ip-1", 500).to_string().into_bytes(),
             )
             .await
             .expect("publish");
     }
     cloud.send(pay("q1-ok", "ip-1", 500)).await;
     assert_eq!(cloud.result("q1-ok").await["state"], "succeeded");
-    cloud
-        .wait("telemetry", Duration::from_secs(10), |v| {
-            v["dropped_commands"] == 3
-        })
-        .await;
+    cloud.wait("telemetry", Duration::from_secs(10), |v| v["dropped_commands"] == 3).await;
     for i in 0..3 {
         let id = format!("q0-{i}");
         assert!(cloud.results_for(&id).is_empty(), "{id}: no result");
@@ -493,20 +364,13 @@ async fn qos0_commands_are_dropped_and_counted() {
 async fn card_numbers_from_a_device_never_leave_the_device() {
     let mut r = ip_rig(embedded(), "ip-pan").await;
     let (cloud, ctl) = (&r.cloud, &r.ctl);
-    ctl.set_message(Some(
-        "approved card 4111 1111 1111 1111 track ;5555555555554444=2512?".into(),
-    ));
+    ctl.set_message(Some("approved card 4111 1111 1111 1111 track ;5555555555554444=2512?".into()));
     let res = cloud.ask(pay("pan-1", "ip-1", 1200)).await;
     assert_eq!(res["state"], "succeeded", "{res}");
-    let msg = res["device"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let msg = res["device"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("4111 11** **** 1111"), "{msg}");
     assert!(msg.contains("555555******4444"), "{msg}");
-    let st = cloud
-        .ask(json!({"v":1,"id":"pan-st","op":"status","target":"pan-1"}))
-        .await;
+    let st = cloud.ask(json!({"v":1,"id":"pan-st","op":"status","target":"pan-1"})).await;
     assert!(!st.to_string().contains("5555555555554444"), "{st}");
     // Nothing on disk or in the log holds either number.
     assert!(r.agent.sigterm().success());
@@ -541,10 +405,8 @@ async fn unreferenced_refunds_are_refused_by_default() {
     let (cloud, stats) = (&r.cloud, &r.stats);
     let p = cloud.ask(pay("u-pay", "ip-1", 500)).await;
     let r = cloud
-        .ask(
-            json!({"v":1,"id":"u-ref","op":"refund","terminal":"ip-1","amount":100,
-                     "transaction_id": p["payment"]["transaction_id"], "method":"card"}),
-        )
+        .ask(json!({"v":1,"id":"u-ref","op":"refund","terminal":"ip-1","amount":100,
+                     "transaction_id": p["payment"]["transaction_id"], "method":"card"}))
         .await;
     assert_eq!(r["state"], "rejected", "{r}");
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");

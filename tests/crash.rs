@@ -11,9 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::loopback(SimOptions::approving(Some(1), delay_ms))
-        .await
-        .expect("sim");
+    let s = IpSim::loopback(SimOptions::approving(Some(1), delay_ms)).await.expect("sim");
     (s, CancellationToken::new())
 }
 
@@ -33,10 +31,7 @@ async fn executed(stats: &SimStats, id: &str) {
 /// cannot run here for `why` and says SKIP; but where the variable `ci` is set (in CI) it
 /// must run, and fails saying `must`.
 fn succeeded_or_skips(
-    status: std::io::Result<std::process::ExitStatus>,
-    ci: &str,
-    must: &str,
-    why: &str,
+    status: std::io::Result<std::process::ExitStatus>, ci: &str, must: &str, why: &str,
 ) -> bool {
     if status.is_ok_and(|s| s.success()) {
         return true;
@@ -49,10 +44,7 @@ fn succeeded_or_skips(
 /// The agent's `degraded` status names `why`, and the agent stops with a non-zero exit
 /// (so that systemd restarts it).
 fn assert_degraded_then_stops(agent: &mut Agent, degraded: &Value, why: &str) {
-    assert!(
-        degraded["reason"].as_str().is_some_and(|r| r.contains(why)),
-        "{degraded}"
-    );
+    assert!(degraded["reason"].as_str().is_some_and(|r| r.contains(why)), "{degraded}");
     let st = agent
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the agent stops after a store failure\n{}", agent.log()));
@@ -75,19 +67,12 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
             Cloud::with_agent(&spec, dir.path(), &[(posbridge::faults::ENV, point)]).await;
         cloud.send(pay(&id, "ip-1", 700)).await;
         assert_aborts_at(&mut agent, point, Duration::from_secs(20));
-        assert!(
-            agent.log().contains(&format!("aborting at {point}")),
-            "{point}"
-        );
+        assert!(agent.log().contains(&format!("aborting at {point}")), "{point}");
 
         agent.restart(&[]);
         let r = cloud.result(&id).await;
         assert_eq!(r["state"], "succeeded", "{point}: {r}\n{}", agent.log());
-        assert_eq!(
-            stats.executions(&id),
-            1,
-            "{point}: the terminal ran it exactly once"
-        );
+        assert_eq!(stats.executions(&id), 1, "{point}: the terminal ran it exactly once");
         // Any repeat delivery (allowed: at least once) carries the same outcome.
         for other in cloud.results_for(&id) {
             assert_eq!(
@@ -118,9 +103,7 @@ async fn broker_restart_while_a_payment_runs_loses_nothing() {
 
     cloud.send(pay("o-1", "ip-1", 900)).await;
     cloud
-        .wait("evt", Duration::from_secs(10), |v| {
-            v["id"] == "o-1" && v["state"] == "in_progress"
-        })
+        .wait("evt", Duration::from_secs(10), |v| v["id"] == "o-1" && v["state"] == "in_progress")
         .await;
     m.stop();
     // The payment finishes while the broker is down; its result waits in the outbox.
@@ -158,11 +141,7 @@ async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
     let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     agent.kill9();
     // The will tells the cloud the agent is gone.
-    cloud
-        .wait("status", Duration::from_secs(20), |v| {
-            v["state"] == "offline"
-        })
-        .await;
+    cloud.wait("status", Duration::from_secs(20), |v| v["state"] == "offline").await;
     for i in 0..5 {
         cloud.send(pay(&format!("w-{i}"), "ip-1", 100 + i)).await;
     }
@@ -179,10 +158,8 @@ async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
 /// every commit is an fdatasync of the write-ahead log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_writes_are_fdatasynced() {
-    let strace = std::process::Command::new("strace")
-        .arg("-V")
-        .stdout(std::process::Stdio::null())
-        .status();
+    let strace =
+        std::process::Command::new("strace").arg("-V").stdout(std::process::Stdio::null()).status();
     if !succeeded_or_skips(
         strace,
         "POSBRIDGE_REQUIRE_MOSQUITTO",
@@ -204,32 +181,18 @@ async fn store_writes_are_fdatasynced() {
         &spec,
         dir.path(),
         &[],
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-y",
-            "-e",
-            "trace=fdatasync",
-            "-o",
-            &trace_s,
-        ],
+        &["strace", "-f", "-qq", "-y", "-e", "trace=fdatasync", "-o", &trace_s],
     );
     cloud.online().await;
     cloud.send(pay("sync-1", "ip-1", 100)).await;
     assert_eq!(cloud.result("sync-1").await["state"], "succeeded");
     agent.kill9_tree();
     let out = std::fs::read_to_string(&trace).expect("trace");
-    let n = out
-        .lines()
-        .filter(|l| l.contains("fdatasync(") && l.contains("posbridge-wal."))
-        .count();
+    let n =
+        out.lines().filter(|l| l.contains("fdatasync(") && l.contains("posbridge-wal.")).count();
     // The command before its PUBACK, the journal before the terminal is asked, the
     // answer together with the result: three syncs of the log.
-    assert!(
-        n >= 3,
-        "expected ≥ 3 fdatasync calls of the log for one payment, saw {n}:\n{out}"
-    );
+    assert!(n >= 3, "expected ≥ 3 fdatasync calls of the log for one payment, saw {n}:\n{out}");
     stop.cancel();
 }
 
@@ -271,10 +234,7 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
         }
         let degraded = cloud.degraded(&agent).await;
         assert_degraded_then_stops(&mut agent, &degraded, "store");
-        assert!(
-            cloud.results_for("fs-1").is_empty(),
-            "nothing published after the failure"
-        );
+        assert!(cloud.results_for("fs-1").is_empty(), "nothing published after the failure");
         // The disk is back; the restart replays the log and settles everything.
         std::fs::remove_file(&trigger).expect("untrigger");
         agent.restart(&[]);
@@ -353,11 +313,7 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
         let id = format!("d-{i}");
         cloud.send(pay(&id, "ip-1", 1000 + i)).await;
         sent.push(id);
-        if let Some(st) = cloud
-            .all("status")
-            .into_iter()
-            .find(|v| v["state"] == "degraded")
-        {
+        if let Some(st) = cloud.all("status").into_iter().find(|v| v["state"] == "degraded") {
             degraded = Some(st);
             break;
         }

@@ -23,9 +23,7 @@ async fn the_first_broker_dies_mid_payment_and_the_result_arrives_on_the_second(
     let first = Mosquitto::start();
     let second = Mosquitto::start();
     // A payment long enough to kill the broker while the terminal runs it.
-    let sim = IpSim::loopback(SimOptions::approving(Some(3), 1500))
-        .await
-        .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(Some(3), 1500)).await.expect("sim");
     let (addr, stats, stop) = (sim.local_addr(), sim.stats(), CancellationToken::new());
     let _sim = sim.spawn(stop.clone());
     let mut spec = AgentSpec::new("fo-1", first.port).ip("ip-1", addr);
@@ -36,35 +34,23 @@ async fn the_first_broker_dies_mid_payment_and_the_result_arrives_on_the_second(
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start_with(&spec, dir.path(), &[], &[]);
     on_first.online().await;
-    assert!(
-        on_second.all("status").is_empty(),
-        "the agent starts on the first broker of the list"
-    );
+    assert!(on_second.all("status").is_empty(), "the agent starts on the first broker of the list");
 
     on_first.send(pay("fo-pay-1", "ip-1", 1200)).await;
-    on_first
-        .wait("evt", Duration::from_secs(10), in_progress("fo-pay-1"))
-        .await;
+    on_first.wait("evt", Duration::from_secs(10), in_progress("fo-pay-1")).await;
     drop(first); // SIGKILL: the broker is gone mid-payment
 
     on_second.online().await;
     let r = on_second.result("fo-pay-1").await;
     assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
     assert_eq!(stats.executions("fo-pay-1"), 1);
-    assert!(
-        agent.log().contains("broker connection lost"),
-        "{}",
-        agent.log()
-    );
+    assert!(agent.log().contains("broker connection lost"), "{}", agent.log());
 
     // The cloud, unsure, sends the same id again on the second broker: answered from
     // the store, never charged twice.
     on_second.send(pay("fo-pay-1", "ip-1", 1200)).await;
-    let again = on_second
-        .wait_n("result", Duration::from_secs(10), 2, |v| {
-            v["id"] == "fo-pay-1"
-        })
-        .await;
+    let again =
+        on_second.wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "fo-pay-1").await;
     assert!(again.iter().all(|v| v["state"] == "succeeded"), "{again:?}");
     assert_eq!(again[0]["payment"], again[1]["payment"]);
     assert_eq!(stats.executions("fo-pay-1"), 1);
@@ -72,9 +58,7 @@ async fn the_first_broker_dies_mid_payment_and_the_result_arrives_on_the_second(
     // The heartbeat on telemetry says where the agent is and what its terminals are
     // doing, without relying on retained messages.
     let at = format!("127.0.0.1:{}", second.port);
-    let beat = on_second
-        .wait("telemetry", Duration::from_secs(10), |v| v["broker"] == at)
-        .await;
+    let beat = on_second.wait("telemetry", Duration::from_secs(10), |v| v["broker"] == at).await;
     assert_eq!(beat["state"], "online", "{beat}");
     assert_eq!(beat["terminals"]["ip-1"]["kind"], "ip", "{beat}");
     assert!(beat["terminals"]["ip-1"]["state"].is_string(), "{beat}");
@@ -93,9 +77,7 @@ async fn an_unreachable_first_broker_is_skipped_at_start() {
     }
     let live = Mosquitto::start();
     let dead = free_port();
-    let sim = IpSim::loopback(SimOptions::approving(Some(4), 0))
-        .await
-        .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(Some(4), 0)).await.expect("sim");
     let (addr, stop) = (sim.local_addr(), CancellationToken::new());
     let _sim = sim.spawn(stop.clone());
     let mut spec = AgentSpec::new("fo-2", dead).ip("ip-1", addr);
@@ -134,11 +116,8 @@ async fn doctor_checks_every_broker_of_the_list() {
         .output()
         .await
         .expect("run posbridge doctor");
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let t =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "one broker is down:\n{t}");
     let row = |name: &str| {
         t.lines()
@@ -147,14 +126,8 @@ async fn doctor_checks_every_broker_of_the_list() {
             .to_string()
     };
     let (ok, down) = (row("broker[0]"), row("broker[1]"));
-    assert!(
-        ok.contains(" ok ") && ok.contains(&live.port.to_string()),
-        "{t}"
-    );
-    assert!(
-        down.contains("FAIL") && down.contains(&dead.to_string()),
-        "{t}"
-    );
+    assert!(ok.contains(" ok ") && ok.contains(&live.port.to_string()), "{t}");
+    assert!(down.contains("FAIL") && down.contains(&dead.to_string()), "{t}");
     // The fix names the list entry that is wrong.
     let fix = t.lines().skip_while(|l| *l != down).nth(1).unwrap_or("");
     assert!(fix.contains("fix:") && fix.contains("mqtt.urls[1]"), "{t}");

@@ -46,10 +46,7 @@ fn paywall_sale(id: &str, amount: i64) -> Value {
 
 /// Send `cmd` and book it (by its id) among the commands that must reach a final result.
 async fn send_booked(
-    cloud: &Cloud,
-    sent: &mut BTreeMap<String, Value>,
-    counts: &mut Counts,
-    cmd: Value,
+    cloud: &Cloud, sent: &mut BTreeMap<String, Value>, counts: &mut Counts, cmd: Value,
 ) {
     cloud.send(cmd.clone()).await;
     let id = cmd["id"].as_str().unwrap_or_default().to_string();
@@ -96,21 +93,13 @@ async fn sim(seed: u64) -> (IpSim, SimStats) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_commands_under_faults_keep_every_promise() {
-    let target: usize = std::env::var("POSBRIDGE_SOAK_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let seed: u64 = std::env::var("POSBRIDGE_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20261123);
+    let target: usize =
+        std::env::var("POSBRIDGE_SOAK_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    let seed: u64 =
+        std::env::var("POSBRIDGE_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20261123);
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let mut mosq = if mosquitto_available() {
-        Some(Mosquitto::start())
-    } else {
-        None
-    };
+    let mut mosq = if mosquitto_available() { Some(Mosquitto::start()) } else { None };
     let port = match &mosq {
         Some(m) => m.port,
         None => embedded().port(),
@@ -160,9 +149,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let spec = AgentSpec {
         queue_depth: 64,
         extra,
-        ..AgentSpec::new("shop-faults", port)
-            .ip("ip-1", a1)
-            .ip("ip-2", a2)
+        ..AgentSpec::new("shop-faults", port).ip("ip-1", a1).ip("ip-2", a2)
     };
     let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
 
@@ -224,11 +211,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 // The disk fails under the store: EIO on the log's fdatasync or ENOSPC on its
                 // write, from the n-th time on. The agent must stop (degraded, non-zero
                 // exit) without acknowledging anything more; the restart settles the rest.
-                let kind = if rng.random_bool(0.5) {
-                    "wal:sync=eio"
-                } else {
-                    "wal:append=enospc"
-                };
+                let kind = if rng.random_bool(0.5) { "wal:sync=eio" } else { "wal:append=enospc" };
                 let spec = format!("{kind}@{}", rng.random_range(1..6));
                 agent.restart(&[(posbridge::faults::IO_ENV, &spec)]);
                 let id = format!("f{round}-io");
@@ -237,12 +220,10 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 paid.push(id);
                 match agent.wait_exit(Duration::from_secs(20)) {
                     Some(st) if !st.success() => counts.sync_errors += 1,
-                    Some(st) => violations_early.push(format!(
-                        "{spec}: the agent exited {st:?} after a store failure"
-                    )),
-                    None => violations_early.push(format!(
-                        "{spec}: the agent did not stop after a store failure"
-                    )),
+                    Some(st) => violations_early
+                        .push(format!("{spec}: the agent exited {st:?} after a store failure")),
+                    None => violations_early
+                        .push(format!("{spec}: the agent did not stop after a store failure")),
                 }
                 agent.restart(&[]);
             }
@@ -264,10 +245,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 };
-                if tokio::time::timeout(Duration::from_secs(30), fresh)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(Duration::from_secs(30), fresh).await.is_err() {
                     violations_early.push(format!(
                         "round {round}: a damaged store did not hold money on the status\n{}",
                         agent.log()
@@ -384,10 +362,8 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     let mut by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in cloud.all("result") {
         if let Some(id) = r["id"].as_str() {
-            let key = format!(
-                "{}|{}|{}",
-                r["state"], r["payment"]["transaction_id"], r["error"]["code"]
-            );
+            let key =
+                format!("{}|{}|{}", r["state"], r["payment"]["transaction_id"], r["error"]["code"]);
             by_id.entry(id.to_string()).or_default().insert(key);
         }
     }
@@ -420,10 +396,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             violations.push(format!("{id}: no result"));
         }
         // Money moved on the device: the result may be `unknown`, never `failed`.
-        let res = cloud
-            .all("result")
-            .into_iter()
-            .find(|r| r["id"] == id.as_str());
+        let res = cloud.all("result").into_iter().find(|r| r["id"] == id.as_str());
         let moved = token_ctl.sales(&posbridge::drivers::token::basket_id("shop-faults", id)) > 0
             || paywall_stats.payments().iter().any(|p| {
                 p.merchant_unique_code
@@ -436,9 +409,7 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 .iter()
                 .any(|l| l.order_id == format!("shop-faults/{id}") && l.status == "completed");
         if moved && res.as_ref().is_some_and(|r| r["state"] == "failed") {
-            violations.push(format!(
-                "{id}: money moved but the result is failed: {res:?}"
-            ));
+            violations.push(format!("{id}: money moved but the result is failed: {res:?}"));
         }
     }
     // Never a second sale or payment for one command on the cloud terminals.
@@ -466,25 +437,17 @@ async fn mixed_commands_under_faults_keep_every_promise() {
     }
     // The run really exercised every kind of terminal.
     for term in ["ip-1", "ip-2", "token-1", "pw-1", "kaspi-1", "kv-1"] {
-        let ok = cloud
-            .all("result")
-            .iter()
-            .any(|r| r["terminal"] == term && r["state"] == "succeeded");
+        let ok =
+            cloud.all("result").iter().any(|r| r["terminal"] == term && r["state"] == "succeeded");
         if !ok {
-            violations.push(format!(
-                "no command succeeded on {term}: the run did not cover it"
-            ));
+            violations.push(format!("no command succeeded on {term}: the run did not cover it"));
         }
     }
     // The store reopens cleanly after all that.
     let st = agent.sigterm();
     assert!(st.success());
     agent.restart(&[]);
-    let status = cloud
-        .wait("status", Duration::from_secs(20), |v| {
-            v["state"] == "online"
-        })
-        .await;
+    let status = cloud.wait("status", Duration::from_secs(20), |v| v["state"] == "online").await;
     if status.get("store").is_some() {
         violations.push(format!("store reported damage: {status}"));
     }

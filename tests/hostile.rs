@@ -37,25 +37,20 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
     }
     // One answer per hostile payload, each rejected with a reason.
     let rejected = cloud
-        .wait_n("result", Duration::from_secs(20), cases.len(), |v| {
-            v["state"] == "rejected"
-        })
+        .wait_n("result", Duration::from_secs(20), cases.len(), |v| v["state"] == "rejected")
         .await;
     for r in &rejected {
         let code = r["error"]["code"].as_str().unwrap_or("");
         assert!(code == "bad_request", "{r}");
-        assert!(
-            !r["error"]["message"].as_str().unwrap_or("").is_empty(),
-            "{r}"
-        );
+        assert!(!r["error"]["message"].as_str().unwrap_or("").is_empty(), "{r}");
     }
     // Ids that were valid are kept on the rejection; invalid ones are null.
     let by_id = |id: &str| rejected.iter().any(|r| r["id"] == id);
     assert!(by_id("neg-1") && by_id("zero-1") && by_id("huge-2") && by_id("cur-1"));
     assert!(
-        rejected.iter().any(|r| r["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("recursion limit"))),
+        rejected
+            .iter()
+            .any(|r| r["error"]["message"].as_str().is_some_and(|m| m.contains("recursion limit"))),
         "deep nesting is refused by the parser's depth limit, not by a stack overflow"
     );
     assert!(!rejected.iter().any(|r| r["id"] == "платёж-1"));
@@ -63,10 +58,7 @@ async fn hostile_payloads_are_refused_and_the_agent_keeps_going() {
     // Still alive and answering.
     cloud.send(json!({"v":1,"id":"alive-1","op":"ping"})).await;
     assert_eq!(cloud.result("alive-1").await["state"], "succeeded");
-    assert!(
-        agent.wait_exit(Duration::from_millis(10)).is_none(),
-        "agent still running"
-    );
+    assert!(agent.wait_exit(Duration::from_millis(10)).is_none(), "agent still running");
 }
 
 /// A terminal that takes the request and never answers: the outcome is `unknown` with
@@ -98,10 +90,7 @@ async fn a_terminal_that_never_answers_gives_unknown_then_status_reconciles() {
     .expect("terminal finished");
     let s = status_reconciled(&cloud, "st-1", "slow-1").await;
     assert_eq!(s["state"], "succeeded", "{s}");
-    assert_eq!(
-        s["target"]["state"], "unknown",
-        "the published outcome stays unknown"
-    );
+    assert_eq!(s["target"]["state"], "unknown", "the published outcome stays unknown");
     assert!(s["target"]["reconciled"]["payment"]["transaction_id"].is_string());
     // Exactly one final result was published for the payment itself.
     assert_eq!(cloud.results_for("slow-1").len(), 1);

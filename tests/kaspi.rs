@@ -29,9 +29,7 @@ impl Drop for Sim {
 }
 
 async fn sim(opts: SimOptions) -> Sim {
-    let s = KaspiSim::bind("127.0.0.1:0".parse().expect("addr"), opts)
-        .await
-        .expect("kaspi sim");
+    let s = KaspiSim::bind("127.0.0.1:0".parse().expect("addr"), opts).await.expect("kaspi sim");
     let stop = CancellationToken::new();
     let out = Sim {
         url: s.url(),
@@ -71,19 +69,12 @@ fn terminal(id: &str, url: &str, protected: bool, extra: &str) -> String {
 }
 
 fn spec(agent_id: &str, broker: u16, terminals: &[String]) -> AgentSpec {
-    AgentSpec {
-        extra: terminals.concat(),
-        ..AgentSpec::new(agent_id, broker)
-    }
+    AgentSpec { extra: terminals.concat(), ..AgentSpec::new(agent_id, broker) }
 }
 
 /// An agent with one plain-HTTP terminal `kaspi-1` at the simulator.
 fn plain_spec(agent_id: &str, broker: &Broker, s: &Sim) -> AgentSpec {
-    spec(
-        agent_id,
-        broker.port(),
-        &[terminal("kaspi-1", &s.url, false, "")],
-    )
+    spec(agent_id, broker.port(), &[terminal("kaspi-1", &s.url, false, "")])
 }
 
 /// A broker, a simulator with no customer time, and the agent `agent_id` with its plain
@@ -172,15 +163,8 @@ async fn payments_declines_refund_and_device_info_over_http() {
     let r = cloud.ask(kzt("qr-1", 51_100)).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["payment"]["method"], "qr");
-    assert_eq!(
-        r["payment"]["transaction_id"],
-        r["device"]["chequeInfo"]["orderNumber"]
-    );
-    cloud
-        .wait("evt", T, |v| {
-            v["id"] == "qr-1" && v["sub_state"] == "WaitForQrConfirmation"
-        })
-        .await;
+    assert_eq!(r["payment"]["transaction_id"], r["device"]["chequeInfo"]["orderNumber"]);
+    cloud.wait("evt", T, |v| v["id"] == "qr-1" && v["sub_state"] == "WaitForQrConfirmation").await;
 
     // Declined card (…13) and customer cancel (…15).
     let r = cloud.ask(kzt("dec-1", 21_300)).await;
@@ -217,13 +201,9 @@ async fn payments_declines_refund_and_device_info_over_http() {
     assert_eq!(s.stats.counts().payments_started, 4);
 
     // device_info and the retained terminal state.
-    let r = cloud
-        .ask(json!({"v":1,"id":"info-1","op":"device_info","terminal":"kaspi-1"}))
-        .await;
+    let r = cloud.ask(json!({"v":1,"id":"info-1","op":"device_info","terminal":"kaspi-1"})).await;
     assert_eq!(r["device"]["serialNum"], "00043010171", "{r}");
-    let t = cloud
-        .wait("terminals/kaspi-1", T, |v| v["state"] == "connected")
-        .await;
+    let t = cloud.wait("terminals/kaspi-1", T, |v| v["state"] == "connected").await;
     assert_eq!(t["identity"]["serial"], "00043010171");
     assert_eq!(t["identity"]["terminal_id"], "31452963");
 }
@@ -280,16 +260,10 @@ async fn lost_foreign_and_garbled_answers_are_never_failed() {
         if *want == "unknown" {
             assert_eq!(r["needs_reconciliation"], true, "{r}");
         }
-        assert_eq!(
-            s.stats.counts().payments_started,
-            n as u64 + 1,
-            "{id}: one /v2/payment"
-        );
+        assert_eq!(s.stats.counts().payments_started, n as u64 + 1, "{id}: one /v2/payment");
     }
     // The foreign receipt is kept raw for the operator, and `status` does not take it.
-    let st = cloud
-        .ask(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"}))
-        .await;
+    let st = cloud.ask(json!({"v":1,"id":"a-st","op":"status","target":"a-foreign"})).await;
     assert!(st["target"].get("reconciled").is_none(), "{st}");
     assert!(agent.log().contains("receipt amount differs"));
 }
@@ -326,12 +300,7 @@ async fn kill9_around_the_process_id_never_pays_twice() {
         }
         agent.restart(&[]);
         let r = cloud.result(&id).await;
-        assert_eq!(
-            r["state"],
-            *want,
-            "{point} forget={forget}: {r}\n{}",
-            agent.log()
-        );
+        assert_eq!(r["state"], *want, "{point} forget={forget}: {r}\n{}", agent.log());
         assert_eq!(
             s.stats.counts().payments_started - before,
             *started,
@@ -358,11 +327,7 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     let s = sim(tls_opts(true)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     // Addressed by IP, verified against the certificate's name via tls_name + ca_file.
-    let sp = spec(
-        "kaspi-tok",
-        broker.port(),
-        &[verified_terminal(&s, dir.path(), "")],
-    );
+    let sp = spec("kaspi-tok", broker.port(), &[verified_terminal(&s, dir.path(), "")]);
 
     // Enrolment by the field engineer.
     let out = register(&sp, dir.path());
@@ -410,9 +375,7 @@ async fn protected_api_register_renew_and_failed_renewal_over_verified_tls() {
     cloud
         .wait("terminals/kaspi-1", T, |v| {
             v["state"] == "error"
-                && v["last_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("kaspi register"))
+                && v["last_error"].as_str().is_some_and(|e| e.contains("kaspi register"))
         })
         .await;
 }
@@ -430,11 +393,7 @@ async fn renewed_tokens_survive_a_restart() {
     let t = verified_terminal(&s, dir.path(), "renew_before = \"1h\"\n");
     let sp = spec("kaspi-renew", broker.port(), &[t]);
     let out = register(&sp, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     cloud.send(kzt("r-1", 11_200)).await;
     assert_eq!(cloud.result("r-1").await["state"], "succeeded");
@@ -461,28 +420,16 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
             false,
             &format!("tls = \"pin\"\npin_sha256 = \"{}\"\n", tls.cert_sha256),
         ),
-        terminal(
-            "kaspi-2",
-            &url,
-            false,
-            &format!("tls = \"pin\"\npin_sha256 = \"{wrong}\"\n"),
-        ),
+        terminal("kaspi-2", &url, false, &format!("tls = \"pin\"\npin_sha256 = \"{wrong}\"\n")),
         // verify without the simulator's CA: the certificate must be refused.
-        terminal(
-            "kaspi-3",
-            &url,
-            false,
-            "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\n",
-        ),
+        terminal("kaspi-3", &url, false, "tls = \"verify\"\ntls_name = \"pos1.kaspiros.kz\"\n"),
         terminal("kaspi-4", &url, false, "tls = \"insecure\"\n"),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let sp = spec("kaspi-pin", broker.port(), &terminals);
     let (cloud, agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
     for t in ["kaspi-1", "kaspi-2", "kaspi-3", "kaspi-4"] {
-        cloud
-            .send(json!({"v":1,"id":format!("i-{t}"),"op":"device_info","terminal":t}))
-            .await;
+        cloud.send(json!({"v":1,"id":format!("i-{t}"),"op":"device_info","terminal":t})).await;
     }
     let ok = cloud.result("i-kaspi-1").await;
     assert_eq!(ok["state"], "succeeded", "{ok}\n{}", agent.log());
@@ -491,10 +438,7 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
     assert_eq!(bad["state"], "failed", "{bad}");
     assert_eq!(bad["error"]["code"], "device_unavailable");
     let m = bad["error"]["message"].as_str().expect("msg");
-    assert!(
-        m.contains("pin mismatch") && m.contains(&tls.cert_sha256),
-        "{m}"
-    );
+    assert!(m.contains("pin mismatch") && m.contains(&tls.cert_sha256), "{m}");
     // A payment to the mismatching terminal never leaves the agent: failed, not unknown.
     let r = cloud.ask(json!({"v":1,"id":"p-kaspi-2","op":"payment","terminal":"kaspi-2","amount":11_200,"currency":"KZT"})).await;
     assert_eq!(
@@ -512,11 +456,7 @@ async fn tls_pin_match_mismatch_and_unverified_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     let broker = embedded();
-    let s = sim(SimOptions {
-        cashier: Cashier::Ignore,
-        ..tls_opts(true)
-    })
-    .await;
+    let s = sim(SimOptions { cashier: Cashier::Ignore, ..tls_opts(true) }).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let t = verified_terminal(&s, dir.path(), "")
         .replace("register_timeout = \"10s\"", "register_timeout = \"1s\"");
@@ -528,8 +468,7 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     assert!(!out.status.success());
     assert!(err.contains("did the cashier press"), "{err}");
     // The cashier presses "Deny": the terminal's 105 text is shown.
-    s.control
-        .set_cashier(Cashier::Deny(Duration::from_millis(50)));
+    s.control.set_cashier(Cashier::Deny(Duration::from_millis(50)));
     let out = register(&sp, dir.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -544,14 +483,9 @@ async fn register_waits_for_the_cashier_and_says_why_it_failed() {
     assert_eq!(s.stats.counts().payments_started, 0);
     assert!(agent.sigterm().success());
     // "Allow": registered, and the agent pays.
-    s.control
-        .set_cashier(Cashier::Allow(Duration::from_millis(50)));
+    s.control.set_cashier(Cashier::Allow(Duration::from_millis(50)));
     let out = register(&sp, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     agent.spawn(&[]);
     cloud.send(kzt("n-2", 11_200)).await;
     assert_eq!(cloud.result("n-2").await["state"], "succeeded");

@@ -20,10 +20,7 @@ type Rig = common::Rig<KuveytStats>;
 fn terminal(mode: &str, test_url: &str, live_url: &str, dir: &Path) -> String {
     let keys = write_key_files(
         dir,
-        &[
-            ("api_key_file", "test-api-key"),
-            ("api_secret_file", "test-secret"),
-        ],
+        &[("api_key_file", "test-api-key"), ("api_secret_file", "test-secret")],
     );
     format!(
         "[[terminals]]\nid = \"{T}\"\nkind = \"kuveyt\"\nmode = \"{mode}\"\ntest_url = \"{test_url}\"\nlive_url = \"{live_url}\"\nreturn_url = \"https://shop.example/return\"\ncancel_url = \"https://shop.example/cancel\"\npoll_interval = \"2s\"\n{keys}"
@@ -33,21 +30,13 @@ fn terminal(mode: &str, test_url: &str, live_url: &str, dir: &Path) -> String {
 async fn rig(name: &str, mode: &str, env: &[(&str, &str)]) -> Rig {
     let broker = embedded();
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = KuveytSim::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        KuveytSimOptions::default(),
-    )
-    .await
-    .expect("mock");
+    let sim = KuveytSim::bind("127.0.0.1:0".parse().expect("addr"), KuveytSimOptions::default())
+        .await
+        .expect("mock");
     let stop = CancellationToken::new();
     let stats = sim.stats();
     let mut spec = AgentSpec::new(name, broker.port());
-    spec.extra = terminal(
-        mode,
-        &sim.base_url("test"),
-        &sim.base_url("live"),
-        dir.path(),
-    );
+    spec.extra = terminal(mode, &sim.base_url("test"), &sim.base_url("live"), dir.path());
     sim.spawn(stop.clone());
     Rig::start(broker, dir, &spec, env, stats, stop).await
 }
@@ -81,21 +70,12 @@ async fn payment_url_on_evt_then_completed() {
     assert_eq!(link.order_id, "kv-ok/p-1");
     assert_eq!(link.env, "test");
     assert_eq!(evt["state"], "in_progress");
-    assert_eq!(
-        evt["detail"]["transaction_id"],
-        link.transaction_id.as_str()
-    );
-    assert!(evt["detail"]["payment_url"]
-        .as_str()
-        .unwrap_or("")
-        .ends_with(&link.transaction_id));
+    assert_eq!(evt["detail"]["transaction_id"], link.transaction_id.as_str());
+    assert!(evt["detail"]["payment_url"].as_str().unwrap_or("").ends_with(&link.transaction_id));
     let res = r.cloud.result("p-1").await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(res["mode"], "test");
-    assert_eq!(
-        res["payment"]["transaction_id"],
-        link.transaction_id.as_str()
-    );
+    assert_eq!(res["payment"]["transaction_id"], link.transaction_id.as_str());
     assert_eq!(res["payment"]["method"], "pay_by_link");
     assert_eq!(r.stats.payments_created(), 1);
     assert!(!r.agent.log().contains("test-secret"));
@@ -123,18 +103,12 @@ async fn deadline_is_unknown_then_status_verifies_again() {
     assert_unknown(&res);
     assert_eq!(res["mode"], "test");
     let tid = r.stats.links()[0].transaction_id.clone();
-    assert!(
-        r.stats.links()[0].verifies >= 2,
-        "verified until the deadline"
-    );
+    assert!(r.stats.links()[0].verifies >= 2, "verified until the deadline");
     // The customer pays late; `status` asks the provider again.
     assert!(r.stats.complete(&tid, "completed"));
     let st = status_reconciled(&r.cloud, "w-2", "w-1").await;
     assert_eq!(st["state"], "succeeded", "{st}");
-    assert_eq!(
-        st["target"]["reconciled"]["payment"]["transaction_id"],
-        tid.as_str()
-    );
+    assert_eq!(st["target"]["reconciled"]["payment"]["transaction_id"], tid.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,11 +117,7 @@ async fn lost_create_answer_is_retried_with_the_same_order() {
     let res = r.cloud.ask(payment("l-1", 15055)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
     assert_eq!(r.stats.payments_created(), 1, "one payment");
-    assert_eq!(
-        r.stats.links()[0].create_requests,
-        2,
-        "asked again, same order id"
-    );
+    assert_eq!(r.stats.links()[0].create_requests, 2, "asked again, same order id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,10 +125,7 @@ async fn server_error_on_create_until_the_deadline_is_unknown() {
     let r = rig("kv-503", "test", &[]).await;
     let res = r.cloud.ask(pay("e-1", 15054, Duration::from_secs(5))).await;
     assert_unknown_because(&res, "503");
-    assert!(
-        r.stats.create_requests() >= 2,
-        "retried with the same order id"
-    );
+    assert!(r.stats.create_requests() >= 2, "retried with the same order id");
     assert_eq!(r.stats.payments_created(), 0);
 }
 
@@ -183,12 +150,8 @@ async fn disabled_or_invalid_is_rejected_before_any_request() {
 /// creates at most once and verifies the same payment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_around_create_resumes_and_creates_once() {
-    for (n, point) in [
-        "journal:kuveyt_creating:after",
-        "journal:kuveyt_created:after",
-    ]
-    .iter()
-    .enumerate()
+    for (n, point) in
+        ["journal:kuveyt_creating:after", "journal:kuveyt_created:after"].iter().enumerate()
     {
         let mut r = rig(&format!("kv-crash-{n}"), "test", &[(CRASH_AT, point)]).await;
         let id = format!("k-{n}");
@@ -196,18 +159,10 @@ async fn crash_around_create_resumes_and_creates_once() {
         assert_eq!(r.stats.payments_created(), n as u64, "{point}");
         r.agent.restart(&[]);
         let res = r.cloud.result(&id).await;
-        assert_eq!(
-            res["state"],
-            "succeeded",
-            "{point}: {res}\n{}",
-            r.agent.log()
-        );
+        assert_eq!(res["state"], "succeeded", "{point}: {res}\n{}", r.agent.log());
         assert_eq!(r.stats.payments_created(), 1, "{point}: created once");
         assert_eq!(r.stats.create_requests(), 1, "{point}: one create request");
-        assert_eq!(
-            res["payment"]["transaction_id"],
-            r.stats.links()[0].transaction_id.as_str()
-        );
+        assert_eq!(res["payment"]["transaction_id"], r.stats.links()[0].transaction_id.as_str());
     }
 }
 

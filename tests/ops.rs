@@ -29,27 +29,18 @@ async fn posbridge(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// The table row of one check, e.g. `row(out, "broker")`.
 fn row<'a>(out: &'a str, check: &str) -> &'a str {
     out.lines()
-        .find(|l| {
-            l.strip_prefix(check)
-                .is_some_and(|rest| rest.starts_with("  "))
-        })
+        .find(|l| l.strip_prefix(check).is_some_and(|rest| rest.starts_with("  ")))
         .unwrap_or_else(|| panic!("no {check:?} row in:\n{out}"))
 }
 
 fn status_of(row: &str) -> &str {
-    row.split_whitespace()
-        .find(|w| matches!(*w, "ok" | "WARN" | "FAIL"))
-        .unwrap_or("?")
+    row.split_whitespace().find(|w| matches!(*w, "ok" | "WARN" | "FAIL")).unwrap_or("?")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,16 +57,10 @@ async fn doctor_all_green_with_the_agent_running_then_stopped() {
     assert!(out.status.success(), "doctor failed:\n{t}");
     assert!(!t.contains("FAIL"), "{t}");
     assert_eq!(status_of(row(&t, "broker")), "ok", "{t}");
-    assert!(
-        row(&t, "broker").contains("posbridge-shop-doc-doctor"),
-        "{t}"
-    );
+    assert!(row(&t, "broker").contains("posbridge-shop-doc-doctor"), "{t}");
     assert_eq!(status_of(row(&t, "agent")), "ok", "{t}");
     assert!(row(&t, "agent").contains("online"), "{t}");
-    assert!(
-        row(&t, "store").contains("in use by the running agent (ok)"),
-        "{t}"
-    );
+    assert!(row(&t, "store").contains("in use by the running agent (ok)"), "{t}");
     assert_eq!(status_of(row(&t, "device key")), "ok", "{t}");
     assert_eq!(status_of(row(&t, "terminal ip-1 (ip)")), "ok", "{t}");
     assert!(row(&t, "terminal ip-1 (ip)").contains("connected"), "{t}");
@@ -129,12 +114,7 @@ async fn doctor_fails_with_a_fix_when_the_broker_is_down() {
     assert!(broker.contains(&format!("127.0.0.1:{dead}")), "{t}");
     // The fix hint is on the line after the failing row.
     let after: Vec<&str> = t.lines().skip_while(|l| *l != broker).take(2).collect();
-    assert!(
-        after
-            .get(1)
-            .is_some_and(|l| l.contains("fix:") && l.contains("mqtt.url")),
-        "{t}"
-    );
+    assert!(after.get(1).is_some_and(|l| l.contains("fix:") && l.contains("mqtt.url")), "{t}");
     assert_eq!(status_of(row(&t, "mqtt.password_file")), "ok", "{t}");
     assert!(!t.contains("hunter2"), "the password leaked:\n{t}");
     // Nothing was created where the agent's store will live.
@@ -171,8 +151,7 @@ fn recv_all_until(sock: &UnixDatagram, stop: impl Fn(&[String]) -> bool) -> Vec<
 fn fake_notify_socket(dir: &Path) -> (UnixDatagram, String) {
     let path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&path).expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     (sock, path.to_string_lossy().into_owned())
 }
 
@@ -190,9 +169,7 @@ async fn agent_notifies_ready_feeds_the_watchdog_and_says_stopping() {
         &[],
     );
     let got = tokio::task::spawn_blocking(move || {
-        let got = recv_all_until(&sock, |g| {
-            g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3
-        });
+        let got = recv_all_until(&sock, |g| g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3);
         (sock, got)
     })
     .await
@@ -201,14 +178,10 @@ async fn agent_notifies_ready_feeds_the_watchdog_and_says_stopping() {
     assert!(got[0].starts_with("READY=1\n"), "{got:?}");
     assert!(got[0].contains("connected to the broker"), "{got:?}");
     assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
-    let status = tokio::task::spawn_blocking(move || agent.sigterm())
-        .await
-        .expect("join");
+    let status = tokio::task::spawn_blocking(move || agent.sigterm()).await.expect("join");
     assert!(status.success());
     let after = recv_all_until(&sock, |g| g.iter().any(|m| m.starts_with("STOPPING=1")));
-    assert!(after
-        .iter()
-        .all(|m| m == "WATCHDOG=1" || m.starts_with("STOPPING=1")));
+    assert!(after.iter().all(|m| m == "WATCHDOG=1" || m.starts_with("STOPPING=1")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,10 +197,7 @@ async fn agent_reports_ready_without_a_broker_after_a_bounded_wait() {
     assert!(got[0].starts_with("READY=1\n"), "{got:?}");
     assert!(got[0].contains("broker not reached"), "{got:?}");
     let waited = started.elapsed();
-    assert!(
-        waited >= posbridge::systemd::READY_TIMEOUT,
-        "ready too early: {waited:?}"
-    );
+    assert!(waited >= posbridge::systemd::READY_TIMEOUT, "ready too early: {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,19 +281,14 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
         .add_source(config::File::from_str(&manifest, config::FileFormat::Toml))
         .build()
         .expect("Cargo.toml parses");
-    let assets: Vec<Vec<String>> = parsed
-        .get("package.metadata.deb.assets")
-        .expect("package.metadata.deb.assets");
+    let assets: Vec<Vec<String>> =
+        parsed.get("package.metadata.deb.assets").expect("package.metadata.deb.assets");
     let dest = |src: &str| -> String {
         let a = assets
             .iter()
             .find(|a| a[0] == src)
             .unwrap_or_else(|| panic!("no asset {src}: {assets:?}"));
-        format!(
-            "{}{}",
-            a[1],
-            a.get(2).map(|m| format!(" {m}")).unwrap_or_default()
-        )
+        format!("{}{}", a[1], a.get(2).map(|m| format!(" {m}")).unwrap_or_default())
     };
     assert_eq!(dest("target/release/posbridge"), "usr/bin/ 755");
     assert_eq!(dest("systemd/posbridge.service"), "lib/systemd/system/ 644");
@@ -334,14 +299,10 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
             assert!(root.join(&a[0]).is_file(), "asset {} missing", a[0]);
         }
     }
-    let scripts: String = parsed
-        .get("package.metadata.deb.maintainer-scripts")
-        .expect("maintainer-scripts");
+    let scripts: String =
+        parsed.get("package.metadata.deb.maintainer-scripts").expect("maintainer-scripts");
     let depends: String = parsed.get("package.metadata.deb.depends").expect("depends");
-    assert!(
-        depends.contains("adduser"),
-        "postinst uses adduser: {depends}"
-    );
+    assert!(depends.contains("adduser"), "postinst uses adduser: {depends}");
     for name in ["postinst", "prerm", "postrm"] {
         let p = root.join(&scripts).join(name);
         use std::os::unix::fs::PermissionsExt;
@@ -350,11 +311,7 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
             .permissions()
             .mode();
         assert!(mode & 0o111 != 0, "{name} is not executable");
-        let st = std::process::Command::new("sh")
-            .arg("-n")
-            .arg(&p)
-            .status()
-            .expect("sh");
+        let st = std::process::Command::new("sh").arg("-n").arg(&p).status().expect("sh");
         assert!(st.success(), "{name}: sh -n failed");
     }
     let postinst = std::fs::read_to_string(root.join(&scripts).join("postinst")).expect("read");
@@ -385,10 +342,7 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
     ] {
-        assert!(
-            unit.lines().any(|l| l.starts_with(line)),
-            "unit lacks {line}"
-        );
+        assert!(unit.lines().any(|l| l.starts_with(line)), "unit lacks {line}");
     }
     // TimeoutStopSec leaves room above the agent's drain (20 s) + flush/offline (5 s).
     let stop: u64 = unit
@@ -396,10 +350,7 @@ async fn deb_metadata_scripts_udev_rule_and_example_config() {
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
         .and_then(|v| v.trim_end_matches('s').parse().ok())
         .expect("TimeoutStopSec");
-    assert!(
-        stop > posbridge::agent::DRAIN_TIMEOUT.as_secs() + 5,
-        "{stop}"
-    );
+    assert!(stop > posbridge::agent::DRAIN_TIMEOUT.as_secs() + 5, "{stop}");
 
     let example = root.join("deploy/posbridge.toml.example");
     let o = posbridge(&["check", "--config", &example.to_string_lossy()]).await;
@@ -450,10 +401,7 @@ async fn doctor_over_mqtts_checks_tls_and_credentials() {
     assert_eq!(status_of(broker), "FAIL", "{t}");
     assert!(broker.contains("refused the login"), "{t}");
     assert!(t.contains("mosquitto_passwd"), "{t}");
-    assert!(
-        !t.contains("wrong-password\n") && !t.contains("right-password"),
-        "{t}"
-    );
+    assert!(!t.contains("wrong-password\n") && !t.contains("right-password"), "{t}");
 }
 
 /// `doctor` fails a Kaspi terminal whose certificate is not checked (`tls = "insecure"`),

@@ -19,13 +19,7 @@ type Rig = common::Rig<PaywallStats>;
 
 /// Key files for the test environment, as an operator would write them.
 fn key_files(dir: &Path) -> String {
-    write_key_files(
-        dir,
-        &[
-            ("api_key_file", "test-api-key"),
-            ("client_key_file", "test-secret"),
-        ],
-    )
+    write_key_files(dir, &[("api_key_file", "test-api-key"), ("client_key_file", "test-secret")])
 }
 
 fn terminal(mode: &str, test_url: &str, live_url: &str, extra: &str) -> String {
@@ -35,9 +29,7 @@ fn terminal(mode: &str, test_url: &str, live_url: &str, extra: &str) -> String {
 }
 
 async fn mock(opts: PaywallSimOptions) -> (PaywallSim, CancellationToken) {
-    let sim = PaywallSim::bind("127.0.0.1:0".parse().expect("addr"), opts)
-        .await
-        .expect("mock");
+    let sim = PaywallSim::bind("127.0.0.1:0".parse().expect("addr"), opts).await.expect("mock");
     (sim, CancellationToken::new())
 }
 
@@ -45,11 +37,8 @@ async fn mock(opts: PaywallSimOptions) -> (PaywallSim, CancellationToken) {
 /// temp dir and returns the terminal's TOML; `before_start` runs with the written config
 /// before the agent starts (e.g. `posbridge secret set`).
 async fn rig_with(
-    name: &str,
-    opts: PaywallSimOptions,
-    setup: impl FnOnce(&str, &str, &Path) -> String,
-    before_start: impl FnOnce(&Path),
-    env: &[(&str, &str)],
+    name: &str, opts: PaywallSimOptions, setup: impl FnOnce(&str, &str, &Path) -> String,
+    before_start: impl FnOnce(&Path), env: &[(&str, &str)],
 ) -> Rig {
     let broker = embedded();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -59,11 +48,8 @@ async fn rig_with(
     sim.spawn(stop.clone());
     let mut spec = AgentSpec::new(name, broker.port());
     spec.extra = setup(&test_url, &live_url, dir.path());
-    std::fs::write(
-        dir.path().join("posbridge.toml"),
-        spec.toml(&dir.path().join("store")),
-    )
-    .expect("config");
+    std::fs::write(dir.path().join("posbridge.toml"), spec.toml(&dir.path().join("store")))
+        .expect("config");
     before_start(&dir.path().join("posbridge.toml"));
     Rig::start(broker, dir, &spec, env, stats, stop).await
 }
@@ -71,9 +57,7 @@ async fn rig_with(
 /// Whether a payment at the mock reaches `status` within 20 s.
 async fn reaches(r: &Rig, status: i64) -> bool {
     r.stats
-        .wait_until(Duration::from_secs(20), |s| {
-            s.payments().iter().any(|p| p.status == status)
-        })
+        .wait_until(Duration::from_secs(20), |s| s.payments().iter().any(|p| p.status == status))
         .await
 }
 
@@ -117,16 +101,11 @@ async fn sale_succeeds_in_test_mode_with_mode_on_the_result() {
     assert_eq!(p.env, "test");
     assert_eq!(p.amount_minor, 2200);
     assert_eq!(p.merchant_unique_code, muc("pw-ok", "s-1"));
-    assert_eq!(
-        res["payment"]["transaction_id"],
-        p.payment_request_id.as_str()
-    );
+    assert_eq!(res["payment"]["transaction_id"], p.payment_request_id.as_str());
     assert_eq!(r.stats.sale_requests(), 1);
     // The same id again: the stored result, no second request to Paywall.
     r.cloud.send(sale("s-1", 2200)).await;
-    r.cloud
-        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "s-1")
-        .await;
+    r.cloud.wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "s-1").await;
     assert_eq!(r.stats.sale_requests(), 1);
     // Credentials never reach the log.
     assert!(!r.agent.log().contains("test-api-key"));
@@ -141,10 +120,7 @@ async fn declined_sale_fails_with_paywall_codes() {
     assert_eq!(res["mode"], "test");
     assert_eq!(res["error"]["code"], "declined");
     assert_eq!(res["error"]["device_code"]["error_code"], 51);
-    assert_eq!(
-        res["error"]["device_code"]["client_message"],
-        "PaymentDeclined"
-    );
+    assert_eq!(res["error"]["device_code"]["client_message"], "PaymentDeclined");
     assert!(res.get("needs_reconciliation").is_none());
 }
 
@@ -161,10 +137,7 @@ async fn invalid_products_are_rejected_before_any_request() {
     r.cloud.send(long).await;
     // Required field.
     let mut missing = sale("v-3", 2200);
-    missing["products"][0]
-        .as_object_mut()
-        .expect("obj")
-        .remove("tax_group_id");
+    missing["products"][0].as_object_mut().expect("obj").remove("tax_group_id");
     r.cloud.send(missing).await;
     for (id, field) in [
         ("v-1", "field products:"),
@@ -188,11 +161,7 @@ async fn disabled_terminal_rejects_with_device_unavailable() {
     let res = r.cloud.ask(sale("x-1", 2200)).await;
     assert!(error_message(&res, "rejected", "device_unavailable").contains("disabled"));
     assert_eq!(res["mode"], "disabled");
-    assert_eq!(
-        r.stats.requests(),
-        0,
-        "a disabled terminal never calls Paywall"
-    );
+    assert_eq!(r.stats.requests(), 0, "a disabled terminal never calls Paywall");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,16 +172,11 @@ async fn live_mode_uses_live_url_and_secrets_from_the_store() {
         // Live credentials only in the secrets store; test key files present but unused.
         |t, l, d| terminal("live", t, l, &key_files(d)),
         |config| {
-            for (name, value) in [
-                ("live_api_key", "live-api-key"),
-                ("live_client_key", "live-secret"),
-            ] {
+            for (name, value) in
+                [("live_api_key", "live-api-key"), ("live_client_key", "live-secret")]
+            {
                 let out = secret_set(config, T, name, value);
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             }
         },
         &[],
@@ -264,20 +228,14 @@ async fn cancel_of_a_running_sale_goes_through_sync_cancel() {
         reaches(&r, posbridge::drivers::paywall::api::STATUS_ON_DEVICE).await,
         "the sale reached the device"
     );
-    let cancel = r
-        .cloud
-        .ask(json!({"v":1,"id":"c-2","op":"cancel","target":"c-1"}))
-        .await;
+    let cancel = r.cloud.ask(json!({"v":1,"id":"c-2","op":"cancel","target":"c-1"})).await;
     assert_eq!(cancel["state"], "succeeded", "{cancel}\n{}", r.agent.log());
     let res = r.cloud.result("c-1").await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "cancelled_by_customer");
     assert_eq!(res["mode"], "test");
     assert_eq!(r.stats.cancel_requests(), 1);
-    assert_eq!(
-        r.stats.payments()[0].status,
-        posbridge::drivers::paywall::api::STATUS_CANCELLED
-    );
+    assert_eq!(r.stats.payments()[0].status, posbridge::drivers::paywall::api::STATUS_CANCELLED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,18 +244,12 @@ async fn cancel_before_the_device_received_the_sale_rolls_it_back() {
     // 60: slow, and the device has not received the sale yet.
     r.cloud.send(sale("rb-1", 2260)).await;
     assert!(reaches(&r, posbridge::drivers::paywall::api::STATUS_WAITING).await);
-    r.cloud
-        .send(json!({"v":1,"id":"rb-2","op":"cancel","target":"rb-1"}))
-        .await;
+    r.cloud.send(json!({"v":1,"id":"rb-2","op":"cancel","target":"rb-1"})).await;
     assert_eq!(r.cloud.result("rb-2").await["state"], "succeeded");
     let res = r.cloud.result("rb-1").await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "cancelled_by_customer");
-    assert_eq!(
-        r.stats.rollback_requests(),
-        1,
-        "sale/rollback, not sync/cancel"
-    );
+    assert_eq!(r.stats.rollback_requests(), 1, "sale/rollback, not sync/cancel");
     assert_eq!(r.stats.cancel_requests(), 1);
 }
 
@@ -305,12 +257,7 @@ async fn cancel_before_the_device_received_the_sale_rolls_it_back() {
 async fn lost_or_odd_answers_are_resolved_by_inquiry() {
     let r = rig("pw-lost").await;
     // 55: answer lost; 57: 502 HTML after success; 58: empty body; 59: text/plain.
-    for (id, amount) in [
-        ("o-55", 2255),
-        ("o-57", 2257),
-        ("o-58", 2258),
-        ("o-59", 2259),
-    ] {
+    for (id, amount) in [("o-55", 2255), ("o-57", 2257), ("o-58", 2258), ("o-59", 2259)] {
         let res = r.cloud.ask(sale(id, amount)).await;
         assert_eq!(res["state"], "succeeded", "{id}: {res}\n{}", r.agent.log());
         let p = r
@@ -319,10 +266,7 @@ async fn lost_or_odd_answers_are_resolved_by_inquiry() {
             .into_iter()
             .find(|p| p.merchant_unique_code == muc("pw-lost", id))
             .expect("payment");
-        assert_eq!(
-            res["payment"]["transaction_id"],
-            p.payment_request_id.as_str()
-        );
+        assert_eq!(res["payment"]["transaction_id"], p.payment_request_id.as_str());
         assert_eq!(p.sale_requests, 1, "{id}: sold once, then only asked");
     }
     assert_eq!(r.stats.payments_created(), 4);
@@ -338,10 +282,7 @@ async fn server_error_after_the_sale_request_is_unknown_never_failed() {
     let res = r.cloud.ask(sale("e-1", 2254)).await;
     assert_unknown_because(&res, "503");
     assert_eq!(r.stats.payments_created(), 0);
-    assert!(
-        r.stats.list_requests() >= 2,
-        "asked again within the window"
-    );
+    assert!(r.stats.list_requests() >= 2, "asked again within the window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,12 +306,10 @@ async fn unresolved_sale_is_unknown_then_status_asks_again() {
 /// sold. Killed after the sale: the lookup finds it, `succeeded`, sold once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_around_the_sale_resumes_and_sells_once() {
-    for (n, (point, want)) in [
-        ("journal:paywall_sale_sending:after", "unknown"),
-        ("journal:answer:before", "succeeded"),
-    ]
-    .iter()
-    .enumerate()
+    for (n, (point, want)) in
+        [("journal:paywall_sale_sending:after", "unknown"), ("journal:answer:before", "succeeded")]
+            .iter()
+            .enumerate()
     {
         let mut r = rig_in(&format!("pw-crash-{n}"), "test", &[(CRASH_AT, point)]).await;
         let id = format!("k-{n}");
@@ -382,30 +321,20 @@ async fn crash_around_the_sale_resumes_and_sells_once() {
         let res = r.cloud.result(&id).await;
         assert_eq!(res["state"], *want, "{point}: {res}\n{}", r.agent.log());
         assert_eq!(res["mode"], "test");
-        assert_eq!(
-            r.stats.payments_created(),
-            sold,
-            "{point}: never sold again"
-        );
+        assert_eq!(r.stats.payments_created(), sold, "{point}: never sold again");
         if *want == "unknown" {
             assert_eq!(res["needs_reconciliation"], true, "{res}");
             continue;
         }
         let p = &r.stats.payments()[0];
         assert_eq!(p.sale_requests, 1, "{point}: one sale request");
-        assert_eq!(
-            res["payment"]["transaction_id"],
-            p.payment_request_id.as_str()
-        );
+        assert_eq!(res["payment"]["transaction_id"], p.payment_request_id.as_str());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_generated_certificate_and_ca_file() {
-    let opts = PaywallSimOptions {
-        tls: true,
-        ..Default::default()
-    };
+    let opts = PaywallSimOptions { tls: true, ..Default::default() };
     // The certificate is made when the mock binds; the rig writes it for ca_file.
     let broker = embedded();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -441,25 +370,14 @@ async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
     let r = rig("pw-unlisted").await;
     let res = r.cloud.ask(sale("u-1", 2262)).await;
     assert_unknown(&res);
-    assert_eq!(
-        r.stats.payments_created(),
-        1,
-        "the customer was charged once"
-    );
-    assert!(
-        r.stats.list_requests() >= 2,
-        "asked again within the window"
-    );
+    assert_eq!(r.stats.payments_created(), 1, "the customer was charged once");
+    assert!(r.stats.list_requests() >= 2, "asked again within the window");
     let code = muc("pw-unlisted", "u-1");
     assert!(r.stats.publish(&code), "the mock knows the sale");
     status_reconciled(&r.cloud, "u-2", "u-1").await;
     assert_eq!(r.stats.payments_created(), 1);
-    let sold: Vec<_> = r
-        .stats
-        .payments()
-        .into_iter()
-        .filter(|p| p.merchant_unique_code == code)
-        .collect();
+    let sold: Vec<_> =
+        r.stats.payments().into_iter().filter(|p| p.merchant_unique_code == code).collect();
     assert_eq!(sold.len(), 1);
     assert_eq!(sold[0].sale_requests, 1, "sold once, then only asked");
 }
@@ -479,10 +397,7 @@ async fn garbled_sale_answer_is_asked_about_not_failed() {
         .find(|p| p.merchant_unique_code == muc("pw-garbled", "g-1"))
         .expect("payment");
     assert_eq!(p.sale_requests, 1);
-    assert_eq!(
-        res["payment"]["transaction_id"],
-        p.payment_request_id.as_str()
-    );
+    assert_eq!(res["payment"]["transaction_id"], p.payment_request_id.as_str());
 }
 
 /// A Paywall answer that carries the full card number and track 2 data: masked before the
@@ -490,10 +405,6 @@ async fn garbled_sale_answer_is_asked_about_not_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_card_number_from_paywall_is_never_kept_or_sent() {
     let mut r = rig("pw-pan").await;
-    r.assert_card_number_masked(
-        sale("pan-1", 2263),
-        "411111******1111",
-        &["4111111111111111"],
-    )
-    .await;
+    r.assert_card_number_masked(sale("pan-1", 2263), "411111******1111", &["4111111111111111"])
+        .await;
 }

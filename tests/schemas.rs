@@ -31,15 +31,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// Schema files by stem (`docs/schemas/{stem}.schema.json`).
-const STEMS: [&str; 7] = [
-    "command",
-    "envelope",
-    "result",
-    "evt",
-    "status",
-    "terminal",
-    "telemetry",
-];
+const STEMS: [&str; 7] =
+    ["command", "envelope", "result", "evt", "status", "terminal", "telemetry"];
 
 /// Where the schemas are registered; relative `$ref`s between the files resolve against it.
 const BASE_URI: &str = "https://posbridge.invalid/schemas/";
@@ -217,11 +210,7 @@ struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     fn new(schemas: &'a Schemas) -> Self {
-        Checker {
-            schemas,
-            failures: Vec::new(),
-            seen: BTreeMap::new(),
-        }
+        Checker { schemas, failures: Vec::new(), seen: BTreeMap::new() }
     }
 
     /// Check `msg` against `stem`; `expect_valid` false means the schema must refuse it.
@@ -286,12 +275,8 @@ fn collect_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
 /// back into a schema already being walked, such as a record's nested `result`, is a leaf).
 fn documented_paths(raw: &BTreeMap<String, Value>, stem: &str) -> BTreeSet<String> {
     fn walk(
-        raw: &BTreeMap<String, Value>,
-        stem: &str,
-        node: &Value,
-        prefix: &str,
-        stack: &mut Vec<String>,
-        out: &mut BTreeSet<String>,
+        raw: &BTreeMap<String, Value>, stem: &str, node: &Value, prefix: &str,
+        stack: &mut Vec<String>, out: &mut BTreeSet<String>,
     ) {
         if let Some(r) = node.get("$ref").and_then(Value::as_str) {
             let (file, ptr) = r.split_once('#').unwrap_or((r, ""));
@@ -378,25 +363,19 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(cloud: &'a Cloud, schemas: &'a Schemas) -> Self {
-        Session {
-            cloud,
-            chk: Checker::new(schemas),
-            validated: BTreeMap::new(),
-        }
+        Session { cloud, chk: Checker::new(schemas), validated: BTreeMap::new() }
     }
 
     /// A command the agent takes: the schema must accept it.
     async fn send(&mut self, cmd: Value) {
-        self.chk
-            .valid("command", &format!("command {}", cmd["id"]), &cmd);
+        self.chk.valid("command", &format!("command {}", cmd["id"]), &cmd);
         self.chk.assert_clean();
         self.cloud.send(cmd).await;
     }
 
     /// A command the agent refuses for its shape: the schema must refuse it too.
     async fn send_malformed(&mut self, cmd: Value) {
-        self.chk
-            .check("command", &format!("command {}", cmd["id"]), &cmd, false);
+        self.chk.check("command", &format!("command {}", cmd["id"]), &cmd, false);
         self.chk.assert_clean();
         self.cloud.send_raw(cmd.to_string().into_bytes()).await;
     }
@@ -406,8 +385,7 @@ impl<'a> Session<'a> {
         let all = self.cloud.all(sub);
         let done = self.validated.entry(sub.to_string()).or_default();
         for (i, m) in all.iter().enumerate().skip(*done) {
-            self.chk
-                .valid(stem_of(sub), &format!("{sub} message #{i}"), m);
+            self.chk.valid(stem_of(sub), &format!("{sub} message #{i}"), m);
         }
         *done = all.len();
         self.chk.assert_clean();
@@ -450,19 +428,14 @@ impl<'a> Session<'a> {
 
     /// `send`, then the command's result (by its id).
     async fn ask(&mut self, cmd: Value) -> Value {
-        let id = cmd["id"]
-            .as_str()
-            .expect("the command has an id")
-            .to_string();
+        let id = cmd["id"].as_str().expect("the command has an id").to_string();
         self.send(cmd).await;
         self.result(&id).await
     }
 }
 
 async fn ip_sim(delay_ms: u64) -> IpSim {
-    IpSim::loopback(SimOptions::approving(Some(7), delay_ms))
-        .await
-        .expect("ip simulator")
+    IpSim::loopback(SimOptions::approving(Some(7), delay_ms)).await.expect("ip simulator")
 }
 
 const AGENT: &str = "shop-schemas";
@@ -481,11 +454,7 @@ async fn every_published_message_matches_its_schema() {
         (fast.local_addr(), slow.local_addr(), hang.local_addr());
     let control = fast.control();
     let hang_stats = hang.stats();
-    let _sims = [
-        fast.spawn(stop.clone()),
-        slow.spawn(stop.clone()),
-        hang.spawn(stop.clone()),
-    ];
+    let _sims = [fast.spawn(stop.clone()), slow.spawn(stop.clone()), hang.spawn(stop.clone())];
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let token = token_sim(7).await;
     let token_addr = token.local_addr();
@@ -530,18 +499,14 @@ async fn every_published_message_matches_its_schema() {
     );
 
     // Malformed JSON, oversize (max_bytes 4096), wrong type, an id that is not one.
-    cloud
-        .send_raw(br#"{"v":1,"id":"bad-1","op":"pay"#.to_vec())
-        .await;
-    s.send_malformed(json!({"v":1,"id":"big-1","op":"ping","pad":"x".repeat(10_000)}))
-        .await;
+    cloud.send_raw(br#"{"v":1,"id":"bad-1","op":"pay"#.to_vec()).await;
+    s.send_malformed(json!({"v":1,"id":"big-1","op":"ping","pad":"x".repeat(10_000)})).await;
     s.send_malformed(
         json!({"v":1,"id":"t-1","op":"payment","terminal":"ip-1","amount":"15","currency":"AZN"}),
     )
     .await;
     assert_eq!(s.result("t-1").await["error"]["code"], "bad_request");
-    s.send_malformed(json!({"v":1,"id":"has space","op":"ping"}))
-        .await;
+    s.send_malformed(json!({"v":1,"id":"has space","op":"ping"})).await;
     s.wait_n("result", 3, |v| v["id"].is_null()).await;
 
     // Expired, unknown terminal, unsupported op, a dead terminal; device_info, ping,
@@ -570,24 +535,15 @@ async fn every_published_message_matches_its_schema() {
     // A queue on the slow terminal (queue_depth 2): running, queued, full; repeats of a
     // running and a queued id; cancel of a queued, a running and a finished command.
     s.send(pay("q-1", "ip-slow", 100)).await;
-    s.wait("evt", |v| v["id"] == "q-1" && v["state"] == "in_progress")
-        .await;
+    s.wait("evt", |v| v["id"] == "q-1" && v["state"] == "in_progress").await;
     s.send(pay("q-2", "ip-slow", 200)).await;
     s.send(pay("q-3", "ip-slow", 300)).await;
-    assert_eq!(
-        s.ask(pay("q-4", "ip-slow", 400)).await["error"]["code"],
-        "busy"
-    );
-    s.send(json!({"v":1,"id":"l-0","op":"list","terminal":"ip-slow"}))
-        .await;
-    let mut records = s.result("l-0").await["items"]
-        .as_array()
-        .expect("items")
-        .clone();
+    assert_eq!(s.ask(pay("q-4", "ip-slow", 400)).await["error"]["code"], "busy");
+    s.send(json!({"v":1,"id":"l-0","op":"list","terminal":"ip-slow"})).await;
+    let mut records = s.result("l-0").await["items"].as_array().expect("items").clone();
     s.send(pay("q-1", "ip-slow", 100)).await;
     s.send(pay("q-2", "ip-slow", 200)).await;
-    s.wait_n("evt", 2, |v| v["detail"]["duplicate"] == true)
-        .await;
+    s.wait_n("evt", 2, |v| v["detail"]["duplicate"] == true).await;
     // Status of the running one; cancel of a queued, a running and a finished command.
     #[rustfmt::skip]
     let asked = vec![
@@ -613,8 +569,7 @@ async fn every_published_message_matches_its_schema() {
     let mut reconciled = false;
     for i in 0..20 {
         let id = format!("st-h-{i}");
-        s.send(json!({"v":1,"id":id,"op":"status","target":"h-1"}))
-            .await;
+        s.send(json!({"v":1,"id":id,"op":"status","target":"h-1"})).await;
         if s.result(&id).await["target"]["reconciled"].is_object() {
             reconciled = true;
             break;
@@ -624,25 +579,14 @@ async fn every_published_message_matches_its_schema() {
     assert!(reconciled, "status never reconciled h-1");
 
     // Lists: everything on record (every command state), and filtered.
-    s.send(json!({"v":1,"id":"l-1","op":"list","limit":500}))
-        .await;
-    records.extend(
-        s.result("l-1").await["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .cloned(),
-    );
+    s.send(json!({"v":1,"id":"l-1","op":"list","limit":500})).await;
+    records.extend(s.result("l-1").await["items"].as_array().expect("items").iter().cloned());
     assert_eq!(s.ask(json!({"v":1,"id":"l-2","op":"list","terminal":"ip-1","state":"succeeded","since":"2020-01-01T00:00:00Z","limit":10})).await["state"], "succeeded");
     // Pages: one item, then the next page by its cursor.
     let next = s.ask(json!({"v":1,"id":"l-3","op":"list","limit":1})).await["next"].clone();
     assert!(next.is_string(), "a second page exists");
-    s.send(json!({"v":1,"id":"l-4","op":"list","limit":1,"cursor":next}))
-        .await;
-    assert_eq!(
-        s.result("l-4").await["items"].as_array().map(Vec::len),
-        Some(1)
-    );
+    s.send(json!({"v":1,"id":"l-4","op":"list","limit":1,"cursor":next})).await;
+    assert_eq!(s.result("l-4").await["items"].as_array().map(Vec::len), Some(1));
 
     // Retained terminal states, and a telemetry sample that counted all of the above.
     for (t, state) in [
@@ -652,15 +596,10 @@ async fn every_published_message_matches_its_schema() {
         ("ip-dead", "disconnected"),
         ("token-1", "connected"),
     ] {
-        let m = s
-            .wait(&format!("terminals/{t}"), |v| v["state"] == state)
-            .await;
+        let m = s.wait(&format!("terminals/{t}"), |v| v["state"] == state).await;
         assert_eq!(m["terminal"], t, "the topic's last level is the terminal");
     }
-    s.wait("telemetry", |v| {
-        v["commands"]["unknown"] == 1 && v["commands"]["cancelled"] == 1
-    })
-    .await;
+    s.wait("telemetry", |v| v["commands"]["unknown"] == 1 && v["commands"]["cancelled"] == 1).await;
 
     // Clean shutdown: offline.
     let st = agent.sigterm();
@@ -670,9 +609,8 @@ async fn every_published_message_matches_its_schema() {
     agent.restart(&[(posbridge::faults::IO_ENV, "wal:sync=eio@1")]);
     s.send(json!({"v":1,"id":"deg-1","op":"ping"})).await;
     s.wait("status", |v| v["state"] == "degraded").await;
-    let st = agent
-        .wait_exit(Duration::from_secs(30))
-        .expect("the agent stops after a store failure");
+    let st =
+        agent.wait_exit(Duration::from_secs(30)).expect("the agent stops after a store failure");
     assert!(!st.success(), "non-zero exit after a store failure");
     stop.cancel();
 
@@ -738,9 +676,7 @@ async fn every_published_message_matches_its_schema() {
     let codes = values_at(&published["result"], "/error/code");
     for code in ERROR_CODES_SEEN {
         if !codes.contains(code) {
-            chk.failures.push(format!(
-                "no result carried error.code {code}; seen: {codes:?}"
-            ));
+            chk.failures.push(format!("no result carried error.code {code}; seen: {codes:?}"));
         }
     }
 
@@ -748,10 +684,7 @@ async fn every_published_message_matches_its_schema() {
     let will = asyncapi()["servers"]["mqtt"]["bindings"]["mqtt"]["lastWill"]["message"].clone();
     let will: Value =
         serde_json::from_str(will.as_str().expect("lastWill.message")).expect("will is JSON");
-    assert_eq!(
-        offline, will,
-        "a clean shutdown publishes the will's payload"
-    );
+    assert_eq!(offline, will, "a clean shutdown publishes the will's payload");
     chk.assert_clean();
 }
 
@@ -762,17 +695,10 @@ async fn signed_commands_match_the_schemas() {
     let broker = embedded();
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, security) = cloud_key(dir.path(), "cloud-1");
-    let spec = AgentSpec {
-        extra: security,
-        ..AgentSpec::new("shop-signed-schemas", broker.port())
-    };
-    let cloud = Cloud::connect(
-        broker.port(),
-        "shop-signed-schemas",
-        "cloud-signed-schemas",
-        false,
-    )
-    .await;
+    let spec =
+        AgentSpec { extra: security, ..AgentSpec::new("shop-signed-schemas", broker.port()) };
+    let cloud =
+        Cloud::connect(broker.port(), "shop-signed-schemas", "cloud-signed-schemas", false).await;
     let mut s = Session::new(&cloud, &schemas);
     let mut agent = Agent::start(&spec, dir.path());
     s.wait("status", |v| v["state"] == "online").await;
@@ -807,9 +733,7 @@ async fn signed_commands_match_the_schemas() {
     let mut env = sealed(json!({"v":1,"id":"sp-4","op":"ping"}), &mut s.chk);
     env["sig"] = sealed(json!({"v":1,"id":"sp-5","op":"ping"}), &mut s.chk)["sig"].clone();
     cloud.send(env).await;
-    let refused = s
-        .wait_n("result", 3, |v| v["error"]["code"] == "unauthorized")
-        .await;
+    let refused = s.wait_n("result", 3, |v| v["error"]["code"] == "unauthorized").await;
     assert!(refused.iter().all(|r| r["id"].is_null()), "{refused:?}");
 
     assert!(agent.sigterm().success(), "{}", agent.log());
@@ -827,9 +751,7 @@ fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
         Yaml::Null => Value::Null,
         Yaml::Boolean(b) => Value::Bool(*b),
         Yaml::Integer(i) => json!(i),
-        Yaml::Real(s) => json!(s
-            .parse::<f64>()
-            .unwrap_or_else(|_| panic!("YAML number {s}"))),
+        Yaml::Real(s) => json!(s.parse::<f64>().unwrap_or_else(|_| panic!("YAML number {s}"))),
         Yaml::String(s) => Value::String(s.clone()),
         Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
         Yaml::Hash(h) => Value::Object(
@@ -869,13 +791,8 @@ fn deref<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
 /// The schema stem a message's payload names.
 fn payload_stem(msg: &Value) -> String {
     let payload = &msg["payload"];
-    assert_eq!(
-        payload["schemaFormat"], "application/schema+json;version=2020-12",
-        "{msg}"
-    );
-    let r = payload["schema"]["$ref"]
-        .as_str()
-        .expect("payload.schema.$ref");
+    assert_eq!(payload["schemaFormat"], "application/schema+json;version=2020-12", "{msg}");
+    let r = payload["schema"]["$ref"].as_str().expect("payload.schema.$ref");
     r.strip_prefix("./schemas/")
         .and_then(|f| f.strip_suffix(".schema.json"))
         .unwrap_or_else(|| panic!("payload $ref {r} is not ./schemas/*.schema.json"))
@@ -922,10 +839,7 @@ fn the_asyncapi_document_matches_the_schemas() {
         let action = if sub == "cmd" { "receive" } else { "send" };
         assert_eq!(ops[0]["action"], action, "channel {name}");
         assert_eq!(ops[0]["bindings"]["mqtt"]["qos"], *qos, "channel {name}");
-        assert_eq!(
-            ops[0]["bindings"]["mqtt"]["retain"], *retain,
-            "channel {name}"
-        );
+        assert_eq!(ops[0]["bindings"]["mqtt"]["retain"], *retain, "channel {name}");
     }
 
     // Servers: persistent session, the will on the status topic.
@@ -950,11 +864,7 @@ fn the_asyncapi_document_matches_the_schemas() {
         let examples = msg["examples"].as_array().expect("examples");
         assert!(!examples.is_empty(), "message {name} has no example");
         for ex in examples {
-            chk.valid(
-                &stem,
-                &format!("example {name}/{}", ex["name"]),
-                &ex["payload"],
-            );
+            chk.valid(&stem, &format!("example {name}/{}", ex["name"]), &ex["payload"]);
         }
     }
 
@@ -968,17 +878,12 @@ fn the_asyncapi_document_matches_the_schemas() {
         .take_while(|l| !l.starts_with("```"))
         .collect();
     let mut keys = CommandKeys::default();
-    keys.add_pem("cloud-1", &pem.join("\n"))
-        .expect("the example key");
+    keys.add_pem("cloud-1", &pem.join("\n")).expect("the example key");
     for ex in signed["examples"].as_array().expect("examples") {
         let opened = open(ex["payload"].to_string().as_bytes(), &keys)
             .unwrap_or_else(|e| panic!("example {}: {}", ex["name"], e.message));
         let cmd: Value = serde_json::from_slice(&opened.command).expect("signed command");
-        chk.valid(
-            "command",
-            &format!("example {} (signed bytes)", ex["name"]),
-            &cmd,
-        );
+        chk.valid("command", &format!("example {} (signed bytes)", ex["name"]), &cmd);
     }
     chk.assert_clean();
 }

@@ -17,28 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 fn sign_with_cli(key_file: &std::path::Path, kid: &str, cmd: &Value) -> Vec<u8> {
     let out = output_with_stdin(
-        Command::new(BIN)
-            .args(["sign", "--kid", kid, "--key"])
-            .arg(key_file),
+        Command::new(BIN).args(["sign", "--kid", kid, "--key"]).arg(key_file),
         cmd.to_string().as_bytes(),
     );
     assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .as_bytes()
-        .to_vec()
+    String::from_utf8(out.stdout).expect("utf8").trim().as_bytes().to_vec()
 }
 
 /// An IP terminal simulator that approves everything, a cloud key pair whose public half
 /// is written to `dir/<kid>.pub`, and the agent's spec naming it (`security_extra` adds
 /// `[security]` keys). Returns the key, the simulator's stats and the spec.
 async fn signed_setup(
-    dir: &std::path::Path,
-    broker: u16,
-    kid: &str,
-    security_extra: &str,
-    stop: &CancellationToken,
+    dir: &std::path::Path, broker: u16, kid: &str, security_extra: &str, stop: &CancellationToken,
 ) -> (SigningKey, posbridge::sim::ip::SimStats, AgentSpec) {
     let (addr, stats) = approving_ip_sim(None, 0, stop).await;
     let (sk, security) = cloud_key(dir, kid);
@@ -57,14 +47,8 @@ async fn only_signed_commands_run() {
     let (sk, stats, spec) = signed_setup(dir.path(), broker.port(), "cloud-1", "", &stop).await;
     let priv_file = dir.path().join("cloud-1.key");
     let secret = p256::SecretKey::from(&sk);
-    std::fs::write(
-        &priv_file,
-        secret
-            .to_pkcs8_pem(LineEnding::LF)
-            .expect("pkcs8")
-            .as_bytes(),
-    )
-    .expect("write key");
+    std::fs::write(&priv_file, secret.to_pkcs8_pem(LineEnding::LF).expect("pkcs8").as_bytes())
+        .expect("write key");
     let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
 
     // Signed by the CLI with the configured key: runs.
@@ -93,39 +77,22 @@ async fn only_signed_commands_run() {
 
     // Unknown kid.
     let other = SigningKey::generate();
-    cloud
-        .send(seal(
-            pay("s-4", "ip-1", 100).to_string().as_bytes(),
-            "cloud-9",
-            &other,
-        ))
-        .await;
+    cloud.send(seal(pay("s-4", "ip-1", 100).to_string().as_bytes(), "cloud-9", &other)).await;
     cloud.refusal("unknown kid").await;
 
     // Replay of the identical envelope: never executed again, the stored result returns.
     cloud.send_raw(env).await;
-    let all = cloud
-        .wait_n("result", std::time::Duration::from_secs(10), 2, |v| {
-            v["id"] == "s-1"
-        })
-        .await;
+    let all =
+        cloud.wait_n("result", std::time::Duration::from_secs(10), 2, |v| v["id"] == "s-1").await;
     assert_eq!(all[0], all[1]);
     // Same id, different (validly signed) body: a forgery/replay attempt, refused.
     let reuse = signed_pay("s-1", 5);
-    cloud
-        .send(seal(reuse.to_string().as_bytes(), "cloud-1", &sk))
-        .await;
-    cloud
-        .refusal("already used by a different signed command")
-        .await;
+    cloud.send(seal(reuse.to_string().as_bytes(), "cloud-1", &sk)).await;
+    cloud.refusal("already used by a different signed command").await;
 
     assert_eq!(stats.executions("s-1"), 1);
     for id in ["s-2", "s-3", "s-4"] {
-        assert_eq!(
-            stats.executions(id),
-            0,
-            "{id} must never reach the terminal"
-        );
+        assert_eq!(stats.executions(id), 0, "{id} must never reach the terminal");
     }
     stop.cancel();
 }
@@ -152,14 +119,8 @@ async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
     let broker = embedded();
     let stop = CancellationToken::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (sk, stats, spec) = signed_setup(
-        dir.path(),
-        broker.port(),
-        "k",
-        "max_command_age = \"10m\"\n",
-        &stop,
-    )
-    .await;
+    let (sk, stats, spec) =
+        signed_setup(dir.path(), broker.port(), "k", "max_command_age = \"10m\"\n", &stop).await;
     let (cloud, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let send = |v: Value| {
         let env = seal(v.to_string().as_bytes(), "k", &sk);
@@ -185,10 +146,7 @@ async fn signed_commands_are_bound_to_one_agent_and_a_near_deadline() {
         let r = cloud.result(&id).await;
         assert_eq!(r["state"], "rejected", "{r}");
         assert_eq!(r["error"]["code"], "unauthorized", "{r}");
-        assert!(
-            r["error"]["message"].as_str().unwrap_or("").contains(why),
-            "{r}"
-        );
+        assert!(r["error"]["message"].as_str().unwrap_or("").contains(why), "{r}");
         assert_eq!(stats.executions(&id), 0);
     }
     // Within the rules: runs.
@@ -257,10 +215,7 @@ fn unsigned_is_opt_in() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("security.command_keys is empty"), "{err}");
     assert!(err.contains("allow_unsigned"), "{err}");
-    assert!(
-        !dir.path().join("store").exists(),
-        "refused before anything was created"
-    );
+    assert!(!dir.path().join("store").exists(), "refused before anything was created");
     let doctor = posbridge_with(&["doctor"], &cfg).output().expect("doctor");
     let text = output_text(&doctor);
     assert!(text.contains("security"), "{text}");

@@ -42,9 +42,7 @@ async fn every_stage_of_a_payment_is_noted_in_order() {
     }
     let mut last = 0;
     for stage in posbridge::stages::PATH {
-        let t = *at
-            .get(stage)
-            .unwrap_or_else(|| panic!("no {stage} in {text}"));
+        let t = *at.get(stage).unwrap_or_else(|| panic!("no {stage} in {text}"));
         assert!(t >= last, "{stage} before the stage ahead of it: {at:?}");
         last = t;
     }

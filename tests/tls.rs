@@ -8,10 +8,7 @@ use common::*;
 use tokio_util::sync::CancellationToken;
 
 fn agent_config(
-    dir: &std::path::Path,
-    tls_port: u16,
-    ip: std::net::SocketAddr,
-    password_file: &str,
+    dir: &std::path::Path, tls_port: u16, ip: std::net::SocketAddr, password_file: &str,
 ) -> String {
     format!(
         "agent_id = \"shop-tls\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nusername = \"agent\"\npassword_file = \"{password_file}\"\nca_file = \"{d}/ca.pem\"\nclient_cert_file = \"{d}/client.pem\"\nclient_key_file = \"{d}/client.key\"\nkeep_alive = \"5s\"\n[store]\npath = \"{d}/store\"\n[[terminals]]\nid = \"ip-1\"\nkind = \"ip\"\naddr = \"{ip}\"\n",
@@ -58,22 +55,14 @@ async fn mqtts_with_ca_client_cert_and_password() {
         "bad.toml",
         &agent_config(d, tls_port, ip, &d.join("bad-pw").display().to_string())
             .replace("shop-tls", "shop-bad")
-            .replace(
-                &format!("{}/store", d.display()),
-                &format!("{}/store2", d.display()),
-            ),
+            .replace(&format!("{}/store", d.display()), &format!("{}/store2", d.display())),
     );
     let mut bad = run_agent(&cfg2, &d.join("bad.log"));
-    let refused = wait_log(
-        &d.join("bad.log"),
-        "the agent reports the refused login",
-        |log| log.contains("refused the connection") || log.contains("NotAuthorized"),
-    )
+    let refused = wait_log(&d.join("bad.log"), "the agent reports the refused login", |log| {
+        log.contains("refused the connection") || log.contains("NotAuthorized")
+    })
     .await;
-    assert!(
-        !refused.contains("wrong"),
-        "the password must never be logged"
-    );
+    assert!(!refused.contains("wrong"), "the password must never be logged");
     let _ = bad.kill();
     let _ = bad.wait();
     stop.cancel();
@@ -107,10 +96,7 @@ async fn mqtts_refuses_an_unknown_server_ca() {
         log.contains("broker connection lost")
     })
     .await;
-    assert!(
-        log.to_lowercase().contains("certificate") || log.contains("Tls"),
-        "{log}"
-    );
+    assert!(log.to_lowercase().contains("certificate") || log.contains("Tls"), "{log}");
     assert!(!log.contains("connected to broker"));
     let _ = agent.kill();
     let _ = agent.wait();

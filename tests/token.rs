@@ -53,14 +53,7 @@ async fn rig(agent_id: &str) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cloud, agent) =
         Cloud::with_agent(&spec(agent_id, broker.port(), addr), dir.path(), &[]).await;
-    Rig {
-        cloud,
-        agent,
-        ctl,
-        stop,
-        _dir: dir,
-        _broker: broker,
-    }
+    Rig { cloud, agent, ctl, stop, _dir: dir, _broker: broker }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,16 +61,12 @@ async fn fiscal_sale_end_to_end_with_fiscal_and_device_info() {
     let r = rig("tok-e2e").await;
     let cloud = &r.cloud;
 
-    let fi = cloud
-        .ask(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"}))
-        .await;
+    let fi = cloud.ask(json!({"v":1,"id":"fi-1","op":"fiscal_info","terminal":"token-1"})).await;
     assert_eq!(fi["state"], "succeeded", "{fi}");
     assert_eq!(fi["device"]["sections"][0]["name"], "GİDA");
     assert_eq!(fi["device"]["receiptLimit"], 990000);
 
-    let di = cloud
-        .ask(json!({"v":1,"id":"di-1","op":"device_info","terminal":"token-1"}))
-        .await;
+    let di = cloud.ask(json!({"v":1,"id":"di-1","op":"device_info","terminal":"token-1"})).await;
     assert_eq!(di["state"], "succeeded", "{di}");
     assert_eq!(di["device"]["fiscal_no"], "AV0000000121");
     assert_eq!(di["device"]["cert_serial"], "AV0000000121");
@@ -102,9 +91,7 @@ async fn fiscal_sale_end_to_end_with_fiscal_and_device_info() {
 
     // A repeated id is never run again.
     cloud.send(sale("s-1")).await;
-    cloud
-        .wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "s-1")
-        .await;
+    cloud.wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "s-1").await;
     assert_eq!(r.ctl.sales(&bid), 1);
     r.stop.cancel();
 }
@@ -140,8 +127,7 @@ async fn bad_baskets_are_rejected_before_any_device_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_error_type60_is_failed_with_device_code() {
     let r = rig("tok-60").await;
-    r.ctl
-        .set(|k| k.error_next_basket = Some("KASA KAPALI".into()));
+    r.ctl.set(|k| k.error_next_basket = Some("KASA KAPALI".into()));
     let res = r.cloud.ask(sale("e-1")).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "device_error");
@@ -235,9 +221,7 @@ async fn usb_transport_without_a_register_is_device_unavailable_with_the_cause()
     let mut s = AgentSpec::new("tok-usb", broker.port());
     s.extra = "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"usb\"\n".into();
     let (cloud, _agent) = Cloud::with_agent(&s, dir.path(), &[]).await;
-    let res = cloud
-        .ask(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"}))
-        .await;
+    let res = cloud.ask(json!({"v":1,"id":"u-1","op":"fiscal_info","terminal":"token-1"})).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "device_unavailable");
     let msg = res["error"]["message"].as_str().expect("message");
@@ -269,12 +253,8 @@ async fn strict_mode_accepts_the_ca_and_refuses_a_stranger() {
     let broker = embedded();
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
     let stranger = TestCa::generate("Not Kamu SM").expect("ca");
-    let good = TokenSim::loopback(SimOptions::default(), Some(&ca))
-        .await
-        .expect("sim");
-    let bad = TokenSim::loopback(SimOptions::default(), Some(&stranger))
-        .await
-        .expect("sim");
+    let good = TokenSim::loopback(SimOptions::default(), Some(&ca)).await.expect("sim");
+    let bad = TokenSim::loopback(SimOptions::default(), Some(&stranger)).await.expect("sim");
     let (good_addr, bad_addr, bad_ctl) = (good.local_addr(), bad.local_addr(), bad.control());
     let stop = CancellationToken::new();
     good.spawn(stop.clone());
@@ -313,22 +293,11 @@ fn usb_list_reports_the_bus_or_its_absence() {
         .output()
         .expect("run posbridge");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     if std::path::Path::new("/sys/bus/usb").exists() {
-        assert!(
-            stdout.starts_with("BUS-ADDR") || stdout.starts_with("no USB devices"),
-            "{stdout}"
-        );
+        assert!(stdout.starts_with("BUS-ADDR") || stdout.starts_with("no USB devices"), "{stdout}");
     } else {
-        assert!(
-            stdout.starts_with("no USB subsystem (/sys/bus/usb missing)"),
-            "{stdout}"
-        );
+        assert!(stdout.starts_with("no USB subsystem (/sys/bus/usb missing)"), "{stdout}");
     }
 }
 
@@ -353,11 +322,7 @@ async fn lost_garbled_or_foreign_sale_result_is_unknown_never_failed() {
         assert_eq!(res["needs_reconciliation"], true, "{res}");
         let bid = basket_id("tok-answers", &id);
         assert_eq!(r.ctl.sales(&bid), 1, "{name}: sold once");
-        assert_eq!(
-            r.ctl.baskets_received(),
-            n as u64 + 1,
-            "{name}: basket sent once"
-        );
+        assert_eq!(r.ctl.baskets_received(), n as u64 + 1, "{name}: basket sent once");
         if name == "garbled" {
             // The unreadable answer is kept for the operator.
             let log = r.agent.log();
@@ -398,19 +363,14 @@ async fn another_register_at_the_same_address_is_refused() {
     cloud.send(sale("pin-1")).await;
     assert_eq!(cloud.result("pin-1").await["state"], "succeeded");
     agent.restart(&[]);
-    cloud
-        .send(json!({"v":1,"id":"pin-2","op":"device_info","terminal":"token-1"}))
-        .await;
+    cloud.send(json!({"v":1,"id":"pin-2","op":"device_info","terminal":"token-1"})).await;
     assert_eq!(cloud.result("pin-2").await["state"], "succeeded");
     // The register is swapped for another one (another certificate) on the same address.
     stop.cancel();
     // The old listener closes asynchronously: retry the bind (bounded).
     let mut other = None;
     for _ in 0..100 {
-        let opts = SimOptions {
-            seed: Some(8),
-            ..Default::default()
-        };
+        let opts = SimOptions { seed: Some(8), ..Default::default() };
         if let Ok(s) = TokenSim::bind(addr, opts, None).await {
             other = Some(s);
             break;
@@ -425,17 +385,7 @@ async fn another_register_at_the_same_address_is_refused() {
     agent.restart(&[]);
     let r = cloud.ask(sale("pin-3")).await;
     assert_ne!(r["state"], "succeeded", "{r}");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not the one enrolled"),
-        "{r}"
-    );
-    assert_eq!(
-        other_ctl.baskets_received(),
-        0,
-        "no basket reached the stranger"
-    );
+    assert!(r["error"]["message"].as_str().unwrap_or("").contains("not the one enrolled"), "{r}");
+    assert_eq!(other_ctl.baskets_received(), 0, "no basket reached the stranger");
     stop2.cancel();
 }

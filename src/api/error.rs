@@ -39,10 +39,6 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody {
-            code,
-            message: message.into(),
-            device_code: None,
-        }
+        ErrorBody { code, message: message.into(), device_code: None }
     }
 }

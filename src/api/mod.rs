@@ -26,15 +26,13 @@ pub const RAW_ECHO_BYTES: usize = 256;
 /// `[A-Za-z0-9._:-]{1,64}` — request ids (`mqtt-api.md`: Commands).
 pub fn is_valid_request_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// `[A-Za-z0-9_-]{1,64}` — agent and terminal ids.
 pub fn is_valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 /// RFC 3339 with millisecond precision, UTC (`Z`).

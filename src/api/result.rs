@@ -261,10 +261,7 @@ mod tests {
     #[test]
     fn results_are_bounded_device_first_then_all_but_the_outcome() {
         let mut m = ResultMsg::new(Some("x".into()), FinalState::Succeeded);
-        m.payment = Some(PaymentInfo {
-            transaction_id: Some("t-1".into()),
-            ..Default::default()
-        });
+        m.payment = Some(PaymentInfo { transaction_id: Some("t-1".into()), ..Default::default() });
         m.device = Some(big_device());
         let v: Value = serde_json::from_slice(&m.to_bounded_bytes()).expect("json");
         assert!(v.get("device").is_none());
@@ -283,9 +280,7 @@ mod tests {
 
         // Too large even without device bodies: the outcome's fields only.
         let mut l = ResultMsg::new(Some("l2".into()), FinalState::Succeeded);
-        l.items = Some(vec![
-            serde_json::json!({"note": "y".repeat(MAX_RESULT_BYTES)}),
-        ]);
+        l.items = Some(vec![serde_json::json!({"note": "y".repeat(MAX_RESULT_BYTES)})]);
         let b = l.to_bounded_bytes();
         assert!(b.len() < 4096);
         let v: Value = serde_json::from_slice(&b).expect("json");
@@ -304,10 +299,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&b).expect("json");
         assert_eq!(v["id"], "old");
         assert_eq!(v["needs_reconciliation"], true);
-        let junk = format!(
-            "{{\"id\":\"j\",\"state\":\"failed\",\"x\":\"{}\"",
-            "z".repeat(10)
-        );
+        let junk = format!("{{\"id\":\"j\",\"state\":\"failed\",\"x\":\"{}\"", "z".repeat(10));
         let v: Value = serde_json::from_slice(&shrink_payload(junk.as_bytes())).expect("json");
         assert_eq!(v["truncated"], true);
         assert_eq!(v["state"], "unknown", "unreadable: not guessed");

@@ -71,12 +71,8 @@ fn unauthorized(msg: impl Into<String>, payload: &[u8]) -> Rejection {
 
 /// Verify an envelope against the configured keys.
 pub fn open(payload: &[u8], keys: &CommandKeys) -> Result<Opened, Rejection> {
-    let v: Value = serde_json::from_slice(payload).map_err(|e| {
-        unauthorized(
-            format!("not a signed envelope (invalid JSON: {e})"),
-            payload,
-        )
-    })?;
+    let v: Value = serde_json::from_slice(payload)
+        .map_err(|e| unauthorized(format!("not a signed envelope (invalid JSON: {e})"), payload))?;
     let field = |name: &str| -> Result<&str, Rejection> {
         v.get(name).and_then(Value::as_str).ok_or_else(|| {
             unauthorized(
@@ -86,18 +82,13 @@ pub fn open(payload: &[u8], keys: &CommandKeys) -> Result<Opened, Rejection> {
         })
     };
     if v.get("v").and_then(Value::as_u64) != Some(1) {
-        return Err(unauthorized(
-            "not a signed envelope: field v must be 1",
-            payload,
-        ));
+        return Err(unauthorized("not a signed envelope: field v must be 1", payload));
     }
     let kid = field("kid")?;
     let signed = field("signed")?;
     let sig_b64 = field("sig")?;
-    let key = keys
-        .keys
-        .get(kid)
-        .ok_or_else(|| unauthorized(format!("unknown kid {kid:?}"), payload))?;
+    let key =
+        keys.keys.get(kid).ok_or_else(|| unauthorized(format!("unknown kid {kid:?}"), payload))?;
     let command = B64
         .decode(signed)
         .map_err(|e| unauthorized(format!("field signed: not base64url ({e})"), payload))?;
@@ -108,11 +99,7 @@ pub fn open(payload: &[u8], keys: &CommandKeys) -> Result<Opened, Rejection> {
         .map_err(|_| unauthorized("field sig: not a 64-byte P-256 r‖s signature", payload))?;
     key.verify(&command, &sig)
         .map_err(|_| unauthorized(format!("bad signature for kid {kid:?}"), payload))?;
-    Ok(Opened {
-        command,
-        kid: kid.to_string(),
-        sig: URL_SAFE_NO_PAD.encode(sig.to_bytes()),
-    })
+    Ok(Opened { command, kid: kid.to_string(), sig: URL_SAFE_NO_PAD.encode(sig.to_bytes()) })
 }
 
 /// Sign command bytes into an envelope (for `posbridge sign`, the demo and tests).
@@ -142,10 +129,7 @@ mod tests {
 
     fn keys() -> (SigningKey, CommandKeys) {
         let sk = SigningKey::generate();
-        let pem = sk
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("pem");
+        let pem = sk.verifying_key().to_public_key_pem(LineEnding::LF).expect("pem");
         let mut k = CommandKeys::default();
         k.add_pem("cloud-1", &pem).expect("add");
         (sk, k)

@@ -58,9 +58,6 @@ mod tests {
             assert_eq!(serde_json::to_value(s).expect("json"), w);
             assert_eq!(s.as_str(), w);
         }
-        assert_eq!(
-            serde_json::to_value(Progress::InProgress).expect("json"),
-            "in_progress"
-        );
+        assert_eq!(serde_json::to_value(Progress::InProgress).expect("json"), "in_progress");
     }
 }

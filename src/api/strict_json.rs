@@ -93,10 +93,7 @@ mod tests {
         );
         // Equal keys in different objects are fine; escapes are compared decoded.
         assert_eq!(duplicate_key(br#"{"a":{"k":1},"b":{"k":2}}"#), None);
-        assert_eq!(
-            duplicate_key(br#"{"id":1,"\u0069d":2}"#).as_deref(),
-            Some("\"id\"")
-        );
+        assert_eq!(duplicate_key(br#"{"id":1,"\u0069d":2}"#).as_deref(), Some("\"id\""));
         assert_eq!(duplicate_key(b"{not json"), None);
     }
 }

@@ -7,9 +7,7 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str, agent_id: &str) -> Self {
-        Topics {
-            root: format!("{prefix}/{agent_id}"),
-        }
+        Topics { root: format!("{prefix}/{agent_id}") }
     }
 
     pub fn root(&self) -> &str {

@@ -52,17 +52,11 @@ impl Gate {
         }
         self.count.fetch_add(1, Ordering::AcqRel);
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        Some(Slot {
-            gate: self.clone(),
-            bytes,
-        })
+        Some(Slot { gate: self.clone(), bytes })
     }
 
     pub fn queued(&self) -> (usize, usize) {
-        (
-            self.count.load(Ordering::Acquire),
-            self.bytes.load(Ordering::Acquire),
-        )
+        (self.count.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire))
     }
 
     /// Ask the connection task to drop and re-open the connection.
@@ -82,9 +76,7 @@ mod tests {
     #[test]
     fn admits_until_full_and_frees_on_drop() {
         let g = Arc::new(Gate::default());
-        let mut slots: Vec<Slot> = (0..MAX_QUEUED)
-            .map(|_| g.admit(10).expect("room"))
-            .collect();
+        let mut slots: Vec<Slot> = (0..MAX_QUEUED).map(|_| g.admit(10).expect("room")).collect();
         assert!(g.admit(10).is_none(), "full by count");
         assert_eq!(g.queue_full.load(Ordering::Relaxed), 1);
         slots.pop();

@@ -100,9 +100,9 @@ pub(crate) fn mqtt_options(cfg: &BusConfig, broker: &MqttEndpoint, topics: &Topi
             true,
         ));
     if let (true, Some(tls)) = (broker.tls, &cfg.tls) {
-        o.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
     }
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         o.set_credentials(u.clone(), p.clone());
@@ -114,12 +114,8 @@ pub(crate) fn mqtt_options(cfg: &BusConfig, broker: &MqttEndpoint, topics: &Topi
 
 /// Run the connection task until `stop` is cancelled (after the pump has said goodbye).
 pub(crate) async fn run_connection(
-    cfg: BusConfig,
-    topics: Topics,
-    cmd_tx: mpsc::UnboundedSender<Cmd>,
-    pump_tx: mpsc::UnboundedSender<ConnEvent>,
-    stats: Arc<BusStats>,
-    gate: Arc<gate::Gate>,
+    cfg: BusConfig, topics: Topics, cmd_tx: mpsc::UnboundedSender<Cmd>,
+    pump_tx: mpsc::UnboundedSender<ConnEvent>, stats: Arc<BusStats>, gate: Arc<gate::Gate>,
     stop: CancellationToken,
 ) {
     let cmd_topic = topics.cmd();
@@ -160,15 +156,11 @@ pub(crate) async fn run_connection(
                     }
                     tracing::info!(broker = %at, session_present = ack.session_present, "connected to broker");
                     if !first {
-                        stats
-                            .reconnects
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     first = false;
                     connected = true;
-                    stats
-                        .connected
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    stats.connected.store(true, std::sync::atomic::Ordering::Relaxed);
                     backoff = cfg.backoff_min;
                     outage_since = None;
                     if let Ok(mut b) = stats.broker.lock() {
@@ -180,10 +172,8 @@ pub(crate) async fn run_connection(
                         tracing::error!(error = %e, "subscribe request failed");
                         break;
                     }
-                    let _ = pump_tx.send(ConnEvent::Connected {
-                        client: client.clone(),
-                        fifo: fifo.clone(),
-                    });
+                    let _ = pump_tx
+                        .send(ConnEvent::Connected { client: client.clone(), fifo: fifo.clone() });
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
                     if p.topic != cmd_topic {
@@ -193,9 +183,7 @@ pub(crate) async fn run_connection(
                         // mqtt-api.md 9: commands come at QoS 1 only. A QoS 0 command has
                         // no redelivery to lean on, and a retained one would run again
                         // for every new subscription. Dropped, counted in telemetry.
-                        stats
-                            .dropped_commands
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.dropped_commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(qos = ?p.qos, retain = p.retain, bytes = p.payload.len(),
                             "command dropped: not a plain QoS 1 publish (mqtt-api.md: commands arrive at QoS 1 only)");
                         if p.qos == QoS::AtLeastOnce {
@@ -239,11 +227,8 @@ pub(crate) async fn run_connection(
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    let tag = fifo
-                        .lock()
-                        .map(|mut f| f.pop_front())
-                        .unwrap_or(None)
-                        .unwrap_or(Tag::None);
+                    let tag =
+                        fifo.lock().map(|mut f| f.pop_front()).unwrap_or(None).unwrap_or(Tag::None);
                     if pkid != 0 && tag != Tag::None {
                         pkids.insert(pkid, tag);
                     }
@@ -257,9 +242,7 @@ pub(crate) async fn run_connection(
             }
         }
         if connected {
-            stats
-                .connected
-                .store(false, std::sync::atomic::Ordering::Relaxed);
+            stats.connected.store(false, std::sync::atomic::Ordering::Relaxed);
             let _ = pump_tx.send(ConnEvent::Disconnected);
         }
         drop(el);
@@ -280,10 +263,7 @@ pub(crate) async fn run_connection(
         backoff = backoff.min(backoff_cap(since.elapsed(), cfg.backoff_max));
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-        tracing::info!(
-            delay_ms = (backoff + jitter).as_millis() as u64,
-            "reconnecting to broker"
-        );
+        tracing::info!(delay_ms = (backoff + jitter).as_millis() as u64, "reconnecting to broker");
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff + jitter) => {}

@@ -18,10 +18,7 @@ impl Pump {
     /// Publish outbox entries from `cursor` on, until the window is full or none are left.
     pub(super) async fn drain(&self, c: &Conn, cursor: &mut u64, inflight: &mut HashSet<u64>) {
         while inflight.len() < MAX_INFLIGHT {
-            let batch = match self
-                .store
-                .outbox_from(*cursor, MAX_INFLIGHT - inflight.len())
-            {
+            let batch = match self.store.outbox_from(*cursor, MAX_INFLIGHT - inflight.len()) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "outbox read failed");
@@ -45,13 +42,8 @@ impl Pump {
                     );
                     payload = crate::api::result::shrink_payload(&payload);
                 }
-                let id = crate::stages::enabled()
-                    .then(|| result_id(&payload))
-                    .flatten();
-                if !c
-                    .publish(topic, QoS::AtLeastOnce, false, payload, Tag::Outbox(seq))
-                    .await
-                {
+                let id = crate::stages::enabled().then(|| result_id(&payload)).flatten();
+                if !c.publish(topic, QoS::AtLeastOnce, false, payload, Tag::Outbox(seq)).await {
                     return;
                 }
                 if let Some(id) = id {

@@ -41,21 +41,13 @@ pub(super) struct Conn {
 
 impl Conn {
     pub(super) async fn publish(
-        &self,
-        topic: String,
-        qos: QoS,
-        retain: bool,
-        payload: Vec<u8>,
-        tag: Tag,
+        &self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, tag: Tag,
     ) -> bool {
         // The tag goes in first: rumqttc reports `Outgoing::Publish` in request order.
         if let Ok(mut f) = self.fifo.lock() {
             f.push_back(tag);
         }
-        self.client
-            .publish(topic, qos, retain, payload)
-            .await
-            .is_ok()
+        self.client.publish(topic, qos, retain, payload).await.is_ok()
     }
 }
 
@@ -137,8 +129,7 @@ impl Pump {
         // once on a store failure): the last status says `degraded` all the same.
         if self.final_status.is_none() {
             if let Some(reason) = self.store.failure() {
-                self.store_failed(&reason, &mut terminals, conn.as_ref())
-                    .await;
+                self.store_failed(&reason, &mut terminals, conn.as_ref()).await;
             }
         }
         self.goodbye(conn).await;
@@ -148,10 +139,7 @@ impl Pump {
     /// The store failed: the retained status becomes `degraded` with the reason (now, and
     /// as the last status at stop), and every terminal's state `error`.
     async fn store_failed(
-        &mut self,
-        reason: &str,
-        terminals: &mut BTreeMap<String, Value>,
-        conn: Option<&Conn>,
+        &mut self, reason: &str, terminals: &mut BTreeMap<String, Value>, conn: Option<&Conn>,
     ) {
         let since = Value::String(crate::api::ts(chrono::Utc::now()));
         let mut degraded = self.online.clone();
@@ -195,14 +183,7 @@ impl Pump {
             Some(v) => v.to_string().into_bytes(),
             None => br#"{"v":1,"state":"offline"}"#.to_vec(),
         };
-        c.publish(
-            self.topics.status(),
-            QoS::AtLeastOnce,
-            true,
-            last,
-            Tag::Offline,
-        )
-        .await;
+        c.publish(self.topics.status(), QoS::AtLeastOnce, true, last, Tag::Offline).await;
         let wait = async {
             while let Some(ev) = self.conn_rx.recv().await {
                 match ev {
@@ -215,10 +196,7 @@ impl Pump {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(3), wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
             tracing::warn!("broker did not acknowledge the offline status in time");
         }
         let _ = c.client.disconnect().await;

@@ -34,9 +34,7 @@ pub fn client_config(files: &TlsFiles) -> anyhow::Result<Arc<ClientConfig>> {
     }
     if let Some(ca) = &files.ca_file {
         for cert in certs(ca, "mqtt.ca_file")? {
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("mqtt.ca_file: {}: {e}", ca.display()))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("mqtt.ca_file: {}: {e}", ca.display()))?;
         }
     }
     if roots.is_empty() {

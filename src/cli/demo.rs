@@ -37,9 +37,7 @@ struct Step {
 
 impl Step {
     fn id(&self) -> Value {
-        self.command
-            .as_ref()
-            .map_or(Value::Null, |c| c["id"].clone())
+        self.command.as_ref().map_or(Value::Null, |c| c["id"].clone())
     }
 
     fn payload(&self, past: &str) -> Vec<u8> {
@@ -82,10 +80,7 @@ impl CloudPos {
 
     /// Wait for a message on `{root}/{sub}` whose JSON satisfies `pred`; print the traffic.
     async fn wait_for(
-        &mut self,
-        sub: &str,
-        within: Duration,
-        pred: impl Fn(&Value) -> bool,
+        &mut self, sub: &str, within: Duration, pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
         let (root, quiet) = (self.root.clone(), self.quiet);
         let show = |m: &pos::Message, v: &Value| {
@@ -113,10 +108,7 @@ pub async fn run(quiet: bool) -> anyhow::Result<bool> {
     let control = sim.control();
     let sim_task = sim.spawn(shutdown.clone());
     let token_sim = crate::sim::token::TokenSim::loopback(
-        crate::sim::token::SimOptions {
-            seed: Some(7),
-            ..Default::default()
-        },
+        crate::sim::token::SimOptions { seed: Some(7), ..Default::default() },
         None,
     )
     .await
@@ -199,11 +191,9 @@ poll_interval = "200ms"
     };
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone()));
-    pos.wait_for("status", Duration::from_secs(10), |v| {
-        v["state"] == "online"
-    })
-    .await
-    .context("agent never came online")?;
+    pos.wait_for("status", Duration::from_secs(10), |v| v["state"] == "online")
+        .await
+        .context("agent never came online")?;
 
     let past = crate::api::ts(chrono::Utc::now() - chrono::Duration::minutes(5));
     let steps = steps()?;
@@ -215,9 +205,7 @@ poll_interval = "200ms"
         control.set_fail_rate(if step.declines { 1.0 } else { 0.0 });
         pos.send(step.payload(&past)).await?;
         let want_id = step.id();
-        let res = pos
-            .wait_for("result", Duration::from_secs(15), |v| v["id"] == want_id)
-            .await;
+        let res = pos.wait_for("result", Duration::from_secs(15), |v| v["id"] == want_id).await;
         let res = match res {
             Ok(r) => r,
             Err(e) => {
@@ -227,10 +215,7 @@ poll_interval = "200ms"
             }
         };
         let state_ok = res["state"] == step.expect.as_str();
-        let code_ok = step
-            .code
-            .as_deref()
-            .is_none_or(|c| res["error"]["code"] == c);
+        let code_ok = step.code.as_deref().is_none_or(|c| res["error"]["code"] == c);
         let mut extra_ok = true;
         if want_id == "demo-pay-1" {
             let txn = res["payment"]["transaction_id"].clone();
@@ -240,11 +225,7 @@ poll_interval = "200ms"
             }
         }
         if state_ok && code_ok && extra_ok {
-            println!(
-                "  ✓ {} {}",
-                res["state"],
-                res["error"]["code"].as_str().unwrap_or("")
-            );
+            println!("  ✓ {} {}", res["state"], res["error"]["code"].as_str().unwrap_or(""));
         } else {
             println!("  ✗ expected {} {:?}, got {}", step.expect, step.code, res);
             ok = false;
@@ -263,12 +244,8 @@ poll_interval = "200ms"
         Ok(Err(e)) => bail!("agent failed: {e:#}"),
         Err(e) => bail!("agent task failed: {e}"),
     }
-    let offline = pos
-        .wait_for("status", Duration::from_secs(5), |v| {
-            v["state"] == "offline"
-        })
-        .await
-        .is_ok();
+    let offline =
+        pos.wait_for("status", Duration::from_secs(5), |v| v["state"] == "offline").await.is_ok();
     if !offline {
         println!("  ✗ agent did not publish offline on shutdown");
         ok = false;
@@ -277,14 +254,7 @@ poll_interval = "200ms"
     let _ = sim_task.await;
     let _ = token_task.await;
     let _ = kaspi_task.await;
-    println!(
-        "\n{}",
-        if ok {
-            "demo: all steps passed"
-        } else {
-            "demo: FAILED"
-        }
-    );
+    println!("\n{}", if ok { "demo: all steps passed" } else { "demo: FAILED" });
     Ok(ok)
 }
 

@@ -81,35 +81,20 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Cmd::Secret {
-            action:
-                SecretCmd::Set {
-                    terminal,
-                    name,
-                    config,
-                },
-        } => outcome(
+        Cmd::Secret { action: SecretCmd::Set { terminal, name, config } } => outcome(
             "secret set",
             tools::secret_set(&config, &terminal, &name)
                 .await
                 .map(|()| format!("posbridge: secret {terminal}/{name} stored (encrypted)")),
             Out::Stderr,
         ),
-        Cmd::Store {
-            action: StoreCmd::Acknowledge { config },
-        } => outcome(
-            "store acknowledge",
-            tools::store_acknowledge(&config).await,
-            Out::Stdout,
-        ),
-        Cmd::Sign { key, kid, command } => outcome(
-            "sign",
-            tools::sign(&key, &kid, command.as_deref()),
-            Out::Stdout,
-        ),
-        Cmd::Kaspi {
-            action: KaspiCmd::Register { terminal, config },
-        } => {
+        Cmd::Store { action: StoreCmd::Acknowledge { config } } => {
+            outcome("store acknowledge", tools::store_acknowledge(&config).await, Out::Stdout)
+        }
+        Cmd::Sign { key, kid, command } => {
+            outcome("sign", tools::sign(&key, &kid, command.as_deref()), Out::Stdout)
+        }
+        Cmd::Kaspi { action: KaspiCmd::Register { terminal, config } } => {
             init_logging(LogFormat::Text, "warn");
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -123,9 +108,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Out::Stderr,
             )
         }
-        Cmd::Usb {
-            action: UsbCmd::List,
-        } => tools::usb_list().await,
+        Cmd::Usb { action: UsbCmd::List } => tools::usb_list().await,
         Cmd::Sim { kind } => sim::run(kind).await,
     }
 }

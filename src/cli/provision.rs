@@ -80,11 +80,7 @@ pub fn terminal_toml(spec: &str, notes: &mut Vec<String>) -> anyhow::Result<Stri
     let (Some(kind), Some(id), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
         bail!("--terminal {spec:?}: expected kind:id:addr-or-url (e.g. ip:ip-1:192.0.2.20:8080)");
     };
-    let head = format!(
-        "[[terminals]]\nid = {}\nkind = {}\n",
-        quote(id),
-        quote(kind)
-    );
+    let head = format!("[[terminals]]\nid = {}\nkind = {}\n", quote(id), quote(kind));
     let body = match kind {
         "ip" => format!("addr = {}\n", quote(target)),
         "kaspi" => format!(
@@ -131,10 +127,7 @@ pub fn render(o: &Options, notes: &mut Vec<String>) -> anyhow::Result<String> {
         s.push_str(&format!("username = {}\n", quote(u)));
     }
     if let Some(p) = &o.password_file {
-        s.push_str(&format!(
-            "password_file = {}\n",
-            quote(&p.to_string_lossy())
-        ));
+        s.push_str(&format!("password_file = {}\n", quote(&p.to_string_lossy())));
     }
     s.push_str(&format!(
         "\n[store]\npath = {}\n\n[security]\n# Signed commands are the default (docs/mqtt-api.md: Signed commands): add the cloud's P-256\n# public key(s). Without keys the agent refuses to start with payment terminals,\n# unless allow_unsigned = true (only for a broker nobody else can write to).\n# command_keys = [{{ kid = \"cloud-1\", public_key_file = \"/etc/posbridge/cloud-1.pub\" }}]\n# allow_unsigned = false\n\n[log]\nformat = \"auto\"   # journald under systemd, text on a terminal\nlevel = \"info\"\n",
@@ -195,11 +188,7 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
     }
     let mut notes = Vec::new();
     let text = render(o, &mut notes)?;
-    let dir = o
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = o.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // Validate through the same loader as `run`, from a temporary file beside the target.
     let tmp = tempfile::Builder::new()
@@ -223,8 +212,7 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
         std::fs::rename(&o.out, &bak)
             .with_context(|| format!("cannot keep the old config as {}", bak.display()))?;
     }
-    tmp.persist(&o.out)
-        .with_context(|| format!("cannot write {}", o.out.display()))?;
+    tmp.persist(&o.out).with_context(|| format!("cannot write {}", o.out.display()))?;
 
     let key_file = cfg.store.key_file.clone();
     let key_created = crate::secrets::ensure_key(&key_file)
@@ -239,13 +227,7 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
             key_file.display()
         ));
     }
-    Ok(Summary {
-        config: o.out.clone(),
-        key_file,
-        key_created,
-        acl: acl(&cfg),
-        notes,
-    })
+    Ok(Summary { config: o.out.clone(), key_file, key_created, acl: acl(&cfg), notes })
 }
 
 fn is_root() -> bool {
@@ -336,11 +318,7 @@ mod tests {
         let key = std::fs::read(&s.key_file).expect("key");
         assert_eq!(key.len(), 32);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&s.key_file)
-            .expect("m")
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(&s.key_file).expect("m").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let cmode = std::fs::metadata(&o.out).expect("m").permissions().mode() & 0o777;
         assert_eq!(cmode, 0o640);
@@ -355,11 +333,7 @@ mod tests {
         Config::load(&o.out).expect("valid");
         // Not replaced without --force; with it, the old one is kept and the key is not.
         assert!(run(&o).is_err());
-        let s2 = run(&Options {
-            force: true,
-            ..o.clone()
-        })
-        .expect("again");
+        let s2 = run(&Options { force: true, ..o.clone() }).expect("again");
         assert!(!s2.key_created);
         assert_eq!(std::fs::read(&s2.key_file).expect("key"), key);
         assert!(dir.path().join("etc/posbridge.toml.bak").exists());

@@ -17,11 +17,7 @@ use crate::sim;
 pub(super) async fn run(kind: SimKind) -> ExitCode {
     init_logging(LogFormat::Text, "info");
     match kind {
-        SimKind::Paywall {
-            listen,
-            mock,
-            slow_ms,
-        } => {
+        SimKind::Paywall { listen, mock, slow_ms } => {
             let (test, live) = keys(&mock);
             let opts = sim::paywall::PaywallSimOptions {
                 test,
@@ -34,24 +30,11 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
         }
         SimKind::Kuveyt { listen, mock } => {
             let (test, live) = keys(&mock);
-            let opts = sim::kuveyt::KuveytSimOptions {
-                test,
-                live,
-                tls: mock.tls,
-            };
+            let opts = sim::kuveyt::KuveytSimOptions { test, live, tls: mock.tls };
             let bound = sim::kuveyt::KuveytSim::bind(listen, opts).await;
             serve_mock("kuveyt", listen, &mock, bound).await
         }
-        SimKind::Ip {
-            listen,
-            host,
-            port,
-            fail_rate,
-            lose_rate,
-            garble_rate,
-            seed,
-            delay_ms,
-        } => {
+        SimKind::Ip { listen, host, port, fail_rate, lose_rate, garble_rate, seed, delay_ms } => {
             let addr = match listen {
                 Some(a) => a,
                 None => match format!("{host}:{port}").parse() {
@@ -77,14 +60,7 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
             };
             serve("ip", addr, bound, announce, sim::ip::IpSim::run).await
         }
-        SimKind::Token {
-            listen,
-            seed,
-            fiscal_no,
-            delay_ms,
-            lose_rate,
-            garble_rate,
-        } => {
+        SimKind::Token { listen, seed, fiscal_no, delay_ms, lose_rate, garble_rate } => {
             let opts = sim::token::SimOptions {
                 fiscal_no,
                 sale_delay_ms: delay_ms,
@@ -125,10 +101,7 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
             let announce = |s: &sim::kaspi::KaspiSim| {
                 println!("kaspi simulator listening on {}", s.url());
                 if let Some(t) = s.tls() {
-                    println!(
-                        "certificate for {}; pin_sha256 = \"{}\"",
-                        t.name, t.cert_sha256
-                    );
+                    println!("certificate for {}; pin_sha256 = \"{}\"", t.name, t.cert_sha256);
                     if let Some(path) = &ca_out {
                         std::fs::write(path, &t.ca_pem)
                             .with_context(|| format!("--ca-out {}", path.display()))?;
@@ -159,10 +132,7 @@ fn keys(mock: &MockArgs) -> (sim::cloud::Keys, sim::cloud::Keys) {
 /// Serve a bound cloud mock (Paywall, Kuveyt): write its certificate where `--cert-out`
 /// says, print its two base URLs, run until a signal.
 async fn serve_mock<P: sim::cloud::Provider>(
-    name: &str,
-    listen: SocketAddr,
-    args: &MockArgs,
-    bound: std::io::Result<sim::CloudMock<P>>,
+    name: &str, listen: SocketAddr, args: &MockArgs, bound: std::io::Result<sim::CloudMock<P>>,
 ) -> ExitCode {
     let announce = |m: &sim::CloudMock<P>| {
         write_cert(m.cert_pem(), args.cert_out.as_deref())?;
@@ -176,11 +146,8 @@ async fn serve_mock<P: sim::cloud::Provider>(
 /// Run a bound simulator in the foreground: `announce` says where it listens (and writes
 /// what it must), then it runs until SIGTERM/Ctrl-C.
 async fn serve<S, F: Future<Output = ()>>(
-    name: &str,
-    at: impl Display,
-    bound: Result<S, impl Display>,
-    announce: impl FnOnce(&S) -> anyhow::Result<()>,
-    run: impl FnOnce(S, CancellationToken) -> F,
+    name: &str, at: impl Display, bound: Result<S, impl Display>,
+    announce: impl FnOnce(&S) -> anyhow::Result<()>, run: impl FnOnce(S, CancellationToken) -> F,
 ) -> ExitCode {
     let s = match bound {
         Ok(s) => s,

@@ -6,17 +6,12 @@ use std::process::ExitCode;
 use crate::config::Config;
 
 pub(super) async fn secret_set(
-    config: &std::path::Path,
-    terminal: &str,
-    name: &str,
+    config: &std::path::Path, terminal: &str, name: &str,
 ) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Read};
     let cfg = Config::load(config)?;
     if !cfg.terminals.iter().any(|t| t.id() == terminal) {
-        anyhow::bail!(
-            "terminal {terminal:?} is not configured in {}",
-            config.display()
-        );
+        anyhow::bail!("terminal {terminal:?} is not configured in {}", config.display());
     }
     let value = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(format!("value for {terminal}/{name}: "))?
@@ -54,9 +49,7 @@ pub(super) async fn store_acknowledge(config: &std::path::Path) -> anyhow::Resul
 }
 
 pub(super) fn sign(
-    key: &std::path::Path,
-    kid: &str,
-    command: Option<&std::path::Path>,
+    key: &std::path::Path, kid: &str, command: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
     use std::io::Read;
     let pem = zeroize::Zeroizing::new(

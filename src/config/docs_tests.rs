@@ -106,10 +106,7 @@ fn doc_keys() -> (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) {
 fn the_configuration_reference_lists_exactly_the_keys_the_agent_accepts() {
     let (top, kinds) = type_keys();
     let (doc_top, doc_kinds) = doc_keys();
-    assert_eq!(
-        doc_top, top,
-        "docs/configuration.md's key table and the config types differ"
-    );
+    assert_eq!(doc_top, top, "docs/configuration.md's key table and the config types differ");
     assert_eq!(
         doc_kinds.keys().collect::<Vec<_>>(),
         kinds.keys().collect::<Vec<_>>(),
@@ -128,12 +125,8 @@ fn the_example_config_parses_and_shows_only_keys_the_agent_accepts() {
     let text = read("deploy/posbridge.toml.example");
     Config::from_toml_str(&text).expect("the example config is valid");
     let (top, kinds) = type_keys();
-    let any_terminal: BTreeSet<String> = kinds
-        .values()
-        .flatten()
-        .cloned()
-        .chain(["id".to_string(), "kind".to_string()])
-        .collect();
+    let any_terminal: BTreeSet<String> =
+        kinds.values().flatten().cloned().chain(["id".to_string(), "kind".to_string()]).collect();
     let mut section = String::new();
     let mut unknown = Vec::new();
     for line in text.lines() {

@@ -22,10 +22,7 @@ fn env_overrides_nested_and_top_level_keys() {
     let c = c.expect("env overrides");
     assert_eq!(c.agent_id, "042", "a numeric-looking id stays a string");
     assert_eq!(c.topic_prefix, "acme/pos");
-    assert_eq!(
-        c.mqtt.client_id, "posbridge-shop-042",
-        "the file's value is kept"
-    );
+    assert_eq!(c.mqtt.client_id, "posbridge-shop-042", "the file's value is kept");
     let endpoint = c.mqtt.endpoint().expect("endpoint");
     assert_eq!((endpoint.tls, endpoint.port), (true, 8883));
     assert_eq!(c.mqtt.keep_alive, Duration::from_secs(45));
@@ -36,10 +33,7 @@ fn env_overrides_nested_and_top_level_keys() {
     // A section missing from the file, and a client id derived from an overridden agent id.
     let (c, _) = load(
         MINIMAL,
-        &[
-            ("POSBRIDGE__AGENT_ID", "till_2"),
-            ("POSBRIDGE__TELEMETRY__INTERVAL", "5m"),
-        ],
+        &[("POSBRIDGE__AGENT_ID", "till_2"), ("POSBRIDGE__TELEMETRY__INTERVAL", "5m")],
     );
     let c = c.expect("env-only section");
     assert_eq!(c.mqtt.client_id, "posbridge-till_2");
@@ -62,10 +56,7 @@ fn env_errors_name_the_variable() {
 
     let (c, _) = load(FULL, &[("POSBRIDGE__TERMINALS__1__ADDR", "192.0.2.99:80")]);
     let message = c.expect_err("list override").to_string();
-    assert!(
-        message.contains("cannot be overridden from the environment"),
-        "{message}"
-    );
+    assert!(message.contains("cannot be overridden from the environment"), "{message}");
     assert!(
         message.ends_with("(in environment variable POSBRIDGE__TERMINALS__1__ADDR)"),
         "{message}"

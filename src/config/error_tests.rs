@@ -10,10 +10,7 @@ use super::*;
 fn refused_in_file(text: &str, prefix: &str) -> String {
     let (c, path) = load(text, &[]);
     let message = c.expect_err(prefix).to_string();
-    assert!(
-        message.starts_with(&format!("{prefix} in {path}")),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("{prefix} in {path}")), "{message}");
     message
 }
 
@@ -27,22 +24,14 @@ fn refused(cases: &[(String, &str)]) {
 
 #[test]
 fn unknown_top_level_key_names_key_and_file() {
-    let message = refused_in_file(
-        &format!("agnet_id = \"x\"\n{MINIMAL}"),
-        "unknown key \"agnet_id\"",
-    );
-    assert!(
-        message.contains("agent_id, topic_prefix"),
-        "lists the known keys: {message}"
-    );
+    let message =
+        refused_in_file(&format!("agnet_id = \"x\"\n{MINIMAL}"), "unknown key \"agnet_id\"");
+    assert!(message.contains("agent_id, topic_prefix"), "lists the known keys: {message}");
 }
 
 #[test]
 fn unknown_nested_key_names_section_key_and_file() {
-    refused_in_file(
-        &format!("{MINIMAL}urll = \"mqtt://y\"\n"),
-        "unknown key \"mqtt.urll\"",
-    );
+    refused_in_file(&format!("{MINIMAL}urll = \"mqtt://y\"\n"), "unknown key \"mqtt.urll\"");
     refused(&[(
         format!("{MINIMAL}[log]\ncolour = true\n"),
         "unknown key \"log.colour\" in inline TOML",
@@ -52,10 +41,7 @@ fn unknown_nested_key_names_section_key_and_file() {
 #[test]
 fn unknown_terminal_key_is_rejected_and_named() {
     // Lands in the last table: terminals[4].
-    refused_in_file(
-        &format!("{FULL}colour = \"red\"\n"),
-        "unknown key \"terminals[4].colour\"",
-    );
+    refused_in_file(&format!("{FULL}colour = \"red\"\n"), "unknown key \"terminals[4].colour\"");
     refused(&[
         (
             with_terminal("id = \"i\"\nkind = \"ip\"\naddr = \"h:1\"\nurl = \"x\""),
@@ -71,27 +57,12 @@ fn unknown_terminal_key_is_rejected_and_named() {
 #[test]
 fn unknown_kind_and_missing_keys_are_named() {
     let message = error(&with_terminal("id = \"x\"\nkind = \"visa\""));
-    assert!(
-        message.contains("terminals[0]") && message.contains("visa"),
-        "{message}"
-    );
+    assert!(message.contains("terminals[0]") && message.contains("visa"), "{message}");
     refused(&[
-        (
-            with_terminal("id = \"x\""),
-            "missing key \"terminals[0].kind\"",
-        ),
-        (
-            with_terminal("id = \"x\"\nkind = \"ip\""),
-            "missing key \"terminals[0].addr\"",
-        ),
-        (
-            "agent_id = \"a\"\n[mqtt]\n".into(),
-            "missing key \"mqtt.url\"",
-        ),
-        (
-            "[mqtt]\nurl = \"mqtt://h\"\n".into(),
-            "missing key \"agent_id\"",
-        ),
+        (with_terminal("id = \"x\""), "missing key \"terminals[0].kind\""),
+        (with_terminal("id = \"x\"\nkind = \"ip\""), "missing key \"terminals[0].addr\""),
+        ("agent_id = \"a\"\n[mqtt]\n".into(), "missing key \"mqtt.url\""),
+        ("[mqtt]\nurl = \"mqtt://h\"\n".into(), "missing key \"agent_id\""),
     ]);
 }
 
@@ -120,21 +91,12 @@ fn bad_duration_is_named() {
 #[test]
 fn bad_types_and_enums_are_named() {
     refused(&[
-        (
-            format!("{MINIMAL}[commands]\nmax_bytes = \"lots\"\n"),
-            "commands.max_bytes: ",
-        ),
+        (format!("{MINIMAL}[commands]\nmax_bytes = \"lots\"\n"), "commands.max_bytes: "),
         ("agent_id = \"a\"\nmqtt = \"mqtt://h\"\n".into(), "mqtt: "),
-        (
-            "agent_id = \"a\"\n[mqtt\n".into(),
-            "inline TOML: invalid TOML",
-        ),
+        ("agent_id = \"a\"\n[mqtt\n".into(), "inline TOML: invalid TOML"),
     ]);
     let message = error(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"));
-    assert!(
-        message.starts_with("log.format: ") && message.contains("xml"),
-        "{message}"
-    );
+    assert!(message.starts_with("log.format: ") && message.contains("xml"), "{message}");
 }
 
 #[test]
@@ -158,9 +120,7 @@ fn bad_ids() {
         assert!(message.starts_with("agent_id: "), "{bad:?}: {message}");
     }
     assert!(Config::from_toml_str(&MINIMAL.replace("shop-042", &"x".repeat(64))).is_ok());
-    let message = error(&with_terminal(
-        "id = \"a b\"\nkind = \"ip\"\naddr = \"h:1\"",
-    ));
+    let message = error(&with_terminal("id = \"a b\"\nkind = \"ip\"\naddr = \"h:1\""));
     assert!(message.starts_with("terminals[0].id: "), "{message}");
     for bad in ["", "a/", "a/+/b", "#", "$SYS"] {
         let message = error(&format!("topic_prefix = \"{bad}\"\n{MINIMAL}"));
@@ -175,18 +135,9 @@ fn mqtt_url_and_endpoint() {
             .map(|c| c.mqtt.endpoint().expect("validated"))
             .map_err(|e| e.to_string())
     };
-    let ok = |tls, host: &str, port| {
-        Ok(MqttEndpoint {
-            tls,
-            host: host.into(),
-            port,
-        })
-    };
+    let ok = |tls, host: &str, port| Ok(MqttEndpoint { tls, host: host.into(), port });
     assert_eq!(endpoint("mqtts://b.example"), ok(true, "b.example", 8883));
-    assert_eq!(
-        endpoint("mqtt://b.example:1884/"),
-        ok(false, "b.example", 1884)
-    );
+    assert_eq!(endpoint("mqtt://b.example:1884/"), ok(false, "b.example", 1884));
     assert_eq!(endpoint("MQTTS://[::1]:9000"), ok(true, "::1", 9000));
     for bad in [
         "http://b.example",
@@ -213,24 +164,15 @@ fn cross_key_rules() {
     let paywall = "id = \"p\"\nkind = \"paywall\"\nterminal_guid = \"8ff33705-57c7-42dc-8341-a0053e7f3009\"\n";
     let pinned = format!("{kaspi}tls = \"pin\"\npin_sha256 = \"{}\"", "aB".repeat(32));
     refused(&[
-        (
-            mqtt("ca_file = \"/ca.pem\""),
-            "mqtt.ca_file: only used with an mqtts://",
-        ),
-        (
-            mqtt("password_file = \"/p\""),
-            "mqtt.password_file: needs mqtt.username",
-        ),
+        (mqtt("ca_file = \"/ca.pem\""), "mqtt.ca_file: only used with an mqtts://"),
+        (mqtt("password_file = \"/p\""), "mqtt.password_file: needs mqtt.username"),
         // A password over plain mqtt:// to another machine only when asked for (below).
         (
             mqtt("username = \"u\"\npassword_file = \"/p\""),
             "mqtt.url: mqtt:// would send mqtt.password_file's password in clear text",
         ),
         (mqtt("keep_alive = \"0s\""), "mqtt.keep_alive: "),
-        (
-            commands("max_bytes = 1023"),
-            "commands.max_bytes: 1023 is outside",
-        ),
+        (commands("max_bytes = 1023"), "commands.max_bytes: 1023 is outside"),
         (commands("max_bytes = 16777217"), "commands.max_bytes: "),
         (commands("queue_depth = 0"), "commands.queue_depth: "),
     ]);

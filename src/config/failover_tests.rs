@@ -13,14 +13,8 @@ fn config(mqtt: &str) -> Result<Config, String> {
 fn urls_are_the_brokers_in_order() {
     let c = config(r#"urls = ["mqtt://mq1.example", "mqtts://mq2.example:8884"]"#).expect("valid");
     let eps = c.mqtt.endpoints().expect("endpoints");
-    let got: Vec<_> = eps
-        .iter()
-        .map(|e| (e.tls, e.host.as_str(), e.port))
-        .collect();
-    assert_eq!(
-        got,
-        vec![(false, "mq1.example", 1883), (true, "mq2.example", 8884)]
-    );
+    let got: Vec<_> = eps.iter().map(|e| (e.tls, e.host.as_str(), e.port)).collect();
+    assert_eq!(got, vec![(false, "mq1.example", 1883), (true, "mq2.example", 8884)]);
     // The first is what the one-broker accessor gives.
     assert_eq!(c.mqtt.endpoint().expect("first"), eps[0]);
     // `url` is the one-element form.
@@ -52,10 +46,7 @@ urls = ["mqtt://b"]"#,
 fn a_password_is_never_sent_in_clear_to_any_broker_of_the_list() {
     let base = "username = \"u\"\npassword_file = \"/etc/pw\"\n";
     // Loopback in clear and a remote one over TLS: fine.
-    config(&format!(
-        "{base}urls = [\"mqtt://127.0.0.1\", \"mqtts://mq.example\"]"
-    ))
-    .expect("valid");
+    config(&format!("{base}urls = [\"mqtt://127.0.0.1\", \"mqtts://mq.example\"]")).expect("valid");
     // One remote broker in clear: refused, unless asked for.
     let clear = format!("{base}urls = [\"mqtts://mq.example\", \"mqtt://mq3.example\"]");
     let e = config(&clear).expect_err("clear text");

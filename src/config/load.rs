@@ -22,10 +22,8 @@ impl Config {
         V: Into<String>,
     {
         // Read it ourselves: the io error (missing vs. permission) and any file name work.
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Self::build(&text, &path.display().to_string(), env)
     }
 
@@ -60,11 +58,9 @@ impl Config {
             .map_err(|e| origins.map_error(e))?;
         config.fill_derived_defaults();
         config.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
-                origin: Some(origins.of(&key)),
-                key,
-                message,
-            },
+            ConfigError::Invalid { key, message, .. } => {
+                ConfigError::Invalid { origin: Some(origins.of(&key)), key, message }
+            }
             other => other,
         })?;
         Ok(config)
@@ -98,9 +94,8 @@ fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
             continue;
         }
         // Silently dropping an override would leave the agent on the file's value.
-        let value = value
-            .into_string()
-            .map_err(|_| ConfigError::EnvNotUnicode { name: name.clone() })?;
+        let value =
+            value.into_string().map_err(|_| ConfigError::EnvNotUnicode { name: name.clone() })?;
         vars.push((name, value));
     }
     Ok(vars)
@@ -122,14 +117,8 @@ struct Origins {
 
 impl Origins {
     fn new(file: &str, env: &::config::Map<String, String>) -> Self {
-        let env = env
-            .keys()
-            .filter_map(|name| Some((env_key(name)?, name.clone())))
-            .collect();
-        Origins {
-            file: file.to_owned(),
-            env,
-        }
+        let env = env.keys().filter_map(|name| Some((env_key(name)?, name.clone()))).collect();
+        Origins { file: file.to_owned(), env }
     }
 
     fn of(&self, key: &str) -> String {
@@ -144,10 +133,7 @@ impl Origins {
     fn reject_list_overrides(&self) -> Result<(), ConfigError> {
         const LISTS: [&str; 2] = ["terminals", "security.command_keys"];
         for (key, name) in &self.env {
-            if LISTS
-                .iter()
-                .any(|l| key == l || key.starts_with(&format!("{l}.")))
-            {
+            if LISTS.iter().any(|l| key == l || key.starts_with(&format!("{l}."))) {
                 return Err(ConfigError::Invalid {
                     key: key.clone(),
                     message: "lists (terminals, security.command_keys) cannot be overridden \
@@ -172,22 +158,14 @@ impl Origins {
                 }
             }
             E::At { error, key, .. } => (key.unwrap_or_default(), error.to_string()),
-            E::Type {
-                unexpected,
-                expected,
-                key,
-                ..
-            } => (
+            E::Type { unexpected, expected, key, .. } => (
                 key.unwrap_or_default(),
                 format!("invalid type: {unexpected}, expected {expected}"),
             ),
             // serde's `missing_field` arrives here, e.g. "terminals[0]kind".
             E::NotFound(key) => {
                 let key = dot_after_index(&key);
-                return ConfigError::MissingKey {
-                    origin: self.of(&key),
-                    key,
-                };
+                return ConfigError::MissingKey { origin: self.of(&key), key };
             }
             other => (String::new(), other.to_string()),
         };
@@ -199,11 +177,7 @@ impl Origins {
             if segment.is_empty() || !segment.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 break;
             }
-            key = if key.is_empty() {
-                segment.to_owned()
-            } else {
-                format!("{key}.{segment}")
-            };
+            key = if key.is_empty() { segment.to_owned() } else { format!("{key}.{segment}") };
             message = rest;
         }
         let join = |field: &str| match key.as_str() {
@@ -216,18 +190,11 @@ impl Origins {
                 .strip_prefix(", expected ")
                 .map(|e| e.replace('`', ""))
                 .filter(|e| !e.is_empty());
-            return ConfigError::UnknownKey {
-                origin: self.of(&key),
-                key,
-                expected,
-            };
+            return ConfigError::UnknownKey { origin: self.of(&key), key, expected };
         }
         if let Some((field, _)) = backticked(message, "missing field ") {
             let key = join(field);
-            return ConfigError::MissingKey {
-                origin: self.of(&key),
-                key,
-            };
+            return ConfigError::MissingKey { origin: self.of(&key), key };
         }
         ConfigError::Invalid {
             origin: Some(self.of(&key)),

@@ -45,44 +45,26 @@ pub const DEFAULT_PATH: &str = "/etc/posbridge/posbridge.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Read { path: PathBuf, error: std::io::Error },
     #[error("environment variable {name} is not valid UTF-8")]
     EnvNotUnicode { name: String },
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
     #[error("unknown key \"{key}\" in {origin}{}", hint(expected))]
-    UnknownKey {
-        key: String,
-        origin: String,
-        expected: Option<String>,
-    },
+    UnknownKey { key: String, origin: String, expected: Option<String> },
     #[error("missing key \"{key}\" in {origin}")]
     MissingKey { key: String, origin: String },
     #[error("{key}: {message}{}", origin.as_deref().map(|o| format!(" (in {o})")).unwrap_or_default())]
-    Invalid {
-        key: String,
-        message: String,
-        origin: Option<String>,
-    },
+    Invalid { key: String, message: String, origin: Option<String> },
 }
 
 fn hint(expected: &Option<String>) -> String {
-    expected
-        .as_deref()
-        .map(|e| format!("; expected {e}"))
-        .unwrap_or_default()
+    expected.as_deref().map(|e| format!("; expected {e}")).unwrap_or_default()
 }
 
 impl ConfigError {
     pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            message: message.into(),
-            origin: None,
-        }
+        ConfigError::Invalid { key: key.into(), message: message.into(), origin: None }
     }
 }
 
@@ -170,11 +152,7 @@ pub struct CommandsConfig {
 
 impl Default for CommandsConfig {
     fn default() -> Self {
-        CommandsConfig {
-            default_ttl: Duration::from_secs(120),
-            max_bytes: 65536,
-            queue_depth: 16,
-        }
+        CommandsConfig { default_ttl: Duration::from_secs(120), max_bytes: 65536, queue_depth: 16 }
     }
 }
 
@@ -221,9 +199,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig {
-            interval: Duration::from_secs(60),
-        }
+        TelemetryConfig { interval: Duration::from_secs(60) }
     }
 }
 
@@ -237,10 +213,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Auto,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Auto, level: "info".into() }
     }
 }
 

@@ -103,10 +103,7 @@ pub(super) fn write_file(text: &str) -> (tempfile::TempDir, PathBuf) {
 pub(super) fn load(text: &str, env: &[(&str, &str)]) -> (Result<Config, ConfigError>, String) {
     let (_dir, path) = write_file(text);
     let env = env.iter().map(|&(k, v)| (k, v));
-    (
-        Config::load_with_env(&path, env),
-        path.display().to_string(),
-    )
+    (Config::load_with_env(&path, env), path.display().to_string())
 }
 
 pub(super) fn error(text: &str) -> String {

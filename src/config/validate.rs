@@ -74,10 +74,7 @@ impl Config {
             if let Some(j) = kids.insert(key.kid.as_str(), i) {
                 return invalid(
                     format!("{at}.kid"),
-                    format!(
-                        "duplicate kid {:?} (also security.command_keys[{j}])",
-                        key.kid
-                    ),
+                    format!("duplicate kid {:?} (also security.command_keys[{j}])", key.kid),
                 );
             }
             if key.public_key_file.as_os_str().is_empty() {
@@ -103,10 +100,7 @@ impl Config {
             if let Some(j) = ids.insert(terminal.id(), i) {
                 return invalid(
                     format!("{at}.id"),
-                    format!(
-                        "duplicate terminal id {:?} (also terminals[{j}])",
-                        terminal.id()
-                    ),
+                    format!("duplicate terminal id {:?} (also terminals[{j}])", terminal.id()),
                 );
             }
             terminal.validate(&at)?;
@@ -175,11 +169,7 @@ fn parse_endpoint(key: &str, url: &str) -> Result<MqttEndpoint> {
         return invalid(key, format!("{url:?} has a path; {expected}"));
     }
     let (host, port) = split_host_port(authority).or_else(|m| invalid(key, m))?;
-    Ok(MqttEndpoint {
-        tls,
-        host,
-        port: port.unwrap_or(default_port),
-    })
+    Ok(MqttEndpoint { tls, host, port: port.unwrap_or(default_port) })
 }
 
 impl MqttConfig {
@@ -214,14 +204,8 @@ impl MqttConfig {
         }
         // A broker password in clear text on the shop's network: only when asked for (or
         // to this machine itself).
-        let key = if self.urls.is_empty() {
-            "mqtt.url"
-        } else {
-            "mqtt.urls"
-        };
-        let clear = endpoints
-            .iter()
-            .any(|e| !e.tls && !is_loopback_host(&e.host));
+        let key = if self.urls.is_empty() { "mqtt.url" } else { "mqtt.urls" };
+        let clear = endpoints.iter().any(|e| !e.tls && !is_loopback_host(&e.host));
         if clear && self.password_file.is_some() && !self.allow_plaintext {
             return invalid(
                 key,
@@ -268,10 +252,7 @@ impl KaspiTerminal {
         }
         if let Some(name) = &self.tls_name {
             if !is_host(name) {
-                return invalid(
-                    format!("{at}.tls_name"),
-                    format!("{name:?} is not a host name"),
-                );
+                return invalid(format!("{at}.tls_name"), format!("{name:?} is not a host name"));
             }
         }
         if self.register_name.trim().is_empty() {
@@ -319,10 +300,7 @@ impl TokenTerminal {
             );
         }
         if !matches!(self.quantity_scale, 1 | 10 | 100 | 1000 | 10000) {
-            return invalid(
-                format!("{at}.quantity_scale"),
-                "must be 1, 10, 100, 1000 or 10000",
-            );
+            return invalid(format!("{at}.quantity_scale"), "must be 1, 10, 100, 1000 or 10000");
         }
         check_positive(&format!("{at}.connect_timeout"), self.connect_timeout)?;
         check_positive(&format!("{at}.op_timeout"), self.op_timeout)?;
@@ -344,14 +322,12 @@ impl PaywallTerminal {
             }
         }
         match &self.terminal_guid {
-            Some(guid) if !GUID.is_match(guid) => invalid(
-                format!("{at}.terminal_guid"),
-                format!("{guid:?} is not a GUID"),
-            ),
-            None if self.mode != ProviderMode::Disabled => invalid(
-                format!("{at}.terminal_guid"),
-                "required unless mode = \"disabled\"",
-            ),
+            Some(guid) if !GUID.is_match(guid) => {
+                invalid(format!("{at}.terminal_guid"), format!("{guid:?} is not a GUID"))
+            }
+            None if self.mode != ProviderMode::Disabled => {
+                invalid(format!("{at}.terminal_guid"), "required unless mode = \"disabled\"")
+            }
             _ => Ok(()),
         }
     }
@@ -366,10 +342,7 @@ impl KuveytTerminal {
                 "must be at least 2s (kuveyt.md: verify every few seconds)",
             );
         }
-        for (name, url) in [
-            ("return_url", &self.return_url),
-            ("cancel_url", &self.cancel_url),
-        ] {
+        for (name, url) in [("return_url", &self.return_url), ("cancel_url", &self.cancel_url)] {
             if let Some(url) = url {
                 check_http_url(&format!("{at}.{name}"), url)?;
             }
@@ -394,10 +367,7 @@ fn is_loopback_url(url: &str) -> bool {
 
 /// The URL of the active mode is required; any URL given must be well formed.
 fn check_mode_urls(
-    at: &str,
-    mode: ProviderMode,
-    test_url: &Option<String>,
-    live_url: &Option<String>,
+    at: &str, mode: ProviderMode, test_url: &Option<String>, live_url: &Option<String>,
 ) -> Result {
     let active = match mode {
         ProviderMode::Test => Some("test_url"),
@@ -471,12 +441,7 @@ fn check_http_url(key: &str, url: &str) -> Result<bool> {
     let https = match scheme.to_ascii_lowercase().as_str() {
         "https" => true,
         "http" => false,
-        _ => {
-            return invalid(
-                key,
-                format!("scheme {scheme:?}: expected http:// or https://"),
-            )
-        }
+        _ => return invalid(key, format!("scheme {scheme:?}: expected http:// or https://")),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
@@ -500,11 +465,7 @@ fn split_host_port(text: &str) -> std::result::Result<(String, Option<u16>), Str
         }
         let port = match after {
             "" => None,
-            _ => Some(
-                after
-                    .strip_prefix(':')
-                    .ok_or(format!("{text:?}: junk after ']'"))?,
-            ),
+            _ => Some(after.strip_prefix(':').ok_or(format!("{text:?}: junk after ']'"))?),
         };
         (v6, port)
     } else {
@@ -517,9 +478,7 @@ fn split_host_port(text: &str) -> std::result::Result<(String, Option<u16>), Str
         }
     };
     if !host.contains(':') && !is_host(host) {
-        return Err(format!(
-            "{text:?}: {host:?} is not a host name or IP address"
-        ));
+        return Err(format!("{text:?}: {host:?} is not a host name or IP address"));
     }
     let port = match port {
         None => None,
@@ -534,9 +493,7 @@ fn split_host_port(text: &str) -> std::result::Result<(String, Option<u16>), Str
 fn is_host(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// Hides `user:password@` in a URL (for printing a config that was never validated).

@@ -43,16 +43,8 @@ pub enum Refusal {
 /// A definite answer from the device, checked against the request it answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Approved {
-        payment: Option<Box<PaymentInfo>>,
-        device: Option<Value>,
-    },
-    Refused {
-        refusal: Refusal,
-        message: String,
-        device_code: Option<Value>,
-        device: Option<Value>,
-    },
+    Approved { payment: Option<Box<PaymentInfo>>, device: Option<Value> },
+    Refused { refusal: Refusal, message: String, device_code: Option<Value>, device: Option<Value> },
 }
 
 /// What one attempt (the first request, or asking again) learned.
@@ -71,18 +63,11 @@ pub enum Fact {
     Unreadable { why: String, raw: Value },
     /// The device knows the operation and says it is still running (or "unknown" for now),
     /// with the device's own code when it gave one.
-    Pending {
-        why: String,
-        device: Option<Value>,
-        device_code: Option<Value>,
-    },
+    Pending { why: String, device: Option<Value>, device_code: Option<Value> },
     /// The device says it has no record of the request. `guarantee` cites the protocol
     /// line that makes this mean "never received"; without one it proves nothing (the
     /// device may not have processed the request yet, or its listing may lag).
-    Absent {
-        why: String,
-        guarantee: Option<&'static str>,
-    },
+    Absent { why: String, guarantee: Option<&'static str> },
     /// The request may have reached the device and the device offers no way to ask
     /// about it (e.g. Kaspi before its `processId` arrived).
     CannotAsk { why: String },
@@ -90,10 +75,7 @@ pub enum Fact {
 
 impl Fact {
     pub fn approved(payment: Option<PaymentInfo>, device: Option<Value>) -> Fact {
-        Fact::Answer(Answer::Approved {
-            payment: payment.map(Box::new),
-            device,
-        })
+        Fact::Answer(Answer::Approved { payment: payment.map(Box::new), device })
     }
 
     pub fn refused(refusal: Refusal, message: impl Into<String>, device: Option<Value>) -> Fact {
@@ -106,10 +88,7 @@ impl Fact {
     }
 
     pub fn not_sent(why: NotSentWhy, message: impl Into<String>) -> Fact {
-        Fact::NotSent {
-            why,
-            message: message.into(),
-        }
+        Fact::NotSent { why, message: message.into() }
     }
 
     /// An op the driver does not run (the engine refuses those at admission; this is
@@ -122,25 +101,15 @@ impl Fact {
     }
 
     pub fn lost(why: impl Into<String>) -> Fact {
-        Fact::Lost {
-            why: why.into(),
-            device: None,
-        }
+        Fact::Lost { why: why.into(), device: None }
     }
 
     pub fn unreadable(why: impl Into<String>, raw: Value) -> Fact {
-        Fact::Unreadable {
-            why: why.into(),
-            raw,
-        }
+        Fact::Unreadable { why: why.into(), raw }
     }
 
     pub fn pending(why: impl Into<String>) -> Fact {
-        Fact::Pending {
-            why: why.into(),
-            device: None,
-            device_code: None,
-        }
+        Fact::Pending { why: why.into(), device: None, device_code: None }
     }
 
     /// The device's own code on a refusal (ignored on other facts).
@@ -178,12 +147,7 @@ impl Fact {
                     opt(&mut p.receipt);
                 }
             }
-            Fact::Answer(Answer::Refused {
-                message,
-                device_code,
-                device,
-                ..
-            }) => {
+            Fact::Answer(Answer::Refused { message, device_code, device, .. }) => {
                 text(message);
                 opt(device_code);
                 opt(device);
@@ -196,11 +160,7 @@ impl Fact {
                 text(why);
                 mask_value(raw);
             }
-            Fact::Pending {
-                why,
-                device,
-                device_code,
-            } => {
+            Fact::Pending { why, device, device_code } => {
                 text(why);
                 opt(device);
                 opt(device_code);

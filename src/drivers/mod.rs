@@ -153,10 +153,7 @@ pub trait Driver: Send + Sync {
     /// The engine calls it until a definite answer or the window closes.
     async fn ask(&self, _ctx: &mut OpContext, _left: Duration) -> Fact {
         Fact::CannotAsk {
-            why: format!(
-                "a {} terminal cannot be asked about an operation",
-                self.kind()
-            ),
+            why: format!("a {} terminal cannot be asked about an operation", self.kind()),
         }
     }
 

@@ -9,15 +9,9 @@ use crate::store::{CommandRecord, StoreError};
 
 impl Inner {
     pub(super) fn accept_device_op(
-        &self,
-        rec: &mut CommandRecord,
+        &self, rec: &mut CommandRecord,
     ) -> Result<Vec<After>, StoreError> {
-        let tid = rec
-            .cmd
-            .terminal
-            .as_ref()
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let tid = rec.cmd.terminal.as_ref().map(|t| t.to_string()).unwrap_or_default();
         let Some(term) = self.terminals.get(&tid).cloned() else {
             return self.reject(
                 rec,

@@ -11,10 +11,7 @@ use super::{deadline, Inner};
 impl Inner {
     /// Why `cmd` may not run here, if it may not.
     pub(super) fn misdirected(
-        &self,
-        cmd: &crate::api::Command,
-        signed: bool,
-        now: chrono::DateTime<Utc>,
+        &self, cmd: &crate::api::Command, signed: bool, now: chrono::DateTime<Utc>,
     ) -> Option<String> {
         match cmd.agent.as_deref() {
             Some(a) if a != self.cfg.agent_id => {

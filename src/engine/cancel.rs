@@ -36,11 +36,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
     } else {
         format!("{target:?} is already running on the terminal, which cannot cancel it; it goes on to its real outcome")
     };
-    inner.finalize(
-        &mut rec,
-        Outcome::failed(ErrorCode::NotCancellable, why),
-        &[],
-    )?;
+    inner.finalize(&mut rec, Outcome::failed(ErrorCode::NotCancellable, why), &[])?;
     Ok(vec![])
 }
 
@@ -48,11 +44,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
 /// running or finished). Queue membership, not the stored state, decides: the worker pops
 /// under the same lock.
 fn dequeue(inner: &Inner, t: &CommandRecord) -> bool {
-    let Some(term) = t
-        .cmd
-        .terminal
-        .as_ref()
-        .and_then(|tid| inner.terminals.get(tid.as_str()))
+    let Some(term) = t.cmd.terminal.as_ref().and_then(|tid| inner.terminals.get(tid.as_str()))
     else {
         return false;
     };
@@ -70,10 +62,7 @@ pub(super) async fn run_cancel(inner: &Inner, cancel_id: &str) -> Result<(), Sto
     };
     let target_id = rec.cmd.target().map(|t| t.to_string()).unwrap_or_default();
     let target = inner.store.get(&target_id)?;
-    let outcome = match (
-        &target,
-        target.as_ref().and_then(|t| queries::device_of(inner, t)),
-    ) {
+    let outcome = match (&target, target.as_ref().and_then(|t| queries::device_of(inner, t))) {
         (Some(t), Some(d)) if !t.state.is_final() => match d.cancel_running(t).await {
             Ok(()) => Outcome::succeeded(None, None),
             Err(e) => Outcome::failed(ErrorCode::NotCancellable, "").with_error(e),

@@ -29,10 +29,7 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new() -> TokioClock {
-        TokioClock {
-            wall: Utc::now(),
-            at: tokio::time::Instant::now(),
-        }
+        TokioClock { wall: Utc::now(), at: tokio::time::Instant::now() }
     }
 }
 

@@ -14,9 +14,7 @@ use crate::store::CommandRecord;
 
 /// The deadline of a command received at `received`.
 pub(super) fn of(
-    expires_at: Option<DateTime<Utc>>,
-    received: DateTime<Utc>,
-    default_ttl: Duration,
+    expires_at: Option<DateTime<Utc>>, received: DateTime<Utc>, default_ttl: Duration,
 ) -> DateTime<Utc> {
     expires_at.unwrap_or_else(|| {
         received + chrono::Duration::from_std(default_ttl).unwrap_or(chrono::Duration::seconds(120))
@@ -36,9 +34,7 @@ pub(super) fn passed(rec: &CommandRecord, now: DateTime<Utc>) -> bool {
 /// Why a signed command's deadline is not acceptable, if it is not: missing, or more than
 /// `max_age` ahead of receipt (a captured envelope must not stay usable for long).
 pub(super) fn signed_problem(
-    expires_at: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    max_age: Duration,
+    expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>, max_age: Duration,
 ) -> Option<String> {
     let max = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::minutes(15));
     match expires_at {

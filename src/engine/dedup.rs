@@ -18,10 +18,7 @@ impl Inner {
     /// A command whose id the store already holds: `Err` with the refusal when a signed
     /// command reuses the id under another signature (replay or forgery), else `Ok`.
     pub(super) fn same_signature(
-        &self,
-        rec: &CommandRecord,
-        sig: &Option<String>,
-        payload: &[u8],
+        &self, rec: &CommandRecord, sig: &Option<String>, payload: &[u8],
     ) -> Result<(), Rejection> {
         if sig.is_some() && rec.sig != *sig {
             let mut rej = Rejection::new(
@@ -58,11 +55,8 @@ impl Inner {
 /// Keep the store within `store.retention`: at start, then hourly — unless the wall clock
 /// jumped (see [`ClockGuard`]).
 pub(super) async fn prune_loop(inner: Arc<Inner>) {
-    let mut guard = ClockGuard::new(
-        inner.cfg.clock.now(),
-        std::time::Instant::now(),
-        inner.cfg.retention,
-    );
+    let mut guard =
+        ClockGuard::new(inner.cfg.clock.now(), std::time::Instant::now(), inner.cfg.retention);
     loop {
         let keep =
             chrono::Duration::from_std(inner.cfg.retention).unwrap_or(chrono::Duration::days(30));
@@ -100,19 +94,12 @@ impl ClockGuard {
     const TOLERANCE: Duration = Duration::from_secs(300);
 
     fn new(wall: DateTime<Utc>, mono: std::time::Instant, retention: Duration) -> Self {
-        ClockGuard {
-            wall,
-            mono,
-            retention,
-            paused_until: None,
-        }
+        ClockGuard { wall, mono, retention, paused_until: None }
     }
 
     /// `Err(jump)` while pruning must wait.
     fn may_prune(
-        &mut self,
-        wall: DateTime<Utc>,
-        mono: std::time::Instant,
+        &mut self, wall: DateTime<Utc>, mono: std::time::Instant,
     ) -> Result<(), chrono::Duration> {
         let real = chrono::Duration::from_std(mono.saturating_duration_since(self.mono))
             .unwrap_or(chrono::Duration::zero());
@@ -148,25 +135,18 @@ mod tests {
         let mut g = ClockGuard::new(t0, m0, day);
         // Steady: wall and monotonic move together (small NTP slews pass).
         assert!(g
-            .may_prune(
-                t0 + chrono::Duration::hours(1) + chrono::Duration::seconds(2),
-                m0 + hour
-            )
+            .may_prune(t0 + chrono::Duration::hours(1) + chrono::Duration::seconds(2), m0 + hour)
             .is_ok());
         // A week forward in an hour: paused.
         let wall = t0 + chrono::Duration::hours(2) + chrono::Duration::days(7);
         assert!(g.may_prune(wall, m0 + 2 * hour).is_err());
         // Still paused an hour later (the clock now moves normally)…
-        assert!(g
-            .may_prune(wall + chrono::Duration::hours(1), m0 + 3 * hour)
-            .is_err());
+        assert!(g.may_prune(wall + chrono::Duration::hours(1), m0 + 3 * hour).is_err());
         // …until a retention of real time has passed since the jump.
         let later = m0 + 2 * hour + day + hour;
         let wall_later = wall + chrono::Duration::days(1) + chrono::Duration::hours(1);
         assert!(g.may_prune(wall_later, later).is_ok());
         // Backwards counts too.
-        assert!(g
-            .may_prune(wall_later - chrono::Duration::days(3), later + hour)
-            .is_err());
+        assert!(g.may_prune(wall_later - chrono::Duration::days(3), later + hour).is_err());
     }
 }

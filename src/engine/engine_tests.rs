@@ -50,20 +50,14 @@ impl Fake {
 
     /// Answers `first` once released.
     fn gated(first: Fact) -> Fake {
-        Fake {
-            gated: true,
-            ..Fake::new(first, vec![], Duration::ZERO)
-        }
+        Fake { gated: true, ..Fake::new(first, vec![], Duration::ZERO) }
     }
 }
 
 #[async_trait]
 impl Driver for Fake {
     fn caps(&self) -> &'static Caps {
-        &Caps {
-            kind: "fake",
-            ops: &[],
-        }
+        &Caps { kind: "fake", ops: &[] }
     }
     fn supports(&self, _op: Op) -> bool {
         true
@@ -71,9 +65,7 @@ impl Driver for Fake {
     async fn execute(&self, ctx: &mut OpContext) -> Fact {
         self.executed.fetch_add(1, Ordering::SeqCst);
         if !matches!(self.first, Fact::NotSent { .. }) {
-            ctx.sending("fake_sending", json!({}))
-                .await
-                .expect("journal");
+            ctx.sending("fake_sending", json!({})).await.expect("journal");
         }
         if self.gated {
             self.started.notify_one();
@@ -93,11 +85,7 @@ impl Driver for Fake {
         self.window
     }
     async fn health(&self) -> Health {
-        Health {
-            state: crate::api::TerminalState::Connected,
-            identity: json!({}),
-            error: None,
-        }
+        Health { state: crate::api::TerminalState::Connected, identity: json!({}), error: None }
     }
 }
 
@@ -130,10 +118,7 @@ async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("store")).expect("open");
     let clock = Arc::new(TokioClock::new());
-    let slow = Arc::new(Fake::gated(Fact::approved(
-        None,
-        Some(json!({ "ok": true })),
-    )));
+    let slow = Arc::new(Fake::gated(Fact::approved(None, Some(json!({ "ok": true })))));
     let (out, _out_rx) = mpsc::unbounded_channel();
     let engine = Engine::new(
         store.clone(),
@@ -156,31 +141,17 @@ async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
         CancellationToken::new(),
     );
     engine.start().expect("start");
-    engine
-        .intake_batch(vec![payment("first", None)])
-        .await
-        .expect("intake");
+    engine.intake_batch(vec![payment("first", None)]).await.expect("intake");
     slow.started.notified().await;
     // Queued behind the running payment, with five seconds to start.
     let deadline = clock.now() + chrono::Duration::seconds(5);
-    engine
-        .intake_batch(vec![payment("second", Some(deadline))])
-        .await
-        .expect("intake");
+    engine.intake_batch(vec![payment("second", Some(deadline))]).await.expect("intake");
     tokio::time::advance(Duration::from_secs(10)).await;
     slow.release.notify_one();
     assert_eq!(state_of(&store, "first").await, CmdState::Succeeded);
     assert_eq!(state_of(&store, "second").await, CmdState::Expired);
     let second = store.get("second").expect("get").expect("stored");
-    let why = second
-        .result
-        .and_then(|r| r.error)
-        .map(|e| e.message)
-        .unwrap_or_default();
+    let why = second.result.and_then(|r| r.error).map(|e| e.message).unwrap_or_default();
     assert!(why.contains("while queued"), "{why}");
-    assert_eq!(
-        slow.executed.load(Ordering::SeqCst),
-        1,
-        "the terminal ran only the first"
-    );
+    assert_eq!(slow.executed.load(Ordering::SeqCst), 1, "the terminal ran only the first");
 }

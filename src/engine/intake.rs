@@ -36,8 +36,7 @@ const MAX_BATCH: usize = 256;
 impl Engine {
     /// Run the intake loop until the channel closes or shutdown is requested.
     pub async fn run_intake(
-        &self,
-        mut rx: mpsc::UnboundedReceiver<Incoming>,
+        &self, mut rx: mpsc::UnboundedReceiver<Incoming>,
         gate: std::sync::Arc<crate::bus::gate::Gate>,
     ) {
         let mut beat = tokio::time::interval(crate::systemd::BEAT_INTERVAL);
@@ -79,10 +78,7 @@ impl Engine {
         let mut after: Vec<After> = Vec::new();
         let mut ids: Vec<String> = Vec::new();
         for m in batch {
-            inner
-                .stats
-                .commands_received
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner.stats.commands_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             after.extend(inner.accept(&m.payload, m.received, &mut ids)?);
             acks.push(m.ack);
         }
@@ -106,12 +102,12 @@ impl Engine {
                         t.wake.notify_one();
                     }
                 }
-                After::Query(id) => spawn_answer(inner, id, "status", |i, id| {
-                    Box::pin(queries::run_query(i, id))
-                }),
-                After::List(id) => spawn_answer(inner, id, "list", |i, id| {
-                    Box::pin(queries::run_list(i, id))
-                }),
+                After::Query(id) => {
+                    spawn_answer(inner, id, "status", |i, id| Box::pin(queries::run_query(i, id)))
+                }
+                After::List(id) => {
+                    spawn_answer(inner, id, "list", |i, id| Box::pin(queries::run_list(i, id)))
+                }
                 After::CancelRunning(id) => spawn_answer(inner, id, "cancel", |i, id| {
                     Box::pin(super::cancel::run_cancel(i, id))
                 }),
@@ -125,10 +121,7 @@ impl Inner {
     /// Validate one payload and write what it leads to (record and/or outbox result).
     /// `ids` collects the ids of new commands (for the stage timestamps).
     fn accept(
-        self: &Arc<Self>,
-        payload: &[u8],
-        received: u64,
-        ids: &mut Vec<String>,
+        self: &Arc<Self>, payload: &[u8], received: u64, ids: &mut Vec<String>,
     ) -> Result<Vec<After>, StoreError> {
         if payload.len() > self.cfg.max_bytes * 2 + 1024 {
             // Far too big even for an envelope: refuse before decoding anything.
@@ -189,23 +182,18 @@ impl Inner {
 
     /// A payload refused before it became a command: result with `"id": null`.
     pub(super) fn refuse(
-        &self,
-        rej: Option<crate::api::Rejection>,
+        &self, rej: Option<crate::api::Rejection>,
     ) -> Result<Vec<After>, StoreError> {
         if let Some(rej) = rej {
             tracing::warn!(code = ?rej.code, error = %rej.message, "payload refused");
             self.stats.count(FinalState::Rejected);
-            self.store
-                .write(&[], &[OutMsg::result(&ResultMsg::rejected(&rej))])?;
+            self.store.write(&[], &[OutMsg::result(&ResultMsg::rejected(&rej))])?;
         }
         Ok(vec![])
     }
 
     pub(super) fn reject(
-        &self,
-        rec: &mut CommandRecord,
-        code: ErrorCode,
-        msg: String,
+        &self, rec: &mut CommandRecord, code: ErrorCode, msg: String,
     ) -> Result<Vec<After>, StoreError> {
         tracing::warn!(code = ?code, error = %msg, "command rejected");
         let o = if code == ErrorCode::Expired {

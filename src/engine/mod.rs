@@ -143,11 +143,8 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        store: Store,
-        cfg: EngineConfig,
-        drivers: Vec<(String, DynDriver)>,
-        outbox_notify: Arc<Notify>,
-        out: mpsc::UnboundedSender<Outbound>,
+        store: Store, cfg: EngineConfig, drivers: Vec<(String, DynDriver)>,
+        outbox_notify: Arc<Notify>, out: mpsc::UnboundedSender<Outbound>,
         shutdown: CancellationToken,
     ) -> Engine {
         let terminals = drivers
@@ -160,10 +157,7 @@ impl Engine {
                     wake: Notify::new(),
                     resume: Mutex::new(Vec::new()),
                     running: Mutex::new(None),
-                    state: Mutex::new(TerminalView {
-                        state: None,
-                        ..Default::default()
-                    }),
+                    state: Mutex::new(TerminalView { state: None, ..Default::default() }),
                 };
                 (id, Arc::new(t))
             })
@@ -255,19 +249,13 @@ impl Engine {
     pub fn start(&self) -> Result<(), StoreError> {
         resume::hand_back(&self.inner)?;
         let inner = self.inner.clone();
-        self.inner
-            .tasks
-            .spawn(async move { dedup::prune_loop(inner).await });
+        self.inner.tasks.spawn(async move { dedup::prune_loop(inner).await });
         let inner = self.inner.clone();
-        self.inner
-            .tasks
-            .spawn(async move { checkpoint_loop(inner).await });
+        self.inner.tasks.spawn(async move { checkpoint_loop(inner).await });
         for t in self.inner.terminals.values() {
             let inner = self.inner.clone();
             let t = t.clone();
-            self.inner
-                .tasks
-                .spawn(async move { worker::run(inner, t).await });
+            self.inner.tasks.spawn(async move { worker::run(inner, t).await });
         }
         Ok(())
     }
@@ -275,9 +263,7 @@ impl Engine {
     /// Wait for the workers to reach a journalled point after shutdown was requested.
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.inner.tasks.close();
-        tokio::time::timeout(timeout, self.inner.tasks.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
     }
 }
 
@@ -306,20 +292,14 @@ impl Inner {
     /// Put a record into its final state and its result into the outbox, in one atomic
     /// write. The caller commits.
     fn finalize(
-        &self,
-        rec: &mut CommandRecord,
-        outcome: Outcome,
-        extra: &[&CommandRecord],
+        &self, rec: &mut CommandRecord, outcome: Outcome, extra: &[&CommandRecord],
     ) -> Result<ResultMsg, StoreError> {
         self.finalize_with(rec, outcome, extra, |_| {})
     }
 
     /// [`Inner::finalize`], letting the caller add answer fields (`items`, `target`, …).
     fn finalize_with(
-        &self,
-        rec: &mut CommandRecord,
-        outcome: Outcome,
-        extra: &[&CommandRecord],
+        &self, rec: &mut CommandRecord, outcome: Outcome, extra: &[&CommandRecord],
         decorate: impl FnOnce(&mut ResultMsg),
     ) -> Result<ResultMsg, StoreError> {
         let now = self.cfg.clock.now();
@@ -358,10 +338,7 @@ impl Inner {
 
     /// [`Inner::finish`], letting the caller add answer fields (`items`, `target`, …).
     async fn finish_with(
-        &self,
-        rec: &mut CommandRecord,
-        outcome: Outcome,
-        decorate: impl FnOnce(&mut ResultMsg),
+        &self, rec: &mut CommandRecord, outcome: Outcome, decorate: impl FnOnce(&mut ResultMsg),
     ) -> Result<(), StoreError> {
         let res = self.finalize_with(rec, outcome, &[], decorate)?;
         self.store.commit().await?;
@@ -376,10 +353,7 @@ impl Inner {
     }
 
     fn set_terminal_state(
-        &self,
-        t: &Terminal,
-        state: crate::api::TerminalState,
-        identity: Option<Value>,
+        &self, t: &Terminal, state: crate::api::TerminalState, identity: Option<Value>,
         err: Option<String>,
     ) {
         let payload = {
@@ -417,9 +391,6 @@ impl Inner {
             }
             p
         };
-        let _ = self.out.send(Outbound::Terminal {
-            id: t.id.clone(),
-            payload,
-        });
+        let _ = self.out.send(Outbound::Terminal { id: t.id.clone(), payload });
     }
 }

@@ -51,10 +51,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
             }
         }
         Op::Cancel => return super::cancel::answer(inner, rec),
-        _ => (
-            Outcome::rejected(ErrorCode::UnsupportedOp, "not an engine op"),
-            Answer::None,
-        ),
+        _ => (Outcome::rejected(ErrorCode::UnsupportedOp, "not an engine op"), Answer::None),
     };
     inner.finalize_with(&mut rec, outcome, &[], |res| match answer {
         Answer::None => {}
@@ -65,10 +62,7 @@ pub(super) fn answer(inner: &Arc<Inner>, mut rec: CommandRecord) -> Result<Vec<A
 }
 
 pub(super) fn not_found(target: &str) -> Outcome {
-    Outcome::rejected(
-        ErrorCode::NotFound,
-        format!("no command {target:?} is known to this agent"),
-    )
+    Outcome::rejected(ErrorCode::NotFound, format!("no command {target:?} is known to this agent"))
 }
 
 /// Records one `list` page may look at; past this the page ends with `next` even if it
@@ -113,12 +107,7 @@ fn list(inner: &Inner, rec: &CommandRecord) -> Result<(Vec<Value>, Option<String
                 break;
             }
         }
-        if rec
-            .cmd
-            .terminal
-            .as_ref()
-            .is_some_and(|t| r.cmd.terminal.as_ref() != Some(t))
-        {
+        if rec.cmd.terminal.as_ref().is_some_and(|t| r.cmd.terminal.as_ref() != Some(t)) {
             continue;
         }
         if query.state.as_ref().is_some_and(|s| r.state.as_str() != s) {
@@ -207,8 +196,6 @@ pub(super) async fn run_query(inner: &Inner, status_id: &str) -> Result<(), Stor
     }
     let summary = target.summary();
     inner
-        .finish_with(&mut rec, Outcome::succeeded(None, None), |res| {
-            res.target = Some(summary)
-        })
+        .finish_with(&mut rec, Outcome::succeeded(None, None), |res| res.target = Some(summary))
         .await
 }

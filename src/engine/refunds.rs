@@ -14,8 +14,7 @@ impl Inner {
     /// The succeeded payment on the same terminal whose transaction id a refund names
     /// (looked for among the newest [`MAX_REFUND_SCAN`] records).
     pub(super) fn payment_by_transaction(
-        &self,
-        cmd: &crate::api::Command,
+        &self, cmd: &crate::api::Command,
     ) -> Result<Option<String>, StoreError> {
         let Some(tx) = cmd.refund().and_then(|r| r.transaction_id.as_deref()) else {
             return Ok(None);
@@ -41,9 +40,7 @@ impl Inner {
     /// Refund by `original`: the payment must be ours, on the same terminal, succeeded, and
     /// not over-refunded (counting refunds still running or unknown).
     pub(super) fn check_refund(
-        &self,
-        cmd: &mut Command,
-        orig_id: &str,
+        &self, cmd: &mut Command, orig_id: &str,
     ) -> Result<Result<CommandRecord, (ErrorCode, String)>, StoreError> {
         let Some(orig) = self.store.get(orig_id)? else {
             return Ok(Err((
@@ -97,11 +94,7 @@ impl Inner {
                 ),
             )));
         }
-        let pay = orig
-            .result
-            .as_ref()
-            .and_then(|r| r.payment.clone())
-            .unwrap_or_default();
+        let pay = orig.result.as_ref().and_then(|r| r.payment.clone()).unwrap_or_default();
         let currency = orig.cmd.currency().cloned();
         if let Some(r) = cmd.refund_mut() {
             r.transaction_id = pay.transaction_id;

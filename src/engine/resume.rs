@@ -109,11 +109,7 @@ mod tests {
     use super::*;
 
     fn record(op: &str, sent: bool, expired: bool) -> CommandRecord {
-        let extra = if op == "refund" {
-            r#","original":"p-1""#
-        } else {
-            r#","currency":"AZN""#
-        };
+        let extra = if op == "refund" { r#","original":"p-1""# } else { r#","currency":"AZN""# };
         let cmd = crate::api::parse_command(
             format!(r#"{{"v":1,"id":"c-1","op":"{op}","terminal":"t","amount":500{extra}}}"#)
                 .as_bytes(),
@@ -153,10 +149,7 @@ mod tests {
             ];
             for ((sent, late, resuming), want) in cases {
                 let got = first_step(&record(op, sent, late), resuming, now);
-                assert_eq!(
-                    got, want,
-                    "{op} sent={sent} late={late} resuming={resuming}"
-                );
+                assert_eq!(got, want, "{op} sent={sent} late={late} resuming={resuming}");
             }
         }
     }

@@ -34,21 +34,11 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(super) fn succeeded(payment: Option<PaymentInfo>, device: Option<Value>) -> Self {
-        Outcome {
-            state: FinalState::Succeeded,
-            payment,
-            device,
-            error: None,
-        }
+        Outcome { state: FinalState::Succeeded, payment, device, error: None }
     }
 
     fn ended(state: FinalState, code: ErrorCode, message: String, device: Option<Value>) -> Self {
-        Outcome {
-            state,
-            payment: None,
-            device,
-            error: Some(ErrorBody::new(code, message)),
-        }
+        Outcome { state, payment: None, device, error: Some(ErrorBody::new(code, message)) }
     }
 
     pub(super) fn failed(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -60,28 +50,16 @@ impl Outcome {
     }
 
     pub(super) fn expired(message: impl Into<String>) -> Self {
-        Outcome::ended(
-            FinalState::Expired,
-            ErrorCode::Expired,
-            message.into(),
-            None,
-        )
+        Outcome::ended(FinalState::Expired, ErrorCode::Expired, message.into(), None)
     }
 
     pub(super) fn cancelled(message: impl Into<String>) -> Self {
-        Outcome::ended(
-            FinalState::Cancelled,
-            ErrorCode::CancelledByCustomer,
-            message.into(),
-            None,
-        )
+        Outcome::ended(FinalState::Cancelled, ErrorCode::CancelledByCustomer, message.into(), None)
     }
 
     /// Nobody can know; the result carries `needs_reconciliation: true`.
     pub(super) fn unknown(
-        code: ErrorCode,
-        message: impl Into<String>,
-        device: Option<Value>,
+        code: ErrorCode, message: impl Into<String>, device: Option<Value>,
     ) -> Self {
         Outcome::ended(FinalState::Unknown, code, message.into(), device)
     }
@@ -118,10 +96,7 @@ const MAX_DELAY: Duration = Duration::from_secs(2);
 /// Run one device op to its contract outcome. `None`: shutdown came while the device was
 /// being asked again; the command stays `running` and the next start resumes it.
 pub(crate) async fn run(
-    driver: &dyn Driver,
-    ctx: &mut OpContext,
-    entry: Entry,
-    shutdown: &CancellationToken,
+    driver: &dyn Driver, ctx: &mut OpContext, entry: Entry, shutdown: &CancellationToken,
     clock: &dyn super::clock::Clock,
 ) -> Option<Outcome> {
     let money = ctx.cmd().op().moves_money();
@@ -130,9 +105,7 @@ pub(crate) async fn run(
         // The request may have reached the device: never send it blindly again.
         FirstStep::Ask => None,
         FirstStep::Expire => {
-            return Some(Outcome::expired(
-                "deadline passed before the terminal was reached",
-            ))
+            return Some(Outcome::expired("deadline passed before the terminal was reached"))
         }
         FirstStep::Execute => {
             crate::stages::mark(&ctx.cmd().id, "device_call");
@@ -153,26 +126,18 @@ pub(crate) async fn run(
             Some(f) => f,
             None => {
                 attempts += 1;
-                driver
-                    .ask(ctx, deadline.saturating_duration_since(Instant::now()))
-                    .await
+                driver.ask(ctx, deadline.saturating_duration_since(Instant::now())).await
             }
         };
         // Before anything of it is logged, stored or published (mqtt-api.md 10).
         f.mask_card_numbers();
         match f {
             Fact::Answer(a) => {
-                let _ = ctx.note(
-                    "answer",
-                    json!({ "answer": answer_kind(&a), "asks": attempts }),
-                );
+                let _ = ctx.note("answer", json!({ "answer": answer_kind(&a), "asks": attempts }));
                 return Some(answered(a));
             }
             Fact::NotSent { why, message } if !asked => return Some(not_sent(why, message)),
-            Fact::Absent {
-                why,
-                guarantee: Some(g),
-            } => {
+            Fact::Absent { why, guarantee: Some(g) } => {
                 // The protocol guarantees the device never received it.
                 let msg = format!("{why} ({g}): the request never reached the device");
                 if !resuming {
@@ -217,12 +182,7 @@ pub(crate) async fn run(
 pub(super) fn answered(a: Answer) -> Outcome {
     match a {
         Answer::Approved { payment, device } => Outcome::succeeded(payment.map(|p| *p), device),
-        Answer::Refused {
-            refusal,
-            message,
-            device_code,
-            device,
-        } => {
+        Answer::Refused { refusal, message, device_code, device } => {
             let code = match refusal {
                 Refusal::Declined => ErrorCode::Declined,
                 Refusal::CancelledByCustomer => ErrorCode::CancelledByCustomer,
@@ -293,14 +253,7 @@ fn unknown_from(last: Fact, first: &str, asks: u32) -> Outcome {
     };
     let device = raw_of(&last).cloned();
     let mut o = Outcome::unknown(code, message, device);
-    if let (
-        Fact::Pending {
-            device_code: Some(c),
-            ..
-        },
-        Some(e),
-    ) = (&last, &mut o.error)
-    {
+    if let (Fact::Pending { device_code: Some(c), .. }, Some(e)) = (&last, &mut o.error) {
         e.device_code = Some(c.clone());
     }
     o

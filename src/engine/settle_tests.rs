@@ -59,15 +59,9 @@ fn ctx(rig: &Rig, op: &str, sent_before: bool, expired: bool) -> OpContext {
 const WINDOW: Duration = Duration::from_secs(3);
 
 async fn settle(fake: &Fake, ctx: &mut OpContext, entry: Entry) -> Outcome {
-    run(
-        fake,
-        ctx,
-        entry,
-        &CancellationToken::new(),
-        &crate::engine::clock::SystemClock,
-    )
-    .await
-    .expect("not shut down")
+    run(fake, ctx, entry, &CancellationToken::new(), &crate::engine::clock::SystemClock)
+        .await
+        .expect("not shut down")
 }
 
 fn code(o: &Outcome) -> Option<ErrorCode> {
@@ -75,17 +69,11 @@ fn code(o: &Outcome) -> Option<ErrorCode> {
 }
 
 fn absent() -> Fact {
-    Fact::Absent {
-        why: "no record".into(),
-        guarantee: None,
-    }
+    Fact::Absent { why: "no record".into(), guarantee: None }
 }
 
 fn absent_guaranteed() -> Fact {
-    Fact::Absent {
-        why: "no record".into(),
-        guarantee: Some("test protocol §1"),
-    }
+    Fact::Absent { why: "no record".into(), guarantee: Some("test protocol §1") }
 }
 
 #[tokio::test(start_paused = true)]
@@ -100,9 +88,7 @@ async fn live_facts_map_to_outcomes() {
     let unreachable = Fact::not_sent(N::Unreachable, "refused");
     let unreadable = Fact::unreadable("cut short", raw.clone());
     let wait = Fact::pending("wait");
-    let cannot_ask = Fact::CannotAsk {
-        why: "no key".into(),
-    };
+    let cannot_ask = Fact::CannotAsk { why: "no key".into() };
     let lost = Fact::lost("reset");
     // (first fact, scripted asks, state, code, asks made; u32::MAX: kept asking)
     type Row = (Fact, Vec<Fact>, FinalState, Option<ErrorCode>, u32);
@@ -144,26 +130,16 @@ async fn live_facts_map_to_outcomes() {
         }
         let asked = fake.asked.load(Ordering::SeqCst);
         if want_asks == u32::MAX {
-            assert!(
-                asked >= 2,
-                "row {i}: kept asking within the window ({asked})"
-            );
+            assert!(asked >= 2, "row {i}: kept asking within the window ({asked})");
         } else {
             assert_eq!(asked, want_asks, "row {i}: asks");
         }
-        assert_eq!(
-            fake.executed.load(Ordering::SeqCst),
-            1,
-            "row {i}: executed once"
-        );
+        assert_eq!(fake.executed.load(Ordering::SeqCst), 1, "row {i}: executed once");
         if matches!(first, Fact::Unreadable { .. }) {
             // The last fact was Lost (the script ran out); the first answer is in the
             // journal only as a reason. Asked again with an unreadable last answer:
-            let fake = Fake::new(
-                first.clone(),
-                vec![Fact::unreadable("again", raw.clone()); 100],
-                WINDOW,
-            );
+            let fake =
+                Fake::new(first.clone(), vec![Fact::unreadable("again", raw.clone()); 100], WINDOW);
             let mut c = ctx(&rig, "payment", false, false);
             let o = settle(&fake, &mut c, Entry::Live).await;
             assert_eq!(o.state, FinalState::Unknown);
@@ -176,16 +152,8 @@ async fn live_facts_map_to_outcomes() {
 #[tokio::test(start_paused = true)]
 async fn window_zero_live_says_unknown_without_asking() {
     let rig = rig();
-    for first in [
-        Fact::lost("reset"),
-        Fact::pending("unknown"),
-        Fact::unreadable("x", json!(1)),
-    ] {
-        let fake = Fake::new(
-            first.clone(),
-            vec![Fact::approved(None, None)],
-            Duration::ZERO,
-        );
+    for first in [Fact::lost("reset"), Fact::pending("unknown"), Fact::unreadable("x", json!(1))] {
+        let fake = Fake::new(first.clone(), vec![Fact::approved(None, None)], Duration::ZERO);
         let mut c = ctx(&rig, "payment", false, false);
         let o = settle(&fake, &mut c, Entry::Live).await;
         assert_eq!(o.state, FinalState::Unknown, "{first:?}");
@@ -198,35 +166,13 @@ async fn resume_asks_and_never_resends_a_maybe_sent_request() {
     let rig = rig();
     // (asks, window, state)
     let table: Vec<(Vec<Fact>, Duration, FinalState)> = vec![
-        (
-            vec![Fact::approved(None, None)],
-            WINDOW,
-            FinalState::Succeeded,
-        ),
-        (
-            vec![Fact::approved(None, None)],
-            Duration::ZERO,
-            FinalState::Succeeded,
-        ),
-        (
-            vec![Fact::refused(Refusal::Declined, "no", None)],
-            WINDOW,
-            FinalState::Failed,
-        ),
+        (vec![Fact::approved(None, None)], WINDOW, FinalState::Succeeded),
+        (vec![Fact::approved(None, None)], Duration::ZERO, FinalState::Succeeded),
+        (vec![Fact::refused(Refusal::Declined, "no", None)], WINDOW, FinalState::Failed),
         (vec![], WINDOW, FinalState::Unknown),
-        (
-            vec![Fact::not_sent(NotSentWhy::Unreachable, "down"); 100],
-            WINDOW,
-            FinalState::Unknown,
-        ),
+        (vec![Fact::not_sent(NotSentWhy::Unreachable, "down"); 100], WINDOW, FinalState::Unknown),
         (vec![absent(); 100], WINDOW, FinalState::Unknown),
-        (
-            vec![Fact::CannotAsk {
-                why: "no pid".into(),
-            }],
-            WINDOW,
-            FinalState::Unknown,
-        ),
+        (vec![Fact::CannotAsk { why: "no pid".into() }], WINDOW, FinalState::Unknown),
         (vec![Fact::lost("x")], Duration::ZERO, FinalState::Unknown),
     ];
     for (i, (asks, window, state)) in table.into_iter().enumerate() {
@@ -234,11 +180,7 @@ async fn resume_asks_and_never_resends_a_maybe_sent_request() {
         let mut c = ctx(&rig, "payment", true, false);
         let o = settle(&fake, &mut c, Entry::Resume).await;
         assert_eq!(o.state, state, "row {i}: {o:?}");
-        assert_eq!(
-            fake.executed.load(Ordering::SeqCst),
-            0,
-            "row {i}: never sent again"
-        );
+        assert_eq!(fake.executed.load(Ordering::SeqCst), 0, "row {i}: never sent again");
         assert!(fake.asked.load(Ordering::SeqCst) >= 1, "row {i}: asked");
     }
 }
@@ -300,15 +242,9 @@ async fn shutdown_while_asking_leaves_the_command_running() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         stopper.cancel();
     });
-    assert!(run(
-        &fake,
-        &mut c,
-        Entry::Live,
-        &stop,
-        &crate::engine::clock::SystemClock
-    )
-    .await
-    .is_none());
+    assert!(run(&fake, &mut c, Entry::Live, &stop, &crate::engine::clock::SystemClock)
+        .await
+        .is_none());
     assert!(c.record.maybe_sent(), "the resume will ask, not resend");
 }
 

@@ -69,11 +69,7 @@ async fn run_one(inner: &Inner, t: &Terminal, id: &str, resuming: bool) -> Resul
 }
 
 async fn run_record(
-    inner: &Inner,
-    t: &Terminal,
-    id: &str,
-    mut rec: crate::store::CommandRecord,
-    resuming: bool,
+    inner: &Inner, t: &Terminal, id: &str, mut rec: crate::store::CommandRecord, resuming: bool,
 ) -> Result<(), StoreError> {
     if resuming {
         tracing::warn!(
@@ -82,9 +78,7 @@ async fn run_record(
         );
         inner.set_terminal_state(t, TerminalState::Busy, None, None);
         let ctx = OpContext::new(rec, inner.store.clone(), inner.evt_tx.clone());
-        return settle_and_finish(inner, t, ctx, Entry::Resume)
-            .await
-            .map(|_| ());
+        return settle_and_finish(inner, t, ctx, Entry::Resume).await.map(|_| ());
     }
     if rec.state != CmdState::Queued {
         return Ok(());
@@ -118,19 +112,11 @@ async fn run_record(
 /// stop while the device was being asked leaves it `running` (`false`): the next start
 /// resumes it.
 async fn settle_and_finish(
-    inner: &Inner,
-    t: &Terminal,
-    mut ctx: OpContext,
-    entry: Entry,
+    inner: &Inner, t: &Terminal, mut ctx: OpContext, entry: Entry,
 ) -> Result<bool, StoreError> {
-    let Some(outcome) = settle::run(
-        t.driver.as_ref(),
-        &mut ctx,
-        entry,
-        &inner.shutdown,
-        inner.cfg.clock.as_ref(),
-    )
-    .await
+    let Some(outcome) =
+        settle::run(t.driver.as_ref(), &mut ctx, entry, &inner.shutdown, inner.cfg.clock.as_ref())
+            .await
     else {
         tracing::warn!("stopping while the device was being asked; resumed at next start");
         return Ok(false);
@@ -144,12 +130,9 @@ async fn settle_and_finish(
 /// After an operation, the terminal's retained state follows what the device showed.
 fn note_error(inner: &Inner, t: &Terminal, o: &Outcome) {
     match &o.error {
-        Some(e) if e.code == ErrorCode::DeviceUnavailable => inner.set_terminal_state(
-            t,
-            TerminalState::Disconnected,
-            None,
-            Some(e.message.clone()),
-        ),
+        Some(e) if e.code == ErrorCode::DeviceUnavailable => {
+            inner.set_terminal_state(t, TerminalState::Disconnected, None, Some(e.message.clone()))
+        }
         // A device that refuses our credentials needs a person (e.g. Kaspi re-registration).
         Some(e) if o.state == FinalState::Unknown || e.code == ErrorCode::Unauthorized => {
             inner.set_terminal_state(t, TerminalState::Error, None, Some(e.message.clone()))

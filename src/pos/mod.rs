@@ -106,16 +106,9 @@ impl Client {
             }
         });
         let client = Client { client, rx, task };
-        tokio::time::timeout(within, ready_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .with_context(|| {
-                format!(
-                    "no MQTT connection to {}:{} within {within:?}",
-                    o.host, o.port
-                )
-            })?;
+        tokio::time::timeout(within, ready_rx.recv()).await.ok().flatten().with_context(|| {
+            format!("no MQTT connection to {}:{} within {within:?}", o.host, o.port)
+        })?;
         Ok(client)
     }
 
@@ -134,27 +127,20 @@ impl Client {
 
     /// The next message, or `None` after `within`.
     pub async fn recv(&mut self, within: Duration) -> Option<Message> {
-        tokio::time::timeout(within, self.next())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(within, self.next()).await.ok().flatten()
     }
 
     /// Wait for the agent's `online` status (subscribed to its `status`).
     pub async fn online(&mut self, within: Duration) -> bool {
         let status = |m: &Message| m.topic.ends_with("/status");
         let online = |v: &serde_json::Value| v["state"] == "online";
-        self.wait_until(within, |m, v| status(m) && online(v))
-            .await
-            .is_some()
+        self.wait_until(within, |m, v| status(m) && online(v)).await.is_some()
     }
 
     /// Wait for a message on `{topic}` whose JSON satisfies `pred`, showing every
     /// message to `seen` on the way; `None` after `within`.
     pub async fn wait_for(
-        &mut self,
-        topic: &str,
-        within: Duration,
+        &mut self, topic: &str, within: Duration,
         mut seen: impl FnMut(&Message, &serde_json::Value),
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
@@ -167,15 +153,11 @@ impl Client {
 
     /// The JSON of the first message for which `f` holds; `None` after `within`.
     async fn wait_until(
-        &mut self,
-        within: Duration,
-        mut f: impl FnMut(&Message, &serde_json::Value) -> bool,
+        &mut self, within: Duration, mut f: impl FnMut(&Message, &serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.next())
-                .await
-                .ok()??;
+            let m = tokio::time::timeout_at(deadline, self.next()).await.ok()??;
             let v = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
             if f(&m, &v) {
                 return Some(v);

@@ -17,12 +17,7 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(kid: &str, key: p256::ecdsa::SigningKey, agent_id: &str) -> Signer {
-        Signer {
-            kid: kid.into(),
-            key,
-            agent_id: agent_id.into(),
-            sent: Default::default(),
-        }
+        Signer { kid: kid.into(), key, agent_id: agent_id.into(), sent: Default::default() }
     }
 
     /// The envelope for `payload`, and the command bytes it signs.
@@ -34,18 +29,14 @@ impl Signer {
             if let Some(prev) = id.as_ref().and_then(|i| self.sent.get(i)) {
                 return prev.clone();
             }
-            o.entry("agent")
-                .or_insert_with(|| Value::String(self.agent_id.clone()));
+            o.entry("agent").or_insert_with(|| Value::String(self.agent_id.clone()));
             o.entry("expires_at").or_insert_with(|| {
-                Value::String(crate::api::ts(
-                    chrono::Utc::now() + chrono::Duration::minutes(5),
-                ))
+                Value::String(crate::api::ts(chrono::Utc::now() + chrono::Duration::minutes(5)))
             });
             inner = Value::Object(o).to_string().into_bytes();
         }
-        let env = crate::api::signature::seal(&inner, &self.kid, &self.key)
-            .to_string()
-            .into_bytes();
+        let env =
+            crate::api::signature::seal(&inner, &self.kid, &self.key).to_string().into_bytes();
         if let Some(id) = id {
             self.sent.insert(id, (env.clone(), inner.clone()));
         }

@@ -41,10 +41,7 @@ pub struct Keys {
 impl Keys {
     /// The mocks' default keys of `env`: `{env}-api-key` and `{env}-secret`.
     pub fn sample(env: &str) -> Keys {
-        Keys {
-            api_key: format!("{env}-api-key"),
-            client_key: format!("{env}-secret"),
-        }
+        Keys { api_key: format!("{env}-api-key"), client_key: format!("{env}-secret") }
     }
 }
 
@@ -125,10 +122,7 @@ impl<P: Provider> Shared<P> {
     /// What every API route does first: `count` the request (authorised or not), then
     /// check its keys. `Some` is the answer to give instead.
     pub(crate) fn admit(
-        &self,
-        env: &str,
-        headers: &HeaderMap,
-        count: impl FnOnce(&mut P::Books),
+        &self, env: &str, headers: &HeaderMap, count: impl FnOnce(&mut P::Books),
     ) -> Option<Response> {
         self.bump(count);
         self.authorise(env, headers)
@@ -178,9 +172,7 @@ pub struct MockStats<P: Provider> {
 
 impl<P: Provider> Clone for MockStats<P> {
     fn clone(&self) -> Self {
-        MockStats {
-            shared: Arc::clone(&self.shared),
-        }
+        MockStats { shared: Arc::clone(&self.shared) }
     }
 }
 
@@ -209,9 +201,7 @@ impl<P: Provider> CloudMock<P> {
     /// Bound to a free port on 127.0.0.1 and serving (the simulators' own tests).
     #[cfg(test)]
     pub(crate) async fn start_on_loopback(opts: P::Options) -> Started<P> {
-        let sim = Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts)
-            .await
-            .expect("bind");
+        let sim = Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await.expect("bind");
         let (base, root) = (sim.base_url("test"), format!("http://{}", sim.local_addr()));
         let stats = sim.stats();
         let stop = CancellationToken::new();
@@ -221,13 +211,7 @@ impl<P: Provider> CloudMock<P> {
             .timeout(std::time::Duration::from_secs(5))
             .build()
             .expect("client");
-        Started {
-            base,
-            root,
-            stats,
-            stop,
-            http,
-        }
+        Started { base, root, stats, stop, http }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -245,9 +229,7 @@ impl<P: Provider> CloudMock<P> {
     }
 
     pub fn stats(&self) -> MockStats<P> {
-        MockStats {
-            shared: Arc::clone(&self.shared),
-        }
+        MockStats { shared: Arc::clone(&self.shared) }
     }
 
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
@@ -285,9 +267,7 @@ struct CompleteBody {
 
 /// `POST /_sim/payments/{id}/complete` `{"status": …}` (no auth).
 async fn sim_complete<P: Provider>(
-    State(shared): MockState<P>,
-    Path(id): Path<String>,
-    body: String,
+    State(shared): MockState<P>, Path(id): Path<String>, body: String,
 ) -> Response {
     let status = serde_json::from_str::<CompleteBody>(&body)
         .map(|b| b.status)
@@ -295,9 +275,6 @@ async fn sim_complete<P: Provider>(
     if P::complete(&shared, &id, &status) {
         http::json(StatusCode::OK, json!({ "completed": id, "status": status }))
     } else {
-        http::json(
-            StatusCode::NOT_FOUND,
-            json!({ "error": P::COMPLETE_MISSING }),
-        )
+        http::json(StatusCode::NOT_FOUND, json!({ "error": P::COMPLETE_MISSING }))
     }
 }

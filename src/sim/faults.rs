@@ -40,9 +40,7 @@ pub(crate) fn seeded(seed: Option<u64>, mix: u64) -> StdRng {
 /// One draw against the rates: below `lose_rate` lost, below `lose_rate + garble_rate`
 /// garbled, else delivered. Nothing is drawn while both rates are 0.
 pub(crate) fn draw_fault(
-    rng: &mut StdRng,
-    lose_rate: f64,
-    garble_rate: f64,
+    rng: &mut StdRng, lose_rate: f64, garble_rate: f64,
 ) -> Option<AnswerFault> {
     if lose_rate <= 0.0 && garble_rate <= 0.0 {
         return None;

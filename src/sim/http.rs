@@ -28,11 +28,7 @@ pub struct TestCert {
 
 impl TestCert {
     pub fn generate() -> Result<TestCert, String> {
-        let names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
         Ok(TestCert {
             cert_pem: ck.cert.pem(),
@@ -53,9 +49,7 @@ impl TestCert {
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_single_cert(
-                vec![rustls::pki_types::CertificateDer::from(
-                    self.cert_der.clone(),
-                )],
+                vec![rustls::pki_types::CertificateDer::from(self.cert_der.clone())],
                 rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
             )
             .map_err(|e| e.to_string())?;
@@ -65,10 +59,7 @@ impl TestCert {
 
 /// Serve `router` on `listener` until `shutdown`, then let open requests finish.
 pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<&TestCert>,
-    shutdown: CancellationToken,
+    listener: TcpListener, router: Router, tls: Option<&TestCert>, shutdown: CancellationToken,
 ) {
     let acceptor = match tls.map(TestCert::acceptor).transpose() {
         Ok(a) => a,
@@ -77,18 +68,14 @@ pub async fn serve(
             return;
         }
     };
-    serve_http(listener, acceptor, shutdown, move || {
-        TowerToHyperService::new(router.clone())
-    })
-    .await;
+    serve_http(listener, acceptor, shutdown, move || TowerToHyperService::new(router.clone()))
+        .await;
 }
 
 /// Serve HTTP/1 on `listener`, over TLS when `tls` is given, until `shutdown`, each
 /// connection with a service from `service`; open requests get 5 s to finish.
 pub(crate) async fn serve_http<S, B>(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: CancellationToken,
+    listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, shutdown: CancellationToken,
     service: impl Fn() -> S,
 ) where
     S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
@@ -148,11 +135,7 @@ where
 
 /// A JSON answer.
 pub fn json(status: StatusCode, v: serde_json::Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        v.to_string(),
-    )
+    (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], v.to_string())
         .into_response()
 }
 
@@ -197,9 +180,7 @@ pub fn lost() -> Response {
 /// Wait (bounded) until `check` holds, re-checking on every `changed` notification.
 /// Returns the last answer of `check`.
 pub async fn wait_until(
-    changed: &tokio::sync::Notify,
-    within: Duration,
-    check: impl Fn() -> bool,
+    changed: &tokio::sync::Notify, within: Duration, check: impl Fn() -> bool,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {

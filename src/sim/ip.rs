@@ -86,12 +86,7 @@ impl Default for SimOptions {
 impl SimOptions {
     /// A terminal that approves every payment after `delay_ms`; `seed` fixes its draws.
     pub fn approving(seed: Option<u64>, delay_ms: u64) -> Self {
-        SimOptions {
-            fail_rate: 0.0,
-            seed,
-            delay_ms,
-            ..Default::default()
-        }
+        SimOptions { fail_rate: 0.0, seed, delay_ms, ..Default::default() }
     }
 }
 
@@ -164,10 +159,7 @@ enum Plan {
     Answer(Response),
     /// A new operation: its answer is decided now and given after the customer time,
     /// spoiled by `fault` if any.
-    Execute {
-        response: Response,
-        fault: Option<AnswerFault>,
-    },
+    Execute { response: Response, fault: Option<AnswerFault> },
 }
 
 impl IpSim {
@@ -201,11 +193,7 @@ impl IpSim {
             total_executions: AtomicU64::new(0),
             state: Mutex::new(state),
         });
-        Ok(IpSim {
-            listener,
-            addr,
-            shared,
-        })
+        Ok(IpSim { listener, addr, shared })
     }
 
     /// Bound to a free port on 127.0.0.1.
@@ -218,15 +206,11 @@ impl IpSim {
     }
 
     pub fn stats(&self) -> SimStats {
-        SimStats {
-            shared: Arc::clone(&self.shared),
-        }
+        SimStats { shared: Arc::clone(&self.shared) }
     }
 
     pub fn control(&self) -> SimControl {
-        SimControl {
-            shared: Arc::clone(&self.shared),
-        }
+        SimControl { shared: Arc::clone(&self.shared) }
     }
 
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
@@ -279,10 +263,7 @@ async fn serve(shared: &Shared, stream: TcpStream, shutdown: &CancellationToken)
                     "line longer than {MAX_LINE} bytes; closing"
                 );
                 let msg = format!("line longer than {MAX_LINE} bytes");
-                (
-                    Reply::Answer(error(None, ErrorCode::BadRequest, msg)),
-                    false,
-                )
+                (Reply::Answer(error(None, ErrorCode::BadRequest, msg)), false)
             }
             Ok(LineRead::Line) => {
                 shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -378,10 +359,9 @@ impl Shared {
             None => Reply::Answer(response),
             Some(AnswerFault::Lose) => Reply::Lost,
             Some(AnswerFault::Garble) => Reply::Raw(garbled(&response)),
-            Some(AnswerFault::Foreign) => Reply::Answer(Response {
-                r#ref: Some(format!("other-{}", r#ref)),
-                ..response
-            }),
+            Some(AnswerFault::Foreign) => {
+                Reply::Answer(Response { r#ref: Some(format!("other-{}", r#ref)), ..response })
+            }
         }
     }
 
@@ -400,11 +380,9 @@ impl Shared {
             });
         }
         let mut plan = match &req {
-            Request::Refund {
-                transaction_id,
-                amount,
-                ..
-            } => state.plan_refund(r#ref, transaction_id, *amount),
+            Request::Refund { transaction_id, amount, .. } => {
+                state.plan_refund(r#ref, transaction_id, *amount)
+            }
             _ => Plan::Execute {
                 response: state.draw_payment(r#ref),
                 fault: self
@@ -413,10 +391,7 @@ impl Shared {
                     .then_some(AnswerFault::Lose),
             },
         };
-        if let Plan::Execute {
-            fault: f @ None, ..
-        } = &mut plan
-        {
+        if let Plan::Execute { fault: f @ None, .. } = &mut plan {
             *f = state.take_fault();
         }
         // A rejected refund is booked too: a repeat gets the same answer.
@@ -424,9 +399,7 @@ impl Shared {
             Plan::Answer(resp) => Some(resp.clone()),
             Plan::Execute { .. } => None,
         };
-        state
-            .ops
-            .insert(r#ref.to_owned(), Op { req, done, runs: 0 });
+        state.ops.insert(r#ref.to_owned(), Op { req, done, runs: 0 });
         plan
     }
 
@@ -437,10 +410,7 @@ impl Shared {
             (paid, &response.transaction_id, &response.card_mask)
         {
             let card_mask = mask.clone();
-            let payment = Payment {
-                refundable,
-                card_mask,
-            };
+            let payment = Payment { refundable, card_mask };
             state.payments.insert(txn.clone(), payment);
         }
         if let Some(op) = state.ops.get_mut(r#ref) {
@@ -476,10 +446,7 @@ impl State {
             card_mask: Some(card_mask),
             ..Response::default()
         };
-        Plan::Execute {
-            response,
-            fault: None,
-        }
+        Plan::Execute { response, fault: None }
     }
 
     /// The spoiling of the next executed answer: the knob if set, else one draw

@@ -30,10 +30,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, Sock
 /// its own for each client; then wait for those tasks, at most `drain` (`None`: until
 /// they end, so an operation under way is never cut off).
 pub(crate) async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    drain: Option<Duration>,
-    mut connection: F,
+    listener: TcpListener, shutdown: CancellationToken, drain: Option<Duration>, mut connection: F,
 ) where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

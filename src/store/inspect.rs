@@ -50,10 +50,8 @@ impl Store {
         // Count what the agent will see: sled plus its write-ahead log (changes since the
         // last checkpoint). Replaying only re-applies whole values the agent applies too.
         super::wal::replay(&db, &path)?;
-        let mut out = Inspection {
-            size_bytes: db.size_on_disk().unwrap_or(0),
-            ..Default::default()
-        };
+        let mut out =
+            Inspection { size_bytes: db.size_on_disk().unwrap_or(0), ..Default::default() };
         for item in db.scan_prefix(CMD) {
             let (_, v) = item?;
             out.records += 1;

@@ -52,9 +52,7 @@ impl Mark {
     pub(super) fn read(&self) -> (u64, u64) {
         let b = std::fs::read(&self.path).unwrap_or_default();
         let at = |i: usize| {
-            b.get(i..i + 8)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
+            b.get(i..i + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes)
         };
         match (at(0), at(8)) {
             (Some(c), Some(k)) => (c, k),
@@ -69,9 +67,7 @@ impl Mark {
         self.written.store(commit, Ordering::Relaxed);
         self.checkpointed.store(checkpoint, Ordering::Relaxed);
         if checkpoint > 0 && !db.contains_key(seq_key(RECENT, checkpoint))? {
-            return Err(StoreError::LostData {
-                expected: checkpoint,
-            });
+            return Err(StoreError::LostData { expected: checkpoint });
         }
         Ok(())
     }

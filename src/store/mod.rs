@@ -41,15 +41,9 @@ pub enum StoreError {
     #[error("the store at {path} is in use by another process (is another posbridge running, or the agent while using `posbridge secret`?)")]
     InUse { path: PathBuf },
     #[error("store I/O at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("store record {key} is corrupt: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
+    Corrupt { key: String, source: serde_json::Error },
     #[error("store sync failed: {0}")]
     Sync(String),
     /// sled panicked while opening (it does on some garbled files).
@@ -108,10 +102,7 @@ fn seq_of(k: &[u8]) -> Option<u64> {
 impl StoreError {
     /// `map_err` for an I/O error at `path`.
     pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-        move |source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| StoreError::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -177,10 +168,7 @@ impl Store {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|source| StoreError::Corrupt {
-                    key: id.to_string(),
-                    source,
-                }),
+                .map_err(|source| StoreError::Corrupt { key: id.to_string(), source }),
         }
     }
 
@@ -190,20 +178,16 @@ impl Store {
         self.refuse_after_failure()?;
         let mut batch = LoggedBatch::default();
         for r in records {
-            let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt {
-                key: r.cmd.id.to_string(),
-                source,
-            })?;
+            let v = serde_json::to_vec(r)
+                .map_err(|source| StoreError::Corrupt { key: r.cmd.id.to_string(), source })?;
             batch.insert(&key(CMD, r.cmd.id.as_bytes()), &v);
             batch.insert(&seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
         }
         let outbox: Vec<Vec<u8>> = outbox
             .iter()
             .map(|m| {
-                serde_json::to_vec(m).map_err(|source| StoreError::Corrupt {
-                    key: "outbox".into(),
-                    source,
-                })
+                serde_json::to_vec(m)
+                    .map_err(|source| StoreError::Corrupt { key: "outbox".into(), source })
             })
             .collect::<Result<_, _>>()?;
         let mut p = lock_pending(&self.pending);
@@ -237,11 +221,7 @@ impl Store {
         if durable < from {
             return Ok(out);
         }
-        for item in self
-            .db
-            .range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable))
-            .take(limit)
-        {
+        for item in self.db.range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable)).take(limit) {
             let (k, v) = item?;
             let Some(seq) = seq_of(&k) else { continue };
             match serde_json::from_slice::<OutMsg>(&v) {
@@ -313,16 +293,10 @@ impl Store {
     /// `limit`. The newest record is always kept (the watermark points at it). Returns how
     /// many were deleted. Not synced: a prune lost in a crash simply happens again.
     pub fn prune(
-        &self,
-        before: chrono::DateTime<chrono::Utc>,
-        limit: usize,
+        &self, before: chrono::DateTime<chrono::Utc>, limit: usize,
     ) -> Result<usize, StoreError> {
-        let newest = self
-            .db
-            .scan_prefix(RECENT)
-            .next_back()
-            .transpose()?
-            .and_then(|(k, _)| seq_of(&k));
+        let newest =
+            self.db.scan_prefix(RECENT).next_back().transpose()?.and_then(|(k, _)| seq_of(&k));
         let mut deleted = 0;
         for item in self.db.scan_prefix(RECENT) {
             if deleted >= limit {

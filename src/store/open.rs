@@ -134,17 +134,13 @@ impl Store {
             mark.note(n);
         }
         if replayed.records > 0 {
-            tracing::info!(
-                commits = replayed.records,
-                "store: replayed the write-ahead log"
-            );
+            tracing::info!(commits = replayed.records, "store: replayed the write-ahead log");
         }
         // Start from a durable sled and an empty log: what was replayed is checkpointed
         // now, so the old logs can go. Also makes durable anything sled wrote on its own
         // before a crash, since the pump treats whatever the outbox holds now as durable.
         sync::durable_flush(&db, path).map_err(StoreError::Sync)?;
-        mark.persist_checkpoint(newest.unwrap_or(0))
-            .map_err(StoreError::io_at(mark.path()))?;
+        mark.persist_checkpoint(newest.unwrap_or(0)).map_err(StoreError::io_at(mark.path()))?;
         let log = wal::LogFile::create(path, last_gen + 1).map_err(StoreError::io_at(path))?;
         wal::remove_before(path, log.generation).map_err(StoreError::io_at(path))?;
         // Whatever the outbox holds at open was read back from disk: durable.
@@ -179,16 +175,10 @@ impl Store {
     /// Put what was salvaged into a fresh db, results of the `unknown` ones into the
     /// outbox, and the money hold.
     fn write_salvage(
-        db: &sled::Db,
-        found: &salvage::Salvage,
-        aside: &Path,
-        why: &StoreError,
+        db: &sled::Db, found: &salvage::Salvage, aside: &Path, why: &StoreError,
     ) -> Result<MoneyHold, StoreError> {
         let mut seq = 0u64;
-        let corrupt = |key: &str, source| StoreError::Corrupt {
-            key: key.to_string(),
-            source,
-        };
+        let corrupt = |key: &str, source| StoreError::Corrupt { key: key.to_string(), source };
         for r in &found.records {
             seq += 1;
             let mut r = r.clone();
@@ -224,10 +214,7 @@ impl Store {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|source| StoreError::Corrupt {
-                    key: "money hold".into(),
-                    source,
-                }),
+                .map_err(|source| StoreError::Corrupt { key: "money hold".into(), source }),
         }
     }
 
@@ -282,9 +269,7 @@ impl Store {
                 if io.kind() == std::io::ErrorKind::WouldBlock
                     || io.to_string().contains("could not acquire lock") =>
             {
-                StoreError::InUse {
-                    path: path.to_path_buf(),
-                }
+                StoreError::InUse { path: path.to_path_buf() }
             }
             other => StoreError::Sled(other),
         })?;

@@ -69,13 +69,8 @@ pub struct JournalEntry {
 }
 
 /// Steps that versions before the `sends` marker journalled right before a money request.
-const LEGACY_SENDING_STEPS: &[&str] = &[
-    "ip_sending",
-    "kaspi_sending",
-    "paywall_sale_sending",
-    "token_basket",
-    "kuveyt_creating",
-];
+const LEGACY_SENDING_STEPS: &[&str] =
+    &["ip_sending", "kaspi_sending", "paywall_sale_sending", "token_basket", "kuveyt_creating"];
 
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,10 +106,7 @@ pub trait Step: Serialize + serde::de::DeserializeOwned {
 impl CommandRecord {
     /// A command as intake stores it: `Queued`, nothing journalled, no result yet.
     pub fn new(
-        seq: u64,
-        cmd: Command,
-        received_at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
+        seq: u64, cmd: Command, received_at: DateTime<Utc>, expires_at: DateTime<Utc>,
     ) -> Self {
         CommandRecord {
             seq,
@@ -137,15 +129,12 @@ impl CommandRecord {
 
     /// The data of the last `S` step, if there is one that reads as `S`.
     pub fn last<S: Step>(&self) -> Option<S> {
-        self.last_step(S::NAME)
-            .and_then(|j| serde_json::from_value(j.data.clone()).ok())
+        self.last_step(S::NAME).and_then(|j| serde_json::from_value(j.data.clone()).ok())
     }
 
     /// Whether a request that can move money may have left the agent for the device.
     pub fn maybe_sent(&self) -> bool {
-        self.journal
-            .iter()
-            .any(|j| j.sends || LEGACY_SENDING_STEPS.contains(&j.step.as_str()))
+        self.journal.iter().any(|j| j.sends || LEGACY_SENDING_STEPS.contains(&j.step.as_str()))
     }
 
     /// The summary used in `list` items and `status` answers.

@@ -67,14 +67,9 @@ pub fn salvage(dir: &Path, moved_aside: &str) -> Salvage {
     }
     let now = chrono::Utc::now();
     for (id, f) in found {
-        let finals: Vec<&CommandRecord> = f
-            .versions
-            .iter()
-            .filter(|r| r.state.is_final() && r.result.is_some())
-            .collect();
-        let agreed = finals
-            .first()
-            .filter(|first| finals.iter().all(|r| r.state == first.state));
+        let finals: Vec<&CommandRecord> =
+            f.versions.iter().filter(|r| r.state.is_final() && r.result.is_some()).collect();
+        let agreed = finals.first().filter(|first| finals.iter().all(|r| r.state == first.state));
         if let Some(r) = agreed {
             let mut r = (*r).clone();
             r.journal.push(salvaged_step(moved_aside, true));
@@ -161,11 +156,7 @@ fn scan(bytes: &[u8], found: &mut BTreeMap<String, Found>) {
             serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<CommandRecord>();
         if let Some(Ok(r)) = it.next() {
             if is_valid_request_id(&r.cmd.id) {
-                found
-                    .entry(r.cmd.id.to_string())
-                    .or_default()
-                    .versions
-                    .push(r);
+                found.entry(r.cmd.id.to_string()).or_default().versions.push(r);
             }
         }
         at = start + RECORD.len();

@@ -110,62 +110,52 @@ impl Syncer {
         // A thread of its own, not a task + spawn_blocking: a commit is then one hand-off
         // to this thread and one back, instead of four (measured: docs/performance.md).
         // It ends when the last `Store` is dropped (the channel closes).
-        let spawned = std::thread::Builder::new()
-            .name("posbridge-sync".into())
-            .spawn(move || {
-                let mark = task_mark;
-                let failure = task_failure;
-                let mut wal = Wal {
-                    generation: log.generation,
-                    log: Some(log),
+        let spawned = std::thread::Builder::new().name("posbridge-sync".into()).spawn(move || {
+            let mark = task_mark;
+            let failure = task_failure;
+            let mut wal = Wal { generation: log.generation, log: Some(log) };
+            while let Ok((db, first)) = rx.recv() {
+                let mut commits = Vec::new();
+                let mut checkpoints = Vec::new();
+                let mut route = |r: Req| match r {
+                    Req::Commit(w) => commits.push(w),
+                    Req::Checkpoint(w) => checkpoints.push(w),
                 };
-                while let Ok((db, first)) = rx.recv() {
-                    let mut commits = Vec::new();
-                    let mut checkpoints = Vec::new();
-                    let mut route = |r: Req| match r {
-                        Req::Commit(w) => commits.push(w),
-                        Req::Checkpoint(w) => checkpoints.push(w),
-                    };
-                    route(first);
-                    while let Ok((_, r)) = rx.try_recv() {
-                        route(r);
-                    }
-                    let (res, cp) = match failure.get() {
-                        // Poisoned: no more I/O, every request fails.
-                        Some(why) => (Err(why.clone()), Err(why)),
-                        None => {
-                            let res = commit(&mut wal, &dir, &mark, &pending);
-                            let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
-                            let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
-                                checkpoint(&db, &mut wal, &dir, &mark, &pending)
-                            } else {
-                                Ok(())
-                            };
-                            if let Err(e) = res.as_ref().and(cp.as_ref()) {
-                                failure.set(e);
-                            }
-                            (res, cp)
-                        }
-                    };
-                    drop(db);
-                    for w in commits {
-                        let _ = w.send(res.clone());
-                    }
-                    for w in checkpoints {
-                        let _ = w.send(res.clone().and(cp.clone()));
-                    }
+                route(first);
+                while let Ok((_, r)) = rx.try_recv() {
+                    route(r);
                 }
-            });
+                let (res, cp) = match failure.get() {
+                    // Poisoned: no more I/O, every request fails.
+                    Some(why) => (Err(why.clone()), Err(why)),
+                    None => {
+                        let res = commit(&mut wal, &dir, &mark, &pending);
+                        let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+                        let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
+                            checkpoint(&db, &mut wal, &dir, &mark, &pending)
+                        } else {
+                            Ok(())
+                        };
+                        if let Err(e) = res.as_ref().and(cp.as_ref()) {
+                            failure.set(e);
+                        }
+                        (res, cp)
+                    }
+                };
+                drop(db);
+                for w in commits {
+                    let _ = w.send(res.clone());
+                }
+                for w in checkpoints {
+                    let _ = w.send(res.clone().and(cp.clone()));
+                }
+            }
+        });
         if let Err(e) = spawned {
             // Every commit then fails with "syncer stopped": nothing is acknowledged.
             failure.set(&format!("cannot start the store's sync thread: {e}"));
         }
-        Syncer {
-            db,
-            mark,
-            tx,
-            failure,
-        }
+        Syncer { db, mark, tx, failure }
     }
 
     async fn request(&self, make: impl FnOnce(Waiter) -> Req) -> Result<(), StoreError> {
@@ -173,9 +163,7 @@ impl Syncer {
         self.tx
             .send((self.db.clone(), make(tx)))
             .map_err(|_| StoreError::Sync("syncer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Sync("syncer stopped".into()))?
-            .map_err(StoreError::Sync)
+        rx.await.map_err(|_| StoreError::Sync("syncer stopped".into()))?.map_err(StoreError::Sync)
     }
 
     pub async fn sync(&self) -> Result<(), StoreError> {
@@ -241,17 +229,12 @@ fn commit(wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending) -> Result<(
         }
     }
     mark.outbox_synced(outbox_upto);
-    mark.persist_commit(upto)
-        .map_err(|e| format!("store watermark: {e}"))
+    mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))
 }
 
 /// Make sled durable (flush + `fdatasync`), then drop every log older than a fresh one.
 fn checkpoint(
-    db: &sled::Db,
-    wal: &mut Wal,
-    dir: &Path,
-    mark: &Mark,
-    pending: &Pending,
+    db: &sled::Db, wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending,
 ) -> Result<(), String> {
     let Wal { log, generation } = wal;
     let nothing_logged = log.as_ref().is_some_and(|l| l.len == 0);
@@ -270,8 +253,7 @@ fn checkpoint(
         return Err(e);
     }
     mark.outbox_synced(outbox_upto);
-    mark.persist_checkpoint(upto)
-        .map_err(|e| format!("store watermark: {e}"))?;
+    mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
     *generation += 1;
     let fresh = LogFile::create(dir, *generation).map_err(|e| format!("store log create: {e}"))?;
     *log = Some(fresh);
@@ -293,8 +275,7 @@ pub(crate) fn durable_flush(db: &sled::Db, dir: &Path) -> Result<(), String> {
     if let Ok(entries) = std::fs::read_dir(blobs_dir) {
         for entry in entries.flatten() {
             if let Ok(f) = File::open(entry.path()) {
-                f.sync_data()
-                    .map_err(|e| format!("fdatasync {}: {e}", entry.path().display()))?;
+                f.sync_data().map_err(|e| format!("fdatasync {}: {e}", entry.path().display()))?;
             }
         }
         if let Ok(d) = File::open(blobs_dir) {

@@ -23,16 +23,11 @@ async fn records_and_outbox_survive_reopen() {
         let b = record(&store, "b");
         a.state = CmdState::Succeeded;
         let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
-        store
-            .write(&[&a, &b], &[OutMsg::result(&res)])
-            .expect("write");
+        store.write(&[&a, &b], &[OutMsg::result(&res)]).expect("write");
         store.commit().await.expect("commit");
     }
     let (store, _) = Store::open(&path).expect("reopen");
-    assert_eq!(
-        store.get("a").expect("get").map(|r| r.state),
-        Some(CmdState::Succeeded)
-    );
+    assert_eq!(store.get("a").expect("get").map(|r| r.state), Some(CmdState::Succeeded));
     let unfinished = store.unfinished().expect("unfinished");
     assert_eq!(unfinished.len(), 1);
     assert_eq!(unfinished[0].cmd.id, "b");
@@ -40,10 +35,7 @@ async fn records_and_outbox_survive_reopen() {
     assert_eq!(out.len(), 1);
     store.outbox_remove(out[0].0).expect("remove");
     assert_eq!(store.outbox_len(), 0);
-    let ids: Vec<String> = store
-        .recent()
-        .map(|r| r.expect("rec").cmd.id.to_string())
-        .collect();
+    let ids: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id.to_string()).collect();
     assert_eq!(ids, vec!["b".to_string(), "a".to_string()]);
 }
 
@@ -68,18 +60,12 @@ async fn damaged_store_is_moved_aside_not_deleted() {
     }
     let (store, report) = Store::open(&path).expect("open after damage");
     let aside = report.moved_aside.clone().expect("moved aside");
-    assert!(
-        std::path::Path::new(&aside).join("db").exists(),
-        "damaged copy kept"
-    );
+    assert!(std::path::Path::new(&aside).join("db").exists(), "damaged copy kept");
     // The id is salvaged, never forgotten: `unknown`, not resumed, its result queued.
     let a = store.get("a").expect("get").expect("salvaged");
     assert_eq!(a.state, CmdState::Unknown);
     assert!(a.result.as_ref().is_some_and(|r| r.needs_reconciliation));
-    assert!(
-        store.unfinished().expect("list").is_empty(),
-        "nothing resumes"
-    );
+    assert!(store.unfinished().expect("list").is_empty(), "nothing resumes");
     assert_eq!(store.outbox_len(), 1);
     assert_eq!(report.salvaged, Some(1));
     let hold = report.money_blocked.expect("money held");
@@ -136,10 +122,7 @@ async fn damaged(damage: impl FnOnce(&std::path::Path)) -> (tempfile::TempDir, O
 fn assert_lost_committed_data(report: &OpenReport) {
     assert!(report.moved_aside.is_some(), "{report:?}");
     assert!(
-        report
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("lost committed data")),
+        report.error.as_deref().is_some_and(|e| e.contains("lost committed data")),
         "{report:?}"
     );
 }
@@ -147,10 +130,7 @@ fn assert_lost_committed_data(report: &OpenReport) {
 #[tokio::test]
 async fn truncated_data_file_is_detected_not_silently_shortened() {
     let (_d, report, store) = damaged(|sled| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(sled.join("db"))
-            .expect("open");
+        let f = std::fs::OpenOptions::new().write(true).open(sled.join("db")).expect("open");
         let len = f.metadata().expect("meta").len();
         f.set_len(len / 2).expect("truncate");
     })
@@ -158,10 +138,7 @@ async fn truncated_data_file_is_detected_not_silently_shortened() {
     assert_lost_committed_data(&report);
     // Half the data file is gone: what is left of it is salvaged as `unknown` (nothing
     // resumes), the rest cannot be proven, so money waits for an operator.
-    assert!(
-        store.unfinished().expect("list").is_empty(),
-        "nothing resumes"
-    );
+    assert!(store.unfinished().expect("list").is_empty(), "nothing resumes");
     assert!(report.money_blocked.is_some());
     let salvaged = report.salvaged.unwrap_or(0);
     assert!(salvaged > 0 && salvaged <= 2000, "{salvaged}");
@@ -177,10 +154,7 @@ async fn missing_data_file_is_detected() {
 async fn garbled_data_file_is_detected_even_when_sled_panics() {
     let (_d, report, _s) = damaged(|sled| {
         use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(sled.join("db"))
-            .expect("open");
+        let mut f = std::fs::OpenOptions::new().write(true).open(sled.join("db")).expect("open");
         let len = f.metadata().expect("meta").len();
         f.seek(SeekFrom::Start(len / 4)).expect("seek");
         f.write_all(&[0xFF; 4096]).expect("garble");
@@ -188,10 +162,7 @@ async fn garbled_data_file_is_detected_even_when_sled_panics() {
     .await;
     match report.moved_aside {
         Some(aside) => {
-            assert!(
-                std::path::Path::new(&aside).join("db").exists(),
-                "damaged copy kept"
-            );
+            assert!(std::path::Path::new(&aside).join("db").exists(), "damaged copy kept");
             assert!(
                 std::path::Path::new(&format!("{aside}.mark")).exists(),
                 "its watermark kept beside it"
@@ -231,9 +202,7 @@ async fn prune_deletes_old_finished_records_only() {
         ids.push(r.cmd.id.to_string());
     }
     store.commit().await.expect("commit");
-    let n = store
-        .prune(chrono::Utc::now() - chrono::Duration::days(30), 100)
-        .expect("prune");
+    let n = store.prune(chrono::Utc::now() - chrono::Duration::days(30), 100).expect("prune");
     // p0, p3 go; p1's deadline is ahead; p2 is unfinished; p4 is the newest and keeps
     // the watermark valid.
     assert_eq!(n, 2);
@@ -241,14 +210,8 @@ async fn prune_deletes_old_finished_records_only() {
     assert!(store.get("p1").expect("get").is_some());
     assert!(store.get("p2").expect("get").is_some());
     assert!(store.get("p4").expect("get").is_some());
-    let left: Vec<String> = store
-        .recent()
-        .map(|r| r.expect("rec").cmd.id.to_string())
-        .collect();
-    assert_eq!(
-        left,
-        vec!["p4".to_string(), "p2".to_string(), "p1".to_string()]
-    );
+    let left: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id.to_string()).collect();
+    assert_eq!(left, vec!["p4".to_string(), "p2".to_string(), "p1".to_string()]);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -267,8 +230,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// write-ahead log (and watermark) as of the last commit. `after` runs between the
 /// checkpoint and the commit. Returns (dir, path of the cut copy).
 async fn power_cut(
-    with_log: bool,
-    after: impl FnOnce(&Store),
+    with_log: bool, after: impl FnOnce(&Store),
 ) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = dir.path().join("live");
@@ -306,18 +268,13 @@ async fn committed_changes_sled_never_wrote_are_replayed_from_the_log() {
         before.state = CmdState::Succeeded;
         let after = record(store, "after");
         let res = ResultMsg::new(Some("before".into()), FinalState::Succeeded);
-        store
-            .write(&[&before, &after], &[OutMsg::result(&res)])
-            .expect("write");
+        store.write(&[&before, &after], &[OutMsg::result(&res)]).expect("write");
     })
     .await;
     let (store, report) = Store::open(&cut).expect("open the cut copy");
     assert!(report.moved_aside.is_none(), "{report:?}");
     assert!(report.replayed_commits >= 1, "{report:?}");
-    assert_eq!(
-        store.get("before").expect("get").map(|r| r.state),
-        Some(CmdState::Succeeded)
-    );
+    assert_eq!(store.get("before").expect("get").map(|r| r.state), Some(CmdState::Succeeded));
     assert!(store.get("after").expect("get").is_some());
     assert_eq!(store.outbox_from(0, 10).expect("outbox").len(), 1);
     // The replay was checkpointed: a second open has nothing left to replay.
@@ -338,10 +295,7 @@ async fn a_lost_log_is_detected_not_silently_ignored() {
 async fn a_torn_log_tail_is_dropped_and_the_rest_kept() {
     let (_d, cut) = power_cut(true, write_after).await;
     // A commit that was being written when the power went: half a record.
-    let (_, log) = wal::list(&cut.join("sled"))
-        .expect("list")
-        .pop()
-        .expect("a log");
+    let (_, log) = wal::list(&cut.join("sled")).expect("list").pop().expect("a log");
     let mut bytes = std::fs::read(&log).expect("read");
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 0x01, 0, 0]);
     std::fs::write(&log, bytes).expect("write");
@@ -370,11 +324,7 @@ async fn a_commit_is_one_log_write_and_sled_waits_for_the_checkpoint() {
     assert!(log_len() > 0, "the commit wrote the log");
     store.checkpoint().await.expect("checkpoint");
     assert_eq!(log_len(), 0, "the checkpoint dropped the log");
-    assert_eq!(
-        wal::list(&sled_dir).expect("list").len(),
-        1,
-        "one fresh log"
-    );
+    assert_eq!(wal::list(&sled_dir).expect("list").len(), 1, "one fresh log");
 }
 
 /// Sequence numbers order records (recency) and the outbox (the pump reads forward from a

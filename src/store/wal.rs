@@ -112,10 +112,8 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(generation) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|g| g.parse::<u64>().ok())
+        let Some(generation) =
+            name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|g| g.parse::<u64>().ok())
         else {
             continue;
         };
@@ -218,10 +216,7 @@ fn decode_ops(mut p: &[u8]) -> Option<sled::Batch> {
 /// Apply every log under `dir` to `db`, oldest first. Returns what was applied and the
 /// highest generation seen (0 when there were none).
 pub(crate) fn replay(db: &sled::Db, dir: &Path) -> Result<(Replayed, u64), super::StoreError> {
-    let io = |source| super::StoreError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| super::StoreError::Io { path: dir.to_path_buf(), source };
     let mut seen = Replayed::default();
     let mut last = 0;
     for (generation, path) in list(dir).map_err(io)? {
@@ -268,11 +263,7 @@ impl LogFile {
             .write(true)
             .open(file_name(dir, generation))?;
         File::open(dir)?.sync_all()?;
-        Ok(LogFile {
-            generation,
-            file,
-            len: 0,
-        })
+        Ok(LogFile { generation, file, len: 0 })
     }
 
     /// Append and `fdatasync`: when this returns, the bytes survive a power cut.
@@ -336,19 +327,14 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         // Lengths pointing past the end, zero lengths, huge lengths, bad op codes.
-        for bytes in [
-            vec![0xFF; 64],
-            vec![0; 64],
-            vec![5, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9],
-            {
-                let mut v = Vec::new();
-                let payload = [7u8, 1, 0, 0, 0, b'k'];
-                v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                v.extend_from_slice(&CASTAGNOLI.checksum(&payload).to_le_bytes());
-                v.extend_from_slice(&payload);
-                v
-            },
-        ] {
+        for bytes in [vec![0xFF; 64], vec![0; 64], vec![5, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9], {
+            let mut v = Vec::new();
+            let payload = [7u8, 1, 0, 0, 0, b'k'];
+            v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            v.extend_from_slice(&CASTAGNOLI.checksum(&payload).to_le_bytes());
+            v.extend_from_slice(&payload);
+            v
+        }] {
             let (b, torn) = decode(&bytes);
             assert!(b.is_empty());
             assert_eq!(torn as usize, bytes.len());
@@ -373,10 +359,7 @@ mod tests {
         std::fs::write(file_name(dir.path(), 1), &buf).expect("write");
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let e = replay(&db, dir.path()).expect_err("damage reported");
-        assert!(
-            matches!(e, super::super::StoreError::LogDamaged { .. }),
-            "{e}"
-        );
+        assert!(matches!(e, super::super::StoreError::LogDamaged { .. }), "{e}");
         // The last record cut short (a crash mid-append): a torn tail, replayed up to it.
         let (buf, _) = three();
         let cut = &buf[..buf.len() - 3];

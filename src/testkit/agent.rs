@@ -18,10 +18,7 @@ pub fn agent_bin() -> PathBuf {
             return bin;
         }
     }
-    panic!(
-        "no posbridge binary beside {} (build it: cargo build --bins)",
-        exe.display()
-    )
+    panic!("no posbridge binary beside {} (build it: cargo build --bins)", exe.display())
 }
 
 /// An IP terminal in the spec: id, address, and keys besides `addr` (`op_timeout`, …).
@@ -74,18 +71,12 @@ impl AgentSpec {
 
     /// An IP terminal with its own settings (durations as strings).
     pub fn ip_with(
-        mut self,
-        id: &str,
-        addr: std::net::SocketAddr,
-        settings: &[(&str, &str)],
+        mut self, id: &str, addr: std::net::SocketAddr, settings: &[(&str, &str)],
     ) -> Self {
         self.terminals.push(IpTerminal {
             id: id.into(),
             addr: addr.to_string(),
-            settings: settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         });
         self
     }
@@ -110,10 +101,7 @@ impl AgentSpec {
             "mqtt".into(),
             table(vec![broker, ("keep_alive", self.keep_alive.clone().into())]),
         );
-        t.insert(
-            "store".into(),
-            table(vec![("path", store.display().to_string().into())]),
-        );
+        t.insert("store".into(), table(vec![("path", store.display().to_string().into())]));
         t.insert(
             "commands".into(),
             table(vec![
@@ -125,10 +113,7 @@ impl AgentSpec {
             "telemetry".into(),
             table(vec![("interval", self.telemetry_interval.clone().into())]),
         );
-        t.insert(
-            "log".into(),
-            table(vec![("level", self.log_level.clone().into())]),
-        );
+        t.insert("log".into(), table(vec![("level", self.log_level.clone().into())]));
         let terminals: Vec<Value> = self
             .terminals
             .iter()
@@ -138,11 +123,7 @@ impl AgentSpec {
                     ("kind", "ip".into()),
                     ("addr", ip.addr.clone().into()),
                 ];
-                pairs.extend(
-                    ip.settings
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.clone().into())),
-                );
+                pairs.extend(ip.settings.iter().map(|(k, v)| (k.as_str(), v.clone().into())));
                 table(pairs)
             })
             .collect();
@@ -152,10 +133,7 @@ impl AgentSpec {
             .parse()
             .unwrap_or_else(|e| panic!("AgentSpec.extra is not TOML: {e}\n{}", self.extra));
         if !extra.contains_key("security") {
-            t.insert(
-                "security".into(),
-                table(vec![("allow_unsigned", true.into())]),
-            );
+            t.insert("security".into(), table(vec![("allow_unsigned", true.into())]));
         }
         merge(&mut t, extra);
         toml::to_string(&t).expect("serialise the agent config")
@@ -193,10 +171,7 @@ impl Agent {
     }
 
     pub fn start_with(
-        spec: &AgentSpec,
-        dir: &Path,
-        env: &[(&str, &str)],
-        wrapper: &[&str],
+        spec: &AgentSpec, dir: &Path, env: &[(&str, &str)], wrapper: &[&str],
     ) -> Agent {
         let config = dir.join("posbridge.toml");
         std::fs::write(&config, spec.toml(&dir.join("store"))).expect("write config");
@@ -212,11 +187,8 @@ impl Agent {
     }
 
     pub fn spawn(&mut self, env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let bin = agent_bin();
         let mut cmd = match self.wrapper.split_first() {
             Some((prog, args)) => {
@@ -304,12 +276,7 @@ impl Agent {
     /// A `kB` (or count) field of `/proc/<pid>/status`, e.g. `VmRSS:`.
     pub fn proc_status(&self, field: &str) -> Option<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        s.lines()
-            .find(|l| l.starts_with(field))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
     }
 
     pub fn log(&self) -> String {

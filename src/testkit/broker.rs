@@ -40,9 +40,7 @@ impl Broker {
 
     #[cfg(feature = "embedded-broker")]
     pub fn embedded() -> Broker {
-        Broker::Embedded {
-            port: crate::broker::start_embedded().expect("embedded broker"),
-        }
+        Broker::Embedded { port: crate::broker::start_embedded().expect("embedded broker") }
     }
 
     #[cfg(not(feature = "embedded-broker"))]
@@ -102,12 +100,7 @@ impl Mosquitto {
     pub fn start_with(extra: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra = extra(dir.path());
-        let mut m = Mosquitto {
-            port: free_port(),
-            dir,
-            child: None,
-            extra,
-        };
+        let mut m = Mosquitto { port: free_port(), dir, child: None, extra };
         m.resume();
         m
     }
@@ -124,8 +117,7 @@ impl Mosquitto {
             dir = self.dir.path().display()
         )
         .expect("write conf");
-        f.write_all(self.extra.as_bytes())
-            .expect("write extra conf");
+        f.write_all(self.extra.as_bytes()).expect("write extra conf");
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)

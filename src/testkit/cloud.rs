@@ -36,9 +36,8 @@ impl Cloud {
         let mut o = pos::Options::loopback(port, client_id, Some(&format!("{root}/#")));
         o.keep_alive = Duration::from_secs(5);
         o.clean = !persistent;
-        let mut c = pos::Client::connect(o, Duration::from_secs(30))
-            .await
-            .expect("cloud subscribed");
+        let mut c =
+            pos::Client::connect(o, Duration::from_secs(30)).await.expect("cloud subscribed");
         let client = c.client.clone();
         let seen: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let notify = Arc::new(Notify::new());
@@ -47,22 +46,12 @@ impl Cloud {
             while let Some(m) = c.next().await {
                 let json = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
                 if let Ok(mut v) = s2.lock() {
-                    v.push(Msg {
-                        topic: m.topic,
-                        json,
-                        retain: m.retain,
-                    });
+                    v.push(Msg { topic: m.topic, json, retain: m.retain });
                 }
                 n2.notify_waiters();
             }
         });
-        Cloud {
-            client,
-            root,
-            seen,
-            notify,
-            task,
-        }
+        Cloud { client, root, seen, notify, task }
     }
 
     pub async fn send(&self, v: Value) {
@@ -71,12 +60,7 @@ impl Cloud {
 
     pub async fn send_raw(&self, payload: Vec<u8>) {
         self.client
-            .publish(
-                format!("{}/cmd", self.root),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish(format!("{}/cmd", self.root), QoS::AtLeastOnce, false, payload)
             .await
             .expect("publish");
     }
@@ -97,12 +81,7 @@ impl Cloud {
         let topic = format!("{}/{}", self.root, sub);
         self.seen
             .lock()
-            .map(|v| {
-                v.iter()
-                    .filter(|m| m.topic == topic)
-                    .map(|m| m.json.clone())
-                    .collect()
-            })
+            .map(|v| v.iter().filter(|m| m.topic == topic).map(|m| m.json.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -113,24 +92,16 @@ impl Cloud {
 
     /// Wait until `n` messages on `{root}/{sub}` satisfy `pred`; returns all that do.
     pub async fn wait_n(
-        &self,
-        sub: &str,
-        within: Duration,
-        n: usize,
-        pred: impl Fn(&Value) -> bool,
+        &self, sub: &str, within: Duration, n: usize, pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        self.try_wait_n(sub, within, n, pred)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.try_wait_n(sub, within, n, pred).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The retained status turns `degraded` (a store failure); on a timeout the panic
     /// carries the agent's log, which says why it did not.
     pub async fn degraded(&self, agent: &Agent) -> Value {
         match self
-            .try_wait_n("status", Duration::from_secs(20), 1, |v| {
-                v["state"] == "degraded"
-            })
+            .try_wait_n("status", Duration::from_secs(20), 1, |v| v["state"] == "degraded")
             .await
         {
             Ok(mut v) => v.remove(0),
@@ -139,11 +110,7 @@ impl Cloud {
     }
 
     async fn try_wait_n(
-        &self,
-        sub: &str,
-        within: Duration,
-        n: usize,
-        pred: impl Fn(&Value) -> bool,
+        &self, sub: &str, within: Duration, n: usize, pred: impl Fn(&Value) -> bool,
     ) -> Result<Vec<Value>, String> {
         let topic = format!("{}/{}", self.root, sub);
         let deadline = tokio::time::Instant::now() + within;
@@ -173,16 +140,13 @@ impl Cloud {
 
     pub async fn result(&self, id: &str) -> Value {
         let id = Value::String(id.to_string());
-        self.wait("result", Duration::from_secs(30), |v| v["id"] == id)
-            .await
+        self.wait("result", Duration::from_secs(30), |v| v["id"] == id).await
     }
 
     /// Wait (10 s at most) for a result whose error message contains `text`.
     pub async fn refusal(&self, text: &str) -> Value {
         self.wait("result", Duration::from_secs(10), |v| {
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(text))
+            v["error"]["message"].as_str().is_some_and(|m| m.contains(text))
         })
         .await
     }
@@ -195,25 +159,17 @@ impl Cloud {
     }
 
     pub fn results_for(&self, id: &str) -> Vec<Value> {
-        self.all("result")
-            .into_iter()
-            .filter(|v| v["id"] == id)
-            .collect()
+        self.all("result").into_iter().filter(|v| v["id"] == id).collect()
     }
 
     pub async fn online(&self) {
-        self.wait("status", Duration::from_secs(20), |v| {
-            v["state"] == "online"
-        })
-        .await;
+        self.wait("status", Duration::from_secs(20), |v| v["state"] == "online").await;
     }
 
     /// The agent `spec` describes, started in `dir` with `env`, and a cloud client for it
     /// (`cloud-<agent_id>`, connected first so nothing is missed), once the agent is online.
     pub async fn with_agent(
-        spec: &AgentSpec,
-        dir: &std::path::Path,
-        env: &[(&str, &str)],
+        spec: &AgentSpec, dir: &std::path::Path, env: &[(&str, &str)],
     ) -> (Cloud, Agent) {
         Self::start_agent(spec, dir, env, false).await
     }
@@ -221,18 +177,13 @@ impl Cloud {
     /// [`Cloud::with_agent`] with a persistent session: results queue up on the broker
     /// while this client is away.
     pub async fn with_agent_persistent(
-        spec: &AgentSpec,
-        dir: &std::path::Path,
-        env: &[(&str, &str)],
+        spec: &AgentSpec, dir: &std::path::Path, env: &[(&str, &str)],
     ) -> (Cloud, Agent) {
         Self::start_agent(spec, dir, env, true).await
     }
 
     async fn start_agent(
-        spec: &AgentSpec,
-        dir: &std::path::Path,
-        env: &[(&str, &str)],
-        persistent: bool,
+        spec: &AgentSpec, dir: &std::path::Path, env: &[(&str, &str)], persistent: bool,
     ) -> (Cloud, Agent) {
         let id = &spec.agent_id;
         let cloud = Cloud::connect(spec.broker_port, id, &format!("cloud-{id}"), persistent).await;

@@ -58,22 +58,11 @@ pub struct Rig<S> {
 impl<S> Rig<S> {
     /// Start the agent `spec` describes in `dir` with `env`, and its cloud client.
     pub async fn start(
-        broker: Broker,
-        dir: tempfile::TempDir,
-        spec: &AgentSpec,
-        env: &[(&str, &str)],
-        stats: S,
+        broker: Broker, dir: tempfile::TempDir, spec: &AgentSpec, env: &[(&str, &str)], stats: S,
         stop: CancellationToken,
     ) -> Self {
         let (cloud, agent) = Cloud::with_agent(spec, dir.path(), env).await;
-        Rig {
-            broker,
-            dir,
-            stats,
-            stop,
-            agent,
-            cloud,
-        }
+        Rig { broker, dir, stats, stop, agent, cloud }
     }
 }
 
@@ -105,9 +94,7 @@ impl<S> Drop for Rig<S> {
 /// An IP terminal simulator on loopback that approves every payment (after `delay_ms`, its
 /// draws from `seed`), running until `stop`: its address and stats.
 pub async fn approving_ip_sim(
-    seed: Option<u64>,
-    delay_ms: u64,
-    stop: &CancellationToken,
+    seed: Option<u64>, delay_ms: u64, stop: &CancellationToken,
 ) -> (std::net::SocketAddr, posbridge::sim::ip::SimStats) {
     let sim = posbridge::sim::ip::IpSim::loopback(posbridge::sim::ip::SimOptions::approving(
         seed, delay_ms,
@@ -136,18 +123,13 @@ pub async fn agent_with_a_silent_terminal(
 /// headers garbled), and start it again: its first online status whose `store` object
 /// `reports` accepts.
 pub async fn restart_on_a_damaged_store(
-    agent: &mut Agent,
-    cloud: &Cloud,
-    dir: &Path,
-    reports: impl Fn(&Value) -> bool,
+    agent: &mut Agent, cloud: &Cloud, dir: &Path, reports: impl Fn(&Value) -> bool,
 ) -> Value {
     assert!(agent.sigterm().success());
     garble_sled_headers(dir);
     agent.restart(&[]);
     cloud
-        .wait("status", Duration::from_secs(20), |v| {
-            v["state"] == "online" && reports(&v["store"])
-        })
+        .wait("status", Duration::from_secs(20), |v| v["state"] == "online" && reports(&v["store"]))
         .await
 }
 
@@ -166,10 +148,7 @@ pub fn output_text(out: &std::process::Output) -> String {
 /// A Token register simulator on loopback (no TLS) drawing from `seed`, not yet running.
 pub async fn token_sim(seed: u64) -> posbridge::sim::token::TokenSim {
     posbridge::sim::token::TokenSim::loopback(
-        posbridge::sim::token::SimOptions {
-            seed: Some(seed),
-            ..Default::default()
-        },
+        posbridge::sim::token::SimOptions { seed: Some(seed), ..Default::default() },
         None,
     )
     .await
@@ -241,9 +220,7 @@ pub fn assert_unknown_because(res: &Value, why: &str) {
 /// `status` of `target` (as command `id`): the target was reconciled as succeeded. The
 /// status result.
 pub async fn status_reconciled(cloud: &Cloud, id: &str, target: &str) -> Value {
-    let st = cloud
-        .ask(serde_json::json!({"v":1,"id":id,"op":"status","target":target}))
-        .await;
+    let st = cloud.ask(serde_json::json!({"v":1,"id":id,"op":"status","target":target})).await;
     assert_eq!(st["target"]["reconciled"]["state"], "succeeded", "{st}");
     st
 }
@@ -329,8 +306,7 @@ pub fn write_key_files(dir: &Path, keys: &[(&str, &str)]) -> String {
 /// `posbridge secret set <terminal> <name> --config <config>` with `value` typed on stdin.
 pub fn secret_set(config: &Path, terminal: &str, name: &str, value: &str) -> std::process::Output {
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["secret", "set", terminal, name, "--config"])
-        .arg(config);
+    cmd.args(["secret", "set", terminal, name, "--config"]).arg(config);
     output_with_stdin(&mut cmd, value.as_bytes())
 }
 
@@ -358,13 +334,8 @@ pub fn cloud_key(dir: &Path, kid: &str) -> (p256::ecdsa::SigningKey, String) {
     use p256::pkcs8::{EncodePublicKey, LineEnding};
     let sk = p256::ecdsa::SigningKey::generate();
     let pub_file = dir.join(format!("{kid}.pub"));
-    std::fs::write(
-        &pub_file,
-        sk.verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("pem"),
-    )
-    .expect("write pub");
+    std::fs::write(&pub_file, sk.verifying_key().to_public_key_pem(LineEnding::LF).expect("pem"))
+        .expect("write pub");
     let security = format!(
         "[security]\ncommand_keys = [{{ kid = \"{kid}\", public_key_file = \"{}\" }}]\n",
         pub_file.display()

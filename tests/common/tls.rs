@@ -25,26 +25,19 @@ pub fn pki() -> Pki {
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "posbridge test CA");
+    ca.distinguished_name.push(DnType::CommonName, "posbridge test CA");
     let ca_cert = ca.self_signed(&ca_key).expect("ca");
 
     let server_key = KeyPair::generate().expect("server key");
     let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-    sp.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    sp.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
     sp.distinguished_name.push(DnType::CommonName, "127.0.0.1");
-    let server = sp
-        .signed_by(&server_key, &ca_cert, &ca_key)
-        .expect("server cert");
+    let server = sp.signed_by(&server_key, &ca_cert, &ca_key).expect("server cert");
 
     let client_key = KeyPair::generate().expect("client key");
     let mut cp = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    cp.distinguished_name
-        .push(DnType::CommonName, "posbridge-shop-tls");
-    let client = cp
-        .signed_by(&client_key, &ca_cert, &ca_key)
-        .expect("client cert");
+    cp.distinguished_name.push(DnType::CommonName, "posbridge-shop-tls");
+    let client = cp.signed_by(&client_key, &ca_cert, &ca_key).expect("client cert");
     Pki {
         ca_pem: ca_cert.pem(),
         server_pem: server.pem(),

@@ -61,10 +61,7 @@ impl Op {
 
     /// Ops that run on a terminal's queue and touch its device.
     pub fn is_device_op(self) -> bool {
-        matches!(
-            self,
-            Op::Payment | Op::Refund | Op::DeviceInfo | Op::FiscalInfo
-        )
+        matches!(self, Op::Payment | Op::Refund | Op::DeviceInfo | Op::FiscalInfo)
     }
 
     /// Ops that move money: their device steps are journalled before and after.
@@ -266,25 +263,15 @@ impl TryFrom<Wire> for Command {
             }
             (Op::Cancel, _, _, Some(target)) => Body::Cancel { target },
             (Op::Status, _, _, Some(target)) => Body::Status { target },
-            (Op::List, ..) => Body::List(ListQuery {
-                state: w.state,
-                since: w.since,
-                limit: w.limit,
-                cursor,
-            }),
+            (Op::List, ..) => {
+                Body::List(ListQuery { state: w.state, since: w.since, limit: w.limit, cursor })
+            }
             (Op::DeviceInfo, ..) => Body::DeviceInfo,
             (Op::FiscalInfo, ..) => Body::FiscalInfo,
             (Op::Ping, ..) => Body::Ping,
             (op, ..) => Body::Salvaged(op),
         };
-        Ok(Command {
-            id,
-            terminal,
-            expires_at: w.expires_at,
-            agent: w.agent,
-            extra: w.extra,
-            body,
-        })
+        Ok(Command { id, terminal, expires_at: w.expires_at, agent: w.agent, extra: w.extra, body })
     }
 }
 
@@ -349,14 +336,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Rejection {
-            id: None,
-            op: None,
-            terminal: None,
-            code,
-            message: message.into(),
-            raw: None,
-        }
+        Rejection { id: None, op: None, terminal: None, code, message: message.into(), raw: None }
     }
 
     fn bad_payload(message: impl Into<String>, payload: &[u8]) -> Self {

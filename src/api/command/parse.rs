@@ -67,10 +67,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         ));
     }
     let Value::Object(mut obj) = value else {
-        return Err(Rejection::bad_payload(
-            "payload is not a JSON object",
-            payload,
-        ));
+        return Err(Rejection::bad_payload("payload is not a JSON object", payload));
     };
 
     let id = match obj.get("id") {
@@ -81,12 +78,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
                 payload,
             ))
         }
-        Some(_) => {
-            return Err(Rejection::bad_payload(
-                "field id: expected a string",
-                payload,
-            ))
-        }
+        Some(_) => return Err(Rejection::bad_payload("field id: expected a string", payload)),
         None => return Err(Rejection::bad_payload("field id: missing", payload)),
     };
     let fail = |msg: String| {
@@ -128,9 +120,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
     let terminal = opt_string(&obj, "terminal").map_err(&fail)?;
     if let Some(t) = &terminal {
         if !is_valid_name(t) {
-            return Err(fail(
-                "field terminal: must be 1-64 characters of [A-Za-z0-9_-]".into(),
-            ));
+            return Err(fail("field terminal: must be 1-64 characters of [A-Za-z0-9_-]".into()));
         }
     }
     let expires_at = opt_time(&obj, "expires_at").map_err(&fail)?;
@@ -157,25 +147,15 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         ));
     }
     if cursor.as_deref().is_some_and(|c| c.parse::<u64>().is_err()) {
-        return Err(fail(
-            "field cursor: not a value this agent gave as `next`".into(),
-        ));
+        return Err(fail("field cursor: not a value this agent gave as `next`".into()));
     }
     let limit = match obj.get("limit") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(l) if (1..=500).contains(&l) => Some(l as u32),
-            _ => {
-                return Err(fail(
-                    "field limit: expected an integer from 1 to 500".into(),
-                ))
-            }
+            _ => return Err(fail("field limit: expected an integer from 1 to 500".into())),
         },
-        Some(_) => {
-            return Err(fail(
-                "field limit: expected an integer from 1 to 500".into(),
-            ))
-        }
+        Some(_) => return Err(fail("field limit: expected an integer from 1 to 500".into())),
     };
 
     // Per-op requirements (mqtt-api.md: Per op).
@@ -183,10 +163,7 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
         if present {
             Ok(())
         } else {
-            Err(fail(format!(
-                "field {field}: required for op {}",
-                op.as_str()
-            )))
+            Err(fail(format!("field {field}: required for op {}", op.as_str())))
         }
     };
     match op {
@@ -280,9 +257,9 @@ fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Str
 fn opt_request_id(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
     let s = opt_string(obj, key)?;
     match s {
-        Some(s) if !is_valid_request_id(&s) => Err(format!(
-            "field {key}: must be a request id (1-64 characters of [A-Za-z0-9._:-])"
-        )),
+        Some(s) if !is_valid_request_id(&s) => {
+            Err(format!("field {key}: must be a request id (1-64 characters of [A-Za-z0-9._:-])"))
+        }
         other => Ok(other),
     }
 }
@@ -302,12 +279,8 @@ fn opt_amount(obj: &Map<String, Value>, key: &str) -> Result<Option<i64>, String
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(a) if a > 0 => Ok(Some(a)),
-            Some(_) => Err(format!(
-                "field {key}: must be a positive integer (minor units)"
-            )),
-            None => Err(format!(
-                "field {key}: expected an integer in minor units, got {n}"
-            )),
+            Some(_) => Err(format!("field {key}: must be a positive integer (minor units)")),
+            None => Err(format!("field {key}: expected an integer in minor units, got {n}")),
         },
         Some(_) => Err(format!("field {key}: expected an integer in minor units")),
     }

@@ -26,10 +26,7 @@ mod cases {
 
     #[test]
     fn oversize_is_rejected_unparsed() {
-        let big = format!(
-            r#"{{"v":1,"id":"x","op":"ping","pad":"{}"}}"#,
-            "a".repeat(2000)
-        );
+        let big = format!(r#"{{"v":1,"id":"x","op":"ping","pad":"{}"}}"#, "a".repeat(2000));
         let r = parse_command(big.as_bytes(), 1024).expect_err("too big");
         assert_eq!(r.id, None);
         assert!(r.message.contains("max_bytes"));
@@ -61,12 +58,10 @@ mod cases {
 
     #[test]
     fn per_op_requirements() {
-        assert!(
-            parse(r#"{"v":1,"id":"a","op":"payment","terminal":"t","amount":1}"#)
-                .expect_err("currency")
-                .message
-                .contains("currency")
-        );
+        assert!(parse(r#"{"v":1,"id":"a","op":"payment","terminal":"t","amount":1}"#)
+            .expect_err("currency")
+            .message
+            .contains("currency"));
         assert!(parse(r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1}"#).is_err());
         assert!(parse(
             r#"{"v":1,"id":"a","op":"refund","terminal":"t","amount":1,"original":"p1"}"#

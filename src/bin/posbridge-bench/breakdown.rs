@@ -23,8 +23,7 @@ fn path() -> Vec<&'static str> {
 /// For each step `PATH[i-1] → PATH[i]`: the median over the payments that have both, in µs.
 /// `client` holds each id's `sent` and `got` times.
 pub(crate) fn medians(
-    stages_file: &Path,
-    client: &HashMap<String, (u64, u64)>,
+    stages_file: &Path, client: &HashMap<String, (u64, u64)>,
 ) -> Result<Vec<(String, f64)>> {
     let text = std::fs::read_to_string(stages_file)
         .with_context(|| format!("reading {}", stages_file.display()))?;
@@ -36,9 +35,7 @@ pub(crate) fn medians(
         else {
             continue;
         };
-        at.entry(id.to_string())
-            .or_default()
-            .insert(stage.to_string(), ns);
+        at.entry(id.to_string()).or_default().insert(stage.to_string(), ns);
     }
     for (id, (sent, got)) in client {
         let e = at.entry(id.clone()).or_default();
@@ -47,10 +44,7 @@ pub(crate) fn medians(
     }
     let mut out = Vec::new();
     let path = path();
-    let steps = path
-        .windows(2)
-        .map(|w| (w[0], w[1]))
-        .chain([("result_sent", "result_acked")]);
+    let steps = path.windows(2).map(|w| (w[0], w[1])).chain([("result_sent", "result_acked")]);
     for w in steps {
         let w = [w.0, w.1];
         let mut d: Vec<f64> = client
@@ -72,16 +66,11 @@ pub(crate) fn report(steps: &[(String, f64)], j: &mut Value) {
     let path = &steps[..steps.len().saturating_sub(1)];
     let total: f64 = path.iter().map(|(_, v)| v).filter(|v| v.is_finite()).sum();
     for (name, v) in path {
-        println!(
-            "  {name:<34} {v:>9.1}  ({:>4.1} %)",
-            100.0 * v / total.max(1e-9)
-        );
+        println!("  {name:<34} {v:>9.1}  ({:>4.1} %)", 100.0 * v / total.max(1e-9));
     }
     if let Some((name, v)) = steps.last() {
         println!("  {name:<34} {v:>9.1}  (beside the path: the broker's PUBACK)");
     }
-    j["e2e_stages_us"] = json!(steps
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect::<serde_json::Map<_, _>>());
+    j["e2e_stages_us"] =
+        json!(steps.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>());
 }

@@ -37,12 +37,7 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
         let sent = posbridge::stages::monotonic_ns();
         cloud
             .client
-            .publish(
-                "posbridge/bench-e2e/cmd",
-                QoS::AtLeastOnce,
-                false,
-                cmd.to_string(),
-            )
+            .publish("posbridge/bench-e2e/cmd", QoS::AtLeastOnce, false, cmd.to_string())
             .await?;
         loop {
             let (topic, p) = match cloud.recv(Duration::from_secs(30)).await {

@@ -20,13 +20,9 @@ pub(crate) async fn floor_rr(port: u16, n: usize) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let t = Instant::now();
-        a.client
-            .publish("floor/req", QoS::AtLeastOnce, false, payload.clone())
-            .await?;
+        a.client.publish("floor/req", QoS::AtLeastOnce, false, payload.clone()).await?;
         let (_, p) = b.recv(Duration::from_secs(5)).await?;
-        b.client
-            .publish("floor/rep", QoS::AtLeastOnce, false, p.to_vec())
-            .await?;
+        b.client.publish("floor/rep", QoS::AtLeastOnce, false, p.to_vec()).await?;
         a.recv(Duration::from_secs(5)).await?;
         if i >= 20 {
             out.push(micros(t.elapsed()));
@@ -41,11 +37,8 @@ pub(crate) async fn floor_sim(addr: &str, n: usize) -> Result<Vec<f64>> {
     let mut c = IpClient::connect(addr, Duration::from_secs(5)).await?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 20 {
-        let req = Request::Pay {
-            r#ref: format!("floor-{i}"),
-            amount: 1500,
-            currency: "AZN".into(),
-        };
+        let req =
+            Request::Pay { r#ref: format!("floor-{i}"), amount: 1500, currency: "AZN".into() };
         let t = Instant::now();
         c.call(&req, Duration::from_secs(5)).await?;
         if i >= 20 {
@@ -58,10 +51,8 @@ pub(crate) async fn floor_sim(addr: &str, n: usize) -> Result<Vec<f64>> {
 /// One durable write at its physical limit: append ~400 B to a file and `fdatasync` it
 /// (what no store can go below: one write and one sync of the device), `n` samples (µs).
 pub(crate) fn floor_sync(dir: &Path, n: usize) -> Result<Vec<f64>> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("floor-log"))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("floor-log"))?;
     let v = vec![b'r'; 400];
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 20 {
@@ -88,10 +79,7 @@ pub(crate) async fn floor_throughput(port: u16, n: usize, size: usize) -> Result
     let c = publ.client.clone();
     let feeder = tokio::spawn(async move {
         for _ in 0..n {
-            if c.publish("tp/x", QoS::AtLeastOnce, false, payload.clone())
-                .await
-                .is_err()
-            {
+            if c.publish("tp/x", QoS::AtLeastOnce, false, payload.clone()).await.is_err() {
                 return;
             }
         }

@@ -41,26 +41,17 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     let c = publ.client.clone();
     let feeder = tokio::spawn(async move {
         for cmd in cmds {
-            if c.publish("posbridge/bench-in/cmd", QoS::AtLeastOnce, false, cmd)
-                .await
-                .is_err()
-            {
+            if c.publish("posbridge/bench-in/cmd", QoS::AtLeastOnce, false, cmd).await.is_err() {
                 return;
             }
         }
     });
     let (_, p) = match cloud.recv(Duration::from_secs(120)).await {
         Ok(m) => m,
-        Err(e) => bail!(
-            "no result for the closing ping: {e:#}\n{}",
-            agent.log_tail(20)
-        ),
+        Err(e) => bail!("no result for the closing ping: {e:#}\n{}", agent.log_tail(20)),
     };
     if !contains(&p, b"\"in-last\"") {
-        bail!(
-            "a payment was refused during intake: {}",
-            String::from_utf8_lossy(&p)
-        );
+        bail!("a payment was refused during intake: {}", String::from_utf8_lossy(&p));
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     feeder.abort();

@@ -17,38 +17,25 @@ pub(crate) struct Client(pos::Client);
 
 impl Client {
     pub(crate) async fn connect(
-        port: u16,
-        id: &str,
-        sub: Option<&str>,
-        clean: bool,
+        port: u16, id: &str, sub: Option<&str>, clean: bool,
     ) -> Result<Client> {
         let mut o = pos::Options::loopback(port, id, sub);
         o.clean = clean;
         o.keep_alive = Duration::from_secs(30);
         o.capacity = 100_000;
-        Ok(Client(
-            pos::Client::connect(o, Duration::from_secs(10)).await?,
-        ))
+        Ok(Client(pos::Client::connect(o, Duration::from_secs(10)).await?))
     }
 
     /// The client `<agent_id>-<name>`, subscribed to the agent's `topic` (`#`: all).
     pub(crate) async fn of(
-        port: u16,
-        agent_id: &str,
-        name: &str,
-        topic: &str,
-        clean: bool,
+        port: u16, agent_id: &str, name: &str, topic: &str, clean: bool,
     ) -> Result<Client> {
         let sub = format!("{}/{topic}", pos::root(agent_id));
         Self::connect(port, &format!("{agent_id}-{name}"), Some(&sub), clean).await
     }
 
     pub(crate) async fn recv(&mut self, within: Duration) -> Result<(String, bytes::Bytes)> {
-        let m = self
-            .0
-            .recv(within)
-            .await
-            .context("timed out waiting for a message")?;
+        let m = self.0.recv(within).await.context("timed out waiting for a message")?;
         Ok((m.topic, m.payload))
     }
 }
@@ -70,25 +57,16 @@ pub(crate) fn agent_bin() -> Result<PathBuf> {
     if !bin.exists() {
         // `cargo run --bin posbridge-bench` builds only this binary: build the agent too.
         if let Some(cargo) = std::env::var_os("CARGO") {
-            let profile = if cfg!(debug_assertions) {
-                vec![]
-            } else {
-                vec!["--release"]
-            };
-            let st = Command::new(cargo)
-                .args(["build", "--bin", "posbridge"])
-                .args(profile)
-                .status()?;
+            let profile = if cfg!(debug_assertions) { vec![] } else { vec!["--release"] };
+            let st =
+                Command::new(cargo).args(["build", "--bin", "posbridge"]).args(profile).status()?;
             if !st.success() {
                 bail!("cargo build --bin posbridge failed");
             }
         }
     }
     if !bin.exists() {
-        bail!(
-            "{} not found: run `cargo build --release --bins` first",
-            bin.display()
-        );
+        bail!("{} not found: run `cargo build --release --bins` first", bin.display());
     }
     Ok(bin)
 }
@@ -145,9 +123,7 @@ pub(crate) async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::C
 /// The agent started on `spec` in `dir`, once `status` (subscribed to its status) saw it
 /// online; else the error with the log's tail.
 pub(crate) async fn start_online(
-    dir: &Path,
-    spec: &AgentSpec,
-    status: &mut Client,
+    dir: &Path, spec: &AgentSpec, status: &mut Client,
 ) -> Result<Agent> {
     let agent = start_agent(dir, spec)?;
     if let Err(e) = wait_online(status, Duration::from_secs(20)).await {

@@ -88,10 +88,8 @@ fn summarize(reports: &[Report]) -> Vec<Summary> {
     names
         .into_iter()
         .filter_map(|name| {
-            let mut runs: Vec<&Figure> = reports
-                .iter()
-                .flat_map(|r| r.figs.iter().filter(|f| f.name == name))
-                .collect();
+            let mut runs: Vec<&Figure> =
+                reports.iter().flat_map(|r| r.figs.iter().filter(|f| f.name == name)).collect();
             runs.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
             let mid = runs.get((runs.len().saturating_sub(1)) / 2)?;
             Some(Summary {
@@ -158,10 +156,7 @@ fn main() -> Result<()> {
     }
     let what = args.what;
     let mut failed = 0;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let mut broker = Broker::start();
         println!(

@@ -68,21 +68,12 @@ pub(super) async fn brokers(cfg: &Config) -> (Vec<Check>, BrokerView) {
 
 impl BrokerView {
     fn failed(check: Check) -> BrokerView {
-        BrokerView {
-            check,
-            reached: false,
-            status: None,
-            terminals: Default::default(),
-        }
+        BrokerView { check, reached: false, status: None, terminals: Default::default() }
     }
 }
 
 async fn broker_inner(
-    cfg: &Config,
-    ep: &MqttEndpoint,
-    name: &str,
-    key: &str,
-    view: &mut BrokerView,
+    cfg: &Config, ep: &MqttEndpoint, name: &str, key: &str, view: &mut BrokerView,
 ) -> Result<String, Check> {
     let fail = |detail: String, fix: &str| Check::fail(name, detail, fix.replace("mqtt.url", key));
     // mqtts://: the same rustls configuration as the agent (CA file, client certificate).
@@ -140,19 +131,17 @@ async fn broker_inner(
     // session, discard its persistent session (and the commands queued in it).
     let client_id = format!("{}-doctor", cfg.mqtt.client_id);
     let mut opts = MqttOptions::new(client_id.clone(), ep.host.clone(), ep.port);
-    opts.set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(5));
+    opts.set_clean_session(true).set_keep_alive(Duration::from_secs(5));
     if let Some(tls) = tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls),
-        ));
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls,
+        )));
     }
     if let Some(u) = &cfg.mqtt.username {
         opts.set_credentials(u.clone(), password.unwrap_or_default());
     }
     let (client, mut el) = AsyncClient::new(opts, 16);
-    el.network_options
-        .set_connection_timeout(BROKER_TIMEOUT.as_secs());
+    el.network_options.set_connection_timeout(BROKER_TIMEOUT.as_secs());
     let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
     let connack = tokio::time::timeout(BROKER_TIMEOUT, async {
         loop {
@@ -166,12 +155,7 @@ async fn broker_inner(
         }
     })
     .await;
-    let who = cfg
-        .mqtt
-        .username
-        .as_deref()
-        .map(|u| format!(" as {u:?}"))
-        .unwrap_or_default();
+    let who = cfg.mqtt.username.as_deref().map(|u| format!(" as {u:?}")).unwrap_or_default();
     match connack {
         Err(_) => {
             return Err(fail(format!("{target} accepted TCP but sent no CONNACK within {BROKER_TIMEOUT:?}"),
@@ -209,11 +193,7 @@ async fn broker_inner(
     let deadline = tokio::time::Instant::now() + RETAINED_MAX;
     let mut subacks = 0;
     loop {
-        let wait = if subacks < 2 {
-            BROKER_TIMEOUT
-        } else {
-            RETAINED_QUIET
-        };
+        let wait = if subacks < 2 { BROKER_TIMEOUT } else { RETAINED_QUIET };
         let ev = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             ev = tokio::time::timeout(wait, el.poll()) => ev,
@@ -283,10 +263,7 @@ pub(super) fn agent_status(cfg: &Config, broker: &BrokerView) -> Check {
             format!(
                 "online, version {}, started {}",
                 status.get("version").and_then(Value::as_str).unwrap_or("?"),
-                status
-                    .get("started_at")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
+                status.get("started_at").and_then(Value::as_str).unwrap_or("?")
             ),
         ),
         Some(state) => Check::warn(

@@ -12,11 +12,8 @@ pub(super) fn clock() -> Check {
     use chrono::Datelike;
     let now = chrono::Utc::now();
     let synced = Path::new("/run/systemd/timesync/synchronized").exists();
-    let detail = format!(
-        "{}{}",
-        crate::api::ts(now),
-        if synced { " (NTP synchronized)" } else { "" }
-    );
+    let detail =
+        format!("{}{}", crate::api::ts(now), if synced { " (NTP synchronized)" } else { "" });
     if now.year() < 2024 {
         Check::fail(
             "clock",
@@ -51,11 +48,8 @@ pub(super) fn disk(path: &Path) -> Check {
     match free_bytes(path) {
         Err(e) => Check::warn(NAME, format!("cannot stat {}: {e}", path.display()), ""),
         Ok(free) => {
-            let detail = format!(
-                "{:.0} MiB free for {}",
-                free as f64 / (1024.0 * 1024.0),
-                path.display()
-            );
+            let detail =
+                format!("{:.0} MiB free for {}", free as f64 / (1024.0 * 1024.0), path.display());
             let fix = "free space (journalctl --vacuum-size=50M, apt-get clean) or move store.path to a bigger disk";
             if free < DISK_FAIL {
                 Check::fail(NAME, detail, fix)

@@ -56,30 +56,15 @@ pub struct Check {
 
 impl Check {
     fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            level: Level::Ok,
-            detail: detail.into(),
-            fix: String::new(),
-        }
+        Check { name: name.into(), level: Level::Ok, detail: detail.into(), fix: String::new() }
     }
 
     fn warn(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            level: Level::Warn,
-            detail: detail.into(),
-            fix: fix.into(),
-        }
+        Check { name: name.into(), level: Level::Warn, detail: detail.into(), fix: fix.into() }
     }
 
     fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            level: Level::Fail,
-            detail: detail.into(),
-            fix: fix.into(),
-        }
+        Check { name: name.into(), level: Level::Fail, detail: detail.into(), fix: fix.into() }
     }
 }
 
@@ -96,20 +81,13 @@ pub async fn run(path: &Path) -> Vec<Check> {
             return vec![Check::fail(
                 "config",
                 format!("{e}"),
-                format!(
-                    "fix the named key, then `posbridge check --config {}`",
-                    path.display()
-                ),
+                format!("fix the named key, then `posbridge check --config {}`", path.display()),
             )]
         }
     };
     let mut checks = vec![Check::ok(
         "config",
-        format!(
-            "{} is valid ({} terminal(s))",
-            path.display(),
-            cfg.terminals.len()
-        ),
+        format!("{} is valid ({} terminal(s))", path.display(), cfg.terminals.len()),
     )];
     checks.push(host::clock());
     checks.push(security::security(&cfg));
@@ -127,20 +105,10 @@ pub async fn run(path: &Path) -> Vec<Check> {
 
 /// The table: check | status | detail | fix.
 pub fn render(checks: &[Check]) -> String {
-    let w_name = checks
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
+    let w_name = checks.iter().map(|c| c.name.len()).max().unwrap_or(5).max(5);
     let mut out = format!("{:<w_name$}  {:<6}  DETAIL\n", "CHECK", "STATUS");
     for c in checks {
-        out.push_str(&format!(
-            "{:<w_name$}  {:<6}  {}\n",
-            c.name,
-            c.level.as_str(),
-            c.detail
-        ));
+        out.push_str(&format!("{:<w_name$}  {:<6}  {}\n", c.name, c.level.as_str(), c.detail));
         if !c.fix.is_empty() && c.level != Level::Ok {
             out.push_str(&format!("{:<w_name$}  {:<6}  fix: {}\n", "", "", c.fix));
         }

@@ -65,10 +65,7 @@ pub(super) fn key_file(cfg: &Config) -> Check {
     if mode & 0o077 != 0 {
         return Check::fail(
             NAME,
-            format!(
-                "{} has mode {mode:04o}: readable beyond its owner",
-                path.display()
-            ),
+            format!("{} has mode {mode:04o}: readable beyond its owner", path.display()),
             format!("chmod 600 {}", path.display()),
         );
     }
@@ -90,10 +87,7 @@ pub(super) fn key_file(cfg: &Config) -> Check {
             "run doctor as the agent's user: `sudo -u posbridge posbridge doctor`",
         );
     }
-    Check::ok(
-        NAME,
-        format!("{} mode {mode:04o}, 32 bytes", path.display()),
-    )
+    Check::ok(NAME, format!("{} mode {mode:04o}, 32 bytes", path.display()))
 }
 
 /// Every `*_file` key in the configuration: must be readable; secret ones (passwords,
@@ -114,11 +108,7 @@ fn collect_files(v: &Value, at: String, out: &mut Vec<(String, PathBuf)>) {
     match v {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
+                let key = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
                 match v {
                     Value::String(s) if k.ends_with("_file") && !s.is_empty() => {
                         out.push((key, PathBuf::from(s)))
@@ -153,20 +143,12 @@ fn file_check(key: &str, path: &Path) -> Check {
             readable_fix.replace("FILE", &path.display().to_string()),
         );
     }
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o777)
-        .unwrap_or(0);
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
     if is_secret_file(key) && mode & 0o007 != 0 {
         return Check::fail(
             name,
-            format!(
-                "{} has mode {mode:04o}: a secret readable by every user",
-                path.display()
-            ),
-            format!(
-                "chown root:posbridge {p}; chmod 640 {p}",
-                p = path.display()
-            ),
+            format!("{} has mode {mode:04o}: a secret readable by every user", path.display()),
+            format!("chown root:posbridge {p}; chmod 640 {p}", p = path.display()),
         );
     }
     Check::ok(name, format!("{} mode {mode:04o}", path.display()))

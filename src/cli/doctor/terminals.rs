@@ -21,9 +21,7 @@ use crate::store::Store;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(super) async fn terminals(
-    cfg: &Config,
-    store_state: StoreState,
-    broker: &BrokerView,
+    cfg: &Config, store_state: StoreState, broker: &BrokerView,
 ) -> Vec<Check> {
     if cfg.terminals.is_empty() {
         return vec![Check::warn(
@@ -39,19 +37,12 @@ pub(super) async fn terminals(
     let env = match driver_env(cfg, store_state, scratch.as_ref().ok().map(|d| d.path())) {
         Ok(env) => env,
         Err(e) => {
-            return vec![Check::fail(
-                "terminals",
-                format!("cannot prepare the drivers: {e:#}"),
-                "",
-            )]
+            return vec![Check::fail("terminals", format!("cannot prepare the drivers: {e:#}"), "")]
         }
     };
     let drivers = crate::agent::build_drivers(cfg, &env.0);
-    let kinds: std::collections::HashMap<&str, &str> = cfg
-        .terminals
-        .iter()
-        .map(|t| (t.id(), t.kind_name()))
-        .collect();
+    let kinds: std::collections::HashMap<&str, &str> =
+        cfg.terminals.iter().map(|t| (t.id(), t.kind_name())).collect();
     let probes = drivers.iter().map(|(id, d)| async move {
         let h = tokio::time::timeout(HEALTH_TIMEOUT, d.health()).await;
         (id.clone(), h, d.mode())
@@ -74,11 +65,8 @@ pub(super) async fn terminals(
     for (id, h, mode) in results {
         let kind = kinds.get(id.as_str()).copied().unwrap_or("?");
         let name = format!("terminal {id} ({kind})");
-        let agent_view = broker
-            .terminals
-            .get(&id)
-            .and_then(|v| v.get("state"))
-            .and_then(Value::as_str);
+        let agent_view =
+            broker.terminals.get(&id).and_then(|v| v.get("state")).and_then(Value::as_str);
         let fix = format!(
             "is the {kind} terminal on and reachable from this machine? check its address in the configuration (README: Troubleshooting)"
         );
@@ -89,11 +77,7 @@ pub(super) async fn terminals(
                 "disabled in the configuration (mode = \"disabled\"): commands to it are refused",
                 "set mode = \"test\" or \"live\" when it should take payments",
             ),
-            Err(_) => Check::fail(
-                name,
-                format!("no health answer within {HEALTH_TIMEOUT:?}"),
-                fix,
-            ),
+            Err(_) => Check::fail(name, format!("no health answer within {HEALTH_TIMEOUT:?}"), fix),
             Ok(h) if matches!(h.state, TerminalState::Connected | TerminalState::Busy) => {
                 let mut detail = h.state.to_string();
                 if let Some(m) = mode {
@@ -143,9 +127,5 @@ fn driver_env(cfg: &Config, state: StoreState, scratch: Option<&Path>) -> anyhow
         scratch.join("device.key")
     };
     let secrets = crate::secrets::Secrets::open(&key, store.clone())?;
-    Ok(Env(DriverEnv {
-        store,
-        secrets,
-        agent_id: cfg.agent_id.clone(),
-    }))
+    Ok(Env(DriverEnv { store, secrets, agent_id: cfg.agent_id.clone() }))
 }

@@ -73,10 +73,7 @@ fn free_space_of_a_path_not_created_yet() {
 
 #[test]
 fn table_shows_fix_only_for_problems() {
-    let t = render(&[
-        Check::ok("clock", "fine"),
-        Check::fail("broker", "down", "start it"),
-    ]);
+    let t = render(&[Check::ok("clock", "fine"), Check::fail("broker", "down", "start it")]);
     assert!(t.contains("clock   ok      fine"), "{t}");
     assert!(t.contains("broker  FAIL    down"), "{t}");
     assert!(t.contains("fix: start it"), "{t}");

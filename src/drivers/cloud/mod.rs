@@ -53,11 +53,7 @@ impl std::fmt::Debug for Credential {
 ///
 /// Values are never logged; the source is.
 pub fn credential(
-    secrets: &Secrets,
-    terminal: &str,
-    mode: &str,
-    name: &str,
-    file: Option<&Path>,
+    secrets: &Secrets, terminal: &str, mode: &str, name: &str, file: Option<&Path>,
 ) -> Result<Credential, String> {
     for slot in [format!("{mode}_{name}"), name.to_string()] {
         match secrets.get(terminal, &slot) {
@@ -73,10 +69,7 @@ pub fn credential(
                     tracing::warn!(terminal, slot = %slot, file = %f.display(),
                         "both a stored secret and a {name}_file are set; using the stored secret");
                 }
-                return Ok(Credential {
-                    value,
-                    source: format!("secret {terminal}/{slot}"),
-                });
+                return Ok(Credential { value, source: format!("secret {terminal}/{slot}") });
             }
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
@@ -95,10 +88,7 @@ pub fn credential(
     if value.is_empty() {
         return Err(format!("{name}_file {} is empty", path.display()));
     }
-    Ok(Credential {
-        value,
-        source: format!("{name}_file {}", path.display()),
-    })
+    Ok(Credential { value, source: format!("{name}_file {}", path.display()) })
 }
 
 /// Where a cloud terminal calls and with what: its provider's base URL for the configured
@@ -145,10 +135,7 @@ impl Access {
     pub fn open(c: &AccessConfig, secrets: &Secrets) -> Result<Access, String> {
         let mode_name = mode_name(c.mode);
         let opened = if c.mode == ProviderMode::Disabled {
-            Err(format!(
-                "terminal {} is disabled (mode = \"disabled\" in the config)",
-                c.id
-            ))
+            Err(format!("terminal {} is disabled (mode = \"disabled\" in the config)", c.id))
         } else {
             let [(key_name, key_file), (secret_name, secret_file)] = c.credentials;
             (|| {
@@ -158,12 +145,7 @@ impl Access {
                 tracing::info!(terminal = %c.id, kind = c.kind, mode = mode_name,
                     "credentials loaded: {key_name} from {}, {secret_name} from {}",
                     key.source, secret.source);
-                Ok(Access {
-                    base: c.base(),
-                    key,
-                    secret,
-                    client,
-                })
+                Ok(Access { base: c.base(), key, secret, client })
             })()
             .map_err(|e: String| format!("terminal {} ({mode_name} mode): {e}", c.id))
         };
@@ -203,9 +185,7 @@ const MAX_BODY: usize = 1024 * 1024;
 pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<Reply, Transport> {
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Transport::MaybeSent(format!(
-            "HTTP {status} with an empty body"
-        )));
+        return Err(Transport::MaybeSent(format!("HTTP {status} with an empty body")));
     }
     if body.len() > MAX_BODY {
         return Err(Transport::MaybeSent(format!(
@@ -225,19 +205,14 @@ pub fn classify(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<
         )));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        Transport::MaybeSent(format!(
-            "HTTP {status} with a body that is not valid JSON: {e}"
-        ))
+        Transport::MaybeSent(format!("HTTP {status} with a body that is not valid JSON: {e}"))
     })?;
     if !v.is_object() {
         return Err(Transport::MaybeSent(format!(
             "HTTP {status} with a JSON body that is not an object"
         )));
     }
-    Ok(Reply {
-        status,
-        body: lower_keys(v),
-    })
+    Ok(Reply { status, body: lower_keys(v) })
 }
 
 fn html_title(text: &str) -> Option<String> {
@@ -263,14 +238,11 @@ pub fn lower_keys(v: Value) -> Value {
 /// An HTTP client for one provider: no redirects (a redirected POST is not what was
 /// asked), bounded connect time.
 pub fn http_client(
-    connect_timeout: Duration,
-    ca_file: Option<&Path>,
+    connect_timeout: Duration, ca_file: Option<&Path>,
 ) -> Result<reqwest::Client, String> {
     // API keys travel in headers: no redirects (a 30x answer is an answer, not a hop) and
     // no proxy from the environment.
-    let mut b = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy();
+    let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy();
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -343,8 +315,7 @@ pub fn redact_url(url: &str) -> String {
 /// credentials, disabled) refuses every command with `device_unavailable`; a payment must
 /// pass the provider's own field rules (`bad_request` naming the field).
 pub fn validate<T>(
-    usable: &Result<T, String>,
-    cmd: &crate::api::Command,
+    usable: &Result<T, String>, cmd: &crate::api::Command,
     payment: impl FnOnce(&crate::api::Command) -> Result<(), String>,
 ) -> Result<(), crate::api::Rejection> {
     use crate::api::{ErrorCode, Op, Rejection};
@@ -366,9 +337,7 @@ mod tests {
     #[tokio::test]
     async fn an_endless_body_is_cut_at_the_cap() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = sent.clone();
@@ -392,12 +361,7 @@ mod tests {
             }
         });
         let client = http_client(Duration::from_secs(2), None).expect("client");
-        let r = send(
-            client
-                .get(format!("http://{addr}/"))
-                .timeout(Duration::from_secs(20)),
-        )
-        .await;
+        let r = send(client.get(format!("http://{addr}/")).timeout(Duration::from_secs(20))).await;
         match r {
             Err(Transport::MaybeSent(m)) => assert!(m.contains("body over"), "{m}"),
             other => panic!("{other:?}"),
@@ -427,15 +391,9 @@ mod tests {
             )
         );
         let e = classify(200, Some("application/json"), b"").expect_err("empty");
-        assert!(
-            matches!(&e, Transport::MaybeSent(m) if m.contains("empty body")),
-            "{e}"
-        );
+        assert!(matches!(&e, Transport::MaybeSent(m) if m.contains("empty body")), "{e}");
         let e = classify(200, Some("text/plain"), br#"{"Succeeded":true}"#).expect_err("ct");
-        assert!(
-            matches!(&e, Transport::MaybeSent(m) if m.contains("text/plain")),
-            "{e}"
-        );
+        assert!(matches!(&e, Transport::MaybeSent(m) if m.contains("text/plain")), "{e}");
         let e = classify(200, None, br#"{"a":1}"#).expect_err("no ct");
         assert!(e.to_string().contains("Content-Type none"), "{e}");
         let e = classify(200, Some("application/json"), b"{\"Succ").expect_err("truncated");
@@ -461,10 +419,8 @@ mod tests {
 
     #[test]
     fn credential_debug_never_shows_the_value() {
-        let c = Credential {
-            value: Zeroizing::new("s3cret".into()),
-            source: "api_key_file /x".into(),
-        };
+        let c =
+            Credential { value: Zeroizing::new("s3cret".into()), source: "api_key_file /x".into() };
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 
@@ -480,10 +436,7 @@ mod tests {
         secrets.set("p", "api_key", b"generic").await.expect("set");
         let c = credential(&secrets, "p", "test", "api_key", Some(&file)).expect("generic");
         assert_eq!(c.expose(), "generic");
-        secrets
-            .set("p", "live_api_key", b"live-one")
-            .await
-            .expect("set");
+        secrets.set("p", "live_api_key", b"live-one").await.expect("set");
         let c = credential(&secrets, "p", "live", "api_key", Some(&file)).expect("live");
         assert_eq!(c.expose(), "live-one");
         assert_eq!(c.source, "secret p/live_api_key");

@@ -23,12 +23,7 @@ pub fn format_minor(minor: i64, exp: u32) -> String {
         return format!("{sign}{abs}");
     }
     let scale = 10u64.pow(exp);
-    format!(
-        "{sign}{}.{:0width$}",
-        abs / scale,
-        abs % scale,
-        width = exp as usize
-    )
+    format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize)
 }
 
 /// `"22.50"` (or `22.5`, `22`) with exponent 2 → `2250`. More fraction digits than the
@@ -52,20 +47,14 @@ pub fn parse_decimal(text: &str, exp: u32) -> Result<i64, String> {
     }
     let frac = frac.trim_end_matches('0');
     if frac.len() > exp as usize {
-        return Err(format!(
-            "{text:?} has more than {exp} decimal places for this currency"
-        ));
+        return Err(format!("{text:?} has more than {exp} decimal places for this currency"));
     }
     let scale = 10i64.pow(exp);
-    let whole: i64 = int
-        .parse()
-        .map_err(|_| format!("{text:?} is out of range"))?;
+    let whole: i64 = int.parse().map_err(|_| format!("{text:?} is out of range"))?;
     let mut fraction: i64 = 0;
     if !frac.is_empty() {
         let padded = format!("{frac:0<width$}", width = exp as usize);
-        fraction = padded
-            .parse()
-            .map_err(|_| format!("{text:?} is not a decimal amount"))?;
+        fraction = padded.parse().map_err(|_| format!("{text:?} is not a decimal amount"))?;
     }
     let v = whole
         .checked_mul(scale)
@@ -94,13 +83,7 @@ mod tests {
 
     #[test]
     fn parses_back_exactly() {
-        for (minor, exp) in [
-            (2200, 2),
-            (1, 2),
-            (7, 3),
-            (1500, 0),
-            (9_007_199_254_740_993, 2),
-        ] {
+        for (minor, exp) in [(2200, 2), (1, 2), (7, 3), (1500, 0), (9_007_199_254_740_993, 2)] {
             assert_eq!(parse_decimal(&format_minor(minor, exp), exp), Ok(minor));
         }
         assert_eq!(parse_decimal("22", 2), Ok(2200));

@@ -20,10 +20,7 @@ use crate::api::{Body, Op, PaymentInfo};
 use crate::store::CommandRecord;
 
 /// What this terminal kind runs; anything else is refused at admission.
-const CAPS: Caps = Caps {
-    kind: "ip",
-    ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
-};
+const CAPS: Caps = Caps { kind: "ip", ops: &[Op::Payment, Op::Refund, Op::DeviceInfo] };
 
 #[derive(Debug, Clone)]
 pub struct IpDriver {
@@ -68,11 +65,9 @@ impl IpDriver {
     fn request_for(cmd: &crate::api::Command) -> Option<Request> {
         let r#ref = cmd.id.to_string();
         match &cmd.body {
-            Body::Payment(m) => Some(Request::Pay {
-                r#ref,
-                amount: m.minor,
-                currency: m.currency.to_string(),
-            }),
+            Body::Payment(m) => {
+                Some(Request::Pay { r#ref, amount: m.minor, currency: m.currency.to_string() })
+            }
             Body::Refund(r) => Some(Request::Refund {
                 r#ref,
                 transaction_id: r.transaction_id.clone()?,
@@ -84,13 +79,7 @@ impl IpDriver {
 
     async fn status(&self, r#ref: &str) -> Result<Response, ProtoError> {
         let mut c = self.connect().await?;
-        c.call(
-            &Request::Status {
-                r#ref: r#ref.to_string(),
-            },
-            self.connect_timeout,
-        )
-        .await
+        c.call(&Request::Status { r#ref: r#ref.to_string() }, self.connect_timeout).await
     }
 
     /// Send one pay/refund and say what came back. The connection of the last answered
@@ -154,10 +143,7 @@ impl IpDriver {
         let r#ref = ctx.cmd().id.clone();
         // Durable before the device can move money (mqtt-api.md: Durability promise 2).
         if let Err(e) = ctx
-            .sending_step(&journal::Sending {
-                r#ref: r#ref.to_string(),
-                addr: self.addr.clone(),
-            })
+            .sending_step(&journal::Sending { r#ref: r#ref.to_string(), addr: self.addr.clone() })
             .await
         {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
@@ -188,10 +174,7 @@ fn answer_fact(r#ref: &str, resp: Response) -> Fact {
     if resp.r#ref.as_deref() != Some(r#ref) {
         tracing::warn!(want = r#ref, answer = %crate::api::pan::mask_str(&raw.to_string()), "answer for another ref");
         return Fact::unreadable(
-            format!(
-                "the answer carries ref {:?}, not this request's {ref:?}",
-                resp.r#ref
-            ),
+            format!("the answer carries ref {:?}, not this request's {ref:?}", resp.r#ref),
             raw,
         );
     }
@@ -206,10 +189,7 @@ fn answer_fact(r#ref: &str, resp: Response) -> Fact {
         return Fact::approved(Some(payment), Some(raw));
     }
     let code = resp.error.clone().unwrap_or_default();
-    let message = resp
-        .message
-        .clone()
-        .unwrap_or_else(|| format!("terminal error {code}"));
+    let message = resp.message.clone().unwrap_or_else(|| format!("terminal error {code}"));
     let refusal = match code.as_str() {
         "declined" | "insufficient_funds" | "card_expired" => Refusal::Declined,
         "timeout" => Refusal::Timeout,
@@ -257,9 +237,7 @@ impl Driver for IpDriver {
     async fn ask(&self, ctx: &mut OpContext, _left: Duration) -> Fact {
         match Self::request_for(ctx.cmd()) {
             Some(req) => self.send(&req, false).await,
-            None => Fact::CannotAsk {
-                why: "not a pay or refund".into(),
-            },
+            None => Fact::CannotAsk { why: "not a pay or refund".into() },
         }
     }
 

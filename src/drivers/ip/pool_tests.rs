@@ -20,9 +20,7 @@ fn context(store: &Store, id: &str) -> OpContext {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_share_a_kept_connection_and_a_closed_one_is_resent_once() {
-    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0))
-        .await
-        .expect("sim");
+    let sim = IpSim::loopback(SimOptions::approving(Some(1), 0)).await.expect("sim");
     let (stats, control) = (sim.stats(), sim.control());
     let addr = sim.local_addr().to_string();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -32,20 +30,14 @@ async fn payments_share_a_kept_connection_and_a_closed_one_is_resent_once() {
     let d = IpDriver::new(addr, Duration::from_secs(5), Duration::from_secs(5));
     for id in ["k-1", "k-2", "k-3"] {
         let f = d.execute(&mut context(&store, id)).await;
-        assert!(
-            matches!(f, Fact::Answer(Answer::Approved { .. })),
-            "{id}: {f:?}"
-        );
+        assert!(matches!(f, Fact::Answer(Answer::Approved { .. })), "{id}: {f:?}");
     }
     assert_eq!(stats.connections(), 1, "three payments, one connection");
     // The terminal now drops every connection after its answer: the kept one is dead.
     control.set_close_after_answer(true);
     for id in ["c-1", "c-2", "c-3"] {
         let f = d.execute(&mut context(&store, id)).await;
-        assert!(
-            matches!(f, Fact::Answer(Answer::Approved { .. })),
-            "{id}: {f:?}"
-        );
+        assert!(matches!(f, Fact::Answer(Answer::Approved { .. })), "{id}: {f:?}");
         assert_eq!(stats.executions(id), 1, "{id}: ran once");
     }
     stop.cancel();

@@ -112,21 +112,9 @@ pub fn parse_envelope(http: u16, body: &[u8]) -> Result<Value, ApiError> {
     };
     let data = obj.get("data").cloned().unwrap_or(Value::Null);
     if status_code != code::OK {
-        let text = obj
-            .get("errorText")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let message = data
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        return Err(ApiError::Device {
-            http,
-            code: status_code,
-            text,
-            message,
-        });
+        let text = obj.get("errorText").and_then(Value::as_str).unwrap_or("").to_string();
+        let message = data.get("message").and_then(Value::as_str).map(str::to_string);
+        return Err(ApiError::Device { http, code: status_code, text, message });
     }
     if !(200..300).contains(&http) {
         return Err(ApiError::BadBody {
@@ -156,9 +144,7 @@ fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
         Value::String(s) if !s.is_empty() => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a non-empty id, got {other}"
-        ))),
+        other => Err(serde::de::Error::custom(format!("expected a non-empty id, got {other}"))),
     }
 }
 
@@ -171,10 +157,8 @@ fn opt_id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 }
 
 fn parse_data<T: for<'de> Deserialize<'de>>(what: &str, data: &Value) -> Result<T, ApiError> {
-    T::deserialize(data).map_err(|e| ApiError::BadBody {
-        http: 200,
-        detail: format!("{what}: {e}"),
-    })
+    T::deserialize(data)
+        .map_err(|e| ApiError::BadBody { http: 200, detail: format!("{what}: {e}") })
 }
 
 /// `/v2/payment` and `/v2/refund` answer: the process to poll.
@@ -229,14 +213,11 @@ impl StatusData {
     }
 
     fn cheque(&self, key: &str) -> Option<String> {
-        self.cheque_info
-            .as_ref()
-            .and_then(|c| c.get(key))
-            .and_then(|v| match v {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
+        self.cheque_info.as_ref().and_then(|c| c.get(key)).and_then(|v| match v {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
     }
 
     /// `qr` or `card` as the cheque says.
@@ -262,11 +243,7 @@ impl StatusData {
             for (k, v) in c {
                 receipt.insert(snake_case(k), v.clone());
             }
-            if let Some(t) = c
-                .get("amount")
-                .and_then(Value::as_str)
-                .and_then(cheque_amount)
-            {
+            if let Some(t) = c.get("amount").and_then(Value::as_str).and_then(cheque_amount) {
                 receipt.insert("amount_tenge".into(), t.into());
             }
         }
@@ -358,16 +335,11 @@ pub const EXPIRATION_FORMAT: &str = "%b %-d, %Y %H:%M:%S";
 /// agent's local time.
 pub fn parse_expiration(s: &str) -> Option<DateTime<Utc>> {
     let naive = NaiveDateTime::parse_from_str(s.trim(), "%b %d, %Y %H:%M:%S").ok()?;
-    Local
-        .from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.with_timezone(&Utc))
+    Local.from_local_datetime(&naive).earliest().map(|t| t.with_timezone(&Utc))
 }
 
 pub fn format_expiration(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local)
-        .format(EXPIRATION_FORMAT)
-        .to_string()
+    t.with_timezone(&Local).format(EXPIRATION_FORMAT).to_string()
 }
 
 /// Why an amount cannot go to a Kaspi terminal.

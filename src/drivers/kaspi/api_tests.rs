@@ -63,16 +63,10 @@ fn fail_and_unknown_shapes() {
     let unk = data(
         r#"{"data":{"message":"Операция жойылды","processId":"1","status":"unknown","subStatus":"ProcessCancelled"},"statusCode":0}"#,
     );
-    assert_eq!(
-        StatusData::parse(&unk).expect("unknown").status,
-        ProcessStatus::Unknown
-    );
+    assert_eq!(StatusData::parse(&unk).expect("unknown").status, ProcessStatus::Unknown);
     let wait =
         data(r#"{"data":{"processId":"1","status":"wait","subStatus":"WaitUser"},"statusCode":0}"#);
-    assert_eq!(
-        StatusData::parse(&wait).expect("wait").status,
-        ProcessStatus::Wait
-    );
+    assert_eq!(StatusData::parse(&wait).expect("wait").status, ProcessStatus::Wait);
 }
 
 #[test]
@@ -92,20 +86,15 @@ fn error_envelopes_are_named() {
     assert!(
         matches!(e, ApiError::Device { code: 105, message: Some(ref m), .. } if m.contains("Last register"))
     );
-    let e = parse_envelope(
-        200,
-        br#"{"statusCode":"101","errorText":"Process not found"}"#,
-    )
-    .expect_err("101 as string");
+    let e = parse_envelope(200, br#"{"statusCode":"101","errorText":"Process not found"}"#)
+        .expect_err("101 as string");
     assert_eq!(e.device_code(), Some(code::PROCESS_NOT_FOUND));
     assert_eq!(
         parse_envelope(
             401,
             br#"{"statusCode":999,"errorText":"Session expires and need to be updated"}"#
         ),
-        Err(ApiError::Unauthorized(
-            "Session expires and need to be updated".into()
-        ))
+        Err(ApiError::Unauthorized("Session expires and need to be updated".into()))
     );
     assert_eq!(
         parse_envelope(401, b""),
@@ -123,16 +112,8 @@ fn odd_bodies_are_clear_errors() {
         (200, b"[1,2]", "not a JSON object"),
         (200, br#"{"data":{}}"#, "no numeric statusCode"),
         (200, br#"{"statusCode":0}"#, "without a data object"),
-        (
-            200,
-            br#"{"statusCode":0,"data":"x"}"#,
-            "without a data object",
-        ),
-        (
-            500,
-            br#"{"statusCode":0,"data":{}}"#,
-            "statusCode 0 with HTTP 500",
-        ),
+        (200, br#"{"statusCode":0,"data":"x"}"#, "without a data object"),
+        (500, br#"{"statusCode":0,"data":{}}"#, "statusCode 0 with HTTP 500"),
     ];
     for (http, body, want) in cases {
         let e = parse_envelope(http, body).expect_err("odd");
@@ -154,20 +135,15 @@ fn odd_bodies_are_clear_errors() {
     assert!(e.to_string().contains("processId"), "{e}");
     let e = Started::parse(&json!({"processId":"","status":"wait"})).expect_err("empty");
     assert!(e.to_string().contains("non-empty id"), "{e}");
-    assert!(
-        TokenAnswer::parse(&json!({"accessToken":"a","refreshToken":"","expirationDate":"x"}))
-            .is_err()
-    );
+    assert!(TokenAnswer::parse(&json!({"accessToken":"a","refreshToken":"","expirationDate":"x"}))
+        .is_err());
 }
 
 #[test]
 fn started_device_info_and_tokens_parse() {
     let d =
         data(r#"{ "data": { "processId": "1678090451700", "status": "wait" }, "statusCode": 0 }"#);
-    assert_eq!(
-        Started::parse(&d).expect("started").process_id,
-        "1678090451700"
-    );
+    assert_eq!(Started::parse(&d).expect("started").process_id, "1678090451700");
     let d = data(
         r#"{ "data": { "posNum": "0", "serialNum": "00043010171", "terminalId": "31452963" }, "statusCode": 0 }"#,
     );
@@ -178,19 +154,14 @@ fn started_device_info_and_tokens_parse() {
         r#"{ "data": { "accessToken": "99af", "expirationDate": "Mar 7, 2023 15:02:56", "refreshToken": "d4a8" }, "statusCode": 0 }"#,
     );
     let t = TokenAnswer::parse(&d).expect("token");
-    assert_eq!(
-        (t.access_token.as_str(), t.refresh_token.as_str()),
-        ("99af", "d4a8")
-    );
+    assert_eq!((t.access_token.as_str(), t.refresh_token.as_str()), ("99af", "d4a8"));
 }
 
 #[test]
 fn expiration_date_round_trips_in_local_time() {
     let t = parse_expiration("Mar 7, 2023 15:02:56").expect("parse");
     assert_eq!(
-        t.with_timezone(&Local)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string(),
+        t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string(),
         "2023-03-07 15:02:56"
     );
     assert!(parse_expiration("Dec 17, 2023 09:00:00").is_some());

@@ -57,9 +57,7 @@ pub struct TokenPair {
 
 impl std::fmt::Debug for TokenPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenPair")
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenPair").field("expires_at", &self.expires_at).finish_non_exhaustive()
     }
 }
 
@@ -117,10 +115,7 @@ impl KaspiClient {
 
     /// One GET, no token logic.
     async fn get(
-        &self,
-        route: &str,
-        params: &[(&str, String)],
-        token: Option<&str>,
+        &self, route: &str, params: &[(&str, String)], token: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<Value, CallError> {
         let url = format!("{}/{route}", self.endpoint.base);
@@ -163,17 +158,11 @@ impl KaspiClient {
             return self.get(route, params, None, None).await;
         }
         let token = self.token_for_use().await?;
-        match self
-            .get(route, params, Some(&token.access_token), None)
-            .await
-        {
+        match self.get(route, params, Some(&token.access_token), None).await {
             Err(CallError::Api(e)) if e.is_auth() => {
                 tracing::warn!(terminal = %self.terminal, route, error = %e, "terminal refused the access token; renewing once");
                 let fresh = self.renew(&token.access_token).await?;
-                match self
-                    .get(route, params, Some(&fresh.access_token), None)
-                    .await
-                {
+                match self.get(route, params, Some(&fresh.access_token), None).await {
                     Err(CallError::Api(e)) if e.is_auth() => Err(CallError::Auth(format!(
                         "the Kaspi terminal refuses even a freshly renewed access token ({e}); {}",
                         reregister_hint(&self.terminal)
@@ -204,10 +193,7 @@ impl KaspiClient {
     /// Durable before use (kaspi.md: never lose the refresh token across a crash).
     async fn persist(&self, pair: &TokenPair) -> Result<(), String> {
         let bytes = zeroize::Zeroizing::new(serde_json::to_vec(pair).map_err(|e| e.to_string())?);
-        self.secrets
-            .set(&self.terminal, TOKENS_SECRET, &bytes)
-            .await
-            .map_err(|e| e.to_string())
+        self.secrets.set(&self.terminal, TOKENS_SECRET, &bytes).await.map_err(|e| e.to_string())
     }
 
     async fn token_for_use(&self) -> Result<TokenPair, CallError> {
@@ -256,10 +242,8 @@ impl KaspiClient {
         if current.access_token != seen_access {
             return Ok(current);
         }
-        let params = [
-            ("name", self.register_name.clone()),
-            ("refreshToken", current.refresh_token.clone()),
-        ];
+        let params =
+            [("name", self.register_name.clone()), ("refreshToken", current.refresh_token.clone())];
         let answer = self
             .get("revoke", &params, Some(&current.access_token), None)
             .await
@@ -296,17 +280,11 @@ impl KaspiClient {
     /// `/v2/register`: waits for the cashier's "Allow", then stores the pair durably.
     pub async fn register(&self) -> Result<TokenPair, CallError> {
         let params = [("name", self.register_name.clone())];
-        let data = self
-            .get("register", &params, None, Some(self.register_timeout))
-            .await?;
-        let pair = TokenPair::from_answer(
-            TokenAnswer::parse(&data).map_err(CallError::Api)?,
-            Utc::now(),
-        );
+        let data = self.get("register", &params, None, Some(self.register_timeout)).await?;
+        let pair =
+            TokenPair::from_answer(TokenAnswer::parse(&data).map_err(CallError::Api)?, Utc::now());
         self.persist(&pair).await.map_err(|e| {
-            CallError::Auth(format!(
-                "registered, but the tokens could not be stored: {e}"
-            ))
+            CallError::Auth(format!("registered, but the tokens could not be stored: {e}"))
         })?;
         *self.tokens.lock().await = Some(pair.clone());
         Ok(pair)

@@ -35,10 +35,7 @@ use crate::store::CommandRecord;
 type Query = Vec<(&'static str, String)>;
 
 /// What this terminal kind runs; anything else is refused at admission.
-const CAPS: Caps = Caps {
-    kind: "kaspi",
-    ops: &[Op::Payment, Op::Refund, Op::DeviceInfo],
-};
+const CAPS: Caps = Caps { kind: "kaspi", ops: &[Op::Payment, Op::Refund, Op::DeviceInfo] };
 
 pub struct KaspiDriver {
     id: String,
@@ -75,27 +72,17 @@ impl KaspiDriver {
     }
 
     fn client(&self) -> Result<&KaspiClient, Fact> {
-        self.client
-            .as_ref()
-            .map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
+        self.client.as_ref().map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
     }
 
     /// The route and query of a money op, from a validated command.
     fn request_for(cmd: &Command) -> Result<(&'static str, Query), String> {
         let tenge = tenge_from_minor(cmd.amount().unwrap_or(0)).map_err(|e| e.to_string())?;
-        let own = cmd
-            .extra
-            .get("own_receipt")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let own = cmd.extra.get("own_receipt").and_then(Value::as_bool).unwrap_or(false);
         match cmd.op() {
-            Op::Payment => Ok((
-                "payment",
-                vec![
-                    ("amount", tenge.to_string()),
-                    ("owncheque", own.to_string()),
-                ],
-            )),
+            Op::Payment => {
+                Ok(("payment", vec![("amount", tenge.to_string()), ("owncheque", own.to_string())]))
+            }
             Op::Refund => {
                 let refund = cmd.refund().ok_or("a refund without its fields")?;
                 let method = refund
@@ -200,11 +187,7 @@ impl KaspiDriver {
     fn end_fact(cmd: &Command, process_id: &str, end: End) -> Fact {
         match end {
             End::Final(d) => Self::final_fact(cmd, d),
-            End::Unknown {
-                reason,
-                last,
-                device_code,
-            } => Fact::Pending {
+            End::Unknown { reason, last, device_code } => Fact::Pending {
                 why: reason,
                 device: Some(json!({
                     "processId": process_id,
@@ -220,9 +203,7 @@ impl KaspiDriver {
             Ask::Status => "status",
             Ask::Actualize => "actualize",
         };
-        let answer = client
-            .call(route, &[("processId", process_id.to_string())])
-            .await;
+        let answer = client.call(route, &[("processId", process_id.to_string())]).await;
         if ask == Ask::Actualize {
             // After the answer: the terminal saw the call before this instant.
             if let Ok(mut m) = self.actualized.lock() {
@@ -276,10 +257,7 @@ impl KaspiDriver {
         // Durable before the terminal can move money (mqtt-api.md: Durability promise 2).
         let journalled = journal::Sending {
             route: route.to_string(),
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
-                .collect(),
+            params: params.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect(),
         };
         if let Err(e) = ctx.sending_step(&journalled).await {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
@@ -294,11 +272,7 @@ impl KaspiDriver {
             Err(e) => return Self::start_failure(e),
         };
         // Durable before polling: a restart polls this process, never starts another.
-        if let Err(e) = ctx
-            .journal_step(&journal::Process {
-                process_id: process_id.clone(),
-            })
-            .await
+        if let Err(e) = ctx.journal_step(&journal::Process { process_id: process_id.clone() }).await
         {
             tracing::error!(error = %e, process_id, "journal write of the processId failed; polling anyway");
         }
@@ -350,16 +324,10 @@ impl Driver for KaspiDriver {
                 ));
             }
         } else if cmd.op() == Op::Payment {
-            return Err(reject(
-                ErrorCode::BadRequest,
-                "field currency: KZT required",
-            ));
+            return Err(reject(ErrorCode::BadRequest, "field currency: KZT required"));
         }
         if let Err(e) = tenge_from_minor(cmd.amount().unwrap_or(0)) {
-            return Err(reject(
-                ErrorCode::InvalidAmount,
-                format!("field amount: {e}"),
-            ));
+            return Err(reject(ErrorCode::InvalidAmount, format!("field amount: {e}")));
         }
         if let Some(refund) = cmd.refund().filter(|r| r.original.is_none()) {
             match refund.method.as_deref() {

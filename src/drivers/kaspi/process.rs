@@ -41,11 +41,7 @@ pub enum End {
     /// `success` or `fail`: the device's own final word.
     Final(StatusData),
     /// Nobody can know (yet): `unknown` with `needs_reconciliation`.
-    Unknown {
-        reason: String,
-        last: Option<StatusData>,
-        device_code: Option<i64>,
-    },
+    Unknown { reason: String, last: Option<StatusData>, device_code: Option<i64> },
 }
 
 // One short-lived value per answer: boxing the end would buy nothing.
@@ -80,13 +76,7 @@ impl Process {
             last_error: None,
             last_sub: None,
         };
-        (
-            p,
-            Step::Ask {
-                ask: Ask::Status,
-                at: now,
-            },
-        )
+        (p, Step::Ask { ask: Ask::Status, at: now })
     }
 
     /// The new device sub-state, when it changed (for `evt`).
@@ -124,9 +114,7 @@ impl Process {
             }
             ProcessStatus::Unknown => {
                 self.last_data = Some(d);
-                let until = *self
-                    .window_until
-                    .get_or_insert(now + self.timing.actualize_window);
+                let until = *self.window_until.get_or_insert(now + self.timing.actualize_window);
                 self.next_actualize(now, until)
             }
         }
@@ -134,11 +122,7 @@ impl Process {
 
     fn on_error(&mut self, asked: Ask, now: Instant, e: ApiError) -> Step {
         let unknown = |this: &Self, reason: String, code: Option<i64>| {
-            Step::Done(End::Unknown {
-                reason,
-                last: this.last_data.clone(),
-                device_code: code,
-            })
+            Step::Done(End::Unknown { reason, last: this.last_data.clone(), device_code: code })
         };
         match e.device_code() {
             Some(code::PROCESS_NOT_FOUND) => unknown(
@@ -182,10 +166,7 @@ impl Process {
                 last: self.last_data.clone(),
                 device_code: None,
             }),
-            _ => Step::Ask {
-                ask: Ask::Status,
-                at: (now + self.timing.poll).min(self.deadline),
-            },
+            _ => Step::Ask { ask: Ask::Status, at: (now + self.timing.poll).min(self.deadline) },
         }
     }
 
@@ -211,10 +192,7 @@ impl Process {
                 device_code: None,
             });
         }
-        Step::Ask {
-            ask: Ask::Actualize,
-            at,
-        }
+        Step::Ask { ask: Ask::Actualize, at }
     }
 }
 

@@ -17,12 +17,7 @@ fn data(status: &str, sub: &str) -> Answer {
 }
 
 fn device(code: i64) -> Answer {
-    Answer::Error(ApiError::Device {
-        http: 200,
-        code,
-        text: "x".into(),
-        message: None,
-    })
+    Answer::Error(ApiError::Device { http: 200, code, text: "x".into(), message: None })
 }
 
 fn at(step: &Step) -> (Ask, Instant) {
@@ -101,11 +96,7 @@ fn transport_errors_retry_until_the_deadline() {
     assert_eq!(at(&s).0, Ask::Status);
     let s = p.on_answer(Ask::Status, t0, device(500));
     assert_eq!(at(&s).0, Ask::Status);
-    let s = p.on_answer(
-        Ask::Status,
-        t0 + T.deadline,
-        Answer::Transport("refused".into()),
-    );
+    let s = p.on_answer(Ask::Status, t0 + T.deadline, Answer::Transport("refused".into()));
     match s {
         Step::Done(End::Unknown { reason, .. }) => assert!(reason.contains("refused"), "{reason}"),
         other => panic!("{other:?}"),
@@ -130,10 +121,7 @@ fn unknown_is_actualized_at_most_every_10s_within_the_window() {
                 now = at;
             }
             Step::Done(End::Unknown { reason, last, .. }) => {
-                assert!(
-                    reason.contains("still reports the outcome as unknown"),
-                    "{reason}"
-                );
+                assert!(reason.contains("still reports the outcome as unknown"), "{reason}");
                 assert!(last.is_some());
                 break;
             }
@@ -156,11 +144,8 @@ fn actualize_can_resolve_and_errors_keep_the_window() {
     // No internet on the terminal: try again later, not sooner than 10 s.
     let s = p.on_answer(Ask::Actualize, t0, device(code::NO_INTERNET));
     assert_eq!(at(&s), (Ask::Actualize, t0 + Duration::from_secs(10)));
-    let s = p.on_answer(
-        Ask::Actualize,
-        t0 + Duration::from_secs(10),
-        data("fail", "ProcessCancelled"),
-    );
+    let s =
+        p.on_answer(Ask::Actualize, t0 + Duration::from_secs(10), data("fail", "ProcessCancelled"));
     assert!(matches!(s, Step::Done(End::Final(_))));
 }
 

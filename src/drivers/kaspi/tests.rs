@@ -34,17 +34,11 @@ fn validate_amounts_and_currency() {
     assert!(r.message.contains("multiple of 100"), "{}", r.message);
     let usd =
         cmd(json!({"v":1,"id":"a","op":"payment","terminal":"k","amount":100,"currency":"USD"}));
-    assert_eq!(
-        d.validate(&usd).expect_err("usd").code,
-        ErrorCode::BadRequest
-    );
+    assert_eq!(d.validate(&usd).expect_err("usd").code, ErrorCode::BadRequest);
     let bad_method = cmd(
         json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT","transaction_id":"1","method":"cash"}),
     );
-    assert_eq!(
-        d.validate(&bad_method).expect_err("m").code,
-        ErrorCode::BadRequest
-    );
+    assert_eq!(d.validate(&bad_method).expect_err("m").code, ErrorCode::BadRequest);
     let by_original =
         cmd(json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"original":"p"}));
     assert!(d.validate(&by_original).is_ok());
@@ -59,13 +53,7 @@ fn requests_carry_whole_tenge_and_owncheque() {
     );
     let (route, params) = KaspiDriver::request_for(&c).expect("req");
     assert_eq!(route, "payment");
-    assert_eq!(
-        params,
-        vec![
-            ("amount", "1500".to_string()),
-            ("owncheque", "true".to_string())
-        ]
-    );
+    assert_eq!(params, vec![("amount", "1500".to_string()), ("owncheque", "true".to_string())]);
     let r = cmd(
         json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT","transaction_id":"504711333","method":"qr"}),
     );
@@ -80,13 +68,7 @@ fn requests_carry_whole_tenge_and_owncheque() {
 fn start_failures_never_guess() {
     let refused =
         KaspiDriver::start_failure(CallError::Transport(Transport::NotSent("connect".into())));
-    assert!(matches!(
-        refused,
-        Fact::NotSent {
-            why: NotSentWhy::Unreachable,
-            ..
-        }
-    ));
+    assert!(matches!(refused, Fact::NotSent { why: NotSentWhy::Unreachable, .. }));
     let lost =
         KaspiDriver::start_failure(CallError::Transport(Transport::MaybeSent("timeout".into())));
     assert!(matches!(lost, Fact::CannotAsk { .. }), "{lost:?}");
@@ -119,10 +101,7 @@ fn start_failures_never_guess() {
     let auth = KaspiDriver::start_failure(CallError::Auth("re-register".into()));
     assert!(matches!(
         auth,
-        Fact::Answer(crate::drivers::Answer::Refused {
-            refusal: Refusal::Unauthorized,
-            ..
-        })
+        Fact::Answer(crate::drivers::Answer::Refused { refusal: Refusal::Unauthorized, .. })
     ));
 }
 
@@ -155,11 +134,7 @@ fn final_facts() {
     let f = KaspiDriver::end_fact(
         &c,
         "77",
-        End::Unknown {
-            reason: "r".into(),
-            last: None,
-            device_code: Some(101),
-        },
+        End::Unknown { reason: "r".into(), last: None, device_code: Some(101) },
     );
     match f {
         Fact::Pending { device, .. } => assert_eq!(device.expect("device")["processId"], "77"),
@@ -179,22 +154,15 @@ fn a_receipt_for_another_amount_is_not_this_payment() {
         .expect("d")
     };
     let f = KaspiDriver::final_fact(&pay(150000), ok("1 500 ₸"));
-    assert!(
-        matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })),
-        "{f:?}"
-    );
+    assert!(matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })), "{f:?}");
     let f = KaspiDriver::final_fact(&pay(150000), ok("1 501 ₸"));
     assert!(matches!(f, Fact::Unreadable { .. }), "{f:?}");
     let f = KaspiDriver::final_fact(&pay(150000), ok("₸"));
     assert!(matches!(f, Fact::Unreadable { .. }), "{f:?}");
     // A refund receipt shows the amount negative.
-    let refund = cmd(
-        json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT",
-        "transaction_id":"9","method":"card"}),
-    );
+    let refund =
+        cmd(json!({"v":1,"id":"r","op":"refund","terminal":"k","amount":100,"currency":"KZT",
+        "transaction_id":"9","method":"card"}));
     let f = KaspiDriver::final_fact(&refund, ok("- 1 ₸"));
-    assert!(
-        matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })),
-        "{f:?}"
-    );
+    assert!(matches!(f, Fact::Answer(crate::drivers::Answer::Approved { .. })), "{f:?}");
 }

@@ -35,14 +35,12 @@ pub fn build(id: &str, cfg: &KaspiTerminal) -> Result<Endpoint, String> {
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .user_agent(concat!("posbridge/", env!("CARGO_PKG_VERSION")));
-    let ip: Option<IpAddr> = url
-        .host_str()
-        .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse().ok());
+    let ip: Option<IpAddr> =
+        url.host_str().and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse().ok());
     if let (true, Some(name), Some(ip)) = (https, cfg.tls_name.as_deref(), ip) {
         // Connect to the IP, but present and verify the terminal's DNS name.
         let port = url.port_or_known_default().unwrap_or(8080);
-        url.set_host(Some(name))
-            .map_err(|e| format!("tls_name {name:?}: {e}"))?;
+        url.set_host(Some(name)).map_err(|e| format!("tls_name {name:?}: {e}"))?;
         b = b.resolve(name, SocketAddr::new(ip, port));
     } else if let (Some(name), None) = (cfg.tls_name.as_deref(), ip) {
         if url.host_str() != Some(name) {
@@ -72,10 +70,7 @@ pub fn build(id: &str, cfg: &KaspiTerminal) -> Result<Endpoint, String> {
                 }
             }
             TlsMode::Pin => {
-                let pin = cfg
-                    .pin_sha256
-                    .as_deref()
-                    .ok_or("tls = \"pin\" needs pin_sha256")?;
+                let pin = cfg.pin_sha256.as_deref().ok_or("tls = \"pin\" needs pin_sha256")?;
                 b = b.use_preconfigured_tls(pinned_config(pin)?);
             }
             TlsMode::Insecure => {
@@ -84,9 +79,7 @@ pub fn build(id: &str, cfg: &KaspiTerminal) -> Result<Endpoint, String> {
             }
         }
     }
-    let http = b
-        .build()
-        .map_err(|e| format!("building the HTTP client: {}", chain(&e)))?;
+    let http = b.build().map_err(|e| format!("building the HTTP client: {}", chain(&e)))?;
     let base = format!("{}/v2", url.as_str().trim_end_matches('/'));
     Ok(Endpoint { http, base })
 }
@@ -99,10 +92,7 @@ pub fn pinned_config(pin_hex: &str) -> Result<rustls::ClientConfig, String> {
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
         .ok_or("pin_sha256 must be 64 hex digits")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinVerifier {
-        pin,
-        algs: provider.signature_verification_algorithms,
-    };
+    let verifier = PinVerifier { pin, algs: provider.signature_verification_algorithms };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -137,12 +127,8 @@ impl PinVerifier {
 
 impl ServerCertVerifier for PinVerifier {
     fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        &self, end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>, _ocsp_response: &[u8], _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.check(end_entity.as_ref())
             .map(|()| ServerCertVerified::assertion())
@@ -150,19 +136,13 @@ impl ServerCertVerifier for PinVerifier {
     }
 
     fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        &self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
     fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        &self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }

@@ -23,10 +23,7 @@ impl Scripted {
     /// The provider, and the order ids it will have been asked for.
     fn new(creates: Vec<Result<(), ProviderError>>) -> (Scripted, Arc<Mutex<Vec<String>>>) {
         let order_ids = Arc::new(Mutex::new(vec![]));
-        let p = Scripted {
-            creates: Mutex::new(creates),
-            order_ids: order_ids.clone(),
-        };
+        let p = Scripted { creates: Mutex::new(creates), order_ids: order_ids.clone() };
         (p, order_ids)
     }
 }
@@ -34,10 +31,7 @@ impl Scripted {
 #[async_trait]
 impl PayByLink for Scripted {
     async fn create(&self, req: &CreateRequest) -> Result<(Created, Value), ProviderError> {
-        self.order_ids
-            .lock()
-            .expect("lock")
-            .push(req.order_id.clone());
+        self.order_ids.lock().expect("lock").push(req.order_id.clone());
         let next = {
             let mut c = self.creates.lock().expect("lock");
             if c.is_empty() {
@@ -59,10 +53,7 @@ impl PayByLink for Scripted {
         })
     }
     async fn verify(&self, _transaction_id: &str) -> Result<(LinkStatus, Value), ProviderError> {
-        Ok((
-            LinkStatus::Completed { paid_at: None },
-            json!({ "status": "completed" }),
-        ))
+        Ok((LinkStatus::Completed { paid_at: None }, json!({ "status": "completed" })))
     }
     async fn probe(&self) -> Result<Value, String> {
         Ok(json!({}))
@@ -96,23 +87,14 @@ async fn a_lost_create_answer_is_retried_with_the_same_order_id() {
     let (p, asked) = Scripted::new(vec![lost(), lost()]);
     let d = driver(p);
     let fact = d.execute(&mut ctx).await;
-    assert!(
-        matches!(fact, Fact::Answer(Answer::Approved { .. })),
-        "{fact:?}"
-    );
+    assert!(matches!(fact, Fact::Answer(Answer::Approved { .. })), "{fact:?}");
     // Three creates, one order id — the provider's idempotency key: a retry can only find
     // the link the lost answer was about, never make a second one.
     let asked = asked.lock().expect("lock").clone();
     assert_eq!(asked.len(), 3, "{asked:?}");
     assert!(asked.iter().all(|o| *o == asked[0]), "{asked:?}");
-    let creating = ctx
-        .record
-        .last::<journal::Creating>()
-        .expect("creating journalled");
-    assert_eq!(
-        creating.order_id, asked[0],
-        "the journalled order id is the one sent"
-    );
+    let creating = ctx.record.last::<journal::Creating>().expect("creating journalled");
+    assert_eq!(creating.order_id, asked[0], "the journalled order id is the one sent");
 }
 
 #[tokio::test]
@@ -127,8 +109,5 @@ async fn a_refused_create_is_a_definite_answer() {
     })]);
     let d = driver(p);
     let fact = d.execute(&mut ctx).await;
-    assert!(
-        matches!(fact, Fact::Answer(Answer::Refused { .. })),
-        "{fact:?}"
-    );
+    assert!(matches!(fact, Fact::Answer(Answer::Refused { .. })), "{fact:?}");
 }

@@ -30,20 +30,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Customer fields a `kuveyt` payment may carry, with their longest accepted length.
-const CUSTOMER_FIELDS: &[(&str, usize)] = &[
-    ("email", 254),
-    ("name", 100),
-    ("first_name", 50),
-    ("last_name", 50),
-    ("phone", 20),
-];
+const CUSTOMER_FIELDS: &[(&str, usize)] =
+    &[("email", 254), ("name", 100), ("first_name", 50), ("last_name", 50), ("phone", 20)];
 const DESCRIPTION_MAX: usize = 255;
 
 /// What this terminal kind runs; anything else is refused at admission.
-const CAPS: Caps = Caps {
-    kind: "kuveyt",
-    ops: &[Op::Payment, Op::DeviceInfo],
-};
+const CAPS: Caps = Caps { kind: "kuveyt", ops: &[Op::Payment, Op::DeviceInfo] };
 
 pub struct KuveytDriver {
     mode: ProviderMode,
@@ -97,23 +89,15 @@ impl KuveytDriver {
     }
 
     fn provider(&self) -> Result<&dyn PayByLink, Fact> {
-        self.provider
-            .as_deref()
-            .map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
+        self.provider.as_deref().map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
     }
 
     /// Build the create request from a command, or name the broken rule.
     pub fn create_request(
-        cmd: &Command,
-        order_id: String,
-        return_url: Option<String>,
-        cancel_url: Option<String>,
+        cmd: &Command, order_id: String, return_url: Option<String>, cancel_url: Option<String>,
     ) -> Result<CreateRequest, String> {
         let crate::api::Body::Payment(money) = &cmd.body else {
-            return Err(format!(
-                "op {}: kuveyt terminals take payments only",
-                cmd.op().as_str()
-            ));
+            return Err(format!("op {}: kuveyt terminals take payments only", cmd.op().as_str()));
         };
         let amount = money.minor;
         let currency = money.currency.to_string();
@@ -125,11 +109,7 @@ impl KuveytDriver {
                 return Err(format!("field {key}: not used by kuveyt terminals"));
             }
         }
-        let mut customer = CustomerInfo {
-            email: None,
-            name: None,
-            phone: None,
-        };
+        let mut customer = CustomerInfo { email: None, name: None, phone: None };
         match cmd.extra.get("customer") {
             None | Some(Value::Null) => {}
             Some(Value::Object(m)) => {
@@ -144,10 +124,8 @@ impl KuveytDriver {
                 customer.name = match get("name")? {
                     Some(n) => Some(n),
                     None => {
-                        let parts: Vec<String> = [get("first_name")?, get("last_name")?]
-                            .into_iter()
-                            .flatten()
-                            .collect();
+                        let parts: Vec<String> =
+                            [get("first_name")?, get("last_name")?].into_iter().flatten().collect();
                         (!parts.is_empty()).then(|| parts.join(" "))
                     }
                 };
@@ -158,9 +136,7 @@ impl KuveytDriver {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.chars().count() <= DESCRIPTION_MAX => Some(s.clone()),
             Some(Value::String(_)) => {
-                return Err(format!(
-                    "field description: longer than {DESCRIPTION_MAX} characters"
-                ))
+                return Err(format!("field description: longer than {DESCRIPTION_MAX} characters"))
             }
             Some(_) => return Err("field description: expected a string".into()),
         };
@@ -219,12 +195,7 @@ impl KuveytDriver {
                     }
                     return Ok(created);
                 }
-                Err(ProviderError::Refused {
-                    http,
-                    message,
-                    unauthorized,
-                    ..
-                }) => {
+                Err(ProviderError::Refused { http, message, unauthorized, .. }) => {
                     let refusal = if unauthorized {
                         Refusal::Unauthorized
                     } else if http == 400 {
@@ -271,10 +242,7 @@ impl KuveytDriver {
         loop {
             let now = Utc::now();
             let deadline = Self::deadline(&ctx.record);
-            let wait = (deadline - now)
-                .to_std()
-                .unwrap_or_default()
-                .min(self.poll_interval);
+            let wait = (deadline - now).to_std().unwrap_or_default().min(self.poll_interval);
             let at_deadline = now >= deadline;
             if !at_deadline {
                 tokio::time::sleep(wait).await;
@@ -310,16 +278,13 @@ impl KuveytDriver {
 }
 
 fn text_field(m: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
-    let max = CUSTOMER_FIELDS
-        .iter()
-        .find(|(f, _)| *f == key)
-        .map_or(100, |f| f.1);
+    let max = CUSTOMER_FIELDS.iter().find(|(f, _)| *f == key).map_or(100, |f| f.1);
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) if s.chars().count() > max => Err(format!(
-            "field customer.{key}: longer than {max} characters"
-        )),
+        Some(Value::String(s)) if s.chars().count() > max => {
+            Err(format!("field customer.{key}: longer than {max} characters"))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(format!("field customer.{key}: expected a string")),
     }
@@ -342,12 +307,8 @@ fn fact_of(st: &LinkStatus, created: &Created, raw: Value) -> Option<Fact> {
             Some(raw),
         )),
         LinkStatus::Failed { status } => Some(
-            Fact::refused(
-                Refusal::Declined,
-                format!("the payment ended {status}"),
-                Some(raw),
-            )
-            .with_device_code(Value::String(status.clone())),
+            Fact::refused(Refusal::Declined, format!("the payment ended {status}"), Some(raw))
+                .with_device_code(Value::String(status.clone())),
         ),
     }
 }

@@ -110,10 +110,7 @@ impl KuveytApi {
             self.client
                 .post(format!("{}{path}", self.base))
                 .header("X-Api-Key", cloud::secret_header(self.api_key.expose()))
-                .header(
-                    "X-Api-Secret",
-                    cloud::secret_header(self.api_secret.expose()),
-                )
+                .header("X-Api-Secret", cloud::secret_header(self.api_secret.expose()))
                 .header(reqwest::header::ACCEPT, "application/json")
                 .json(&body)
                 .timeout(self.call_timeout),
@@ -165,9 +162,9 @@ pub fn parse_status(body: &Value) -> Result<LinkStatus, String> {
         .to_ascii_lowercase();
     Ok(match status.as_str() {
         "pending" | "processing" | "waiting" => LinkStatus::Pending,
-        "completed" | "paid" | "succeeded" => LinkStatus::Completed {
-            paid_at: body.get("payment").and_then(|p| text(p, "paid_at")),
-        },
+        "completed" | "paid" | "succeeded" => {
+            LinkStatus::Completed { paid_at: body.get("payment").and_then(|p| text(p, "paid_at")) }
+        }
         "cancelled" | "canceled" => LinkStatus::Cancelled,
         "failed" | "declined" | "expired" => LinkStatus::Failed { status },
         // Unknown words are never guessed final.
@@ -228,14 +225,10 @@ impl PayByLink for KuveytApi {
         // Verify of a transaction that cannot exist: "not found" proves address and keys.
         match self.verify("posbridge-probe").await {
             Ok(_) => Ok(json!({})),
-            Err(ProviderError::Refused {
-                not_found: true, ..
-            }) => Ok(json!({})),
-            Err(ProviderError::Refused {
-                unauthorized: true,
-                message,
-                ..
-            }) => Err(format!("the provider refused the credentials: {message}")),
+            Err(ProviderError::Refused { not_found: true, .. }) => Ok(json!({})),
+            Err(ProviderError::Refused { unauthorized: true, message, .. }) => {
+                Err(format!("the provider refused the credentials: {message}"))
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -256,9 +249,7 @@ mod tests {
             p(
                 r#"{"Success":true,"Payment":{"Status":"Completed","Paid_At":"2024-01-10T15:30:00Z"}}"#
             ),
-            Ok(LinkStatus::Completed {
-                paid_at: Some("2024-01-10T15:30:00Z".into())
-            })
+            Ok(LinkStatus::Completed { paid_at: Some("2024-01-10T15:30:00Z".into()) })
         );
         assert_eq!(
             p(r#"{"success":true,"payment":{"status":"pending"}}"#),
@@ -270,9 +261,7 @@ mod tests {
         );
         assert_eq!(
             p(r#"{"success":true,"payment":{"status":"failed"}}"#),
-            Ok(LinkStatus::Failed {
-                status: "failed".into()
-            })
+            Ok(LinkStatus::Failed { status: "failed".into() })
         );
         assert_eq!(
             p(r#"{"success":true,"payment":{"status":"on-hold"}}"#),

@@ -31,18 +31,12 @@ impl Link {
         self.client
             .request(method, format!("{}{path}", self.base))
             .header("apikeyprivate", cloud::secret_header(self.api_key.expose()))
-            .header(
-                "apiclientprivate",
-                cloud::secret_header(self.client_key.expose()),
-            )
+            .header("apiclientprivate", cloud::secret_header(self.client_key.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
     pub(super) async fn post(
-        &self,
-        path: &str,
-        body: String,
-        timeout: Duration,
+        &self, path: &str, body: String, timeout: Duration,
     ) -> Result<Reply, Transport> {
         cloud::send(
             self.request(reqwest::Method::POST, path)
@@ -74,11 +68,11 @@ impl Link {
         }
         // Only a row that names exactly this code is this sale; a row without a code could
         // be anyone's.
-        let Some(p) = env.payments().into_iter().find(|p| {
-            p.merchantuniquecode
-                .as_deref()
-                .is_some_and(|m| m.eq_ignore_ascii_case(muc))
-        }) else {
+        let Some(p) = env
+            .payments()
+            .into_iter()
+            .find(|p| p.merchantuniquecode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(muc)))
+        else {
             return Ok(Found::Absent);
         };
         // The list row is enough; inquiry confirms by PaymentRequestId.
@@ -87,10 +81,7 @@ impl Link {
         };
         match self.inquiry(id).await {
             Ok((view, raw)) => {
-                if view
-                    .merchantuniquecode
-                    .as_deref()
-                    .is_some_and(|m| !m.eq_ignore_ascii_case(muc))
+                if view.merchantuniquecode.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(muc))
                 {
                     return Err(format!(
                         "inquiry of {id} answered a sale with another MerchantUniqueCode ({:?})",
@@ -115,11 +106,7 @@ impl Link {
         .map_err(|e| e.to_string())?;
         let env = Envelope::parse(&reply.body)?;
         if reply.status >= 300 || !env.ok() {
-            return Err(format!(
-                "inquiry: HTTP {}: {}",
-                reply.status,
-                env.describe()
-            ));
+            return Err(format!("inquiry: HTTP {}: {}", reply.status, env.describe()));
         }
         env.payment()
             .map(|p| (p, reply.body.clone()))

@@ -34,10 +34,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What this terminal kind runs; anything else is refused at admission.
-const CAPS: Caps = Caps {
-    kind: "paywall",
-    ops: &[Op::Payment, Op::DeviceInfo],
-};
+const CAPS: Caps = Caps { kind: "paywall", ops: &[Op::Payment, Op::DeviceInfo] };
 
 pub struct PaywallDriver {
     mode: ProviderMode,
@@ -90,19 +87,14 @@ impl PaywallDriver {
     }
 
     fn link(&self) -> Result<&Link, Fact> {
-        self.link
-            .as_ref()
-            .map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
+        self.link.as_ref().map_err(|e| Fact::not_sent(NotSentWhy::Unreachable, e.clone()))
     }
 
     fn muc_of(&self, record: &CommandRecord) -> String {
         // The journalled code wins: it is the one Paywall saw, whatever the agent id is now.
-        record
-            .last::<journal::Sending>()
-            .map(|s| s.merchant_unique_code)
-            .unwrap_or_else(|| {
-                api::merchant_unique_code(&self.agent_id, &record.cmd.id).to_string()
-            })
+        record.last::<journal::Sending>().map(|s| s.merchant_unique_code).unwrap_or_else(|| {
+            api::merchant_unique_code(&self.agent_id, &record.cmd.id).to_string()
+        })
     }
 
     /// What asking about `muc` tells of the sale.
@@ -113,9 +105,7 @@ impl PaywallDriver {
                 why: format!("Paywall lists no sale with MerchantUniqueCode {muc}"),
                 guarantee: None,
             },
-            Err(e) => Fact::lost(format!(
-                "asking Paywall about MerchantUniqueCode {muc}: {e}"
-            )),
+            Err(e) => Fact::lost(format!("asking Paywall about MerchantUniqueCode {muc}: {e}")),
         }
     }
 
@@ -149,17 +139,11 @@ impl PaywallDriver {
             return Fact::not_sent(NotSentWhy::Store, format!("journal write failed: {e}"));
         }
         ctx.progress("WaitTerminal", Some(json!({ "merchant_unique_code": muc })));
-        match link
-            .post("/api/payment/sync/sale", body, self.op_timeout)
-            .await
-        {
+        match link.post("/api/payment/sync/sale", body, self.op_timeout).await {
             Ok(reply) => sale_answer(&reply),
             Err(Transport::NotSent(e)) => Fact::not_sent(
                 NotSentWhy::Unreachable,
-                format!(
-                    "could not reach Paywall at {}: {e}",
-                    cloud::redact_url(&self.base)
-                ),
+                format!("could not reach Paywall at {}: {e}", cloud::redact_url(&self.base)),
             ),
             Err(Transport::MaybeSent(e)) => Fact::lost(format!("the sale's answer: {e}")),
         }
@@ -177,17 +161,10 @@ impl PaywallDriver {
         .map_err(|e| e.to_string())?;
         let env = Envelope::parse(&reply.body)?;
         if reply.status == 401 || reply.status == 403 {
-            return Err(format!(
-                "Paywall refused the credentials: {}",
-                env.describe()
-            ));
+            return Err(format!("Paywall refused the credentials: {}", env.describe()));
         }
         if reply.status >= 300 {
-            return Err(format!(
-                "Paywall answered HTTP {}: {}",
-                reply.status,
-                env.describe()
-            ));
+            return Err(format!("Paywall answered HTTP {}: {}", reply.status, env.describe()));
         }
         Ok(json!({
             "mode": cloud::mode_name(self.mode),
@@ -251,11 +228,9 @@ impl Driver for PaywallDriver {
 
     async fn health(&self) -> Health {
         match self.probe().await {
-            Ok(identity) => Health {
-                state: crate::api::TerminalState::Connected,
-                identity,
-                error: None,
-            },
+            Ok(identity) => {
+                Health { state: crate::api::TerminalState::Connected, identity, error: None }
+            }
             Err(e) => Health {
                 state: if self.link.is_err() {
                     crate::api::TerminalState::Error
@@ -280,13 +255,8 @@ impl Driver for PaywallDriver {
             .as_ref()
             .map_err(|e| ErrorBody::new(ErrorCode::DeviceUnavailable, e.clone()))?;
         let not = |m: String| ErrorBody::new(ErrorCode::NotCancellable, m);
-        if record
-            .last_step(<journal::Sending as crate::drivers::Step>::NAME)
-            .is_none()
-        {
-            return Err(not(
-                "the sale has not been sent to Paywall yet; try again".into()
-            ));
+        if record.last_step(<journal::Sending as crate::drivers::Step>::NAME).is_none() {
+            return Err(not("the sale has not been sent to Paywall yet; try again".into()));
         }
         let muc = self.muc_of(record);
         let p = match link.lookup(&muc).await {
@@ -299,27 +269,18 @@ impl Driver for PaywallDriver {
                 return Err(not("the sale already ended on the terminal".into()))
             }
             Ok(Found::Absent) => {
-                return Err(not(format!(
-                    "Paywall has no sale with MerchantUniqueCode {muc} yet"
-                )))
+                return Err(not(format!("Paywall has no sale with MerchantUniqueCode {muc} yet")))
             }
             Err(e) => return Err(not(format!("cannot ask Paywall about the sale: {e}"))),
         };
         let Some(id) = p.paymentrequestid.clone() else {
-            return Err(not(
-                "Paywall did not give the sale's PaymentRequestId".into()
-            ));
+            return Err(not("Paywall did not give the sale's PaymentRequestId".into()));
         };
-        let body = serde_json::to_string(&PaymentRef {
-            payment_request_id: id,
-        })
-        .unwrap_or_default();
+        let body =
+            serde_json::to_string(&PaymentRef { payment_request_id: id }).unwrap_or_default();
         let routes: &[&str] = if Status::from_code(p.paymentstatus.unwrap_or(-1)) == Status::Waiting
         {
-            &[
-                "/api/payment/sync/sale/rollback",
-                "/api/payment/sync/cancel",
-            ]
+            &["/api/payment/sync/sale/rollback", "/api/payment/sync/cancel"]
         } else {
             &["/api/payment/sync/cancel"]
         };
@@ -353,21 +314,14 @@ fn judge(p: PaymentView, raw: Value) -> Fact {
             }),
             Some(raw),
         ),
-        Status::Cancelled => Fact::refused(
-            Refusal::CancelledByCustomer,
-            "the sale was cancelled",
-            Some(raw),
-        ),
-        Status::Failed => Fact::refused(
-            Refusal::Declined,
-            "the sale failed on the terminal",
-            Some(raw),
-        ),
+        Status::Cancelled => {
+            Fact::refused(Refusal::CancelledByCustomer, "the sale was cancelled", Some(raw))
+        }
+        Status::Failed => {
+            Fact::refused(Refusal::Declined, "the sale failed on the terminal", Some(raw))
+        }
         _ => Fact::Pending {
-            why: format!(
-                "the sale is still running (PaymentStatus {:?})",
-                p.paymentstatus
-            ),
+            why: format!("the sale is still running (PaymentStatus {:?})", p.paymentstatus),
             device: Some(raw),
             device_code: None,
         },
@@ -397,10 +351,7 @@ fn sale_answer(reply: &Reply) -> Fact {
         return Fact::approved(Some(payment), Some(raw));
     }
     if !env.refused() {
-        return Fact::unreadable(
-            format!("HTTP {} without a definite outcome", reply.status),
-            raw,
-        );
+        return Fact::unreadable(format!("HTTP {} without a definite outcome", reply.status), raw);
     }
     let cm = env.clientmessage.clone().unwrap_or_default();
     let lower = cm.to_ascii_lowercase();

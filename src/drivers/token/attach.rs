@@ -46,9 +46,7 @@ impl UsbSide {
     }
 
     fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
-        self.presence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.presence.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set_linked(&self, id: Option<DevId>) {
@@ -75,11 +73,7 @@ impl UsbSide {
         if self.watching.swap(true, Ordering::SeqCst) {
             return;
         }
-        tokio::spawn(watch_bus(
-            Arc::downgrade(self),
-            self.port.watch(),
-            self.rescan,
-        ));
+        tokio::spawn(watch_bus(Arc::downgrade(self), self.port.watch(), self.rescan));
     }
 }
 
@@ -116,10 +110,8 @@ async fn watch_bus(side: Weak<UsbSide>, mut events: Option<usb::port::Events>, e
 impl TokenDriver {
     /// Open the USB accessory (blocking work on a blocking thread).
     pub(super) async fn usb_connect(&self) -> Result<Box<dyn Io>, ConnectError> {
-        let side = self
-            .usb
-            .clone()
-            .ok_or_else(|| ConnectError::Unavailable("no USB port".into()))?;
+        let side =
+            self.usb.clone().ok_or_else(|| ConnectError::Unavailable("no USB port".into()))?;
         side.start_watching();
         let port = side.port.clone();
         let s = tokio::task::spawn_blocking(move || port.connect())

@@ -93,9 +93,7 @@ struct Obj<'a> {
 impl<'a> Obj<'a> {
     fn new(at: impl Into<String>, v: &'a Value, allowed: &[&str]) -> Result<Obj<'a>, String> {
         let at = at.into();
-        let m = v
-            .as_object()
-            .ok_or_else(|| format!("field {at}: expected an object"))?;
+        let m = v.as_object().ok_or_else(|| format!("field {at}: expected an object"))?;
         for k in m.keys() {
             if !allowed.contains(&k.as_str()) {
                 return Err(format!("field {at}.{k}: unknown field"));
@@ -141,12 +139,8 @@ impl<'a> Obj<'a> {
     /// A required array of 1 to `max` entries.
     fn list(&self, k: &str, max: usize) -> Result<&'a Vec<Value>, String> {
         let at = &self.at;
-        let v = self
-            .get(k)
-            .ok_or_else(|| format!("field {at}.{k}: required"))?;
-        let a = v
-            .as_array()
-            .ok_or_else(|| format!("field {at}.{k}: expected an array"))?;
+        let v = self.get(k).ok_or_else(|| format!("field {at}.{k}: required"))?;
+        let a = v.as_array().ok_or_else(|| format!("field {at}.{k}: expected an array"))?;
         if a.is_empty() {
             return Err(format!("field {at}.{k}: must not be empty"));
         }
@@ -184,10 +178,7 @@ fn mul_div_round(a: i64, b: i64, d: i64) -> i128 {
 
 /// Validate the command's basket and map it to the device's shape.
 pub fn validate(
-    basket: Option<&Value>,
-    amount: Option<i64>,
-    currency: Option<&str>,
-    quantity_scale: u32,
+    basket: Option<&Value>, amount: Option<i64>, currency: Option<&str>, quantity_scale: u32,
 ) -> Result<DeviceBasket, String> {
     if let Some(c) = currency {
         if c != "TRY" {
@@ -200,15 +191,7 @@ pub fn validate(
     let b = Obj::new(
         "basket",
         basket,
-        &[
-            "document_type",
-            "create_invoice",
-            "is_void",
-            "items",
-            "payments",
-            "customer",
-            "adjust",
-        ],
+        &["document_type", "create_invoice", "is_void", "items", "payments", "customer", "adjust"],
     )?;
     let document_type = b.one_of("document_type", Some(0), DOCUMENT_TYPES)?;
     let items_v = b.list("items", MAX_ITEMS)?;
@@ -238,9 +221,7 @@ pub fn validate(
             return Err(format!("field basket.items[{i}].name: must not be empty"));
         }
         let price = it.int("price", None, 0)?;
-        let q = it
-            .get("quantity")
-            .ok_or(format!("field basket.items[{i}].quantity: required"))?;
+        let q = it.get("quantity").ok_or(format!("field basket.items[{i}].quantity: required"))?;
         let milli = milli_units(q).ok_or(format!(
             "field basket.items[{i}].quantity: expected a positive number of units with at most 3 decimals"
         ))?;
@@ -277,11 +258,8 @@ pub fn validate(
     let adjust = match b.get("adjust") {
         None => Value::Null,
         Some(v) => {
-            let a = Obj::new(
-                "basket.adjust",
-                v,
-                &["description", "surcharge", "percent", "value"],
-            )?;
+            let a =
+                Obj::new("basket.adjust", v, &["description", "surcharge", "percent", "value"])?;
             let surcharge = a.boolean("surcharge")?;
             let percent = a.boolean("percent")?;
             let value = a.int("value", None, 0)?;
@@ -293,14 +271,10 @@ pub fn validate(
             } else {
                 value as i128
             };
-            total = if surcharge {
-                total + delta
-            } else {
-                total - delta
-            };
+            total = if surcharge { total + delta } else { total - delta };
             if total < 0 {
                 return Err(
-                    "field basket.adjust.value: the discount exceeds the items total".into(),
+                    "field basket.adjust.value: the discount exceeds the items total".into()
                 );
             }
             json!({
@@ -364,10 +338,7 @@ pub fn validate(
     };
 
     let mut body = Map::new();
-    body.insert(
-        "createInvoice".into(),
-        Value::Bool(b.boolean("create_invoice")?),
-    );
+    body.insert("createInvoice".into(), Value::Bool(b.boolean("create_invoice")?));
     body.insert("documentType".into(), json!(document_type));
     body.insert("isVoid".into(), Value::Bool(b.boolean("is_void")?));
     body.insert("items".into(), Value::Array(items));

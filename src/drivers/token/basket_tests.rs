@@ -100,10 +100,7 @@ fn edited(edit: Edit) -> Value {
         Edit::Keep => {}
         Edit::Set(at, key, value) => b.pointer_mut(at).expect(at)[key] = value,
         Edit::Remove(at, key) => {
-            b.pointer_mut(at)
-                .and_then(Value::as_object_mut)
-                .expect(at)
-                .remove(key);
+            b.pointer_mut(at).and_then(Value::as_object_mut).expect(at).remove(key);
         }
     }
     b
@@ -143,10 +140,7 @@ fn each_rule_names_its_field() {
     ];
     for (i, (edit, amount, want)) in cases.into_iter().enumerate() {
         let e = err(&edited(edit), amount);
-        assert!(
-            e.starts_with(want),
-            "case {i}: {e:?} should start with {want:?}"
-        );
+        assert!(e.starts_with(want), "case {i}: {e:?} should start with {want:?}");
     }
     assert!(validate(None, Some(1), Some("TRY"), 1000)
         .expect_err("no basket")
@@ -165,10 +159,7 @@ fn fiscal_info_checks() {
         .expect_err("unknown section")
         .starts_with("field basket.items[0].section_no"));
     let info = FiscalInfo(json!({"sections": [{"sectionNo": 1}], "receiptLimit": 4000}));
-    assert!(d
-        .check_against(&info)
-        .expect_err("limit")
-        .starts_with("field amount"));
+    assert!(d.check_against(&info).expect_err("limit").starts_with("field amount"));
     let info = FiscalInfo(json!({"sections": [{"sectionNo": 1}], "receiptLimit": 0}));
     assert!(d.check_against(&info).is_ok());
 }

@@ -83,8 +83,7 @@ pub fn verify_type5(payload: &[u8]) -> Result<DeviceCert, CertError> {
         return Err(CertError::SignFormat(format!("{} bytes", raw.len())));
     }
     let sig = Signature::from_slice(&raw).map_err(|e| CertError::SignFormat(e.to_string()))?;
-    key.verify(CHALLENGE, &sig)
-        .map_err(|_| CertError::BadSignature)?;
+    key.verify(CHALLENGE, &sig).map_err(|_| CertError::BadSignature)?;
     Ok(DeviceCert {
         serial_number: serial_number(&leaf),
         subject: leaf.subject().to_string(),

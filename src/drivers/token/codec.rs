@@ -63,10 +63,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(ty: u16, payload: impl Into<Vec<u8>>) -> Message {
-        Message {
-            ty,
-            payload: payload.into(),
-        }
+        Message { ty, payload: payload.into() }
     }
 
     /// The device's acknowledgement: a message of the request's type whose payload is `OK`.
@@ -79,10 +76,9 @@ impl Message {
     pub fn text(&self) -> String {
         match std::str::from_utf8(&self.payload) {
             Ok(s) => s.to_string(),
-            Err(_) => encoding_rs::WINDOWS_1254
-                .decode_without_bom_handling(&self.payload)
-                .0
-                .into_owned(),
+            Err(_) => {
+                encoding_rs::WINDOWS_1254.decode_without_bom_handling(&self.payload).0.into_owned()
+            }
         }
     }
 }
@@ -150,10 +146,7 @@ pub fn take_frame(src: &mut BytesMut) -> Result<Option<RawFrame>, Fault> {
     if got != want {
         return Err(Fault::BadCrc { ty, got, want });
     }
-    Ok(Some(RawFrame {
-        ty,
-        body: frame[HEADER..total - TRAILER].to_vec(),
-    }))
+    Ok(Some(RawFrame { ty, body: frame[HEADER..total - TRAILER].to_vec() }))
 }
 
 /// Triplet reassembly: only complete start–data–end sequences become messages.
@@ -311,11 +304,7 @@ impl Encoder<&Message> for TokenCodec {
         if m.payload.len() > crypto::MAX_PAYLOAD || m.ty == TYPE_START || m.ty == TYPE_END {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!(
-                    "cannot send a type {} message of {} bytes",
-                    m.ty,
-                    m.payload.len()
-                ),
+                format!("cannot send a type {} message of {} bytes", m.ty, m.payload.len()),
             ));
         }
         // The three frames go out in one write (token.md: one bulk OUT transfer).

@@ -90,10 +90,7 @@ fn bad_crc_is_a_fault_and_the_stream_goes_on() {
     bad[n - 1] ^= 0xFF; // the end frame's CRC
     bad.extend_from_slice(&encode(&mut tx, &msg(ty::DEVICE_INFO, "OK")));
     let got = decode_all(&mut rx, &bad);
-    assert!(
-        matches!(got[0], Inbound::Fault(Fault::BadCrc { ty: TYPE_END, .. })),
-        "{got:?}"
-    );
+    assert!(matches!(got[0], Inbound::Fault(Fault::BadCrc { ty: TYPE_END, .. })), "{got:?}");
     assert_eq!(got[1], Inbound::Message(msg(ty::DEVICE_INFO, "OK")));
     assert_eq!(got.len(), 2);
 }
@@ -104,14 +101,8 @@ fn oversize_length_is_refused_without_allocating() {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&[0, 3, 0xFF, 0xFF, 0xFF, 0xF0, 1, 2, 3]);
     let item = rx.decode(&mut buf).expect("decode");
-    assert!(matches!(
-        item,
-        Some(Inbound::Fault(Fault::Oversize(0xFFFF_FFF0, 9)))
-    ));
-    assert!(
-        buf.capacity() < 1024 * 1024,
-        "no reservation from the length field"
-    );
+    assert!(matches!(item, Some(Inbound::Fault(Fault::Oversize(0xFFFF_FFF0, 9)))));
+    assert!(buf.capacity() < 1024 * 1024, "no reservation from the length field");
     assert!(buf.is_empty());
     // And a good message after it still decodes.
     let mut tx = TokenCodec::default();
@@ -166,29 +157,16 @@ fn undecryptable_and_undecompressible_bodies_are_faults() {
     let got = decode_all(&mut TokenCodec::default(), &bytes);
     assert!(matches!(
         got[0],
-        Inbound::Fault(Fault::Body {
-            err: BodyError::Undecryptable(15),
-            ..
-        })
+        Inbound::Fault(Fault::Body { err: BodyError::Undecryptable(15), .. })
     ));
     assert!(matches!(
         got[1],
-        Inbound::Fault(Fault::Body {
-            err: BodyError::Undecompressible(_),
-            ..
-        })
+        Inbound::Fault(Fault::Body { err: BodyError::Undecompressible(_), .. })
     ));
     // A message under another key is undecryptable (or, rarely, undecompressible).
     let mut other = TokenCodec::new(Key::generate().expect("rng"));
-    let got = decode_all(
-        &mut TokenCodec::default(),
-        &encode(&mut other, &msg(4, "OK")),
-    );
-    assert!(
-        got.iter()
-            .all(|i| matches!(i, Inbound::Fault(Fault::Body { .. }))),
-        "{got:?}"
-    );
+    let got = decode_all(&mut TokenCodec::default(), &encode(&mut other, &msg(4, "OK")));
+    assert!(got.iter().all(|i| matches!(i, Inbound::Fault(Fault::Body { .. }))), "{got:?}");
 }
 
 #[test]
@@ -203,10 +181,7 @@ fn previous_key_opens_exactly_one_message_after_a_switch() {
     bytes.extend_from_slice(&encode(&mut new_tx, &msg(ty::KEY, "OK")));
     assert_eq!(
         decode_all(&mut rx, &bytes),
-        vec![
-            Inbound::Message(msg(ty::HELLO, "OK")),
-            Inbound::Message(msg(ty::KEY, "OK"))
-        ]
+        vec![Inbound::Message(msg(ty::HELLO, "OK")), Inbound::Message(msg(ty::KEY, "OK"))]
     );
     // The old key has had its chance.
     let late = decode_all(&mut rx, &encode(&mut old_tx, &msg(ty::HELLO, "OK")));
@@ -233,9 +208,7 @@ fn windows_1254_fallback() {
 #[test]
 fn start_and_end_types_are_not_sendable_as_data() {
     let mut b = BytesMut::new();
-    assert!(TokenCodec::default()
-        .encode(&msg(TYPE_START, ""), &mut b)
-        .is_err());
+    assert!(TokenCodec::default().encode(&msg(TYPE_START, ""), &mut b).is_err());
 }
 
 proptest! {

@@ -48,9 +48,7 @@ impl Key {
         let mut filled = 0;
         let mut buf = Zeroizing::new([0u8; 64]);
         while filled < out.len() {
-            rand::rngs::OsRng
-                .try_fill_bytes(&mut buf[..])
-                .map_err(std::io::Error::other)?;
+            rand::rngs::OsRng.try_fill_bytes(&mut buf[..]).map_err(std::io::Error::other)?;
             for b in buf.iter() {
                 // Rejection sampling: 250 is the largest multiple of 10 below 256.
                 if *b < 250 && filled < out.len() {
@@ -85,10 +83,8 @@ pub enum BodyError {
 
 /// `payload` → frame body.
 pub fn seal(key: &Key, payload: &[u8]) -> Vec<u8> {
-    let mut z = ZlibEncoder::new(
-        Vec::with_capacity(payload.len() / 2 + 16),
-        Compression::default(),
-    );
+    let mut z =
+        ZlibEncoder::new(Vec::with_capacity(payload.len() / 2 + 16), Compression::default());
     // Writing into a Vec cannot fail.
     let _ = z.write_all(payload);
     let compressed = z.finish().unwrap_or_default();
@@ -149,10 +145,7 @@ mod tests {
         assert_eq!(open(&k, &[0u8; 15]), Err(BodyError::Undecryptable(15)));
         // Valid AES + padding around bytes that are not a zlib stream.
         let not_zlib = Enc::new(k.as_bytes().into()).encrypt_padded_vec_mut::<Pkcs7>(b"hello");
-        assert!(matches!(
-            open(&k, &not_zlib),
-            Err(BodyError::Undecompressible(_))
-        ));
+        assert!(matches!(open(&k, &not_zlib), Err(BodyError::Undecompressible(_))));
     }
 
     #[test]

@@ -90,10 +90,7 @@ impl ConnectError {
 }
 
 /// What this terminal kind runs; anything else is refused at admission.
-const CAPS: Caps = Caps {
-    kind: "token",
-    ops: &[Op::Payment, Op::DeviceInfo, Op::FiscalInfo],
-};
+const CAPS: Caps = Caps { kind: "token", ops: &[Op::Payment, Op::DeviceInfo, Op::FiscalInfo] };
 
 pub struct TokenDriver {
     cfg: TokenSettings,
@@ -123,13 +120,7 @@ impl TokenDriver {
     pub fn new(cfg: TokenSettings, agent_id: impl Into<String>) -> Self {
         let usb = (cfg.transport == Transport::Usb)
             .then(|| UsbSide::new(usb::default_port(cfg.usb.clone()), cfg.usb.clone(), RESCAN));
-        TokenDriver {
-            cfg,
-            agent_id: agent_id.into(),
-            link: Mutex::new(None),
-            usb,
-            pins: None,
-        }
+        TokenDriver { cfg, agent_id: agent_id.into(), link: Mutex::new(None), usb, pins: None }
     }
 
     /// Pin the register's certificate at its first enrolment (trust on first use), kept
@@ -142,10 +133,7 @@ impl TokenDriver {
     /// A USB terminal over the given port (tests: the recording fake).
     pub fn with_usb(cfg: TokenSettings, agent_id: impl Into<String>, side: Arc<UsbSide>) -> Self {
         TokenDriver {
-            cfg: TokenSettings {
-                transport: Transport::Usb,
-                ..cfg
-            },
+            cfg: TokenSettings { transport: Transport::Usb, ..cfg },
             agent_id: agent_id.into(),
             link: Mutex::new(None),
             usb: Some(side),
@@ -213,10 +201,7 @@ impl TokenDriver {
         };
         match handshake(io, self.cfg.connect_timeout, &policy).await {
             Ok(Ok(s)) => {
-                tracing::info!(
-                    fiscal_no = s.fiscal_no(),
-                    "token: register connected and verified"
-                );
+                tracing::info!(fiscal_no = s.fiscal_no(), "token: register connected and verified");
                 if let (Some((id, secrets)), None) = (&self.pins, &policy.pinned) {
                     // First enrolment: from now on only this register is accepted.
                     let pin = session::cert_pin(s.cert());
@@ -258,11 +243,7 @@ impl TokenDriver {
     /// A live, ready session: the cached one if it answers a device-info probe (so a
     /// stale link is found out before a basket is journalled), else a new one.
     async fn ready<'a>(&self, slot: &'a mut Option<Link>) -> Result<&'a mut Link, ConnectError> {
-        if self
-            .usb
-            .as_ref()
-            .is_some_and(|u| u.lost.swap(false, Ordering::SeqCst))
-        {
+        if self.usb.as_ref().is_some_and(|u| u.lost.swap(false, Ordering::SeqCst)) {
             // Unplugged: no probe over a dead link.
             *slot = None;
         }
@@ -279,8 +260,7 @@ impl TokenDriver {
         if slot.is_none() {
             *slot = Some(self.connect().await?);
         }
-        slot.as_mut()
-            .ok_or_else(|| ConnectError::Unavailable("no session".into()))
+        slot.as_mut().ok_or_else(|| ConnectError::Unavailable("no session".into()))
     }
 
     async fn payment(&self, ctx: &mut OpContext) -> Fact {
@@ -313,10 +293,7 @@ impl TokenDriver {
         let lost = match session.send_basket(&body).await {
             Ok(Ok(())) => {
                 ctx.progress("WaitCustomer", Some(json!({ "basket_id": id })));
-                match session
-                    .wait_sale(&id, self.cfg.op_timeout, NOT_PROCESSED_GRACE)
-                    .await
-                {
+                match session.wait_sale(&id, self.cfg.op_timeout, NOT_PROCESSED_GRACE).await {
                     Ok(Ok(end)) => return sale_fact(&id, end),
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),

@@ -47,10 +47,7 @@ pub enum DeviceError {
     #[error(
         "certificate serialNumber {cert:?} differs from the reported fiscal number {fiscal:?}"
     )]
-    SerialMismatch {
-        cert: Option<String>,
-        fiscal: String,
-    },
+    SerialMismatch { cert: Option<String>, fiscal: String },
     /// Type 9: the basket was not processed (the vendor's template: "Sepet işlenemedi").
     #[error("basket not processed by the register (type 9): {0}")]
     NotProcessed(String),
@@ -77,9 +74,7 @@ pub struct Policy {
 /// The pin of a certificate: SHA-256 of its DER, hex.
 pub fn cert_pin(cert: &DeviceCert) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(
-        cert.der.first().map(Vec::as_slice).unwrap_or(&[]),
-    ))
+    hex::encode(sha2::Sha256::digest(cert.der.first().map(Vec::as_slice).unwrap_or(&[])))
 }
 
 /// Fiscal info (type 2): kept as JSON (lenient: real devices add fields such as
@@ -161,9 +156,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
     /// The next whole message before `deadline`; codec faults are logged and skipped
     /// (the stream stays usable; a lost answer shows up as a timeout).
     async fn recv_until(
-        &mut self,
-        deadline: Instant,
-        what: &'static str,
+        &mut self, deadline: Instant, what: &'static str,
     ) -> Result<Message, TransportError> {
         loop {
             match tokio::time::timeout_at(deadline, self.io.next()).await {
@@ -246,11 +239,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Unverified, T> {
     /// Hello → certificate + signature, verified (and, in strict mode, chained).
     pub async fn hello(mut self, policy: &Policy) -> DevResult<Session<Verified, T>> {
         self.link.send(Message::new(ty::HELLO, CHALLENGE)).await?;
-        let m = step!(
-            self.link
-                .expect(ty::CERTIFICATE, "the certificate (type 5)")
-                .await
-        );
+        let m = step!(self.link.expect(ty::CERTIFICATE, "the certificate (type 5)").await);
         let cert = match cert::verify_type5(&m.payload) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e.into())),
@@ -266,18 +255,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Unverified, T> {
         }
         if policy.strict {
             let Some(ca) = &policy.ca_pem else {
-                return Ok(Err(
-                    CertError::Chain("strict mode needs ca_file".into()).into()
-                ));
+                return Ok(Err(CertError::Chain("strict mode needs ca_file".into()).into()));
             };
             if let Err(e) = cert::verify_chain(&cert, ca) {
                 return Ok(Err(e.into()));
             }
         }
-        Ok(Ok(Session {
-            link: self.link,
-            state: Verified { cert },
-        }))
+        Ok(Ok(Session { link: self.link, state: Verified { cert } }))
     }
 }
 
@@ -291,23 +275,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Verified, T> {
     /// codec's previous key and ignored here.
     pub async fn switch_key(mut self) -> DevResult<Session<Keyed, T>> {
         let key = Key::generate()?;
-        self.link
-            .send(Message::new(ty::KEY, key.as_bytes().to_vec()))
-            .await?;
+        self.link.send(Message::new(ty::KEY, key.as_bytes().to_vec())).await?;
         self.link.io.codec_mut().switch_key(key);
         let m = step!(self.link.expect(ty::KEY, "the key switch (6 OK)").await);
         if !m.is_ok() {
-            return Ok(Err(DeviceError::Unexpected(format!(
-                "type 6 answer {:?}",
-                m.text()
-            ))));
+            return Ok(Err(DeviceError::Unexpected(format!("type 6 answer {:?}", m.text()))));
         }
-        Ok(Ok(Session {
-            link: self.link,
-            state: Keyed {
-                cert: self.state.cert,
-            },
-        }))
+        Ok(Ok(Session { link: self.link, state: Keyed { cert: self.state.cert } }))
     }
 }
 
@@ -326,11 +300,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Keyed, T> {
     /// certificate's `serialNumber`; otherwise a mismatch is only logged (test devices
     /// mismatch, `token.md`).
     pub async fn device_info(mut self, policy: &Policy) -> DevResult<Session<Identified, T>> {
-        let data = step!(
-            self.link
-                .request(device_info_request(policy), "device info (type 0)")
-                .await
-        );
+        let data =
+            step!(self.link.request(device_info_request(policy), "device info (type 0)").await);
         let Some(data) = data else {
             return Ok(Err(DeviceError::Unexpected(
                 "device info answered OK without a fiscal number".into(),
@@ -347,10 +318,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Keyed, T> {
             }
             tracing::warn!(cert_serial = ?cert.serial_number, fiscal_no, "token: certificate serialNumber differs from the fiscal number (strict = false: accepted)");
         }
-        Ok(Ok(Session {
-            link: self.link,
-            state: Identified { cert, fiscal_no },
-        }))
+        Ok(Ok(Session { link: self.link, state: Identified { cert, fiscal_no } }))
     }
 }
 
@@ -376,14 +344,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Identified, T> {
 async fn fetch_fiscal_info<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
 ) -> DevResult<FiscalInfo> {
-    let data = step!(
-        link.request(Message::new(ty::FISCAL_INFO, ""), "fiscal info (type 2)")
-            .await
-    );
+    let data = step!(link.request(Message::new(ty::FISCAL_INFO, ""), "fiscal info (type 2)").await);
     let Some(data) = data else {
-        return Ok(Err(DeviceError::Unexpected(
-            "fiscal info answered OK without data".into(),
-        )));
+        return Ok(Err(DeviceError::Unexpected("fiscal info answered OK without data".into())));
     };
     match serde_json::from_str::<Value>(&data.text()) {
         Ok(v) if v.is_object() => Ok(Ok(FiscalInfo(v))),
@@ -396,9 +359,7 @@ async fn fetch_fiscal_info<T: AsyncRead + AsyncWrite + Unpin>(
 
 /// The whole handshake: hello, key switch, device info, fiscal info.
 pub async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
-    io: T,
-    timeout: Duration,
-    policy: &Policy,
+    io: T, timeout: Duration, policy: &Policy,
 ) -> DevResult<Session<Ready, T>> {
     let s = step!(Session::new(io, timeout).hello(policy).await);
     let s = step!(s.switch_key().await);
@@ -448,11 +409,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
 
     /// Ask the device info again (a liveness probe that moves no money).
     pub async fn device_info(&mut self, policy: &Policy) -> DevResult<String> {
-        let data = step!(
-            self.link
-                .request(device_info_request(policy), "device info (type 0)")
-                .await
-        );
+        let data =
+            step!(self.link.request(device_info_request(policy), "device info (type 0)").await);
         match data {
             Some(d) => Ok(Ok(fiscal_number(&d))),
             None => Ok(Ok(self.state.fiscal_no.clone())),
@@ -464,15 +422,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
     /// means it may or may not have reached the device.
     pub async fn send_basket(&mut self, basket_json: &str) -> DevResult<()> {
         self.link.unsolicited.clear();
-        self.link
-            .send(Message::new(ty::BASKET, basket_json.as_bytes().to_vec()))
-            .await?;
+        self.link.send(Message::new(ty::BASKET, basket_json.as_bytes().to_vec())).await?;
         loop {
-            let m = step!(
-                self.link
-                    .expect(ty::BASKET, "the basket acknowledgement (1 OK)")
-                    .await
-            );
+            let m = step!(self.link.expect(ty::BASKET, "the basket acknowledgement (1 OK)").await);
             if m.is_ok() {
                 return Ok(Ok(()));
             }
@@ -484,10 +436,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
     /// with an empty id: failures may not echo it, `token.md`), or a type 9 "not
     /// processed" followed by no type 3 within `grace`.
     pub async fn wait_sale(
-        &mut self,
-        basket_id: &str,
-        within: Duration,
-        grace: Duration,
+        &mut self, basket_id: &str, within: Duration, grace: Duration,
     ) -> DevResult<SaleEnd> {
         let mut deadline = Instant::now() + within;
         let mut not_processed: Option<String> = None;
@@ -495,11 +444,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
         loop {
             let m = match self.link.unsolicited.pop_front() {
                 Some(m) => m,
-                None => match self
-                    .link
-                    .recv_until(deadline, "the sale result (type 3)")
-                    .await
-                {
+                None => match self.link.recv_until(deadline, "the sale result (type 3)").await {
                     Ok(m) => m,
                     Err(TransportError::Timeout(..)) if not_processed.is_some() => {
                         return Ok(Ok(SaleEnd::NotProcessed(not_processed.unwrap_or_default())))
@@ -555,10 +500,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
 
     /// Close politely (type 7 → `7 OK`).
     pub async fn close(mut self) {
-        let _ = self
-            .link
-            .request(Message::new(ty::CLOSE, ""), "close (7 OK)")
-            .await;
+        let _ = self.link.request(Message::new(ty::CLOSE, ""), "close (7 OK)").await;
     }
 }
 

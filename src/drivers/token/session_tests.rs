@@ -11,22 +11,12 @@ use crate::sim::token::{SimControl, SimOptions, TestCa, TokenDevice};
 const T: Duration = Duration::from_secs(5);
 
 fn policy() -> Policy {
-    Policy {
-        pinned: None,
-        strict: false,
-        ca_pem: None,
-        company_name: "posbridge".into(),
-    }
+    Policy { pinned: None, strict: false, ca_pem: None, company_name: "posbridge".into() }
 }
 
 /// Strict mode: the certificate must chain to `ca`.
 fn strict(ca: &TestCa) -> Policy {
-    Policy {
-        pinned: None,
-        strict: true,
-        ca_pem: Some(ca.pem().into_bytes()),
-        ..policy()
-    }
+    Policy { pinned: None, strict: true, ca_pem: Some(ca.pem().into_bytes()), ..policy() }
 }
 
 /// A device on the far end of an in-memory pipe.
@@ -39,10 +29,7 @@ fn device(opts: SimOptions, ca: Option<&TestCa>) -> (DuplexStream, SimControl) {
 }
 
 async fn ready(io: DuplexStream, p: &Policy) -> Session<Ready, DuplexStream> {
-    handshake(io, T, p)
-        .await
-        .expect("link")
-        .expect("device accepted")
+    handshake(io, T, p).await.expect("link").expect("device accepted")
 }
 
 /// A default device, the session with it ready.
@@ -53,18 +40,12 @@ async fn ready_default() -> (Session<Ready, DuplexStream>, SimControl) {
 
 /// The basket `id` (section 1) sent; the device took it.
 async fn sent(s: &mut Session<Ready, DuplexStream>, id: &str) {
-    s.send_basket(&basket(id, 1))
-        .await
-        .expect("link")
-        .expect("taken");
+    s.send_basket(&basket(id, 1)).await.expect("link").expect("taken");
 }
 
 /// How the sale of the basket `id` ended (within `T`, after `grace` of "not processed").
 async fn sale_end(s: &mut Session<Ready, DuplexStream>, id: &str, grace: Duration) -> SaleEnd {
-    s.wait_sale(id, T, grace)
-        .await
-        .expect("link")
-        .expect("device")
+    s.wait_sale(id, T, grace).await.expect("link").expect("device")
 }
 
 fn basket(id: &str, section: i64) -> String {
@@ -101,9 +82,7 @@ async fn sale_result_arrives_for_the_basket() {
     let (mut s, ctl) = ready_default().await;
     sent(&mut s, "b-1").await;
     let end = sale_end(&mut s, "b-1", Duration::from_millis(200)).await;
-    let SaleEnd::Result(r) = end else {
-        panic!("{end:?}")
-    };
+    let SaleEnd::Result(r) = end else { panic!("{end:?}") };
     assert!(r.succeeded());
     assert_eq!(r.basket_id(), "b-1");
     assert_eq!(ctl.sales("b-1"), 1);
@@ -115,10 +94,7 @@ async fn bad_signature_stops_the_handshake() {
     let (io, ctl) = device(SimOptions::default(), None);
     ctl.set(|k| k.bad_signature = true);
     let r = Session::new(io, T).hello(&policy()).await.expect("link");
-    assert!(matches!(
-        r,
-        Err(DeviceError::Certificate(CertError::BadSignature))
-    ));
+    assert!(matches!(r, Err(DeviceError::Certificate(CertError::BadSignature))));
 }
 
 #[tokio::test]
@@ -152,11 +128,7 @@ async fn corrupted_frame_is_dropped_and_the_session_goes_on() {
     assert!(matches!(r, Ok(Err(DeviceError::Unexpected(_)))), "{r:?}");
     assert_eq!(s.faults(), 1);
     // The session is still consistent: the next request works.
-    let fiscal = s
-        .device_info(&policy())
-        .await
-        .expect("link")
-        .expect("device");
+    let fiscal = s.device_info(&policy()).await.expect("link").expect("device");
     assert_eq!(fiscal, "AV0000000121");
 }
 
@@ -186,27 +158,17 @@ async fn strict_mode_rejects_another_ca() {
     let (io, _) = device(SimOptions::default(), Some(&other));
     let p = strict(&ca);
     let r = handshake(io, T, &p).await.expect("link");
-    assert!(
-        matches!(r, Err(DeviceError::Certificate(CertError::Chain(_)))),
-        "{:?}",
-        r.err()
-    );
+    assert!(matches!(r, Err(DeviceError::Certificate(CertError::Chain(_)))), "{:?}", r.err());
     // Self-signed is refused too.
     let (io, _) = device(SimOptions::default(), None);
     let r = handshake(io, T, &p).await.expect("link");
-    assert!(matches!(
-        r,
-        Err(DeviceError::Certificate(CertError::Chain(_)))
-    ));
+    assert!(matches!(r, Err(DeviceError::Certificate(CertError::Chain(_)))));
 }
 
 #[tokio::test]
 async fn strict_mode_rejects_a_serial_mismatch_lenient_mode_accepts_it() {
     let ca = TestCa::generate("Test OKC-S2").expect("ca");
-    let opts = SimOptions {
-        cert_serial: Some("AV0000000507".into()),
-        ..Default::default()
-    };
+    let opts = SimOptions { cert_serial: Some("AV0000000507".into()), ..Default::default() };
     let strict = strict(&ca);
     let (io, _) = device(opts.clone(), Some(&ca));
     let r = handshake(io, T, &strict).await.expect("link");
@@ -230,12 +192,8 @@ async fn a_basket_before_fiscal_info_is_refused_by_the_device() {
     use futures_util::{SinkExt, StreamExt};
     let (io, ctl) = device(SimOptions::default(), None);
     let mut f = tokio_util::codec::Framed::new(io, TokenCodec::default());
-    f.send(Message::new(ty::BASKET, basket("b-x", 1)))
-        .await
-        .expect("send");
-    let Some(Ok(Inbound::Message(m))) = f.next().await else {
-        panic!("answer")
-    };
+    f.send(Message::new(ty::BASKET, basket("b-x", 1))).await.expect("send");
+    let Some(Ok(Inbound::Message(m))) = f.next().await else { panic!("answer") };
     assert_eq!(m.ty, ty::ERROR);
     assert_eq!(ctl.baskets_received(), 0);
 }
@@ -251,17 +209,11 @@ async fn a_pinned_certificate_must_be_presented_again() {
     // The same register again (same identity): accepted.
     // A register with another certificate: refused, naming both pins.
     let (io, _) = device(SimOptions::default(), None);
-    let p = Policy {
-        pinned: Some("00".repeat(32)),
-        ..policy()
-    };
+    let p = Policy { pinned: Some("00".repeat(32)), ..policy() };
     let r = handshake(io, T, &p).await.expect("link");
     match r {
         Err(DeviceError::Certificate(CertError::Chain(m))) => {
-            assert!(
-                m.contains("not the one enrolled") && m.contains("cert_pin"),
-                "{m}"
-            )
+            assert!(m.contains("not the one enrolled") && m.contains("cert_pin"), "{m}")
         }
         other => panic!("{:?}", other.err()),
     }

@@ -30,28 +30,16 @@ impl Running {
 
 async fn start(opts: SimOptions) -> Running {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let sim = IpSim::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts)
-        .await
-        .unwrap();
+    let sim = IpSim::bind(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await.unwrap();
     let (addr, stats, control) = (sim.local_addr().to_string(), sim.stats(), sim.control());
     let shutdown = CancellationToken::new();
     let task = sim.spawn(shutdown.clone());
-    Running {
-        addr,
-        stats,
-        control,
-        shutdown,
-        task,
-    }
+    Running { addr, stats, control, shutdown, task }
 }
 
 /// A sim that approves every payment after the customer pays for `delay_ms`.
 async fn start_paying_for(delay_ms: u64) -> Running {
-    start(SimOptions {
-        delay_ms,
-        ..opts(0.0)
-    })
-    .await
+    start(SimOptions { delay_ms, ..opts(0.0) }).await
 }
 
 /// `req` on a new connection that closes instead of answering.
@@ -64,11 +52,7 @@ async fn closed_call(sim: &Running, req: &Request) -> ProtoError {
 /// After a spoiled answer to the pay `r`: asked again, the books answer with `real`, the
 /// pay ran once, and the next pay (`next`, same amount) is approved as usual.
 async fn books_hold(
-    sim: &Running,
-    client: &mut IpClient,
-    real: &Response,
-    (r, amount): (&str, i64),
-    next: &str,
+    sim: &Running, client: &mut IpClient, real: &Response, (r, amount): (&str, i64), next: &str,
 ) {
     assert_eq!(call(client, pay(r, amount)).await, *real);
     assert_eq!(sim.stats.executions(r), 1);
@@ -76,26 +60,15 @@ async fn books_hold(
 }
 
 fn opts(fail_rate: f64) -> SimOptions {
-    SimOptions {
-        fail_rate,
-        ..SimOptions::default()
-    }
+    SimOptions { fail_rate, ..SimOptions::default() }
 }
 
 fn pay(r: &str, amount: i64) -> Request {
-    Request::Pay {
-        r#ref: r.into(),
-        amount,
-        currency: "AZN".into(),
-    }
+    Request::Pay { r#ref: r.into(), amount, currency: "AZN".into() }
 }
 
 fn refund(r: &str, txn: &str, amount: i64) -> Request {
-    Request::Refund {
-        r#ref: r.into(),
-        transaction_id: txn.into(),
-        amount,
-    }
+    Request::Refund { r#ref: r.into(), transaction_id: txn.into(), amount }
 }
 
 fn status(r: &str) -> Request {
@@ -125,11 +98,7 @@ async fn raw(addr: &str, bytes: &[u8], until_close: bool) -> (TcpStream, Vec<u8>
 
 #[tokio::test]
 async fn ping_answers_terminal_id_and_version() {
-    let sim = start(SimOptions {
-        terminal_id: "IPT-0042".into(),
-        ..opts(0.0)
-    })
-    .await;
+    let sim = start(SimOptions { terminal_id: "IPT-0042".into(), ..opts(0.0) }).await;
     let resp = call(&mut sim.client().await, Request::Ping).await;
     assert!(resp.ok);
     assert_eq!(resp.terminal_id.as_deref(), Some("IPT-0042"));
@@ -143,11 +112,7 @@ async fn ping_answers_terminal_id_and_version() {
 #[tokio::test]
 async fn same_seed_gives_the_same_outcomes() {
     async fn outcomes(seed: u64) -> Vec<Response> {
-        let sim = start(SimOptions {
-            seed: Some(seed),
-            ..opts(0.5)
-        })
-        .await;
+        let sim = start(SimOptions { seed: Some(seed), ..opts(0.5) }).await;
         let mut client = sim.client().await;
         let mut out = Vec::new();
         for i in 0..24 {
@@ -177,10 +142,7 @@ async fn fail_rate_zero_always_approves_with_unique_ids() {
         let approval = resp.approval_code.unwrap();
         assert!(approval.len() == 6 && approval.bytes().all(|b| b.is_ascii_digit()));
         let mask = resp.card_mask.unwrap();
-        assert!(
-            mask.starts_with("4169********") && mask.len() == 16,
-            "{mask}"
-        );
+        assert!(mask.starts_with("4169********") && mask.len() == 16, "{mask}");
     }
     assert_eq!(sim.stats.total_executions(), 50);
     sim.stop().await;
@@ -194,10 +156,7 @@ async fn fail_rate_one_always_fails_with_a_listed_code() {
         let r = format!("f{i}");
         let resp = call(&mut client, pay(&r, 700)).await;
         assert!(!resp.ok && resp.transaction_id.is_none());
-        assert!(
-            FAILURES.iter().any(|(c, _)| Some(*c) == resp.error_code()),
-            "{resp:?}"
-        );
+        assert!(FAILURES.iter().any(|(c, _)| Some(*c) == resp.error_code()), "{resp:?}");
         assert!(resp.message.is_some_and(|m| !m.is_empty()));
         assert_eq!(resp.r#ref.as_deref(), Some(r.as_str()));
         assert_eq!(sim.stats.executions(&r), 1);
@@ -229,9 +188,7 @@ async fn concurrent_pays_with_one_ref_execute_once() {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let mut client = sim.client().await;
-        tasks.push(tokio::spawn(async move {
-            call(&mut client, pay("race", 10)).await
-        }));
+        tasks.push(tokio::spawn(async move { call(&mut client, pay("race", 10)).await }));
     }
     let mut approved = Vec::new();
     for task in tasks {
@@ -330,17 +287,8 @@ async fn invalid_lines_get_bad_request_and_the_connection_lives_on() {
     assert!(resp.message.is_some());
     let mut client = IpClient::from_stream(stream);
     assert!(call(&mut client, Request::Ping).await.ok);
-    let invalid = [
-        pay("", 5),
-        pay("zero", 0),
-        pay("neg", -5),
-        refund("r", "", 5),
-    ];
-    let lower = Request::Pay {
-        r#ref: "cur".into(),
-        amount: 5,
-        currency: "azn".into(),
-    };
+    let invalid = [pay("", 5), pay("zero", 0), pay("neg", -5), refund("r", "", 5)];
+    let lower = Request::Pay { r#ref: "cur".into(), amount: 5, currency: "azn".into() };
     for req in invalid.into_iter().chain([lower, status("")]) {
         let resp = call(&mut client, req.clone()).await;
         assert_eq!(resp.error_code(), Some(ErrorCode::BadRequest), "{req:?}");
@@ -370,10 +318,7 @@ async fn lost_answer_of_a_pay_and_a_refund_executes_once_and_stays_in_the_books(
     assert_eq!(sim.stats.executions("lose-pay"), 1);
     let mut client = sim.client().await;
     let paid = call(&mut client, status("lose-pay")).await;
-    assert!(
-        paid.ok && paid.r#ref.as_deref() == Some("lose-pay"),
-        "{paid:?}"
-    );
+    assert!(paid.ok && paid.r#ref.as_deref() == Some("lose-pay"), "{paid:?}");
     assert_eq!(call(&mut client, pay("lose-pay", 800)).await, paid);
     let txn = paid.transaction_id.clone().unwrap();
 
@@ -382,21 +327,11 @@ async fn lost_answer_of_a_pay_and_a_refund_executes_once_and_stays_in_the_books(
     closed_call(&sim, &refund("lose-back", &txn, 300)).await;
     let back = call(&mut client, status("lose-back")).await;
     assert!(back.ok && back.transaction_id.is_some(), "{back:?}");
-    assert_eq!(
-        call(&mut client, refund("lose-back", &txn, 300)).await,
-        back
-    );
+    assert_eq!(call(&mut client, refund("lose-back", &txn, 300)).await, back);
     // The refund really ran: only 500 of the 800 are left.
     let over = call(&mut client, refund("lose-back2", &txn, 501)).await;
-    assert_eq!(
-        over.error_code(),
-        Some(ErrorCode::InvalidRefund),
-        "{over:?}"
-    );
-    assert_eq!(
-        ["lose-pay", "lose-back"].map(|r| sim.stats.executions(r)),
-        [1, 1]
-    );
+    assert_eq!(over.error_code(), Some(ErrorCode::InvalidRefund), "{over:?}");
+    assert_eq!(["lose-pay", "lose-back"].map(|r| sim.stats.executions(r)), [1, 1]);
     // Once only.
     assert!(call(&mut client, pay("lose-next", 100)).await.ok);
     assert_eq!(sim.stats.total_executions(), 3);
@@ -415,10 +350,7 @@ async fn garbled_answer_is_the_first_half_of_the_real_line() {
     // The connection lives on, and the books hold the real answer.
     let mut client = IpClient::from_stream(stream);
     let real = call(&mut client, status("garble")).await;
-    assert!(
-        real.ok && real.r#ref.as_deref() == Some("garble"),
-        "{real:?}"
-    );
+    assert!(real.ok && real.r#ref.as_deref() == Some("garble"), "{real:?}");
     let full = encode_response(&real);
     let json = &full[..full.len() - 1];
     assert_eq!(&got[..got.len() - 1], &json[..json.len() / 2]);
@@ -447,26 +379,13 @@ async fn foreign_answer_names_another_ref() {
 async fn lose_and_garble_rates_spoil_new_operations_only() {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     for bad in [
-        SimOptions {
-            lose_rate: 1.5,
-            ..opts(0.0)
-        },
-        SimOptions {
-            garble_rate: -0.1,
-            ..opts(0.0)
-        },
-        SimOptions {
-            lose_rate: f64::NAN,
-            ..opts(0.0)
-        },
+        SimOptions { lose_rate: 1.5, ..opts(0.0) },
+        SimOptions { garble_rate: -0.1, ..opts(0.0) },
+        SimOptions { lose_rate: f64::NAN, ..opts(0.0) },
     ] {
         assert!(IpSim::bind(loopback, bad).await.is_err());
     }
-    let sim = start(SimOptions {
-        lose_rate: 1.0,
-        ..opts(0.0)
-    })
-    .await;
+    let sim = start(SimOptions { lose_rate: 1.0, ..opts(0.0) }).await;
     for i in 0..3 {
         let r = format!("rl{i}");
         let err = sim.client().await.call(&pay(&r, 100), T).await.unwrap_err();
@@ -492,12 +411,7 @@ async fn lose_and_garble_rates_spoil_new_operations_only() {
 #[tokio::test]
 async fn fault_rates_leave_the_seeded_outcomes_alone() {
     async fn outcomes(garble_rate: f64) -> Vec<Response> {
-        let sim = start(SimOptions {
-            seed: Some(11),
-            garble_rate,
-            ..opts(0.5)
-        })
-        .await;
+        let sim = start(SimOptions { seed: Some(11), garble_rate, ..opts(0.5) }).await;
         let mut client = sim.client().await;
         let mut out = Vec::new();
         for i in 0..12 {

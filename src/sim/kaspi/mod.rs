@@ -94,9 +94,7 @@ fn make_tls(name: &str) -> Result<SimTls, String> {
     let err = |e: rcgen::Error| format!("generating the simulator certificate: {e}");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "posbridge Kaspi simulator CA");
+    ca_params.distinguished_name.push(DnType::CommonName, "posbridge Kaspi simulator CA");
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -105,13 +103,9 @@ fn make_tls(name: &str) -> Result<SimTls, String> {
     let ca_key = KeyPair::generate().map_err(err)?;
     let ca = ca_params.self_signed(&ca_key).map_err(err)?;
     let mut leaf_params = CertificateParams::new(vec![name.to_string()]).map_err(err)?;
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, name);
+    leaf_params.distinguished_name.push(DnType::CommonName, name);
     let leaf_key = KeyPair::generate().map_err(err)?;
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .map_err(err)?;
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).map_err(err)?;
     let cert_sha256 = hex::encode(sha2::Sha256::digest(leaf.der().as_ref()));
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
         leaf_key.serialize_der(),
@@ -124,12 +118,7 @@ fn make_tls(name: &str) -> Result<SimTls, String> {
         .with_single_cert(vec![leaf.der().clone()], key)
         .map_err(|e| format!("simulator TLS config: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(SimTls {
-        name: name.to_string(),
-        ca_pem: ca.pem(),
-        cert_sha256,
-        config: Arc::new(config),
-    })
+    Ok(SimTls { name: name.to_string(), ca_pem: ca.pem(), cert_sha256, config: Arc::new(config) })
 }
 
 struct Shared {
@@ -243,11 +232,7 @@ impl SimControl {
     }
 
     pub fn set_cashier(&self, c: Cashier) {
-        *self
-            .shared
-            .cashier
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = c;
+        *self.shared.cashier.lock().unwrap_or_else(PoisonError::into_inner) = c;
     }
 }
 
@@ -293,8 +278,7 @@ fn respond(r: Reply) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
+    shared: Arc<Shared>, req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, LostAnswer> {
     let path = req.uri().path().to_string();
     let params: HashMap<String, String> = req
@@ -302,11 +286,7 @@ async fn handle(
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let token = req
-        .headers()
-        .get("accesstoken")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let token = req.headers().get("accesstoken").and_then(|v| v.to_str().ok()).map(str::to_string);
     let route = path.strip_prefix("/v2/").unwrap_or("").to_string();
     let now = tokio::time::Instant::now();
     tracing::debug!(route, "kaspi sim request");
@@ -358,19 +338,9 @@ async fn register(shared: Arc<Shared>, params: &HashMap<String, String>) -> Repl
             Err(r) => return r,
         }
     };
-    let mut guard = PendingRegister {
-        shared: shared.clone(),
-        done: false,
-    };
-    let cashier = *shared
-        .cashier
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    tracing::info!(
-        name,
-        ?cashier,
-        "kaspi sim: register request shown to the cashier"
-    );
+    let mut guard = PendingRegister { shared: shared.clone(), done: false };
+    let cashier = *shared.cashier.lock().unwrap_or_else(PoisonError::into_inner);
+    tracing::info!(name, ?cashier, "kaspi sim: register request shown to the cashier");
     let allowed = match cashier {
         Cashier::Allow(d) => {
             tokio::time::sleep(d).await;
@@ -437,15 +407,11 @@ impl KaspiSim {
     }
 
     pub fn stats(&self) -> SimStats {
-        SimStats {
-            shared: self.shared.clone(),
-        }
+        SimStats { shared: self.shared.clone() }
     }
 
     pub fn control(&self) -> SimControl {
-        SimControl {
-            shared: self.shared.clone(),
-        }
+        SimControl { shared: self.shared.clone() }
     }
 
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
@@ -454,10 +420,7 @@ impl KaspiSim {
 
     /// Serve until `shutdown`, then let open requests finish.
     pub async fn run(self, shutdown: CancellationToken) {
-        let acceptor = self
-            .tls
-            .as_ref()
-            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        let acceptor = self.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
         let shared = self.shared;
         let service = move || {
             let shared = shared.clone();

@@ -27,17 +27,11 @@ pub struct Reply {
 
 impl Reply {
     fn ok(data: Value) -> Reply {
-        Reply {
-            http: 200,
-            body: json!({ "data": data, "statusCode": 0 }).to_string(),
-        }
+        Reply { http: 200, body: json!({ "data": data, "statusCode": 0 }).to_string() }
     }
 
     fn err(http: u16, status_code: i64, text: &str) -> Reply {
-        Reply {
-            http,
-            body: json!({ "errorText": text, "statusCode": status_code }).to_string(),
-        }
+        Reply { http, body: json!({ "errorText": text, "statusCode": status_code }).to_string() }
     }
 
     fn service(message: &str) -> Reply {
@@ -48,11 +42,7 @@ impl Reply {
     }
 
     fn invalid_url() -> Reply {
-        Reply::err(
-            404,
-            code::GENERIC,
-            "Invalid Url. Please, contact developers",
-        )
+        Reply::err(404, code::GENERIC, "Invalid Url. Please, contact developers")
     }
 
     fn missing(name: &str) -> Reply {
@@ -60,11 +50,7 @@ impl Reply {
     }
 
     fn unvalidated(name: &str, cause: &str) -> Reply {
-        Reply::err(
-            400,
-            code::GENERIC,
-            &format!("Param unvalidated: {name}. {cause}"),
-        )
+        Reply::err(400, code::GENERIC, &format!("Param unvalidated: {name}. {cause}"))
     }
 }
 
@@ -202,9 +188,7 @@ fn owncheque_param(params: &HashMap<String, String>) -> Result<Option<String>, R
 }
 
 fn digits(rng: &mut StdRng, n: usize) -> String {
-    (0..n)
-        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-        .collect()
+    (0..n).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect()
 }
 
 fn tenge_text(tenge: i64, refund: bool) -> String {
@@ -271,9 +255,7 @@ impl Terminal {
 
     /// Is an operation still running (kaspi.md: error 107)?
     fn busy(&self, now: Instant) -> bool {
-        self.procs
-            .values()
-            .any(|p| now.duration_since(p.started) < self.settings.customer_time)
+        self.procs.values().any(|p| now.duration_since(p.started) < self.settings.customer_time)
     }
 
     /// What a payment and a refund do once their own parameters are read: note
@@ -311,13 +293,7 @@ impl Terminal {
         let coin: bool = self.rng.random();
         let drawn = if coin { Method::Qr } else { Method::Card };
         Ok(match tenge % 100 {
-            6 => {
-                return Err(Reply::err(
-                    200,
-                    code::PAYMENTS_BLOCKED,
-                    "Payments are blocked",
-                ))
-            }
+            6 => return Err(Reply::err(200, code::PAYMENTS_BLOCKED, "Payments are blocked")),
             7 => {
                 return Err(Reply::err(
                     200,
@@ -330,15 +306,13 @@ impl Terminal {
             13 => (
                 Method::Card,
                 Plan::Fail {
-                    sub: "CardTransactionFailure",
-                    message: "Операция отклонена банком",
+                    sub: "CardTransactionFailure", message: "Операция отклонена банком"
                 },
             ),
             14 => (
                 Method::Qr,
                 Plan::Fail {
-                    sub: "QrTransactionFailure",
-                    message: "Клиент отклонил покупку",
+                    sub: "QrTransactionFailure", message: "Клиент отклонил покупку"
                 },
             ),
             15 => (
@@ -485,11 +459,7 @@ impl Terminal {
         if let Err(r) = self.admit(now, params) {
             return r;
         }
-        let Some(pay) = self
-            .by_refund_id
-            .get(&txn)
-            .and_then(|pid| self.procs.get(pid))
-        else {
+        let Some(pay) = self.by_refund_id.get(&txn).and_then(|pid| self.procs.get(pid)) else {
             return Reply::unvalidated("transactionId", "Transaction not found");
         };
         if pay.method != method {

@@ -8,9 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 
 async fn sim(opts: SimOptions) -> (String, SimStats, SimControl, CancellationToken) {
-    let s = KaspiSim::bind("127.0.0.1:0".parse().expect("addr"), opts)
-        .await
-        .expect("bind");
+    let s = KaspiSim::bind("127.0.0.1:0".parse().expect("addr"), opts).await.expect("bind");
     let (url, stats, control) = (s.url(), s.stats(), s.control());
     let stop = CancellationToken::new();
     s.spawn(stop.clone());
@@ -35,10 +33,7 @@ async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     let resp = r.send().await.expect("send");
     let code = resp.status().as_u16();
     let body = resp.text().await.expect("body");
-    (
-        code,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
 /// The `statusCode` of the answer to a GET of `url` (no token).
@@ -58,11 +53,7 @@ async fn payment(url: &str, amount: u32) -> String {
 }
 
 fn quick() -> SimOptions {
-    SimOptions {
-        seed: Some(7),
-        customer_time: Duration::ZERO,
-        ..Default::default()
-    }
+    SimOptions { seed: Some(7), customer_time: Duration::ZERO, ..Default::default() }
 }
 
 #[tokio::test]
@@ -80,23 +71,13 @@ async fn payment_conventions_and_errors() {
     assert_eq!(v["data"]["subStatus"], "CardTransactionFailure");
     for (amount, http, code) in [("106", 200, 106), ("0", 400, 999), ("abc", 400, 999)] {
         let (h, v) = get(&format!("{url}/v2/payment?amount={amount}"), None).await;
-        assert_eq!(
-            (h, v["statusCode"].as_i64()),
-            (http, Some(code)),
-            "{amount}: {v}"
-        );
+        assert_eq!((h, v["statusCode"].as_i64()), (http, Some(code)), "{amount}: {v}");
     }
     let (h, v) = get(&format!("{url}/v2/payment"), None).await;
-    assert_eq!(
-        (h, v["errorText"].as_str()),
-        (400, Some("Missing param: amount"))
-    );
+    assert_eq!((h, v["errorText"].as_str()), (400, Some("Missing param: amount")));
     let (h, v) = get(&format!("{url}/v2/nope"), None).await;
     assert_eq!(h, 404, "{v}");
-    assert_eq!(
-        status_code(&format!("{url}/v2/status?processId=42")).await,
-        101
-    );
+    assert_eq!(status_code(&format!("{url}/v2/status?processId=42")).await, 101);
     assert_eq!(stats.counts().payments_started, 2);
     stop.cancel();
 }
@@ -106,37 +87,20 @@ async fn refund_rules() {
     let (url, stats, _c, stop) = sim(quick()).await;
     let pid = payment(&url, 1012).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
-    let rrn = v["data"]["chequeInfo"]["rrn"]
-        .as_str()
-        .expect("rrn")
-        .to_string();
-    let (h, v) = get(
-        &format!("{url}/v2/refund?method=qr&amount=1&transactionId={rrn}"),
-        None,
-    )
-    .await;
+    let rrn = v["data"]["chequeInfo"]["rrn"].as_str().expect("rrn").to_string();
+    let (h, v) =
+        get(&format!("{url}/v2/refund?method=qr&amount=1&transactionId={rrn}"), None).await;
     assert_eq!(h, 400, "method must match: {v}");
-    let (_, v) = get(
-        &format!("{url}/v2/refund?method=cash&amount=1&transactionId={rrn}"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        v["errorText"],
-        "Param unvalidated: method. Unknown payment method"
-    );
-    let rid = started(&format!(
-        "{url}/v2/refund?method=card&amount=1000&transactionId={rrn}"
-    ))
-    .await;
+    let (_, v) =
+        get(&format!("{url}/v2/refund?method=cash&amount=1&transactionId={rrn}"), None).await;
+    assert_eq!(v["errorText"], "Param unvalidated: method. Unknown payment method");
+    let rid =
+        started(&format!("{url}/v2/refund?method=card&amount=1000&transactionId={rrn}")).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={rid}"), None).await;
     assert_eq!(v["data"]["chequeInfo"]["type"], "refund");
     assert_eq!(v["data"]["chequeInfo"]["amount"], "- 1 000 ₸");
-    let (h, _) = get(
-        &format!("{url}/v2/refund?method=card&amount=13&transactionId={rrn}"),
-        None,
-    )
-    .await;
+    let (h, _) =
+        get(&format!("{url}/v2/refund?method=card&amount=13&transactionId={rrn}"), None).await;
     assert_eq!(h, 400, "over-refund refused");
     assert_eq!(stats.counts().refunds_started, 1);
     stop.cancel();
@@ -150,10 +114,7 @@ async fn unknown_actualize_and_rate_counting() {
     assert_eq!(v["data"]["status"], "unknown");
     let (_, v) = get(&format!("{url}/v2/actualize?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "fail", "{v}");
-    assert_eq!(
-        status_code(&format!("{url}/v2/actualize?processId={pid}")).await,
-        103
-    );
+    assert_eq!(status_code(&format!("{url}/v2/actualize?processId={pid}")).await, 103);
     assert_eq!(stats.counts().actualize_too_soon, 1);
     // Knob: unknown until settled.
     control.unknown_for_next(u64::MAX);
@@ -164,10 +125,7 @@ async fn unknown_actualize_and_rate_counting() {
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "success");
     control.forget_processes();
-    assert_eq!(
-        status_code(&format!("{url}/v2/status?processId={pid}")).await,
-        101
-    );
+    assert_eq!(status_code(&format!("{url}/v2/status?processId={pid}")).await, 101);
     stop.cancel();
 }
 
@@ -177,16 +135,10 @@ async fn busy_while_the_customer_acts() {
     let pid = payment(&url, 100).await;
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(
-        (
-            v["data"]["status"].as_str(),
-            v["data"]["subStatus"].as_str()
-        ),
+        (v["data"]["status"].as_str(), v["data"]["subStatus"].as_str()),
         (Some("wait"), Some("WaitUser"))
     );
-    assert_eq!(
-        status_code(&format!("{url}/v2/payment?amount=100")).await,
-        107
-    );
+    assert_eq!(status_code(&format!("{url}/v2/payment?amount=100")).await, 107);
     stop.cancel();
 }
 
@@ -198,19 +150,10 @@ async fn tokens_register_revoke_expire() {
     })
     .await;
     let (h, v) = get(&format!("{url}/v2/deviceinfo"), None).await;
-    assert_eq!(
-        (h, v["errorText"].as_str()),
-        (401, Some("Authorization failed"))
-    );
+    assert_eq!((h, v["errorText"].as_str()), (401, Some("Authorization failed")));
     let (_, v) = get(&format!("{url}/v2/register?name=Kassa1"), None).await;
-    let access = v["data"]["accessToken"]
-        .as_str()
-        .expect("access")
-        .to_string();
-    let refresh = v["data"]["refreshToken"]
-        .as_str()
-        .expect("refresh")
-        .to_string();
+    let access = v["data"]["accessToken"].as_str().expect("access").to_string();
+    let refresh = v["data"]["refreshToken"].as_str().expect("refresh").to_string();
     assert!(crate::drivers::kaspi::api::parse_expiration(
         v["data"]["expirationDate"].as_str().expect("exp")
     )
@@ -220,31 +163,19 @@ async fn tokens_register_revoke_expire() {
     control.expire_tokens_now();
     let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access)).await;
     assert_eq!(h, 403);
-    let (_, v) = get(
-        &format!("{url}/v2/revoke?name=Kassa1&refreshToken=wrong"),
-        Some(&access),
-    )
-    .await;
+    let (_, v) =
+        get(&format!("{url}/v2/revoke?name=Kassa1&refreshToken=wrong"), Some(&access)).await;
     assert_eq!(v["statusCode"], 105);
-    let (_, v) = get(
-        &format!("{url}/v2/revoke?name=Kassa1&refreshToken={refresh}"),
-        Some(&access),
-    )
-    .await;
-    let access2 = v["data"]["accessToken"]
-        .as_str()
-        .expect("access2")
-        .to_string();
+    let (_, v) =
+        get(&format!("{url}/v2/revoke?name=Kassa1&refreshToken={refresh}"), Some(&access)).await;
+    let access2 = v["data"]["accessToken"].as_str().expect("access2").to_string();
     let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access)).await;
     assert_eq!(h, 401, "the old token died at once");
     let (h, _) = get(&format!("{url}/v2/deviceinfo"), Some(&access2)).await;
     assert_eq!(h, 200);
     control.require_renewal();
     let (h, v) = get(&format!("{url}/v2/deviceinfo"), Some(&access2)).await;
-    assert_eq!(
-        (h, v["errorText"].as_str()),
-        (401, Some("Session expires and need to be updated"))
-    );
+    assert_eq!((h, v["errorText"].as_str()), (401, Some("Session expires and need to be updated")));
     // A second register while the cashier still decides: 105.
     control.set_cashier(Cashier::Ignore);
     let u2 = url.clone();
@@ -265,10 +196,7 @@ async fn tokens_register_revoke_expire() {
     .await
     .expect("register pending");
     let (_, v) = get(&format!("{url}/v2/register?name=Kassa3"), None).await;
-    assert_eq!(
-        v["data"]["message"],
-        "Register Error. Last register request not completed"
-    );
+    assert_eq!(v["data"]["message"], "Register Error. Last register request not completed");
     pending.await.expect("join");
     assert_eq!(stats.counts().revokes, 2);
     stop.cancel();
@@ -276,20 +204,14 @@ async fn tokens_register_revoke_expire() {
 
 /// A GET whose answer is expected to be lost: the request fails, no response arrives.
 async fn get_lost(url: &str) {
-    let c = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let c = reqwest::Client::builder().no_proxy().build().expect("client");
     let r = c.get(url).timeout(Duration::from_secs(5)).send().await;
     assert!(r.is_err(), "expected a lost answer, got {r:?}");
 }
 
 /// Status and body text as they came (for answers that are not JSON).
 async fn get_text(url: &str) -> (u16, String, String) {
-    let c = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let c = reqwest::Client::builder().no_proxy().build().expect("client");
     let resp = c.get(url).send().await.expect("send");
     crate::sim::http::answer_parts(resp).await.expect("body")
 }
@@ -304,16 +226,10 @@ async fn amount_17_shows_one_tenge_more_than_requested() {
         assert_eq!(v["data"]["chequeInfo"]["method"], "card");
         assert_eq!(v["data"]["chequeInfo"]["amount"], "1 518 ₸");
     }
-    assert_eq!(
-        (stats.starts_of(&pid), stats.counts().payments_started),
-        (1, 1)
-    );
+    assert_eq!((stats.starts_of(&pid), stats.counts().payments_started), (1, 1));
     // The books keep what was requested: 1517 can be refunded, not 1518.
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
-    let rrn = v["data"]["chequeInfo"]["rrn"]
-        .as_str()
-        .expect("rrn")
-        .to_string();
+    let rrn = v["data"]["chequeInfo"]["rrn"].as_str().expect("rrn").to_string();
     let refund =
         |amount: i64| format!("{url}/v2/refund?method=card&amount={amount}&transactionId={rrn}");
     let (h, _) = get(&refund(1518), None).await;
@@ -335,21 +251,11 @@ async fn amount_18_runs_the_process_and_loses_the_start_answer() {
     let (_, v) = get(&format!("{url}/v2/status?processId={pid}"), None).await;
     assert_eq!(v["data"]["status"], "success", "{v}");
     assert_eq!(v["data"]["chequeInfo"]["amount"], "1 518 ₸");
-    let rrn = v["data"]["chequeInfo"]["rrn"]
-        .as_str()
-        .expect("rrn")
-        .to_string();
+    let rrn = v["data"]["chequeInfo"]["rrn"].as_str().expect("rrn").to_string();
     // A refund ending in 18 too: it runs, its start answer is lost.
-    get_lost(&format!(
-        "{url}/v2/refund?method=card&amount=118&transactionId={rrn}"
-    ))
-    .await;
+    get_lost(&format!("{url}/v2/refund?method=card&amount=118&transactionId={rrn}")).await;
     assert_eq!(stats.counts().refunds_started, 1);
-    let rid = stats
-        .process_ids()
-        .into_iter()
-        .find(|id| id != pid)
-        .expect("refund process");
+    let rid = stats.process_ids().into_iter().find(|id| id != pid).expect("refund process");
     let (_, v) = get(&format!("{url}/v2/status?processId={rid}"), None).await;
     assert_eq!(v["data"]["status"], "success", "{v}");
     assert_eq!(v["data"]["chequeInfo"]["amount"], "- 118 ₸");

@@ -31,11 +31,7 @@ struct CreateBody {
 
 /// The platform's rules for a create body; `Err` names the field.
 fn check_create(b: &CreateBody) -> Result<(String, i64, String), String> {
-    let order_id = b
-        .order_id
-        .clone()
-        .filter(|o| !o.is_empty())
-        .ok_or("order_id: required")?;
+    let order_id = b.order_id.clone().filter(|o| !o.is_empty()).ok_or("order_id: required")?;
     if order_id.chars().count() > 100 {
         return Err("order_id: longer than 100 characters".into());
     }
@@ -51,16 +47,12 @@ fn check_create(b: &CreateBody) -> Result<(String, i64, String), String> {
     };
     let minor = money::parse_decimal(&amount, exp).map_err(|e| format!("amount: {e}"))?;
     if minor <= 0 || money::format_minor(minor, exp) != amount {
-        return Err(format!(
-            "amount: {amount:?} must be positive with exactly {exp} decimals"
-        ));
+        return Err(format!("amount: {amount:?} must be positive with exactly {exp} decimals"));
     }
     if let Some(c) = &b.customer_info {
         for (k, max) in [("email", 254), ("name", 100), ("phone", 20)] {
             if let Some(v) = c.get(k) {
-                let s = v
-                    .as_str()
-                    .ok_or(format!("customer_info.{k}: not a string"))?;
+                let s = v.as_str().ok_or(format!("customer_info.{k}: not a string"))?;
                 if s.chars().count() > max {
                     return Err(format!("customer_info.{k}: longer than {max} characters"));
                 }
@@ -78,10 +70,7 @@ fn check_create(b: &CreateBody) -> Result<(String, i64, String), String> {
 }
 
 pub(super) async fn create(
-    State(shared): MockState<Kuveyt>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: String,
+    State(shared): MockState<Kuveyt>, Path(env): Path<String>, headers: HeaderMap, body: String,
 ) -> Response {
     if let Some(r) = shared.admit(&env, &headers, |b| b.counters.create_requests += 1) {
         return r;
@@ -128,10 +117,7 @@ pub(super) async fn create(
         };
         l.create_requests += 1;
         if l.amount != amount {
-            return refuse(
-                StatusCode::CONFLICT,
-                "order_id was used with another amount",
-            );
+            return refuse(StatusCode::CONFLICT, "order_id was used with another amount");
         }
         json!({
             "success": true,
@@ -157,10 +143,7 @@ struct VerifyBody {
 }
 
 pub(super) async fn verify(
-    State(shared): MockState<Kuveyt>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: String,
+    State(shared): MockState<Kuveyt>, Path(env): Path<String>, headers: HeaderMap, body: String,
 ) -> Response {
     if let Some(r) = shared.admit(&env, &headers, |b| b.counters.verify_requests += 1) {
         return r;
@@ -176,11 +159,7 @@ pub(super) async fn verify(
     };
     let (reply, garble) = {
         let mut s = shared.lock();
-        let Some(l) = s
-            .links
-            .values_mut()
-            .find(|l| l.env == env && l.transaction_id == tid)
-        else {
+        let Some(l) = s.links.values_mut().find(|l| l.env == env && l.transaction_id == tid) else {
             return refuse(StatusCode::NOT_FOUND, "payment not found");
         };
         l.verifies += 1;

@@ -58,11 +58,7 @@ pub struct KuveytSimOptions {
 
 impl Default for KuveytSimOptions {
     fn default() -> Self {
-        KuveytSimOptions {
-            test: Keys::sample("test"),
-            live: Keys::sample("live"),
-            tls: false,
-        }
+        KuveytSimOptions { test: Keys::sample("test"), live: Keys::sample("live"), tls: false }
     }
 }
 

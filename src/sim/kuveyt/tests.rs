@@ -37,11 +37,7 @@ impl Mock {
     }
 
     fn link(&self, order_id: &str) -> LinkSnapshot {
-        self.stats
-            .links()
-            .into_iter()
-            .find(|l| l.order_id == order_id)
-            .expect("link")
+        self.stats.links().into_iter().find(|l| l.order_id == order_id).expect("link")
     }
 }
 
@@ -65,10 +61,7 @@ async fn amount_58_garbles_the_first_verify_then_says_completed() {
     assert_eq!((l.status.as_str(), l.verifies), ("completed", 1));
     let (status, _, again) = m.verify(&tid).await;
     let v: Value = serde_json::from_str(&again).expect("JSON");
-    assert_eq!(
-        (status, v["payment"]["status"].as_str()),
-        (200, Some("completed"))
-    );
+    assert_eq!((status, v["payment"]["status"].as_str()), (200, Some("completed")));
     assert_eq!(first, again[..again.len() / 2]);
     assert_eq!(m.stats.payments_created(), 1);
     m.stop.cancel();

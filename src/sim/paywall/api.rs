@@ -21,10 +21,7 @@ use crate::sim::cloud::MockState;
 use crate::sim::http;
 
 pub(super) async fn sale(
-    State(shared): MockState<Paywall>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: String,
+    State(shared): MockState<Paywall>, Path(env): Path<String>, headers: HeaderMap, body: String,
 ) -> Response {
     if let Some(r) = shared.admit(&env, &headers, |b| b.counters.sale_requests += 1) {
         return r;
@@ -33,12 +30,7 @@ pub(super) async fn sale(
         Ok(r) => r,
         Err(e) => {
             shared.bump(|b| b.counters.invalid += 1);
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                400,
-                "ValidationError",
-                &format!("body: {e}"),
-            );
+            return refuse(StatusCode::BAD_REQUEST, 400, "ValidationError", &format!("body: {e}"));
         }
     };
     let amount = match check_sale(&req) {
@@ -61,12 +53,7 @@ pub(super) async fn sale(
             if p.amount_minor != amount {
                 let msg = format!("MerchantUniqueCode {} was used with another amount", p.muc);
                 drop(s);
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    409,
-                    "MerchantUniqueCodeConflict",
-                    &msg,
-                );
+                return refuse(StatusCode::BAD_REQUEST, 409, "MerchantUniqueCodeConflict", &msg);
             }
             (p.status.subscribe(), false)
         } else {
@@ -107,12 +94,7 @@ pub(super) async fn sale(
     if waited.is_err() {
         complete(&shared, &req.merchant_unique_code, "succeeded");
     }
-    let view = shared
-        .lock()
-        .payments
-        .get(&key)
-        .map(Payment::view)
-        .unwrap_or(Value::Null);
+    let view = shared.lock().payments.get(&key).map(Payment::view).unwrap_or(Value::Null);
     let status = view["paymentStatus"].as_i64().unwrap_or(0);
     let mut view = view;
     if kind == 63 {
@@ -149,18 +131,13 @@ struct RefBody {
 }
 
 fn find_by_id<'a>(s: &'a Books, env: &str, id: &str) -> Option<&'a Payment> {
-    s.payments
-        .values()
-        .find(|p| p.env == env && p.id.to_string().eq_ignore_ascii_case(id))
+    s.payments.values().find(|p| p.env == env && p.id.to_string().eq_ignore_ascii_case(id))
 }
 
 /// `sync/cancel` (`ROLLBACK` false) and `sync/sale/rollback` (true: only while the device
 /// has not received the sale).
 pub(super) async fn cancel<const ROLLBACK: bool>(
-    State(shared): MockState<Paywall>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: String,
+    State(shared): MockState<Paywall>, Path(env): Path<String>, headers: HeaderMap, body: String,
 ) -> Response {
     let rollback = ROLLBACK;
     let count = |b: &mut Books| {
@@ -206,9 +183,7 @@ pub(super) async fn cancel<const ROLLBACK: bool>(
 }
 
 pub(super) async fn inquiry(
-    State(shared): MockState<Paywall>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    State(shared): MockState<Paywall>, Path((env, id)): Path<(String, String)>, headers: HeaderMap,
 ) -> Response {
     if let Some(r) = shared.admit(&env, &headers, |b| b.counters.inquiry_requests += 1) {
         return r;
@@ -216,20 +191,13 @@ pub(super) async fn inquiry(
     let view = find_by_id(&shared.lock(), &env, &id).map(Payment::view);
     match view {
         Some(v) => http::json(StatusCode::OK, envelope(true, 0, "", "", v)),
-        None => refuse(
-            StatusCode::NOT_FOUND,
-            404,
-            "PaymentNotFound",
-            "no such payment",
-        ),
+        None => refuse(StatusCode::NOT_FOUND, 404, "PaymentNotFound", "no such payment"),
     }
 }
 
 pub(super) async fn list(
-    State(shared): MockState<Paywall>,
-    Path(env): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    State(shared): MockState<Paywall>, Path(env): Path<String>,
+    Query(q): Query<HashMap<String, String>>, headers: HeaderMap,
 ) -> Response {
     if let Some(r) = shared.admit(&env, &headers, |b| b.counters.list_requests += 1) {
         return r;

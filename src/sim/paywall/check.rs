@@ -79,15 +79,9 @@ pub fn check_sale(r: &SaleRequest) -> Result<i64, String> {
     if let Some(o) = &r.receipt_options {
         for (name, part) in [("Top", &o.top), ("Bottom", &o.bottom)] {
             if let Some(p) = part {
-                long(
-                    &format!("ReceiptOptions.{name}.Text"),
-                    &p.text,
-                    RECEIPT_TEXT_MAX,
-                )?;
+                long(&format!("ReceiptOptions.{name}.Text"), &p.text, RECEIPT_TEXT_MAX)?;
                 if !(0..=FONT_SIZE_MAX).contains(&p.font_size) {
-                    return Err(format!(
-                        "ReceiptOptions.{name}.FontSize: two digits at most"
-                    ));
+                    return Err(format!("ReceiptOptions.{name}.FontSize: two digits at most"));
                 }
             }
         }

@@ -181,10 +181,7 @@ impl Provider for Paywall {
         Router::new()
             .route("/{env}/api/payment/sync/sale", post(api::sale))
             .route("/{env}/api/payment/sync/cancel", post(api::cancel::<false>))
-            .route(
-                "/{env}/api/payment/sync/sale/rollback",
-                post(api::cancel::<true>),
-            )
+            .route("/{env}/api/payment/sync/sale/rollback", post(api::cancel::<true>))
             .route("/{env}/api/payment/inquiry/{id}", get(api::inquiry))
             .route("/{env}/api/payment/list", get(api::list))
             .route("/_sim/stats", get(sim_stats))
@@ -192,12 +189,7 @@ impl Provider for Paywall {
     }
 
     fn no_such_env() -> Response {
-        refuse(
-            StatusCode::NOT_FOUND,
-            404,
-            "EnvironmentNotFound",
-            "no such environment",
-        )
+        refuse(StatusCode::NOT_FOUND, 404, "EnvironmentNotFound", "no such environment")
     }
 
     fn bad_keys(env: &str) -> Response {
@@ -274,11 +266,7 @@ fn publish(shared: &Sim, muc: &str) -> bool {
     let found = {
         let mut s = shared.lock();
         let mut found = false;
-        for p in s
-            .payments
-            .values_mut()
-            .filter(|p| p.muc.eq_ignore_ascii_case(muc))
-        {
+        for p in s.payments.values_mut().filter(|p| p.muc.eq_ignore_ascii_case(muc)) {
             p.listed = true;
             found = true;
         }
@@ -299,11 +287,7 @@ fn complete(shared: &Sim, muc: &str, status: &str) -> bool {
     let done = {
         let s = shared.lock();
         let mut done = false;
-        for p in s
-            .payments
-            .values()
-            .filter(|p| p.muc.eq_ignore_ascii_case(muc))
-        {
+        for p in s.payments.values().filter(|p| p.muc.eq_ignore_ascii_case(muc)) {
             if !is_final(p.status()) {
                 p.status.send_replace(code);
                 done = true;
@@ -362,9 +346,6 @@ async fn sim_publish(State(shared): MockState<Paywall>, Path(muc): Path<String>)
     if publish(&shared, &muc) {
         http::json(StatusCode::OK, json!({ "published": muc }))
     } else {
-        http::json(
-            StatusCode::NOT_FOUND,
-            json!({ "error": "no sale with that code" }),
-        )
+        http::json(StatusCode::NOT_FOUND, json!({ "error": "no sale with that code" }))
     }
 }

@@ -27,34 +27,19 @@ fn the_mock_checks_like_the_real_api_and_names_the_field() {
         (Box::new(|v| v["Amount"] = json!(23)), "Products:"),
         (Box::new(|v| v["Amount"] = json!(22.505)), "Amount:"),
         (Box::new(|v| v["CurrencyId"] = json!(9)), "CurrencyId:"),
-        (
-            Box::new(|v| v["MerchantUniqueCode"] = json!("x")),
-            "MerchantUniqueCode:",
-        ),
+        (Box::new(|v| v["MerchantUniqueCode"] = json!("x")), "MerchantUniqueCode:"),
         (Box::new(|v| v["TerminalId"] = json!("t")), "TerminalId:"),
         (Box::new(|v| v["Products"] = json!([])), "Products:"),
-        (
-            Box::new(|v| v["Products"][0]["Name"] = json!("n".repeat(76))),
-            "Products[0].Name:",
-        ),
-        (
-            Box::new(|v| v["Products"][1]["Quantity"] = json!(0)),
-            "Products[1].Quantity:",
-        ),
-        (
-            Box::new(|v| v["Customer"]["Phone"] = json!("1".repeat(21))),
-            "Customer.Phone:",
-        ),
+        (Box::new(|v| v["Products"][0]["Name"] = json!("n".repeat(76))), "Products[0].Name:"),
+        (Box::new(|v| v["Products"][1]["Quantity"] = json!(0)), "Products[1].Quantity:"),
+        (Box::new(|v| v["Customer"]["Phone"] = json!("1".repeat(21))), "Customer.Phone:"),
         (
             Box::new(|v| {
                 v["Customer"].as_object_mut().map(|c| c.remove("Type"));
             }),
             "Customer.Type:",
         ),
-        (
-            Box::new(|v| v["DisplayCode"] = json!("d".repeat(26))),
-            "DisplayCode:",
-        ),
+        (Box::new(|v| v["DisplayCode"] = json!("d".repeat(26))), "DisplayCode:"),
     ];
     for (patch, field) in cases {
         let e = check_sale(&body(patch)).expect_err(field);

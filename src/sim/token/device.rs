@@ -82,11 +82,7 @@ pub struct SimControl {
 
 impl SimControl {
     pub fn sales(&self, basket_id: &str) -> u32 {
-        lock(&self.shared.state)
-            .sales
-            .get(basket_id)
-            .copied()
-            .unwrap_or(0)
+        lock(&self.shared.state).sales.get(basket_id).copied().unwrap_or(0)
     }
     pub fn total_sales(&self) -> u32 {
         lock(&self.shared.state).sales.values().sum()
@@ -121,11 +117,8 @@ pub struct TokenDevice {
 
 impl TokenDevice {
     pub fn new(opts: SimOptions, ca: Option<&TestCa>) -> anyhow::Result<TokenDevice> {
-        check_rates(&[
-            ("lose_rate", opts.lose_rate),
-            ("garble_rate", opts.garble_rate),
-        ])
-        .map_err(anyhow::Error::msg)?;
+        check_rates(&[("lose_rate", opts.lose_rate), ("garble_rate", opts.garble_rate)])
+            .map_err(anyhow::Error::msg)?;
         let serial = opts.cert_serial.clone().unwrap_or(opts.fiscal_no.clone());
         let identity = DeviceIdentity::generate(&serial, ca)?;
         let seed = opts.seed.unwrap_or(0);
@@ -146,9 +139,7 @@ impl TokenDevice {
     }
 
     pub fn control(&self) -> SimControl {
-        SimControl {
-            shared: self.shared.clone(),
-        }
+        SimControl { shared: self.shared.clone() }
     }
 
     /// Serve one link until the host closes it (or a knob drops it).

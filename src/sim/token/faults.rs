@@ -49,14 +49,8 @@ impl State {
         let k = &mut self.knobs;
         let knob = [
             (std::mem::take(&mut k.lose_next_result), AnswerFault::Lose),
-            (
-                std::mem::take(&mut k.garble_next_result),
-                AnswerFault::Garble,
-            ),
-            (
-                std::mem::take(&mut k.foreign_next_result),
-                AnswerFault::Foreign,
-            ),
+            (std::mem::take(&mut k.garble_next_result), AnswerFault::Garble),
+            (std::mem::take(&mut k.foreign_next_result), AnswerFault::Foreign),
         ]
         .into_iter()
         .find_map(|(on, f)| on.then_some(f));

@@ -61,10 +61,7 @@ impl DeviceIdentity {
         };
         let signing = SigningKey::from_pkcs8_der(kp.serialized_der())
             .map_err(|e| anyhow::anyhow!("device key: {e}"))?;
-        Ok(DeviceIdentity {
-            cert_pem: cert.pem(),
-            signing,
-        })
+        Ok(DeviceIdentity { cert_pem: cert.pem(), signing })
     }
 
     /// The type 5 payload: certificate + raw r‖s over the challenge, hex.

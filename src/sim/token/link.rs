@@ -50,8 +50,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
     }
 
     async fn error(&mut self, text: &str) -> std::io::Result<()> {
-        self.send(Message::new(ty::ERROR, text.as_bytes().to_vec()))
-            .await
+        self.send(Message::new(ty::ERROR, text.as_bytes().to_vec())).await
     }
 
     pub(super) async fn run(&mut self) -> std::io::Result<()> {
@@ -184,8 +183,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
         self.ok(ty::BASKET).await?;
         if knobs.not_processed_next {
             let status = json!({ "basketID": basket_id, "message": "Sepet işlenemedi" });
-            self.send(Message::new(ty::BASKET_STATUS, status.to_string()))
-                .await?;
+            self.send(Message::new(ty::BASKET_STATUS, status.to_string())).await?;
             return Ok(Flow::Continue);
         }
         if knobs.drop_link_mid_sale {
@@ -257,12 +255,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceLink<T> {
             .unwrap_or_default();
         let uuid = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
-            format!(
-                "{}:{basket_id}:{}",
-                self.shared.opts.seed.unwrap_or(0),
-                s.receipt_no
-            )
-            .as_bytes(),
+            format!("{}:{basket_id}:{}", self.shared.opts.seed.unwrap_or(0), s.receipt_no)
+                .as_bytes(),
         );
         let result = json!({
             "basketID": basket_id, "documentType": basket["documentType"],

@@ -22,17 +22,11 @@ pub struct TokenSim {
 
 impl TokenSim {
     pub async fn bind(
-        addr: SocketAddr,
-        opts: SimOptions,
-        ca: Option<&TestCa>,
+        addr: SocketAddr, opts: SimOptions, ca: Option<&TestCa>,
     ) -> anyhow::Result<TokenSim> {
         let device = TokenDevice::new(opts, ca)?;
         let (listener, addr) = listen::bind(addr).await?;
-        Ok(TokenSim {
-            listener,
-            addr,
-            device: Arc::new(device),
-        })
+        Ok(TokenSim { listener, addr, device: Arc::new(device) })
     }
 
     /// Bound to a free port on 127.0.0.1.

@@ -28,14 +28,11 @@ impl Host {
         let (near, far) = tokio::io::duplex(64 * 1024);
         let dev = Arc::clone(dev);
         tokio::spawn(async move { dev.serve(far).await });
-        let mut h = Host {
-            io: Framed::new(near, TokenCodec::default()),
-        };
+        let mut h = Host { io: Framed::new(near, TokenCodec::default()) };
         h.send(ty::HELLO, CHALLENGE).await;
         assert_eq!(h.recv().await.ty, ty::CERTIFICATE);
         h.send(ty::KEY, KEY.as_slice()).await;
-        h.io.codec_mut()
-            .switch_key(Key::from_digits(KEY).expect("digits"));
+        h.io.codec_mut().switch_key(Key::from_digits(KEY).expect("digits"));
         for t in [ty::HELLO, ty::KEY] {
             let m = h.recv().await;
             assert!(m.ty == t && m.is_ok(), "{m:?}");
@@ -133,10 +130,7 @@ async fn lost_result_is_sold_once_and_redelivered_after_reconnect() {
     h.nothing_before_probe().await;
     assert_eq!(ctl.sales("lose-1"), 1);
     let real = booked(&ctl, "lose-1");
-    assert_eq!(
-        (real["basketID"].as_str(), real["status"].as_i64()),
-        (Some("lose-1"), Some(0))
-    );
+    assert_eq!((real["basketID"].as_str(), real["status"].as_i64()), (Some("lose-1"), Some(0)));
     // After a reconnect the register re-sends the real result.
     drop(h);
     let (mut h, again) = Host::connect(&dev).await;
@@ -185,26 +179,16 @@ async fn foreign_result_names_another_basket() {
 #[tokio::test]
 async fn rates_spoil_sales_and_are_validated() {
     for bad in [1.5, -0.5, f64::NAN] {
-        let opts = SimOptions {
-            garble_rate: bad,
-            ..SimOptions::default()
-        };
+        let opts = SimOptions { garble_rate: bad, ..SimOptions::default() };
         assert!(TokenDevice::new(opts, None).is_err());
     }
-    let (dev, ctl) = device(SimOptions {
-        lose_rate: 1.0,
-        seed: Some(3),
-        ..SimOptions::default()
-    });
+    let (dev, ctl) = device(SimOptions { lose_rate: 1.0, seed: Some(3), ..SimOptions::default() });
     let (mut h, _) = Host::connect(&dev).await;
     h.basket("rate-1").await;
     h.nothing_before_probe().await;
     assert_eq!(ctl.sales("rate-1"), 1);
     assert!(ctl.sale_result("rate-1").is_some());
-    let (dev, ctl) = device(SimOptions {
-        garble_rate: 1.0,
-        ..SimOptions::default()
-    });
+    let (dev, ctl) = device(SimOptions { garble_rate: 1.0, ..SimOptions::default() });
     let (mut h, _) = Host::connect(&dev).await;
     h.basket("rate-2").await;
     let m = h.recv().await;

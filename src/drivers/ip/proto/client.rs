@@ -26,9 +26,7 @@ pub enum LineRead {
 /// Reads one line into `buf` (cleared first), never holding more than `max + 1` bytes
 /// of it. EOF in the middle of a line is an `UnexpectedEof` error, not a clean close.
 pub async fn read_line_bounded<R>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-    max: usize,
+    reader: &mut R, buf: &mut Vec<u8>, max: usize,
 ) -> io::Result<LineRead>
 where
     R: AsyncBufRead + Unpin,
@@ -43,10 +41,7 @@ where
     } else if buf.len() > max {
         Ok(LineRead::TooLong)
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed mid-line",
-        ))
+        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-line"))
     }
 }
 
@@ -75,11 +70,7 @@ impl IpClient<TcpStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> IpClient<S> {
     pub fn from_stream(stream: S) -> IpClient<S> {
-        IpClient {
-            stream: BufReader::new(stream),
-            buf: Vec::new(),
-            broken: false,
-        }
+        IpClient { stream: BufReader::new(stream), buf: Vec::new(), broken: false }
     }
 
     /// False once a call has failed: reconnect before the next request.

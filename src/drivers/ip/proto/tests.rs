@@ -9,35 +9,19 @@ use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader};
 const T: Duration = Duration::from_secs(5);
 
 fn pay() -> Request {
-    Request::Pay {
-        r#ref: "r-1".into(),
-        amount: 1250,
-        currency: "AZN".into(),
-    }
+    Request::Pay { r#ref: "r-1".into(), amount: 1250, currency: "AZN".into() }
 }
 
 #[test]
 fn requests_encode_to_the_spec_shapes_and_round_trip() {
     let cases = [
         (Request::Ping, r#"{"op":"ping"}"#),
+        (pay(), r#"{"op":"pay","ref":"r-1","amount":1250,"currency":"AZN"}"#),
         (
-            pay(),
-            r#"{"op":"pay","ref":"r-1","amount":1250,"currency":"AZN"}"#,
-        ),
-        (
-            Request::Refund {
-                r#ref: "r-2".into(),
-                transaction_id: "T1".into(),
-                amount: 5,
-            },
+            Request::Refund { r#ref: "r-2".into(), transaction_id: "T1".into(), amount: 5 },
             r#"{"op":"refund","ref":"r-2","transaction_id":"T1","amount":5}"#,
         ),
-        (
-            Request::Status {
-                r#ref: "r-1".into(),
-            },
-            r#"{"op":"status","ref":"r-1"}"#,
-        ),
+        (Request::Status { r#ref: "r-1".into() }, r#"{"op":"status","ref":"r-1"}"#),
     ];
     for (req, json) in cases {
         let line = encode_line(&req);
@@ -55,18 +39,13 @@ fn responses_round_trip_and_omit_absent_fields() {
         ..Response::default()
     };
     let line = encode_response(&ping);
-    assert_eq!(
-        line,
-        b"{\"ok\":true,\"terminal_id\":\"IPT-0001\",\"version\":\"1\"}\n"
-    );
+    assert_eq!(line, b"{\"ok\":true,\"terminal_id\":\"IPT-0001\",\"version\":\"1\"}\n");
     assert_eq!(decode_response(&line).unwrap(), ping);
     let crlf = b"{\"ok\":false,\"ref\":\"r\",\"error\":\"in_progress\"}\r\n";
     let busy = decode_response(crlf).unwrap();
     assert_eq!(busy.r#ref.as_deref(), Some("r"));
     assert!(busy.is_in_progress() && !busy.is_not_found());
-    assert!(decode_response(br#"{"ok":false,"error":"not_found"}"#)
-        .unwrap()
-        .is_not_found());
+    assert!(decode_response(br#"{"ok":false,"error":"not_found"}"#).unwrap().is_not_found());
 }
 
 #[test]
@@ -76,25 +55,13 @@ fn unknown_fields_and_nulls_are_tolerated() {
     assert!(r.ok);
     assert_eq!(r.r#ref, None);
     assert_eq!(r.transaction_id.as_deref(), Some("T9"));
-    assert_eq!(
-        decode_response(br#"{"ok":false,"error":"mystery"}"#)
-            .unwrap()
-            .error_code(),
-        None
-    );
+    assert_eq!(decode_response(br#"{"ok":false,"error":"mystery"}"#).unwrap().error_code(), None);
 }
 
 #[test]
 fn missing_or_mistyped_ok_is_rejected() {
-    for line in [
-        &br#"{"ref":"r"}"#[..],
-        br#"{"ok":"yes"}"#,
-        br#"{"ok":null}"#,
-    ] {
-        assert!(matches!(
-            decode_response(line),
-            Err(ProtoError::BadResponse(_))
-        ));
+    for line in [&br#"{"ref":"r"}"#[..], br#"{"ok":"yes"}"#, br#"{"ok":null}"#] {
+        assert!(matches!(decode_response(line), Err(ProtoError::BadResponse(_))));
     }
 }
 
@@ -104,14 +71,8 @@ fn garbage_is_rejected_with_an_escaped_prefix() {
         panic!("garbage accepted");
     };
     assert!(msg.contains(r"\xff\x00hello\x1b[2J"), "{msg}");
-    assert!(matches!(
-        decode_response(b""),
-        Err(ProtoError::BadResponse(_))
-    ));
-    assert!(matches!(
-        decode_request(br#"{"op":"launch"}"#),
-        Err(ProtoError::BadResponse(_))
-    ));
+    assert!(matches!(decode_response(b""), Err(ProtoError::BadResponse(_))));
+    assert!(matches!(decode_request(br#"{"op":"launch"}"#), Err(ProtoError::BadResponse(_))));
     assert!(quote(&[b'a'; 200]).ends_with("..."));
 }
 
@@ -119,10 +80,7 @@ fn garbage_is_rejected_with_an_escaped_prefix() {
 fn over_long_line_is_rejected() {
     let mut line = br#"{"ok":true,"message":""#.to_vec();
     line.resize(MAX_LINE + 1, b'x');
-    assert!(matches!(
-        decode_response(&line),
-        Err(ProtoError::LineTooLong)
-    ));
+    assert!(matches!(decode_response(&line), Err(ProtoError::LineTooLong)));
 }
 
 #[test]
@@ -148,14 +106,10 @@ async fn client_sends_one_line_and_reads_one_answer() {
     let mut far = BufReader::new(far);
     let terminal = tokio::spawn(async move {
         let mut buf = Vec::new();
-        let got = read_line_bounded(&mut far, &mut buf, MAX_LINE)
-            .await
-            .unwrap();
+        let got = read_line_bounded(&mut far, &mut buf, MAX_LINE).await.unwrap();
         assert_eq!(got, LineRead::Line);
         assert_eq!(decode_request(&buf).unwrap(), pay());
-        far.write_all(b"{\"ok\":true,\"ref\":\"r-1\"}\n")
-            .await
-            .unwrap();
+        far.write_all(b"{\"ok\":true,\"ref\":\"r-1\"}\n").await.unwrap();
         far
     });
     let resp = client.call(&pay(), T).await.unwrap();
@@ -163,14 +117,8 @@ async fn client_sends_one_line_and_reads_one_answer() {
     drop(terminal.await.unwrap());
     // The terminal hung up between requests: a clean close, possibly after delivery.
     let err = client.call(&Request::Ping, T).await.unwrap_err();
-    assert!(
-        matches!(err, ProtoError::Closed | ProtoError::Io(_)),
-        "{err}"
-    );
-    assert!(matches!(
-        client.call(&Request::Ping, T).await,
-        Err(ProtoError::Broken)
-    ));
+    assert!(matches!(err, ProtoError::Closed | ProtoError::Io(_)), "{err}");
+    assert!(matches!(client.call(&Request::Ping, T).await, Err(ProtoError::Broken)));
 }
 
 /// Runs one call against a fake terminal that reads the request, answers `reply` bytes
@@ -181,16 +129,11 @@ async fn call_with_reply(reply: &[u8], hang_up: bool) -> (ProtoError, usize) {
     let reply = reply.to_vec();
     let terminal = tokio::spawn(async move {
         let (mut far, mut buf) = (BufReader::new(far), Vec::new());
-        read_line_bounded(&mut far, &mut buf, MAX_LINE)
-            .await
-            .unwrap();
+        read_line_bounded(&mut far, &mut buf, MAX_LINE).await.unwrap();
         far.write_all(&reply).await.unwrap();
         (!hang_up).then_some(far)
     });
-    let err = client
-        .call(&Request::Ping, Duration::from_millis(200))
-        .await
-        .unwrap_err();
+    let err = client.call(&Request::Ping, Duration::from_millis(200)).await.unwrap_err();
     assert!(!client.is_usable());
     drop(terminal.await.unwrap());
     (err, client.buf.len())
@@ -206,10 +149,7 @@ async fn client_bounds_lines_and_tells_eof_from_errors() {
     let (err, _) = call_with_reply(b"{\"ok\":tr", true).await;
     assert!(matches!(&err, ProtoError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
     let (err, _) = call_with_reply(b"<html>\n", false).await;
-    assert!(
-        matches!(&err, ProtoError::BadResponse(m) if m.contains("<html>")),
-        "{err}"
-    );
+    assert!(matches!(&err, ProtoError::BadResponse(m) if m.contains("<html>")), "{err}");
     // Silence: the wait itself is what is under test here.
     let (err, _) = call_with_reply(b"", false).await;
     assert!(matches!(err, ProtoError::Timeout(_)), "{err}");
@@ -233,15 +173,9 @@ async fn read_line_bounded_accepts_exactly_max() {
     a.write_all(&line).await.unwrap();
     drop(a);
     let (mut b, mut buf) = (BufReader::new(b), Vec::new());
-    assert_eq!(
-        read_line_bounded(&mut b, &mut buf, MAX_LINE).await.unwrap(),
-        LineRead::Line
-    );
+    assert_eq!(read_line_bounded(&mut b, &mut buf, MAX_LINE).await.unwrap(), LineRead::Line);
     assert_eq!(buf.len(), MAX_LINE + 1);
-    assert_eq!(
-        read_line_bounded(&mut b, &mut buf, MAX_LINE).await.unwrap(),
-        LineRead::Eof
-    );
+    assert_eq!(read_line_bounded(&mut b, &mut buf, MAX_LINE).await.unwrap(), LineRead::Eof);
     let mut rest = Vec::new();
     assert_eq!(b.read_to_end(&mut rest).await.unwrap(), 0);
 }

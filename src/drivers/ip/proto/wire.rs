@@ -167,10 +167,7 @@ impl ProtoError {
     /// untouched and the request failed cleanly; `true` means the outcome is unknown
     /// until a `status` says otherwise.
     pub fn maybe_delivered(&self) -> bool {
-        !matches!(
-            self,
-            ProtoError::Connect(_) | ProtoError::ConnectTimeout(_) | ProtoError::Broken
-        )
+        !matches!(self, ProtoError::Connect(_) | ProtoError::ConnectTimeout(_) | ProtoError::Broken)
     }
 }
 

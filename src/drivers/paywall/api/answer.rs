@@ -57,23 +57,19 @@ impl Envelope {
 
     /// `result` as one payment (sale, cancel, inquiry).
     pub fn payment(&self) -> Option<PaymentView> {
-        self.result
-            .as_ref()
-            .and_then(|r| serde_json::from_value(r.clone()).ok())
+        self.result.as_ref().and_then(|r| serde_json::from_value(r.clone()).ok())
     }
 
     /// `result` as a list of payments (`list`), or one payment wrapped.
     pub fn payments(&self) -> Vec<PaymentView> {
         match &self.result {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| serde_json::from_value(v.clone()).ok())
-                .collect(),
+            Some(Value::Array(a)) => {
+                a.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+            }
             Some(Value::Object(m)) => match m.get("items").or_else(|| m.get("payments")) {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| serde_json::from_value(v.clone()).ok())
-                    .collect(),
+                Some(Value::Array(a)) => {
+                    a.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+                }
                 _ => self.payment().into_iter().collect(),
             },
             _ => vec![],

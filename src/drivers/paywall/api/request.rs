@@ -19,10 +19,7 @@ pub const MUC_NAMESPACE: Uuid = Uuid::from_u128(0x6f0e_3c2a_9b1d_5e47_a0c8_2d4f_
 /// [`MUC_NAMESPACE`]. The agent id keeps two agents of one merchant apart even if their
 /// cloud POS reuse request ids.
 pub fn merchant_unique_code(agent_id: &str, request_id: &str) -> Uuid {
-    Uuid::new_v5(
-        &MUC_NAMESPACE,
-        format!("{agent_id}/{request_id}").as_bytes(),
-    )
+    Uuid::new_v5(&MUC_NAMESPACE, format!("{agent_id}/{request_id}").as_bytes())
 }
 
 #[serde_with::skip_serializing_none]

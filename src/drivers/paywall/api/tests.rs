@@ -27,12 +27,7 @@ fn product(name: &str, amount: i64) -> Value {
 }
 
 fn check(extra: Value, amount: i64) -> Result<SaleRequest, FieldError> {
-    sale_request(
-        &cmd(extra, amount),
-        "8ff33705-57c7-42dc-8341-a0053e7f3009",
-        Uuid::nil(),
-        &ids(),
-    )
+    sale_request(&cmd(extra, amount), "8ff33705-57c7-42dc-8341-a0053e7f3009", Uuid::nil(), &ids())
 }
 
 #[test]
@@ -43,14 +38,8 @@ fn muc_is_a_stable_v5() {
     assert_ne!(a, merchant_unique_code("shop-1", "pos-2"));
     assert_ne!(a, merchant_unique_code("shop-2", "pos-1"));
     // Pinned: a change here would turn every retried request into a second sale.
-    assert_eq!(
-        a.to_string(),
-        Uuid::new_v5(&MUC_NAMESPACE, b"shop-1/pos-1").to_string()
-    );
-    assert_eq!(
-        MUC_NAMESPACE.to_string(),
-        "6f0e3c2a-9b1d-5e47-a0c8-2d4f1b6e8a93"
-    );
+    assert_eq!(a.to_string(), Uuid::new_v5(&MUC_NAMESPACE, b"shop-1/pos-1").to_string());
+    assert_eq!(MUC_NAMESPACE.to_string(), "6f0e3c2a-9b1d-5e47-a0c8-2d4f1b6e8a93");
     assert_eq!(a.to_string(), "3a0f4d0f-c5cf-57b6-8ec2-861f71b7fb90");
 }
 
@@ -192,9 +181,6 @@ fn answers_parse_whatever_the_key_casing() {
     .expect("json");
     let ps = Envelope::parse(&r.body).expect("env").payments();
     assert_eq!(ps.len(), 1);
-    assert_eq!(
-        Status::from_code(ps[0].paymentstatus.unwrap_or(0)),
-        Status::OnDevice
-    );
+    assert_eq!(Status::from_code(ps[0].paymentstatus.unwrap_or(0)), Status::OnDevice);
     assert!(!Status::from_code(42).is_final());
 }

@@ -50,10 +50,7 @@ impl std::fmt::Display for FieldError {
 }
 
 fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
-    Err(FieldError {
-        field: field.into(),
-        message: message.into(),
-    })
+    Err(FieldError { field: field.into(), message: message.into() })
 }
 
 fn chars(s: &str) -> usize {
@@ -61,8 +58,7 @@ fn chars(s: &str) -> usize {
 }
 
 fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, FieldError> {
-    v.as_object()
-        .map_or_else(|| err(field, "expected an object"), Ok)
+    v.as_object().map_or_else(|| err(field, "expected an object"), Ok)
 }
 
 fn int(v: Option<&Value>, field: &str, required: bool) -> Result<Option<i64>, FieldError> {
@@ -78,10 +74,7 @@ fn int(v: Option<&Value>, field: &str, required: bool) -> Result<Option<i64>, Fi
 }
 
 fn text(
-    v: Option<&Value>,
-    field: &str,
-    max: usize,
-    required: bool,
+    v: Option<&Value>, field: &str, max: usize, required: bool,
 ) -> Result<Option<String>, FieldError> {
     match v {
         None | Some(Value::Null) if required => err(field, "required"),
@@ -89,13 +82,9 @@ fn text(
         Some(Value::String(s)) if required && s.trim().is_empty() => {
             err(field, "must not be empty")
         }
-        Some(Value::String(s)) if chars(s) > max => err(
-            field,
-            format!(
-                "{} characters, more than the {max} Paywall allows",
-                chars(s)
-            ),
-        ),
+        Some(Value::String(s)) if chars(s) > max => {
+            err(field, format!("{} characters, more than the {max} Paywall allows", chars(s)))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => err(field, "expected a string"),
     }
@@ -122,10 +111,7 @@ fn only_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), F
 /// (`paywall.md`: Decisions — products required and summing to the amount, lengths as in
 /// the seed's tables, currency known).
 pub fn sale_request(
-    cmd: &Command,
-    terminal_guid: &str,
-    muc: Uuid,
-    currency_ids: &BTreeMap<String, u32>,
+    cmd: &Command, terminal_guid: &str, muc: Uuid, currency_ids: &BTreeMap<String, u32>,
 ) -> Result<SaleRequest, FieldError> {
     let Some(amount) = cmd.amount() else {
         return err("amount", "required");
@@ -142,10 +128,7 @@ pub fn sale_request(
         );
     };
     let Some(exp) = money::exponent(&currency) else {
-        return err(
-            "currency",
-            format!("{currency:?}: posbridge does not know its minor unit"),
-        );
+        return err("currency", format!("{currency:?}: posbridge does not know its minor unit"));
     };
     let x = &cmd.extra;
 
@@ -165,23 +148,13 @@ pub fn sale_request(
         only_keys(
             m,
             &at,
-            &[
-                "name",
-                "amount",
-                "quantity",
-                "tax_group_id",
-                "unit_code_id",
-                "payment_method_id",
-            ],
+            &["name", "amount", "quantity", "tax_group_id", "unit_code_id", "payment_method_id"],
         )?;
         let name =
             text(m.get("name"), &format!("{at}.name"), PRODUCT_NAME_MAX, true)?.unwrap_or_default();
         let line = int(m.get("amount"), &format!("{at}.amount"), true)?.unwrap_or(0);
         if line <= 0 {
-            return err(
-                format!("{at}.amount"),
-                "must be a positive integer (minor units)",
-            );
+            return err(format!("{at}.amount"), "must be a positive integer (minor units)");
         }
         let quantity = int(m.get("quantity"), &format!("{at}.quantity"), true)?.unwrap_or(0);
         if quantity <= 0 {
@@ -191,11 +164,8 @@ pub fn sale_request(
             int(m.get("tax_group_id"), &format!("{at}.tax_group_id"), true)?.unwrap_or(0);
         let unit_code_id =
             int(m.get("unit_code_id"), &format!("{at}.unit_code_id"), true)?.unwrap_or(0);
-        let payment_method_id = int(
-            m.get("payment_method_id"),
-            &format!("{at}.payment_method_id"),
-            false,
-        )?;
+        let payment_method_id =
+            int(m.get("payment_method_id"), &format!("{at}.payment_method_id"), false)?;
         sum = match sum.checked_add(line) {
             Some(s) => s,
             None => return err(format!("{at}.amount"), "sum of products overflows"),
@@ -237,21 +207,15 @@ pub fn sale_request(
         }
     };
 
-    let display_code = text(
-        x.get("display_code"),
-        "display_code",
-        DISPLAY_CODE_MAX,
-        false,
-    )?;
+    let display_code = text(x.get("display_code"), "display_code", DISPLAY_CODE_MAX, false)?;
     let methods = match x.get("methods") {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(a)) => a
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                int(Some(v), &format!("methods[{i}]"), true).map(|id| Method {
-                    payment_method_id: id.unwrap_or(0),
-                })
+                int(Some(v), &format!("methods[{i}]"), true)
+                    .map(|id| Method { payment_method_id: id.unwrap_or(0) })
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return err("methods", "expected an array of payment method ids"),
@@ -268,13 +232,9 @@ pub fn sale_request(
                         let at = format!("receipt.{key}");
                         let pm = object(v, &at)?;
                         only_keys(pm, &at, &["text", "font_size"])?;
-                        let text = text(
-                            pm.get("text"),
-                            &format!("{at}.text"),
-                            RECEIPT_TEXT_MAX,
-                            true,
-                        )?
-                        .unwrap_or_default();
+                        let text =
+                            text(pm.get("text"), &format!("{at}.text"), RECEIPT_TEXT_MAX, true)?
+                                .unwrap_or_default();
                         let font_size = int(pm.get("font_size"), &format!("{at}.font_size"), true)?
                             .unwrap_or(0);
                         if !(1..=FONT_SIZE_MAX).contains(&font_size) {

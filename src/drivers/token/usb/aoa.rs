@@ -27,14 +27,7 @@ pub use crate::config::UsbAccessory as AoaStrings;
 impl AoaStrings {
     /// In `SEND_STRING` index order.
     pub fn indexed(&self) -> [&str; 6] {
-        [
-            &self.manufacturer,
-            &self.model,
-            &self.description,
-            &self.version,
-            &self.uri,
-            &self.serial,
-        ]
+        [&self.manufacturer, &self.model, &self.description, &self.version, &self.uri, &self.serial]
     }
 }
 
@@ -86,17 +79,12 @@ pub fn is_candidate(d: &DevInfo, f: &UsbFilter) -> bool {
     !is_accessory(d)
         && d.vid == f.vid.unwrap_or(VID_GOOGLE)
         && f.pid.is_none_or(|p| p == d.pid)
-        && f.serial
-            .as_ref()
-            .is_none_or(|s| d.serial.as_ref() == Some(s))
+        && f.serial.as_ref().is_none_or(|s| d.serial.as_ref() == Some(s))
 }
 
 /// An accessory-mode device this terminal may use (serial checked when configured).
 pub fn is_our_accessory(d: &DevInfo, f: &UsbFilter) -> bool {
-    is_accessory(d)
-        && f.serial
-            .as_ref()
-            .is_none_or(|s| d.serial.as_ref() == Some(s))
+    is_accessory(d) && f.serial.as_ref().is_none_or(|s| d.serial.as_ref() == Some(s))
 }
 
 /// Whether a device is any concern of this terminal (hotplug filtering).
@@ -107,16 +95,11 @@ pub fn is_relevant(d: &DevInfo, f: &UsbFilter) -> bool {
 /// The accessory to use among `devs`: 2d01 before 2d00 (the vendor's order), the one
 /// with `serial` first when given.
 fn pick_accessory<'a>(
-    devs: &'a [DevInfo],
-    f: &UsbFilter,
-    serial: Option<&str>,
+    devs: &'a [DevInfo], f: &UsbFilter, serial: Option<&str>,
 ) -> Option<&'a DevInfo> {
     let mut acc: Vec<&DevInfo> = devs.iter().filter(|d| is_our_accessory(d, f)).collect();
     acc.sort_by_key(|d| {
-        (
-            serial.is_some() && d.serial.as_deref() != serial,
-            d.pid != PID_ACCESSORY_ADB,
-        )
+        (serial.is_some() && d.serial.as_deref() != serial, d.pid != PID_ACCESSORY_ADB)
     });
     acc.first().copied()
 }
@@ -138,20 +121,14 @@ impl<H> Opened<H> {
 
 /// `GET_PROTOCOL`: the device's AOA version (≥ 1 means it can be an accessory).
 pub fn get_protocol<B: UsbBackend>(b: &B, h: &B::Handle, t: &AoaTiming) -> Result<u16, UsbError> {
-    let req = Ctrl {
-        request_type: RT_VENDOR_IN,
-        request: ACCESSORY_GET_PROTOCOL,
-        value: 0,
-        index: 0,
-    };
-    let data = b
-        .control_in(h, req, 2, t.control_timeout)
-        .map_err(|e| match e.kind {
-            UsbErrorKind::Stall => {
-                UsbError::new(UsbErrorKind::NotAccessory, "GET_PROTOCOL refused (stall)")
-            }
-            _ => e.context("GET_PROTOCOL"),
-        })?;
+    let req =
+        Ctrl { request_type: RT_VENDOR_IN, request: ACCESSORY_GET_PROTOCOL, value: 0, index: 0 };
+    let data = b.control_in(h, req, 2, t.control_timeout).map_err(|e| match e.kind {
+        UsbErrorKind::Stall => {
+            UsbError::new(UsbErrorKind::NotAccessory, "GET_PROTOCOL refused (stall)")
+        }
+        _ => e.context("GET_PROTOCOL"),
+    })?;
     let [lo, hi] = data[..] else {
         return Err(UsbError::new(
             UsbErrorKind::NotAccessory,
@@ -163,10 +140,7 @@ pub fn get_protocol<B: UsbBackend>(b: &B, h: &B::Handle, t: &AoaTiming) -> Resul
 
 /// `GET_PROTOCOL`, `SEND_STRING` 0–5 (NUL-terminated, index in wIndex), `START`.
 pub fn switch<B: UsbBackend>(
-    b: &B,
-    h: &B::Handle,
-    strings: &AoaStrings,
-    t: &AoaTiming,
+    b: &B, h: &B::Handle, strings: &AoaStrings, t: &AoaTiming,
 ) -> Result<u16, UsbError> {
     let version = get_protocol(b, h, t)?;
     if version < 1 {
@@ -187,22 +161,14 @@ pub fn switch<B: UsbBackend>(
         b.control_out(h, req, &data, t.control_timeout)
             .map_err(|e| e.context(format!("SEND_STRING {i}")))?;
     }
-    let req = Ctrl {
-        request_type: RT_VENDOR_OUT,
-        request: ACCESSORY_START,
-        value: 0,
-        index: 0,
-    };
-    b.control_out(h, req, &[], t.control_timeout)
-        .map_err(|e| e.context("START"))?;
+    let req = Ctrl { request_type: RT_VENDOR_OUT, request: ACCESSORY_START, value: 0, index: 0 };
+    b.control_out(h, req, &[], t.control_timeout).map_err(|e| e.context("START"))?;
     Ok(version)
 }
 
 /// Open an accessory-mode device and claim its bulk interface.
 pub fn open_accessory<B: UsbBackend>(b: &B, dev: &DevInfo) -> Result<Opened<B::Handle>, UsbError> {
-    let h = b
-        .open(dev)
-        .map_err(|e| e.context(format!("opening {dev}")))?;
+    let h = b.open(dev).map_err(|e| e.context(format!("opening {dev}")))?;
     let endpoints = match b
         .config_descriptor(&h)
         .map_err(|e| e.to_string())
@@ -215,27 +181,15 @@ pub fn open_accessory<B: UsbBackend>(b: &B, dev: &DevInfo) -> Result<Opened<B::H
             descriptor::FALLBACK
         }
     };
-    b.claim(&h, &endpoints).map_err(|e| {
-        e.context(format!(
-            "claiming interface {} of {dev}",
-            endpoints.interface
-        ))
-    })?;
-    Ok(Opened {
-        handle: h,
-        dev: dev.clone(),
-        endpoints,
-        protocol: None,
-    })
+    b.claim(&h, &endpoints)
+        .map_err(|e| e.context(format!("claiming interface {} of {dev}", endpoints.interface)))?;
+    Ok(Opened { handle: h, dev: dev.clone(), endpoints, protocol: None })
 }
 
 /// The whole connect: use an accessory already on the bus (after a restart or a
 /// replug of the host side), else switch a candidate and wait for it to come back.
 pub fn connect<B: UsbBackend>(
-    b: &B,
-    filter: &UsbFilter,
-    strings: &AoaStrings,
-    t: &AoaTiming,
+    b: &B, filter: &UsbFilter, strings: &AoaStrings, t: &AoaTiming,
 ) -> Result<Opened<B::Handle>, UsbError> {
     let devs = b.list()?;
     if filter.serial.is_none() {
@@ -277,9 +231,7 @@ pub fn connect<B: UsbBackend>(
     };
 
     let version = {
-        let h = b
-            .open(dev)
-            .map_err(|e| e.context(format!("opening {dev}")))?;
+        let h = b.open(dev).map_err(|e| e.context(format!("opening {dev}")))?;
         switch(b, &h, strings, t)
             .map_err(|e| e.context(format!("switching {dev} to accessory mode")))?
         // the handle is dropped here: the device is about to disconnect

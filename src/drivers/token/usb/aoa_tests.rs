@@ -19,35 +19,20 @@ fn connect_default<B: UsbBackend>(b: &B) -> Result<aoa::Opened<B::Handle>, UsbEr
 }
 
 fn ctrl_in(request: u8, len: u16) -> Call {
-    Call::ControlIn {
-        ctrl: Ctrl {
-            request_type: 0xc0,
-            request,
-            value: 0,
-            index: 0,
-        },
-        len,
-    }
+    Call::ControlIn { ctrl: Ctrl { request_type: 0xc0, request, value: 0, index: 0 }, len }
 }
 
 fn ctrl_out(request: u8, index: u16, data: &[u8]) -> Call {
     Call::ControlOut {
-        ctrl: Ctrl {
-            request_type: 0x40,
-            request,
-            value: 0,
-            index,
-        },
+        ctrl: Ctrl { request_type: 0x40, request, value: 0, index },
         data: data.to_vec(),
     }
 }
 
 #[test]
 fn aoa_switch_sends_the_exact_sequence_and_claims_the_accessory() {
-    let fake = FakeUsb::new(
-        vec![mouse(), other_android(), android_device(5, "SER1")],
-        Script::default(),
-    );
+    let fake =
+        FakeUsb::new(vec![mouse(), other_android(), android_device(5, "SER1")], Script::default());
     let o = connect_default(&fake).expect("connect");
     assert_eq!(
         fake.control_calls(),
@@ -82,59 +67,29 @@ fn aoa_switch_sends_the_exact_sequence_and_claims_the_accessory() {
     });
     assert_eq!(
         claim,
-        Some(Endpoints {
-            config: 1,
-            interface: 0,
-            ep_in: 0x81,
-            ep_out: 0x01,
-            max_packet_in: 512
-        })
+        Some(Endpoints { config: 1, interface: 0, ep_in: 0x81, ep_out: 0x01, max_packet_in: 512 })
     );
 }
 
 #[test]
 fn configured_strings_and_filters_are_used() {
-    let fake = FakeUsb::new(
-        vec![android_device(5, "AAA"), android_device(6, "BBB")],
-        Script::default(),
-    );
-    let mut f = UsbFilter {
-        serial: Some("BBB".into()),
-        ..Default::default()
-    };
+    let fake =
+        FakeUsb::new(vec![android_device(5, "AAA"), android_device(6, "BBB")], Script::default());
+    let mut f = UsbFilter { serial: Some("BBB".into()), ..Default::default() };
     f.accessory.model = "Kasa 2".into();
     let o = aoa::connect(&fake, &f, &f.accessory, &fast()).expect("connect");
     assert_eq!(o.dev.serial.as_deref(), Some("BBB"));
     assert_eq!(fake.strings()[1].as_deref(), Some(&b"Kasa 2\0"[..]));
     assert!(
-        !fake.calls().contains(&Call::Open {
-            vid: 0x18d1,
-            pid: 0x4ee1,
-            address: 5
-        }),
+        !fake.calls().contains(&Call::Open { vid: 0x18d1, pid: 0x4ee1, address: 5 }),
         "the device with the other serial was opened"
     );
     // A configured VID/PID for an unusual register: only that device is probed.
-    let fake = FakeUsb::new(
-        vec![android_device(5, "S"), other_android()],
-        Script::default(),
-    );
-    let f = UsbFilter {
-        vid: Some(0x04e8),
-        pid: Some(0x6860),
-        ..Default::default()
-    };
+    let fake = FakeUsb::new(vec![android_device(5, "S"), other_android()], Script::default());
+    let f = UsbFilter { vid: Some(0x04e8), pid: Some(0x6860), ..Default::default() };
     aoa::connect(&fake, &f, &f.accessory, &fast()).expect("connect");
-    assert!(fake.calls().contains(&Call::Open {
-        vid: 0x04e8,
-        pid: 0x6860,
-        address: 3
-    }));
-    assert!(!fake.calls().contains(&Call::Open {
-        vid: 0x18d1,
-        pid: 0x4ee1,
-        address: 5
-    }));
+    assert!(fake.calls().contains(&Call::Open { vid: 0x04e8, pid: 0x6860, address: 3 }));
+    assert!(!fake.calls().contains(&Call::Open { vid: 0x18d1, pid: 0x4ee1, address: 5 }));
 }
 
 #[test]
@@ -160,16 +115,9 @@ fn several_candidates_without_a_serial_are_refused() {
     assert!(text.contains("REG-A") && text.contains("REG-B"), "{text}");
     assert!(text.contains("usb.serial"), "{text}");
     assert_eq!(fake.calls(), vec![Call::List], "something was opened");
-    let filter = UsbFilter {
-        serial: Some("REG-B".into()),
-        ..Default::default()
-    };
-    let candidates: Vec<_> = fake
-        .list()
-        .expect("list")
-        .into_iter()
-        .filter(|d| aoa::is_candidate(d, &filter))
-        .collect();
+    let filter = UsbFilter { serial: Some("REG-B".into()), ..Default::default() };
+    let candidates: Vec<_> =
+        fake.list().expect("list").into_iter().filter(|d| aoa::is_candidate(d, &filter)).collect();
     assert_eq!(candidates.len(), 1);
     assert_eq!(candidates[0].serial.as_deref(), Some("REG-B"));
 }
@@ -190,10 +138,7 @@ fn reenumeration_wait_retries_within_its_bound() {
     // Comes back on the third scan after START: found on attempt 3 of 4.
     let fake = FakeUsb::new(
         vec![android_device(5, "S")],
-        Script {
-            reenumerate_after: Some(2),
-            ..Default::default()
-        },
+        Script { reenumerate_after: Some(2), ..Default::default() },
     );
     connect_default(&fake).expect("connect");
     let lists = fake.calls().iter().filter(|c| **c == Call::List).count();
@@ -203,15 +148,9 @@ fn reenumeration_wait_retries_within_its_bound() {
     // message naming the cause and the fix.
     let fake = FakeUsb::new(
         vec![android_device(5, "S")],
-        Script {
-            reenumerate_after: None,
-            ..Default::default()
-        },
+        Script { reenumerate_after: None, ..Default::default() },
     );
-    let t = AoaTiming {
-        retry_delay: Duration::from_millis(30),
-        ..fast()
-    };
+    let t = AoaTiming { retry_delay: Duration::from_millis(30), ..fast() };
     let started = Instant::now();
     let e = aoa::connect(&fake, &UsbFilter::default(), &AoaStrings::default(), &t)
         .err()
@@ -246,10 +185,8 @@ fn errors_name_the_cause_and_the_fix() {
         let e = connect_default(&fake).err().expect("must fail");
         (e, fake)
     };
-    let (e, _) = connect(Script {
-        open_errors: vec![UsbErrorKind::PermissionDenied],
-        ..Default::default()
-    });
+    let (e, _) =
+        connect(Script { open_errors: vec![UsbErrorKind::PermissionDenied], ..Default::default() });
     assert_eq!(e.kind, UsbErrorKind::PermissionDenied);
     let m = e.to_string();
     assert!(
@@ -257,31 +194,15 @@ fn errors_name_the_cause_and_the_fix() {
         "{m}"
     );
 
-    let (e, _) = connect(Script {
-        claim_error: Some(UsbErrorKind::Busy),
-        ..Default::default()
-    });
+    let (e, _) = connect(Script { claim_error: Some(UsbErrorKind::Busy), ..Default::default() });
     assert_eq!(e.kind, UsbErrorKind::Busy);
-    assert!(
-        e.to_string().contains("another program holds the device"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("another program holds the device"), "{e}");
 
-    let (e, fake) = connect(Script {
-        protocol: Ok(0),
-        ..Default::default()
-    });
+    let (e, fake) = connect(Script { protocol: Ok(0), ..Default::default() });
     assert_eq!(e.kind, UsbErrorKind::NotAccessory);
-    assert_eq!(
-        fake.control_calls().len(),
-        1,
-        "strings sent to a non-accessory"
-    );
+    assert_eq!(fake.control_calls().len(), 1, "strings sent to a non-accessory");
 
-    let (e, _) = connect(Script {
-        protocol: Err(UsbErrorKind::Stall),
-        ..Default::default()
-    });
+    let (e, _) = connect(Script { protocol: Err(UsbErrorKind::Stall), ..Default::default() });
     assert_eq!(e.kind, UsbErrorKind::NotAccessory);
 
     // A timeout on SEND_STRING 3: the step is named and START is never sent.
@@ -301,10 +222,7 @@ fn descriptor_endpoints_are_discovered_not_hard_coded() {
     assert_eq!(cfg.interfaces.len(), 2);
     assert!(cfg.interfaces[1].is_adb());
     let e = descriptor::accessory_endpoints(&cfg).expect("endpoints");
-    assert_eq!(
-        (e.interface, e.ep_in, e.ep_out, e.max_packet_in),
-        (0, 0x83, 0x03, 512)
-    );
+    assert_eq!((e.interface, e.ep_in, e.ep_out, e.max_packet_in), (0, 0x83, 0x03, 512));
 
     // Only ADB: no accessory interface.
     let mut raw = accessory_descriptor(0x81, 0x01);
@@ -337,10 +255,7 @@ fn damaged_descriptors_are_errors_never_panics() {
 fn unreadable_descriptor_falls_back_to_the_documented_endpoints() {
     let fake = FakeUsb::new(
         vec![android_device(5, "S")],
-        Script {
-            descriptor: None,
-            ..Default::default()
-        },
+        Script { descriptor: None, ..Default::default() },
     );
     let o = connect_default(&fake).expect("connect");
     assert_eq!(o.endpoints, descriptor::FALLBACK);
@@ -352,12 +267,5 @@ fn bulk_reads_are_bounded_whole_packets() {
     assert_eq!(t.read_len(512), 14848);
     assert_eq!(t.read_len(64), 14976);
     assert!(t.read_len(1024) <= 15000 && t.read_len(1024) % 1024 == 0);
-    assert_eq!(
-        AoaTiming {
-            read_buffer: 100,
-            ..t
-        }
-        .read_len(512),
-        512
-    );
+    assert_eq!(AoaTiming { read_buffer: 100, ..t }.read_len(512), 512);
 }

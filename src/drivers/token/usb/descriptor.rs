@@ -10,13 +10,8 @@ const DT_ENDPOINT: u8 = 5;
 const TRANSFER_BULK: u8 = 2;
 
 /// The endpoints `token.md` names, used when the descriptor is unavailable.
-pub const FALLBACK: Endpoints = Endpoints {
-    config: 1,
-    interface: 0,
-    ep_in: 0x81,
-    ep_out: 0x01,
-    max_packet_in: 512,
-};
+pub const FALLBACK: Endpoints =
+    Endpoints { config: 1, interface: 0, ep_in: 0x81, ep_out: 0x01, max_packet_in: 512 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -68,10 +63,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, String> {
         ));
     }
     let raw = &raw[..total];
-    let mut cfg = Config {
-        value: raw[5],
-        interfaces: Vec::new(),
-    };
+    let mut cfg = Config { value: raw[5], interfaces: Vec::new() };
     let mut at = raw[0] as usize;
     while at < raw.len() {
         let len = raw[at] as usize;
@@ -92,8 +84,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, String> {
                 let Some(intf) = cfg.interfaces.last_mut() else {
                     return Err(format!("endpoint at offset {at} before any interface"));
                 };
-                intf.endpoints
-                    .push((d[2], d[3], u16::from_le_bytes([d[4], d[5]]) & 0x7ff));
+                intf.endpoints.push((d[2], d[3], u16::from_le_bytes([d[4], d[5]]) & 0x7ff));
             }
             DT_INTERFACE | DT_ENDPOINT => {
                 return Err(format!("short descriptor at offset {at} ({len} bytes)"))
@@ -111,17 +102,9 @@ pub fn accessory_endpoints(cfg: &Config) -> Result<Endpoints, String> {
     let usable = |i: &&Interface| {
         i.alt == 0 && !i.is_adb() && i.bulk(true).is_some() && i.bulk(false).is_some()
     };
-    let intf = cfg
-        .interfaces
-        .iter()
-        .filter(usable)
-        .min_by_key(|i| i.number)
-        .ok_or_else(|| {
-            format!(
-                "no interface with a bulk IN/OUT pair among {} interface(s)",
-                cfg.interfaces.len()
-            )
-        })?;
+    let intf = cfg.interfaces.iter().filter(usable).min_by_key(|i| i.number).ok_or_else(|| {
+        format!("no interface with a bulk IN/OUT pair among {} interface(s)", cfg.interfaces.len())
+    })?;
     let (ep_in, max_packet_in) = intf.bulk(true).ok_or("no bulk IN")?;
     let (ep_out, _) = intf.bulk(false).ok_or("no bulk OUT")?;
     Ok(Endpoints {

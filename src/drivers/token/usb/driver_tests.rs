@@ -61,11 +61,7 @@ fn rig(opts: SimOptions, recovery: Duration) -> (TokenDriver, Arc<FakeUsb>, SimC
     });
     let port = Arc::new(Port::new(fake.clone(), UsbFilter::default(), timing()));
     let side = UsbSide::new(port, UsbFilter::default(), Duration::from_millis(20));
-    (
-        TokenDriver::with_usb(settings(recovery), "agent-usb", side),
-        fake,
-        ctl,
-    )
+    (TokenDriver::with_usb(settings(recovery), "agent-usb", side), fake, ctl)
 }
 
 /// Wait (on the driver's change signal, bounded) until health shows `want`.
@@ -93,9 +89,7 @@ async fn hotplug_moves_the_terminal_state() {
 
     fake.unplug();
     // The rescan sees the accessory leave and wakes the engine (changed()).
-    tokio::time::timeout(Duration::from_secs(5), d.changed())
-        .await
-        .expect("unplug noticed");
+    tokio::time::timeout(Duration::from_secs(5), d.changed()).await.expect("unplug noticed");
     let h = health_becomes(&d, "disconnected").await;
     let err = h.error.expect("error");
     assert!(err.contains("no Token register on the bus"), "{err}");
@@ -138,10 +132,7 @@ fn payment(id: &str) -> CommandRecord {
 /// Runs a payment; unplugs the fake once the basket was taken (`1 OK`) and, with
 /// `replug`, plugs the register back in.
 async fn sale_with_unplug(
-    d: Arc<TokenDriver>,
-    fake: &Arc<FakeUsb>,
-    id: &str,
-    replug: bool,
+    d: Arc<TokenDriver>, fake: &Arc<FakeUsb>, id: &str, replug: bool,
 ) -> crate::engine::settle::Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("store")).expect("store");
@@ -203,13 +194,8 @@ async fn unplug_mid_sale_then_replug_gets_the_result_without_resending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplug_mid_sale_without_a_result_is_unknown() {
-    let (d, fake, ctl) = rig(
-        SimOptions {
-            sale_delay_ms: 200,
-            ..Default::default()
-        },
-        Duration::from_secs(1),
-    );
+    let (d, fake, ctl) =
+        rig(SimOptions { sale_delay_ms: 200, ..Default::default() }, Duration::from_secs(1));
     health_becomes(&d, "connected").await;
     fake.script(|s| s.accessory_open_errors = vec![UsbErrorKind::Disconnected; 1000]);
     let o = sale_with_unplug(Arc::new(d), &fake, "usb-sale-2", false).await;
@@ -232,12 +218,7 @@ async fn a_currency_the_register_cannot_take_is_invalid_amount() {
         serde_json::json!({"v":1,"id":"c-eur","op":"payment","terminal":"t","amount":100,"currency":"EUR"}),
     );
     let r = d.validate(&eur).expect_err("EUR");
-    assert_eq!(
-        r.code,
-        crate::api::ErrorCode::InvalidAmount,
-        "{}",
-        r.message
-    );
+    assert_eq!(r.code, crate::api::ErrorCode::InvalidAmount, "{}", r.message);
     let no_basket = parse(
         serde_json::json!({"v":1,"id":"c-nb","op":"payment","terminal":"t","amount":100,"currency":"TRY"}),
     );

@@ -187,9 +187,7 @@ impl FakeUsb {
     /// Claimed accessories' device-side pipes arrive on the returned receiver (the
     /// test serves them with the simulator). Bulk transfers run on `rt`.
     pub fn bridged(
-        devices: Vec<DevInfo>,
-        script: Script,
-        rt: Handle,
+        devices: Vec<DevInfo>, script: Script, rt: Handle,
     ) -> (FakeUsb, mpsc::UnboundedReceiver<DuplexStream>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut f = FakeUsb::new(devices, script);
@@ -281,11 +279,7 @@ impl UsbBackend for FakeUsb {
     }
 
     fn open(&self, dev: &DevInfo) -> Result<FakeHandle, UsbError> {
-        self.record(Call::Open {
-            vid: dev.vid,
-            pid: dev.pid,
-            address: dev.address,
-        });
+        self.record(Call::Open { vid: dev.vid, pid: dev.pid, address: dev.address });
         let mut s = lock(&self.state);
         if !s.devices.iter().any(|d| d.id() == dev.id()) {
             return Err(err(UsbErrorKind::NotFound, "no such device"));
@@ -309,11 +303,7 @@ impl UsbBackend for FakeUsb {
     }
 
     fn control_in(
-        &self,
-        h: &FakeHandle,
-        ctrl: Ctrl,
-        len: u16,
-        _timeout: Duration,
+        &self, h: &FakeHandle, ctrl: Ctrl, len: u16, _timeout: Duration,
     ) -> Result<Vec<u8>, UsbError> {
         self.record(Call::ControlIn { ctrl, len });
         self.live(h)?;
@@ -331,16 +321,9 @@ impl UsbBackend for FakeUsb {
     }
 
     fn control_out(
-        &self,
-        h: &FakeHandle,
-        ctrl: Ctrl,
-        data: &[u8],
-        _timeout: Duration,
+        &self, h: &FakeHandle, ctrl: Ctrl, data: &[u8], _timeout: Duration,
     ) -> Result<(), UsbError> {
-        self.record(Call::ControlOut {
-            ctrl,
-            data: data.to_vec(),
-        });
+        self.record(Call::ControlOut { ctrl, data: data.to_vec() });
         self.live(h)?;
         if let Some(e) = self.failing(&ctrl) {
             return Err(e);
@@ -394,11 +377,7 @@ impl UsbBackend for FakeUsb {
     }
 
     fn bulk_in(
-        &self,
-        h: &FakeHandle,
-        ep: u8,
-        buf: &mut [u8],
-        timeout: Duration,
+        &self, h: &FakeHandle, ep: u8, buf: &mut [u8], timeout: Duration,
     ) -> Result<usize, UsbError> {
         self.record(Call::BulkIn { ep, len: buf.len() });
         self.live(h)?;
@@ -428,22 +407,12 @@ impl UsbBackend for FakeUsb {
     }
 
     fn bulk_out(
-        &self,
-        h: &FakeHandle,
-        ep: u8,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &FakeHandle, ep: u8, data: &[u8], timeout: Duration,
     ) -> Result<usize, UsbError> {
-        self.record(Call::BulkOut {
-            ep,
-            len: data.len(),
-        });
+        self.record(Call::BulkOut { ep, len: data.len() });
         self.live(h)?;
         if lock(&h.claimed).map(|e| e.ep_out) != Some(ep) {
-            return Err(err(
-                UsbErrorKind::Stall,
-                "bulk OUT on an unclaimed endpoint",
-            ));
+            return Err(err(UsbErrorKind::Stall, "bulk OUT on an unclaimed endpoint"));
         }
         let Some((rt, _)) = &self.bridge else {
             return Ok(data.len());

@@ -33,10 +33,7 @@ pub struct Presence {
 
 impl Presence {
     pub fn new(filter: UsbFilter) -> Presence {
-        Presence {
-            filter,
-            ..Default::default()
-        }
+        Presence { filter, ..Default::default() }
     }
 
     /// The link is up on `id` (or down, `None`).
@@ -59,10 +56,8 @@ impl Presence {
             Event::Arrived(d) => self.arrived(d, &mut out),
             Event::Left(id) => self.left(id, &mut out),
             Event::Scan(devs) => {
-                let now: Vec<DevInfo> = devs
-                    .into_iter()
-                    .filter(|d| is_relevant(d, &self.filter))
-                    .collect();
+                let now: Vec<DevInfo> =
+                    devs.into_iter().filter(|d| is_relevant(d, &self.filter)).collect();
                 let gone: Vec<DevId> = self
                     .seen
                     .keys()

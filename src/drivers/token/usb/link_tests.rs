@@ -47,10 +47,7 @@ async fn handshake_and_sale_run_through_the_usb_transport_over_the_fake() {
     let ctl = device.control();
     let (fake, pipes) = FakeUsb::bridged(
         vec![mouse(), android_device(5, "AV0000000121")],
-        Script {
-            descriptor: Some(accessory_descriptor(0x83, 0x04)),
-            ..Default::default()
-        },
+        Script { descriptor: Some(accessory_descriptor(0x83, 0x04)), ..Default::default() },
         tokio::runtime::Handle::current(),
     );
     let fake = Arc::new(fake);
@@ -69,10 +66,7 @@ async fn handshake_and_sale_run_through_the_usb_transport_over_the_fake() {
     assert_eq!(s.fiscal_no(), "AV0000000121");
     assert_eq!(s.fiscal_info().section_numbers(), vec![1, 2]);
     let id = "93ced0be-99f5-4e42-b0ca-bc781c778d69";
-    s.send_basket(&basket(id))
-        .await
-        .expect("link")
-        .expect("1 OK");
+    s.send_basket(&basket(id)).await.expect("link").expect("1 OK");
     let end = s
         .wait_sale(id, Duration::from_secs(5), Duration::from_secs(1))
         .await
@@ -143,48 +137,27 @@ fn hotplug_state_machine() {
     assert_eq!(p.on(Event::Arrived(mouse())), vec![]);
     assert_eq!(p.on(Event::Arrived(other_android())), vec![]);
     // The register arrives with no link: connect.
-    assert_eq!(
-        p.on(Event::Arrived(android_device(5, "S"))),
-        vec![Action::Connect]
-    );
+    assert_eq!(p.on(Event::Arrived(android_device(5, "S"))), vec![Action::Connect]);
     // The same device again (event + rescan): nothing new.
-    assert_eq!(
-        p.on(Event::Scan(vec![mouse(), android_device(5, "S")])),
-        vec![]
-    );
+    assert_eq!(p.on(Event::Scan(vec![mouse(), android_device(5, "S")])), vec![]);
     // The switch: the Android device leaves (not linked: nothing), the accessory comes.
     assert_eq!(p.on(Event::Left(android_device(5, "S").id())), vec![]);
     p.set_linked(Some(acc(6).id()));
     assert_eq!(p.on(Event::Arrived(acc(6))), vec![], "linked: no reconnect");
     // Unplug seen by a rescan: the link is lost, once.
-    assert_eq!(
-        p.on(Event::Scan(vec![mouse()])),
-        vec![Action::Lost(acc(6).id())]
-    );
+    assert_eq!(p.on(Event::Scan(vec![mouse()])), vec![Action::Lost(acc(6).id())]);
     assert_eq!(p.linked(), None);
     assert_eq!(p.on(Event::Scan(vec![mouse()])), vec![]);
     // Replugged (new address): connect again.
-    assert_eq!(
-        p.on(Event::Scan(vec![mouse(), android_device(7, "S")])),
-        vec![Action::Connect]
-    );
+    assert_eq!(p.on(Event::Scan(vec![mouse(), android_device(7, "S")])), vec![Action::Connect]);
     // An OS event for the linked device.
     p.set_linked(Some(acc(8).id()));
     p.on(Event::Arrived(acc(8)));
-    assert_eq!(
-        p.on(Event::Left(acc(8).id())),
-        vec![Action::Lost(acc(8).id())]
-    );
+    assert_eq!(p.on(Event::Left(acc(8).id())), vec![Action::Lost(acc(8).id())]);
     // A serial filter ignores other registers.
-    let mut p = Presence::new(UsbFilter {
-        serial: Some("MINE".into()),
-        ..Default::default()
-    });
+    let mut p = Presence::new(UsbFilter { serial: Some("MINE".into()), ..Default::default() });
     assert_eq!(p.on(Event::Arrived(android_device(5, "OTHER"))), vec![]);
-    assert_eq!(
-        p.on(Event::Arrived(android_device(6, "MINE"))),
-        vec![Action::Connect]
-    );
+    assert_eq!(p.on(Event::Arrived(android_device(6, "MINE"))), vec![Action::Connect]);
     assert_eq!(p.present(), 1);
 }
 
@@ -193,25 +166,16 @@ fn usb_list_renders_kinds_and_the_missing_subsystem() {
     let out = super::list::render(Ok(vec![mouse(), android_device(5, "AV1"), acc(6)]));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
-    assert!(
-        lines[1].contains("046d:c52b") && lines[1].contains(" - "),
-        "{out}"
-    );
+    assert!(lines[1].contains("046d:c52b") && lines[1].contains(" - "), "{out}");
     assert!(
         lines[2].contains("18d1:4ee1")
             && lines[2].contains("AV1")
             && lines[2].contains("candidate"),
         "{out}"
     );
-    assert!(
-        lines[3].contains("18d1:2d01") && lines[3].contains("accessory mode"),
-        "{out}"
-    );
+    assert!(lines[3].contains("18d1:2d01") && lines[3].contains("accessory mode"), "{out}");
     // The fake's nodes do not exist here: "may open" says so instead of guessing.
     assert!(lines[2].contains("/dev/bus/usb/001/005 missing"), "{out}");
     let out = super::list::render(Err(no_subsystem()));
-    assert!(
-        out.starts_with("no USB subsystem (/sys/bus/usb missing)"),
-        "{out}"
-    );
+    assert!(out.starts_with("no USB subsystem (/sys/bus/usb missing)"), "{out}");
 }

@@ -52,10 +52,7 @@ impl DevInfo {
     /// `bus-address`: unique while the device stays plugged in (a re-enumeration or a
     /// replug gives a new address).
     pub fn id(&self) -> DevId {
-        DevId {
-            bus: self.bus,
-            address: self.address,
-        }
+        DevId { bus: self.bus, address: self.address }
     }
 
     /// The usbfs node the OS opens, `/dev/bus/usb/BBB/DDD`.
@@ -134,10 +131,7 @@ pub struct UsbError {
 
 impl UsbError {
     pub fn new(kind: UsbErrorKind, message: impl Into<String>) -> UsbError {
-        UsbError {
-            kind,
-            message: message.into(),
-        }
+        UsbError { kind, message: message.into() }
     }
 
     /// The same error with what was being done in front (`opening 18d1:4ee1 …: `).
@@ -215,18 +209,10 @@ pub trait UsbBackend: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<DevInfo>, UsbError>;
     fn open(&self, dev: &DevInfo) -> Result<Self::Handle, UsbError>;
     fn control_in(
-        &self,
-        h: &Self::Handle,
-        req: Ctrl,
-        len: u16,
-        timeout: Duration,
+        &self, h: &Self::Handle, req: Ctrl, len: u16, timeout: Duration,
     ) -> Result<Vec<u8>, UsbError>;
     fn control_out(
-        &self,
-        h: &Self::Handle,
-        req: Ctrl,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &Self::Handle, req: Ctrl, data: &[u8], timeout: Duration,
     ) -> Result<(), UsbError>;
     /// The raw bytes of the first configuration descriptor (with its interfaces and
     /// endpoints), parsed by [`descriptor::parse`].
@@ -236,19 +222,11 @@ pub trait UsbBackend: Send + Sync + 'static {
     fn claim(&self, h: &Self::Handle, eps: &Endpoints) -> Result<(), UsbError>;
     /// One bulk IN transfer into `buf`; `Timeout` when nothing came within `timeout`.
     fn bulk_in(
-        &self,
-        h: &Self::Handle,
-        ep: u8,
-        buf: &mut [u8],
-        timeout: Duration,
+        &self, h: &Self::Handle, ep: u8, buf: &mut [u8], timeout: Duration,
     ) -> Result<usize, UsbError>;
     /// One bulk OUT transfer; answers how many bytes went out.
     fn bulk_out(
-        &self,
-        h: &Self::Handle,
-        ep: u8,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &Self::Handle, ep: u8, data: &[u8], timeout: Duration,
     ) -> Result<usize, UsbError>;
 }
 
@@ -259,8 +237,5 @@ pub fn subsystem_present() -> bool {
 
 /// The error every backend gives when `/sys/bus/usb` is missing.
 pub fn no_subsystem() -> UsbError {
-    UsbError::new(
-        UsbErrorKind::NoSubsystem,
-        "no USB subsystem (/sys/bus/usb missing)",
-    )
+    UsbError::new(UsbErrorKind::NoSubsystem, "no USB subsystem (/sys/bus/usb missing)")
 }

@@ -105,11 +105,7 @@ impl UsbBackend for NusbBackend {
     }
 
     fn control_in(
-        &self,
-        h: &NusbHandle,
-        req: Ctrl,
-        len: u16,
-        timeout: Duration,
+        &self, h: &NusbHandle, req: Ctrl, len: u16, timeout: Duration,
     ) -> Result<Vec<u8>, UsbError> {
         let (control_type, recipient) = split_request_type(req.request_type);
         h.dev
@@ -129,11 +125,7 @@ impl UsbBackend for NusbBackend {
     }
 
     fn control_out(
-        &self,
-        h: &NusbHandle,
-        req: Ctrl,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &NusbHandle, req: Ctrl, data: &[u8], timeout: Duration,
     ) -> Result<(), UsbError> {
         let (control_type, recipient) = split_request_type(req.request_type);
         h.dev
@@ -153,24 +145,13 @@ impl UsbBackend for NusbBackend {
     }
 
     fn config_descriptor(&self, h: &NusbHandle) -> Result<Vec<u8>, UsbError> {
-        h.dev
-            .configurations()
-            .next()
-            .map(|c| c.as_bytes().to_vec())
-            .ok_or_else(|| {
-                UsbError::new(
-                    UsbErrorKind::Other,
-                    "the device has no configuration descriptor",
-                )
-            })
+        h.dev.configurations().next().map(|c| c.as_bytes().to_vec()).ok_or_else(|| {
+            UsbError::new(UsbErrorKind::Other, "the device has no configuration descriptor")
+        })
     }
 
     fn claim(&self, h: &NusbHandle, eps: &Endpoints) -> Result<(), UsbError> {
-        let active = h
-            .dev
-            .active_configuration()
-            .map(|c| c.configuration_value())
-            .ok();
+        let active = h.dev.active_configuration().map(|c| c.configuration_value()).ok();
         if active != Some(eps.config) {
             h.dev
                 .set_configuration(eps.config)
@@ -178,11 +159,7 @@ impl UsbBackend for NusbBackend {
                 .map_err(|e| map_err(e).context(format!("set configuration {}", eps.config)))?;
         }
         // Detaches a kernel driver bound to the interface, if any, then claims it.
-        let iface = h
-            .dev
-            .detach_and_claim_interface(eps.interface)
-            .wait()
-            .map_err(map_err)?;
+        let iface = h.dev.detach_and_claim_interface(eps.interface).wait().map_err(map_err)?;
         let ep_in = iface.endpoint::<Bulk, In>(eps.ep_in).map_err(map_err)?;
         let ep_out = iface.endpoint::<Bulk, Out>(eps.ep_out).map_err(map_err)?;
         *lock(&h.ep_in) = Some(ep_in);
@@ -192,16 +169,11 @@ impl UsbBackend for NusbBackend {
     }
 
     fn bulk_in(
-        &self,
-        h: &NusbHandle,
-        _ep: u8,
-        buf: &mut [u8],
-        timeout: Duration,
+        &self, h: &NusbHandle, _ep: u8, buf: &mut [u8], timeout: Duration,
     ) -> Result<usize, UsbError> {
         let mut g = lock(&h.ep_in);
-        let ep = g
-            .as_mut()
-            .ok_or_else(|| UsbError::new(UsbErrorKind::Other, "bulk IN before claim"))?;
+        let ep =
+            g.as_mut().ok_or_else(|| UsbError::new(UsbErrorKind::Other, "bulk IN before claim"))?;
         let c = ep.transfer_blocking(Buffer::new(buf.len()), timeout);
         // Bytes that arrived before a timeout are kept: the stream must not lose them.
         let n = c.actual_len.min(buf.len()).min(c.buffer.len());
@@ -214,11 +186,7 @@ impl UsbBackend for NusbBackend {
     }
 
     fn bulk_out(
-        &self,
-        h: &NusbHandle,
-        _ep: u8,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &NusbHandle, _ep: u8, data: &[u8], timeout: Duration,
     ) -> Result<usize, UsbError> {
         let mut g = lock(&h.ep_out);
         let ep = g

@@ -33,22 +33,14 @@ pub struct Port<B: UsbBackend> {
 
 impl<B: UsbBackend> Port<B> {
     pub fn new(backend: Arc<B>, filter: UsbFilter, timing: AoaTiming) -> Port<B> {
-        Port {
-            backend,
-            filter,
-            timing,
-        }
+        Port { backend, filter, timing }
     }
 }
 
 impl<B: UsbBackend> UsbPort for Port<B> {
     fn connect(&self) -> Result<UsbStream, UsbError> {
-        let opened = aoa::connect(
-            &*self.backend,
-            &self.filter,
-            &self.filter.accessory,
-            &self.timing,
-        )?;
+        let opened =
+            aoa::connect(&*self.backend, &self.filter, &self.filter.accessory, &self.timing)?;
         tracing::info!(dev = %opened.dev, endpoints = ?opened.endpoints, aoa = ?opened.protocol, "token usb: accessory claimed");
         UsbStream::start(self.backend.clone(), opened, self.timing).map_err(|e| {
             UsbError::new(
@@ -92,10 +84,7 @@ impl UsbPort for NusbPort {
         // nusb reports a departure by its own id: remember arrivals' bus addresses.
         let mut ids: std::collections::HashMap<nusb::DeviceId, DevInfo> = nusb::list_devices()
             .wait()
-            .map(|it| {
-                it.map(|d| (d.id(), super::nusb_backend::dev_info(&d)))
-                    .collect()
-            })
+            .map(|it| it.map(|d| (d.id(), super::nusb_backend::dev_info(&d))).collect())
             .unwrap_or_default();
         Some(Box::pin(watch.filter_map(move |ev| {
             let out = match ev {

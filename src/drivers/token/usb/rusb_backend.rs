@@ -41,14 +41,10 @@ fn sysfs_attr(bus: u8, address: u8, name: &str) -> Option<String> {
     for e in rd.flatten() {
         let p = e.path();
         let num = |f: &str| {
-            std::fs::read_to_string(p.join(f))
-                .ok()
-                .and_then(|s| s.trim().parse::<u8>().ok())
+            std::fs::read_to_string(p.join(f)).ok().and_then(|s| s.trim().parse::<u8>().ok())
         };
         if num("busnum") == Some(bus) && num("devnum") == Some(address) {
-            return std::fs::read_to_string(p.join(name))
-                .ok()
-                .map(|s| s.trim().to_string());
+            return std::fs::read_to_string(p.join(name)).ok().map(|s| s.trim().to_string());
         }
     }
     None
@@ -105,43 +101,22 @@ impl UsbBackend for RusbBackend {
     }
 
     fn control_in(
-        &self,
-        h: &RusbHandle,
-        req: Ctrl,
-        len: u16,
-        timeout: Duration,
+        &self, h: &RusbHandle, req: Ctrl, len: u16, timeout: Duration,
     ) -> Result<Vec<u8>, UsbError> {
         let mut buf = vec![0u8; usize::from(len)];
-        let n =
-            h.h.read_control(
-                req.request_type,
-                req.request,
-                req.value,
-                req.index,
-                &mut buf,
-                timeout,
-            )
+        let n = h
+            .h
+            .read_control(req.request_type, req.request, req.value, req.index, &mut buf, timeout)
             .map_err(map_err)?;
         buf.truncate(n);
         Ok(buf)
     }
 
     fn control_out(
-        &self,
-        h: &RusbHandle,
-        req: Ctrl,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &RusbHandle, req: Ctrl, data: &[u8], timeout: Duration,
     ) -> Result<(), UsbError> {
-        h.h.write_control(
-            req.request_type,
-            req.request,
-            req.value,
-            req.index,
-            data,
-            timeout,
-        )
-        .map_err(map_err)?;
+        h.h.write_control(req.request_type, req.request, req.value, req.index, data, timeout)
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -168,22 +143,14 @@ impl UsbBackend for RusbBackend {
     }
 
     fn bulk_in(
-        &self,
-        h: &RusbHandle,
-        ep: u8,
-        buf: &mut [u8],
-        timeout: Duration,
+        &self, h: &RusbHandle, ep: u8, buf: &mut [u8], timeout: Duration,
     ) -> Result<usize, UsbError> {
         // rusb returns bytes that arrived before a timeout as Ok(n).
         h.h.read_bulk(ep, buf, timeout).map_err(map_err)
     }
 
     fn bulk_out(
-        &self,
-        h: &RusbHandle,
-        ep: u8,
-        data: &[u8],
-        timeout: Duration,
+        &self, h: &RusbHandle, ep: u8, data: &[u8], timeout: Duration,
     ) -> Result<usize, UsbError> {
         h.h.write_bulk(ep, data, timeout).map_err(map_err)
     }

@@ -46,16 +46,9 @@ impl std::fmt::Debug for UsbStream {
 impl UsbStream {
     /// Start the two transfer threads over an opened accessory.
     pub fn start<B: UsbBackend>(
-        backend: Arc<B>,
-        opened: Opened<B::Handle>,
-        t: AoaTiming,
+        backend: Arc<B>, opened: Opened<B::Handle>, t: AoaTiming,
     ) -> io::Result<UsbStream> {
-        let Opened {
-            handle,
-            dev,
-            endpoints: eps,
-            ..
-        } = opened;
+        let Opened { handle, dev, endpoints: eps, .. } = opened;
         let handle = Arc::new(handle);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(READ_CHUNKS);
@@ -69,13 +62,11 @@ impl UsbStream {
         }
         {
             let (b, h) = (backend, handle);
-            std::thread::Builder::new()
-                .name("token-usb-out".into())
-                .spawn(move || {
-                    while let Ok((data, done)) = wrx.recv() {
-                        let _ = done.send(write_all(&*b, &h, eps.ep_out, &data, t));
-                    }
-                })?;
+            std::thread::Builder::new().name("token-usb-out".into()).spawn(move || {
+                while let Ok((data, done)) = wrx.recv() {
+                    let _ = done.send(write_all(&*b, &h, eps.ep_out, &data, t));
+                }
+            })?;
         }
         Ok(UsbStream {
             dev,
@@ -100,10 +91,7 @@ impl UsbStream {
         let r = ready!(Pin::new(rx).poll(cx));
         self.inflight = None;
         Poll::Ready(r.unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "USB writer stopped",
-            ))
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, "USB writer stopped"))
         }))
     }
 
@@ -123,12 +111,7 @@ impl UsbStream {
 use std::future::Future;
 
 fn read_loop<B: UsbBackend>(
-    b: &B,
-    h: &B::Handle,
-    ep: u8,
-    len: usize,
-    t: AoaTiming,
-    stop: &AtomicBool,
+    b: &B, h: &B::Handle, ep: u8, len: usize, t: AoaTiming, stop: &AtomicBool,
     tx: mpsc::Sender<io::Result<Vec<u8>>>,
 ) {
     let mut buf = vec![0u8; len];
@@ -151,11 +134,7 @@ fn read_loop<B: UsbBackend>(
 }
 
 fn write_all<B: UsbBackend>(
-    b: &B,
-    h: &B::Handle,
-    ep: u8,
-    mut data: &[u8],
-    t: AoaTiming,
+    b: &B, h: &B::Handle, ep: u8, mut data: &[u8], t: AoaTiming,
 ) -> io::Result<()> {
     let deadline = std::time::Instant::now() + t.write_timeout;
     while !data.is_empty() {
@@ -168,10 +147,7 @@ fn write_all<B: UsbBackend>(
         }
         let n = b.bulk_out(h, ep, data, left).map_err(io::Error::from)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "bulk OUT took no bytes",
-            ));
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "bulk OUT took no bytes"));
         }
         data = &data[n.min(data.len())..];
     }
@@ -180,9 +156,7 @@ fn write_all<B: UsbBackend>(
 
 impl AsyncRead for UsbStream {
     fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
+        self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         while this.pos >= this.chunk.len() {
@@ -204,9 +178,7 @@ impl AsyncRead for UsbStream {
 
 impl AsyncWrite for UsbStream {
     fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
+        self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_inflight(cx))?;

@@ -97,11 +97,8 @@ impl Terminal {
                     self.by_refund_id.insert(rid, id.to_string());
                 }
                 (Kind::Refund, Some(of), _) => {
-                    if let Some(pay) = self
-                        .by_refund_id
-                        .get(&of)
-                        .cloned()
-                        .and_then(|pid| self.procs.get_mut(&pid))
+                    if let Some(pay) =
+                        self.by_refund_id.get(&of).cloned().and_then(|pid| self.procs.get_mut(&pid))
                     {
                         pay.refundable -= tenge;
                     }

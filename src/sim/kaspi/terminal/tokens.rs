@@ -21,9 +21,7 @@ pub(super) struct Client {
 impl Terminal {
     /// The current (access, refresh) pair of a register name, for tests.
     pub fn tokens_of(&self, name: &str) -> Option<(String, String)> {
-        self.clients
-            .get(name)
-            .map(|c| (c.access.clone(), c.refresh.clone()))
+        self.clients.get(name).map(|c| (c.access.clone(), c.refresh.clone()))
     }
 
     /// Check the `accesstoken` header of a protected route.
@@ -34,15 +32,12 @@ impl Terminal {
         let found = token.and_then(|t| self.clients.values().find(|c| c.access == t).cloned());
         let refuse = match found {
             None => Some(Reply::err(401, code::GENERIC, "Authorization failed")),
-            Some(c) if c.session_expired => Some(Reply::err(
-                401,
-                code::GENERIC,
-                "Session expires and need to be updated",
-            )),
-            Some(c) if Utc::now() >= c.expires => Some(Reply {
-                http: 403,
-                body: "Forbidden: token expired".into(),
-            }),
+            Some(c) if c.session_expired => {
+                Some(Reply::err(401, code::GENERIC, "Session expires and need to be updated"))
+            }
+            Some(c) if Utc::now() >= c.expires => {
+                Some(Reply { http: 403, body: "Forbidden: token expired".into() })
+            }
             Some(_) => None,
         };
         match refuse {
@@ -79,9 +74,7 @@ impl Terminal {
         self.counts.registers += 1;
         let name = param(params, "name")?.to_string();
         if self.register_pending {
-            return Err(Reply::service(
-                "Register Error. Last register request not completed",
-            ));
+            return Err(Reply::service("Register Error. Last register request not completed"));
         }
         self.register_pending = true;
         Ok(name)
