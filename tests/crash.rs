@@ -88,10 +88,7 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_while_a_payment_runs_loses_nothing() {
-    if !mosquitto_available() {
-        return;
-    }
-    let mut m = Mosquitto::start();
+    let Some(mut m) = Mosquitto::if_installed() else { return };
     let port = m.port;
     let (sim, stop) = sim(1500).await;
     let addr = sim.local_addr();
@@ -128,10 +125,7 @@ async fn broker_restart_while_a_payment_runs_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
-    if !mosquitto_available() {
-        return;
-    }
-    let m = Mosquitto::start();
+    let Some(m) = Mosquitto::if_installed() else { return };
     let (sim, stop) = sim(0).await;
     let addr = sim.local_addr();
     let stats = sim.stats();

@@ -8,26 +8,27 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use posbridge::sim::ip::{IpSim, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 fn in_progress(id: &str) -> impl Fn(&serde_json::Value) -> bool + '_ {
     move |v| v["id"] == id && v["state"] == "in_progress"
 }
 
+/// Agent `agent_id` with one IP terminal at `addr`, given brokers `first` then `next`.
+fn listing(agent_id: &str, first: u16, next: u16, addr: std::net::SocketAddr) -> AgentSpec {
+    let mut spec = AgentSpec::new(agent_id, first).ip("ip-1", addr);
+    spec.failover_ports = vec![next];
+    spec
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_broker_dies_mid_payment_and_the_result_arrives_on_the_second() {
-    if !mosquitto_available() {
-        return;
-    }
-    let first = Mosquitto::start();
+    let Some(first) = Mosquitto::if_installed() else { return };
     let second = Mosquitto::start();
     // A payment long enough to kill the broker while the terminal runs it.
-    let sim = IpSim::loopback(SimOptions::approving(Some(3), 1500)).await.expect("sim");
-    let (addr, stats, stop) = (sim.local_addr(), sim.stats(), CancellationToken::new());
-    let _sim = sim.spawn(stop.clone());
-    let mut spec = AgentSpec::new("fo-1", first.port).ip("ip-1", addr);
-    spec.failover_ports = vec![second.port];
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(3), 1500, &stop).await;
+    let spec = listing("fo-1", first.port, second.port, addr);
     // The cloud keeps a session on both brokers, subscribed before the agent starts.
     let on_first = Cloud::connect(first.port, "fo-1", "cloud-first", true).await;
     let on_second = Cloud::connect(second.port, "fo-1", "cloud-second", true).await;
@@ -72,16 +73,11 @@ async fn the_first_broker_dies_mid_payment_and_the_result_arrives_on_the_second(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_first_broker_is_skipped_at_start() {
-    if !mosquitto_available() {
-        return;
-    }
-    let live = Mosquitto::start();
+    let Some(live) = Mosquitto::if_installed() else { return };
     let dead = free_port();
-    let sim = IpSim::loopback(SimOptions::approving(Some(4), 0)).await.expect("sim");
-    let (addr, stop) = (sim.local_addr(), CancellationToken::new());
-    let _sim = sim.spawn(stop.clone());
-    let mut spec = AgentSpec::new("fo-2", dead).ip("ip-1", addr);
-    spec.failover_ports = vec![live.port];
+    let stop = CancellationToken::new();
+    let (addr, _) = approving_ip_sim(Some(4), 0, &stop).await;
+    let spec = listing("fo-2", dead, live.port, addr);
     let cloud = Cloud::connect(live.port, "fo-2", "cloud-fo-2", false).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let _agent = Agent::start_with(&spec, dir.path(), &[], &[]);
@@ -93,10 +89,7 @@ async fn an_unreachable_first_broker_is_skipped_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_every_broker_of_the_list() {
-    if !mosquitto_available() {
-        return;
-    }
-    let live = Mosquitto::start();
+    let Some(live) = Mosquitto::if_installed() else { return };
     let dead = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
@@ -108,16 +101,8 @@ async fn doctor_checks_every_broker_of_the_list() {
             dir.path().join("store").display()
         ),
     );
-    let out = tokio::process::Command::new(agent_bin())
-        .args(["doctor", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .await
-        .expect("run posbridge doctor");
-    let t =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = posbridge_with(&["doctor"], &config).output().expect("run posbridge doctor");
+    let t = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "one broker is down:\n{t}");
     let row = |name: &str| {
         t.lines()

@@ -429,10 +429,10 @@ async fn mixed_commands_under_faults_keep_every_promise() {
         ));
     }
     let kuveyt_ids = sent.values().filter(|c| c["terminal"] == "kv-1").count() as u64;
-    if kuveyt_stats.payments_created() > kuveyt_ids {
+    if kuveyt_stats.counters().payments_created > kuveyt_ids {
         violations.push(format!(
             "kuveyt: {} payments created for {kuveyt_ids} commands",
-            kuveyt_stats.payments_created()
+            kuveyt_stats.counters().payments_created
         ));
     }
     // The run really exercised every kind of terminal.

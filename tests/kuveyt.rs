@@ -77,7 +77,7 @@ async fn payment_url_on_evt_then_completed() {
     assert_eq!(res["mode"], "test");
     assert_eq!(res["payment"]["transaction_id"], link.transaction_id.as_str());
     assert_eq!(res["payment"]["method"], "pay_by_link");
-    assert_eq!(r.stats.payments_created(), 1);
+    assert_eq!(r.stats.counters().payments_created, 1);
     assert!(!r.agent.log().contains("test-secret"));
 }
 
@@ -116,7 +116,7 @@ async fn lost_create_answer_is_retried_with_the_same_order() {
     let r = rig("kv-lost", "test", &[]).await;
     let res = r.cloud.ask(payment("l-1", 15055)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", r.agent.log());
-    assert_eq!(r.stats.payments_created(), 1, "one payment");
+    assert_eq!(r.stats.counters().payments_created, 1, "one payment");
     assert_eq!(r.stats.links()[0].create_requests, 2, "asked again, same order id");
 }
 
@@ -125,8 +125,8 @@ async fn server_error_on_create_until_the_deadline_is_unknown() {
     let r = rig("kv-503", "test", &[]).await;
     let res = r.cloud.ask(pay("e-1", 15054, Duration::from_secs(5))).await;
     assert_unknown_because(&res, "503");
-    assert!(r.stats.create_requests() >= 2, "retried with the same order id");
-    assert_eq!(r.stats.payments_created(), 0);
+    assert!(r.stats.counters().create_requests >= 2, "retried with the same order id");
+    assert_eq!(r.stats.counters().payments_created, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +143,7 @@ async fn disabled_or_invalid_is_rejected_before_any_request() {
     bad["customer"]["phone"] = json!("1".repeat(21));
     let res = r.cloud.ask(bad).await;
     assert!(error_message(&res, "rejected", "bad_request").starts_with("field customer.phone"));
-    assert_eq!(r.stats.create_requests(), 0);
+    assert_eq!(r.stats.counters().create_requests, 0);
 }
 
 /// kill -9 before and after the create request was journalled: the restarted agent
@@ -156,12 +156,12 @@ async fn crash_around_create_resumes_and_creates_once() {
         let mut r = rig(&format!("kv-crash-{n}"), "test", &[(CRASH_AT, point)]).await;
         let id = format!("k-{n}");
         r.crash_at(payment(&id, 15000), point).await;
-        assert_eq!(r.stats.payments_created(), n as u64, "{point}");
+        assert_eq!(r.stats.counters().payments_created, n as u64, "{point}");
         r.agent.restart(&[]);
         let res = r.cloud.result(&id).await;
         assert_eq!(res["state"], "succeeded", "{point}: {res}\n{}", r.agent.log());
-        assert_eq!(r.stats.payments_created(), 1, "{point}: created once");
-        assert_eq!(r.stats.create_requests(), 1, "{point}: one create request");
+        assert_eq!(r.stats.counters().payments_created, 1, "{point}: created once");
+        assert_eq!(r.stats.counters().create_requests, 1, "{point}: one create request");
         assert_eq!(res["payment"]["transaction_id"], r.stats.links()[0].transaction_id.as_str());
     }
 }
@@ -178,9 +178,9 @@ async fn garbled_answers_are_asked_again_never_failed() {
         let res = r.cloud.result(id).await;
         assert_eq!(res["state"], "succeeded", "{id}: {res}\n{}", r.agent.log());
     }
-    assert_eq!(r.stats.payments_created(), 2, "one payment per command");
+    assert_eq!(r.stats.counters().payments_created, 2, "one payment per command");
     assert!(
-        r.stats.create_requests() >= 3,
+        r.stats.counters().create_requests >= 3,
         "the garbled create was repeated with the same order id"
     );
     let orders: Vec<String> = r.stats.links().into_iter().map(|l| l.order_id).collect();

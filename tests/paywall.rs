@@ -102,11 +102,11 @@ async fn sale_succeeds_in_test_mode_with_mode_on_the_result() {
     assert_eq!(p.amount_minor, 2200);
     assert_eq!(p.merchant_unique_code, muc("pw-ok", "s-1"));
     assert_eq!(res["payment"]["transaction_id"], p.payment_request_id.as_str());
-    assert_eq!(r.stats.sale_requests(), 1);
+    assert_eq!(r.stats.counters().sale_requests, 1);
     // The same id again: the stored result, no second request to Paywall.
     r.cloud.send(sale("s-1", 2200)).await;
     r.cloud.wait_n("result", Duration::from_secs(10), 2, |v| v["id"] == "s-1").await;
-    assert_eq!(r.stats.sale_requests(), 1);
+    assert_eq!(r.stats.counters().sale_requests, 1);
     // Credentials never reach the log.
     assert!(!r.agent.log().contains("test-api-key"));
     assert!(!r.agent.log().contains("test-secret"));
@@ -151,8 +151,8 @@ async fn invalid_products_are_rejected_before_any_request() {
         assert!(msg.starts_with(field), "{id}: {msg}");
         assert_eq!(res["mode"], "test");
     }
-    assert_eq!(r.stats.sale_requests(), 0, "no sale reached Paywall");
-    assert_eq!(r.stats.payments_created(), 0);
+    assert_eq!(r.stats.counters().sale_requests, 0, "no sale reached Paywall");
+    assert_eq!(r.stats.counters().payments_created, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +217,7 @@ async fn wrong_credentials_fail_unauthorized() {
     let res = r.cloud.ask(sale("u-1", 2200)).await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "unauthorized");
-    assert_eq!(r.stats.payments_created(), 0);
+    assert_eq!(r.stats.counters().payments_created, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +249,7 @@ async fn cancel_before_the_device_received_the_sale_rolls_it_back() {
     let res = r.cloud.result("rb-1").await;
     assert_eq!(res["state"], "failed", "{res}");
     assert_eq!(res["error"]["code"], "cancelled_by_customer");
-    assert_eq!(r.stats.rollback_requests(), 1, "sale/rollback, not sync/cancel");
+    assert_eq!(r.stats.counters().rollback_requests, 1, "sale/rollback, not sync/cancel");
     assert_eq!(r.stats.cancel_requests(), 1);
 }
 
@@ -269,8 +269,8 @@ async fn lost_or_odd_answers_are_resolved_by_inquiry() {
         assert_eq!(res["payment"]["transaction_id"], p.payment_request_id.as_str());
         assert_eq!(p.sale_requests, 1, "{id}: sold once, then only asked");
     }
-    assert_eq!(r.stats.payments_created(), 4);
-    assert!(r.stats.list_requests() >= 4);
+    assert_eq!(r.stats.counters().payments_created, 4);
+    assert!(r.stats.counters().list_requests >= 4);
 }
 
 /// A 503 page after the sale request says nothing about the sale (paywall.md: a transport
@@ -281,8 +281,8 @@ async fn server_error_after_the_sale_request_is_unknown_never_failed() {
     let r = rig("pw-503").await;
     let res = r.cloud.ask(sale("e-1", 2254)).await;
     assert_unknown_because(&res, "503");
-    assert_eq!(r.stats.payments_created(), 0);
-    assert!(r.stats.list_requests() >= 2, "asked again within the window");
+    assert_eq!(r.stats.counters().payments_created, 0);
+    assert!(r.stats.counters().list_requests >= 2, "asked again within the window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +296,7 @@ async fn unresolved_sale_is_unknown_then_status_asks_again() {
     assert!(r.stats.complete(&muc("pw-unk", "n-1"), "succeeded"));
     let st = status_reconciled(&r.cloud, "n-2", "n-1").await;
     assert_eq!(st["state"], "succeeded", "{st}");
-    assert_eq!(r.stats.payments_created(), 1);
+    assert_eq!(r.stats.counters().payments_created, 1);
 }
 
 /// kill -9 around the sale request; the restarted agent asks by MerchantUniqueCode and
@@ -316,12 +316,12 @@ async fn crash_around_the_sale_resumes_and_sells_once() {
         r.crash_at(sale(&id, 2200), point).await;
         // Before the request: nothing at Paywall yet; after the answer: sold once.
         let sold = u64::from(n == 1);
-        assert_eq!(r.stats.payments_created(), sold, "{point}");
+        assert_eq!(r.stats.counters().payments_created, sold, "{point}");
         r.agent.restart(&[]);
         let res = r.cloud.result(&id).await;
         assert_eq!(res["state"], *want, "{point}: {res}\n{}", r.agent.log());
         assert_eq!(res["mode"], "test");
-        assert_eq!(r.stats.payments_created(), sold, "{point}: never sold again");
+        assert_eq!(r.stats.counters().payments_created, sold, "{point}: never sold again");
         if *want == "unknown" {
             assert_eq!(res["needs_reconciliation"], true, "{res}");
             continue;
@@ -358,7 +358,7 @@ async fn https_with_a_generated_certificate_and_ca_file() {
     let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let res = cloud.ask(sale("t-1", 2200)).await;
     assert_eq!(res["state"], "succeeded", "{res}\n{}", agent.log());
-    assert_eq!(stats.payments_created(), 1);
+    assert_eq!(stats.counters().payments_created, 1);
     stop.cancel();
 }
 
@@ -370,12 +370,12 @@ async fn lost_answer_with_an_unlisted_sale_is_unknown_then_status_reconciles() {
     let r = rig("pw-unlisted").await;
     let res = r.cloud.ask(sale("u-1", 2262)).await;
     assert_unknown(&res);
-    assert_eq!(r.stats.payments_created(), 1, "the customer was charged once");
-    assert!(r.stats.list_requests() >= 2, "asked again within the window");
+    assert_eq!(r.stats.counters().payments_created, 1, "the customer was charged once");
+    assert!(r.stats.counters().list_requests >= 2, "asked again within the window");
     let code = muc("pw-unlisted", "u-1");
     assert!(r.stats.publish(&code), "the mock knows the sale");
     status_reconciled(&r.cloud, "u-2", "u-1").await;
-    assert_eq!(r.stats.payments_created(), 1);
+    assert_eq!(r.stats.counters().payments_created, 1);
     let sold: Vec<_> =
         r.stats.payments().into_iter().filter(|p| p.merchant_unique_code == code).collect();
     assert_eq!(sold.len(), 1);
@@ -389,7 +389,7 @@ async fn garbled_sale_answer_is_asked_about_not_failed() {
     let r = rig("pw-garbled").await;
     let res = r.cloud.ask(sale("g-1", 2261)).await;
     assert_eq!(res["state"], "succeeded", "{res}");
-    assert_eq!(r.stats.payments_created(), 1);
+    assert_eq!(r.stats.counters().payments_created, 1);
     let p = r
         .stats
         .payments()

@@ -37,15 +37,7 @@ impl Store {
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::InUse { path: path.clone() }
-                }
-                other => StoreError::Sled(other),
-            })?;
+            .map_err(StoreError::open_at(&path))?;
         db.checksum()?;
         // Count what the agent will see: sled plus its write-ahead log (changes since the
         // last checkpoint). Replaying only re-applies whole values the agent applies too.

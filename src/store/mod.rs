@@ -100,6 +100,20 @@ fn seq_of(k: &[u8]) -> Option<u64> {
 }
 
 impl StoreError {
+    /// `map_err` for sled's open of the store at `path`: the lock another process holds
+    /// (sled reports the flock failure as a custom I/O error of kind Other) is `InUse`.
+    pub(crate) fn open_at(path: &Path) -> impl FnOnce(sled::Error) -> StoreError + '_ {
+        move |e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::InUse { path: path.to_path_buf() }
+            }
+            other => StoreError::Sled(other),
+        }
+    }
+
     /// `map_err` for an I/O error at `path`.
     pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         move |source| StoreError::Io { path: path.to_path_buf(), source }

@@ -263,16 +263,7 @@ impl Store {
                     .unwrap_or_else(|| "panic".into());
                 StoreError::Panicked(msg)
             })?;
-        let db = opened.map_err(|e| match e {
-            // sled reports the flock failure as a custom io error (kind Other).
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::InUse { path: path.to_path_buf() }
-            }
-            other => StoreError::Sled(other),
-        })?;
+        let db = opened.map_err(StoreError::open_at(path))?;
         // Walks every page: catches a store that opens but is internally inconsistent.
         db.checksum()?;
         Ok(db)

@@ -91,6 +91,11 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// A started mosquitto when it is installed; `None` (the test skips) otherwise.
+    pub fn if_installed() -> Option<Mosquitto> {
+        mosquitto_available().then(Mosquitto::start)
+    }
+
     pub fn start() -> Mosquitto {
         Self::start_with(|_| String::new())
     }

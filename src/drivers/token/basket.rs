@@ -136,8 +136,8 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// A required array of 1 to `max` entries.
-    fn list(&self, k: &str, max: usize) -> Result<&'a Vec<Value>, String> {
+    /// A required array of 1 to `max` objects, each with only the `allowed` keys.
+    fn list(&self, k: &str, max: usize, allowed: &[&str]) -> Result<Vec<Obj<'a>>, String> {
         let at = &self.at;
         let v = self.get(k).ok_or_else(|| format!("field {at}.{k}: required"))?;
         let a = v.as_array().ok_or_else(|| format!("field {at}.{k}: expected an array"))?;
@@ -147,7 +147,7 @@ impl<'a> Obj<'a> {
         if a.len() > max {
             return Err(format!("field {at}.{k}: more than {max} entries"));
         }
-        Ok(a)
+        a.iter().enumerate().map(|(i, v)| Obj::new(format!("{at}.{k}[{i}]"), v, allowed)).collect()
     }
 
     fn one_of(&self, k: &str, default: Option<i64>, set: &[i64]) -> Result<i64, String> {
@@ -194,28 +194,27 @@ pub fn validate(
         &["document_type", "create_invoice", "is_void", "items", "payments", "customer", "adjust"],
     )?;
     let document_type = b.one_of("document_type", Some(0), DOCUMENT_TYPES)?;
-    let items_v = b.list("items", MAX_ITEMS)?;
+    let item_objs = b.list(
+        "items",
+        MAX_ITEMS,
+        &[
+            "name",
+            "price",
+            "quantity",
+            "section_no",
+            "tax_percent",
+            "plu_no",
+            "barcode",
+            "unit",
+            "type",
+            "vat_id",
+            "limit",
+            "payment_type",
+        ],
+    )?;
     let mut items = vec![];
     let mut total: i128 = 0;
-    for (i, v) in items_v.iter().enumerate() {
-        let it = Obj::new(
-            format!("basket.items[{i}]"),
-            v,
-            &[
-                "name",
-                "price",
-                "quantity",
-                "section_no",
-                "tax_percent",
-                "plu_no",
-                "barcode",
-                "unit",
-                "type",
-                "vat_id",
-                "limit",
-                "payment_type",
-            ],
-        )?;
+    for (i, it) in item_objs.iter().enumerate() {
         let name = it.string("name", None)?;
         if name.trim().is_empty() {
             return Err(format!("field basket.items[{i}].name: must not be empty"));
@@ -287,15 +286,11 @@ pub fn validate(
     };
     let total = i64::try_from(total).map_err(|_| "field basket.items: total too large")?;
 
-    let pays_v = b.list("payments", MAX_PAYMENTS)?;
+    let pay_objs =
+        b.list("payments", MAX_PAYMENTS, &["type", "amount", "description", "tax_rate"])?;
     let mut payments = vec![];
     let mut paid: i128 = 0;
-    for (i, v) in pays_v.iter().enumerate() {
-        let p = Obj::new(
-            format!("basket.payments[{i}]"),
-            v,
-            &["type", "amount", "description", "tax_rate"],
-        )?;
+    for p in &pay_objs {
         let amount = p.int("amount", None, 0)?;
         paid += amount as i128;
         payments.push(json!({

@@ -96,12 +96,13 @@ struct Link {
     verifies: u32,
 }
 
-#[derive(Default)]
-struct Counters {
-    create_requests: u64,
-    payments_created: u64,
-    verify_requests: u64,
-    invalid: u64,
+/// Requests by route, and payment links created (`KuveytStats::counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub create_requests: u64,
+    pub payments_created: u64,
+    pub verify_requests: u64,
+    pub invalid: u64,
 }
 
 /// The mock's books: counters and payment links.
@@ -152,16 +153,9 @@ impl Provider for Kuveyt {
 }
 
 impl KuveytStats {
-    pub fn create_requests(&self) -> u64 {
-        self.shared.lock().counters.create_requests
-    }
-
-    pub fn payments_created(&self) -> u64 {
-        self.shared.lock().counters.payments_created
-    }
-
-    pub fn verify_requests(&self) -> u64 {
-        self.shared.lock().counters.verify_requests
+    /// The counters as they are now.
+    pub fn counters(&self) -> Counters {
+        self.shared.lock().counters
     }
 
     pub fn links(&self) -> Vec<LinkSnapshot> {

@@ -63,7 +63,7 @@ async fn amount_58_garbles_the_first_verify_then_says_completed() {
     let v: Value = serde_json::from_str(&again).expect("JSON");
     assert_eq!((status, v["payment"]["status"].as_str()), (200, Some("completed")));
     assert_eq!(first, again[..again.len() / 2]);
-    assert_eq!(m.stats.payments_created(), 1);
+    assert_eq!(m.stats.counters().payments_created, 1);
     m.stop.cancel();
 }
 
@@ -74,7 +74,7 @@ async fn amount_59_creates_the_payment_and_garbles_the_answer() {
     assert_eq!(status, 200);
     assert!(ct.starts_with("application/json"), "{ct}");
     assert!(!first.is_empty() && !is_json(&first), "{first}");
-    assert_eq!(m.stats.payments_created(), 1);
+    assert_eq!(m.stats.counters().payments_created, 1);
     let l = m.link("o-59");
     assert_eq!((l.status.as_str(), l.create_requests), ("pending", 1));
     // A repeat with the same order id returns the same payment, whole.
@@ -84,7 +84,7 @@ async fn amount_59_creates_the_payment_and_garbles_the_answer() {
     assert_eq!(v["transaction_id"], l.transaction_id.as_str());
     assert_eq!(v["success"], true);
     assert!(first.starts_with(r#"{"message":""#), "{first}");
-    assert_eq!(m.stats.payments_created(), 1);
+    assert_eq!(m.stats.counters().payments_created, 1);
     assert_eq!(m.link("o-59").create_requests, 2);
     let (_, _, verified) = m.verify(&l.transaction_id).await;
     let v: Value = serde_json::from_str(&verified).expect("JSON");

@@ -88,7 +88,7 @@ async fn amount_61_sells_and_cuts_the_answer_short() {
     assert_eq!(status, 200);
     assert!(ct.starts_with("application/json"), "{ct}");
     assert!(serde_json::from_str::<Value>(&first).is_err(), "{first}");
-    assert_eq!(m.stats.payments_created(), 1);
+    assert_eq!(m.stats.counters().payments_created, 1);
     assert_eq!(m.payment(muc).status, STATUS_SUCCEEDED);
     // A repeat is answered whole, from the books: the text the first answer was cut from.
     let (status, _, again) = m.sale(muc, "22.61").await.expect("answer");
@@ -99,7 +99,7 @@ async fn amount_61_sells_and_cuts_the_answer_short() {
     assert_eq!(first, again[..again.len() / 2]);
     let (_, listed) = m.list(muc).await;
     assert_eq!(listed["result"][0]["paymentStatus"], STATUS_SUCCEEDED);
-    assert_eq!((m.stats.payments_created(), m.payment(muc).sale_requests), (1, 2));
+    assert_eq!((m.stats.counters().payments_created, m.payment(muc).sale_requests), (1, 2));
     m.stop.cancel();
 }
 
@@ -108,7 +108,7 @@ async fn amount_62_loses_the_answer_and_hides_the_sale_from_list_until_published
     let m = mock().await;
     let muc = "6262aaaa-0000-4000-8000-000000000062";
     assert!(m.sale(muc, "22.62").await.is_none(), "the answer must be lost");
-    assert_eq!(m.stats.payments_created(), 1);
+    assert_eq!(m.stats.counters().payments_created, 1);
     let p = m.payment(muc);
     assert_eq!((p.status, p.listed), (STATUS_SUCCEEDED, false));
     let (status, v) = m.list(muc).await;
@@ -131,7 +131,7 @@ async fn amount_62_loses_the_answer_and_hides_the_sale_from_list_until_published
     let (_, v) = m.list(muc).await;
     assert_eq!(v["result"][0]["paymentRequestId"], p.payment_request_id.as_str());
     assert_eq!(v["result"][0]["paymentStatus"], STATUS_SUCCEEDED);
-    assert_eq!(m.stats.payments_created(), 1);
+    assert_eq!(m.stats.counters().payments_created, 1);
     // The handle does the same.
     assert!(m.stats.publish(muc));
     m.stop.cancel();

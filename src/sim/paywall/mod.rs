@@ -145,15 +145,16 @@ impl Payment {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    sale_requests: u64,
-    payments_created: u64,
-    list_requests: u64,
-    inquiry_requests: u64,
-    cancel_requests: u64,
-    rollback_requests: u64,
-    invalid: u64,
+/// Requests by route, and payments created (`PaywallStats::counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub sale_requests: u64,
+    pub payments_created: u64,
+    pub list_requests: u64,
+    pub inquiry_requests: u64,
+    pub cancel_requests: u64,
+    pub rollback_requests: u64,
+    pub invalid: u64,
 }
 
 /// The mock's books: counters and payments.
@@ -207,25 +208,15 @@ impl Provider for Paywall {
 }
 
 impl PaywallStats {
-    pub fn sale_requests(&self) -> u64 {
-        self.shared.lock().counters.sale_requests
+    /// The counters as they are now.
+    pub fn counters(&self) -> Counters {
+        self.shared.lock().counters
     }
 
-    pub fn payments_created(&self) -> u64 {
-        self.shared.lock().counters.payments_created
-    }
-
+    /// Cancels of either kind (`sync/cancel` and `rollback`).
     pub fn cancel_requests(&self) -> u64 {
-        let s = self.shared.lock();
-        s.counters.cancel_requests + s.counters.rollback_requests
-    }
-
-    pub fn rollback_requests(&self) -> u64 {
-        self.shared.lock().counters.rollback_requests
-    }
-
-    pub fn list_requests(&self) -> u64 {
-        self.shared.lock().counters.list_requests
+        let c = self.counters();
+        c.cancel_requests + c.rollback_requests
     }
 
     /// Every request that reached a payment route, authorised or not.
