@@ -15,16 +15,9 @@ async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
     (s, CancellationToken::new())
 }
 
-/// The simulator has no event stream; poll its counter (bounded) until the terminal has
-/// executed `id`.
+/// Wait (by the simulator's events) until the terminal has executed `id`.
 async fn executed(stats: &SimStats, id: &str) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while stats.executions(id) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("terminal executed the operation");
+    assert!(stats.executed(id, Duration::from_secs(20)).await, "terminal executed {id}");
 }
 
 /// Whether the command a test needs ran and succeeded (its `status`). If not, the test

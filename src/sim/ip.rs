@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::handles::{SimControl, SimStats};
+pub use self::handles::{SimControl, SimEvent, SimStats};
 use super::faults::{self, AnswerFault};
 use super::listen;
 
@@ -106,6 +106,8 @@ struct Shared {
     /// Close each connection after its answer (a terminal that does not keep them).
     close_after_answer: AtomicBool,
     total_executions: AtomicU64,
+    /// What happens, as it happens ([`SimStats::events`]).
+    events: tokio::sync::broadcast::Sender<SimEvent>,
     state: Mutex<State>,
 }
 
@@ -191,6 +193,7 @@ impl IpSim {
             connections: AtomicU64::new(0),
             close_after_answer: AtomicBool::new(false),
             total_executions: AtomicU64::new(0),
+            events: tokio::sync::broadcast::channel(1024).0,
             state: Mutex::new(state),
         });
         Ok(IpSim { listener, addr, shared })
@@ -242,6 +245,7 @@ async fn serve(shared: &Shared, stream: TcpStream, shutdown: &CancellationToken)
         tracing::debug!(error = %e, "set_nodelay failed");
     }
     shared.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = shared.events.send(SimEvent::Connected);
     let mut stream = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -418,6 +422,9 @@ impl Shared {
             op.runs += 1;
         }
         self.total_executions.fetch_add(1, Ordering::Relaxed);
+        drop(state);
+        let approved = response.ok;
+        let _ = self.events.send(SimEvent::Executed { r#ref: r#ref.to_owned(), approved });
     }
 }
 

@@ -3,10 +3,22 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{AnswerFault, Shared};
 
-/// Read-only counters, for tests and logs. Cheap to clone.
+/// What the simulator did, as it happens ([`SimStats::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEvent {
+    /// A connection was accepted.
+    Connected,
+    /// The terminal ran the operation for `ref` to an outcome (`approved` or declined).
+    Executed { r#ref: String, approved: bool },
+}
+
+/// Read-only counters and the event stream, for tests and logs. Cheap to clone.
 #[derive(Clone)]
 pub struct SimStats {
     pub(super) shared: Arc<Shared>,
@@ -23,6 +35,27 @@ impl SimStats {
     /// a refund, or a decline the customer saw). Never more than 1 by design.
     pub fn executions(&self, r#ref: &str) -> u32 {
         self.shared.lock().ops.get(r#ref).map_or(0, |op| op.runs)
+    }
+
+    /// Every event from now on. A receiver that falls more than 1 024 events behind
+    /// loses the oldest ([`tokio::sync::broadcast`]); the counters stay exact.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SimEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Wait until the terminal has run the operation for `ref` (already, or by its event);
+    /// `false` when it has not within `within`.
+    pub async fn executed(&self, r#ref: &str, within: Duration) -> bool {
+        let mut rx = self.events();
+        let done = async {
+            while self.executions(r#ref) == 0 {
+                match rx.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::time::timeout(within, done).await.is_ok()
     }
 
     pub fn total_executions(&self) -> u64 {

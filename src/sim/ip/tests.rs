@@ -424,3 +424,25 @@ async fn fault_rates_leave_the_seeded_outcomes_alone() {
     }
     assert_eq!(outcomes(0.0).await, outcomes(0.5).await);
 }
+
+#[tokio::test]
+async fn the_event_stream_tells_connections_and_executions_as_they_happen() {
+    let sim = start_paying_for(50).await;
+    let mut events = sim.stats.events();
+    let waiting = {
+        let stats = sim.stats.clone();
+        tokio::spawn(async move { stats.executed("ev-1", T).await })
+    };
+    let mut client = sim.client().await;
+    assert_eq!(events.recv().await.unwrap(), SimEvent::Connected);
+    assert!(call(&mut client, pay("ev-1", 500)).await.ok);
+    let executed = SimEvent::Executed { r#ref: "ev-1".into(), approved: true };
+    assert_eq!(events.recv().await.unwrap(), executed);
+    assert!(waiting.await.unwrap(), "executed() woke on the event");
+    // Asked again by the same ref: answered from the books, not executed again.
+    assert!(call(&mut client, pay("ev-1", 500)).await.ok);
+    assert!(sim.stats.executed("ev-1", T).await, "already executed: at once");
+    assert!(!sim.stats.executed("never", Duration::from_millis(50)).await);
+    assert!(events.try_recv().is_err(), "no second execution event");
+    sim.stop().await;
+}
