@@ -78,6 +78,9 @@ pub enum Cmd {
         #[command(subcommand)]
         action: UsbCmd,
     },
+    /// The cloud side: send one command to an agent over MQTT and watch it (`evt`, then
+    /// the result; the exit code says the outcome).
+    Cloud(super::cloud::CloudArgs),
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]

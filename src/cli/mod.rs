@@ -4,6 +4,7 @@
 //! agent, its store, engine, bus and drivers) lives outside this module.
 
 pub mod args;
+mod cloud;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod doctor;
@@ -110,6 +111,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Cmd::Usb { action: UsbCmd::List } => tools::usb_list().await,
         Cmd::Sim { kind } => sim::run(kind).await,
+        Cmd::Cloud(a) => cloud::run(a).await,
     }
 }
 

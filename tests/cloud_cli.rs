@@ -1,0 +1,71 @@
+//! `posbridge cloud …` against a running agent: a payment by decimal amount, its status,
+//! a refusal's exit code, and no result in time.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+async fn cloud(port: u16, agent: &str, args: &[&str]) -> Output {
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    tokio::process::Command::new(agent_bin())
+        .args(["cloud", "--broker", &broker, "--agent", agent])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run posbridge cloud")
+}
+
+fn stdout_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text_of(out)))
+}
+
+fn output_text_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_pay_status_and_exit_codes() {
+    let broker = embedded();
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(5), 50, &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("cli-shop", broker.port()).ip("ip-1", addr);
+    let (_watch, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+
+    // A payment by decimal amount: 12.50 AZN = 1250 minor units; evt progress on stderr.
+    let pay = ["pay", "--terminal", "ip-1", "--amount", "12.50", "--currency", "azn"];
+    let out = cloud(broker.port(), "cli-shop", &[&["--id", "cli-pay-1"], &pay[..]].concat()).await;
+    let t = output_text_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let r = stdout_json(&out);
+    assert_eq!((r["id"].as_str(), r["state"].as_str()), (Some("cli-pay-1"), Some("succeeded")));
+    assert_eq!((r["amount"].as_i64(), r["currency"].as_str()), (Some(1250), Some("AZN")), "{r}");
+    assert!(t.contains("in_progress"), "progress from evt: {t}");
+    assert_eq!(stats.executions("cli-pay-1"), 1);
+
+    // Its stored outcome by status.
+    let out = cloud(broker.port(), "cli-shop", &["status", "--target", "cli-pay-1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text_of(&out));
+    assert_eq!(stdout_json(&out)["target"]["state"], "succeeded");
+
+    // A refusal has its own exit code; nothing reached the terminal.
+    let nope = ["pay", "--terminal", "nope", "--minor", "100", "--currency", "AZN"];
+    let out = cloud(broker.port(), "cli-shop", &nope).await;
+    assert_eq!(out.status.code(), Some(4), "{}", output_text_of(&out));
+    assert_eq!(stdout_json(&out)["error"]["code"], "unknown_terminal");
+
+    // A bad amount is refused before anything is sent.
+    let bad = ["pay", "--terminal", "ip-1", "--amount", "1.234", "--currency", "AZN"];
+    let out = cloud(broker.port(), "cli-shop", &bad).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(output_text_of(&out).contains("--amount"), "{}", output_text_of(&out));
+
+    // No agent behind the id: no result within --wait, its own exit code.
+    let out = cloud(broker.port(), "nobody", &["--wait", "1", "ping"]).await;
+    assert_eq!(out.status.code(), Some(8), "{}", output_text_of(&out));
+    stop.cancel();
+}
