@@ -20,11 +20,7 @@ async fn cloud(port: u16, agent: &str, args: &[&str]) -> Output {
 }
 
 fn stdout_json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text_of(out)))
-}
-
-fn output_text_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(out)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +35,7 @@ async fn cloud_pay_status_and_exit_codes() {
     // A payment by decimal amount: 12.50 AZN = 1250 minor units; evt progress on stderr.
     let pay = ["pay", "--terminal", "ip-1", "--amount", "12.50", "--currency", "azn"];
     let out = cloud(broker.port(), "cli-shop", &[&["--id", "cli-pay-1"], &pay[..]].concat()).await;
-    let t = output_text_of(&out);
+    let t = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     let r = stdout_json(&out);
     assert_eq!((r["id"].as_str(), r["state"].as_str()), (Some("cli-pay-1"), Some("succeeded")));
@@ -49,23 +45,23 @@ async fn cloud_pay_status_and_exit_codes() {
 
     // Its stored outcome by status.
     let out = cloud(broker.port(), "cli-shop", &["status", "--target", "cli-pay-1"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", output_text_of(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(stdout_json(&out)["target"]["state"], "succeeded");
 
     // A refusal has its own exit code; nothing reached the terminal.
     let nope = ["pay", "--terminal", "nope", "--minor", "100", "--currency", "AZN"];
     let out = cloud(broker.port(), "cli-shop", &nope).await;
-    assert_eq!(out.status.code(), Some(4), "{}", output_text_of(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", output_text(&out));
     assert_eq!(stdout_json(&out)["error"]["code"], "unknown_terminal");
 
     // A bad amount is refused before anything is sent.
     let bad = ["pay", "--terminal", "ip-1", "--amount", "1.234", "--currency", "AZN"];
     let out = cloud(broker.port(), "cli-shop", &bad).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(output_text_of(&out).contains("--amount"), "{}", output_text_of(&out));
+    assert!(output_text(&out).contains("--amount"), "{}", output_text(&out));
 
     // No agent behind the id: no result within --wait, its own exit code.
     let out = cloud(broker.port(), "nobody", &["--wait", "1", "ping"]).await;
-    assert_eq!(out.status.code(), Some(8), "{}", output_text_of(&out));
+    assert_eq!(out.status.code(), Some(8), "{}", output_text(&out));
     stop.cancel();
 }

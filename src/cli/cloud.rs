@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
+use crate::config::MqttEndpoint;
+use crate::drivers::cloud::money;
 use crate::pos::{self, Signer};
 
 /// Exit codes by outcome: `succeeded` 0; anything else non-zero, `unknown` its own.
@@ -50,10 +52,10 @@ pub struct CloudArgs {
     op: CloudOp,
 }
 
-/// Amounts: `--amount 12.50` (a decimal in the currency's units, two decimals at most) or
-/// `--minor 1250` (minor units, as on the wire).
+/// Amounts: `--amount 12.50` (a decimal in the currency's units, at most as many decimals
+/// as the currency has) or `--minor 1250` (minor units, as on the wire).
 #[derive(Args)]
-struct Money {
+struct Amount {
     #[arg(long, conflicts_with = "minor")]
     amount: Option<String>,
     #[arg(long)]
@@ -67,7 +69,7 @@ enum CloudOp {
         #[arg(long)]
         terminal: String,
         #[command(flatten)]
-        money: Money,
+        money: Amount,
         /// ISO 4217 code, e.g. TRY, KZT, AZN.
         #[arg(long)]
         currency: String,
@@ -79,7 +81,11 @@ enum CloudOp {
         #[arg(long)]
         original: String,
         #[command(flatten)]
-        money: Money,
+        money: Amount,
+        /// The payment's currency, to read `--amount` in (not sent: a refund is in the
+        /// original payment's currency).
+        #[arg(long, requires = "amount")]
+        currency: Option<String>,
     },
     /// Cancel a queued (or cancellable running) command.
     Cancel {
@@ -113,27 +119,26 @@ pub async fn run(a: CloudArgs) -> ExitCode {
     }
 }
 
-/// `12.50` → 1250: at most two decimals, no sign, no exponent.
-fn minor_units(text: &str) -> anyhow::Result<i64> {
-    let bad = || anyhow::anyhow!("--amount {text:?}: expected a decimal like 12.50");
-    let (units, frac) = match text.split_once('.') {
-        Some((u, f)) => (u, Some(f)),
-        None => (text, None),
+/// `12.50` TRY → 1250, exactly, with the currency's own exponent
+/// ([`money::parse_decimal`]); no sign, and a currency whose exponent is not known is
+/// refused rather than guessed.
+fn minor_units(text: &str, currency: &str) -> anyhow::Result<i64> {
+    let Some(exp) = money::exponent(&currency.to_ascii_uppercase()) else {
+        bail!("--currency {currency:?}: its decimal places are not known here; give --minor");
     };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(units) || frac.is_some_and(|f| !digits(f) || f.len() > 2) {
-        return Err(bad());
+    let minor = money::parse_decimal(text, exp).map_err(|e| anyhow::anyhow!("--amount {e}"))?;
+    if minor < 0 {
+        bail!("--amount {text:?}: must not be negative");
     }
-    let cents: i64 = format!("{:0<2}", frac.unwrap_or("")).parse().map_err(|_| bad())?;
-    let units: i64 = units.parse().map_err(|_| bad())?;
-    units.checked_mul(100).and_then(|u| u.checked_add(cents)).ok_or_else(bad)
+    Ok(minor)
 }
 
-impl Money {
-    fn minor(&self) -> anyhow::Result<Option<i64>> {
-        match (&self.amount, self.minor) {
-            (Some(t), _) => minor_units(t).map(Some),
-            (None, m) => Ok(m),
+impl Amount {
+    fn minor(&self, currency: Option<&str>) -> anyhow::Result<Option<i64>> {
+        match (&self.amount, currency) {
+            (Some(t), Some(c)) => minor_units(t, c).map(Some),
+            (Some(_), None) => bail!("--amount needs --currency (or give --minor)"),
+            (None, _) => Ok(self.minor),
         }
     }
 }
@@ -147,18 +152,20 @@ fn command(a: &CloudArgs, id: &str) -> anyhow::Result<Value> {
     let mut put = |k: &str, v: Value| c.insert(k.into(), v);
     match &a.op {
         CloudOp::Pay { terminal, money, currency } => {
-            let Some(amount) = money.minor()? else { bail!("pay needs --amount or --minor") };
+            let Some(amount) = money.minor(Some(currency))? else {
+                bail!("pay needs --amount or --minor")
+            };
             put("op", json!("payment"));
             put("terminal", json!(terminal));
             put("amount", json!(amount));
             put("currency", json!(currency.to_ascii_uppercase()));
             put("expires_at", json!(ahead));
         }
-        CloudOp::Refund { terminal, original, money } => {
+        CloudOp::Refund { terminal, original, money, currency } => {
             put("op", json!("refund"));
             put("terminal", json!(terminal));
             put("original", json!(original));
-            if let Some(amount) = money.minor()? {
+            if let Some(amount) = money.minor(currency.as_deref())? {
                 put("amount", json!(amount));
             }
             put("expires_at", json!(ahead));
@@ -187,20 +194,13 @@ fn command(a: &CloudArgs, id: &str) -> anyhow::Result<Value> {
     Ok(Value::Object(c))
 }
 
-/// `mqtt://host[:port]` → host and port.
+/// `mqtt://host[:port]` → host and port (the agent's own URL parser; no TLS here yet).
 fn broker(url: &str) -> anyhow::Result<(String, u16)> {
-    let Some(rest) = url.strip_prefix("mqtt://") else {
-        bail!("--broker {url:?}: expected mqtt://host[:port]");
-    };
-    let rest = rest.trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
-            let port = p.parse().with_context(|| format!("--broker {url:?}: port"))?;
-            Ok((h.trim_matches(['[', ']']).to_string(), port))
-        }
-        _ if !rest.is_empty() => Ok((rest.trim_matches(['[', ']']).to_string(), 1883)),
-        _ => bail!("--broker {url:?}: no host"),
+    let ep = MqttEndpoint::parse("--broker", url)?;
+    if ep.tls {
+        bail!("--broker {url:?}: mqtts:// is not supported by `posbridge cloud` yet; use mqtt://");
     }
+    Ok((ep.host, ep.port))
 }
 
 async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
@@ -215,12 +215,7 @@ async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
     let payload = cmd.to_string().into_bytes();
     let payload = match (&a.key, &a.kid) {
         (Some(key), Some(kid)) => {
-            let pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(key).with_context(|| format!("--key {}", key.display()))?,
-            );
-            let sk = crate::api::signature::signing_key_from_pem(&pem)
-                .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
-            Signer::new(kid, sk, &a.agent).seal(&payload).0
+            Signer::new(kid, super::tools::signing_key(key)?, &a.agent).seal(&payload).0
         }
         _ => payload,
     };
@@ -259,10 +254,10 @@ mod tests {
     #[test]
     fn amounts_become_minor_units_exactly() {
         for (text, minor) in [("12.50", 1250), ("12.5", 1250), ("12", 1200), ("0.07", 7)] {
-            assert_eq!(minor_units(text).expect(text), minor, "{text}");
+            assert_eq!(minor_units(text, "AZN").expect(text), minor, "{text}");
         }
         for bad in ["", "1.234", "-1", "1e3", "1,50", ".5", "12.", "99999999999999999999"] {
-            assert!(minor_units(bad).is_err(), "{bad:?}");
+            assert!(minor_units(bad, "AZN").is_err(), "{bad:?}");
         }
     }
 

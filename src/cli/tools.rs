@@ -48,16 +48,20 @@ pub(super) async fn store_acknowledge(config: &std::path::Path) -> anyhow::Resul
     })
 }
 
-pub(super) fn sign(
-    key: &std::path::Path, kid: &str, command: Option<&std::path::Path>,
-) -> anyhow::Result<String> {
-    use std::io::Read;
+/// The cloud's P-256 private key from the PEM file `--key` names (the text is wiped after).
+pub(super) fn signing_key(key: &std::path::Path) -> anyhow::Result<p256::ecdsa::SigningKey> {
     let pem = zeroize::Zeroizing::new(
         std::fs::read_to_string(key)
             .map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?,
     );
-    let sk = crate::api::signature::signing_key_from_pem(&pem)
-        .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    crate::api::signature::signing_key_from_pem(&pem).map_err(|e| anyhow::anyhow!("--key: {e}"))
+}
+
+pub(super) fn sign(
+    key: &std::path::Path, kid: &str, command: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use std::io::Read;
+    let sk = signing_key(key)?;
     let mut bytes = Vec::new();
     match command {
         Some(p) => bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,

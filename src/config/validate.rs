@@ -146,7 +146,14 @@ impl MqttConfig {
     }
 }
 
-/// Parses one broker URL: scheme `mqtt://` or `mqtts://`, a host, an optional port.
+impl MqttEndpoint {
+    /// Parses one broker URL: scheme `mqtt://` or `mqtts://`, a host, an optional port;
+    /// errors name `key` (the config key, or a command-line flag).
+    pub fn parse(key: &str, url: &str) -> Result<MqttEndpoint> {
+        parse_endpoint(key, url)
+    }
+}
+
 fn parse_endpoint(key: &str, url: &str) -> Result<MqttEndpoint> {
     let url = url.trim();
     let expected = "expected mqtt://host[:port] or mqtts://host[:port]";

@@ -222,12 +222,9 @@ impl Engine {
             .terminals
             .values()
             .map(|t| {
-                let v = t.state.lock().map(|s| s.clone()).unwrap_or_default();
-                let state = json!({
-                    "kind": t.driver.kind(),
-                    "state": v.state,
-                    "since": v.since.map(ts),
-                });
+                let (state, since) = t.state.lock().map(|s| (s.state, s.since)).unwrap_or_default();
+                let state =
+                    json!({ "kind": t.driver.kind(), "state": state, "since": since.map(ts) });
                 (t.id.clone(), state)
             })
             .collect()

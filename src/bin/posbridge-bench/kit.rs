@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use posbridge::pos;
@@ -133,12 +133,8 @@ pub(crate) async fn start_online(
 }
 
 pub(crate) async fn wait_online(c: &mut Client, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (topic, p) = c.recv(left).await.context("agent never came online")?;
-        if topic.ends_with("/status") && contains(&p, b"\"online\"") {
-            return Ok(());
-        }
+    if !c.0.online(within).await {
+        bail!("agent never came online");
     }
+    Ok(())
 }
