@@ -28,8 +28,10 @@ pub fn hit(_point: &str) {}
 /// `POSBRIDGE_IO_FAULTS=<point>=<eio|enospc>@<n>[,…]`: the `n`-th time (1-based) the
 /// store reaches `<point>` and every time after, the I/O there fails with that error
 /// instead of running. `@if:<path>` instead of `@<n>`: it fails whenever `<path>` exists
-/// (a test creates the file at the moment it wants the disk to fail). Points: `wal:append` (the log write), `wal:sync` (its
-/// `fdatasync`), `sled:flush` (a checkpoint's flush + `fdatasync`). Compiled in only
+/// (a test creates the file at the moment it wants the disk to fail). Points:
+/// `wal:allocate` (log space allocated ahead; refused, the log grows with its appends),
+/// `wal:append` (the log write), `wal:sync` (its `fdatasync`), `sled:flush` (a
+/// checkpoint's flush + `fdatasync`). Compiled in only
 /// with the `failpoints` feature (the tests' default; production builds use
 /// `--no-default-features` and leave it out).
 pub const IO_ENV: &str = "POSBRIDGE_IO_FAULTS";

@@ -283,20 +283,33 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
     let (cloud, mut agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
     cloud.send(pay("d-0", "ip-1", 1000)).await;
     assert_eq!(cloud.result("d-0").await["state"], "succeeded");
-    // Fill the disk to the last byte.
+    // Fill the disk to the last byte, and keep it full: the log has space allocated
+    // ahead (store/wal.rs), and each checkpoint frees the old log's, so a filler that
+    // stopped once would leave the agent room forever. Like another process that writes
+    // whatever space appears.
     let filler = dir.path().join("store").join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).expect("filler");
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        while f.write_all(&[0u8; 512]).is_ok() {}
-        while f.write_all(&[0u8]).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let stop_filling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let filling = {
+        let (filler, stop) = (filler.clone(), stop_filling.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).expect("filler");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut wrote = false;
+                for size in [64 * 1024, 4096, 512, 1] {
+                    while f.write_all(&vec![0u8; size]).is_ok() {
+                        wrote = true;
+                    }
+                }
+                if !wrote {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
     let mut sent = vec!["d-0".to_string()];
     let mut degraded = None;
-    for i in 1..=200 {
+    for i in 1..=1000 {
         let id = format!("d-{i}");
         cloud.send(pay(&id, "ip-1", 1000 + i)).await;
         sent.push(id);
@@ -312,6 +325,8 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
     };
     assert_degraded_then_stops(&mut agent, &degraded, "No space left");
     // Space returns; the restart settles everything, once each.
+    stop_filling.store(true, std::sync::atomic::Ordering::Relaxed);
+    filling.join().expect("filler thread");
     std::fs::remove_file(&filler).expect("free space");
     agent.restart(&[]);
     for id in &sent {

@@ -278,7 +278,8 @@ async fn checkpoint_loop(inner: Arc<Inner>) {
     }
 }
 
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// How often the store is checkpointed (the bench waits one out to count its writes).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another task panicked mid-update of plain data.

@@ -169,8 +169,18 @@ impl Store {
         self.refuse_after_failure()?;
         let mut p = lock_pending(&self.pending);
         b.frame_into(&mut p);
-        b.apply_to(&self.db)?;
-        Ok(())
+        let applied = b.apply_to(&self.db);
+        self.fail_stop(applied)
+    }
+
+    /// An error from sled while applying a change is a store failure like a failed log
+    /// sync (`sync.rs`): sled hit it writing its own buffers (ENOSPC, EIO), and its state
+    /// is unknown after it. Nothing more is acknowledged; the restart replays the log.
+    fn fail_stop(&self, r: sled::Result<()>) -> Result<(), StoreError> {
+        r.map_err(|e| {
+            self.syncer.fail(&format!("store write: {e}"));
+            e.into()
+        })
     }
 
     pub fn next_seq(&self) -> Result<u64, StoreError> {
@@ -212,11 +222,12 @@ impl Store {
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
         batch.frame_into(&mut p);
-        if records.is_empty() || outbox.is_empty() {
-            batch.apply_to(&self.db)?;
+        let applied = if records.is_empty() || outbox.is_empty() {
+            batch.apply_to(&self.db)
         } else {
-            batch.apply_atomically(&self.db)?;
-        }
+            batch.apply_atomically(&self.db)
+        };
+        self.fail_stop(applied)?;
         // Only after the batch is applied: a sync that reads these marks covers the batch.
         if let Some(max) = records.iter().map(|r| r.seq).max() {
             self.syncer.mark().note(max);

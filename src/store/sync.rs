@@ -89,6 +89,12 @@ impl Syncer {
         }
     }
 
+    /// Fail the store from outside the sync thread: sled itself could not write (it
+    /// writes its buffers on its own, and after such an error its state is unknown).
+    pub(crate) fn fail(&self, why: &str) {
+        self.failure.set(why);
+    }
+
     /// The failure, if the store has failed.
     pub fn failure(&self) -> Option<String> {
         self.failure.get()

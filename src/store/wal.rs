@@ -17,7 +17,6 @@
 //! written when the process died, so its commit never returned.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -222,7 +221,8 @@ pub(crate) fn replay(db: &sled::Db, dir: &Path) -> Result<(Replayed, u64), super
     for (generation, path) in list(dir).map_err(io)? {
         let bytes = std::fs::read(&path).map_err(io)?;
         let (batches, at) = decode_from(&bytes);
-        let torn = (bytes.len() - at) as u64;
+        // Zeros after the last record are space allocated ahead, not a torn record.
+        let torn = bytes[at..].iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
         // A partial last record is a commit that never returned: a crash mid-append, or a
         // failed append after which the syncer moved to a fresh generation (so this can be
         // any generation's tail). A bad record with good ones after it is damage,
@@ -248,11 +248,25 @@ pub(crate) fn replay(db: &sled::Db, dir: &Path) -> Result<(Replayed, u64), super
 }
 
 /// The log file commits append to.
+///
+/// Its space is allocated ahead (`fallocate`, [`PREALLOCATE`] at a time), so a commit
+/// writes inside the file's size: its `fdatasync` then has no file size to commit, only
+/// the data (measured on ext4, 400 B records: 98 µs and 5.0 KiB written to the device per
+/// sync, against 148 µs and 8.6 KiB when each sync also grows the file;
+/// docs/performance.md). The bytes after the last record read as zeros, which the replay
+/// takes as the end of the log. Where the file system cannot allocate ahead (or the disk
+/// is full), the log simply grows with each append, as before.
 pub(crate) struct LogFile {
     pub(crate) generation: u64,
     file: File,
+    /// Bytes of records written (where the next append goes).
     pub(crate) len: u64,
+    /// Bytes allocated ahead (the file's size once `fallocate` succeeded).
+    allocated: u64,
 }
+
+/// How much log space is allocated at a time.
+pub(crate) const PREALLOCATE: u64 = 1024 * 1024;
 
 impl LogFile {
     /// Create generation `generation` under `dir` and make its directory entry durable.
@@ -262,22 +276,63 @@ impl LogFile {
             .truncate(true)
             .write(true)
             .open(file_name(dir, generation))?;
+        let mut log = LogFile { generation, file, len: 0, allocated: 0 };
+        log.allocate(PREALLOCATE);
+        // The allocation is made durable with the directory entry: the first commit's
+        // `fdatasync` then has no size change to write.
+        log.file.sync_all()?;
         File::open(dir)?.sync_all()?;
-        Ok(LogFile { generation, file, len: 0 })
+        Ok(log)
+    }
+
+    /// Allocate the file up to `to` bytes, if the file system can (best effort: a log
+    /// that grows with its appends is correct, only slower).
+    fn allocate(&mut self, to: u64) {
+        use std::os::fd::AsRawFd;
+        if to <= self.allocated || crate::faults::io("wal:allocate").is_err() {
+            return;
+        }
+        let (Ok(offset), Ok(len)) =
+            (i64::try_from(self.allocated), i64::try_from(to - self.allocated))
+        else {
+            return;
+        };
+        // SAFETY: a plain syscall on a descriptor this struct owns; no memory is passed.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, offset, len) };
+        if rc == 0 {
+            self.allocated = to;
+        } else {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "store log: no space allocated ahead");
+        }
     }
 
     /// Append and `fdatasync`: when this returns, the bytes survive a power cut.
     pub(crate) fn append_durably(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         if bytes.is_empty() {
             return Ok(());
         }
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated && self.allocated > 0 {
+            // One size change now rather than one per commit from here on.
+            // (Where that fails the file grows with this write; its `fdatasync` then
+            // writes the new size too.)
+            self.allocate(end.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE);
+        }
         crate::faults::io("wal:append")?;
-        self.file.write_all(bytes)?;
+        self.file.write_all_at(bytes, self.len)?;
         crate::faults::io("wal:sync")?;
         self.file.sync_data()?;
-        self.len += bytes.len() as u64;
+        self.len = end;
         Ok(())
     }
+}
+
+/// Bytes of whole records at the start of a log file's bytes (the rest is a torn tail or
+/// space allocated ahead).
+#[cfg(test)]
+pub(crate) fn records_len(bytes: &[u8]) -> usize {
+    decode_from(bytes).1
 }
 
 #[cfg(test)]
@@ -376,6 +431,36 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let (seen, _) = replay(&db, dir.path()).expect("an older torn tail is fine");
         assert_eq!(seen.records, 5);
+    }
+
+    #[test]
+    fn a_log_allocated_ahead_replays_its_records_and_no_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = LogFile::create(dir.path(), 1).expect("create");
+        let size = || std::fs::metadata(file_name(dir.path(), 1)).expect("meta").len();
+        // The file is its allocated size before anything is written (fallocate works on
+        // ext4 and tmpfs, where the tests run).
+        assert_eq!(size(), PREALLOCATE);
+        let mut buf = Vec::new();
+        batch(&[("a", Some("1"))]).frame_into(&mut buf);
+        batch(&[("b", Some("2"))]).frame_into(&mut buf);
+        log.append_durably(&buf).expect("append");
+        assert_eq!(size(), PREALLOCATE, "a commit inside the allocation keeps the size");
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let (seen, _) = replay(&db, dir.path()).expect("replay");
+        assert_eq!((seen.records, seen.torn_bytes), (2, 0), "zeros after the records are not torn");
+        // A commit past the allocation extends it, and everything still replays.
+        let big = vec![b'v'; PREALLOCATE as usize + 1000];
+        let mut buf = Vec::new();
+        let mut b = LoggedBatch::default();
+        b.insert(b"big", &big);
+        b.frame_into(&mut buf);
+        log.append_durably(&buf).expect("append past the allocation");
+        assert!(size() >= log.len + PREALLOCATE, "{} vs {}", size(), log.len);
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let (seen, _) = replay(&db, dir.path()).expect("replay");
+        assert_eq!((seen.records, seen.torn_bytes), (3, 0));
+        assert_eq!(db.get("big").expect("get").map(|v| v.len()), Some(big.len()));
     }
 
     #[test]

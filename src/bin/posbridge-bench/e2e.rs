@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::breakdown;
 use crate::floors::{floor_rr, floor_sim, floor_sync, PROMISE_SYNCS};
 use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
+use crate::wear::{self, Written};
 use crate::{micros, pct, Figure, Report};
 
 pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
@@ -29,7 +30,12 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     let mut agent = started?;
     let mut lat = Vec::with_capacity(n);
     let mut times: HashMap<String, (u64, u64)> = HashMap::new();
+    let store_dir = dir.path().join("store");
+    let mut before = Written::default();
     for i in 0..n + 20 {
+        if i == 20 {
+            before = Written::now(agent.pid(), &store_dir);
+        }
         let id = format!("e2e-{i}");
         let cmd =
             json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"});
@@ -59,6 +65,10 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
             times.insert(id, (sent, posbridge::stages::monotonic_ns()));
         }
     }
+    let after_loop = Written::now(agent.pid(), &store_dir);
+    // One checkpoint (sled made durable, the log dropped) is part of what payments cost.
+    tokio::time::sleep(posbridge::engine::CHECKPOINT_EVERY + Duration::from_secs(1)).await;
+    let after_checkpoint = Written::now(agent.pid(), &store_dir);
     agent.stop();
     match breakdown::medians(&stages_file, &times) {
         Ok(steps) => breakdown::report(&steps, &mut out.json),
@@ -67,7 +77,13 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     let mut rr = floor_rr(port, n).await?;
     let mut sim = floor_sim(&sim_addr, n).await?;
     let fdir = tempfile::tempdir()?;
+    let floor_before = wear::process_written("self");
     let mut sync = tokio::task::block_in_place(|| floor_sync(fdir.path(), n))?;
+    let floor_written = match (floor_before, wear::process_written("self")) {
+        // floor_sync runs 20 warm-up syncs before its n samples.
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / (n + 20) as f64),
+        _ => None,
+    };
     let (rr50, sim50, sync50) = (pct(&mut rr, 0.5), pct(&mut sim, 0.5), pct(&mut sync, 0.5));
     let floor = rr50 + sim50 + PROMISE_SYNCS * sync50;
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
@@ -89,6 +105,30 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
         goal: "≤ floor + 2 ms".into(),
         met: p99 <= floor + 2000.0,
     });
+    let (proc_loop, dev_loop) = before.per_op(&after_loop, n);
+    let (proc_all, dev_all) = before.per_op(&after_checkpoint, n);
+    if let (Some(v), Some(f)) = (proc_all, floor_written) {
+        let limit = PROMISE_SYNCS * f;
+        out.figs.push(Figure {
+            name: "store writes per payment".into(),
+            value: v,
+            unit: "B",
+            limit,
+            ratio: v / limit,
+            goal: "≤ 8 KiB".into(),
+            met: v <= 8192.0,
+        });
+    }
+    out.json["wear"] = json!({
+        "process_bytes_per_payment": proc_all, "process_bytes_per_payment_before_checkpoint": proc_loop,
+        "device_bytes_per_payment": dev_all, "device_bytes_per_payment_before_checkpoint": dev_loop,
+        "floor_process_bytes_per_sync": floor_written, "syncs": PROMISE_SYNCS,
+    });
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} B"));
+    println!(
+        "wear: per payment, agent process {} ({} before the checkpoint), device {} ({} before; all processes on it); floor {} per sync",
+        show(proc_all), show(proc_loop), show(dev_all), show(dev_loop), show(floor_written)
+    );
     out.json["e2e"] = json!({
         "n": n, "p50_us": p50, "p99_us": p99, "floor_us": floor,
         "floor_parts_us": {"qos1_rr_p50": rr50, "sim_call_p50": sim50, "sync_p50": sync50, "syncs": PROMISE_SYNCS},

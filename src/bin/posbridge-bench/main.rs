@@ -34,6 +34,7 @@ mod floors;
 mod footprint;
 mod intake;
 mod kit;
+mod wear;
 
 // ------------------------------------------------------------------ figures
 

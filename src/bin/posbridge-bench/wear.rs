@@ -1,0 +1,55 @@
+//! SD-card wear: bytes the agent writes to its store's device per payment, from the
+//! kernel's own counters, against the floor of the durability promise's syncs.
+//!
+//! Two counters, read around the e2e loop and again after the store's next checkpoint
+//! (sled made durable, the log dropped; `engine::CHECKPOINT_EVERY`), so checkpoints are
+//! paid for:
+//! - `/proc/<agent>/io` `write_bytes`: what the agent process sent towards the device
+//!   (page-granular: a 400 B record synced alone costs a 4 KiB page);
+//! - `/sys/dev/block/<store's device>/stat` sectors written: what the device really took,
+//!   the file system's journal included, but from every process on that device (noisy on
+//!   a shared machine; reported beside the figure).
+//!
+//! The floor is the same counter read around the `floor_sync` loop in this process
+//! (one ~400 B append + `fdatasync`), times the promise's 3 syncs.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// `write_bytes` of process `pid` (`self` for this one).
+pub(crate) fn process_written(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("write_bytes:"))?.trim().parse().ok()
+}
+
+/// Bytes written to the block device holding `path` since boot (all processes).
+pub(crate) fn device_written(path: &Path) -> Option<u64> {
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let s = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    // Field 7 (index 6): sectors written, in 512-byte units whatever the device's own.
+    let sectors: u64 = s.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
+}
+
+/// Both counters at one moment.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Written {
+    process: Option<u64>,
+    device: Option<u64>,
+}
+
+impl Written {
+    pub(crate) fn now(pid: Option<u32>, store: &Path) -> Written {
+        Written {
+            process: pid.and_then(|p| process_written(&p.to_string())),
+            device: device_written(store),
+        }
+    }
+
+    /// Bytes per operation between `self` (earlier) and `later`: (process, device).
+    pub(crate) fn per_op(&self, later: &Written, ops: usize) -> (Option<f64>, Option<f64>) {
+        let d = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / ops as f64);
+        (d(self.process, later.process), d(self.device, later.device))
+    }
+}
