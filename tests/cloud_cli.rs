@@ -1,5 +1,5 @@
 //! `posbridge cloud …` against a running agent: a payment by decimal amount, its status,
-//! a refusal's exit code, and no result in time.
+//! a refusal's exit code, no result in time; `reconcile` and `watch`.
 
 mod common;
 
@@ -63,5 +63,51 @@ async fn cloud_pay_status_and_exit_codes() {
     // No agent behind the id: no result within --wait, its own exit code.
     let out = cloud(broker.port(), "nobody", &["--wait", "1", "ping"]).await;
     assert_eq!(out.status.code(), Some(8), "{}", output_text(&out));
+    stop.cancel();
+}
+
+/// `cloud reconcile` finds the agent's `unknown` payment and learns its real outcome from
+/// the terminal; `cloud watch` lists the agent with its terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_reconcile_and_watch() {
+    let broker = embedded();
+    let stop = CancellationToken::new();
+    // The terminal answers after 1.5 s, past the agent's 300 ms timeout: `unknown`.
+    let (addr, stats) = approving_ip_sim(None, 1_500, &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = [("op_timeout", "300ms"), ("recovery_window", "300ms")];
+    let spec = AgentSpec::new("cli-rec", broker.port()).ip_with("ip-1", addr, &slow);
+    let (cloud_pos, _agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    assert_unknown(&cloud_pos.ask(pay("rec-1", "ip-1", 700)).await);
+    assert!(stats.executed("rec-1", std::time::Duration::from_secs(10)).await, "terminal done");
+
+    let out = cloud(broker.port(), "cli-rec", &["reconcile"]).await;
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let line = stdout_json(&out);
+    assert_eq!(
+        (line["id"].as_str(), line["now"].as_str()),
+        (Some("rec-1"), Some("succeeded")),
+        "{t}"
+    );
+    assert!(line["transaction_id"].is_string(), "{line}");
+    assert!(t.contains("1 reconciled, 0 still unknown"), "{t}");
+    // The payment was not run again by asking about it.
+    assert_eq!(stats.executions("rec-1"), 1);
+
+    // watch needs no --agent; it sees the agent from its retained status and terminals.
+    let b = format!("mqtt://127.0.0.1:{}", broker.port());
+    let out = tokio::process::Command::new(agent_bin())
+        .args(["cloud", "--broker", &b, "watch", "--for", "2", "--json"])
+        .output()
+        .await
+        .expect("run posbridge cloud watch");
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+    let agents = v["agents"].as_array().cloned().unwrap_or_default();
+    let me = agents.iter().find(|a| a["agent"] == "cli-rec").unwrap_or_else(|| panic!("{last}"));
+    assert_eq!(me["state"], "online", "{me}");
+    assert!(me["terminals"].as_str().is_some_and(|t| t.starts_with("ip-1:")), "{me}");
     stop.cancel();
 }

@@ -2,7 +2,8 @@
 //! want to send one command to an agent and watch it, without hand-written JSON. Built on
 //! [`crate::pos`]: builds the command (a fresh id unless `--id` is given, `expires_at` a
 //! minute ahead), signs it when `--key` is given, publishes it, prints live progress from
-//! `evt`, then the result. The exit code says the outcome.
+//! `evt`, then the result. The exit code says the outcome. `watch` shows every agent under
+//! the prefix (`watch.rs`); `reconcile` asks an agent about each of its `unknown` outcomes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,9 +31,9 @@ pub struct CloudArgs {
     /// The broker: `mqtt://host[:port]` (plain MQTT; port 1883).
     #[arg(long)]
     broker: String,
-    /// The agent's `agent_id`.
+    /// The agent's `agent_id` (every op but `watch`).
     #[arg(long)]
-    agent: String,
+    agent: Option<String>,
     /// The agent's `topic_prefix`.
     #[arg(long, default_value = "posbridge")]
     prefix: String,
@@ -107,10 +108,47 @@ enum CloudOp {
     },
     /// Is the agent there?
     Ping,
+    /// A live table of every agent under `--prefix`: state, version, terminals, outbox,
+    /// last error, age of the last heartbeat. Listens only.
+    Watch {
+        /// Redraw every this many seconds.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        every: u64,
+        /// Listen this many seconds, print the table once and exit (for scripts).
+        #[arg(long = "for")]
+        for_secs: Option<u64>,
+        /// Show an agent as `silent` after this many seconds without telemetry.
+        #[arg(long, default_value_t = 180)]
+        stale: u64,
+        /// One JSON line per redraw instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the agent about every `unknown` outcome it holds (`list` by state, then
+    /// `status` on each, which asks the terminal where it can be asked).
+    Reconcile,
 }
 
 pub async fn run(a: CloudArgs) -> ExitCode {
-    match send_and_watch(&a).await {
+    let done = match &a.op {
+        CloudOp::Watch { every, for_secs, stale, json } => {
+            let o = super::watch::WatchOptions {
+                prefix: a.prefix.clone(),
+                every: Duration::from_secs(*every),
+                stop_after: for_secs.map(Duration::from_secs),
+                stale: Duration::from_secs(*stale),
+                json: *json,
+            };
+            let filters = super::watch::filters(&a.prefix);
+            match connect(&a.broker, filters).await {
+                Ok(c) => super::watch::watch(c, o).await.map(|()| 0),
+                Err(e) => Err(e),
+            }
+        }
+        CloudOp::Reconcile => reconcile(&a).await,
+        _ => send_and_watch(&a).await,
+    };
+    match done {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("posbridge cloud: {e:#}");
@@ -190,6 +228,7 @@ fn command(a: &CloudArgs, id: &str) -> anyhow::Result<Value> {
         CloudOp::Ping => {
             put("op", json!("ping"));
         }
+        CloudOp::Watch { .. } | CloudOp::Reconcile => bail!("not a single command"),
     }
     Ok(Value::Object(c))
 }
@@ -203,24 +242,42 @@ fn broker(url: &str) -> anyhow::Result<(String, u16)> {
     Ok((ep.host, ep.port))
 }
 
-async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
-    let (host, port) = broker(&a.broker)?;
-    let id = a.id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
-    let cmd = command(a, &id)?;
-    let root = format!("{}/{}", a.prefix, a.agent);
+/// A client on `--broker`, subscribed to `filters`.
+async fn connect(url: &str, filters: Vec<String>) -> anyhow::Result<pos::Client> {
+    let (host, port) = broker(url)?;
     let client_id = format!("posbridge-cloud-{}", std::process::id());
-    let mut opts = pos::Options::loopback(port, &client_id, Some(&format!("{root}/#")));
+    let mut opts = pos::Options::loopback(port, &client_id, None);
     opts.host = host;
-    let mut client = pos::Client::connect(opts, Duration::from_secs(10)).await?;
+    opts.subscribe = filters;
+    pos::Client::connect(opts, Duration::from_secs(10)).await
+}
+
+/// The agent's topic root, and its id.
+fn agent_root(a: &CloudArgs) -> anyhow::Result<(String, &str)> {
+    let Some(agent) = a.agent.as_deref() else { bail!("this op needs --agent ID") };
+    Ok((format!("{}/{agent}", a.prefix), agent))
+}
+
+/// Sign `cmd` when `--key` is given, and publish it.
+async fn publish(a: &CloudArgs, client: &pos::Client, cmd: &Value) -> anyhow::Result<()> {
+    let (root, agent) = agent_root(a)?;
     let payload = cmd.to_string().into_bytes();
     let payload = match (&a.key, &a.kid) {
         (Some(key), Some(kid)) => {
-            Signer::new(kid, super::tools::signing_key(key)?, &a.agent).seal(&payload).0
+            Signer::new(kid, super::tools::signing_key(key)?, agent).seal(&payload).0
         }
         _ => payload,
     };
     eprintln!("→ {root}/cmd {cmd}");
-    client.send(&root, payload).await?;
+    client.send(&root, payload).await
+}
+
+async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
+    let id = a.id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let cmd = command(a, &id)?;
+    let (root, _) = agent_root(a)?;
+    let mut client = connect(&a.broker, vec![format!("{root}/#")]).await?;
+    publish(a, &client, &cmd).await?;
     let (evt, res) = (format!("{root}/evt"), format!("{root}/result"));
     let show = |m: &pos::Message, v: &Value| {
         if m.topic == evt && v["id"] == id.as_str() {
@@ -245,6 +302,80 @@ async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
         Some("cancelled") => EXIT_CANCELLED,
         _ => EXIT_UNKNOWN,
     })
+}
+
+/// `reconcile`: every `unknown` outcome the agent holds (`list` by state, page by page),
+/// then `status` on each, which asks the terminal where it can be asked and records what
+/// it learns (`target.reconciled`). Prints one line per command and a JSON summary; exit 0
+/// when every one is now known, [`EXIT_UNKNOWN`] when some stay unknown.
+async fn reconcile(a: &CloudArgs) -> anyhow::Result<u8> {
+    let (root, _) = agent_root(a)?;
+    let result_topic = format!("{root}/result");
+    let mut client = connect(&a.broker, vec![result_topic.clone()]).await?;
+    let within = Duration::from_secs(a.wait);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let ask = |n: usize, cmd: Map<String, Value>| {
+        let id = format!("cli-rec-{}-{n}", &run[..12]);
+        let mut cmd = cmd;
+        cmd.insert("v".into(), json!(1));
+        cmd.insert("id".into(), json!(id));
+        (id, Value::Object(cmd))
+    };
+    let mut asked = 0;
+    let mut unknown: Vec<Value> = Vec::new();
+    let mut cursor: Option<Value> = None;
+    loop {
+        let mut m = Map::new();
+        m.insert("op".into(), json!("list"));
+        m.insert("state".into(), json!("unknown"));
+        m.insert("limit".into(), json!(500));
+        if let Some(c) = cursor.take() {
+            m.insert("cursor".into(), c);
+        }
+        asked += 1;
+        let (id, cmd) = ask(asked, m);
+        publish(a, &client, &cmd).await?;
+        let Some(page) =
+            client.wait_for(&result_topic, within, |_, _| {}, |v| v["id"] == id.as_str()).await
+        else {
+            eprintln!("posbridge cloud: no answer to list within {within:?}");
+            return Ok(EXIT_NO_RESULT);
+        };
+        if page["state"] != "succeeded" {
+            bail!("list was not answered: {page}");
+        }
+        unknown.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page.get("next") {
+            Some(next) if !next.is_null() => cursor = Some(next.clone()),
+            _ => break,
+        }
+    }
+    eprintln!("{} unknown outcome(s) on {root}", unknown.len());
+    let mut still = 0;
+    for item in &unknown {
+        let Some(target) = item["id"].as_str() else { continue };
+        let mut m = Map::new();
+        m.insert("op".into(), json!("status"));
+        m.insert("target".into(), json!(target));
+        asked += 1;
+        let (id, cmd) = ask(asked, m);
+        publish(a, &client, &cmd).await?;
+        let answer =
+            client.wait_for(&result_topic, within, |_, _| {}, |v| v["id"] == id.as_str()).await;
+        let learned = answer.as_ref().and_then(|v| v["target"]["reconciled"]["state"].as_str());
+        if learned.is_none() {
+            still += 1;
+        }
+        let line = json!({
+            "id": target, "terminal": item["terminal"], "amount": item["amount"],
+            "currency": item["currency"], "received_at": item["received_at"],
+            "now": learned.unwrap_or("unknown"),
+            "transaction_id": answer.as_ref().map(|v| v["target"]["reconciled"]["payment"]["transaction_id"].clone()),
+        });
+        println!("{line}");
+    }
+    eprintln!("{} reconciled, {still} still unknown", unknown.len() - still);
+    Ok(if still == 0 { 0 } else { EXIT_UNKNOWN })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod provision;
 mod sim;
 mod tools;
+mod watch;
 
 use std::process::ExitCode;
 

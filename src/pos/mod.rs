@@ -28,8 +28,8 @@ pub struct Options {
     /// `false`: keep a session on the broker, so results queue up while this client is away.
     pub clean: bool,
     pub keep_alive: Duration,
-    /// The filter subscribed on every connection (QoS 1); `None`: publish only.
-    pub subscribe: Option<String>,
+    /// The filters subscribed on every connection (QoS 1); empty: publish only.
+    pub subscribe: Vec<String>,
     /// Outgoing requests that may wait in the client before `publish` blocks.
     pub capacity: usize,
 }
@@ -43,7 +43,7 @@ impl Options {
             client_id: client_id.into(),
             clean: true,
             keep_alive: Duration::from_secs(10),
-            subscribe: subscribe.map(str::to_string),
+            subscribe: subscribe.into_iter().map(str::to_string).collect(),
             capacity: 1000,
         }
     }
@@ -82,14 +82,16 @@ impl Client {
         let task = tokio::spawn(async move {
             loop {
                 match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => match &o.subscribe {
-                        Some(s) => {
-                            let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
-                        }
-                        None => {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        if o.subscribe.is_empty() {
                             let _ = ready_tx.send(());
+                        } else {
+                            let filters = o.subscribe.iter().map(|s| {
+                                rumqttc::SubscribeFilter::new(s.clone(), QoS::AtLeastOnce)
+                            });
+                            let _ = c2.try_subscribe_many(filters);
                         }
-                    },
+                    }
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         let _ = ready_tx.send(());
                     }
