@@ -81,6 +81,10 @@ pub enum Cmd {
     /// The cloud side: send one command to an agent over MQTT and watch it (`evt`, then
     /// the result; the exit code says the outcome).
     Cloud(super::cloud::CloudArgs),
+    /// Many agents in this process against one broker, under a cloud load generator:
+    /// reports lost results, double executions, latency percentiles and memory per agent.
+    #[cfg(feature = "testkit")]
+    Fleet(super::fleet::FleetArgs),
     /// Run one device simulator in the foreground.
     Sim {
         #[command(subcommand)]

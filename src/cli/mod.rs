@@ -8,6 +8,8 @@ mod cloud;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod doctor;
+#[cfg(feature = "testkit")]
+mod fleet;
 pub mod provision;
 mod sim;
 mod tools;
@@ -113,6 +115,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Usb { action: UsbCmd::List } => tools::usb_list().await,
         Cmd::Sim { kind } => sim::run(kind).await,
         Cmd::Cloud(a) => cloud::run(a).await,
+        #[cfg(feature = "testkit")]
+        Cmd::Fleet(a) => {
+            init_logging(LogFormat::Text, "error");
+            match fleet::run(a).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("posbridge fleet: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
