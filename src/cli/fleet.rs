@@ -44,10 +44,17 @@ pub struct FleetArgs {
     /// mosquitto of our own when installed, else the embedded broker.
     #[arg(long)]
     broker: Vec<String>,
-    /// Stop the broker this many seconds into the run, for `--outage` seconds (our own
-    /// mosquitto only).
+    /// Stop the broker this many seconds into the run, for `--outage` seconds: our own
+    /// mosquitto, or with `--kill-cmd` a node of a cluster given by `--broker`.
     #[arg(long)]
     kill_broker_at: Option<u64>,
+    /// The shell command that kills a broker node (with `--broker`), e.g.
+    /// `deploy/rabbitmq-cluster.sh kill 1`.
+    #[arg(long, requires = "kill_broker_at")]
+    kill_cmd: Option<String>,
+    /// The shell command that brings it back after `--outage` (optional).
+    #[arg(long, requires = "kill_cmd")]
+    revive_cmd: Option<String>,
     /// How long the broker stays down.
     #[arg(long, default_value_t = 3)]
     outage: u64,
@@ -181,10 +188,11 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
     } else {
         given.iter().map(|(_, p)| *p).collect()
     };
-    if a.kill_broker_at.is_some() && !matches!(own, Some(Broker::Mosquitto(_))) {
-        bail!(
-            "--kill-broker-at needs the fleet's own mosquitto (no --broker; mosquitto installed)"
-        );
+    if a.kill_broker_at.is_some()
+        && a.kill_cmd.is_none()
+        && !matches!(own, Some(Broker::Mosquitto(_)))
+    {
+        bail!("--kill-broker-at needs the fleet's own mosquitto (no --broker; mosquitto installed) or --kill-cmd");
     }
     let broker_name = match &own {
         Some(b) => format!("{} (own)", b.name()),
@@ -203,9 +211,12 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
     }
     let stats: Vec<SimStats> = sims.iter().map(|(_, s)| s.clone()).collect();
 
-    // The cloud: one persistent session, subscribed to every agent's status and results.
+    // The cloud: one persistent session, subscribed to every agent's status and results,
+    // on the last broker given (the agents start on the first: on a cluster, killing the
+    // agents' node leaves the cloud where it is).
+    let cloud_port = ports[ports.len() - 1];
     let mut o =
-        pos::Options::loopback(ports[0], &format!("fleet-cloud-{}", std::process::id()), None);
+        pos::Options::loopback(cloud_port, &format!("fleet-cloud-{}", std::process::id()), None);
     o.clean = false;
     o.keep_alive = Duration::from_secs(30);
     o.capacity = 100_000;
@@ -278,7 +289,7 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
     let sender = pos::Client::connect(
         {
             let mut o = pos::Options::loopback(
-                ports[0],
+                cloud_port,
                 &format!("fleet-load-{}", std::process::id()),
                 None,
             );
@@ -294,6 +305,22 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
     // their times, in tasks of their own.
     let run_start = Instant::now();
     let outage = match (a.kill_broker_at, own.take()) {
+        (Some(at), b) if a.kill_cmd.is_some() => {
+            own = b;
+            let (kill, revive) = (a.kill_cmd.clone().unwrap_or_default(), a.revive_cmd.clone());
+            let down = Duration::from_secs(a.outage);
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(at)).await;
+                eprintln!("fleet: at {at} s: {kill}");
+                shell(&kill).await;
+                if let Some(revive) = revive {
+                    tokio::time::sleep(down).await;
+                    eprintln!("fleet: {revive}");
+                    shell(&revive).await;
+                }
+                None
+            }))
+        }
         (Some(at), Some(Broker::Mosquitto(mut m))) => {
             let down = Duration::from_secs(a.outage);
             Some(tokio::spawn(async move {
@@ -303,7 +330,7 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
                 tokio::time::sleep(down).await;
                 m.resume();
                 eprintln!("fleet: broker back");
-                Broker::Mosquitto(m)
+                Some(Broker::Mosquitto(m))
             }))
         }
         (_, b) => {
@@ -348,7 +375,9 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
     // The faults end before the settling starts.
     let broker_killed = outage.is_some();
     if let Some(t) = outage {
-        own = Some(t.await?);
+        if let Some(b) = t.await? {
+            own = Some(b);
+        }
     }
     let mut restarted = 0;
     if let Some(t) = restarting {
@@ -426,6 +455,15 @@ pub async fn run(a: FleetArgs) -> anyhow::Result<bool> {
         std::fs::write(p, report.to_string()).with_context(|| format!("--json {}", p.display()))?;
     }
     Ok(report["lost"] == 0 && report["double"] == 0 && report["phantom"] == 0)
+}
+
+/// Run a fault command through `sh -c`; its failure is reported, not fatal.
+async fn shell(cmd: &str) {
+    match tokio::process::Command::new("sh").arg("-c").arg(cmd).status().await {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("fleet: {cmd:?} exited with {s}"),
+        Err(e) => eprintln!("fleet: {cmd:?}: {e}"),
+    }
 }
 
 fn json_of(m: &pos::Message) -> Value {
