@@ -169,6 +169,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let bus_stats = Arc::new(BusStats::default());
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+    let configured: Vec<String> = cfg.terminals.iter().map(|t| t.id().to_string()).collect();
+    let removed_terminals = store.note_terminals(&configured).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the terminals of earlier runs");
+        Vec::new()
+    });
+    if !removed_terminals.is_empty() {
+        tracing::info!(terminals = ?removed_terminals, "terminals no longer configured: their retained state is cleared");
+    }
     let pump_stop = CancellationToken::new();
     let conn_stop = CancellationToken::new();
     let pump = Pump {
@@ -183,6 +191,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         beat: crate::systemd::Beat::new(),
         final_status: None,
         sent_ids: Default::default(),
+        removed_terminals,
     };
     let beats = vec![engine.beat(), pump.beat.clone()];
     let pump_task = tokio::spawn(pump.run());

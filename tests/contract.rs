@@ -412,3 +412,34 @@ async fn unreferenced_refunds_are_refused_by_default() {
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
     assert_eq!(stats.executions("u-ref"), 0);
 }
+
+/// A terminal removed from the configuration: at the next start the agent clears its
+/// retained `terminals/{id}` (an empty retained message), so a monitor that subscribes
+/// later sees only the terminals that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_terminal_has_its_retained_state_cleared() {
+    let broker = embedded();
+    let stop = CancellationToken::new();
+    let (addr, _stats) = approving_ip_sim(Some(5), 0, &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let both = AgentSpec::new("shop-gone", broker.port()).ip("ip-1", addr).ip("ip-2", addr);
+    let (cloud, mut agent) = Cloud::with_agent(&both, dir.path(), &[]).await;
+    let within = Duration::from_secs(10);
+    cloud.wait("terminals/ip-2", within, |v| v["state"] == "connected").await;
+    assert!(agent.sigterm().success());
+
+    let one = AgentSpec::new("shop-gone", broker.port()).ip("ip-1", addr);
+    std::fs::write(&agent.config, one.toml(&dir.path().join("store"))).expect("config");
+    agent.restart(&[]);
+    // The agent clears ip-2 on connecting: an empty retained message (JSON null here).
+    cloud.wait("terminals/ip-2", within, |v| v.is_null()).await;
+    // A monitor subscribing now gets ip-1's retained state and nothing for ip-2. The
+    // broker delivers to one client in order, so once this ping's result is in, every
+    // retained message it sent at subscribe time is too.
+    let monitor = Cloud::connect(broker.port(), "shop-gone", "monitor", false).await;
+    monitor.wait("terminals/ip-1", within, |v| v["state"].is_string()).await;
+    monitor.send(serde_json::json!({"v":1,"id":"gone-ping","op":"ping"})).await;
+    assert_eq!(monitor.result("gone-ping").await["state"], "succeeded");
+    assert!(monitor.all("terminals/ip-2").is_empty(), "{:?}", monitor.all("terminals/ip-2"));
+    stop.cancel();
+}

@@ -32,6 +32,10 @@ pub struct Pump {
     pub(crate) final_status: Option<Value>,
     /// Result ids by outbox seq while their PUBACK is awaited (stage timestamps only).
     pub(crate) sent_ids: std::sync::Mutex<std::collections::HashMap<u64, String>>,
+    /// Terminals of earlier runs no longer configured: their retained `terminals/{id}` is
+    /// cleared (an empty retained message) on every connection, so a monitor never shows
+    /// a removed terminal as it last was (on every node of a cluster the agent reaches).
+    pub(crate) removed_terminals: Vec<String>,
 }
 
 pub(super) struct Conn {
@@ -70,6 +74,9 @@ impl Pump {
                         c.publish(self.topics.status(), QoS::AtLeastOnce, true, self.online.to_string().into_bytes(), Tag::None).await;
                         for (id, payload) in &terminals {
                             c.publish(self.topics.terminal(id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;
+                        }
+                        for id in &self.removed_terminals {
+                            c.publish(self.topics.terminal(id), QoS::AtLeastOnce, true, Vec::new(), Tag::None).await;
                         }
                         conn = Some(c);
                         cursor = 0;

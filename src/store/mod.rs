@@ -78,6 +78,10 @@ const OUTBOX: &[u8] = b"o\0";
 const SECRET: &[u8] = b"s\0";
 /// The money hold after store damage (one key).
 const HOLD: &[u8] = b"m\0money_hold";
+/// The terminal ids this store's agent has published state for (one key, a JSON list).
+const TERMINALS: &[u8] = b"m\0terminals";
+/// At most this many ids are remembered (the oldest removed terminals are forgotten).
+pub const MAX_KNOWN_TERMINALS: usize = 256;
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -301,6 +305,34 @@ impl Store {
         }
         out.sort_by_key(|r| r.seq);
         Ok(out)
+    }
+
+    /// The terminal ids the agent has published a retained `terminals/{id}` for, in any
+    /// earlier run (unreadable: none).
+    pub fn known_terminals(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .db
+            .get(TERMINALS)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    /// Remember `configured` (first) and the earlier ids, at most [`MAX_KNOWN_TERMINALS`];
+    /// returns the earlier ids no longer configured. Not synced: lost in a crash, it is
+    /// written again at the next start.
+    pub fn note_terminals(&self, configured: &[String]) -> Result<Vec<String>, StoreError> {
+        let earlier = self.known_terminals()?;
+        let removed: Vec<String> =
+            earlier.iter().filter(|id| !configured.contains(id)).cloned().collect();
+        let mut all: Vec<String> = configured.to_vec();
+        all.extend(removed.iter().cloned());
+        all.truncate(MAX_KNOWN_TERMINALS);
+        let v = serde_json::to_vec(&all)
+            .map_err(|source| StoreError::Corrupt { key: "terminals".into(), source })?;
+        let mut b = LoggedBatch::default();
+        b.insert(TERMINALS, &v);
+        self.apply(b)?;
+        Ok(removed)
     }
 
     /// Store an already-encrypted secret (see `crate::secrets`). Not yet durable.
