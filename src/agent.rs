@@ -130,6 +130,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store.clone())
         .context("store.key_file")?;
+    // Field tools (secret set, kaspi register) go through this while the agent runs.
+    let control_stop = CancellationToken::new();
+    // Stops the socket however this function returns.
+    let _control_guard = control_stop.clone().drop_guard();
+    let control = crate::control::Control { cfg: cfg.clone(), secrets: secrets.clone() };
+    let control_task = tokio::spawn({
+        let stop = control_stop.clone();
+        async move {
+            if let Err(e) = control.serve(stop).await {
+                tracing::warn!(error = %e, "no control socket: `secret set` and `kaspi register` need the agent stopped");
+            }
+        }
+    });
     let env = DriverEnv { store: store.clone(), secrets, agent_id: cfg.agent_id.clone() };
     let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
     let outbox_notify = Arc::new(Notify::new());
@@ -264,6 +277,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     .await;
     pump_stop.cancel();
     let _ = pump_task.await;
+    control_stop.cancel();
+    let _ = control_task.await;
     let _ = conn_task.await;
     // A clean stop leaves sled durable and the write-ahead log empty.
     if store_failure.is_none() {

@@ -7,6 +7,7 @@ pub mod broker; //      embedded rumqttd for the demo and tests
 pub mod bus; //         MQTT connection, manual acks, outbox pump, status/will
 pub mod cli; //         the command line and its tools: doctor, provision, demo, sim, sign
 pub mod config; //      typed configuration (file + POSBRIDGE__ env)
+pub mod control; //     the running agent's local control socket (secret set, kaspi register)
 pub mod drivers; //     one module per terminal kind behind one trait
 pub mod engine; //      dedupe, deadlines, per-terminal queues, resume at start
 pub mod faults; //      test-only abort and I/O-error points (feature `failpoints`)

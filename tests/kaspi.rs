@@ -503,3 +503,63 @@ async fn a_full_card_number_from_the_terminal_is_never_kept_or_sent() {
     assert!(agent.sigterm().success());
     assert_card_number_nowhere(&cloud, dir.path(), &["4111111111111111"]);
 }
+
+/// Enrolling a Kaspi terminal while the agent runs: `posbridge kaspi register` goes
+/// through the agent's control socket (the store is single-process), payments on the other
+/// terminal go on, and the enrolled terminal takes payments without a restart. `secret
+/// set` does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_and_secret_set_while_the_agent_runs() {
+    let broker = embedded();
+    let s = sim(tls_opts(true)).await;
+    let stop = CancellationToken::new();
+    let (ip, stats) = approving_ip_sim(Some(5), 0, &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sp =
+        spec("kaspi-live", broker.port(), &[verified_terminal(&s, dir.path(), "")]).ip("ip-1", ip);
+    let (cloud, mut agent) = Cloud::with_agent(&sp, dir.path(), &[]).await;
+    // Not enrolled yet: the Kaspi terminal refuses to pay, the IP terminal pays.
+    assert_eq!(cloud.ask(kzt("live-0", 11_200)).await["error"]["code"], "unauthorized");
+    assert_eq!(cloud.ask(pay("live-ip-0", "ip-1", 100)).await["state"], "succeeded");
+
+    let out = register(&sp, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "register failed: {stderr}");
+    assert!(
+        stderr.contains("registered") && stderr.contains("through the running agent"),
+        "{stderr}"
+    );
+    assert_eq!(s.stats.counts().registers, 1);
+    // The same agent process, never stopped: both terminals pay.
+    assert!(agent.wait_exit(Duration::from_millis(1)).is_none(), "the agent kept running");
+    assert_eq!(cloud.ask(kzt("live-1", 11_200)).await["state"], "succeeded");
+    assert_eq!(cloud.ask(pay("live-ip-1", "ip-1", 100)).await["state"], "succeeded");
+    assert_eq!(stats.executions("live-ip-1"), 1);
+    // The tokens reached the store encrypted, never in clear.
+    let (access, _) = s.stats.tokens_of("posbridge-test").expect("issued");
+    assert!(file_containing(&dir.path().join("store"), access.as_bytes()).is_none());
+
+    // `secret set` through the agent too (the value from stdin, never in the log).
+    let mut child = std::process::Command::new(BIN)
+        .args(["secret", "set", "ip-1", "api_key", "--config"])
+        .arg(dir.path().join("posbridge.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run secret set");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"s3cret-live-value\n").expect("write");
+    }
+    let out = child.wait_with_output().expect("secret set");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("stored (encrypted) by the running agent"), "{text}");
+    assert!(!agent.log().contains("s3cret-live-value"), "secret in the log");
+    assert!(file_containing(&dir.path().join("store"), b"s3cret-live-value").is_none());
+    assert!(agent.sigterm().success());
+    stop.cancel();
+}

@@ -95,7 +95,7 @@ pub enum Cmd {
 #[derive(Subcommand)]
 pub enum SecretCmd {
     /// Store a secret for a terminal; the value is read from stdin (never echoed, never
-    /// logged). Stop the agent first: the store is single-process.
+    /// logged). Through the running agent (its control socket) when it runs.
     Set {
         terminal: String,
         name: String,
@@ -126,7 +126,7 @@ pub enum UsbCmd {
 #[derive(Subcommand)]
 pub enum KaspiCmd {
     /// Register with the terminal's protected API: the cashier presses "Allow" on the
-    /// terminal; the tokens are stored encrypted. Stop the agent first (single-process store).
+    /// terminal; the tokens are stored encrypted. Through the running agent when it runs.
     Register {
         terminal: String,
         #[arg(long, default_value = DEFAULT_PATH)]

@@ -85,13 +85,9 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Cmd::Secret { action: SecretCmd::Set { terminal, name, config } } => outcome(
-            "secret set",
-            tools::secret_set(&config, &terminal, &name)
-                .await
-                .map(|()| format!("posbridge: secret {terminal}/{name} stored (encrypted)")),
-            Out::Stderr,
-        ),
+        Cmd::Secret { action: SecretCmd::Set { terminal, name, config } } => {
+            outcome("secret set", tools::secret_set(&config, &terminal, &name).await, Out::Stderr)
+        }
         Cmd::Store { action: StoreCmd::Acknowledge { config } } => {
             outcome("store acknowledge", tools::store_acknowledge(&config).await, Out::Stdout)
         }

@@ -7,7 +7,7 @@ use crate::config::Config;
 
 pub(super) async fn secret_set(
     config: &std::path::Path, terminal: &str, name: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     use std::io::{IsTerminal, Read};
     let cfg = Config::load(config)?;
     if !cfg.terminals.iter().any(|t| t.id() == terminal) {
@@ -24,13 +24,18 @@ pub(super) async fn secret_set(
     if value.is_empty() {
         anyhow::bail!("empty value: nothing stored");
     }
+    // The running agent holds the store: it stores the secret, and payments go on.
+    let req = serde_json::json!({"op": "secret_set", "terminal": terminal, "name": name, "value": value.as_str()});
+    if let Some(m) = crate::control::call(&cfg.store.path, &req).await? {
+        return Ok(format!("posbridge: {m}"));
+    }
     crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
     let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
-        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
+        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
     })?;
     let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store)?;
     secrets.set(terminal, name, value.as_bytes()).await?;
-    Ok(())
+    Ok(format!("posbridge: secret {terminal}/{name} stored (encrypted)"))
 }
 
 pub(super) async fn store_acknowledge(config: &std::path::Path) -> anyhow::Result<String> {

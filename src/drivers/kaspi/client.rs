@@ -206,7 +206,7 @@ impl KaspiClient {
                 Some(t) => t,
                 None => {
                     return Err(CallError::Auth(format!(
-                        "no Kaspi access token is stored for terminal {}: register it first: `posbridge kaspi register {} --config <config file>` (the agent must be stopped), then press \"Allow\" on the terminal",
+                        "no Kaspi access token is stored for terminal {}: register it first: `posbridge kaspi register {} --config <config file>` (it goes through the running agent), then press \"Allow\" on the terminal",
                         self.terminal, self.terminal
                     )))
                 }

@@ -1,15 +1,38 @@
 //! `posbridge kaspi register <terminal>`: the field engineer's enrolment. Sends
 //! `/v2/register` (the cashier presses "Allow" on the terminal), stores the token pair
-//! encrypted at rest, and prints what to pin. The agent must be stopped: the store is
-//! single-process.
+//! encrypted at rest, and prints what to pin. While the agent runs, it does this on its
+//! control socket (`crate::control`), since the store is single-process.
 
 use crate::drivers::http::Transport;
 use anyhow::{bail, Context};
 
 use super::client::{CallError, KaspiClient};
-use crate::config::{Config, TerminalConfig};
+use crate::config::{Config, KaspiTerminal, TerminalConfig};
+use crate::secrets::Secrets;
 
 pub async fn run(cfg: &Config, terminal: &str) -> anyhow::Result<String> {
+    let k = kaspi_terminal(cfg, terminal)?;
+    eprintln!(
+        "posbridge: asking {} for access as {:?}; press \"Allow\" on the terminal's screen (waiting up to {:?})",
+        k.url, k.register_name, k.register_timeout
+    );
+    // The running agent holds the store: it registers, and payments go on meanwhile.
+    let req = serde_json::json!({"op": "kaspi_register", "terminal": terminal});
+    if let Some(m) = crate::control::call(&cfg.store.path, &req).await? {
+        return Ok(format!("{m} (through the running agent)"));
+    }
+    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
+    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
+        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
+    })?;
+    let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store.clone())
+        .context("store.key_file")?;
+    let m = register(cfg, terminal, secrets).await?;
+    store.commit().await.context("flushing the store")?;
+    Ok(m)
+}
+
+fn kaspi_terminal<'a>(cfg: &'a Config, terminal: &str) -> anyhow::Result<&'a KaspiTerminal> {
     let Some(TerminalConfig::Kaspi(k)) = cfg.terminals.iter().find(|t| t.id() == terminal) else {
         bail!("terminal {terminal:?} is not a configured kaspi terminal");
     };
@@ -18,19 +41,14 @@ pub async fn run(cfg: &Config, terminal: &str) -> anyhow::Result<String> {
             "terminal {terminal:?} has protected = false: the plain HTTP API needs no registration"
         );
     }
-    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
-    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
-        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
-    })?;
-    let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store.clone())
-        .context("store.key_file")?;
+    Ok(k)
+}
+
+/// Register `terminal` and store its token pair in `secrets` (durable when this returns):
+/// the command line's enrolment, or the running agent's on its control socket.
+pub async fn register(cfg: &Config, terminal: &str, secrets: Secrets) -> anyhow::Result<String> {
+    let k = kaspi_terminal(cfg, terminal)?;
     let client = KaspiClient::new(terminal, k, secrets).map_err(|e| anyhow::anyhow!(e))?;
-    eprintln!(
-        "posbridge: asking {} for access as {:?}; press \"Allow\" on the terminal's screen (waiting up to {:?})",
-        client.base(),
-        k.register_name,
-        k.register_timeout
-    );
     let pair = match client.register().await {
         Ok(p) => p,
         Err(CallError::Transport(Transport::MaybeSent(message))) => bail!(
@@ -39,7 +57,6 @@ pub async fn run(cfg: &Config, terminal: &str) -> anyhow::Result<String> {
         ),
         Err(e) => bail!("registration failed: {e}"),
     };
-    store.commit().await.context("flushing the store")?;
     Ok(format!(
         "terminal {terminal} registered; token valid until {} (renewed automatically by the agent)",
         pair.expiration_date
