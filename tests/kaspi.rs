@@ -534,6 +534,13 @@ async fn register_and_secret_set_while_the_agent_runs() {
     assert!(agent.wait_exit(Duration::from_millis(1)).is_none(), "the agent kept running");
     assert_eq!(cloud.ask(kzt("live-1", 11_200)).await["state"], "succeeded");
     assert_eq!(cloud.ask(pay("live-ip-1", "ip-1", 100)).await["state"], "succeeded");
+    // Registering again (a reset terminal, say) replaces the pair the terminal accepts; the
+    // running driver takes the stored one at the terminal's first refusal, no renewal.
+    let out = register(&sp, dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.stats.counts().registers, 2);
+    assert_eq!(cloud.ask(kzt("live-2", 11_200)).await["state"], "succeeded", "{}", agent.log());
+    assert_eq!(s.stats.counts().revokes, 0);
     assert_eq!(stats.executions("live-ip-1"), 1);
     // The tokens reached the store encrypted, never in clear.
     let (access, _) = s.stats.tokens_of("posbridge-test").expect("issued");

@@ -229,8 +229,12 @@ impl KaspiClient {
     /// Renew with `/v2/revoke` unless another task already replaced `seen_access`.
     async fn renew(&self, seen_access: &str) -> Result<TokenPair, CallError> {
         let mut guard = self.tokens.lock().await;
-        if guard.is_none() {
-            *guard = self.load().await?;
+        // A pair stored since this one was cached (a re-registration through the running
+        // agent's control socket) replaces it, and may be all that is needed.
+        if let Some(stored) = self.load().await? {
+            if guard.as_ref().map(|g| &g.access_token) != Some(&stored.access_token) {
+                *guard = Some(stored);
+            }
         }
         let Some(current) = guard.clone() else {
             return Err(CallError::Auth(format!(
