@@ -111,3 +111,58 @@ async fn cloud_reconcile_and_watch() {
     assert!(me["terminals"].as_str().is_some_and(|t| t.starts_with("ip-1:")), "{me}");
     stop.cancel();
 }
+
+/// `posbridge cloud` over TLS with a login, as a vendor runs it against a real broker:
+/// the broker verified against a CA file, a client certificate, a username and a password
+/// from a file. A wrong password is refused without the password appearing anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_over_mqtts_with_a_login() {
+    let Some((pki, tls_port)) = common::tls::pki_and_port() else { return };
+    let m = pki.mosquitto(tls_port, "pos", "s3cret-pos");
+    wait_port(tls_port);
+    let stop = CancellationToken::new();
+    let (addr, _stats) = approving_ip_sim(None, 0, &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // The agent on the broker's plain loopback listener; the CLI on its TLS one.
+    let spec = AgentSpec::new("cli-tls", m.port).ip("ip-1", addr);
+    let (_cloud, _agent) = Cloud::with_agent(&spec, d, &[]).await;
+    pki.write_client_files(d);
+    std::fs::write(d.join("pw"), "s3cret-pos\n").expect("pw");
+    std::fs::write(d.join("bad-pw"), "wrong-pos\n").expect("pw");
+    let run = |pw: &str| {
+        let broker = format!("mqtts://127.0.0.1:{tls_port}");
+        let p = |f: &str| d.join(f).display().to_string();
+        let args = [
+            "cloud",
+            "--broker",
+            &broker,
+            "--agent",
+            "cli-tls",
+            "--username",
+            "pos",
+            "--password-file",
+            &p(pw),
+            "--ca-file",
+            &p("ca.pem"),
+            "--client-cert-file",
+            &p("client.pem"),
+            "--client-key-file",
+            &p("client.key"),
+            "--wait",
+            "5",
+            "ping",
+        ]
+        .map(String::from);
+        tokio::process::Command::new(agent_bin()).args(args).env_remove("RUST_LOG").output()
+    };
+    let out = run("pw").await.expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(stdout_json(&out)["state"], "succeeded");
+    let out = run("bad-pw").await.expect("run");
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no MQTT connection"), "{text}");
+    assert!(!text.contains("wrong-pos") && !text.contains("s3cret-pos"), "{text}");
+    stop.cancel();
+}

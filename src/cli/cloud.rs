@@ -28,9 +28,25 @@ pub const EXIT_NO_RESULT: u8 = 8;
 
 #[derive(Args)]
 pub struct CloudArgs {
-    /// The broker: `mqtt://host[:port]` (plain MQTT; port 1883).
+    /// The broker: `mqtt://host[:port]` (port 1883) or `mqtts://host[:port]` (TLS, 8883).
     #[arg(long)]
     broker: String,
+    /// MQTT username.
+    #[arg(long)]
+    username: Option<String>,
+    /// A file holding the MQTT password (first line), or the `POSBRIDGE_CLOUD_PASSWORD`
+    /// environment variable: never on the command line.
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
+    /// mqtts: a CA certificate (PEM) trusted besides the system roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// mqtts: a client certificate (PEM) for brokers that ask for one.
+    #[arg(long, requires = "client_key_file")]
+    client_cert_file: Option<PathBuf>,
+    /// mqtts: its private key (PEM).
+    #[arg(long, requires = "client_cert_file")]
+    client_key_file: Option<PathBuf>,
     /// The agent's `agent_id` (every op but `watch`).
     #[arg(long)]
     agent: Option<String>,
@@ -140,7 +156,7 @@ pub async fn run(a: CloudArgs) -> ExitCode {
                 json: *json,
             };
             let filters = super::watch::filters(&a.prefix);
-            match connect(&a.broker, filters).await {
+            match connect(&a, filters).await {
                 Ok(c) => super::watch::watch(c, o).await.map(|()| 0),
                 Err(e) => Err(e),
             }
@@ -233,23 +249,44 @@ fn command(a: &CloudArgs, id: &str) -> anyhow::Result<Value> {
     Ok(Value::Object(c))
 }
 
-/// `mqtt://host[:port]` → host and port (the agent's own URL parser; no TLS here yet).
-fn broker(url: &str) -> anyhow::Result<(String, u16)> {
-    let ep = MqttEndpoint::parse("--broker", url)?;
+/// The connection `--broker` and the login and TLS flags describe (the agent's own URL
+/// parser and TLS setup).
+fn options(a: &CloudArgs, filters: Vec<String>) -> anyhow::Result<pos::Options> {
+    let ep = MqttEndpoint::parse("--broker", &a.broker)?;
+    let client_id = format!("posbridge-cloud-{}", std::process::id());
+    let mut o = pos::Options::loopback(ep.port, &client_id, None);
+    o.host = ep.host;
+    o.subscribe = filters;
     if ep.tls {
-        bail!("--broker {url:?}: mqtts:// is not supported by `posbridge cloud` yet; use mqtt://");
+        let files = crate::bus::tls::TlsFiles {
+            ca_file: a.ca_file.clone(),
+            client_cert_file: a.client_cert_file.clone(),
+            client_key_file: a.client_key_file.clone(),
+        };
+        o.tls = Some(crate::bus::tls::client_config(&files)?);
+    } else if a.ca_file.is_some() || a.client_cert_file.is_some() {
+        bail!("--ca-file and --client-cert-file are for mqtts:// brokers");
     }
-    Ok((ep.host, ep.port))
+    if let Some(user) = &a.username {
+        let password = match (&a.password_file, std::env::var("POSBRIDGE_CLOUD_PASSWORD")) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("--password-file {}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (None, Ok(p)) => p,
+            (None, Err(_)) => String::new(),
+        };
+        o.credentials = Some((user.clone(), password));
+    }
+    Ok(o)
 }
 
 /// A client on `--broker`, subscribed to `filters`.
-async fn connect(url: &str, filters: Vec<String>) -> anyhow::Result<pos::Client> {
-    let (host, port) = broker(url)?;
-    let client_id = format!("posbridge-cloud-{}", std::process::id());
-    let mut opts = pos::Options::loopback(port, &client_id, None);
-    opts.host = host;
-    opts.subscribe = filters;
-    pos::Client::connect(opts, Duration::from_secs(10)).await
+async fn connect(a: &CloudArgs, filters: Vec<String>) -> anyhow::Result<pos::Client> {
+    let o = options(a, filters)?;
+    pos::Client::connect(o, Duration::from_secs(10)).await
 }
 
 /// The agent's topic root, and its id.
@@ -276,7 +313,7 @@ async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
     let id = a.id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
     let cmd = command(a, &id)?;
     let (root, _) = agent_root(a)?;
-    let mut client = connect(&a.broker, vec![format!("{root}/#")]).await?;
+    let mut client = connect(a, vec![format!("{root}/#")]).await?;
     publish(a, &client, &cmd).await?;
     let (evt, res) = (format!("{root}/evt"), format!("{root}/result"));
     let show = |m: &pos::Message, v: &Value| {
@@ -311,7 +348,7 @@ async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
 async fn reconcile(a: &CloudArgs) -> anyhow::Result<u8> {
     let (root, _) = agent_root(a)?;
     let result_topic = format!("{root}/result");
-    let mut client = connect(&a.broker, vec![result_topic.clone()]).await?;
+    let mut client = connect(a, vec![result_topic.clone()]).await?;
     let within = Duration::from_secs(a.wait);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let ask = |n: usize, cmd: Map<String, Value>| {
@@ -392,11 +429,43 @@ mod tests {
         }
     }
 
+    fn opts(args: &[&str]) -> anyhow::Result<pos::Options> {
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: CloudArgs,
+        }
+        let t = <T as clap::Parser>::try_parse_from(
+            std::iter::once("cloud").chain(args.iter().copied()).chain(["ping"]),
+        )?;
+        options(&t.a, vec![])
+    }
+
     #[test]
-    fn broker_urls() {
-        assert_eq!(broker("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884));
-        assert_eq!(broker("mqtt://localhost").unwrap(), ("localhost".into(), 1883));
-        assert_eq!(broker("mqtt://[::1]:1885").unwrap(), ("::1".into(), 1885));
-        assert!(broker("mqtts://h").is_err() && broker("mqtt://").is_err());
+    fn broker_urls_logins_and_tls() {
+        let o = opts(&["--broker", "mqtt://127.0.0.1:1884"]).expect("plain");
+        assert_eq!((o.host.as_str(), o.port, o.tls.is_none()), ("127.0.0.1", 1884, true));
+        assert_eq!(opts(&["--broker", "mqtt://[::1]:1885"]).expect("v6").host, "::1");
+        assert!(opts(&["--broker", "mqtt://"]).is_err());
+        let e =
+            opts(&["--broker", "mqtt://h", "--ca-file", "/x.pem"]).expect_err("tls flag on mqtt");
+        assert!(e.to_string().contains("mqtts"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\nignored\n").expect("pw");
+        let o = opts(&[
+            "--broker",
+            "mqtt://h",
+            "--username",
+            "pos",
+            "--password-file",
+            pw.to_str().unwrap_or_default(),
+        ])
+        .expect("login");
+        assert_eq!(o.credentials, Some(("pos".to_string(), "s3cret".to_string())));
+        // A CA file that is not there: a clear error naming it (never a silent plain fallback).
+        let e =
+            opts(&["--broker", "mqtts://h", "--ca-file", "/nonexistent/ca.pem"]).expect_err("ca");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 }

@@ -19,8 +19,8 @@ pub fn root(agent_id: &str) -> String {
     format!("posbridge/{agent_id}")
 }
 
-/// How to connect.
-#[derive(Debug, Clone)]
+/// How to connect. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct Options {
     pub host: String,
     pub port: u16,
@@ -32,6 +32,24 @@ pub struct Options {
     pub subscribe: Vec<String>,
     /// Outgoing requests that may wait in the client before `publish` blocks.
     pub capacity: usize,
+    /// TLS (`mqtts://`): the rustls client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("clean", &self.clean)
+            .field("subscribe", &self.subscribe)
+            .field("tls", &self.tls.is_some())
+            .field("username", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Options {
@@ -45,6 +63,8 @@ impl Options {
             keep_alive: Duration::from_secs(10),
             subscribe: subscribe.into_iter().map(str::to_string).collect(),
             capacity: 1000,
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -74,6 +94,14 @@ impl Client {
             .set_clean_session(o.clean)
             .set_inflight(100)
             .set_max_packet_size(16 << 20, 16 << 20);
+        if let Some(tls) = &o.tls {
+            mo.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
+        if let Some((user, password)) = &o.credentials {
+            mo.set_credentials(user.clone(), password.clone());
+        }
         let (client, mut el) = AsyncClient::new(mo, o.capacity);
         el.network_options.set_tcp_nodelay(true);
         let (tx, rx) = mpsc::unbounded_channel();
