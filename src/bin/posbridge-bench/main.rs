@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release --bins
 //! cargo run --release --bin posbridge-bench -- e2e|intake|drain|footprint|codec|all [--n N] [--runs R] [--quick]
+//! cargo run --release --bin posbridge-bench -- soak [--minutes 30] [--rate 50] --runs 1
 //! ```
 //!
 //! Starts a broker (mosquitto when installed, configured like the tests: `set_tcp_nodelay
@@ -34,6 +35,7 @@ mod floors;
 mod footprint;
 mod intake;
 mod kit;
+mod soak;
 mod wear;
 
 // ------------------------------------------------------------------ figures
@@ -122,6 +124,8 @@ enum What {
     Drain,
     Footprint,
     Codec,
+    /// Memory over a long run (`--minutes`, `--rate`); not part of `all`.
+    Soak,
     All,
 }
 
@@ -141,6 +145,12 @@ struct Args {
     /// One short run (CI: proves every figure still runs; the numbers mean nothing).
     #[arg(long)]
     quick: bool,
+    /// soak: how long, in minutes.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
+    minutes: u64,
+    /// soak: payments per second.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=2000))]
+    rate: u64,
 }
 
 fn main() -> Result<()> {
@@ -201,6 +211,9 @@ fn main() -> Result<()> {
                     "intake",
                     intake::bench_intake(&broker, n_intake, &mut out).await,
                 );
+            }
+            if what == What::Soak {
+                report("soak", soak::bench_soak(&broker, args.minutes, args.rate, &mut out).await);
             }
             if all || what == What::Drain {
                 report(

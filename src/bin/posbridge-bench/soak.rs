@@ -1,0 +1,114 @@
+//! Memory over a long run (`soak --minutes M`): payments at `--rate` per second (50 by
+//! default) through the IP simulator for M minutes, the agent's RSS sampled every 10 s.
+//! After a warm-up (a tenth of the run, at least one minute) the RSS must stay flat:
+//! growth from the end of the warm-up to the end, and the spread of the samples after it,
+//! within 1 MiB. Every payment must get its result. Not part of `all` (it takes minutes).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use posbridge::testkit::Broker;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
+use crate::{Figure, Report};
+
+pub(crate) async fn bench_soak(
+    broker: &Broker, minutes: u64, rate: u64, out: &mut Report,
+) -> Result<()> {
+    let port = broker.port();
+    let (sim_addr, _sim) = ip_sim(0).await?;
+    let dir = tempfile::tempdir()?;
+    let spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
+    let mut cloud = Client::of(port, "bench-soak", "cloud", "#", true).await?;
+    let agent = start_online(dir.path(), &spec, &mut cloud).await?;
+    let run = Duration::from_secs(minutes * 60);
+    let warm = (run / 10).max(Duration::from_secs(60)).min(run);
+    let kib = || agent.proc_status("VmRSS:").unwrap_or(0);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut sample = tokio::time::interval(Duration::from_secs(10));
+    let (mut sent, mut answered) = (0u64, HashSet::new());
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut at_warm: Option<u64> = None;
+    while start.elapsed() < run {
+        tokio::select! {
+            _ = tick.tick() => {
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due {
+                    let cmd = json!({"v":1,"id":format!("soak-{sent}"),"op":"payment","terminal":"ip-1","amount":100 + (sent % 900) as i64,"currency":"AZN"});
+                    cloud.client.publish("posbridge/bench-soak/cmd", QoS::AtLeastOnce, false, cmd.to_string()).await?;
+                    sent += 1;
+                }
+            }
+            _ = sample.tick() => {
+                let t = start.elapsed();
+                samples.push((t.as_secs_f64(), kib()));
+                if at_warm.is_none() && t >= warm {
+                    at_warm = Some(kib());
+                }
+            }
+            m = cloud.recv(Duration::from_secs(30)) => {
+                let (topic, p) = m?;
+                if topic.ends_with("/result") {
+                    let v: Value = serde_json::from_slice(&p)?;
+                    if v["state"] != "succeeded" {
+                        bail!("soak payment ended {v}");
+                    }
+                    if let Some(id) = v["id"].as_str() {
+                        answered.insert(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    // The last results.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (answered.len() as u64) < sent && Instant::now() < deadline {
+        if let Ok((topic, p)) = cloud.recv(Duration::from_secs(5)).await {
+            if topic.ends_with("/result") {
+                let v: Value = serde_json::from_slice(&p)?;
+                if let Some(id) = v["id"].as_str() {
+                    answered.insert(id.to_string());
+                }
+            }
+        }
+    }
+    let end = kib();
+    let warm_kib = at_warm.unwrap_or(end);
+    let after: Vec<u64> =
+        samples.iter().filter(|(t, _)| *t >= warm.as_secs_f64()).map(|(_, k)| *k).collect();
+    let (lo, hi) =
+        (after.iter().min().copied().unwrap_or(end), after.iter().max().copied().unwrap_or(end));
+    let growth_mib = (end as f64 - warm_kib as f64) / 1024.0;
+    let spread_mib = (hi - lo) as f64 / 1024.0;
+    let lost = sent.saturating_sub(answered.len() as u64);
+    println!(
+        "soak: {minutes} min at {rate}/s: {sent} payments, {lost} unanswered; RSS {:.1} MiB after the {:.0}-s warm-up, {:.1} MiB at the end (growth {growth_mib:+.2} MiB, spread {spread_mib:.2} MiB after warm-up)",
+        warm_kib as f64 / 1024.0,
+        warm.as_secs_f64(),
+        end as f64 / 1024.0
+    );
+    out.figs.push(Figure {
+        name: format!("RSS growth over {minutes} min soak"),
+        value: growth_mib.abs().max(spread_mib),
+        unit: "MiB",
+        limit: 1.0,
+        ratio: growth_mib.abs().max(spread_mib),
+        goal: "flat within 1 MiB".into(),
+        met: growth_mib.abs() <= 1.0 && spread_mib <= 1.0 && lost == 0,
+    });
+    out.json["soak"] = json!({
+        "minutes": minutes, "rate_per_s": rate, "sent": sent, "unanswered": lost,
+        "warmup_s": warm.as_secs_f64(), "rss_kib_after_warmup": warm_kib, "rss_kib_end": end,
+        "rss_kib_min_after_warmup": lo, "rss_kib_max_after_warmup": hi,
+        "growth_mib": growth_mib, "spread_mib": spread_mib,
+        "samples": samples.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
+    });
+    if lost > 0 {
+        bail!("{lost} soak payments got no result");
+    }
+    Ok(())
+}
