@@ -116,6 +116,17 @@ impl Control {
     }
 }
 
+/// When no agent listens: the store opened by this process (refused as root on the agent's
+/// store, whose files root would take over) and its secrets.
+pub fn open_directly(cfg: &Config) -> anyhow::Result<(crate::store::Store, Secrets)> {
+    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
+    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
+        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
+    })?;
+    let secrets = Secrets::open(&cfg.store.key_file, store.clone()).context("store.key_file")?;
+    Ok((store, secrets))
+}
+
 /// Ask the agent running on `store`: `Ok(None)` when none listens there (no socket, or a
 /// socket nobody serves), else its answer's message, or its error as an error.
 pub async fn call(store: &Path, req: &Value) -> anyhow::Result<Option<String>> {

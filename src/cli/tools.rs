@@ -29,11 +29,7 @@ pub(super) async fn secret_set(
     if let Some(m) = crate::control::call(&cfg.store.path, &req).await? {
         return Ok(format!("posbridge: {m}"));
     }
-    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
-    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
-        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
-    })?;
-    let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store)?;
+    let (_store, secrets) = crate::control::open_directly(&cfg)?;
     secrets.set(terminal, name, value.as_bytes()).await?;
     Ok(format!("posbridge: secret {terminal}/{name} stored (encrypted)"))
 }

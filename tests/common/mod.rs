@@ -342,3 +342,31 @@ pub fn cloud_key(dir: &Path, kid: &str) -> (p256::ecdsa::SigningKey, String) {
     );
     (sk, security)
 }
+
+/// Run `posbridge fleet` with `args` (its `--json` report into a temporary file, `--settle`
+/// as given), require exit 0, and check what every fleet run must show: `sent` payments,
+/// each with its one result, executed once by the terminals, none lost. Returns the
+/// report and the command's output text.
+pub async fn fleet_run(args: &[String], sent: u64) -> (Value, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("fleet.json");
+    let out = tokio::process::Command::new(agent_bin())
+        .args(args)
+        .args(["--json".to_string(), report.display().to_string()])
+        .output()
+        .await
+        .expect("run posbridge fleet");
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+    assert_eq!(r["sent"], sent, "{r}");
+    assert_eq!(
+        (r["lost"].as_u64(), r["double"].as_u64(), r["phantom"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{r}"
+    );
+    // One result per payment, and the terminals ran each exactly once.
+    assert_eq!((&r["results"], &r["executions"]), (&r["sent"], &r["sent"]), "{r}");
+    (r, text)
+}

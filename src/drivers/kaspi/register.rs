@@ -21,12 +21,7 @@ pub async fn run(cfg: &Config, terminal: &str) -> anyhow::Result<String> {
     if let Some(m) = crate::control::call(&cfg.store.path, &req).await? {
         return Ok(format!("{m} (through the running agent)"));
     }
-    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
-    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
-        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
-    })?;
-    let secrets = crate::secrets::Secrets::open(&cfg.store.key_file, store.clone())
-        .context("store.key_file")?;
+    let (store, secrets) = crate::control::open_directly(cfg)?;
     let m = register(cfg, terminal, secrets).await?;
     store.commit().await.context("flushing the store")?;
     Ok(m)
