@@ -249,6 +249,24 @@ fn command(a: &CloudArgs, id: &str) -> anyhow::Result<Value> {
     Ok(Value::Object(c))
 }
 
+/// `url` as a QR code in Unicode half blocks, for the customer's phone (feature `qr`);
+/// `None` without the feature or when the URL is too long for a QR code.
+#[cfg(feature = "qr")]
+fn qr(url: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(url.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build(),
+    )
+}
+
+#[cfg(not(feature = "qr"))]
+fn qr(_url: &str) -> Option<String> {
+    None
+}
+
 /// The connection `--broker` and the login and TLS flags describe (the agent's own URL
 /// parser and TLS setup).
 fn options(a: &CloudArgs, filters: Vec<String>) -> anyhow::Result<pos::Options> {
@@ -322,6 +340,11 @@ async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
             eprintln!("… {} {sub}", v["state"].as_str().unwrap_or("?"));
             if let Some(url) = v["detail"]["payment_url"].as_str() {
                 eprintln!("  payment link: {url}");
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    if let Some(code) = qr(url) {
+                        eprintln!("{code}");
+                    }
+                }
             }
         }
     };
@@ -439,6 +462,19 @@ mod tests {
             std::iter::once("cloud").chain(args.iter().copied()).chain(["ping"]),
         )?;
         options(&t.a, vec![])
+    }
+
+    #[cfg(feature = "qr")]
+    #[test]
+    fn a_payment_link_renders_as_a_square_qr_code() {
+        let code = qr("https://pay.example/l/AbC123?amount=12.50").expect("a QR code");
+        let lines: Vec<&str> = code.lines().collect();
+        let width = lines[0].chars().count();
+        // Two modules per line: a square symbol is half as many lines as it is wide.
+        assert!(width >= 21 && lines.iter().all(|l| l.chars().count() == width), "{code}");
+        assert_eq!(lines.len(), width.div_ceil(2), "{code}");
+        assert!(code.contains('\u{2588}') || code.contains('\u{2580}'), "{code}");
+        assert!(qr(&"x".repeat(8000)).is_none(), "too long for any QR code");
     }
 
     #[test]
