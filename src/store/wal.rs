@@ -293,12 +293,13 @@ impl LogFile {
             return;
         }
         let (Ok(offset), Ok(len)) =
-            (i64::try_from(self.allocated), i64::try_from(to - self.allocated))
+            (libc::off64_t::try_from(self.allocated), libc::off64_t::try_from(to - self.allocated))
         else {
             return;
         };
         // SAFETY: a plain syscall on a descriptor this struct owns; no memory is passed.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, offset, len) };
+        // (`fallocate64`: on 32-bit ARM `off_t` is 32 bits wide.)
+        let rc = unsafe { libc::fallocate64(self.file.as_raw_fd(), 0, offset, len) };
         if rc == 0 {
             self.allocated = to;
         } else {
