@@ -27,7 +27,7 @@ fi
 
 set --
 for f in deploy/install.sh deploy/cross-build.sh deploy/qemu-smoke.sh deploy/deb-check.sh deploy/lint.sh .ci/run \
-  deploy/rabbitmq-cluster.sh \
+  deploy/rabbitmq-cluster.sh deploy/rabbitmq-users.sh \
   deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm; do
   [ -f "$f" ] || continue
   set -- "$@" "$f"

@@ -7,6 +7,7 @@
 #   deploy/rabbitmq-cluster.sh kill N [--dir DIR]                      # SIGKILL node N (1..3)
 #   deploy/rabbitmq-cluster.sh revive N [--dir DIR]                    # start node N again
 #   deploy/rabbitmq-cluster.sh stop   [--dir DIR]
+#   deploy/rabbitmq-cluster.sh ctl N [--dir DIR] ARGS...               # rabbitmqctl ARGS on node N
 #
 # Every command takes the same --dir and --mqtt-port P. Node i (1..3) has its own name
 # (pbP-i@HOST), data directory DIR/node<i> (default /tmp/posbridge-rabbitmq), and
@@ -22,17 +23,22 @@ set -euo pipefail
 cmd="${1:-}"
 shift || true
 node_arg=""
-if [[ "$cmd" == kill || "$cmd" == revive ]]; then
+if [[ "$cmd" == kill || "$cmd" == revive || "$cmd" == ctl ]]; then
   node_arg="${1:-}"
   shift || true
 fi
 dir=/tmp/posbridge-rabbitmq
 mqtt_port=1883
+ctl_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --mqtt-port) mqtt_port="$2"; shift 2 ;;
-    *) echo "rabbitmq-cluster: unknown argument $1" >&2; exit 2 ;;
+    *)
+      [[ "$cmd" == ctl ]] || { echo "rabbitmq-cluster: unknown argument $1" >&2; exit 2; }
+      ctl_args+=("$1")
+      shift
+      ;;
   esac
 done
 
@@ -124,6 +130,10 @@ case "$cmd" in
     ctl "$node_arg" wait "$dir/node$node_arg/pid" --timeout 120 >/dev/null
     echo "rabbitmq-cluster: node $node_arg back"
     ;;
+  ctl)
+    [[ "$node_arg" =~ ^[123]$ ]] || { echo "rabbitmq-cluster: ctl 1|2|3 ARGS..." >&2; exit 2; }
+    ctl "$node_arg" "${ctl_args[@]}"
+    ;;
   stop)
     for i in 3 2 1; do
       ctl "$i" stop >/dev/null 2>&1 || true
@@ -131,7 +141,7 @@ case "$cmd" in
     echo "rabbitmq-cluster: stopped (data kept in $dir; rm -rf it to start afresh)"
     ;;
   *)
-    sed -n '2,9p' "$0"
+    sed -n '2,10p' "$0"
     exit 2
     ;;
 esac

@@ -3,6 +3,9 @@
 //! to is killed (SIGKILL) for good. Only moving to the next node in `mqtt.urls` gets the
 //! commands sent after that answered; every command gets its one result, none runs twice.
 //!
+//! Then, on the nodes left, the least-privilege logins of `deploy/rabbitmq-users.sh`: a
+//! shop's agent and the cloud each with their own user, in their own vhost.
+//!
 //! Needs rabbitmq-server (`.ci/run` installs it). Without it the test says SKIP, except
 //! where `POSBRIDGE_REQUIRE_RABBITMQ` is set (CI), where a missing broker fails the test.
 
@@ -53,6 +56,17 @@ impl Cluster {
         )
     }
 
+    /// Run `deploy/rabbitmq-users.sh KIND NAME` against node `node`, `password` on stdin.
+    fn add_user(&self, node: u16, kind: &str, name: &str, password: &str) {
+        let script = self.script.with_file_name("rabbitmq-users.sh");
+        let ctl = self.command(&format!("ctl {node}"));
+        let mut cmd = Command::new("bash");
+        cmd.arg(script).args([kind, name]).env("RABBITMQCTL", ctl);
+        let out = output_with_stdin(&mut cmd, format!("{password}\n").as_bytes());
+        assert!(out.status.success(), "rabbitmq-users.sh {kind} {name}: {}", output_text(&out));
+        assert!(!output_text(&out).contains(password), "the password is never printed");
+    }
+
     fn urls(&self) -> Vec<String> {
         (0..3).map(|i| format!("mqtt://127.0.0.1:{}", self.port + i)).collect()
     }
@@ -79,4 +93,89 @@ async fn agents_survive_their_cluster_node_being_killed_mid_payment() {
     let (r, text) = fleet_run(&args, 480).await;
     assert_eq!(r["faults"]["broker_killed"], true, "{r}");
     assert!(text.contains("node 1 killed"), "{text}");
+
+    least_privilege_logins(&cluster).await;
+}
+
+/// The users of `deploy/rabbitmq-users.sh` (docs/fleet.md) on the two nodes left: the
+/// shop's agent (login `posbridge:shop-p1`, vhost `posbridge`) takes a payment that the
+/// cloud's login sends with `posbridge cloud pay` through the other node. The shop's login
+/// cannot send a command, not even to itself, and another shop's login cannot read its
+/// results while it can read its own commands.
+async fn least_privilege_logins(cluster: &Cluster) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (kind, name, password) in [
+        ("shop", "shop-p1", "pw-shop-1"),
+        ("shop", "shop-p2", "pw-shop-2"),
+        ("cloud", "cloud-p", "pw-cloud"),
+    ] {
+        cluster.add_user(2, kind, name, password);
+        std::fs::write(dir.path().join(name), format!("{password}\n")).expect("password file");
+    }
+    let login = |user: &str, password: &str, client_id: &str, port: u16, subscribe: &[&str]| {
+        let mut o = posbridge::pos::Options::loopback(port, client_id, None);
+        o.subscribe = subscribe.iter().map(|s| s.to_string()).collect();
+        o.credentials = Some((format!("posbridge:{user}"), password.to_string()));
+        posbridge::pos::Client::connect(o, std::time::Duration::from_secs(10))
+    };
+    let (node2, node3) = (cluster.port + 1, cluster.port + 2);
+
+    // The shop's agent, its status watched by the cloud's login on the agent's node
+    // (RabbitMQ keeps retained messages per node: this one is live, not retained).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(None, 0, &stop).await;
+    let mut watch =
+        login("cloud-p", "pw-cloud", "posbridge-cloud-watch", node2, &["posbridge/shop-p1/status"])
+            .await
+            .expect("the cloud's login reads a shop's status");
+    let mut spec = AgentSpec::new("shop-p1", node2).ip("ip-1", addr);
+    spec.extra = format!(
+        "[mqtt]\nusername = \"posbridge:shop-p1\"\npassword_file = \"{}\"\n",
+        dir.path().join("shop-p1").display()
+    );
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("agent dir");
+    let agent = Agent::start(&spec, &agent_dir);
+    assert!(watch.online(std::time::Duration::from_secs(30)).await, "{}", agent.log_tail(30));
+
+    // A payment from the cloud's login, through node 3.
+    let cloud = |user: &str, args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(agent_bin());
+        cmd.args(["cloud", "--broker", &format!("mqtt://127.0.0.1:{node3}")])
+            .args(["--username", &format!("posbridge:{user}"), "--password-file"])
+            .arg(dir.path().join(user))
+            .args(["--agent", "shop-p1", "--wait", "20"])
+            .args(args)
+            .env_remove("RUST_LOG");
+        cmd.output()
+    };
+    let pay =
+        ["--id", "perm-pay-1", "pay", "--terminal", "ip-1", "--minor", "1250", "--currency", "TRY"];
+    let out = cloud("cloud-p", &pay).await.expect("posbridge cloud");
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", output_text(&out), agent.log_tail(30));
+    assert_eq!(stats.executions("perm-pay-1"), 1);
+
+    // The shop's own login publishing a command: refused by the broker, never run.
+    let forged =
+        login("shop-p1", "pw-shop-1", "forger", node3, &[]).await.expect("publish-only login");
+    let cmd = serde_json::json!({"v": 1, "id": "perm-forged", "op": "payment", "terminal": "ip-1",
+        "amount": 100, "currency": "TRY"});
+    let _ = forged.send("posbridge/shop-p1", cmd.to_string().into_bytes()).await;
+    // Asked after it: the agent never saw that id, and the terminal never ran it.
+    let out = cloud("cloud-p", &["status", "--target", "perm-forged"]).await.expect("status");
+    let text = output_text(&out);
+    assert!(text.contains("\"not_found\""), "{text}");
+    assert_eq!(stats.executions("perm-forged"), 0);
+
+    // Another shop's login: its own commands yes, shop-p1's results no.
+    login("shop-p2", "pw-shop-2", "posbridge-shop-p2", node3, &["posbridge/shop-p2/cmd"])
+        .await
+        .expect("a shop's login reads its own commands");
+    let err =
+        login("shop-p2", "pw-shop-2", "posbridge-shop-p2", node3, &["posbridge/shop-p1/result"])
+            .await
+            .err()
+            .expect("another shop's results are refused");
+    assert!(err.to_string().contains("no MQTT connection"), "{err}");
+    stop.cancel();
 }

@@ -331,9 +331,11 @@ async fn send_and_watch(a: &CloudArgs) -> anyhow::Result<u8> {
     let id = a.id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
     let cmd = command(a, &id)?;
     let (root, _) = agent_root(a)?;
-    let mut client = connect(a, vec![format!("{root}/#")]).await?;
-    publish(a, &client, &cmd).await?;
     let (evt, res) = (format!("{root}/evt"), format!("{root}/result"));
+    // These two only, not `{root}/#`: a least-privilege cloud login may not read the
+    // command topic (docs/fleet.md, deploy/rabbitmq-users.sh).
+    let mut client = connect(a, vec![res.clone(), evt.clone()]).await?;
+    publish(a, &client, &cmd).await?;
     let show = |m: &pos::Message, v: &Value| {
         if m.topic == evt && v["id"] == id.as_str() {
             let sub = v["sub_state"].as_str().unwrap_or("");

@@ -106,8 +106,15 @@ impl Client {
         el.network_options.set_tcp_nodelay(true);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-        let c2 = client.clone();
+        // Why the connection is not up yet, for the error after `within`.
+        let why: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let (c2, why2) = (client.clone(), why.clone());
         let task = tokio::spawn(async move {
+            let note = |text: String| {
+                if let Ok(mut w) = why2.lock() {
+                    *w = Some(text);
+                }
+            };
             loop {
                 match el.poll().await {
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => {
@@ -120,8 +127,21 @@ impl Client {
                             let _ = c2.try_subscribe_many(filters);
                         }
                     }
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                        let _ = ready_tx.send(());
+                    Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                        // A refused filter (0x80) would leave this client waiting for
+                        // messages that never come: not ready.
+                        let refused = ack
+                            .return_codes
+                            .iter()
+                            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                        if refused {
+                            note(format!(
+                                "the broker refused the subscription to {:?}",
+                                o.subscribe
+                            ));
+                        } else {
+                            let _ = ready_tx.send(());
+                        }
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         let _ = tx.send(Message {
@@ -131,14 +151,19 @@ impl Client {
                         });
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(e) => {
+                        note(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                 }
             }
         });
         let client = Client { client, rx, task };
-        tokio::time::timeout(within, ready_rx.recv()).await.ok().flatten().with_context(|| {
-            format!("no MQTT connection to {}:{} within {within:?}", o.host, o.port)
-        })?;
+        if tokio::time::timeout(within, ready_rx.recv()).await.ok().flatten().is_none() {
+            let why = why.lock().ok().and_then(|w| w.clone());
+            let why = why.map(|w| format!(" (last: {w})")).unwrap_or_default();
+            anyhow::bail!("no MQTT connection to {}:{} within {within:?}{why}", o.host, o.port);
+        }
         Ok(client)
     }
 
