@@ -164,6 +164,7 @@ pub enum SimKind {
         delay_ms: u64,
     },
     /// The Token fiscal register's Integration Hub side (token.md) over TCP.
+    #[cfg(feature = "sims")]
     Token {
         #[arg(long, default_value = "127.0.0.1:7010")]
         listen: SocketAddr,
@@ -186,6 +187,7 @@ pub enum SimKind {
         garble_rate: f64,
     },
     /// Kaspi Smart POS (kaspi.md, LAN API v2). Amount conventions: docs/terminals/kaspi.md.
+    #[cfg(feature = "sims")]
     Kaspi {
         /// Address to listen on (the terminal's port is 8080).
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -217,6 +219,7 @@ pub enum SimKind {
     },
     /// Mock Paywall PhysicalAPI (paywall.md): base URLs …/test and …/live; outcomes by
     /// the amount's last two minor digits (docs/terminals/paywall.md).
+    #[cfg(feature = "sims")]
     Paywall {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
@@ -228,6 +231,7 @@ pub enum SimKind {
     },
     /// Mock pay-by-link API (kuveyt.md): base URLs …/test and …/live; outcomes by the
     /// amount's last two minor digits (docs/terminals/kuveyt.md).
+    #[cfg(feature = "sims")]
     Kuveyt {
         #[arg(long, default_value = "127.0.0.1:8091")]
         listen: SocketAddr,
@@ -237,6 +241,7 @@ pub enum SimKind {
 }
 
 /// Options shared by the cloud mocks. The keys are the mock's own, not real secrets.
+#[cfg(feature = "sims")]
 #[derive(clap::Args)]
 pub struct MockArgs {
     /// Serve HTTPS with a self-signed certificate made at start.

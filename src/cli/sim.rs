@@ -2,14 +2,19 @@
 
 use std::fmt::Display;
 use std::future::Future;
+#[cfg(feature = "sims")]
 use std::net::SocketAddr;
 use std::process::ExitCode;
+#[cfg(feature = "sims")]
 use std::time::Duration;
 
+#[cfg(feature = "sims")]
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::args::{MockArgs, SimKind};
+#[cfg(feature = "sims")]
+use super::args::MockArgs;
+use super::args::SimKind;
 use super::{init_logging, shutdown_on_signals};
 use crate::config::LogFormat;
 use crate::sim;
@@ -17,6 +22,7 @@ use crate::sim;
 pub(super) async fn run(kind: SimKind) -> ExitCode {
     init_logging(LogFormat::Text, "info");
     match kind {
+        #[cfg(feature = "sims")]
         SimKind::Paywall { listen, mock, slow_ms } => {
             let (test, live) = keys(&mock);
             let opts = sim::paywall::PaywallSimOptions {
@@ -28,6 +34,7 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
             let bound = sim::paywall::PaywallSim::bind(listen, opts).await;
             serve_mock("paywall", listen, &mock, bound).await
         }
+        #[cfg(feature = "sims")]
         SimKind::Kuveyt { listen, mock } => {
             let (test, live) = keys(&mock);
             let opts = sim::kuveyt::KuveytSimOptions { test, live, tls: mock.tls };
@@ -60,6 +67,7 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
             };
             serve("ip", addr, bound, announce, sim::ip::IpSim::run).await
         }
+        #[cfg(feature = "sims")]
         SimKind::Token { listen, seed, fiscal_no, delay_ms, lose_rate, garble_rate } => {
             let opts = sim::token::SimOptions {
                 fiscal_no,
@@ -76,6 +84,7 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
             };
             serve("token", listen, bound, announce, sim::token::TokenSim::run).await
         }
+        #[cfg(feature = "sims")]
         SimKind::Kaspi {
             listen,
             tls,
@@ -116,6 +125,7 @@ pub(super) async fn run(kind: SimKind) -> ExitCode {
 }
 
 /// The test and live keys a cloud mock accepts (its own, not real secrets).
+#[cfg(feature = "sims")]
 fn keys(mock: &MockArgs) -> (sim::cloud::Keys, sim::cloud::Keys) {
     (
         sim::cloud::Keys {
@@ -131,6 +141,7 @@ fn keys(mock: &MockArgs) -> (sim::cloud::Keys, sim::cloud::Keys) {
 
 /// Serve a bound cloud mock (Paywall, Kuveyt): write its certificate where `--cert-out`
 /// says, print its two base URLs, run until a signal.
+#[cfg(feature = "sims")]
 async fn serve_mock<P: sim::cloud::Provider>(
     name: &str, listen: SocketAddr, args: &MockArgs, bound: std::io::Result<sim::CloudMock<P>>,
 ) -> ExitCode {
@@ -165,6 +176,7 @@ async fn serve<S, F: Future<Output = ()>>(
 }
 
 /// Write a mock's TLS certificate where the agent's `ca_file` can find it.
+#[cfg(feature = "sims")]
 fn write_cert(pem: Option<&str>, out: Option<&std::path::Path>) -> anyhow::Result<()> {
     match (pem, out) {
         (Some(pem), Some(path)) => std::fs::write(path, pem)
