@@ -134,19 +134,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let control_stop = CancellationToken::new();
     // Stops the socket however this function returns.
     let _control_guard = control_stop.clone().drop_guard();
-    let control = crate::control::Control { cfg: cfg.clone(), secrets: secrets.clone() };
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let control = crate::control::Control {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        secrets: secrets.clone(),
+        out: out_tx.clone(),
+    };
     let control_task = tokio::spawn({
         let stop = control_stop.clone();
         async move {
             if let Err(e) = control.serve(stop).await {
-                tracing::warn!(error = %e, "no control socket: `secret set` and `kaspi register` need the agent stopped");
+                tracing::warn!(error = %e, "no control socket: `secret set`, `kaspi register` and `store acknowledge` need the agent stopped");
             }
         }
     });
     let env = DriverEnv { store: store.clone(), secrets, agent_id: cfg.agent_id.clone() };
     let topics = Topics::new(&cfg.topic_prefix, &cfg.agent_id);
     let outbox_notify = Arc::new(Notify::new());
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let engine_stop = CancellationToken::new();
     let engine = Engine::new(
         store.clone(),

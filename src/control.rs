@@ -1,12 +1,13 @@
 //! The running agent's local control socket, so field tools that write the store do not
-//! stop the shop: `posbridge secret set` and `posbridge kaspi register` go through the
-//! agent (which holds the single-process store) when it runs, and open the store
-//! themselves only when it does not.
+//! stop the shop: `posbridge secret set`, `posbridge kaspi register` and `posbridge store
+//! acknowledge` go through the agent (which holds the single-process store) when it runs,
+//! and open the store themselves only when it does not.
 //!
 //! `<store.path>/control.sock`, a Unix socket with mode 0600 in the store directory (so
 //! only the agent's user, and root, can use it). One JSON request line, one JSON answer
 //! line: `{"op":"secret_set","terminal":T,"name":N,"value":V}` or
-//! `{"op":"kaspi_register","terminal":T}` → `{"ok":true,"message":…}` or
+//! `{"op":"kaspi_register","terminal":T}` or `{"op":"store_acknowledge"}` →
+//! `{"ok":true,"message":…}` or
 //! `{"ok":false,"error":…}`. Requests are bounded (64 KiB); the value is never logged.
 
 use std::path::{Path, PathBuf};
@@ -29,10 +30,13 @@ pub fn socket_path(store: &Path) -> PathBuf {
     store.join("control.sock")
 }
 
-/// What a request acts on: the agent's configuration and its secrets.
+/// What a request acts on: the agent's configuration, its store and its secrets.
 pub struct Control {
     pub cfg: Config,
+    pub store: crate::store::Store,
     pub secrets: Secrets,
+    /// To the MQTT side: the retained status follows a lifted hold.
+    pub out: tokio::sync::mpsc::UnboundedSender<crate::engine::Outbound>,
 }
 
 impl Control {
@@ -86,6 +90,17 @@ impl Control {
 
     async fn run(&self, req: &Value) -> anyhow::Result<String> {
         let text = |k: &str| req[k].as_str().with_context(|| format!("missing {k:?}"));
+        if req["op"] == "store_acknowledge" {
+            // Admission reads the hold from the store for every money command: lifted
+            // here, the next payment runs; telemetry's `money_blocked` follows.
+            let hold = self.store.lift_money_hold().await?;
+            if hold.is_some() {
+                let _ = self.out.send(crate::engine::Outbound::HoldLifted);
+            }
+            let m = acknowledged(hold);
+            tracing::warn!("{m} (through the control socket)");
+            return Ok(format!("{m} (by the running agent)"));
+        }
         let terminal = text("terminal")?;
         if !self.cfg.terminals.iter().any(|t| t.id() == terminal) {
             bail!("terminal {terminal:?} is not configured in the running agent");
@@ -113,6 +128,17 @@ impl Control {
             }
             other => bail!("unknown op {other:?}"),
         }
+    }
+}
+
+/// What `store acknowledge` says of the hold it lifted (or found none).
+pub fn acknowledged(hold: Option<crate::store::MoneyHold>) -> String {
+    match hold {
+        Some(h) => format!(
+            "money hold lifted: the store found damaged at {} (copy kept at {}) gave {} command ids, {} of them as unknown; payments and refunds are accepted again",
+            h.since, h.moved_aside, h.salvaged, h.salvaged_unknown
+        ),
+        None => "no money hold: nothing to acknowledge".to_string(),
     }
 }
 

@@ -117,6 +117,14 @@ impl Pump {
                         Some(Outbound::StoreFailed(reason)) => {
                             self.store_failed(&reason, &mut terminals, conn.as_ref()).await;
                         }
+                        Some(Outbound::HoldLifted) => {
+                            if let Some(store) = self.online.get_mut("store").and_then(Value::as_object_mut) {
+                                store.remove("money_blocked");
+                            }
+                            if let Some(c) = &conn {
+                                c.publish(self.topics.status(), QoS::AtLeastOnce, true, self.online.to_string().into_bytes(), Tag::None).await;
+                            }
+                        }
                         Some(Outbound::Terminal { id, payload }) => {
                             if let Some(c) = &conn {
                                 c.publish(self.topics.terminal(&id), QoS::AtLeastOnce, true, payload.to_string().into_bytes(), Tag::None).await;

@@ -108,7 +108,8 @@ pub enum SecretCmd {
 pub enum StoreCmd {
     /// After the store was found damaged at start, money commands are refused until an
     /// operator has reconciled the salvaged commands (docs/mqtt-api.md: "A store that cannot be
-    /// opened"). This lifts that hold. Stop the agent first (single-process store).
+    /// opened"). This lifts that hold: through the running agent (its control socket), so
+    /// payments resume at once; opening the store itself only when no agent runs.
     Acknowledge {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,

@@ -36,17 +36,16 @@ pub(super) async fn secret_set(
 
 pub(super) async fn store_acknowledge(config: &std::path::Path) -> anyhow::Result<String> {
     let cfg = Config::load(config)?;
+    // The running agent holds the store: it lifts the hold, and payments resume at once.
+    let req = serde_json::json!({"op": "store_acknowledge"});
+    if let Some(m) = crate::control::call(&cfg.store.path, &req).await? {
+        return Ok(m);
+    }
     crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
     let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
-        anyhow::anyhow!("{e} (is the agent running? stop it first: the store is single-process)")
+        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
     })?;
-    Ok(match store.lift_money_hold().await? {
-        Some(h) => format!(
-            "money hold lifted: the store found damaged at {} (copy kept at {}) gave {} command ids, {} of them as unknown; payments and refunds are accepted again",
-            h.since, h.moved_aside, h.salvaged, h.salvaged_unknown
-        ),
-        None => "no money hold: nothing to acknowledge".to_string(),
-    })
+    Ok(crate::control::acknowledged(store.lift_money_hold().await?))
 }
 
 /// The cloud's P-256 private key from the PEM file `--key` names (the text is wiped after).

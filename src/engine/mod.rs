@@ -58,6 +58,9 @@ pub enum Outbound {
     /// The store failed: retained `status` becomes `degraded` with this reason (kept at
     /// stop instead of `offline`), and every terminal's retained state `error`.
     StoreFailed(String),
+    /// An operator lifted the store's money hold (`posbridge store acknowledge` through
+    /// the control socket): the retained `status` drops `store.money_blocked`, now.
+    HoldLifted,
 }
 
 #[derive(Debug, Clone)]
