@@ -275,6 +275,13 @@ pub(crate) fn durable_flush(db: &sled::Db, dir: &Path) -> Result<(), String> {
     let blobs_dir = &dir.join("blobs");
     crate::faults::io("sled:flush").map_err(|e| format!("flush: {e}"))?;
     db.flush().map_err(|e| format!("flush: {e}"))?;
+    // The flush sealed sled's current log buffer, and sled defers dropping the old one
+    // (with the 512 KiB segment buffer it shares) into this thread's crossbeam-epoch bag,
+    // which is handed to the global collector only once it holds 64 deferrals. Here that
+    // is one checkpoint in 5 s: each bag kept up to 64 segment buffers (32 MiB) alive for
+    // five minutes, the RSS sawtooth of the 30-min soak (docs/performance.md). Hand it on
+    // now; the buffers are freed once no thread can still read them.
+    crossbeam_epoch::pin().flush();
     File::open(data_file)
         .and_then(|f| f.sync_data())
         .map_err(|e| format!("fdatasync {}: {e}", data_file.display()))?;

@@ -91,7 +91,11 @@ pub(crate) fn ip_terminal(s: AgentSpec, id: &str, addr: &str) -> Result<AgentSpe
 pub(crate) fn start_agent(dir: &Path, spec: &AgentSpec) -> Result<Agent> {
     // The kit's Agent runs the binary named here (built if missing).
     std::env::set_var("POSBRIDGE_BIN", agent_bin()?);
-    Ok(Agent::start(spec, dir))
+    // `BENCH_WRAP="heaptrack -o /tmp/agent"`: the agent under a profiler (its figures
+    // then describe the profiler too: for finding where memory goes, not for numbers).
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let wrapper: Vec<&str> = wrap.split_whitespace().collect();
+    Ok(Agent::start_with(spec, dir, &[], &wrapper))
 }
 
 /// Graceful broker stop (mosquitto saves its sessions) and start again.
