@@ -9,9 +9,21 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 /// Start rumqttd on a free loopback port in its own thread; returns the port.
 ///
 /// rumqttd binds the address itself, so the port is found by binding port 0 first and
-/// releasing it: a small window in which another process could take it, acceptable for a
-/// demo and tests.
+/// releasing it: in that window another socket may take it (rumqttd then only logs its
+/// bind error). So the listener on the port must be this process's own, else another
+/// broker is started on another port (at most 5 tries).
 pub fn start_embedded() -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..5 {
+        match start_on_a_free_port() {
+            Ok(port) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("embedded broker did not start")))
+}
+
+fn start_on_a_free_port() -> std::io::Result<u16> {
     let port = {
         let l = TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
@@ -55,10 +67,10 @@ pub fn start_embedded() -> std::io::Result<u16> {
             tracing::error!(error = %e, "embedded broker stopped");
         }
     })?;
-    // Wait until it accepts connections.
+    // Wait until it accepts connections, on a listening socket of this process.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(listen).is_ok() {
+        if std::net::TcpStream::connect(listen).is_ok() && listens_here(port) {
             return Ok(port);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -67,4 +79,36 @@ pub fn start_embedded() -> std::io::Result<u16> {
         std::io::ErrorKind::TimedOut,
         "embedded broker did not start listening",
     ))
+}
+
+/// Whether a socket of this process listens on 127.0.0.1:`port` (Linux: the listening
+/// socket's inode in `/proc/net/tcp` among this process's descriptors). Elsewhere: true.
+fn listens_here(port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return true };
+    let local = format!("0100007F:{port:04X}");
+    // Columns: sl local_address rem_address st ... inode (the 10th).
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|c| c.len() > 9 && c[1] == local && c[3] == "0A")
+        .map(|c| format!("socket:[{}]", c[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return true };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_listener_of_this_process_counts() {
+        let mine = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = mine.local_addr().expect("addr").port();
+        assert!(super::listens_here(port));
+        drop(mine);
+        assert!(!super::listens_here(port));
+    }
 }

@@ -47,13 +47,17 @@ pub async fn run(
     engine: Engine, bus: Arc<BusStats>, interval: Duration, out: mpsc::UnboundedSender<Outbound>,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    let interval = interval.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let _ = out.send(Outbound::Telemetry(snapshot(&engine, &bus)));
+                let mut v = snapshot(&engine, &bus);
+                // So a watcher knows when this agent's silence means something.
+                v["interval_s"] = interval.as_secs().into();
+                let _ = out.send(Outbound::Telemetry(v));
             }
         }
     }

@@ -133,9 +133,10 @@ enum CloudOp {
         /// Listen this many seconds, print the table once and exit (for scripts).
         #[arg(long = "for")]
         for_secs: Option<u64>,
-        /// Show an agent as `silent` after this many seconds without telemetry.
-        #[arg(long, default_value_t = 180)]
-        stale: u64,
+        /// Show an agent as `silent` after this many seconds without telemetry (default:
+        /// three of the agent's own telemetry intervals, 180 s before its first heartbeat).
+        #[arg(long)]
+        stale: Option<u64>,
         /// One JSON line per redraw instead of the table.
         #[arg(long)]
         json: bool,
@@ -152,7 +153,7 @@ pub async fn run(a: CloudArgs) -> ExitCode {
                 prefix: a.prefix.clone(),
                 every: Duration::from_secs(*every),
                 stop_after: for_secs.map(Duration::from_secs),
-                stale: Duration::from_secs(*stale),
+                stale: stale.map(Duration::from_secs),
                 json: *json,
             };
             let filters = super::watch::filters(&a.prefix);

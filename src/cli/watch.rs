@@ -24,7 +24,12 @@ struct Seen {
     money_blocked: bool,
     /// When the last telemetry arrived (this process's clock: the agent's may be off).
     heartbeat: Option<Instant>,
+    /// The agent's telemetry interval, as its heartbeat says.
+    interval: Option<Duration>,
 }
+
+/// Before an agent's first heartbeat says its interval: silent after this long.
+const DEFAULT_STALE: Duration = Duration::from_secs(180);
 
 /// Every agent seen under one prefix.
 #[derive(Default)]
@@ -68,12 +73,15 @@ impl Fleet {
             None if what == "status" => {
                 a.status = text(&v["state"]);
                 a.version = text(&v["version"]).or(a.version.take());
-                if let Some(b) = v["store"]["money_blocked"].as_bool() {
-                    a.money_blocked = b;
+                if v["state"] == "online" {
+                    // An object (the hold) while money is held; gone once acknowledged.
+                    let held = &v["store"]["money_blocked"];
+                    a.money_blocked = held.is_object() || held == true;
                 }
             }
             None if what == "telemetry" => {
                 a.heartbeat = Some(now);
+                a.interval = v["interval_s"].as_u64().map(Duration::from_secs).or(a.interval);
                 // The heartbeat carries the agent's state: newer than any retained status.
                 a.status = text(&v["state"]).or(a.status.take());
                 a.version = text(&v["version"]).or(a.version.take());
@@ -103,10 +111,12 @@ impl Fleet {
         }
     }
 
-    pub fn rows(&self, now: Instant, stale: Duration) -> Vec<Row> {
+    /// `stale`: `--stale`, else three of each agent's telemetry intervals.
+    pub fn rows(&self, now: Instant, stale: Option<Duration>) -> Vec<Row> {
         self.agents
             .iter()
             .map(|(id, a)| {
+                let stale = stale.or(a.interval.map(|i| i * 3)).unwrap_or(DEFAULT_STALE);
                 let age = a.heartbeat.map(|h| now.saturating_duration_since(h));
                 let state = match (a.status.as_deref(), age) {
                     (Some(s @ ("offline" | "degraded")), _) => s.to_string(),
@@ -134,7 +144,7 @@ impl Fleet {
     }
 
     /// The table as text, one agent per line, with a summary line.
-    pub fn table(&self, now: Instant, stale: Duration) -> String {
+    pub fn table(&self, now: Instant, stale: Option<Duration>) -> String {
         let rows = self.rows(now, stale);
         let mut out = String::new();
         let _ = writeln!(
@@ -162,7 +172,7 @@ impl Fleet {
     }
 
     /// The table as one JSON value (`--json`).
-    pub fn json(&self, now: Instant, stale: Duration) -> Value {
+    pub fn json(&self, now: Instant, stale: Option<Duration>) -> Value {
         let rows = self.rows(now, stale);
         json!({"agents": rows.iter().map(|r| json!({
             "agent": r.agent, "state": r.state, "version": r.version, "terminals": r.terminals,
@@ -185,8 +195,9 @@ pub struct WatchOptions {
     pub every: Duration,
     /// Stop after this long, printing the table once more (`None`: until interrupted).
     pub stop_after: Option<Duration>,
-    /// Show an agent as `silent` after this long without a heartbeat.
-    pub stale: Duration,
+    /// Show an agent as `silent` after this long without a heartbeat (`None`: three of
+    /// its own telemetry intervals).
+    pub stale: Option<Duration>,
     /// One JSON line per redraw instead of the table.
     pub json: bool,
 }
@@ -246,7 +257,7 @@ mod tests {
     #[test]
     fn the_table_follows_status_terminals_and_heartbeats() {
         let t0 = Instant::now();
-        let stale = Duration::from_secs(180);
+        let stale = Some(Duration::from_secs(180));
         let mut f = Fleet::default();
         f.observe(
             "posbridge",
@@ -292,5 +303,35 @@ mod tests {
         assert_eq!((r.state.as_str(), r.terminals.as_str()), ("offline", ""));
         let table = f.table(t0, stale);
         assert!(table.contains("shop-2") && table.ends_with("2 agents, 1 online\n"), "{table}");
+    }
+
+    /// Without `--stale`, an agent is silent after three of its own telemetry intervals
+    /// (as its heartbeat says), and a held store shows until the status drops the hold.
+    #[test]
+    fn silence_follows_each_agents_interval_and_the_hold_its_status() {
+        let t0 = Instant::now();
+        let mut f = Fleet::default();
+        let beat = |interval: u64| {
+            format!(r#"{{"v":1,"state":"online","interval_s":{interval},"money_blocked":false}}"#)
+        };
+        f.observe("p", "p/fast/telemetry", beat(10).as_bytes(), t0);
+        f.observe("p", "p/slow/telemetry", beat(600).as_bytes(), t0);
+        f.observe("p", "p/unknown/status", br#"{"v":1,"state":"online"}"#, t0);
+        let at = |s| t0 + Duration::from_secs(s);
+        let states = |f: &Fleet, t, stale| -> Vec<String> {
+            f.rows(t, stale).into_iter().map(|r| r.state).collect()
+        };
+        assert_eq!(states(&f, at(29), None), ["online", "online", "online"]);
+        assert_eq!(states(&f, at(31), None), ["silent", "online", "online"]);
+        assert_eq!(states(&f, at(1799), None), ["silent", "online", "online"]);
+        assert_eq!(states(&f, at(1801), None), ["silent", "silent", "online"]);
+        // `--stale` given: the same for every agent.
+        assert_eq!(states(&f, at(100), Some(Duration::from_secs(500))), ["online"; 3]);
+        // A retained status holding money, then the same status without the hold.
+        let held = br#"{"v":1,"state":"online","store":{"money_blocked":{"since":"x"}}}"#;
+        f.observe("p", "p/unknown/status", held, t0);
+        assert_eq!(f.rows(t0, None)[2].state, "online (money blocked)");
+        f.observe("p", "p/unknown/status", br#"{"v":1,"state":"online","store":{}}"#, t0);
+        assert_eq!(f.rows(t0, None)[2].state, "online");
     }
 }
