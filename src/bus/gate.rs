@@ -2,12 +2,15 @@
 //!
 //! The connection task must never await the intake (it alone polls the connection, and
 //! the intake's PUBACKs go through it), so the queue between them cannot push back by
-//! blocking. Instead every queued command holds a [`Slot`]; when the queue holds
-//! [`MAX_QUEUED`] commands or [`MAX_QUEUED_BYTES`] bytes, the connection task drops the
-//! connection without acknowledging what it has not queued: the broker keeps those
-//! (persistent session, QoS 1) and delivers them again after the reconnect, by which
-//! time the intake has caught up. The same reconnect is how the intake gets commands
-//! redelivered after a failed batch.
+//! blocking. Instead every queued command holds a [`Slot`] until its PUBACK has been
+//! asked for; when the queue holds [`MAX_QUEUED`] commands or [`MAX_QUEUED_BYTES`] bytes,
+//! the connection task stops taking commands (leaving them unacknowledged: the broker
+//! keeps them, persistent session, QoS 1) but keeps the connection until the intake has
+//! drained the queue and every PUBACK it asked for has gone out. Only then does it
+//! reconnect, and the broker delivers the commands it skipped again. (Dropping the
+//! connection at once, as before, sent the PUBACKs of everything queued to a dead
+//! connection: under a flood the same commands came back again and again, a livelock.)
+//! A reconnect is also how the intake gets commands redelivered after a failed batch.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub struct Gate {
     count: AtomicUsize,
     bytes: AtomicUsize,
     reconnect: Notify,
+    /// Woken when the queue becomes empty.
+    drained: Notify,
     /// Times the queue was full and the connection was dropped to make the broker wait.
     pub queue_full: AtomicU64,
 }
@@ -36,8 +41,10 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gate.count.fetch_sub(1, Ordering::AcqRel);
         self.gate.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.gate.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gate.drained.notify_one();
+        }
     }
 }
 
@@ -66,6 +73,11 @@ impl Gate {
 
     pub(crate) async fn reconnect_requested(&self) {
         self.reconnect.notified().await
+    }
+
+    /// Resolves (maybe spuriously: check [`Gate::queued`]) once the queue has emptied.
+    pub(crate) async fn drained(&self) {
+        self.drained.notified().await
     }
 }
 

@@ -137,7 +137,21 @@ pub(crate) async fn run_connection(
         let mut connected = false;
         // The broker refused or was lost (not a reconnect of our own choosing).
         let mut lost = false;
+        // The intake queue was full: commands are being skipped (left unacknowledged) until
+        // the queue has drained and its PUBACKs are out; then a reconnect brings them again.
+        let mut skipping = false;
+        // PUBACKs the intake asked for on this connection, and those written out.
+        let acks_asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut acks_out = 0u64;
+        let drained = |acks_out: u64| {
+            gate.queued().0 == 0
+                && acks_out >= acks_asked.load(std::sync::atomic::Ordering::Acquire)
+        };
         loop {
+            if skipping && drained(acks_out) {
+                tracing::info!("intake queue drained; reconnecting so the broker delivers the skipped commands");
+                break;
+            }
             let ev = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -145,6 +159,7 @@ pub(crate) async fn run_connection(
                     tracing::warn!("reconnecting so the broker delivers unacknowledged commands again");
                     break;
                 }
+                _ = gate.drained(), if skipping => continue,
                 ev = el.poll() => ev,
             };
             match ev {
@@ -191,13 +206,19 @@ pub(crate) async fn run_connection(
                         }
                         continue;
                     }
+                    if skipping {
+                        // Not acknowledged: the broker delivers it again after the reconnect.
+                        continue;
+                    }
                     let Some(slot) = gate.admit(p.payload.len()) else {
                         // Full: not acknowledged, so the broker keeps it (and everything
-                        // after it) for the next connection.
-                        tracing::warn!(queued = ?gate.queued(), "intake queue full; reconnecting later so the broker holds the rest");
-                        break;
+                        // after it) for the next connection, once the queue has drained.
+                        tracing::warn!(queued = ?gate.queued(), "intake queue full; taking no more commands until it drains, then reconnecting so the broker delivers the rest");
+                        skipping = true;
+                        continue;
                     };
                     let ack_client = client.clone();
+                    let asked = acks_asked.clone();
                     let payload = p.payload.to_vec();
                     let cmd = Cmd {
                         payload,
@@ -205,7 +226,9 @@ pub(crate) async fn run_connection(
                             Box::pin(async move {
                                 // Fails only if this connection is gone; the broker then
                                 // redelivers and the engine answers the duplicate.
-                                let _ = ack_client.ack(&p).await;
+                                if ack_client.ack(&p).await.is_ok() {
+                                    asked.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                                }
                             })
                         }),
                         slot: Some(slot),
@@ -221,6 +244,7 @@ pub(crate) async fn run_connection(
                         tracing::debug!("command left unacknowledged: the agent is stopping");
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::PubAck(_))) => acks_out += 1,
                 Ok(Event::Incoming(Incoming::PubAck(a))) => {
                     if let Some(tag) = pkids.remove(&a.pkid) {
                         let _ = pump_tx.send(ConnEvent::Acked(tag));

@@ -75,10 +75,15 @@ impl Engine {
     pub(crate) async fn intake_batch(&self, batch: Vec<Incoming>) -> Result<(), StoreError> {
         let inner = &self.inner;
         let mut acks = Vec::with_capacity(batch.len());
+        // Each command's place in the intake queue, given back once its PUBACK is asked
+        // for (or the batch failed): the connection waits for an empty queue before it
+        // reconnects after a flood (`bus::gate`).
+        let mut slots = Vec::with_capacity(batch.len());
         let mut after: Vec<After> = Vec::new();
         let mut ids: Vec<String> = Vec::new();
         for m in batch {
             inner.stats.commands_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            slots.push(m.slot);
             after.extend(inner.accept(&m.payload, m.received, &mut ids)?);
             acks.push(m.ack);
         }
@@ -88,6 +93,7 @@ impl Engine {
         for ack in acks {
             ack().await;
         }
+        drop(slots);
         let acked = crate::stages::now();
         for id in &ids {
             crate::stages::mark_at(id, "durable", durable);
