@@ -140,6 +140,9 @@ pub(crate) async fn run_connection(
         // The intake queue was full: commands are being skipped (left unacknowledged) until
         // the queue has drained and its PUBACKs are out; then a reconnect brings them again.
         let mut skipping = false;
+        // This connection ends only so the broker delivers the skipped commands: the
+        // broker is fine, so the next one starts at once (no backoff).
+        let mut refill = false;
         // PUBACKs the intake asked for on this connection, and those written out.
         let acks_asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut acks_out = 0u64;
@@ -150,6 +153,7 @@ pub(crate) async fn run_connection(
         loop {
             if skipping && drained(acks_out) {
                 tracing::info!("intake queue drained; reconnecting so the broker delivers the skipped commands");
+                refill = true;
                 break;
             }
             let ev = tokio::select! {
@@ -272,6 +276,9 @@ pub(crate) async fn run_connection(
         drop(el);
         if stop.is_cancelled() {
             break;
+        }
+        if refill {
+            continue;
         }
         if lost {
             // The next broker in the list (mqtt.urls; the same one when there is one),
