@@ -142,13 +142,19 @@ pub fn acknowledged(hold: Option<crate::store::MoneyHold>) -> String {
     }
 }
 
-/// When no agent listens: the store opened by this process (refused as root on the agent's
-/// store, whose files root would take over) and its secrets.
-pub fn open_directly(cfg: &Config) -> anyhow::Result<(crate::store::Store, Secrets)> {
+/// When no agent listens: the store opened by this process (refused as root on the
+/// agent's store, whose files root would take over).
+pub fn open_store(cfg: &Config) -> anyhow::Result<crate::store::Store> {
     crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
     let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
         anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
     })?;
+    Ok(store)
+}
+
+/// When no agent listens: [`open_store`] and its secrets.
+pub fn open_directly(cfg: &Config) -> anyhow::Result<(crate::store::Store, Secrets)> {
+    let store = open_store(cfg)?;
     let secrets = Secrets::open(&cfg.store.key_file, store.clone()).context("store.key_file")?;
     Ok((store, secrets))
 }

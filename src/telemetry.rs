@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::BusStats;
 use crate::engine::{Engine, Outbound};
 
-pub fn snapshot(engine: &Engine, bus: &BusStats) -> Value {
+/// One heartbeat; `interval` is this agent's telemetry interval (`interval_s`: so a
+/// watcher knows when its silence means something).
+pub fn snapshot(engine: &Engine, bus: &BusStats, interval: Duration) -> Value {
     let uptime = (chrono::Utc::now() - engine.started_at()).num_seconds();
     let broker = bus.broker.lock().ok().and_then(|b| b.clone());
     let money_blocked = matches!(engine.store().money_hold(), Ok(Some(_)));
@@ -26,6 +28,7 @@ pub fn snapshot(engine: &Engine, bus: &BusStats) -> Value {
         "terminals": engine.terminal_states(),
         "broker": broker,
         "uptime_s": uptime,
+        "interval_s": interval.as_secs(),
         "version": crate::VERSION,
         "mqtt_reconnects": bus.reconnects.load(Ordering::Relaxed),
         "dropped_commands": bus.dropped_commands.load(Ordering::Relaxed),
@@ -54,10 +57,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let mut v = snapshot(&engine, &bus);
-                // So a watcher knows when this agent's silence means something.
-                v["interval_s"] = interval.as_secs().into();
-                let _ = out.send(Outbound::Telemetry(v));
+                let _ = out.send(Outbound::Telemetry(snapshot(&engine, &bus, interval)));
             }
         }
     }

@@ -29,7 +29,8 @@ pub struct Gate {
     reconnect: Notify,
     /// Woken when the queue becomes empty.
     drained: Notify,
-    /// Times the queue was full and the connection was dropped to make the broker wait.
+    /// Times the queue was full (the connection then took no more commands until it had
+    /// drained, and reconnected for the rest).
     pub queue_full: AtomicU64,
 }
 

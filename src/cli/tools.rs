@@ -41,10 +41,7 @@ pub(super) async fn store_acknowledge(config: &std::path::Path) -> anyhow::Resul
     if let Some(m) = crate::control::call(&cfg.store.path, &req).await? {
         return Ok(m);
     }
-    crate::store::refuse_root_on_foreign_store(&cfg.store.path).map_err(anyhow::Error::msg)?;
-    let (store, _) = crate::store::Store::open(&cfg.store.path).map_err(|e| {
-        anyhow::anyhow!("{e} (is an agent holding it without its control socket? stop it first)")
-    })?;
+    let store = crate::control::open_store(&cfg)?;
     Ok(crate::control::acknowledged(store.lift_money_hold().await?))
 }
 

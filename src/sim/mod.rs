@@ -4,7 +4,6 @@
 //! Shared by several: `listen` (the TCP accept loop), `http` (HTTP/1 over TCP or TLS, the
 //! odd answers), `faults` (seeded generators, fault rates and their draw) and `cloud` (the
 //! one mock server the cloud providers' mocks, `paywall` and `kuveyt`, run on).
-
 //!
 //! The production build (`--no-default-features`) keeps only the IP terminal's simulator
 //! (`posbridge sim ip`, which `deploy/qemu-smoke.sh` runs on the cross-built binary); the
