@@ -1,8 +1,10 @@
 //! Group commit over the write-ahead log (`wal.rs`): one `write` + `fdatasync` of the log
 //! covers every change applied before the commit started. A caller registers *after* its
 //! write and is answered only by a commit that began after it registered, so no
-//! acknowledgement can run ahead of the sync covering it. Checkpoints (sled made durable,
-//! then the log dropped) run in the same task, so they never interleave with a commit.
+//! acknowledgement can run ahead of the sync covering it. A commit runs on the caller's
+//! own thread when no other is running, else on the sync thread (`Syncer::sync`); the
+//! log's lock keeps them from interleaving. Checkpoints (sled made durable, then the log
+//! dropped) run on the sync thread under the same lock.
 //!
 //! Fail-stop (`mqtt-api.md`: Durability promise 8): after a failed `fdatasync` the page
 //! cache cannot be trusted (PostgreSQL's "fsyncgate"), so the first store I/O error that
@@ -46,9 +48,49 @@ pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Vec<u8>> {
 #[derive(Clone)]
 pub struct Syncer {
     db: sled::Db,
-    mark: Arc<Mark>,
     tx: std::sync::mpsc::Sender<(sled::Db, Req)>,
+    shared: Arc<Shared>,
+}
+
+/// What the sync thread and an inline commit share. Whoever holds `wal` is the one
+/// committing: commits never interleave, and the log holds changes in apply order.
+struct Shared {
+    mark: Arc<Mark>,
     failure: Failure,
+    wal: Mutex<Wal>,
+    /// sled's directory; the logs live in it too.
+    dir: PathBuf,
+    pending: Pending,
+}
+
+fn lock_wal(w: &Mutex<Wal>) -> std::sync::MutexGuard<'_, Wal> {
+    // Poisoned only by a panic between two plain field updates.
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// One commit; then, on the sync thread (`on_thread`), a checkpoint when one was asked
+    /// for or the log has grown past [`CHECKPOINT_BYTES`]. The first error poisons the
+    /// store.
+    fn commit_and_checkpoint(
+        &self, db: &sled::Db, wal: &mut Wal, on_thread: bool, checkpoint_asked: bool,
+    ) -> (Result<(), String>, Result<(), String>) {
+        if let Some(why) = self.failure.get() {
+            // Poisoned: no more I/O, every request fails.
+            return (Err(why.clone()), Err(why));
+        }
+        let res = commit(wal, &self.dir, &self.mark, &self.pending);
+        let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+        let cp = if res.is_ok() && on_thread && (checkpoint_asked || big) {
+            checkpoint(db, wal, &self.dir, &self.mark, &self.pending)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = res.as_ref().and(cp.as_ref()) {
+            self.failure.set(e);
+        }
+        (res, cp)
+    }
 }
 
 /// Set once, at the first store failure; waited on by the agent.
@@ -76,28 +118,28 @@ impl Failure {
 
 impl Syncer {
     pub fn mark(&self) -> &Mark {
-        &self.mark
+        &self.shared.mark
     }
 
     /// Resolves once the store has failed (with the reason); never before.
     pub async fn failed(&self) -> String {
         loop {
-            if let Some(r) = self.failure.get() {
+            if let Some(r) = self.shared.failure.get() {
                 return r;
             }
-            self.failure.notify.notified().await;
+            self.shared.failure.notify.notified().await;
         }
     }
 
     /// Fail the store from outside the sync thread: sled itself could not write (it
     /// writes its buffers on its own, and after such an error its state is unknown).
     pub(crate) fn fail(&self, why: &str) {
-        self.failure.set(why);
+        self.shared.failure.set(why);
     }
 
     /// The failure, if the store has failed.
     pub fn failure(&self) -> Option<String> {
-        self.failure.get()
+        self.shared.failure.get()
     }
 
     pub(crate) fn start(
@@ -108,18 +150,19 @@ impl Syncer {
         pending: Pending,
         log: LogFile,
     ) -> Syncer {
-        let mark = Arc::new(mark);
-        let task_mark = mark.clone();
-        let failure = Failure::default();
-        let task_failure = failure.clone();
+        let shared = Arc::new(Shared {
+            mark: Arc::new(mark),
+            failure: Failure::default(),
+            wal: Mutex::new(Wal { generation: log.generation, log: Some(log) }),
+            dir,
+            pending,
+        });
+        let task = shared.clone();
         let (tx, rx) = std::sync::mpsc::channel::<(sled::Db, Req)>();
         // A thread of its own, not a task + spawn_blocking: a commit is then one hand-off
         // to this thread and one back, instead of four (measured: docs/performance.md).
         // It ends when the last `Store` is dropped (the channel closes).
         let spawned = std::thread::Builder::new().name("posbridge-sync".into()).spawn(move || {
-            let mark = task_mark;
-            let failure = task_failure;
-            let mut wal = Wal { generation: log.generation, log: Some(log) };
             while let Ok((db, first)) = rx.recv() {
                 let mut commits = Vec::new();
                 let mut checkpoints = Vec::new();
@@ -131,22 +174,9 @@ impl Syncer {
                 while let Ok((_, r)) = rx.try_recv() {
                     route(r);
                 }
-                let (res, cp) = match failure.get() {
-                    // Poisoned: no more I/O, every request fails.
-                    Some(why) => (Err(why.clone()), Err(why)),
-                    None => {
-                        let res = commit(&mut wal, &dir, &mark, &pending);
-                        let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
-                        let cp = if res.is_ok() && (!checkpoints.is_empty() || big) {
-                            checkpoint(&db, &mut wal, &dir, &mark, &pending)
-                        } else {
-                            Ok(())
-                        };
-                        if let Err(e) = res.as_ref().and(cp.as_ref()) {
-                            failure.set(e);
-                        }
-                        (res, cp)
-                    }
+                let (res, cp) = {
+                    let mut wal = lock_wal(&task.wal);
+                    task.commit_and_checkpoint(&db, &mut wal, true, !checkpoints.is_empty())
                 };
                 drop(db);
                 for w in commits {
@@ -159,9 +189,9 @@ impl Syncer {
         });
         if let Err(e) = spawned {
             // Every commit then fails with "syncer stopped": nothing is acknowledged.
-            failure.set(&format!("cannot start the store's sync thread: {e}"));
+            shared.failure.set(&format!("cannot start the store's sync thread: {e}"));
         }
-        Syncer { db, mark, tx, failure }
+        Syncer { db, tx, shared }
     }
 
     async fn request(&self, make: impl FnOnce(Waiter) -> Req) -> Result<(), StoreError> {
@@ -172,8 +202,37 @@ impl Syncer {
         rx.await.map_err(|_| StoreError::Sync("syncer stopped".into()))?.map_err(StoreError::Sync)
     }
 
+    /// Make every change applied before this call durable.
+    ///
+    /// When no commit is running, the caller's own thread writes and syncs the log. That
+    /// saves the hand-off to the sync thread and back, ~55 µs a commit, a third of the
+    /// commit's time (`docs/performance.md`), at the price of blocking one of the
+    /// runtime's threads for one `fdatasync`; the caller would have waited for it anyway,
+    /// and the runtime's other thread keeps the bus and the other terminals running. At
+    /// most one runtime thread is ever blocked so: a caller that finds a commit running
+    /// hands its request to the sync thread, whose next commit starts after the call and
+    /// so covers the caller's changes (group commit). Checkpoints always run on the sync
+    /// thread.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        self.request(Req::Commit).await
+        let inline = match self.shared.wal.try_lock() {
+            Ok(mut wal) => {
+                let (res, _) = self.shared.commit_and_checkpoint(&self.db, &mut wal, false, false);
+                let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
+                Some((res, big))
+            }
+            Err(_) => None,
+        };
+        match inline {
+            Some((res, big)) => {
+                if big && res.is_ok() {
+                    // Bound the log without making this caller wait for a sled flush.
+                    let (tx, _) = oneshot::channel();
+                    let _ = self.tx.send((self.db.clone(), Req::Checkpoint(tx)));
+                }
+                res.map_err(StoreError::Sync)
+            }
+            None => self.request(Req::Commit).await,
+        }
     }
 
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
