@@ -2,11 +2,12 @@
 //! `POSBRIDGE_STAGES=<file>` in its environment the agent notes, per command id, the
 //! moment (CLOCK_MONOTONIC, the same clock the bench reads) it reached each stage:
 //!
-//! `received` (the command came off the connection) → `durable` (its intake sync
-//! returned) → `puback` (its PUBACK was handed to the connection) → `worker` (its
-//! terminal's worker took it) → `device_call` → `device_answer` → `result_durable` →
-//! `result_sent` (the result was handed to the connection) → `result_acked` (the broker's
-//! PUBACK for it).
+//! `received` (the command came off the connection) → `worker` (its terminal's worker took
+//! it) → `device_call` → `device_answer` → `result_durable` → `result_sent` (the result
+//! was handed to the connection) → `result_acked` (the broker's PUBACK for it). Beside that
+//! path, the command's own `durable` (the sync covering it returned) and `puback` (its
+//! PUBACK was handed to the connection): for a terminal that was idle, that sync is the
+//! worker's first journal step's, so they come after `worker` (`engine::intake`).
 //!
 //! Kept in memory and written as JSON lines (`{"id":…,"stage":…,"ns":…}`) when the agent
 //! stops, so recording adds no I/O to the path it measures. Without the variable every
@@ -18,10 +19,8 @@ use std::sync::{Mutex, OnceLock};
 pub const ENV: &str = "POSBRIDGE_STAGES";
 
 /// The stages a payment passes, in order.
-pub const PATH: [&str; 9] = [
+pub const PATH: [&str; 7] = [
     "received",
-    "durable",
-    "puback",
     "worker",
     "device_call",
     "device_answer",
@@ -29,6 +28,9 @@ pub const PATH: [&str; 9] = [
     "result_sent",
     "result_acked",
 ];
+
+/// The command's own sync and PUBACK, beside [`PATH`]: after `received`, in this order.
+pub const COMMAND_ACK: [&str; 2] = ["durable", "puback"];
 
 struct Recorder {
     path: std::path::PathBuf,

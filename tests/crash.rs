@@ -177,9 +177,10 @@ async fn store_writes_are_fdatasynced() {
     let out = std::fs::read_to_string(&trace).expect("trace");
     let n =
         out.lines().filter(|l| l.contains("fdatasync(") && l.contains("posbridge-wal.")).count();
-    // The command before its PUBACK, the journal before the terminal is asked, the
-    // answer together with the result: three syncs of the log.
-    assert!(n >= 3, "expected ≥ 3 fdatasync calls of the log for one payment, saw {n}:\n{out}");
+    // The command together with the journal before the terminal is asked (the terminal
+    // was idle: one sync covers both before the PUBACK), then the answer together with
+    // the result: two syncs of the log.
+    assert!(n >= 2, "expected ≥ 2 fdatasync calls of the log for one payment, saw {n}:\n{out}");
     stop.cancel();
 }
 

@@ -41,10 +41,16 @@ async fn every_stage_of_a_payment_is_noted_in_order() {
         }
     }
     let mut last = 0;
+    let stage_at = |stage: &str| *at.get(stage).unwrap_or_else(|| panic!("no {stage} in {text}"));
     for stage in posbridge::stages::PATH {
-        let t = *at.get(stage).unwrap_or_else(|| panic!("no {stage} in {text}"));
+        let t = stage_at(stage);
         assert!(t >= last, "{stage} before the stage ahead of it: {at:?}");
         last = t;
     }
+    let [durable, puback] = posbridge::stages::COMMAND_ACK.map(stage_at);
+    assert!(stage_at("received") <= durable && durable <= puback, "{at:?}");
+    // The terminal was idle: the payment's one sync before the device call is the
+    // worker's first journal step, which covers the command too (one sync less).
+    assert!(durable >= stage_at("worker"), "the command was synced on its own: {at:?}");
     stop.cancel();
 }

@@ -1,7 +1,8 @@
 //! Admission of a device op (payment, refund, device_info, fiscal_info): the terminal
 //! exists and supports the op, the driver accepts the fields, no money hold is on, the
 //! deadline has not passed, the refund is covered, the terminal's queue has room. Then the
-//! record is written and queued; the intake's sync makes it durable before the PUBACK.
+//! record is written and queued; a sync makes it durable before the PUBACK (the intake's,
+//! or, when the terminal was idle, the one of the worker's first journal step).
 
 use super::{deadline, lock, After, Inner};
 use crate::api::{ErrorCode, Evt, Op};
@@ -68,6 +69,7 @@ impl Inner {
                 }
             }
         }
+        let starts_now;
         {
             let mut q = lock(&term.queue);
             if q.len() >= self.cfg.queue_depth {
@@ -91,6 +93,7 @@ impl Inner {
             self.store.write(&records, &[])?;
             // The worker's first step commits again before touching the device, so even a
             // worker woken early never runs ahead of this record's durability.
+            starts_now = q.is_empty() && lock(&term.running).is_none();
             q.push_back(rec.cmd.id.to_string());
         }
         let queued = lock(&term.queue).len();
@@ -99,7 +102,7 @@ impl Inner {
         Ok(vec![
             After::Evt(accepted),
             After::Evt(Evt::new(&rec.cmd.id, crate::api::Progress::Queued)),
-            After::Wake(tid),
+            if starts_now { After::Start(tid) } else { After::Wake(tid) },
         ])
     }
 }

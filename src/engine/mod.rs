@@ -38,7 +38,11 @@ use crate::store::{CommandRecord, OutMsg, Store, StoreError};
 /// Work to do once the batch is durable and acknowledged.
 pub(crate) enum After {
     Evt(Evt),
+    /// Wake this terminal's worker: it has a command queued.
     Wake(String),
+    /// Wake this terminal's worker, which was idle with an empty queue: it starts the
+    /// command at once, and its first journal step's commit can cover the intake too.
+    Start(String),
     Query(String),
     /// Answer a `list` off the intake path.
     List(String),

@@ -27,6 +27,9 @@ pub(crate) struct Mark {
     checkpointed: AtomicU64,
     outbox_noted: AtomicU64,
     outbox_durable: AtomicU64,
+    /// The log position (`sync::PendingLog::framed`) the last completed commit or
+    /// checkpoint covered: every change framed before it is durable.
+    log_durable: tokio::sync::watch::Sender<u64>,
     file: std::sync::Mutex<Option<std::fs::File>>,
 }
 
@@ -39,6 +42,7 @@ impl Mark {
             checkpointed: Default::default(),
             outbox_noted: Default::default(),
             outbox_durable: Default::default(),
+            log_durable: tokio::sync::watch::Sender::new(0),
             file: Default::default(),
         }
     }
@@ -148,6 +152,19 @@ impl Mark {
     /// After the sync that started at `upto` completed.
     pub(crate) fn outbox_synced(&self, upto: u64) {
         self.outbox_durable.fetch_max(upto, Ordering::AcqRel);
+    }
+
+    /// After the commit or checkpoint that took the pending changes up to `at` completed.
+    pub(crate) fn log_synced(&self, at: u64) {
+        self.log_durable.send_if_modified(|v| {
+            let newer = at > *v;
+            *v = (*v).max(at);
+            newer
+        });
+    }
+
+    pub(super) fn log_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.log_durable.subscribe()
     }
 
     pub(super) fn outbox_durable(&self) -> u64 {

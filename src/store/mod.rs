@@ -141,6 +141,31 @@ impl Store {
         self.syncer.sync().await
     }
 
+    /// The end of the changes applied so far, as a log position: once a commit covering
+    /// it has completed ([`Store::durable_soon`]), every one of them is durable.
+    pub fn log_position(&self) -> u64 {
+        lock_pending(&self.pending).framed
+    }
+
+    /// Resolves once every change up to log position `at` is durable: by whichever commit
+    /// covers it first (another task's, such as a worker's journal step), or, if none has
+    /// within `within`, by a commit of its own. Lets intake share its sync with the first
+    /// journal step of the command it has just queued (`engine::intake`).
+    pub async fn durable_soon(
+        &self, at: u64, within: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let mut durable = self.syncer.mark().log_durable();
+        tokio::select! {
+            biased;
+            why = self.syncer.failed() => Err(StoreError::Sync(why)),
+            covered = async { durable.wait_for(|d| *d >= at).await.map(|_| ()) } => match covered {
+                Ok(_) => self.refuse_after_failure(),
+                Err(_) => self.commit().await,
+            },
+            _ = tokio::time::sleep(within) => self.commit().await,
+        }
+    }
+
     /// Resolves once the store has failed (a write or sync error that survived its one
     /// retry): from then on every commit fails. The agent stops on it.
     pub async fn failed(&self) -> String {
@@ -172,7 +197,7 @@ impl Store {
     fn apply(&self, b: LoggedBatch) -> Result<(), StoreError> {
         self.refuse_after_failure()?;
         let mut p = lock_pending(&self.pending);
-        b.frame_into(&mut p);
+        p.frame(&b);
         let applied = b.apply_to(&self.db);
         self.fail_stop(applied)
     }
@@ -225,7 +250,7 @@ impl Store {
             max_outbox = seq;
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
-        batch.frame_into(&mut p);
+        p.frame(&batch);
         let applied = if records.is_empty() || outbox.is_empty() {
             batch.apply_to(&self.db)
         } else {

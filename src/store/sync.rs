@@ -36,9 +36,26 @@ enum Req {
 
 /// Changes applied to sled but not yet in the log, in apply order. Writers append under
 /// this lock while they apply their batch, so the log's order is sled's order.
-pub(crate) type Pending = Arc<Mutex<Vec<u8>>>;
+pub(crate) type Pending = Arc<Mutex<PendingLog>>;
 
-pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Vec<u8>> {
+#[derive(Default)]
+pub(crate) struct PendingLog {
+    /// Framed changes not yet taken by a commit.
+    pub(crate) buf: Vec<u8>,
+    /// Bytes ever framed: the log position a commit that takes `buf` now makes durable
+    /// ([`super::Store::log_position`]).
+    pub(crate) framed: u64,
+}
+
+impl PendingLog {
+    pub(crate) fn frame(&mut self, b: &super::wal::LoggedBatch) {
+        let before = self.buf.len();
+        b.frame_into(&mut self.buf);
+        self.framed += (self.buf.len() - before) as u64;
+    }
+}
+
+pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, PendingLog> {
     // A poisoned lock only means a writer panicked between two plain appends.
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -252,17 +269,17 @@ struct Wal {
 /// applied since, in order.
 fn put_back(pending: &Pending, taken: Vec<u8>) {
     let mut p = lock_pending(pending);
-    let later = std::mem::replace(&mut *p, taken);
-    p.extend_from_slice(&later);
+    let later = std::mem::replace(&mut p.buf, taken);
+    p.buf.extend_from_slice(&later);
 }
 
 /// Append what is pending to the log and `fdatasync` it.
 fn commit(wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending) -> Result<(), String> {
     let Wal { log, generation } = wal;
     // Read the marks under the same lock as the bytes: exactly these changes are covered.
-    let (buf, upto, outbox_upto) = {
+    let (buf, at, upto, outbox_upto) = {
         let mut p = lock_pending(pending);
-        (std::mem::take(&mut *p), mark.noted(), mark.outbox_noted())
+        (std::mem::take(&mut p.buf), p.framed, mark.noted(), mark.outbox_noted())
     };
     if !buf.is_empty() {
         let mut write = |log: &mut Option<LogFile>| -> std::io::Result<()> {
@@ -294,7 +311,9 @@ fn commit(wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending) -> Result<(
         }
     }
     mark.outbox_synced(outbox_upto);
-    mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))
+    mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))?;
+    mark.log_synced(at);
+    Ok(())
 }
 
 /// Make sled durable (flush + `fdatasync`), then drop every log older than a fresh one.
@@ -303,14 +322,14 @@ fn checkpoint(
 ) -> Result<(), String> {
     let Wal { log, generation } = wal;
     let nothing_logged = log.as_ref().is_some_and(|l| l.len == 0);
-    let (taken, upto, outbox_upto) = {
+    let (taken, at, upto, outbox_upto) = {
         let mut p = lock_pending(pending);
-        if nothing_logged && p.is_empty() {
+        if nothing_logged && p.buf.is_empty() {
             return Ok(());
         }
         // Everything applied so far is in sled's memory and covered by the flush below;
         // kept until that flush is durable.
-        (std::mem::take(&mut *p), mark.noted(), mark.outbox_noted())
+        (std::mem::take(&mut p.buf), p.framed, mark.noted(), mark.outbox_noted())
     };
     if let Err(e) = durable_flush(db, dir) {
         // Not durable anywhere yet: back in front of later changes, for the log.
@@ -319,6 +338,7 @@ fn checkpoint(
     }
     mark.outbox_synced(outbox_upto);
     mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
+    mark.log_synced(at);
     *generation += 1;
     let fresh = LogFile::create(dir, *generation).map_err(|e| format!("store log create: {e}"))?;
     *log = Some(fresh);

@@ -20,6 +20,9 @@ fn path() -> Vec<&'static str> {
     p
 }
 
+/// Steps reported beside the path (after it in [`medians`]' answer).
+const BESIDE: usize = 3;
+
 /// For each step `PATH[i-1] → PATH[i]`: the median over the payments that have both, in µs.
 /// `client` holds each id's `sent` and `got` times.
 pub(crate) fn medians(
@@ -44,7 +47,8 @@ pub(crate) fn medians(
     }
     let mut out = Vec::new();
     let path = path();
-    let steps = path.windows(2).map(|w| (w[0], w[1])).chain([("result_sent", "result_acked")]);
+    let beside = [("received", "durable"), ("durable", "puback"), ("result_sent", "result_acked")];
+    let steps = path.windows(2).map(|w| (w[0], w[1])).chain(beside);
     for w in steps {
         let w = [w.0, w.1];
         let mut d: Vec<f64> = client
@@ -63,13 +67,18 @@ pub(crate) fn medians(
 /// Printed under the figures table, and kept in the JSON line.
 pub(crate) fn report(steps: &[(String, f64)], j: &mut Value) {
     println!("e2e: where the median payment's time goes (median per step, µs):");
-    let path = &steps[..steps.len().saturating_sub(1)];
+    let path = &steps[..steps.len().saturating_sub(BESIDE)];
     let total: f64 = path.iter().map(|(_, v)| v).filter(|v| v.is_finite()).sum();
     for (name, v) in path {
         println!("  {name:<34} {v:>9.1}  ({:>4.1} %)", 100.0 * v / total.max(1e-9));
     }
-    if let Some((name, v)) = steps.last() {
-        println!("  {name:<34} {v:>9.1}  (beside the path: the broker's PUBACK)");
+    let why = [
+        "beside the path: the command's sync",
+        "beside the path: the command's PUBACK",
+        "beside the path: the broker's PUBACK",
+    ];
+    for ((name, v), why) in steps[path.len()..].iter().zip(why) {
+        println!("  {name:<34} {v:>9.1}  ({why})");
     }
     j["e2e_stages_us"] =
         json!(steps.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>());
