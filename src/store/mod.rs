@@ -1,8 +1,9 @@
 //! The durable store on sled: commands (which double as the idempotency index), their
 //! journal of device steps, the result outbox, and a recency index for `list` and resume.
 //!
-//! Everything lives in one sled tree with key prefixes so that a record and the outbox
-//! entry carrying its result are written in one atomic batch.
+//! Everything lives in one sled tree with key prefixes. A record ended with a result goes
+//! in after the outbox entry carrying that result (and the record) is durable
+//! ([`Store::write`]).
 //!
 //! Durability: every change is applied to sled and appended, in the same order, to a
 //! write-ahead log (`wal.rs`). [`Store::commit`] writes the log and `fdatasync`s it, once
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
-use sync::{lock_pending, Pending, Syncer};
+use sync::{lock_pending, Finals, Pending, Syncer};
 use wal::LoggedBatch;
 
 /// sled's default cache is 1 GiB; a Raspberry Pi wants a few MiB.
@@ -217,7 +218,13 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        match self.db.get(key(CMD, id.as_bytes()))? {
+        let k = key(CMD, id.as_bytes());
+        let waiting = lock_pending(&self.pending).final_value(&k).map(<[u8]>::to_vec);
+        let v = match waiting {
+            Some(v) => Some(v),
+            None => self.db.get(&k)?.map(|v| v.to_vec()),
+        };
+        match v {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -225,24 +232,48 @@ impl Store {
         }
     }
 
-    /// Write records and outbox messages atomically (one sled batch). Not yet durable:
+    /// Write records and outbox messages as one change (one log record). Not yet durable:
     /// call [`Store::commit`] before acting on it.
+    ///
+    /// Records ended together with a result (both given) are not put into sled with it:
+    /// they travel inside the outbox entry ([`OutMsg::finals`]) and go in right after the
+    /// commit that makes that entry durable, before its callers are answered; until then
+    /// [`Store::get`] answers from them. sled writes its memory to disk on its own, so
+    /// whatever it shows after a crash must never hold an ended record without its result
+    /// to publish: with the entry first that cannot happen, and a store opened after a
+    /// crash puts in the records of any entry whose record is not yet ended. (A sled batch
+    /// would keep the pair whole too, but costs two synchronous writes of sled's buffer
+    /// per payment.)
     pub fn write(&self, records: &[&CommandRecord], outbox: &[OutMsg]) -> Result<(), StoreError> {
         self.refuse_after_failure()?;
-        let mut batch = LoggedBatch::default();
+        let corrupt = |key: &str, source| StoreError::Corrupt { key: key.to_string(), source };
+        let ending = !records.is_empty() && !outbox.is_empty();
+        let mut writes = Vec::with_capacity(records.len() * 2);
         for r in records {
-            let v = serde_json::to_vec(r)
-                .map_err(|source| StoreError::Corrupt { key: r.cmd.id.to_string(), source })?;
-            batch.insert(&key(CMD, r.cmd.id.as_bytes()), &v);
-            batch.insert(&seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
+            let v = serde_json::to_vec(r).map_err(|e| corrupt(&r.cmd.id, e))?;
+            writes.push((key(CMD, r.cmd.id.as_bytes()), v));
+            writes.push((seq_key(RECENT, r.seq), r.cmd.id.as_bytes().to_vec()));
         }
         let outbox: Vec<Vec<u8>> = outbox
             .iter()
-            .map(|m| {
-                serde_json::to_vec(m)
-                    .map_err(|source| StoreError::Corrupt { key: "outbox".into(), source })
+            .enumerate()
+            .map(|(i, m)| {
+                let finals = if ending && i + 1 == outbox.len() {
+                    records.iter().map(|r| (*r).clone()).collect()
+                } else {
+                    Vec::new()
+                };
+                let m = OutMsg { finals, ..m.clone() };
+                serde_json::to_vec(&m).map_err(|e| corrupt("outbox", e))
             })
             .collect::<Result<_, _>>()?;
+        let max_record = records.iter().map(|r| r.seq).max();
+        let mut batch = LoggedBatch::default();
+        if !ending {
+            for (k, v) in &writes {
+                batch.insert(k, v);
+            }
+        }
         let mut p = lock_pending(&self.pending);
         let mut max_outbox = 0;
         for v in &outbox {
@@ -251,14 +282,12 @@ impl Store {
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
         p.frame(&batch);
-        let applied = if records.is_empty() || outbox.is_empty() {
-            batch.apply_to(&self.db)
-        } else {
-            batch.apply_atomically(&self.db)
-        };
-        self.fail_stop(applied)?;
-        // Only after the batch is applied: a sync that reads these marks covers the batch.
-        if let Some(max) = records.iter().map(|r| r.seq).max() {
+        self.fail_stop(batch.apply_to(&self.db))?;
+        if ending {
+            let after = p.framed;
+            p.finals.push(Finals { after, writes, seq: max_record.unwrap_or(0) });
+        } else if let Some(max) = max_record {
+            // Only after the batch is applied: a sync that reads these marks covers it.
             self.syncer.mark().note(max);
         }
         if max_outbox > 0 {
@@ -275,7 +304,12 @@ impl Store {
         if durable < from {
             return Ok(out);
         }
-        for item in self.db.range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable)).take(limit) {
+        let acked = lock_pending(&self.pending).acked.clone();
+        let entries = self.db.range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable));
+        let unacked = entries.filter(|item| {
+            !item.as_ref().ok().and_then(|(k, _)| seq_of(k)).is_some_and(|s| acked.contains(&s))
+        });
+        for item in unacked.take(limit) {
             let (k, v) = item?;
             let Some(seq) = seq_of(&k) else { continue };
             match serde_json::from_slice::<OutMsg>(&v) {
@@ -289,16 +323,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The broker acknowledged this outbox entry. Not synced: a lost delete only means the
-    /// result is delivered again, which the contract allows (at least once).
+    /// The broker acknowledged this outbox entry: no longer read, and deleted at the next
+    /// checkpoint, after the flush that makes the records it ended durable in sled (a
+    /// deleted entry can then never leave a record unended). Not synced: a lost delete
+    /// only means the result is delivered again, which the contract allows (at least
+    /// once).
     pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
-        let mut b = LoggedBatch::default();
-        b.remove(&seq_key(OUTBOX, seq));
-        self.apply(b)
+        self.refuse_after_failure()?;
+        if self.db.contains_key(seq_key(OUTBOX, seq))? {
+            lock_pending(&self.pending).acked.insert(seq);
+        }
+        Ok(())
     }
 
+    /// Outbox entries not yet acknowledged by the broker.
     pub fn outbox_len(&self) -> usize {
-        self.db.scan_prefix(OUTBOX).count()
+        let acked = lock_pending(&self.pending).acked.len();
+        self.db.scan_prefix(OUTBOX).count().saturating_sub(acked)
     }
 
     /// Records newest first (by arrival order), for `list` and resume.

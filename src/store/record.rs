@@ -183,6 +183,11 @@ pub struct OutMsg {
     /// Topic below `{root}` (`result`).
     pub topic: String,
     pub payload: String,
+    /// The records this result ends, as they are once ended. The outbox entry is written
+    /// first and they follow once it is durable (`Store::write`); a store opened after a
+    /// crash in between puts them in from here (`Store::open`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finals: Vec<CommandRecord>,
 }
 
 impl OutMsg {
@@ -191,6 +196,7 @@ impl OutMsg {
             topic: "result".into(),
             // Bounded here, once: nothing larger ever enters the outbox.
             payload: String::from_utf8_lossy(&r.to_bounded_bytes()).into_owned(),
+            finals: Vec::new(),
         }
     }
 }

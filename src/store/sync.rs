@@ -45,6 +45,21 @@ pub(crate) struct PendingLog {
     /// Bytes ever framed: the log position a commit that takes `buf` now makes durable
     /// ([`super::Store::log_position`]).
     pub(crate) framed: u64,
+    /// Ended records waiting for the outbox entry that carries them to be durable
+    /// (`Store::write`), oldest first.
+    pub(crate) finals: Vec<Finals>,
+    /// Outbox entries the broker has acknowledged, deleted at the next checkpoint
+    /// (`Store::outbox_remove`).
+    pub(crate) acked: std::collections::BTreeSet<u64>,
+}
+
+/// Ended records to put into sled once the log is durable up to `after`.
+pub(crate) struct Finals {
+    pub(crate) after: u64,
+    /// (key, value) pairs: each record and its recency entry.
+    pub(crate) writes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The highest record seq among them (for the watermark, once they are in).
+    pub(crate) seq: u64,
 }
 
 impl PendingLog {
@@ -53,6 +68,39 @@ impl PendingLog {
         b.frame_into(&mut self.buf);
         self.framed += (self.buf.len() - before) as u64;
     }
+
+    /// The value `key` has among the ended records waiting to go in, if it has one.
+    pub(crate) fn final_value(&self, key: &[u8]) -> Option<&[u8]> {
+        self.finals
+            .iter()
+            .rev()
+            .flat_map(|f| f.writes.iter())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| &v[..])
+    }
+}
+
+/// Put into sled (and the pending log) the ended records whose outbox entry the log now
+/// holds durably (up to `durable`). Called right after a commit or checkpoint, before its
+/// callers are answered: whoever learns of a result also finds its record ended.
+fn put_finals(db: &sled::Db, mark: &Mark, pending: &Pending, durable: u64) -> Result<(), String> {
+    let mut p = lock_pending(pending);
+    let due = p.finals.iter().take_while(|f| f.after <= durable).count();
+    if due == 0 {
+        return Ok(());
+    }
+    let due: Vec<Finals> = p.finals.drain(..due).collect();
+    crate::faults::hit("store:finals:before");
+    for f in due {
+        let mut b = super::wal::LoggedBatch::default();
+        for (k, v) in &f.writes {
+            b.insert(k, v);
+        }
+        p.frame(&b);
+        b.apply_to(db).map_err(|e| format!("store write: {e}"))?;
+        mark.note(f.seq);
+    }
+    Ok(())
 }
 
 pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, PendingLog> {
@@ -96,7 +144,7 @@ impl Shared {
             // Poisoned: no more I/O, every request fails.
             return (Err(why.clone()), Err(why));
         }
-        let res = commit(wal, &self.dir, &self.mark, &self.pending);
+        let res = commit(db, wal, &self.dir, &self.mark, &self.pending);
         let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
         let cp = if res.is_ok() && on_thread && (checkpoint_asked || big) {
             checkpoint(db, wal, &self.dir, &self.mark, &self.pending)
@@ -273,8 +321,11 @@ fn put_back(pending: &Pending, taken: Vec<u8>) {
     p.buf.extend_from_slice(&later);
 }
 
-/// Append what is pending to the log and `fdatasync` it.
-fn commit(wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending) -> Result<(), String> {
+/// Append what is pending to the log and `fdatasync` it; then put in the ended records
+/// whose outbox entries it made durable.
+fn commit(
+    db: &sled::Db, wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending,
+) -> Result<(), String> {
     let Wal { log, generation } = wal;
     // Read the marks under the same lock as the bytes: exactly these changes are covered.
     let (buf, at, upto, outbox_upto) = {
@@ -312,24 +363,27 @@ fn commit(wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending) -> Result<(
     }
     mark.outbox_synced(outbox_upto);
     mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))?;
+    put_finals(db, mark, pending, at)?;
     mark.log_synced(at);
     Ok(())
 }
 
 /// Make sled durable (flush + `fdatasync`), then drop every log older than a fresh one.
+/// Then delete the outbox entries the broker had acknowledged before the flush (their
+/// ended records are now durable in sled), and commit that.
 fn checkpoint(
     db: &sled::Db, wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending,
 ) -> Result<(), String> {
-    let Wal { log, generation } = wal;
-    let nothing_logged = log.as_ref().is_some_and(|l| l.len == 0);
-    let (taken, at, upto, outbox_upto) = {
+    let nothing_logged = wal.log.as_ref().is_some_and(|l| l.len == 0);
+    let (taken, at, upto, outbox_upto, acked) = {
         let mut p = lock_pending(pending);
-        if nothing_logged && p.buf.is_empty() {
+        if nothing_logged && p.buf.is_empty() && p.acked.is_empty() {
             return Ok(());
         }
         // Everything applied so far is in sled's memory and covered by the flush below;
         // kept until that flush is durable.
-        (std::mem::take(&mut p.buf), p.framed, mark.noted(), mark.outbox_noted())
+        let acked: Vec<u64> = p.acked.iter().copied().collect();
+        (std::mem::take(&mut p.buf), p.framed, mark.noted(), mark.outbox_noted(), acked)
     };
     if let Err(e) = durable_flush(db, dir) {
         // Not durable anywhere yet: back in front of later changes, for the log.
@@ -338,11 +392,27 @@ fn checkpoint(
     }
     mark.outbox_synced(outbox_upto);
     mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
+    wal.generation += 1;
+    let fresh =
+        LogFile::create(dir, wal.generation).map_err(|e| format!("store log create: {e}"))?;
+    wal.log = Some(fresh);
+    super::wal::remove_before(dir, wal.generation).map_err(|e| format!("store log list: {e}"))?;
+    put_finals(db, mark, pending, at)?;
     mark.log_synced(at);
-    *generation += 1;
-    let fresh = LogFile::create(dir, *generation).map_err(|e| format!("store log create: {e}"))?;
-    *log = Some(fresh);
-    super::wal::remove_before(dir, *generation).map_err(|e| format!("store log list: {e}"))
+    if acked.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut p = lock_pending(pending);
+        let mut b = super::wal::LoggedBatch::default();
+        for seq in &acked {
+            p.acked.remove(seq);
+            b.remove(&super::seq_key(super::OUTBOX, *seq));
+        }
+        p.frame(&b);
+        b.apply_to(db).map_err(|e| format!("store write: {e}"))?;
+    }
+    commit(db, wal, dir, mark, pending)
 }
 
 /// sled `flush` (write + `sync_file_range`), then `fdatasync` of the data file (`db` in

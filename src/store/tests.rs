@@ -359,3 +359,56 @@ async fn sequence_numbers_continue_above_replayed_records_after_a_crash() {
         "next {next} must be above {last_record} and {last_outbox}"
     );
 }
+
+/// sled writes its memory to disk on its own: an ended record must never be there before
+/// the outbox entry with its result is durable, or a crash could leave it ended with no
+/// result to publish. Readers see it ended at once all the same.
+#[tokio::test]
+async fn an_ended_record_goes_into_sled_only_once_its_result_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let mut a = record(&store, "a");
+    store.write(&[&a], &[]).expect("write");
+    store.commit().await.expect("commit");
+    a.state = CmdState::Succeeded;
+    let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
+    store.write(&[&a], &[OutMsg::result(&res)]).expect("write");
+    let in_sled = |store: &Store| -> CmdState {
+        let v = store.db.get(key(CMD, b"a")).expect("get").expect("there");
+        serde_json::from_slice::<CommandRecord>(&v).expect("record").state
+    };
+    assert_eq!(in_sled(&store), CmdState::Queued, "not in sled before the commit");
+    assert_eq!(store.get("a").expect("get").map(|r| r.state), Some(CmdState::Succeeded));
+    let (_, entry) = store.db.scan_prefix(OUTBOX).next().expect("entry").expect("read");
+    let entry: OutMsg = serde_json::from_slice(&entry).expect("outbox entry");
+    assert_eq!(entry.finals.len(), 1, "the entry carries the ended record");
+    store.commit().await.expect("commit");
+    assert_eq!(in_sled(&store), CmdState::Succeeded, "in sled once the result is durable");
+}
+
+/// An acknowledged result is no longer read at once, and deleted at the next checkpoint,
+/// after the flush that makes the record it ended durable in sled.
+#[tokio::test]
+async fn an_acknowledged_result_is_deleted_at_the_next_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s");
+    {
+        let (store, _) = Store::open(&path).expect("open");
+        let mut a = record(&store, "a");
+        a.state = CmdState::Succeeded;
+        let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
+        store.write(&[&a], &[OutMsg::result(&res)]).expect("write");
+        store.commit().await.expect("commit");
+        let out = store.outbox_from(0, 10).expect("outbox");
+        assert_eq!(out.len(), 1);
+        store.outbox_remove(out[0].0).expect("remove");
+        assert!(store.outbox_from(0, 10).expect("outbox").is_empty(), "not read again");
+        assert_eq!(store.outbox_len(), 0);
+        assert_eq!(store.db.scan_prefix(OUTBOX).count(), 1, "still in sled");
+        store.checkpoint().await.expect("checkpoint");
+        assert_eq!(store.db.scan_prefix(OUTBOX).count(), 0, "deleted at the checkpoint");
+    }
+    let (store, _) = Store::open(&path).expect("reopen");
+    assert_eq!(store.outbox_len(), 0, "the delete was made durable");
+    assert_eq!(store.get("a").expect("get").map(|r| r.state), Some(CmdState::Succeeded));
+}

@@ -26,11 +26,11 @@ const OP_REMOVE: u8 = 2;
 /// A record longer than this is damage, not data (commands are ≤ 64 KiB each).
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 
-/// One atomic change, logged as one record. Applied to sled key by key when it holds
-/// records only (a sled batch writes a manifest to sled's file at once: a `pwrite` per
-/// batch, measured), as a sled batch when it pairs a record with its result
-/// ([`LoggedBatch::apply_atomically`]). No reader needs to see it whole before the
-/// commit: the pump reads the outbox only below the durability line.
+/// One atomic change, logged as one record, applied to sled key by key (never as a sled
+/// batch: that makes sled seal and write back its buffer at once, two synchronous writes
+/// per batch, measured in `docs/performance.md`). No reader needs to see it whole before
+/// the commit: the pump reads the outbox only below the durability line, and a record
+/// ended with a result is put in only after its outbox entry is durable (`Store::write`).
 #[derive(Default)]
 pub(crate) struct LoggedBatch {
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
@@ -50,21 +50,6 @@ impl LoggedBatch {
             }
         }
         Ok(())
-    }
-
-    /// As one sled batch: a final record and the outbox entry with its result. sled may
-    /// write its in-memory state to disk on its own (a full I/O buffer) before the commit
-    /// that covers it; as a batch the pair is on disk whole or not at all, so a record
-    /// that reads as ended always has its result to publish.
-    pub(crate) fn apply_atomically(self, db: &sled::Db) -> sled::Result<()> {
-        let mut b = sled::Batch::default();
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
-        }
-        db.apply_batch(b)
     }
 
     pub(crate) fn insert(&mut self, k: &[u8], v: &[u8]) {

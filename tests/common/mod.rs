@@ -23,13 +23,17 @@ pub const CRASH_AT: &str = posbridge::faults::ENV;
 /// Every point at which the agent writes something its promise depends on: first in the
 /// order a payment on an IP terminal passes them, then the Token and Paywall ones.
 pub const JOURNAL_POINTS: &[&str] = &[
-    "intake:stored",
     "journal:started:before",
     "journal:started:after",
     "journal:ip_sending:before",
     "journal:ip_sending:after",
+    // The command's PUBACK comes after the sending step's commit, which covers it too
+    // (the terminal was idle).
+    "intake:stored",
     "journal:answer:before",
     "journal:answer:after",
+    // The result is durable in the outbox; the ended record is not yet in sled.
+    "store:finals:before",
     "worker:finished",
     "journal:token_basket:before",
     "journal:token_basket:after",
@@ -38,7 +42,7 @@ pub const JOURNAL_POINTS: &[&str] = &[
 ];
 
 /// The points a payment on an IP terminal passes, in order.
-pub const IP_JOURNAL_POINTS: &[&str] = JOURNAL_POINTS.split_at(8).0;
+pub const IP_JOURNAL_POINTS: &[&str] = JOURNAL_POINTS.split_at(9).0;
 
 pub fn embedded() -> Broker {
     Broker::embedded()
