@@ -80,24 +80,23 @@ impl PendingLog {
     }
 }
 
-/// Put into sled (and the pending log) the ended records whose outbox entry the log now
-/// holds durably (up to `durable`). Called right after a commit or checkpoint, before its
-/// callers are answered: whoever learns of a result also finds its record ended.
+/// Put into sled the ended records whose outbox entry is now durable (the log holds it up
+/// to `durable`). Called right after a commit or checkpoint, before its callers are
+/// answered and before the pump may read the entry: whoever learns of a result also
+/// finds its record ended. Not logged again: the entry in the log carries them, and a
+/// store opened after a crash puts them in from it (`open.rs`); the entry is deleted only
+/// after a checkpoint's flush has made them durable in sled.
 fn put_finals(db: &sled::Db, mark: &Mark, pending: &Pending, durable: u64) -> Result<(), String> {
     let mut p = lock_pending(pending);
     let due = p.finals.iter().take_while(|f| f.after <= durable).count();
     if due == 0 {
         return Ok(());
     }
-    let due: Vec<Finals> = p.finals.drain(..due).collect();
     crate::faults::hit("store:finals:before");
-    for f in due {
-        let mut b = super::wal::LoggedBatch::default();
-        for (k, v) in &f.writes {
-            b.insert(k, v);
+    for f in p.finals.drain(..due) {
+        for (k, v) in f.writes {
+            db.insert(k, v).map_err(|e| format!("store write: {e}"))?;
         }
-        p.frame(&b);
-        b.apply_to(db).map_err(|e| format!("store write: {e}"))?;
         mark.note(f.seq);
     }
     Ok(())
@@ -361,9 +360,9 @@ fn commit(
             return Err(format!("store log append: {e}"));
         }
     }
-    mark.outbox_synced(outbox_upto);
     mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))?;
     put_finals(db, mark, pending, at)?;
+    mark.outbox_synced(outbox_upto);
     mark.log_synced(at);
     Ok(())
 }
@@ -390,7 +389,6 @@ fn checkpoint(
         put_back(pending, taken);
         return Err(e);
     }
-    mark.outbox_synced(outbox_upto);
     mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
     wal.generation += 1;
     let fresh =
@@ -398,6 +396,7 @@ fn checkpoint(
     wal.log = Some(fresh);
     super::wal::remove_before(dir, wal.generation).map_err(|e| format!("store log list: {e}"))?;
     put_finals(db, mark, pending, at)?;
+    mark.outbox_synced(outbox_upto);
     mark.log_synced(at);
     if acked.is_empty() {
         return Ok(());
