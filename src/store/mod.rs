@@ -306,9 +306,8 @@ impl Store {
         }
         let entries = self.db.range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable));
         let acked = |s: u64| lock_pending(&self.pending).acked.contains(&s);
-        let unacked = entries.filter(|item| {
-            !item.as_ref().ok().and_then(|(k, _)| seq_of(k)).is_some_and(acked)
-        });
+        let unacked = entries
+            .filter(|item| !item.as_ref().ok().and_then(|(k, _)| seq_of(k)).is_some_and(acked));
         for item in unacked.take(limit) {
             let (k, v) = item?;
             let Some(seq) = seq_of(&k) else { continue };

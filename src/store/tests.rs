@@ -412,3 +412,37 @@ async fn an_acknowledged_result_is_deleted_at_the_next_checkpoint() {
     assert_eq!(store.outbox_len(), 0, "the delete was made durable");
     assert_eq!(store.get("a").expect("get").map(|r| r.state), Some(CmdState::Succeeded));
 }
+
+/// Intake's shared sync (`engine::intake`): a commit by anyone else that takes the
+/// changes covers them, and without one `durable_soon` commits on its own.
+#[tokio::test]
+async fn durable_soon_is_met_by_another_commit_or_commits_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let sled_dir = dir.path().join("s").join("sled");
+    let log_len = || -> usize {
+        wal::list(&sled_dir)
+            .expect("list")
+            .iter()
+            .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0))
+            .sum()
+    };
+    // Nobody else commits: it commits on its own once the wait is over.
+    store.write(&[&record(&store, "a")], &[]).expect("write");
+    let at = store.log_position();
+    store.durable_soon(at, std::time::Duration::from_millis(1)).await.expect("durable");
+    let after_own = log_len();
+    assert!(after_own > 0, "committed on its own");
+    // Another commit took the change: no commit of its own, however long it may wait.
+    store.write(&[&record(&store, "b")], &[]).expect("write");
+    let at = store.log_position();
+    store.commit().await.expect("another caller's commit");
+    let covered = log_len();
+    assert!(covered > after_own);
+    let wait = store.durable_soon(at, std::time::Duration::from_secs(3600));
+    tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+        .await
+        .expect("answered by the commit that covered it, not by its own wait")
+        .expect("durable");
+    assert_eq!(log_len(), covered, "no second commit");
+}
