@@ -275,6 +275,9 @@ impl Store {
             }
         }
         let mut p = lock_pending(&self.pending);
+        if !ending {
+            p.supersede(&writes);
+        }
         let mut max_outbox = 0;
         for v in &outbox {
             let seq = self.next_seq()?;

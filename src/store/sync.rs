@@ -69,6 +69,17 @@ impl PendingLog {
         self.framed += (self.buf.len() - before) as u64;
     }
 
+    /// A later write of these keys goes into sled now: the versions of them still waiting
+    /// to go in are older and must not land on top of it (nor be read instead of it).
+    pub(crate) fn supersede(&mut self, keys: &[(Vec<u8>, Vec<u8>)]) {
+        if self.finals.is_empty() {
+            return;
+        }
+        for f in &mut self.finals {
+            f.writes.retain(|(k, _)| !keys.iter().any(|(w, _)| w == k));
+        }
+    }
+
     /// The value `key` has among the ended records waiting to go in, if it has one.
     pub(crate) fn final_value(&self, key: &[u8]) -> Option<&[u8]> {
         self.finals

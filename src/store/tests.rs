@@ -446,3 +446,22 @@ async fn durable_soon_is_met_by_another_commit_or_commits_itself() {
         .expect("durable");
     assert_eq!(log_len(), covered, "no second commit");
 }
+
+/// A record written again while its ended version still waits for its result's commit:
+/// the later write is what sled keeps and what is read (the waiting version never lands
+/// on top of it).
+#[tokio::test]
+async fn a_later_write_wins_over_an_ended_version_still_waiting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let mut a = record(&store, "a");
+    a.state = CmdState::Succeeded;
+    let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
+    store.write(&[&a], &[OutMsg::result(&res)]).expect("write");
+    a.refunds.push("r-1".into());
+    store.write(&[&a], &[]).expect("later write");
+    let refunds = |store: &Store| store.get("a").expect("get").map(|r| r.refunds);
+    assert_eq!(refunds(&store), Some(vec!["r-1".to_string()]));
+    store.commit().await.expect("commit");
+    assert_eq!(refunds(&store), Some(vec!["r-1".to_string()]), "kept after the commit");
+}
