@@ -198,7 +198,7 @@ impl Store {
     fn apply(&self, b: LoggedBatch) -> Result<(), StoreError> {
         self.refuse_after_failure()?;
         let mut p = lock_pending(&self.pending);
-        p.frame(&b);
+        p.frame(&b, &[]);
         let applied = b.apply_to(&self.db);
         self.fail_stop(applied)
     }
@@ -284,7 +284,10 @@ impl Store {
             max_outbox = seq;
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
-        p.frame(&batch);
+        // An outbox entry with the records it ends carries their newer version.
+        let carried: Vec<&[u8]> =
+            if ending { writes.iter().map(|(k, _)| &k[..]).collect() } else { Vec::new() };
+        p.frame(&batch, &carried);
         self.fail_stop(batch.apply_to(&self.db))?;
         if ending {
             let after = p.framed;

@@ -51,7 +51,13 @@ pub(crate) struct PendingLog {
     /// Outbox entries the broker has acknowledged, deleted at the next checkpoint
     /// (`Store::outbox_remove`).
     pub(crate) acked: std::collections::BTreeSet<u64>,
+    /// The last frames in `buf`: where each starts and ends, and the keys it writes.
+    frames: std::collections::VecDeque<(usize, usize, Vec<Vec<u8>>)>,
 }
+
+/// How far back a new frame looks for frames it makes obsolete (a record's steps follow
+/// each other closely; a flood of distinct commands must not make framing quadratic).
+const SUPERSEDE_WINDOW: usize = 8;
 
 /// Ended records to put into sled once the log is durable up to `after`.
 pub(crate) struct Finals {
@@ -63,10 +69,48 @@ pub(crate) struct Finals {
 }
 
 impl PendingLog {
-    pub(crate) fn frame(&mut self, b: &super::wal::LoggedBatch) {
+    /// Append `b` as a frame. Earlier frames not yet taken by a commit that only wrote
+    /// keys `b` writes (or `also`, keys whose newer version `b` carries inside a value: an
+    /// outbox entry with the records it ends) are dropped first: the same commit makes
+    /// `b` durable, their values are never read back from the log, and a commit cut short
+    /// acknowledges nothing. So a record written at intake, at `started` and at its
+    /// sending step costs one frame in that commit, not three.
+    pub(crate) fn frame(&mut self, b: &super::wal::LoggedBatch, also: &[&[u8]]) {
+        let keys: Vec<Vec<u8>> = b.keys().map(<[u8]>::to_vec).collect();
+        self.drop_superseded(&keys, also);
         let before = self.buf.len();
         b.frame_into(&mut self.buf);
         self.framed += (self.buf.len() - before) as u64;
+        if self.buf.len() > before {
+            self.frames.push_back((before, self.buf.len(), keys));
+            if self.frames.len() > SUPERSEDE_WINDOW {
+                self.frames.pop_front();
+            }
+        }
+    }
+
+    fn drop_superseded(&mut self, keys: &[Vec<u8>], also: &[&[u8]]) {
+        let covered = |k: &Vec<u8>| keys.contains(k) || also.contains(&&k[..]);
+        if !self.frames.iter().any(|(_, _, k)| k.iter().all(covered)) {
+            return;
+        }
+        // The window's frames are the end of `buf`, one after the other.
+        let Some(&(from, _, _)) = self.frames.front() else { return };
+        let tail = self.buf.split_off(from);
+        for (start, end, k) in std::mem::take(&mut self.frames) {
+            if k.iter().all(covered) {
+                continue;
+            }
+            let at = self.buf.len();
+            self.buf.extend_from_slice(&tail[start - from..end - from]);
+            self.frames.push_back((at, self.buf.len(), k));
+        }
+    }
+
+    /// What a commit or checkpoint takes to write.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.frames.clear();
+        std::mem::take(&mut self.buf)
     }
 
     /// A later write of these keys goes into sled now: the versions of them still waiting
@@ -327,7 +371,8 @@ struct Wal {
 /// applied since, in order.
 fn put_back(pending: &Pending, taken: Vec<u8>) {
     let mut p = lock_pending(pending);
-    let later = std::mem::replace(&mut p.buf, taken);
+    let later = p.take();
+    p.buf = taken;
     p.buf.extend_from_slice(&later);
 }
 
@@ -340,7 +385,7 @@ fn commit(
     // Read the marks under the same lock as the bytes: exactly these changes are covered.
     let (buf, at, upto, outbox_upto) = {
         let mut p = lock_pending(pending);
-        (std::mem::take(&mut p.buf), p.framed, mark.noted(), mark.outbox_noted())
+        (p.take(), p.framed, mark.noted(), mark.outbox_noted())
     };
     if !buf.is_empty() {
         let mut write = |log: &mut Option<LogFile>| -> std::io::Result<()> {
@@ -393,7 +438,7 @@ fn checkpoint(
         // Everything applied so far is in sled's memory and covered by the flush below;
         // kept until that flush is durable.
         let acked: Vec<u64> = p.acked.iter().copied().collect();
-        (std::mem::take(&mut p.buf), p.framed, mark.noted(), mark.outbox_noted(), acked)
+        (p.take(), p.framed, mark.noted(), mark.outbox_noted(), acked)
     };
     if let Err(e) = durable_flush(db, dir) {
         // Not durable anywhere yet: back in front of later changes, for the log.
@@ -419,7 +464,7 @@ fn checkpoint(
             p.acked.remove(seq);
             b.remove(&super::seq_key(super::OUTBOX, *seq));
         }
-        p.frame(&b);
+        p.frame(&b, &[]);
         b.apply_to(db).map_err(|e| format!("store write: {e}"))?;
     }
     commit(db, wal, dir, mark, pending)

@@ -465,3 +465,57 @@ async fn a_later_write_wins_over_an_ended_version_still_waiting() {
     store.commit().await.expect("commit");
     assert_eq!(refunds(&store), Some(vec!["r-1".to_string()]), "kept after the commit");
 }
+
+/// Frames a later write in the same commit makes obsolete are not written: a record
+/// written three times before a commit costs the log one frame, and an outbox entry that
+/// carries the ended record replaces the record's own frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_writes_each_record_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logged = |name: &str, steps: &dyn Fn(&Store, &mut CommandRecord)| {
+        let path = dir.path().join(name);
+        let (store, _) = Store::open(&path).expect("open");
+        let mut r = record(&store, "a");
+        steps(&store, &mut r);
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(store.commit())).expect("commit");
+        wal::list(&path.join("sled"))
+            .expect("list")
+            .iter()
+            .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0))
+            .sum::<usize>()
+    };
+    let once = logged("once", &|store, r| {
+        r.state = CmdState::Running;
+        store.write(&[r], &[]).expect("write");
+    });
+    let thrice = logged("thrice", &|store, r| {
+        store.write(&[r], &[]).expect("write");
+        r.state = CmdState::Running;
+        store.write(&[r], &[]).expect("write");
+        store.write(&[r], &[]).expect("write");
+    });
+    assert_eq!(thrice, once, "one frame for the record");
+    let ended_only = logged("ended-only", &|store, r| {
+        r.state = CmdState::Succeeded;
+        let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
+        store.write(&[r], &[OutMsg::result(&res)]).expect("write");
+    });
+    let noted_then_ended = logged("noted", &|store, r| {
+        r.state = CmdState::Running;
+        store.write(&[r], &[]).expect("write");
+        r.state = CmdState::Succeeded;
+        let res = ResultMsg::new(Some("a".into()), FinalState::Succeeded);
+        store.write(&[r], &[OutMsg::result(&res)]).expect("write");
+    });
+    assert_eq!(noted_then_ended, ended_only, "the entry carries the record");
+    // Another record's frame between them is kept.
+    let other_between = logged("other", &|store, r| {
+        store.write(&[r], &[]).expect("write");
+        let b = record(store, "b");
+        store.write(&[&b], &[]).expect("write");
+        r.state = CmdState::Running;
+        store.write(&[r], &[]).expect("write");
+    });
+    assert!(other_between > once, "b's frame stays");
+}

@@ -64,6 +64,11 @@ impl LoggedBatch {
         put_bytes(&mut self.ops, k);
     }
 
+    /// The keys it writes, in order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        Ops(&self.ops).map(|(k, _)| k)
+    }
+
     /// Append this batch as one framed record to `buf`.
     pub(crate) fn frame_into(&self, buf: &mut Vec<u8>) {
         if self.ops.is_empty() {
