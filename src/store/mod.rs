@@ -156,9 +156,10 @@ impl Store {
         &self, at: u64, within: std::time::Duration,
     ) -> Result<(), StoreError> {
         let mut durable = self.syncer.mark().log_durable();
+        // (No wait on `failed()` here: the agent waits on it, and one failure wakes one
+        // waiter. After a failure no commit covers `at`, and the own commit fails.)
         tokio::select! {
             biased;
-            why = self.syncer.failed() => Err(StoreError::Sync(why)),
             covered = async { durable.wait_for(|d| *d >= at).await.map(|_| ()) } => match covered {
                 Ok(_) => self.refuse_after_failure(),
                 Err(_) => self.commit().await,
