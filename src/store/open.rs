@@ -274,7 +274,6 @@ impl Store {
     }
 }
 
-/// The sequence number in the last key under `prefix`, if any.
 /// After a crash between a result's outbox entry becoming durable and the records it
 /// ended going into sled (`Store::write`): put in each record the entries carry whose
 /// stored version has not ended. A record that has ended is kept as it is (it can only
@@ -304,6 +303,7 @@ fn put_finals_from_outbox(db: &sled::Db) -> Result<u64, StoreError> {
     Ok(put)
 }
 
+/// The sequence number in the last key under `prefix`, if any.
 fn last_seq(db: &sled::Db, prefix: &[u8]) -> Result<Option<u64>, StoreError> {
     let last = db.scan_prefix(prefix).next_back().transpose()?;
     Ok(last.and_then(|(k, _)| seq_of(&k)))
