@@ -106,9 +106,7 @@ impl Engine {
                     false
                 }
                 After::Start(t) => {
-                    if let Some(t) = inner.terminals.get(t) {
-                        t.wake.notify_one();
-                    }
+                    inner.wake(t);
                     false
                 }
                 _ => true,
@@ -132,11 +130,7 @@ impl Engine {
         for a in after {
             match a {
                 After::Evt(e) => inner.evt(e),
-                After::Wake(t) | After::Start(t) => {
-                    if let Some(t) = inner.terminals.get(&t) {
-                        t.wake.notify_one();
-                    }
-                }
+                After::Wake(t) | After::Start(t) => inner.wake(&t),
                 After::Query(id) => {
                     spawn_answer(inner, id, "status", |i, id| Box::pin(queries::run_query(i, id)))
                 }
@@ -153,6 +147,13 @@ impl Engine {
 }
 
 impl Inner {
+    /// Wake terminal `tid`'s worker: it has a command queued.
+    fn wake(&self, tid: &str) {
+        if let Some(t) = self.terminals.get(tid) {
+            t.wake.notify_one();
+        }
+    }
+
     /// Validate one payload and write what it leads to (record and/or outbox result).
     /// `ids` collects the ids of new commands (for the stage timestamps).
     fn accept(

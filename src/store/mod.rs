@@ -250,20 +250,25 @@ impl Store {
         let corrupt = |key: &str, source| StoreError::Corrupt { key: key.to_string(), source };
         let ending = !records.is_empty() && !outbox.is_empty();
         let mut writes = Vec::with_capacity(records.len() * 2);
+        // The ended records for the outbox entry: the same JSON, serialized once.
+        let mut finals = Vec::new();
         for r in records {
-            let v = serde_json::to_vec(r).map_err(|e| corrupt(&r.cmd.id, e))?;
-            writes.push((key(CMD, r.cmd.id.as_bytes()), v));
+            let json = serde_json::to_string(r).map_err(|e| corrupt(&r.cmd.id, e))?;
+            if ending {
+                let raw = serde_json::value::RawValue::from_string(json.clone())
+                    .map_err(|e| corrupt(&r.cmd.id, e))?;
+                finals.push(raw);
+            }
+            writes.push((key(CMD, r.cmd.id.as_bytes()), json.into_bytes()));
             writes.push((seq_key(RECENT, r.seq), r.cmd.id.as_bytes().to_vec()));
         }
+        let last = outbox.len().saturating_sub(1);
         let outbox: Vec<Vec<u8>> = outbox
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let finals = if ending && i + 1 == outbox.len() {
-                    records.iter().map(|r| (*r).clone()).collect()
-                } else {
-                    Vec::new()
-                };
+                // The last entry carries them.
+                let finals = if i == last { std::mem::take(&mut finals) } else { Vec::new() };
                 let m = OutMsg { finals, ..m.clone() };
                 serde_json::to_vec(&m).map_err(|e| corrupt("outbox", e))
             })
@@ -276,9 +281,6 @@ impl Store {
             }
         }
         let mut p = lock_pending(&self.pending);
-        if !ending {
-            p.supersede(&writes);
-        }
         let mut max_outbox = 0;
         for v in &outbox {
             let seq = self.next_seq()?;

@@ -284,7 +284,8 @@ fn put_finals_from_outbox(db: &sled::Db) -> Result<u64, StoreError> {
     for item in db.scan_prefix(OUTBOX) {
         let (_, v) = item?;
         let Ok(m) = serde_json::from_slice::<OutMsg>(&v) else { continue };
-        for r in m.finals {
+        for raw in m.finals {
+            let Ok(r) = serde_json::from_str::<CommandRecord>(raw.get()) else { continue };
             let k = key(CMD, r.cmd.id.as_bytes());
             let stored = db.get(&k)?;
             let ended = stored
@@ -293,9 +294,7 @@ fn put_finals_from_outbox(db: &sled::Db) -> Result<u64, StoreError> {
             if ended {
                 continue;
             }
-            let v = serde_json::to_vec(&r)
-                .map_err(|source| StoreError::Corrupt { key: r.cmd.id.to_string(), source })?;
-            db.insert(k, v)?;
+            db.insert(k, raw.get().as_bytes())?;
             db.insert(seq_key(RECENT, r.seq), r.cmd.id.as_bytes())?;
             put += 1;
         }

@@ -178,16 +178,17 @@ impl CommandRecord {
 }
 
 /// A message waiting in the outbox for the broker's acknowledgement.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutMsg {
     /// Topic below `{root}` (`result`).
     pub topic: String,
     pub payload: String,
     /// The records this result ends, as they are once ended. The outbox entry is written
     /// first and they follow once it is durable (`Store::write`); a store opened after a
-    /// crash in between puts them in from here (`Store::open`).
+    /// crash in between puts them in from here (`Store::open`). Kept as the JSON written
+    /// for the record itself (`CommandRecord`), so that it is serialized once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub finals: Vec<CommandRecord>,
+    pub finals: Vec<Box<serde_json::value::RawValue>>,
 }
 
 impl OutMsg {

@@ -69,15 +69,21 @@ pub(crate) struct Finals {
 }
 
 impl PendingLog {
-    /// Append `b` as a frame. Earlier frames not yet taken by a commit that only wrote
-    /// keys `b` writes (or `also`, keys whose newer version `b` carries inside a value: an
-    /// outbox entry with the records it ends) are dropped first: the same commit makes
-    /// `b` durable, their values are never read back from the log, and a commit cut short
-    /// acknowledges nothing. So a record written at intake, at `started` and at its
-    /// sending step costs one frame in that commit, not three.
+    /// Append `b` as a frame. What it makes obsolete goes first: the keys `b` writes, and
+    /// `also`, keys whose newer version `b` carries inside a value (an outbox entry with
+    /// the records it ends).
+    /// - Earlier frames not yet taken by a commit that wrote only such keys: the same
+    ///   commit makes `b` durable, their values are never read back from the log, and a
+    ///   commit cut short acknowledges nothing. So a record written at intake, at
+    ///   `started` and at its sending step costs one frame in that commit, not three.
+    /// - Versions of those keys among the ended records still waiting to go in: older,
+    ///   they must not land on top of `b`'s (nor be read instead of it).
     pub(crate) fn frame(&mut self, b: &super::wal::LoggedBatch, also: &[&[u8]]) {
         let keys: Vec<Vec<u8>> = b.keys().map(<[u8]>::to_vec).collect();
         self.drop_superseded(&keys, also);
+        for f in &mut self.finals {
+            f.writes.retain(|(k, _)| !keys.contains(k) && !also.contains(&&k[..]));
+        }
         let before = self.buf.len();
         b.frame_into(&mut self.buf);
         self.framed += (self.buf.len() - before) as u64;
@@ -111,17 +117,6 @@ impl PendingLog {
     pub(crate) fn take(&mut self) -> Vec<u8> {
         self.frames.clear();
         std::mem::take(&mut self.buf)
-    }
-
-    /// A later write of these keys goes into sled now: the versions of them still waiting
-    /// to go in are older and must not land on top of it (nor be read instead of it).
-    pub(crate) fn supersede(&mut self, keys: &[(Vec<u8>, Vec<u8>)]) {
-        if self.finals.is_empty() {
-            return;
-        }
-        for f in &mut self.finals {
-            f.writes.retain(|(k, _)| !keys.iter().any(|(w, _)| w == k));
-        }
     }
 
     /// The value `key` has among the ended records waiting to go in, if it has one.
@@ -188,27 +183,32 @@ fn lock_wal(w: &Mutex<Wal>) -> std::sync::MutexGuard<'_, Wal> {
 }
 
 impl Shared {
-    /// One commit; then, on the sync thread (`on_thread`), a checkpoint when one was asked
-    /// for or the log has grown past [`CHECKPOINT_BYTES`]. The first error poisons the
-    /// store.
-    fn commit_and_checkpoint(
-        &self, db: &sled::Db, wal: &mut Wal, on_thread: bool, checkpoint_asked: bool,
-    ) -> (Result<(), String>, Result<(), String>) {
+    /// One commit. The first error poisons the store; once poisoned, no more I/O.
+    fn commit(&self, db: &sled::Db, wal: &mut Wal) -> Result<(), String> {
+        self.poisoning(|| commit(db, wal, &self.dir, &self.mark, &self.pending))
+    }
+
+    /// A checkpoint (the sync thread's). The first error poisons the store.
+    fn checkpoint(&self, db: &sled::Db, wal: &mut Wal) -> Result<(), String> {
+        self.poisoning(|| checkpoint(db, wal, &self.dir, &self.mark, &self.pending))
+    }
+
+    fn poisoning(&self, io: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
         if let Some(why) = self.failure.get() {
-            // Poisoned: no more I/O, every request fails.
-            return (Err(why.clone()), Err(why));
+            return Err(why);
         }
-        let res = commit(db, wal, &self.dir, &self.mark, &self.pending);
-        let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
-        let cp = if res.is_ok() && on_thread && (checkpoint_asked || big) {
-            checkpoint(db, wal, &self.dir, &self.mark, &self.pending)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = res.as_ref().and(cp.as_ref()) {
+        let r = io();
+        if let Err(e) = &r {
             self.failure.set(e);
         }
-        (res, cp)
+        r
+    }
+}
+
+impl Wal {
+    /// Past [`CHECKPOINT_BYTES`]: a checkpoint bounds the replay at the next start.
+    fn wants_checkpoint(&self) -> bool {
+        self.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES)
     }
 }
 
@@ -295,7 +295,13 @@ impl Syncer {
                 }
                 let (res, cp) = {
                     let mut wal = lock_wal(&task.wal);
-                    task.commit_and_checkpoint(&db, &mut wal, true, !checkpoints.is_empty())
+                    let res = task.commit(&db, &mut wal);
+                    let due = !checkpoints.is_empty() || wal.wants_checkpoint();
+                    let cp = match &res {
+                        Ok(()) if due => task.checkpoint(&db, &mut wal),
+                        _ => Ok(()),
+                    };
+                    (res, cp)
                 };
                 drop(db);
                 for w in commits {
@@ -335,9 +341,8 @@ impl Syncer {
     pub async fn sync(&self) -> Result<(), StoreError> {
         let inline = match self.shared.wal.try_lock() {
             Ok(mut wal) => {
-                let (res, _) = self.shared.commit_and_checkpoint(&self.db, &mut wal, false, false);
-                let big = wal.log.as_ref().is_some_and(|l| l.len > CHECKPOINT_BYTES);
-                Some((res, big))
+                let res = self.shared.commit(&self.db, &mut wal);
+                Some((res, wal.wants_checkpoint()))
             }
             Err(_) => None,
         };

@@ -12,6 +12,15 @@ fn record(store: &Store, id: &str) -> CommandRecord {
     CommandRecord::new(store.next_seq().expect("seq"), cmd, now, now)
 }
 
+/// Bytes of whole records in the write-ahead logs under `sled_dir`.
+fn logged_bytes(sled_dir: &std::path::Path) -> usize {
+    wal::list(sled_dir)
+        .expect("list")
+        .iter()
+        .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0))
+        .sum()
+}
+
 #[tokio::test]
 async fn records_and_outbox_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -313,13 +322,7 @@ async fn a_commit_is_one_log_write_and_sled_waits_for_the_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("s")).expect("open");
     let sled_dir = dir.path().join("s").join("sled");
-    let log_len = || -> u64 {
-        wal::list(&sled_dir)
-            .expect("list")
-            .iter()
-            .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0) as u64)
-            .sum()
-    };
+    let log_len = || logged_bytes(&sled_dir);
     assert_eq!(log_len(), 0);
     let r = record(&store, "x");
     store.write(&[&r], &[]).expect("write");
@@ -420,13 +423,7 @@ async fn durable_soon_is_met_by_another_commit_or_commits_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("s")).expect("open");
     let sled_dir = dir.path().join("s").join("sled");
-    let log_len = || -> usize {
-        wal::list(&sled_dir)
-            .expect("list")
-            .iter()
-            .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0))
-            .sum()
-    };
+    let log_len = || logged_bytes(&sled_dir);
     // Nobody else commits: it commits on its own once the wait is over.
     store.write(&[&record(&store, "a")], &[]).expect("write");
     let at = store.log_position();
@@ -479,11 +476,7 @@ async fn a_commit_writes_each_record_once() {
         steps(&store, &mut r);
         let rt = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| rt.block_on(store.commit())).expect("commit");
-        wal::list(&path.join("sled"))
-            .expect("list")
-            .iter()
-            .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0))
-            .sum::<usize>()
+        logged_bytes(&path.join("sled"))
     };
     let once = logged("once", &|store, r| {
         r.state = CmdState::Running;
