@@ -67,6 +67,7 @@ node_env() {
     RABBITMQ_CONFIG_FILE="$d/rabbitmq.conf"
     RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins"
     RABBITMQ_ADVANCED_CONFIG_FILE="$d/advanced.config"
+    ERL_CRASH_DUMP="$d/erl_crash.dump"
   )
 }
 
@@ -95,7 +96,25 @@ EOF
   echo '[].' >"$d/advanced.config"
   node_env "$i"
   env "${node_vars[@]}" "$bin/rabbitmq-server" -detached
-  ctl "$i" wait "$d/pid" --timeout 120 >/dev/null
+  wait_node "$i"
+}
+
+# Wait until node i runs; when it does not, say why: the end of its own log (a port
+# already taken shows there as eaddrinuse) and exit 1.
+wait_node() {
+  local i="$1" d="$dir/node$1"
+  if ! ctl "$i" wait "$d/pid" --timeout 90 >"$d/wait.out" 2>&1; then
+    echo "rabbitmq-cluster: node $i ($(node_name "$i")) did not start; ports: MQTT $((mqtt_port + i - 1)), AMQP $((mqtt_port + 9 + i)), distribution $((mqtt_port + 19 + i))" >&2
+    head -n 12 "$d/wait.out" >&2
+    for f in "$d"/log/*.log; do
+      [[ -s "$f" ]] || continue
+      echo "--- last lines of $f:" >&2
+      tail -n 25 "$f" >&2
+    done
+    # A VM that died before its logger started (a distribution port taken) says why here.
+    [[ -s "$d/erl_crash.dump" ]] && grep -m 1 '^Slogan:' "$d/erl_crash.dump" >&2
+    exit 1
+  fi
 }
 
 case "$cmd" in
@@ -127,7 +146,7 @@ case "$cmd" in
     [[ "$node_arg" =~ ^[123]$ ]] || { echo "rabbitmq-cluster: revive 1|2|3" >&2; exit 2; }
     node_env "$node_arg"
     env "${node_vars[@]}" "$bin/rabbitmq-server" -detached
-    ctl "$node_arg" wait "$dir/node$node_arg/pid" --timeout 120 >/dev/null
+    wait_node "$node_arg"
     echo "rabbitmq-cluster: node $node_arg back"
     ;;
   ctl)

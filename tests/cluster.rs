@@ -33,18 +33,36 @@ impl Cluster {
     }
 
     /// `None` (SKIP) where rabbitmq-server is not installed and this is not CI.
+    ///
+    /// The three nodes listen on 21 ports from `port` on (see the script). A port picked
+    /// free can be taken before a node binds it, by any process on the machine (CI once
+    /// lost node 2 that way, its ports being in the kernel's ephemeral range, where every
+    /// outgoing connection takes one). So the block is picked below that range with every
+    /// port free, and a cluster that did not start is stopped and started again on a new
+    /// block, at most three times, each failure's reason printed.
     fn start() -> Option<Cluster> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rabbitmq-cluster.sh");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let out = Cluster::run(&script, &["start"], dir.path(), port);
-        if out.status.code() == Some(3) && std::env::var_os("POSBRIDGE_REQUIRE_RABBITMQ").is_none()
-        {
-            eprintln!("SKIP: rabbitmq-server is not installed");
-            return None;
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port_block(CLUSTER_PORTS);
+            let out = Cluster::run(&script, &["start"], dir.path(), port);
+            if out.status.code() == Some(3)
+                && std::env::var_os("POSBRIDGE_REQUIRE_RABBITMQ").is_none()
+            {
+                eprintln!("SKIP: rabbitmq-server is not installed");
+                return None;
+            }
+            let cluster = Cluster { script: script.clone(), dir, port };
+            if out.status.success() {
+                return Some(cluster);
+            }
+            let why = format!("cluster start on port {port}: {}", output_text(&out));
+            eprintln!("{why}");
+            failures.push(why);
+            drop(cluster);
         }
-        assert!(out.status.success(), "cluster start: {}", output_text(&out));
-        Some(Cluster { script, dir, port })
+        panic!("the cluster did not start three times:\n{}", failures.join("\n"));
     }
 
     fn command(&self, args: &str) -> String {
@@ -70,6 +88,36 @@ impl Cluster {
     fn urls(&self) -> Vec<String> {
         (0..3).map(|i| format!("mqtt://127.0.0.1:{}", self.port + i)).collect()
     }
+}
+
+/// Ports one cluster listens on, from its MQTT port on: MQTT +0..2, AMQP +10..12,
+/// distribution +20..22.
+const CLUSTER_PORTS: u16 = 23;
+
+/// The first of `n` consecutive loopback ports that are all free now, below the kernel's
+/// ephemeral range (`ip_local_port_range`) where that range leaves room.
+fn free_port_block(n: u16) -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) =
+        if ephemeral_low > 12_000 + n { (10_000, ephemeral_low - n) } else { (1_024, 65_000) };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id();
+    for k in 0..1_000u32 {
+        let span = u32::from(high - low);
+        let first = low + ((seed.wrapping_add(k.wrapping_mul(7_919))) % span) as u16;
+        let all_free =
+            (first..first + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return first;
+        }
+    }
+    free_port()
 }
 
 impl Drop for Cluster {
