@@ -1,15 +1,16 @@
 //! The durable store on sled: commands (which double as the idempotency index), their
 //! journal of device steps, the result outbox, and a recency index for `list` and resume.
 //!
-//! Everything lives in one sled tree with key prefixes. A record ended with a result goes
-//! in after the outbox entry carrying that result (and the record) is durable
-//! ([`Store::write`]).
+//! Everything lives in one sled tree with key prefixes. A record ended with a result and
+//! the outbox entry with that result are one change (one log frame), so no crash can
+//! keep one without the other.
 //!
-//! Durability: every change is applied to sled and appended, in the same order, to a
-//! write-ahead log (`wal.rs`). [`Store::commit`] writes the log and `fdatasync`s it, once
-//! for all concurrent callers (group commit, `sync.rs`); sled itself is made durable
-//! (flush + `fdatasync`: its `flush()` alone is only `sync_file_range`, `CRATES.md`) at
-//! checkpoints, after which the log is dropped. Open replays the log over sled.
+//! Durability: every change is appended to a write-ahead log (`wal.rs`) and held in memory
+//! over sled's state (readers see it at once). [`Store::commit`] writes the log and
+//! `fdatasync`s it, once for all concurrent callers (group commit, `sync.rs`). A
+//! checkpoint puts the changes into sled (the newest version of each key only) and makes
+//! sled durable (flush + `fdatasync`: its `flush()` alone is only `sync_file_range`,
+//! `CRATES.md`), after which the log is dropped. Open replays the log over sled.
 
 mod inspect;
 mod mark;
@@ -24,12 +25,14 @@ pub(crate) use mark::Mark;
 pub use open::{refuse_root_on_foreign_store, MoneyHold, OpenReport};
 pub use record::{CmdState, CommandRecord, JournalEntry, OutMsg, Step};
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use thiserror::Error;
 
-use sync::{lock_pending, Finals, Pending, Syncer};
+use sync::{lock_pending, Pending, Syncer};
 use wal::LoggedBatch;
 
 /// sled's default cache is 1 GiB; a Raspberry Pi wants a few MiB.
@@ -64,7 +67,8 @@ pub struct Store {
     db: sled::Db,
     syncer: Syncer,
     path: PathBuf,
-    /// Changes not yet in the log. Its lock also orders writers: outbox sequence numbers
+    /// Changes not yet in sled or not yet in the log. Its lock also orders writers: outbox
+    /// sequence numbers
     /// must become visible in order (the pump reads forward from a cursor, so an entry
     /// with a lower seq landing after a higher one would be skipped until the next
     /// reconnect), and the log must hold changes in the order sled applied them.
@@ -198,20 +202,43 @@ impl Store {
     /// Apply one logged batch (not yet durable).
     fn apply(&self, b: LoggedBatch) -> Result<(), StoreError> {
         self.refuse_after_failure()?;
-        let mut p = lock_pending(&self.pending);
-        p.frame(&b, &[]);
-        let applied = b.apply_to(&self.db);
-        self.fail_stop(applied)
+        lock_pending(&self.pending).frame(&b);
+        Ok(())
     }
 
-    /// An error from sled while applying a change is a store failure like a failed log
-    /// sync (`sync.rs`): sled hit it writing its own buffers (ENOSPC, EIO), and its state
-    /// is unknown after it. Nothing more is acknowledged; the restart replays the log.
-    fn fail_stop(&self, r: sled::Result<()>) -> Result<(), StoreError> {
-        r.map_err(|e| {
-            self.syncer.fail(&format!("store write: {e}"));
-            e.into()
-        })
+    /// The value of `k`: the change not yet in sled, else sled's.
+    fn read(&self, k: &[u8]) -> Result<Option<Val>, StoreError> {
+        if let Some(v) = lock_pending(&self.pending).get(k) {
+            return Ok(v.map(Val::Mem));
+        }
+        Ok(self.db.get(k)?.map(Val::Sled))
+    }
+
+    /// The entries from `from` to `to`, with the changes not yet in sled laid over sled's,
+    /// in key order (`rev`: backwards).
+    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>, rev: bool) -> Scan {
+        let range = (from, to);
+        let mut over: Vec<Change> = lock_pending(&self.pending)
+            .dirty
+            .range::<Vec<u8>, _>(range.clone())
+            .map(|(k, d)| (k.clone(), d.value.clone()))
+            .collect();
+        if !rev {
+            over.reverse();
+        }
+        let sled = self.db.range::<Vec<u8>, _>(range);
+        let sled: SledIter = if rev { Box::new(sled.rev()) } else { Box::new(sled) };
+        Scan { sled: sled.peekable(), over, rev }
+    }
+
+    /// [`Store::scan`] of every key under `prefix`.
+    fn scan_prefix(&self, prefix: &[u8], rev: bool) -> Scan {
+        let mut end = prefix.to_vec();
+        // Every prefix here ends in 0x00: the next one up bounds it.
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        self.scan(Bound::Included(prefix.to_vec()), Bound::Excluded(end), rev)
     }
 
     pub fn next_seq(&self) -> Result<u64, StoreError> {
@@ -219,13 +246,7 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        let k = key(CMD, id.as_bytes());
-        let waiting = lock_pending(&self.pending).final_value(&k).map(<[u8]>::to_vec);
-        let v = match waiting {
-            Some(v) => Some(v),
-            None => self.db.get(&k)?.map(|v| v.to_vec()),
-        };
-        match v {
+        match self.read(&key(CMD, id.as_bytes()))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -235,51 +256,20 @@ impl Store {
 
     /// Write records and outbox messages as one change (one log record). Not yet durable:
     /// call [`Store::commit`] before acting on it.
-    ///
-    /// Records ended together with a result (both given) are not put into sled with it:
-    /// they travel inside the outbox entry ([`OutMsg::finals`]) and go in right after the
-    /// commit that makes that entry durable, before its callers are answered; until then
-    /// [`Store::get`] answers from them. sled writes its memory to disk on its own, so
-    /// whatever it shows after a crash must never hold an ended record without its result
-    /// to publish: with the entry first that cannot happen, and a store opened after a
-    /// crash puts in the records of any entry whose record is not yet ended. (A sled batch
-    /// would keep the pair whole too, but costs two synchronous writes of sled's buffer
-    /// per payment.)
     pub fn write(&self, records: &[&CommandRecord], outbox: &[OutMsg]) -> Result<(), StoreError> {
         self.refuse_after_failure()?;
         let corrupt = |key: &str, source| StoreError::Corrupt { key: key.to_string(), source };
-        let ending = !records.is_empty() && !outbox.is_empty();
-        let mut writes = Vec::with_capacity(records.len() * 2);
-        // The ended records for the outbox entry: the same JSON, serialized once.
-        let mut finals = Vec::new();
+        let mut batch = LoggedBatch::default();
         for r in records {
-            let json = serde_json::to_string(r).map_err(|e| corrupt(&r.cmd.id, e))?;
-            if ending {
-                let raw = serde_json::value::RawValue::from_string(json.clone())
-                    .map_err(|e| corrupt(&r.cmd.id, e))?;
-                finals.push(raw);
-            }
-            writes.push((key(CMD, r.cmd.id.as_bytes()), json.into_bytes()));
-            writes.push((seq_key(RECENT, r.seq), r.cmd.id.as_bytes().to_vec()));
+            let json = serde_json::to_vec(r).map_err(|e| corrupt(&r.cmd.id, e))?;
+            batch.insert(&key(CMD, r.cmd.id.as_bytes()), &json);
+            batch.insert(&seq_key(RECENT, r.seq), r.cmd.id.as_bytes());
         }
-        let last = outbox.len().saturating_sub(1);
         let outbox: Vec<Vec<u8>> = outbox
             .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                // The last entry carries them.
-                let finals = if i == last { std::mem::take(&mut finals) } else { Vec::new() };
-                let m = OutMsg { finals, ..m.clone() };
-                serde_json::to_vec(&m).map_err(|e| corrupt("outbox", e))
-            })
+            .map(|m| serde_json::to_vec(m).map_err(|e| corrupt("outbox", e)))
             .collect::<Result<_, _>>()?;
         let max_record = records.iter().map(|r| r.seq).max();
-        let mut batch = LoggedBatch::default();
-        if !ending {
-            for (k, v) in &writes {
-                batch.insert(k, v);
-            }
-        }
         let mut p = lock_pending(&self.pending);
         let mut max_outbox = 0;
         for v in &outbox {
@@ -287,16 +277,9 @@ impl Store {
             max_outbox = seq;
             batch.insert(&seq_key(OUTBOX, seq), v);
         }
-        // An outbox entry with the records it ends carries their newer version.
-        let carried: Vec<&[u8]> =
-            if ending { writes.iter().map(|(k, _)| &k[..]).collect() } else { Vec::new() };
-        p.frame(&batch, &carried);
-        self.fail_stop(batch.apply_to(&self.db))?;
-        if ending {
-            let after = p.framed;
-            p.finals.push(Finals { after, writes, seq: max_record.unwrap_or(0) });
-        } else if let Some(max) = max_record {
-            // Only after the batch is applied: a sync that reads these marks covers it.
+        p.frame(&batch);
+        // Only after the batch is framed: a sync that reads these marks covers it.
+        if let Some(max) = max_record {
             self.syncer.mark().note(max);
         }
         if max_outbox > 0 {
@@ -313,11 +296,12 @@ impl Store {
         if durable < from {
             return Ok(out);
         }
-        let entries = self.db.range(seq_key(OUTBOX, from)..=seq_key(OUTBOX, durable));
-        let acked = |s: u64| lock_pending(&self.pending).acked.contains(&s);
-        let unacked = entries
-            .filter(|item| !item.as_ref().ok().and_then(|(k, _)| seq_of(k)).is_some_and(acked));
-        for item in unacked.take(limit) {
+        let entries = self.scan(
+            Bound::Included(seq_key(OUTBOX, from)),
+            Bound::Included(seq_key(OUTBOX, durable)),
+            false,
+        );
+        for item in entries.take(limit) {
             let (k, v) = item?;
             let Some(seq) = seq_of(&k) else { continue };
             match serde_json::from_slice::<OutMsg>(&v) {
@@ -331,31 +315,30 @@ impl Store {
         Ok(out)
     }
 
-    /// The broker acknowledged this outbox entry: no longer read, and deleted at the next
-    /// checkpoint, after the flush that makes the records it ended durable in sled (a
-    /// deleted entry can then never leave a record unended). Not synced: a lost delete
+    /// The broker acknowledged this outbox entry: delete it. Not synced: a lost delete
     /// only means the result is delivered again, which the contract allows (at least
-    /// once).
+    /// once). An entry acknowledged before the next checkpoint never reaches sled.
     pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.refuse_after_failure()?;
-        if self.db.contains_key(seq_key(OUTBOX, seq))? {
-            lock_pending(&self.pending).acked.insert(seq);
+        let k = seq_key(OUTBOX, seq);
+        if self.read(&k)?.is_some() {
+            let mut b = LoggedBatch::default();
+            b.remove(&k);
+            self.apply(b)?;
         }
         Ok(())
     }
 
     /// Outbox entries not yet acknowledged by the broker.
     pub fn outbox_len(&self) -> usize {
-        let acked = lock_pending(&self.pending).acked.len();
-        self.db.scan_prefix(OUTBOX).count().saturating_sub(acked)
+        self.scan_prefix(OUTBOX, false).count()
     }
 
     /// Records newest first (by arrival order), for `list` and resume.
     pub fn recent(&self) -> impl Iterator<Item = Result<CommandRecord, StoreError>> + '_ {
-        self.db.scan_prefix(RECENT).rev().filter_map(move |item| {
+        self.scan_prefix(RECENT, true).filter_map(move |item| {
             let (_, id) = match item {
                 Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => return Some(Err(e)),
             };
             let id = String::from_utf8_lossy(&id).into_owned();
             match self.get(&id) {
@@ -369,7 +352,7 @@ impl Store {
     /// Records that were not final when the process stopped, oldest first.
     pub fn unfinished(&self) -> Result<Vec<CommandRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(CMD) {
+        for item in self.scan_prefix(CMD, false) {
             let (_, v) = item?;
             if let Ok(r) = serde_json::from_slice::<CommandRecord>(&v) {
                 if !r.state.is_final() {
@@ -384,11 +367,7 @@ impl Store {
     /// The terminal ids the agent has published a retained `terminals/{id}` for, in any
     /// earlier run (unreadable: none).
     pub fn known_terminals(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .db
-            .get(TERMINALS)?
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default())
+        Ok(self.read(TERMINALS)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
     }
 
     /// Remember `configured` (first) and the earlier ids, at most [`MAX_KNOWN_TERMINALS`];
@@ -417,7 +396,7 @@ impl Store {
     }
 
     pub fn get_secret(&self, terminal: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(secret_key(terminal, name))?.map(|v| v.to_vec()))
+        Ok(self.read(&secret_key(terminal, name))?.map(|v| v.to_vec()))
     }
 
     /// Delete finished records that finished before `before`, oldest first, at most
@@ -427,9 +406,9 @@ impl Store {
         &self, before: chrono::DateTime<chrono::Utc>, limit: usize,
     ) -> Result<usize, StoreError> {
         let newest =
-            self.db.scan_prefix(RECENT).next_back().transpose()?.and_then(|(k, _)| seq_of(&k));
+            self.scan_prefix(RECENT, true).next().transpose()?.and_then(|(k, _)| seq_of(&k));
         let mut deleted = 0;
-        for item in self.db.scan_prefix(RECENT) {
+        for item in self.scan_prefix(RECENT, false) {
             if deleted >= limit {
                 break;
             }
@@ -468,6 +447,76 @@ impl Store {
 
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// A value read from the store: sled's, or a change not yet in sled.
+pub(crate) enum Val {
+    Sled(sled::IVec),
+    Mem(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Val {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Val::Sled(v) => v,
+            Val::Mem(v) => v,
+        }
+    }
+}
+
+/// A change not yet in sled: key, and value (`None`: removed).
+type Change = (Vec<u8>, Option<Arc<[u8]>>);
+
+/// sled's entries in a range, in either direction.
+type SledIter = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>;
+
+/// [`Store::scan`]: sled's entries merged with the changes not yet in sled (which win, and
+/// hide what they removed).
+pub(crate) struct Scan {
+    sled: std::iter::Peekable<SledIter>,
+    /// The changes in the range, the next one last.
+    over: Vec<Change>,
+    rev: bool,
+}
+
+impl Iterator for Scan {
+    type Item = Result<(Vec<u8>, Val), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // Which comes next: sled's entry, the change, or both (the same key)?
+            let order = match (self.sled.peek(), self.over.last()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => {
+                    let e = self.sled.next()?.err()?;
+                    return Some(Err(e.into()));
+                }
+                (Some(Ok(_)), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Ok((sk, _))), Some((ok, _))) => {
+                    let o = sk[..].cmp(&ok[..]);
+                    if self.rev {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            if order == std::cmp::Ordering::Less {
+                let (k, v) = self.sled.next()?.ok()?;
+                return Some(Ok((k.to_vec(), Val::Sled(v))));
+            }
+            if order == std::cmp::Ordering::Equal {
+                self.sled.next();
+            }
+            let (k, v) = self.over.pop()?;
+            if let Some(v) = v {
+                return Some(Ok((k, Val::Mem(v))));
+            }
+        }
     }
 }
 

@@ -214,7 +214,7 @@ impl Store {
 
     /// The money hold after store damage, if an operator has not lifted it yet.
     pub fn money_hold(&self) -> Result<Option<MoneyHold>, StoreError> {
-        match self.db.get(HOLD)? {
+        match self.read(HOLD)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)

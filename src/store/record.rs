@@ -183,10 +183,10 @@ pub struct OutMsg {
     /// Topic below `{root}` (`result`).
     pub topic: String,
     pub payload: String,
-    /// The records this result ends, as they are once ended. The outbox entry is written
-    /// first and they follow once it is durable (`Store::write`); a store opened after a
-    /// crash in between puts them in from here (`Store::open`). Kept as the JSON written
-    /// for the record itself (`CommandRecord`), so that it is serialized once.
+    /// Read only. Builds from commit 7976db2 to 8f33acc put the records a result ended
+    /// into sled after its entry, and carried them in it; a store they left after a crash
+    /// in between gets them put in from here (`Store::open`). Now a result's entry and its
+    /// records are one change in the log, and this stays empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finals: Vec<Box<serde_json::value::RawValue>>,
 }

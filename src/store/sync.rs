@@ -13,6 +13,7 @@
 //! agent, told through [`Syncer::failed`], stops and exits non-zero so that a restart
 //! replays the log from disk.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,8 +35,8 @@ enum Req {
     Checkpoint(Waiter),
 }
 
-/// Changes applied to sled but not yet in the log, in apply order. Writers append under
-/// this lock while they apply their batch, so the log's order is sled's order.
+/// Changes not yet in sled, and the part of them not yet in the log. Writers frame their
+/// batch under this lock, so the log's order is the order of the changes.
 pub(crate) type Pending = Arc<Mutex<PendingLog>>;
 
 #[derive(Default)]
@@ -45,48 +46,58 @@ pub(crate) struct PendingLog {
     /// Bytes ever framed: the log position a commit that takes `buf` now makes durable
     /// ([`super::Store::log_position`]).
     pub(crate) framed: u64,
-    /// Ended records waiting for the outbox entry that carries them to be durable
-    /// (`Store::write`), oldest first.
-    pub(crate) finals: Vec<Finals>,
-    /// Outbox entries the broker has acknowledged, deleted at the next checkpoint
-    /// (`Store::outbox_remove`).
-    pub(crate) acked: std::collections::BTreeSet<u64>,
+    /// The newest version of every key changed since the last checkpoint put the changes
+    /// into sled (`None`: removed). Readers look here first (`Store::read`); a checkpoint
+    /// puts it into sled in one go, so sled writes each key once per checkpoint instead of
+    /// every version of it (`docs/performance.md`, SD-card wear).
+    pub(crate) dirty: BTreeMap<Vec<u8>, Dirty>,
+    /// Bytes of keys and values in `dirty`: past [`DIRTY_CHECKPOINT_BYTES`] a checkpoint
+    /// is due (bounds the memory it takes under a flood).
+    dirty_bytes: usize,
+    /// Versions handed out to changes, so a checkpoint knows which ones it put into sled.
+    version: u64,
     /// The last frames in `buf`: where each starts and ends, and the keys it writes.
     frames: std::collections::VecDeque<(usize, usize, Vec<Vec<u8>>)>,
 }
+
+/// A change not yet in sled: its value (`None`: removed) and its version.
+#[derive(Clone)]
+pub(crate) struct Dirty {
+    version: u64,
+    pub(crate) value: Option<Arc<[u8]>>,
+}
+
+/// The changes a checkpoint puts into sled, as they were when it started.
+pub(crate) type Snapshot = Vec<(Vec<u8>, Dirty)>;
 
 /// How far back a new frame looks for frames it makes obsolete (a record's steps follow
 /// each other closely; a flood of distinct commands must not make framing quadratic).
 const SUPERSEDE_WINDOW: usize = 8;
 
-/// Ended records to put into sled once the log is durable up to `after`.
-pub(crate) struct Finals {
-    pub(crate) after: u64,
-    /// (key, value) pairs: each record and its recency entry.
-    pub(crate) writes: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The highest record seq among them (for the watermark, once they are in).
-    pub(crate) seq: u64,
-}
+/// Past this many bytes of changes held for sled, a checkpoint is due.
+const DIRTY_CHECKPOINT_BYTES: usize = 2 * 1024 * 1024;
 
 impl PendingLog {
-    /// Append `b` as a frame. What it makes obsolete goes first: the keys `b` writes, and
-    /// `also`, keys whose newer version `b` carries inside a value (an outbox entry with
-    /// the records it ends).
-    /// - Earlier frames not yet taken by a commit that wrote only such keys: the same
-    ///   commit makes `b` durable, their values are never read back from the log, and a
-    ///   commit cut short acknowledges nothing. So a record written at intake, at
-    ///   `started` and at its sending step costs one frame in that commit, not three.
-    /// - Versions of those keys among the ended records still waiting to go in: older,
-    ///   they must not land on top of `b`'s (nor be read instead of it).
-    pub(crate) fn frame(&mut self, b: &super::wal::LoggedBatch, also: &[&[u8]]) {
+    /// Append `b` as a frame and lay its changes over sled's. Earlier frames not yet
+    /// taken by a commit that wrote only keys `b` writes again are dropped first: the same
+    /// commit makes `b` durable, their values are never read back from the log, and a
+    /// commit cut short acknowledges nothing. So a record written at intake, at `started`
+    /// and at its sending step costs one frame in that commit, not three.
+    pub(crate) fn frame(&mut self, b: &super::wal::LoggedBatch) {
         let keys: Vec<Vec<u8>> = b.keys().map(<[u8]>::to_vec).collect();
-        self.drop_superseded(&keys, also);
-        for f in &mut self.finals {
-            f.writes.retain(|(k, _)| !keys.contains(k) && !also.contains(&&k[..]));
-        }
+        self.drop_superseded(&keys);
         let before = self.buf.len();
         b.frame_into(&mut self.buf);
         self.framed += (self.buf.len() - before) as u64;
+        for (k, v) in b.ops() {
+            self.version += 1;
+            let value: Option<Arc<[u8]>> = v.map(Arc::from);
+            self.dirty_bytes += k.len() + value.as_ref().map_or(0, |v| v.len());
+            let was = self.dirty.insert(k.to_vec(), Dirty { version: self.version, value });
+            if let Some(was) = was {
+                self.dirty_bytes -= k.len() + was.value.as_ref().map_or(0, |v| v.len());
+            }
+        }
         if self.buf.len() > before {
             self.frames.push_back((before, self.buf.len(), keys));
             if self.frames.len() > SUPERSEDE_WINDOW {
@@ -95,8 +106,8 @@ impl PendingLog {
         }
     }
 
-    fn drop_superseded(&mut self, keys: &[Vec<u8>], also: &[&[u8]]) {
-        let covered = |k: &Vec<u8>| keys.contains(k) || also.contains(&&k[..]);
+    fn drop_superseded(&mut self, keys: &[Vec<u8>]) {
+        let covered = |k: &Vec<u8>| keys.contains(k);
         if !self.frames.iter().any(|(_, _, k)| k.iter().all(covered)) {
             return;
         }
@@ -119,37 +130,26 @@ impl PendingLog {
         std::mem::take(&mut self.buf)
     }
 
-    /// The value `key` has among the ended records waiting to go in, if it has one.
-    pub(crate) fn final_value(&self, key: &[u8]) -> Option<&[u8]> {
-        self.finals
-            .iter()
-            .rev()
-            .flat_map(|f| f.writes.iter())
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| &v[..])
+    /// The change to `key` not yet in sled, if there is one (`Some(None)`: removed).
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
+        self.dirty.get(key).map(|d| d.value.clone())
     }
-}
 
-/// Put into sled the ended records whose outbox entry is now durable (the log holds it up
-/// to `durable`). Called right after a commit or checkpoint, before its callers are
-/// answered and before the pump may read the entry: whoever learns of a result also
-/// finds its record ended. Not logged again: the entry in the log carries them, and a
-/// store opened after a crash puts them in from it (`open.rs`); the entry is deleted only
-/// after a checkpoint's flush has made them durable in sled.
-fn put_finals(db: &sled::Db, mark: &Mark, pending: &Pending, durable: u64) -> Result<(), String> {
-    let mut p = lock_pending(pending);
-    let due = p.finals.iter().take_while(|f| f.after <= durable).count();
-    if due == 0 {
-        return Ok(());
+    /// Past [`DIRTY_CHECKPOINT_BYTES`] of changes held for sled.
+    fn wants_checkpoint(&self) -> bool {
+        self.dirty_bytes > DIRTY_CHECKPOINT_BYTES
     }
-    crate::faults::hit("store:finals:before");
-    for f in p.finals.drain(..due) {
-        for (k, v) in f.writes {
-            db.insert(k, v).map_err(|e| format!("store write: {e}"))?;
+
+    /// After a checkpoint put `snapshot` into sled durably: forget the changes it held
+    /// that nothing has changed again since.
+    fn forget(&mut self, snapshot: &Snapshot) {
+        for (k, d) in snapshot {
+            if self.dirty.get(k).is_some_and(|now| now.version == d.version) {
+                self.dirty.remove(k);
+                self.dirty_bytes -= k.len() + d.value.as_ref().map_or(0, |v| v.len());
+            }
         }
-        mark.note(f.seq);
     }
-    Ok(())
 }
 
 pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, PendingLog> {
@@ -184,16 +184,27 @@ fn lock_wal(w: &Mutex<Wal>) -> std::sync::MutexGuard<'_, Wal> {
 
 impl Shared {
     /// One commit. The first error poisons the store; once poisoned, no more I/O.
-    fn commit(&self, db: &sled::Db, wal: &mut Wal) -> Result<(), String> {
-        self.poisoning(|| commit(db, wal, &self.dir, &self.mark, &self.pending))
+    fn commit(&self, wal: &mut Wal) -> Result<(), String> {
+        self.poisoning(|| commit(wal, &self.dir, &self.mark, &self.pending, false).map(|_| ()))
     }
 
-    /// A checkpoint (the sync thread's). The first error poisons the store.
-    fn checkpoint(&self, db: &sled::Db, wal: &mut Wal) -> Result<(), String> {
-        self.poisoning(|| checkpoint(db, wal, &self.dir, &self.mark, &self.pending))
+    /// A checkpoint's first half, under the log's lock (the sync thread's).
+    fn begin_checkpoint(&self, wal: &mut Wal) -> Result<Option<Started>, String> {
+        self.poisoning(|| begin_checkpoint(wal, &self.dir, &self.mark, &self.pending))
     }
 
-    fn poisoning(&self, io: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    /// Its second half, without the log's lock.
+    fn finish_checkpoint(&self, db: &sled::Db, started: Started) -> Result<(), String> {
+        self.poisoning(|| finish_checkpoint(db, &self.dir, &self.mark, &self.pending, started))
+    }
+
+    /// A log past [`CHECKPOINT_BYTES`] (bounds the replay at the next start) or too many
+    /// changes held for sled (bounds memory).
+    fn wants_checkpoint(&self, wal: &Wal) -> bool {
+        wal.wants_checkpoint() || lock_pending(&self.pending).wants_checkpoint()
+    }
+
+    fn poisoning<T>(&self, io: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
         if let Some(why) = self.failure.get() {
             return Err(why);
         }
@@ -250,12 +261,6 @@ impl Syncer {
         }
     }
 
-    /// Fail the store from outside the sync thread: sled itself could not write (it
-    /// writes its buffers on its own, and after such an error its state is unknown).
-    pub(crate) fn fail(&self, why: &str) {
-        self.shared.failure.set(why);
-    }
-
     /// The failure, if the store has failed.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.get()
@@ -293,20 +298,27 @@ impl Syncer {
                 while let Ok((_, r)) = rx.try_recv() {
                     route(r);
                 }
-                let (res, cp) = {
+                let (res, started) = {
                     let mut wal = lock_wal(&task.wal);
-                    let res = task.commit(&db, &mut wal);
-                    let due = !checkpoints.is_empty() || wal.wants_checkpoint();
-                    let cp = match &res {
-                        Ok(()) if due => task.checkpoint(&db, &mut wal),
-                        _ => Ok(()),
+                    let res = task.commit(&mut wal);
+                    let due = !checkpoints.is_empty() || task.wants_checkpoint(&wal);
+                    let started = match &res {
+                        Ok(()) if due => task.begin_checkpoint(&mut wal),
+                        _ => Ok(None),
                     };
-                    (res, cp)
+                    (res, started)
                 };
-                drop(db);
+                // The commits are answered before the checkpoint puts the changes into
+                // sled and flushes it: that runs without the log's lock.
                 for w in commits {
                     let _ = w.send(res.clone());
                 }
+                let cp = match started {
+                    Ok(Some(started)) => task.finish_checkpoint(&db, started),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                drop(db);
                 for w in checkpoints {
                     let _ = w.send(res.clone().and(cp.clone()));
                 }
@@ -341,8 +353,8 @@ impl Syncer {
     pub async fn sync(&self) -> Result<(), StoreError> {
         let inline = match self.shared.wal.try_lock() {
             Ok(mut wal) => {
-                let res = self.shared.commit(&self.db, &mut wal);
-                Some((res, wal.wants_checkpoint()))
+                let res = self.shared.commit(&mut wal);
+                Some((res, self.shared.wants_checkpoint(&wal)))
             }
             Err(_) => None,
         };
@@ -381,16 +393,17 @@ fn put_back(pending: &Pending, taken: Vec<u8>) {
     p.buf.extend_from_slice(&later);
 }
 
-/// Append what is pending to the log and `fdatasync` it; then put in the ended records
-/// whose outbox entries it made durable.
+/// Append what is pending to the log and `fdatasync` it. With `snapshot`, also returns
+/// the changes not yet in sled as of exactly what this commit covers (for a checkpoint).
 fn commit(
-    db: &sled::Db, wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending,
-) -> Result<(), String> {
+    wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending, snapshot: bool,
+) -> Result<Option<Snapshot>, String> {
     let Wal { log, generation } = wal;
     // Read the marks under the same lock as the bytes: exactly these changes are covered.
-    let (buf, at, upto, outbox_upto) = {
+    let (buf, at, upto, outbox_upto, snap) = {
         let mut p = lock_pending(pending);
-        (p.take(), p.framed, mark.noted(), mark.outbox_noted())
+        let snap = snapshot.then(|| p.dirty.iter().map(|(k, d)| (k.clone(), d.clone())).collect());
+        (p.take(), p.framed, mark.noted(), mark.outbox_noted(), snap)
     };
     if !buf.is_empty() {
         let mut write = |log: &mut Option<LogFile>| -> std::io::Result<()> {
@@ -422,57 +435,75 @@ fn commit(
         }
     }
     mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))?;
-    put_finals(db, mark, pending, at)?;
     mark.outbox_synced(outbox_upto);
     mark.log_synced(at);
-    Ok(())
+    Ok(snap)
 }
 
-/// Make sled durable (flush + `fdatasync`), then drop every log older than a fresh one.
-/// Then delete the outbox entries the broker had acknowledged before the flush (their
-/// ended records are now durable in sled), and commit that.
-fn checkpoint(
-    db: &sled::Db, wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending,
-) -> Result<(), String> {
+/// A checkpoint between its two halves: the changes it puts into sled, the first log
+/// generation written after them, and the record watermark they cover.
+pub(crate) struct Started {
+    snapshot: Snapshot,
+    generation: u64,
+    upto: u64,
+}
+
+/// A checkpoint's first half, under the log's lock: commit what is pending, take the
+/// changes not yet in sled as of that commit, and start a fresh log generation for the
+/// changes after them. `None` when nothing changed since the last checkpoint.
+fn begin_checkpoint(
+    wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending,
+) -> Result<Option<Started>, String> {
     let nothing_logged = wal.log.as_ref().is_some_and(|l| l.len == 0);
-    let (taken, at, upto, outbox_upto, acked) = {
-        let mut p = lock_pending(pending);
-        if nothing_logged && p.buf.is_empty() && p.acked.is_empty() {
-            return Ok(());
+    {
+        let p = lock_pending(pending);
+        if nothing_logged && p.buf.is_empty() && p.dirty.is_empty() {
+            return Ok(None);
         }
-        // Everything applied so far is in sled's memory and covered by the flush below;
-        // kept until that flush is durable.
-        let acked: Vec<u64> = p.acked.iter().copied().collect();
-        (p.take(), p.framed, mark.noted(), mark.outbox_noted(), acked)
-    };
-    if let Err(e) = durable_flush(db, dir) {
-        // Not durable anywhere yet: back in front of later changes, for the log.
-        put_back(pending, taken);
-        return Err(e);
     }
-    mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
+    let upto = mark.noted();
+    let snapshot = commit(wal, dir, mark, pending, true)?.unwrap_or_default();
     wal.generation += 1;
     let fresh =
         LogFile::create(dir, wal.generation).map_err(|e| format!("store log create: {e}"))?;
     wal.log = Some(fresh);
-    super::wal::remove_before(dir, wal.generation).map_err(|e| format!("store log list: {e}"))?;
-    put_finals(db, mark, pending, at)?;
-    mark.outbox_synced(outbox_upto);
-    mark.log_synced(at);
-    if acked.is_empty() {
-        return Ok(());
-    }
-    {
-        let mut p = lock_pending(pending);
-        let mut b = super::wal::LoggedBatch::default();
-        for seq in &acked {
-            p.acked.remove(seq);
-            b.remove(&super::seq_key(super::OUTBOX, *seq));
+    Ok(Some(Started { snapshot, generation: wal.generation, upto }))
+}
+
+/// A checkpoint's second half, without the log's lock (commits go on meanwhile, into the
+/// fresh generation): put the changes into sled, make sled durable (flush + `fdatasync`),
+/// then drop the logs before the fresh one and the changes from memory. A crash anywhere
+/// in between leaves the older logs, which the next open replays over sled in order.
+fn finish_checkpoint(
+    db: &sled::Db, dir: &Path, mark: &Mark, pending: &Pending, started: Started,
+) -> Result<(), String> {
+    let Started { mut snapshot, generation, upto } = started;
+    let write = |e: sled::Error| format!("store write: {e}");
+    // In the order the changes were made, not in key order: sled's log then holds them in
+    // that order too, and a data file cut short by damage loses the newest record first,
+    // which the watermark check at open catches (in key order a record's recency entry,
+    // under a later prefix, could survive the loss of records written before it).
+    snapshot.sort_unstable_by_key(|(_, d)| d.version);
+    for (k, d) in &snapshot {
+        match &d.value {
+            Some(v) => {
+                db.insert(&k[..], &v[..]).map_err(write)?;
+            }
+            // A key sled never had (an outbox entry acknowledged within one checkpoint)
+            // costs sled nothing.
+            None => {
+                if db.contains_key(k).map_err(write)? {
+                    db.remove(&k[..]).map_err(write)?;
+                }
+            }
         }
-        p.frame(&b, &[]);
-        b.apply_to(db).map_err(|e| format!("store write: {e}"))?;
     }
-    commit(db, wal, dir, mark, pending)
+    crate::faults::hit("store:checkpoint:applied");
+    durable_flush(db, dir)?;
+    mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
+    super::wal::remove_before(dir, generation).map_err(|e| format!("store log list: {e}"))?;
+    lock_pending(pending).forget(&snapshot);
+    Ok(())
 }
 
 /// sled `flush` (write + `sync_file_range`), then `fdatasync` of the data file (`db` in

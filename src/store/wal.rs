@@ -26,33 +26,15 @@ const OP_REMOVE: u8 = 2;
 /// A record longer than this is damage, not data (commands are ≤ 64 KiB each).
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 
-/// One atomic change, logged as one record, applied to sled key by key (never as a sled
-/// batch: that makes sled seal and write back its buffer at once, two synchronous writes
-/// per batch, measured in `docs/performance.md`). No reader needs to see it whole before
-/// the commit: the pump reads the outbox only below the durability line, and a record
-/// ended with a result is put in only after its outbox entry is durable (`Store::write`).
-/// Held once, as the log's encoding: applying it reads the keys and values from there
-/// (one copy less per write on the intake path than keeping them beside it).
+/// One atomic change, logged as one record (one frame: a replay applies all of it or none
+/// of it). Held once, as the log's encoding: laying it over sled's state reads the keys
+/// and values from there (`sync::PendingLog::frame`).
 #[derive(Default)]
 pub(crate) struct LoggedBatch {
     ops: Vec<u8>,
 }
 
 impl LoggedBatch {
-    pub(crate) fn apply_to(self, db: &sled::Db) -> sled::Result<()> {
-        for (k, v) in Ops(&self.ops) {
-            match v {
-                Some(v) => {
-                    db.insert(k, v)?;
-                }
-                None => {
-                    db.remove(k)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     pub(crate) fn insert(&mut self, k: &[u8], v: &[u8]) {
         self.ops.push(OP_INSERT);
         put_bytes(&mut self.ops, k);
@@ -67,6 +49,11 @@ impl LoggedBatch {
     /// The keys it writes, in order.
     pub(crate) fn keys(&self) -> impl Iterator<Item = &[u8]> {
         Ops(&self.ops).map(|(k, _)| k)
+    }
+
+    /// Its changes, in order: (key, `Some(value)` to insert, `None` to remove).
+    pub(crate) fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        Ops(&self.ops)
     }
 
     /// Append this batch as one framed record to `buf`.

@@ -32,17 +32,17 @@ pub const JOURNAL_POINTS: &[&str] = &[
     "intake:stored",
     "journal:answer:before",
     "journal:answer:after",
-    // The result is durable in the outbox; the ended record is not yet in sled.
-    "store:finals:before",
     "worker:finished",
     "journal:token_basket:before",
     "journal:token_basket:after",
     "journal:paywall_sale_sending:before",
     "journal:paywall_sale_sending:after",
+    // A checkpoint has put its changes into sled but not yet made sled durable.
+    "store:checkpoint:applied",
 ];
 
 /// The points a payment on an IP terminal passes, in order.
-pub const IP_JOURNAL_POINTS: &[&str] = JOURNAL_POINTS.split_at(9).0;
+pub const IP_JOURNAL_POINTS: &[&str] = JOURNAL_POINTS.split_at(8).0;
 
 pub fn embedded() -> Broker {
     Broker::embedded()
