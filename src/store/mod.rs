@@ -217,18 +217,16 @@ impl Store {
     /// The entries from `from` to `to`, with the changes not yet in sled laid over sled's,
     /// in key order (`rev`: backwards).
     fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>, rev: bool) -> Scan {
-        let range = (from, to);
-        let mut over: Vec<Change> = lock_pending(&self.pending)
-            .dirty
-            .range::<Vec<u8>, _>(range.clone())
-            .map(|(k, d)| (k.clone(), d.value.clone()))
-            .collect();
-        if !rev {
-            over.reverse();
-        }
-        let sled = self.db.range::<Vec<u8>, _>(range);
+        let sled = self.db.range::<Vec<u8>, _>((from.clone(), to.clone()));
         let sled: SledIter = if rev { Box::new(sled.rev()) } else { Box::new(sled) };
-        Scan { sled: sled.peekable(), over, rev }
+        Scan {
+            sled: sled.peekable(),
+            pending: self.pending.clone(),
+            rest: (from, to),
+            over: Vec::new(),
+            done: false,
+            rev,
+        }
     }
 
     /// [`Store::scan`] of every key under `prefix`.
@@ -477,9 +475,46 @@ type SledIter = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>
 /// hide what they removed).
 pub(crate) struct Scan {
     sled: std::iter::Peekable<SledIter>,
-    /// The changes in the range, the next one last.
+    pending: Pending,
+    /// The part of the range whose changes are not yet in `over`.
+    rest: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    /// The next changes in the range, the next one last: taken [`SCAN_CHUNK`] at a time, so
+    /// that a reader wanting a few entries (the pump, after each acknowledgement) costs a
+    /// few, however many changes are held.
     over: Vec<Change>,
+    /// No changes left in `rest`.
+    done: bool,
     rev: bool,
+}
+
+/// How many changes a [`Scan`] takes from memory at a time.
+const SCAN_CHUNK: usize = 64;
+
+impl Scan {
+    fn refill(&mut self) {
+        if self.done || !self.over.is_empty() {
+            return;
+        }
+        let p = lock_pending(&self.pending);
+        let range = p.dirty.range::<Vec<u8>, _>(self.rest.clone());
+        let chunk: Vec<Change> = if self.rev {
+            range.rev().take(SCAN_CHUNK).map(|(k, d)| (k.clone(), d.value.clone())).collect()
+        } else {
+            range.take(SCAN_CHUNK).map(|(k, d)| (k.clone(), d.value.clone())).collect()
+        };
+        drop(p);
+        self.done = chunk.len() < SCAN_CHUNK;
+        if let Some((last, _)) = chunk.last() {
+            let after = Bound::Excluded(last.clone());
+            if self.rev {
+                self.rest.1 = after;
+            } else {
+                self.rest.0 = after;
+            }
+        }
+        self.over = chunk;
+        self.over.reverse();
+    }
 }
 
 impl Iterator for Scan {
@@ -487,6 +522,7 @@ impl Iterator for Scan {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            self.refill();
             // Which comes next: sled's entry, the change, or both (the same key)?
             let order = match (self.sled.peek(), self.over.last()) {
                 (None, None) => return None,

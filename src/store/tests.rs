@@ -580,3 +580,53 @@ async fn a_commit_writes_each_record_once() {
     });
     assert!(other_between > once, "b's frame stays");
 }
+
+/// Reads merge sled's entries with the changes not yet in sled, in order both ways,
+/// more of them than a scan takes from memory at a time, with deletes of either kind.
+#[tokio::test]
+async fn scans_merge_sled_with_the_changes_not_yet_in_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let res = ResultMsg::new(Some("x".into()), FinalState::Succeeded);
+    let mut seqs = Vec::new();
+    for i in 0..300 {
+        let r = record(&store, &format!("r{i:03}"));
+        store.write(&[&r], &[OutMsg::result(&res)]).expect("write");
+        if i == 149 {
+            // The first half into sled, the rest held in memory.
+            store.checkpoint().await.expect("checkpoint");
+        }
+    }
+    store.commit().await.expect("commit");
+    for (seq, _) in store.outbox_from(0, 1000).expect("outbox") {
+        seqs.push(seq);
+    }
+    assert_eq!(seqs.len(), 300);
+    assert_eq!(store.db.scan_prefix(OUTBOX).count(), 150, "half of them in sled");
+    // Every third acknowledged: in sled and in memory alike.
+    let kept: Vec<u64> =
+        seqs.iter().copied().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, s)| s).collect();
+    for (i, seq) in seqs.iter().enumerate() {
+        if i % 3 == 0 {
+            store.outbox_remove(*seq).expect("remove");
+        }
+    }
+    let all: Vec<u64> =
+        store.outbox_from(0, 1000).expect("outbox").into_iter().map(|(s, _)| s).collect();
+    assert_eq!(all, kept, "in order, without the acknowledged");
+    assert_eq!(store.outbox_len(), kept.len());
+    // Windows, as the pump reads them.
+    let mut from = 0;
+    let mut windowed = Vec::new();
+    loop {
+        let w = store.outbox_from(from, 7).expect("outbox");
+        let Some((last, _)) = w.last() else { break };
+        from = last + 1;
+        windowed.extend(w.iter().map(|(s, _)| *s));
+    }
+    assert_eq!(windowed, kept);
+    // Backwards (newest first), across both halves.
+    let ids: Vec<String> = store.recent().map(|r| r.expect("record").cmd.id.to_string()).collect();
+    let expected: Vec<String> = (0..300).rev().map(|i| format!("r{i:03}")).collect();
+    assert_eq!(ids, expected);
+}
