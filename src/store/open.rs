@@ -146,7 +146,7 @@ impl Store {
         sync::durable_flush(&db, path).map_err(StoreError::Sync)?;
         mark.persist_checkpoint(newest.unwrap_or(0)).map_err(StoreError::io_at(mark.path()))?;
         let log = wal::LogFile::create(path, last_gen + 1).map_err(StoreError::io_at(path))?;
-        wal::remove_before(path, log.generation).map_err(StoreError::io_at(path))?;
+        wal::retire_before(path, log.generation).map_err(StoreError::io_at(path))?;
         // Whatever the outbox holds at open was read back from disk: durable.
         let last_outbox = last_seq(&db, OUTBOX)?;
         if let Some(last) = last_outbox {

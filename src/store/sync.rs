@@ -501,7 +501,7 @@ fn finish_checkpoint(
     crate::faults::hit("store:checkpoint:applied");
     durable_flush(db, dir)?;
     mark.persist_checkpoint(upto).map_err(|e| format!("store watermark: {e}"))?;
-    super::wal::remove_before(dir, generation).map_err(|e| format!("store log list: {e}"))?;
+    super::wal::retire_before(dir, generation).map_err(|e| format!("store log list: {e}"))?;
     lock_pending(pending).forget(&snapshot);
     Ok(())
 }

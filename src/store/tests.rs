@@ -17,7 +17,7 @@ fn logged_bytes(sled_dir: &std::path::Path) -> usize {
     wal::list(sled_dir)
         .expect("list")
         .iter()
-        .map(|(_, p)| std::fs::read(p).map(|b| wal::records_len(&b)).unwrap_or(0))
+        .map(|(g, p)| std::fs::read(p).map(|b| wal::records_len(&b, *g)).unwrap_or(0))
         .sum()
 }
 
@@ -304,9 +304,9 @@ async fn a_lost_log_is_detected_not_silently_ignored() {
 async fn a_torn_log_tail_is_dropped_and_the_rest_kept() {
     let (_d, cut) = power_cut(true, write_after).await;
     // A commit that was being written when the power went: half a record.
-    let (_, log) = wal::list(&cut.join("sled")).expect("list").pop().expect("a log");
+    let (g, log) = wal::list(&cut.join("sled")).expect("list").pop().expect("a log");
     let mut bytes = std::fs::read(&log).expect("read");
-    let end = wal::records_len(&bytes);
+    let end = wal::records_len(&bytes, g);
     let half = [200, 0, 0, 0, 1, 2, 3, 4, 0x01, 0, 0];
     // Written where the next record goes, inside the space allocated ahead.
     bytes.resize(bytes.len().max(end + half.len()), 0);
