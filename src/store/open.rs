@@ -147,6 +147,7 @@ impl Store {
         mark.persist_checkpoint(newest.unwrap_or(0)).map_err(StoreError::io_at(mark.path()))?;
         let log = wal::LogFile::create(path, last_gen + 1).map_err(StoreError::io_at(path))?;
         wal::retire_before(path, log.generation).map_err(StoreError::io_at(path))?;
+        wal::prepare_spare(path, log.generation).map_err(StoreError::io_at(path))?;
         // Whatever the outbox holds at open was read back from disk: durable.
         let last_outbox = last_seq(&db, OUTBOX)?;
         if let Some(last) = last_outbox {

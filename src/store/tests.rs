@@ -332,6 +332,9 @@ async fn a_commit_is_one_log_write_and_sled_waits_for_the_checkpoint() {
     store.checkpoint().await.expect("checkpoint");
     assert_eq!(log_len(), 0, "the checkpoint dropped the log");
     assert_eq!(wal::list(&sled_dir).expect("list").len(), 1, "one fresh log");
+    // Written over the spare a new store prepared at open, which the old log replaced.
+    let (held, _) = wal::spare(&sled_dir).expect("spare").expect("a spare");
+    assert!(held < wal::list(&sled_dir).expect("list")[0].0);
 }
 
 /// Sequence numbers order records (recency) and the outbox (the pump reads forward from a
