@@ -68,10 +68,10 @@ pub struct Store {
     syncer: Syncer,
     path: PathBuf,
     /// Changes not yet in sled or not yet in the log. Its lock also orders writers: outbox
-    /// sequence numbers
-    /// must become visible in order (the pump reads forward from a cursor, so an entry
-    /// with a lower seq landing after a higher one would be skipped until the next
-    /// reconnect), and the log must hold changes in the order sled applied them.
+    /// sequence numbers must become visible in order (the pump reads forward from a
+    /// cursor, so an entry with a lower seq landing after a higher one would be skipped
+    /// until the next reconnect), and the log must hold changes in the order they were
+    /// made.
     pending: Pending,
     /// The last sequence number handed out (records and outbox entries share it).
     seq: std::sync::Arc<AtomicU64>,

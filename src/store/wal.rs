@@ -97,6 +97,13 @@ pub(crate) fn file_name(dir: &Path, generation: u64) -> PathBuf {
 
 /// Log files under `dir`, oldest generation first.
 pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = named(dir, PREFIX)?;
+    out.sort();
+    Ok(out)
+}
+
+/// The files under `dir` named `prefix` then a generation, with that generation.
+fn named(dir: &Path, prefix: &str) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -107,13 +114,12 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(generation) =
-            name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|g| g.parse::<u64>().ok())
+            name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|g| g.parse::<u64>().ok())
         else {
             continue;
         };
         out.push((generation, entry.path()));
     }
-    out.sort();
     Ok(out)
 }
 
@@ -174,25 +180,7 @@ fn bound(path: &Path) -> std::io::Result<bool> {
 
 /// The spare log under `dir`, if any: the highest generation it held, and its path.
 pub(crate) fn spare(dir: &Path) -> std::io::Result<Option<(u64, PathBuf)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut best: Option<(u64, PathBuf)> = None;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(g) =
-            name.to_str().and_then(|n| n.strip_prefix(SPARE)).and_then(|g| g.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|(b, _)| g > *b) {
-            best = Some((g, entry.path()));
-        }
-    }
-    Ok(best)
+    Ok(named(dir, SPARE)?.into_iter().max())
 }
 
 /// What a replay found.
@@ -221,26 +209,25 @@ fn decode_from(bytes: &[u8], generation: u64) -> (Vec<sled::Batch>, usize) {
     (out, at)
 }
 
-/// The record at `at`, whole by its length: its payload, the checksum it must have in a
-/// file of generation `generation`, and where the next one starts.
-fn record_at(bytes: &[u8], at: usize, generation: u64) -> Option<(&[u8], u32, usize)> {
+/// The record at `at`, whole by its length: its payload, its checksum as stored, whether
+/// that checksum is bound to a generation, and where the next record starts.
+fn record_at(bytes: &[u8], at: usize) -> Option<(&[u8], u32, bool, usize)> {
     let head = bytes.get(at..at + 8)?;
     let field = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let mut crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if field & BOUND != 0 {
-        crc ^= binding(generation);
-    }
+    let stored = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     let len = (field & !BOUND) as usize;
     if len == 0 || len > MAX_RECORD {
         return None;
     }
     let payload = bytes.get(at + 8..at + 8 + len)?;
-    Some((payload, crc, at + 8 + len))
+    Some((payload, stored, field & BOUND != 0, at + 8 + len))
 }
 
-/// The whole, valid record at `at` and where the next one starts.
+/// The whole, valid record at `at` in a file of generation `generation`, and where the
+/// next one starts.
 fn frame_at(bytes: &[u8], at: usize, generation: u64) -> Option<(sled::Batch, usize)> {
-    let (payload, crc, next) = record_at(bytes, at, generation)?;
+    let (payload, stored, bound, next) = record_at(bytes, at)?;
+    let crc = if bound { stored ^ binding(generation) } else { stored };
     if CASTAGNOLI.checksum(payload) != crc {
         return None;
     }
@@ -252,13 +239,7 @@ fn frame_at(bytes: &[u8], at: usize, generation: u64) -> Option<(sled::Batch, us
 /// Such a record is the end of this generation's records, not a commit cut short (only
 /// the warning depends on it: damage is looked for either way).
 fn left_from_before(bytes: &[u8], at: usize, generation: u64) -> bool {
-    let Some((payload, crc, _)) = record_at(bytes, at, 0) else { return false };
-    let Some(head) = bytes.get(at..at + 4) else { return false };
-    if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) & BOUND == 0 {
-        return false;
-    }
-    // `crc` is the stored checksum XORed with the binding of generation 0.
-    let stored = crc ^ binding(0);
+    let Some((payload, stored, true, _)) = record_at(bytes, at) else { return false };
     let sum = CASTAGNOLI.checksum(payload);
     (generation.saturating_sub(64)..generation).any(|g| stored ^ binding(g) == sum)
 }
@@ -268,14 +249,10 @@ fn left_from_before(bytes: &[u8], at: usize, generation: u64) -> bool {
 /// it. (A crash mid-append leaves only the last record partial; a flipped bit or a lost
 /// sector inside the log leaves good records after the bad one.)
 fn damaged_mid_log(bytes: &[u8], at: usize, generation: u64) -> bool {
-    let Some(head) = bytes.get(at..at + 8) else {
-        return false;
-    };
-    let len = (u32::from_le_bytes([head[0], head[1], head[2], head[3]]) & !BOUND) as usize;
-    if len == 0 || len > MAX_RECORD || at + 8 + len >= bytes.len() {
-        return false;
+    match record_at(bytes, at) {
+        Some((_, _, _, next)) if next < bytes.len() => frame_at(bytes, next, generation).is_some(),
+        _ => false,
     }
-    frame_at(bytes, at + 8 + len, generation).is_some()
 }
 
 /// The writes of a record's ops, in order: (key, `Some(value)` to insert, `None` to
