@@ -270,9 +270,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         tracing::warn!("running operations did not finish in time; they resume at next start");
     }
     let _ = telemetry_task.await;
-    // Give the pump a moment to hand the last results to the broker.
+    // Give the pump a moment to hand the last results to the broker (not after a store
+    // failure: the store is read no more, and the restart sends them).
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while store.outbox_len() > 0
+        while store_failure.is_none()
+            && store.outbox_len() > 0
             && bus_stats.connected.load(std::sync::atomic::Ordering::Relaxed)
         {
             outbox_notify.notify_one();

@@ -206,8 +206,12 @@ impl Store {
         Ok(())
     }
 
-    /// The value of `k`: the change not yet in sled, else sled's.
+    /// The value of `k`: the change not yet in sled, else sled's. Refused after a store
+    /// failure: sled may have failed mid-write, and a read that finds a node to split
+    /// then retries its failing write up to a million times (measured: the agent's stop
+    /// hung for minutes in one read after an ENOSPC); the restart reads the store again.
     fn read(&self, k: &[u8]) -> Result<Option<Val>, StoreError> {
+        self.refuse_after_failure()?;
         if let Some(v) = lock_pending(&self.pending).get(k) {
             return Ok(v.map(Val::Mem));
         }
@@ -215,12 +219,14 @@ impl Store {
     }
 
     /// The entries from `from` to `to`, with the changes not yet in sled laid over sled's,
-    /// in key order (`rev`: backwards).
+    /// in key order (`rev`: backwards). After a store failure (as [`Store::read`]) it
+    /// yields the failure once, and nothing more.
     fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>, rev: bool) -> Scan {
         let sled = self.db.range::<Vec<u8>, _>((from.clone(), to.clone()));
         let sled: SledIter = if rev { Box::new(sled.rev()) } else { Box::new(sled) };
         Scan {
             sled: sled.peekable(),
+            failure: Some(self.syncer.failure_flag()),
             pending: self.pending.clone(),
             rest: (from, to),
             over: Vec::new(),
@@ -328,7 +334,7 @@ impl Store {
 
     /// Outbox entries not yet acknowledged by the broker.
     pub fn outbox_len(&self) -> usize {
-        self.scan_prefix(OUTBOX, false).count()
+        self.scan_prefix(OUTBOX, false).filter(Result::is_ok).count()
     }
 
     /// Records newest first (by arrival order), for `list` and resume.
@@ -475,6 +481,8 @@ type SledIter = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>
 /// hide what they removed).
 pub(crate) struct Scan {
     sled: std::iter::Peekable<SledIter>,
+    /// The store's failure flag, looked at before each step (`None` once it was reported).
+    failure: Option<sync::Failure>,
     pending: Pending,
     /// The part of the range whose changes are not yet in `over`.
     rest: (Bound<Vec<u8>>, Bound<Vec<u8>>),
@@ -522,6 +530,15 @@ impl Iterator for Scan {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            match &self.failure {
+                Some(f) if f.is_set() => {
+                    let why = f.get().unwrap_or_default();
+                    self.failure = None;
+                    return Some(Err(StoreError::Sync(why)));
+                }
+                Some(_) => {}
+                None => return None,
+            }
             self.refill();
             // Which comes next: sled's entry, the change, or both (the same key)?
             let order = match (self.sled.peek(), self.over.last()) {

@@ -241,8 +241,12 @@ impl Failure {
         }
     }
 
-    fn get(&self) -> Option<String> {
+    pub(crate) fn get(&self) -> Option<String> {
         self.reason.get().cloned()
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.reason.get().is_some()
     }
 }
 
@@ -264,6 +268,11 @@ impl Syncer {
     /// The failure, if the store has failed.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.get()
+    }
+
+    /// The failure flag itself, for a reader that checks it as it goes ([`super::Scan`]).
+    pub(crate) fn failure_flag(&self) -> Failure {
+        self.shared.failure.clone()
     }
 
     pub(crate) fn start(

@@ -633,3 +633,74 @@ async fn scans_merge_sled_with_the_changes_not_yet_in_it() {
     let expected: Vec<String> = (0..300).rev().map(|i| format!("r{i:03}")).collect();
     assert_eq!(ids, expected);
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped. `None` where it cannot be
+/// mounted (not root); CI runs as root, and there (`CI` set) that fails the test.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root and must mount a tmpfs");
+            eprintln!("SKIP: cannot mount a tmpfs here (not root)");
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Real ENOSPC at a checkpoint (sled cannot grow): the store fails, and from then on it is
+/// not even read. sled, after a failed write, may retry it inside a read (a node split)
+/// up to a million times: the agent's stop once hung for minutes in `outbox_len`.
+#[tokio::test]
+async fn after_a_full_disk_fails_the_store_nothing_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_fs) = Tmpfs::mount(&dir.path().join("fs"), "4m") else {
+        return;
+    };
+    let (store, _) = Store::open(&dir.path().join("fs").join("store")).expect("open");
+    let r = record(&store, "before");
+    store.write(&[&r], &[]).expect("write");
+    store.commit().await.expect("commit");
+    store.checkpoint().await.expect("checkpoint with space left");
+    // Fill the disk to its last byte.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.path().join("fs").join("filler")).expect("filler");
+        for size in [64 * 1024, 4096, 1] {
+            while f.write_all(&vec![0u8; size]).is_ok() {}
+        }
+    }
+    // Commits still land in the log's space written ahead; sled has to grow.
+    for n in 0..500 {
+        let r = record(&store, &format!("r-{n}"));
+        let res = ResultMsg::new(Some(r.cmd.id.to_string()), FinalState::Succeeded);
+        store.write(&[&r], &[OutMsg::result(&res)]).expect("write");
+    }
+    store.commit().await.expect("commit into the space written ahead");
+    let e = store.checkpoint().await.expect_err("sled cannot grow");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    assert!(store.failure().is_some());
+    // Neither a change held in memory nor one in sled is read any more.
+    for id in ["r-1", "before"] {
+        let e = store.get(id).expect_err("refused after the failure");
+        assert!(e.to_string().contains("No space left"), "{e}");
+    }
+    assert!(store.recent().next().is_some_and(|r| r.is_err()), "a scan reports the failure");
+    assert_eq!(store.recent().count(), 1, "once, then nothing");
+    assert!(store.unfinished().is_err());
+    assert!(store.outbox_from(0, 10).is_err());
+    assert_eq!(store.outbox_len(), 0);
+}

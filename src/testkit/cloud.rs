@@ -143,6 +143,15 @@ impl Cloud {
         self.wait("result", Duration::from_secs(30), |v| v["id"] == id).await
     }
 
+    /// Like [`Cloud::result`], but a timeout is returned instead of a panic, so a test can
+    /// add the agent's log to its failure.
+    pub async fn try_result(&self, id: &str) -> Result<Value, String> {
+        let id = Value::String(id.to_string());
+        let mut found =
+            self.try_wait_n("result", Duration::from_secs(30), 1, |v| v["id"] == id).await?;
+        Ok(found.remove(0))
+    }
+
     /// Wait (10 s at most) for a result whose error message contains `text`.
     pub async fn refusal(&self, text: &str) -> Value {
         self.wait("result", Duration::from_secs(10), |v| {
