@@ -268,8 +268,8 @@ impl Drop for Tmpfs {
 /// Real ENOSPC: the store on a small tmpfs that fills up while payments arrive. Every
 /// command acknowledged before the disk filled reaches its result; the first write that
 /// cannot be made durable stops the agent (`degraded`, non-zero exit) without
-/// acknowledging anything after it; once space returns, the restarted agent runs every
-/// remaining command exactly once.
+/// acknowledging anything after it; a restart on the still-full disk stops again; once
+/// space returns, the restarted agent runs every remaining command exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_agent_and_loses_nothing() {
     let broker = embedded();
@@ -330,6 +330,14 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
         None => cloud.degraded(&agent).await,
     };
     assert_degraded_then_stops(&mut agent, &degraded, "No space left");
+    // systemd restarts it while the disk is still full: the start puts the log into sled,
+    // which needs room, so it stops again (and must lose nothing doing so).
+    agent.restart(&[]);
+    let st = agent.wait_exit(Duration::from_secs(30));
+    eprintln!("restart on a full disk: {st:?}");
+    let st = st.unwrap_or_else(|| panic!("stops on a full disk\n{}", agent.log_tail(40)));
+    assert!(!st.success());
+    assert!(agent.log_tail(5).contains("No space left"), "{}", agent.log_tail(40));
     // Space returns; the restart settles everything, once each.
     stop_filling.store(true, std::sync::atomic::Ordering::Relaxed);
     filling.join().expect("filler thread");
