@@ -32,6 +32,7 @@ pub fn snapshot(engine: &Engine, bus: &BusStats, interval: Duration) -> Value {
         "version": crate::VERSION,
         "mqtt_reconnects": bus.reconnects.load(Ordering::Relaxed),
         "dropped_commands": bus.dropped_commands.load(Ordering::Relaxed),
+        "intake_queue_full": bus.intake_queue_full.load(Ordering::Relaxed),
         "outbox_len": engine.store().outbox_len(),
         "queue_len": engine.queue_lens(),
         "commands": engine.stats().by_state(),

@@ -177,7 +177,8 @@ async fn contract_scenarios(broker: Broker, agent_id: &str) {
     // Clean shutdown publishes offline.
     let st = agent.sigterm();
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
-    cloud.wait("status", Duration::from_secs(10), |v| v["state"] == "offline").await;
+    let off = cloud.wait("status", Duration::from_secs(10), |v| v["state"] == "offline").await;
+    assert_eq!(off["version"], posbridge::VERSION, "{off}");
     stop.cancel();
 }
 

@@ -127,8 +127,9 @@ async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
     let spec = AgentSpec::new("shop-down", m.port).ip("ip-1", addr);
     let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     agent.kill9();
-    // The will tells the cloud the agent is gone.
-    cloud.wait("status", Duration::from_secs(20), |v| v["state"] == "offline").await;
+    // The will tells the cloud the agent is gone, and which version it ran.
+    let will = cloud.wait("status", Duration::from_secs(20), |v| v["state"] == "offline").await;
+    assert_eq!(will["version"], posbridge::VERSION, "{will}");
     for i in 0..5 {
         cloud.send(pay(&format!("w-{i}"), "ip-1", 100 + i)).await;
     }

@@ -56,4 +56,9 @@ async fn a_flood_bigger_than_the_intake_queue_is_taken_in_full() {
         agent.log_tail(20)
     );
     assert!(log.contains("intake queue drained"), "{}", agent.log_tail(20));
+    // And telemetry tells the operator so.
+    let t = cloud
+        .wait("telemetry", Duration::from_secs(10), |v| v["intake_queue_full"].as_u64() > Some(0))
+        .await;
+    assert!(t["intake_queue_full"].as_u64() >= Some(1), "{t}");
 }

@@ -12,7 +12,7 @@
 //! connection: under a flood the same commands came back again and again, a livelock.)
 //! A reconnect is also how the intake gets commands redelivered after a failed batch.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -29,9 +29,6 @@ pub struct Gate {
     reconnect: Notify,
     /// Woken when the queue becomes empty.
     drained: Notify,
-    /// Times the queue was full (the connection then took no more commands until it had
-    /// drained, and reconnected for the rest).
-    pub queue_full: AtomicU64,
 }
 
 /// One queued command's share of the bound; given back on drop.
@@ -55,7 +52,6 @@ impl Gate {
         let count = self.count.load(Ordering::Acquire);
         let queued = self.bytes.load(Ordering::Acquire);
         if count >= MAX_QUEUED || (count > 0 && queued + bytes > MAX_QUEUED_BYTES) {
-            self.queue_full.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         self.count.fetch_add(1, Ordering::AcqRel);
@@ -91,7 +87,6 @@ mod tests {
         let g = Arc::new(Gate::default());
         let mut slots: Vec<Slot> = (0..MAX_QUEUED).map(|_| g.admit(10).expect("room")).collect();
         assert!(g.admit(10).is_none(), "full by count");
-        assert_eq!(g.queue_full.load(Ordering::Relaxed), 1);
         slots.pop();
         assert!(g.admit(10).is_some(), "room again once one is taken");
         drop(slots);

@@ -80,9 +80,21 @@ pub struct BusStats {
     pub reconnects: std::sync::atomic::AtomicU64,
     /// Publishes on `cmd` that were not plain QoS 1 (QoS 0 or retained): dropped.
     pub dropped_commands: std::sync::atomic::AtomicU64,
+    /// Times the intake queue was full (`bus::gate`): the connection took no more commands
+    /// until it had drained, then reconnected for the rest. A sign of a flood, or of a
+    /// store too slow for the command rate.
+    pub intake_queue_full: std::sync::atomic::AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
     /// `host:port` of the broker of the current (or last) connection.
     pub broker: Mutex<Option<String>>,
+}
+
+/// The `offline` status: the will, and what a clean shutdown publishes. It names the
+/// version, so a fleet view still tells which version an agent that went away ran.
+pub(crate) fn offline_status() -> Vec<u8> {
+    serde_json::json!({"v": crate::api::API_VERSION, "state": "offline", "version": crate::VERSION})
+        .to_string()
+        .into_bytes()
 }
 
 pub(crate) fn mqtt_options(cfg: &BusConfig, broker: &MqttEndpoint, topics: &Topics) -> MqttOptions {
@@ -93,12 +105,7 @@ pub(crate) fn mqtt_options(cfg: &BusConfig, broker: &MqttEndpoint, topics: &Topi
         // Generous: the pump keeps fewer than this in flight, so pkids never collide.
         .set_inflight(1000)
         .set_max_packet_size(cfg.max_incoming, 1024 * 1024)
-        .set_last_will(LastWill::new(
-            topics.status(),
-            br#"{"v":1,"state":"offline"}"#.to_vec(),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        .set_last_will(LastWill::new(topics.status(), offline_status(), QoS::AtLeastOnce, true));
     if let (true, Some(tls)) = (broker.tls, &cfg.tls) {
         o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
             tls.clone(),
@@ -218,6 +225,7 @@ pub(crate) async fn run_connection(
                         // Full: not acknowledged, so the broker keeps it (and everything
                         // after it) for the next connection, once the queue has drained.
                         tracing::warn!(queued = ?gate.queued(), "intake queue full; taking no more commands until it drains, then reconnecting so the broker delivers the rest");
+                        stats.intake_queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         skipping = true;
                         continue;
                     };

@@ -196,7 +196,7 @@ impl Pump {
         let Some(c) = conn else { return };
         let last = match &self.final_status {
             Some(v) => v.to_string().into_bytes(),
-            None => br#"{"v":1,"state":"offline"}"#.to_vec(),
+            None => super::offline_status(),
         };
         c.publish(self.topics.status(), QoS::AtLeastOnce, true, last, Tag::Offline).await;
         let wait = async {

@@ -97,10 +97,6 @@ impl Store {
         let opened = Self::try_open(path).and_then(|db| {
             mark.check_checkpoint(&db)?;
             let (replayed, last_gen) = wal::replay(&db, path)?;
-            let ended = put_finals_from_outbox(&db)?;
-            if ended > 0 {
-                tracing::warn!(records = ended, "store: ended records put in from their results in the outbox (a stop came between the two)");
-            }
             mark.check_commit(&db)?;
             Ok((db, replayed, last_gen))
         });
@@ -273,34 +269,6 @@ impl Store {
         db.checksum()?;
         Ok(db)
     }
-}
-
-/// After a crash between a result's outbox entry becoming durable and the records it
-/// ended going into sled (`Store::write`): put in each record the entries carry whose
-/// stored version has not ended. A record that has ended is kept as it is (it can only
-/// have changed since by a later write, never back to unended). Made durable by the
-/// flush that follows at open. Returns how many went in.
-fn put_finals_from_outbox(db: &sled::Db) -> Result<u64, StoreError> {
-    let mut put = 0;
-    for item in db.scan_prefix(OUTBOX) {
-        let (_, v) = item?;
-        let Ok(m) = serde_json::from_slice::<OutMsg>(&v) else { continue };
-        for raw in m.finals {
-            let Ok(r) = serde_json::from_str::<CommandRecord>(raw.get()) else { continue };
-            let k = key(CMD, r.cmd.id.as_bytes());
-            let stored = db.get(&k)?;
-            let ended = stored
-                .and_then(|v| serde_json::from_slice::<CommandRecord>(&v).ok())
-                .is_some_and(|c| c.state.is_final());
-            if ended {
-                continue;
-            }
-            db.insert(k, raw.get().as_bytes())?;
-            db.insert(seq_key(RECENT, r.seq), r.cmd.id.as_bytes())?;
-            put += 1;
-        }
-    }
-    Ok(put)
 }
 
 /// The sequence number in the last key under `prefix`, if any.

@@ -183,12 +183,6 @@ pub struct OutMsg {
     /// Topic below `{root}` (`result`).
     pub topic: String,
     pub payload: String,
-    /// Read only. Builds from commit 7976db2 to 8f33acc put the records a result ended
-    /// into sled after its entry, and carried them in it; a store they left after a crash
-    /// in between gets them put in from here (`Store::open`). Now a result's entry and its
-    /// records are one change in the log, and this stays empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub finals: Vec<Box<serde_json::value::RawValue>>,
 }
 
 impl OutMsg {
@@ -197,7 +191,6 @@ impl OutMsg {
             topic: "result".into(),
             // Bounded here, once: nothing larger ever enters the outbox.
             payload: String::from_utf8_lossy(&r.to_bounded_bytes()).into_owned(),
-            finals: Vec::new(),
         }
     }
 }

@@ -403,10 +403,11 @@ fn put_back(pending: &Pending, taken: Vec<u8>) {
 }
 
 /// Append what is pending to the log and `fdatasync` it. With `snapshot`, also returns
-/// the changes not yet in sled as of exactly what this commit covers (for a checkpoint).
+/// the changes not yet in sled as of exactly what this commit covers, and the record
+/// watermark it made durable (for a checkpoint).
 fn commit(
     wal: &mut Wal, dir: &Path, mark: &Mark, pending: &Pending, snapshot: bool,
-) -> Result<Option<Snapshot>, String> {
+) -> Result<Option<(Snapshot, u64)>, String> {
     let Wal { log, generation } = wal;
     // Read the marks under the same lock as the bytes: exactly these changes are covered.
     let (buf, at, upto, outbox_upto, snap) = {
@@ -446,7 +447,7 @@ fn commit(
     mark.persist_commit(upto).map_err(|e| format!("store watermark: {e}"))?;
     mark.outbox_synced(outbox_upto);
     mark.log_synced(at);
-    Ok(snap)
+    Ok(snap.map(|s| (s, upto)))
 }
 
 /// A checkpoint between its two halves: the changes it puts into sled, the first log
@@ -470,8 +471,7 @@ fn begin_checkpoint(
             return Ok(None);
         }
     }
-    let upto = mark.noted();
-    let snapshot = commit(wal, dir, mark, pending, true)?.unwrap_or_default();
+    let (snapshot, upto) = commit(wal, dir, mark, pending, true)?.unwrap_or_default();
     wal.generation += 1;
     let fresh =
         LogFile::create(dir, wal.generation).map_err(|e| format!("store log create: {e}"))?;

@@ -124,30 +124,24 @@ fn named(dir: &Path, prefix: &str) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Delete the logs under `dir` older than `generation` (their changes are in a durable
-/// sled). A removal lost in a crash only replays changes sled already has.
-pub(crate) fn remove_before(dir: &Path, generation: u64) -> std::io::Result<()> {
-    for (g, path) in list(dir)? {
-        if g < generation {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    Ok(())
-}
-
-/// [`remove_before`], except that the newest of those logs becomes the spare the next
-/// generation is written over (when there is none yet and it was written by
-/// [`LogFile`], its records bound to its generation).
+/// sled; a removal lost in a crash only replays changes sled already has), except that
+/// the newest of them becomes the spare the next generation is written over (when there
+/// is none yet and it was written by [`LogFile`], its records bound to its generation).
 pub(crate) fn retire_before(dir: &Path, generation: u64) -> std::io::Result<()> {
-    let old: Vec<(u64, PathBuf)> =
+    let mut old: Vec<(u64, PathBuf)> =
         list(dir)?.into_iter().filter(|(g, _)| *g < generation).collect();
     if spare(dir)?.is_none() {
         if let Some((g, path)) = old.last() {
             if bound(path)? {
                 std::fs::rename(path, dir.join(format!("{SPARE}{g:020}")))?;
+                old.pop();
             }
         }
     }
-    remove_before(dir, generation)
+    for (_, path) in old {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// Make sure a spare is ready under `dir` (a new store has none): written ahead like a new
