@@ -3,8 +3,15 @@
 //! After a warm-up (a tenth of the run, at least one minute) the RSS must stay flat:
 //! growth from the end of the warm-up to the end, and the spread of the samples after it,
 //! within 1 MiB. Every payment must get its result. Not part of `all` (it takes minutes).
+//!
+//! It also prints how long results took (command published → result received: median,
+//! p99, the longest and when) and how many payments were rejected `busy`: the terminal's
+//! queue (64) fills only when the agent, the broker or this machine stalled for more than
+//! 64 / rate seconds (1.3 s at 50/s). Such a refusal is a definite answer (the device was
+//! never asked), so it counts as answered; any other outcome than `succeeded` or `busy`
+//! fails the run.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -31,6 +38,8 @@ pub(crate) async fn bench_soak(
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut sample = tokio::time::interval(Duration::from_secs(10));
     let (mut sent, mut answered) = (0u64, HashSet::new());
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let mut lat = Latencies::default();
     let mut samples: Vec<(f64, u64)> = Vec::new();
     let mut at_warm: Option<u64> = None;
     while start.elapsed() < run {
@@ -38,8 +47,10 @@ pub(crate) async fn bench_soak(
             _ = tick.tick() => {
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
                 while sent < due {
-                    let cmd = json!({"v":1,"id":format!("soak-{sent}"),"op":"payment","terminal":"ip-1","amount":100 + (sent % 900) as i64,"currency":"AZN"});
+                    let id = format!("soak-{sent}");
+                    let cmd = json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":100 + (sent % 900) as i64,"currency":"AZN"});
                     cloud.client.publish("posbridge/bench-soak/cmd", QoS::AtLeastOnce, false, cmd.to_string()).await?;
+                    sent_at.insert(id, Instant::now());
                     sent += 1;
                 }
             }
@@ -54,10 +65,11 @@ pub(crate) async fn bench_soak(
                 let (topic, p) = m?;
                 if topic.ends_with("/result") {
                     let v: Value = serde_json::from_slice(&p)?;
-                    if v["state"] != "succeeded" {
+                    if v["state"] != "succeeded" && v["error"]["code"] != "busy" {
                         bail!("soak payment ended {v}");
                     }
                     if let Some(id) = v["id"].as_str() {
+                        lat.result(&v, sent_at.remove(id), start);
                         answered.insert(id.to_string());
                     }
                 }
@@ -71,6 +83,7 @@ pub(crate) async fn bench_soak(
             if topic.ends_with("/result") {
                 let v: Value = serde_json::from_slice(&p)?;
                 if let Some(id) = v["id"].as_str() {
+                    lat.result(&v, sent_at.remove(id), start);
                     answered.insert(id.to_string());
                 }
             }
@@ -91,6 +104,7 @@ pub(crate) async fn bench_soak(
         warm.as_secs_f64(),
         end as f64 / 1024.0
     );
+    lat.print();
     out.figs.push(Figure {
         name: format!("RSS growth over {minutes} min soak"),
         value: growth_mib.abs().max(spread_mib),
@@ -106,9 +120,57 @@ pub(crate) async fn bench_soak(
         "rss_kib_min_after_warmup": lo, "rss_kib_max_after_warmup": hi,
         "growth_mib": growth_mib, "spread_mib": spread_mib,
         "samples": samples.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
+        "results": lat.json(),
     });
     if lost > 0 {
         bail!("{lost} soak payments got no result");
     }
     Ok(())
+}
+
+/// Command published → result received, over the soak.
+#[derive(Default)]
+struct Latencies {
+    ms: Vec<f64>,
+    /// The longest, and when its result came (seconds into the run).
+    worst: (f64, f64),
+    busy: u64,
+}
+
+impl Latencies {
+    fn result(&mut self, v: &Value, sent: Option<Instant>, start: Instant) {
+        if v["error"]["code"] == "busy" {
+            self.busy += 1;
+        }
+        let Some(sent) = sent else { return };
+        let ms = sent.elapsed().as_secs_f64() * 1000.0;
+        if ms > self.worst.0 {
+            self.worst = (ms, start.elapsed().as_secs_f64());
+        }
+        self.ms.push(ms);
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0)
+    }
+
+    fn print(&self) {
+        println!(
+            "soak: results after {:.1} ms median, {:.1} ms p99, {:.0} ms at most ({:.0} s into the run); {} rejected busy",
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.worst.0,
+            self.worst.1,
+            self.busy
+        );
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "p50_ms": self.quantile(0.5), "p99_ms": self.quantile(0.99),
+            "max_ms": self.worst.0, "max_at_s": self.worst.1, "busy": self.busy,
+        })
+    }
 }
