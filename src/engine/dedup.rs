@@ -70,6 +70,9 @@ pub(super) async fn prune_loop(inner: Arc<Inner>) {
                 Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
             },
         }
+        // The first pass runs right after the store's open, whose checks walked every
+        // record: what they freed goes back to the kernel (hourly after each prune too).
+        crate::telemetry::release_freed_memory();
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
