@@ -236,36 +236,6 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
     }
 }
 
-/// A tmpfs mounted as the store; unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// `None` (the test says SKIP) where tmpfs cannot be mounted (not root); CI runs as
-    /// root, and there (`CI` set) failing to mount fails the test.
-    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).expect("mount point");
-        let mount = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status();
-        if !succeeded_or_skips(
-            mount,
-            "CI",
-            "CI runs as root and must be able to mount a tmpfs",
-            "cannot mount a tmpfs here (not root)",
-        ) {
-            return None;
-        }
-        Some(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Real ENOSPC: the store on a small tmpfs that fills up while payments arrive. Every
 /// command acknowledged before the disk filled reaches its result; the first write that
 /// cannot be made durable stops the agent (`degraded`, non-zero exit) without
@@ -278,7 +248,7 @@ async fn a_full_disk_stops_the_agent_and_loses_nothing() {
     let (addr, stats) = (sim.local_addr(), sim.stats());
     let _sim = sim.spawn(stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(_fs) = Tmpfs::mount(&dir.path().join("store"), "6m") else {
+    let Some(_fs) = posbridge::testkit::Tmpfs::mount(&dir.path().join("store"), "6m") else {
         return;
     };
     // What the operator frees when space returns. Freeing only the filler's bytes would

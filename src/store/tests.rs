@@ -634,40 +634,14 @@ async fn scans_merge_sled_with_the_changes_not_yet_in_it() {
     assert_eq!(ids, expected);
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped. `None` where it cannot be
-/// mounted (not root); CI runs as root, and there (`CI` set) that fails the test.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).expect("mount point");
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(std::env::var_os("CI").is_none(), "CI runs as root and must mount a tmpfs");
-            eprintln!("SKIP: cannot mount a tmpfs here (not root)");
-            return None;
-        }
-        Some(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Real ENOSPC at a checkpoint (sled cannot grow): the store fails, and from then on it is
 /// not even read. sled, after a failed write, may retry it inside a read (a node split)
 /// up to a million times: the agent's stop once hung for minutes in `outbox_len`.
+#[cfg(feature = "testkit")]
 #[tokio::test]
 async fn after_a_full_disk_fails_the_store_nothing_is_read() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(_fs) = Tmpfs::mount(&dir.path().join("fs"), "4m") else {
+    let Some(_fs) = crate::testkit::Tmpfs::mount(&dir.path().join("fs"), "4m") else {
         return;
     };
     let (store, _) = Store::open(&dir.path().join("fs").join("store")).expect("open");

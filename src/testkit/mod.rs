@@ -11,7 +11,9 @@
 pub mod agent;
 pub mod broker;
 pub mod cloud;
+pub mod tmpfs;
 
 pub use agent::{agent_bin, Agent, AgentSpec};
 pub use broker::{free_port, mosquitto_available, wait_port, Broker, Mosquitto};
 pub use cloud::{Cloud, Msg};
+pub use tmpfs::Tmpfs;
