@@ -530,14 +530,10 @@ impl Iterator for Scan {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match &self.failure {
-                Some(f) if f.is_set() => {
-                    let why = f.get().unwrap_or_default();
-                    self.failure = None;
-                    return Some(Err(StoreError::Sync(why)));
-                }
-                Some(_) => {}
-                None => return None,
+            let Some(failure) = &self.failure else { return None };
+            if let Some(why) = failure.get() {
+                self.failure = None;
+                return Some(Err(StoreError::Sync(why)));
             }
             self.refill();
             // Which comes next: sled's entry, the change, or both (the same key)?

@@ -244,10 +244,6 @@ impl Failure {
     pub(crate) fn get(&self) -> Option<String> {
         self.reason.get().cloned()
     }
-
-    pub(crate) fn is_set(&self) -> bool {
-        self.reason.get().is_some()
-    }
 }
 
 impl Syncer {

@@ -152,12 +152,7 @@ pub(crate) fn prepare_spare(dir: &Path, generation: u64) -> std::io::Result<()> 
     if spare(dir)?.is_some() {
         return Ok(());
     }
-    let name = dir.join(format!("{SPARE}{generation:020}"));
-    let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&name)?;
-    let mut log = LogFile { generation, file, len: 0, allocated: 0 };
-    log.prewrite(PREALLOCATE);
-    log.file.sync_all()?;
-    File::open(dir)?.sync_all()
+    LogFile::written_ahead(dir, &dir.join(format!("{SPARE}{generation:020}")), generation).map(drop)
 }
 
 /// Whether the log at `path` starts with a record bound to its generation (one written
@@ -374,16 +369,20 @@ impl LogFile {
             // never written over.
             std::fs::remove_file(&path)?;
         }
+        LogFile::written_ahead(dir, &name, generation)
+    }
+
+    /// A new, empty file at `name` (under `dir`) for generation `generation`, written
+    /// with zeros, not only allocated (`fallocate` leaves extents that the first write into
+    /// each converts, a metadata commit at its `fdatasync`): its commits then cost what a
+    /// reused log's do, for one write of PREALLOCATE per new file (a fresh store's log and
+    /// spare; a log that outgrew the spare). Made durable with its directory entry: the
+    /// first commit's `fdatasync` then has no size change to write.
+    fn written_ahead(dir: &Path, name: &Path, generation: u64) -> std::io::Result<LogFile> {
         let file =
-            std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&name)?;
+            std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(name)?;
         let mut log = LogFile { generation, file, len: 0, allocated: 0 };
-        // Written with zeros, not only allocated (`fallocate` leaves extents that the first
-        // write into each converts, a metadata commit at its `fdatasync`): a new log's
-        // commits then cost what a reused one's do, for one write of PREALLOCATE per new
-        // file (a fresh store; a log that outgrew the spare).
         log.prewrite(PREALLOCATE);
-        // Made durable with the directory entry: the first commit's `fdatasync` then has
-        // no size change to write.
         log.file.sync_all()?;
         File::open(dir)?.sync_all()?;
         Ok(log)
