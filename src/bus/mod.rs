@@ -132,6 +132,10 @@ pub(crate) async fn run_connection(
     let mut first = true;
     // When the broker was last lost (None while connected or before the first attempt).
     let mut outage_since: Option<std::time::Instant> = None;
+    // When a failed attempt was last logged at `warn`: the first failure of an outage and
+    // then one every LOUD_EVERY, the attempts between them at `debug` (they are 5 a second
+    // in the first seconds of an outage).
+    let mut loud_at: Option<std::time::Instant> = None;
     while !stop.is_cancelled() {
         let broker = &cfg.brokers[node % cfg.brokers.len()];
         let at = format!("{}:{}", broker.host, broker.port);
@@ -271,7 +275,16 @@ pub(crate) async fn run_connection(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(broker = %at, error = %e, "broker connection lost");
+                    let now = std::time::Instant::now();
+                    if outage_since.is_none()
+                        || loud_at.is_none_or(|t| now.duration_since(t) >= LOUD_EVERY)
+                    {
+                        let outage_s = outage_since.map_or(0, |s| now.duration_since(s).as_secs());
+                        tracing::warn!(broker = %at, error = %e, outage_s, "broker connection lost");
+                        loud_at = Some(now);
+                    } else {
+                        tracing::debug!(broker = %at, error = %e, "broker still unreachable");
+                    }
                     lost = true;
                     break;
                 }
@@ -296,13 +309,13 @@ pub(crate) async fn run_connection(
         }
         // Capped exponential backoff with jitter so a fleet does not reconnect in lockstep.
         // Short outages (a broker restart, a Wi-Fi blip) are the common case and results
-        // wait in the outbox meanwhile: retry at most every FAST_CAP for the first
-        // FAST_WINDOW of an outage, then back off up to `backoff_max`.
+        // wait in the outbox meanwhile: retry fast at first (`backoff_cap`), then back off
+        // up to `backoff_max`.
         let since = *outage_since.get_or_insert_with(std::time::Instant::now);
         backoff = backoff.min(backoff_cap(since.elapsed(), cfg.backoff_max));
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-        tracing::info!(delay_ms = (backoff + jitter).as_millis() as u64, "reconnecting to broker");
+        tracing::debug!(delay_ms = (backoff + jitter).as_millis() as u64, "reconnecting to broker");
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff + jitter) => {}
@@ -311,13 +324,26 @@ pub(crate) async fn run_connection(
     }
 }
 
-/// For this long after the broker is lost, reconnect attempts are at most `FAST_CAP` apart.
+/// How often a broker that stays unreachable is logged at `warn`.
+const LOUD_EVERY: Duration = Duration::from_secs(30);
+
+/// For this long after the broker is lost, reconnect attempts are at most `BLIP_CAP` apart:
+/// a broker restart or a Wi-Fi blip is over within seconds, and the results waiting in the
+/// outbox should go out within a fraction of a second of its return. A refused connect
+/// costs the broker's host next to nothing.
+const BLIP_WINDOW: Duration = Duration::from_secs(10);
+const BLIP_CAP: Duration = Duration::from_millis(200);
+/// Then, up to this long into an outage, at most `FAST_CAP` apart...
 const FAST_WINDOW: Duration = Duration::from_secs(30);
 const FAST_CAP: Duration = Duration::from_secs(1);
+// ...and then backing off up to `backoff_max` (30 s), so a fleet does not hammer a broker
+// that is gone for long.
 
 /// The longest wait before the next attempt, `outage` into an outage.
 fn backoff_cap(outage: Duration, max: Duration) -> Duration {
-    if outage < FAST_WINDOW {
+    if outage < BLIP_WINDOW {
+        max.min(BLIP_CAP)
+    } else if outage < FAST_WINDOW {
         max.min(FAST_CAP)
     } else {
         max
@@ -329,15 +355,19 @@ mod backoff_tests {
     use super::*;
 
     #[test]
-    fn short_outages_retry_within_a_second_long_ones_back_off() {
+    fn short_outages_retry_fast_long_ones_back_off() {
         let max = Duration::from_secs(30);
-        // A broker back after a few seconds is found within ~1 s (+ 25 % jitter)...
-        assert_eq!(backoff_cap(Duration::from_secs(3), max), FAST_CAP);
+        // A broker back after a few seconds is found within ~0.2 s (+ 25 % jitter)...
+        assert_eq!(backoff_cap(Duration::from_secs(3), max), BLIP_CAP);
+        assert_eq!(backoff_cap(Duration::from_millis(9_900), max), BLIP_CAP);
+        // ...within ~1 s up to half a minute...
+        assert_eq!(backoff_cap(Duration::from_secs(10), max), FAST_CAP);
         assert_eq!(backoff_cap(Duration::from_secs(29), max), FAST_CAP);
-        // ...a broker gone for long is not hammered by a fleet.
+        // ...and a broker gone for long is not hammered by a fleet.
         assert_eq!(backoff_cap(Duration::from_secs(31), max), max);
-        // A configured maximum below the fast cap wins.
-        let small = Duration::from_millis(300);
+        // A configured maximum below the caps wins.
+        let small = Duration::from_millis(150);
         assert_eq!(backoff_cap(Duration::from_secs(1), small), small);
+        assert_eq!(backoff_cap(Duration::from_secs(20), small), small);
     }
 }

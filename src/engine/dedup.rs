@@ -52,8 +52,8 @@ impl Inner {
     }
 }
 
-/// Keep the store within `store.retention`: at start, then hourly — unless the wall clock
-/// jumped (see [`ClockGuard`]).
+/// Keep the store within `store.retention`: at start, then every [`prune_every`] — unless
+/// the wall clock jumped (see [`ClockGuard`]).
 pub(super) async fn prune_loop(inner: Arc<Inner>) {
     let mut guard =
         ClockGuard::new(inner.cfg.clock.now(), std::time::Instant::now(), inner.cfg.retention);
@@ -71,13 +71,20 @@ pub(super) async fn prune_loop(inner: Arc<Inner>) {
             },
         }
         // The first pass runs right after the store's open, whose checks walked every
-        // record: what they freed goes back to the kernel (hourly after each prune too).
+        // record: what they freed goes back to the kernel (after each prune too).
         crate::telemetry::release_freed_memory();
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(prune_every(inner.cfg.retention)) => {}
         }
     }
+}
+
+/// How often pruning runs: a tenth of the retention, so the store holds at most 1.1
+/// retentions of finished commands; hourly at most (the default 30 days), and not more
+/// often than every 10 s (a short retention, as in a soak that keeps its store steady).
+fn prune_every(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600))
 }
 
 /// Pruning by age trusts the wall clock; a clock that jumps forward (a wrong NTP answer, a
@@ -128,6 +135,14 @@ impl ClockGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_runs_every_tenth_of_the_retention_within_bounds() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(prune_every(30 * day), Duration::from_secs(3600));
+        assert_eq!(prune_every(Duration::from_secs(1800)), Duration::from_secs(180));
+        assert_eq!(prune_every(Duration::from_secs(60)), Duration::from_secs(10));
+    }
 
     #[test]
     fn a_jumped_clock_pauses_pruning_for_one_retention_of_real_time() {

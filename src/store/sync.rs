@@ -4,7 +4,9 @@
 //! acknowledgement can run ahead of the sync covering it. A commit runs on the caller's
 //! own thread when no other is running, else on the sync thread (`Syncer::sync`); the
 //! log's lock keeps them from interleaving. Checkpoints (sled made durable, then the log
-//! dropped) run on the sync thread under the same lock.
+//! dropped) run one at a time on a thread of their own: their first half (a commit, the
+//! changes taken, a fresh log generation) under the same lock, the second (the changes
+//! put into sled and flushed) without it, so commits never wait for sled.
 //!
 //! Fail-stop (`mqtt-api.md`: Durability promise 8): after a failed `fdatasync` the page
 //! cache cannot be trusted (PostgreSQL's "fsyncgate"), so the first store I/O error that
@@ -28,12 +30,6 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 /// Past this many bytes of log, a commit is followed by a checkpoint (bounds replay time
 /// at start and the disk the log takes).
 const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
-
-enum Req {
-    Commit(Waiter),
-    /// Make sled durable and drop the log, if there is anything to drop.
-    Checkpoint(Waiter),
-}
 
 /// Changes not yet in sled, and the part of them not yet in the log. Writers frame their
 /// batch under this lock, so the log's order is the order of the changes.
@@ -162,7 +158,11 @@ pub(crate) fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, PendingLog>
 #[derive(Clone)]
 pub struct Syncer {
     db: sled::Db,
-    tx: std::sync::mpsc::Sender<(sled::Db, Req)>,
+    /// Commits for the sync thread.
+    tx: std::sync::mpsc::Sender<(sled::Db, Waiter)>,
+    /// Checkpoints for the checkpoint thread (`None`: the log or the changes held for sled
+    /// grew past their bound; nobody waits).
+    ck_tx: std::sync::mpsc::Sender<(sled::Db, Option<Waiter>)>,
     shared: Arc<Shared>,
 }
 
@@ -287,45 +287,29 @@ impl Syncer {
             pending,
         });
         let task = shared.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<(sled::Db, Req)>();
+        let (ck_tx, ck_rx) = std::sync::mpsc::channel::<(sled::Db, Option<Waiter>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(sled::Db, Waiter)>();
+        let wants = ck_tx.clone();
         // A thread of its own, not a task + spawn_blocking: a commit is then one hand-off
         // to this thread and one back, instead of four (measured: docs/performance.md).
         // It ends when the last `Store` is dropped (the channel closes).
         let spawned = std::thread::Builder::new().name("posbridge-sync".into()).spawn(move || {
             while let Ok((db, first)) = rx.recv() {
-                let mut commits = Vec::new();
-                let mut checkpoints = Vec::new();
-                let mut route = |r: Req| match r {
-                    Req::Commit(w) => commits.push(w),
-                    Req::Checkpoint(w) => checkpoints.push(w),
-                };
-                route(first);
-                while let Ok((_, r)) = rx.try_recv() {
-                    route(r);
+                let mut commits = vec![first];
+                while let Ok((_, w)) = rx.try_recv() {
+                    commits.push(w);
                 }
-                let (res, started) = {
+                let (res, due) = {
                     let mut wal = lock_wal(&task.wal);
                     let res = task.commit(&mut wal);
-                    let due = !checkpoints.is_empty() || task.wants_checkpoint(&wal);
-                    let started = match &res {
-                        Ok(()) if due => task.begin_checkpoint(&mut wal),
-                        _ => Ok(None),
-                    };
-                    (res, started)
+                    let due = res.is_ok() && task.wants_checkpoint(&wal);
+                    (res, due)
                 };
-                // The commits are answered before the checkpoint puts the changes into
-                // sled and flushes it: that runs without the log's lock.
                 for w in commits {
                     let _ = w.send(res.clone());
                 }
-                let cp = match started {
-                    Ok(Some(started)) => task.finish_checkpoint(&db, started),
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                drop(db);
-                for w in checkpoints {
-                    let _ = w.send(res.clone().and(cp.clone()));
+                if due {
+                    let _ = wants.send((db, None));
                 }
             }
         });
@@ -333,14 +317,46 @@ impl Syncer {
             // Every commit then fails with "syncer stopped": nothing is acknowledged.
             shared.failure.set(&format!("cannot start the store's sync thread: {e}"));
         }
-        Syncer { db, tx, shared }
+        // Checkpoints on a thread of their own: putting a flood's changes into sled takes
+        // a few hundred ms, and commits handed to the sync thread meanwhile would wait for
+        // it (the intake stall of docs/performance.md, sixth measurement). One at a time,
+        // in order; commits go on meanwhile, into the fresh log generation.
+        let task = shared.clone();
+        let spawned = std::thread::Builder::new().name("posbridge-ckpt".into()).spawn(move || {
+            while let Ok((db, first)) = ck_rx.recv() {
+                // Requests that came while the last one ran: one checkpoint covers them.
+                let mut waiters: Vec<Waiter> = first.into_iter().collect();
+                while let Ok((_, w)) = ck_rx.try_recv() {
+                    waiters.extend(w);
+                }
+                let started = {
+                    let mut wal = lock_wal(&task.wal);
+                    // A size trigger that the last checkpoint has already taken care of.
+                    if waiters.is_empty() && !task.wants_checkpoint(&wal) {
+                        continue;
+                    }
+                    task.begin_checkpoint(&mut wal)
+                };
+                let res = match started {
+                    Ok(Some(started)) => task.finish_checkpoint(&db, started),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                drop(db);
+                for w in waiters {
+                    let _ = w.send(res.clone());
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            shared.failure.set(&format!("cannot start the store's checkpoint thread: {e}"));
+        }
+        Syncer { db, tx, ck_tx, shared }
     }
 
-    async fn request(&self, make: impl FnOnce(Waiter) -> Req) -> Result<(), StoreError> {
+    async fn request(&self, send: impl FnOnce(Waiter) -> Result<(), ()>) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((self.db.clone(), make(tx)))
-            .map_err(|_| StoreError::Sync("syncer stopped".into()))?;
+        send(tx).map_err(|_| StoreError::Sync("syncer stopped".into()))?;
         rx.await.map_err(|_| StoreError::Sync("syncer stopped".into()))?.map_err(StoreError::Sync)
     }
 
@@ -367,17 +383,24 @@ impl Syncer {
             Some((res, big)) => {
                 if big && res.is_ok() {
                     // Bound the log without making this caller wait for a sled flush.
-                    let (tx, _) = oneshot::channel();
-                    let _ = self.tx.send((self.db.clone(), Req::Checkpoint(tx)));
+                    let _ = self.ck_tx.send((self.db.clone(), None));
                 }
                 res.map_err(StoreError::Sync)
             }
-            None => self.request(Req::Commit).await,
+            None => self.request(|w| self.tx.send((self.db.clone(), w)).map_err(|_| ())).await,
         }
     }
 
+    /// A commit made by the sync thread, as when another commit is running.
+    #[cfg(test)]
+    pub(super) async fn commit_on_sync_thread(&self) -> Result<(), StoreError> {
+        self.request(|w| self.tx.send((self.db.clone(), w)).map_err(|_| ())).await
+    }
+
+    /// Make sled durable as of every change applied before this call, and drop the logs
+    /// it makes unneeded.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        self.request(Req::Checkpoint).await
+        self.request(|w| self.ck_tx.send((self.db.clone(), Some(w))).map_err(|_| ())).await
     }
 }
 

@@ -678,3 +678,48 @@ async fn after_a_full_disk_fails_the_store_nothing_is_read() {
     assert!(store.outbox_from(0, 10).is_err());
     assert_eq!(store.outbox_len(), 0);
 }
+
+/// A checkpoint that puts a flood's changes into sled runs on a thread of its own: a
+/// commit the sync thread makes meanwhile is answered at once, not after sled's flush.
+/// (Both once ran on the sync thread, and commits handed to it waited for the whole
+/// checkpoint: an intake stall after every 2 MiB of commands.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_does_not_wait_for_a_running_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let (store, _) = Store::open(&path).expect("open");
+    let sled_dir = path.join("sled");
+    let generations = || -> Vec<u64> {
+        wal::list(&sled_dir).expect("list").into_iter().map(|(g, _)| g).collect()
+    };
+    // A flood's changes, held for sled (written, not yet committed: no checkpoint yet).
+    for i in 0..30_000 {
+        let r = record(&store, &format!("flood-{i}"));
+        store.write(&[&r], &[]).expect("write");
+    }
+    let before = generations();
+    let oldest = *before.iter().min().expect("a log");
+    let ck = {
+        let s = store.clone();
+        tokio::spawn(async move { s.checkpoint().await })
+    };
+    // The checkpoint has committed and moved to a fresh log generation: it is now putting
+    // the changes into sled.
+    let newest = *before.iter().max().expect("a log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !generations().iter().any(|g| *g > newest) {
+        assert!(std::time::Instant::now() < deadline, "the checkpoint never began");
+        tokio::task::yield_now().await;
+    }
+    let r = record(&store, "during");
+    store.write(&[&r], &[]).expect("write");
+    store.syncer.commit_on_sync_thread().await.expect("commit");
+    assert!(
+        generations().contains(&oldest),
+        "the commit was answered only after the checkpoint had retired the old log"
+    );
+    ck.await.expect("join").expect("checkpoint");
+    assert!(!generations().contains(&oldest), "the checkpoint retires the old log");
+    assert!(store.get("during").expect("get").is_some());
+    assert!(store.get("flood-29999").expect("get").is_some());
+}

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release --bins
 //! cargo run --release --bin posbridge-bench -- e2e|intake|drain|footprint|codec|all [--n N] [--runs R] [--quick]
-//! cargo run --release --bin posbridge-bench -- soak [--minutes 30] [--rate 50] --runs 1
+//! cargo run --release --bin posbridge-bench -- soak [--minutes 30] [--rate 50] [--retention 2m] --runs 1
 //! ```
 //!
 //! Starts a broker (mosquitto when installed, configured like the tests: `set_tcp_nodelay
@@ -151,6 +151,10 @@ struct Args {
     /// soak: payments per second.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=2000))]
     rate: u64,
+    /// soak: the agent's `store.retention` (e.g. "2m": the store is pruned as fast as it
+    /// fills, as a shop's store is in its steady state); the agent's default when absent.
+    #[arg(long)]
+    retention: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -213,7 +217,7 @@ fn main() -> Result<()> {
                 );
             }
             if what == What::Soak {
-                report("soak", soak::bench_soak(&broker, args.minutes, args.rate, &mut out).await);
+                report("soak", soak::bench_soak(&broker, args.minutes, args.rate, args.retention.as_deref(), &mut out).await);
             }
             if all || what == What::Drain {
                 report(

@@ -23,12 +23,15 @@ use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_soak(
-    broker: &Broker, minutes: u64, rate: u64, out: &mut Report,
+    broker: &Broker, minutes: u64, rate: u64, retention: Option<&str>, out: &mut Report,
 ) -> Result<()> {
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = tempfile::tempdir()?;
-    let spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
+    let mut spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
+    if let Some(r) = retention {
+        spec.extra = format!("[store]\nretention = {}\n", Value::from(r));
+    }
     let mut cloud = Client::of(port, "bench-soak", "cloud", "#", true).await?;
     let agent = start_online(dir.path(), &spec, &mut cloud).await?;
     let run = Duration::from_secs(minutes * 60);
@@ -99,7 +102,8 @@ pub(crate) async fn bench_soak(
     let spread_mib = (hi - lo) as f64 / 1024.0;
     let lost = sent.saturating_sub(answered.len() as u64);
     println!(
-        "soak: {minutes} min at {rate}/s: {sent} payments, {lost} unanswered; RSS {:.1} MiB after the {:.0}-s warm-up, {:.1} MiB at the end (growth {growth_mib:+.2} MiB, spread {spread_mib:.2} MiB after warm-up)",
+        "soak: {minutes} min at {rate}/s, store.retention {}: {sent} payments, {lost} unanswered; RSS {:.1} MiB after the {:.0}-s warm-up, {:.1} MiB at the end (growth {growth_mib:+.2} MiB, spread {spread_mib:.2} MiB after warm-up)",
+        retention.unwrap_or("default"),
         warm_kib as f64 / 1024.0,
         warm.as_secs_f64(),
         end as f64 / 1024.0
@@ -115,7 +119,7 @@ pub(crate) async fn bench_soak(
         met: growth_mib.abs() <= 1.0 && spread_mib <= 1.0 && lost == 0,
     });
     out.json["soak"] = json!({
-        "minutes": minutes, "rate_per_s": rate, "sent": sent, "unanswered": lost,
+        "minutes": minutes, "rate_per_s": rate, "retention": retention, "sent": sent, "unanswered": lost,
         "warmup_s": warm.as_secs_f64(), "rss_kib_after_warmup": warm_kib, "rss_kib_end": end,
         "rss_kib_min_after_warmup": lo, "rss_kib_max_after_warmup": hi,
         "growth_mib": growth_mib, "spread_mib": spread_mib,
