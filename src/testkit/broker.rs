@@ -100,6 +100,11 @@ impl Mosquitto {
         Self::start_with(|_| String::new())
     }
 
+    /// The running mosquitto's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Start with extra listeners/settings; `extra` gets the broker's temp dir to put
     /// certificates and password files in.
     pub fn start_with(extra: impl FnOnce(&Path) -> String) -> Mosquitto {

@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use serde_json::json;
 
 use crate::floors::floor_throughput;
-use crate::kit::{contains, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::kit::{contains, cpu_ns, ip_sim, ip_terminal, spec, start_online, Client};
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
@@ -37,6 +37,14 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     let size = cmds.iter().map(String::len).sum::<usize>() / n.max(1);
     cmds.push(json!({"v":1,"id":"in-last","op":"ping"}).to_string());
     let publ = Client::connect(port, "bench-in-pub", None, true).await?;
+    // Where the CPU goes: the agent's and the broker's, per command, against the broker's
+    // per message in the floor run (mosquitto only; the embedded broker has no process).
+    let broker_pid = match broker {
+        Broker::Mosquitto(m) => m.pid(),
+        Broker::Embedded { .. } => None,
+    };
+    let cpu = || (cpu_ns(agent.pid()), cpu_ns(broker_pid));
+    let cpu0 = cpu();
     let t = Instant::now();
     let c = publ.client.clone();
     let feeder = tokio::spawn(async move {
@@ -54,9 +62,20 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
         bail!("a payment was refused during intake: {}", String::from_utf8_lossy(&p));
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    let cpu1 = cpu();
     feeder.abort();
     drop(agent);
+    let b0 = cpu_ns(broker_pid);
     let floor = floor_throughput(port, n, size).await?;
+    let b1 = cpu_ns(broker_pid);
+    let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / n as f64 / 1000.0),
+        _ => None,
+    };
+    let (agent_us, broker_us, floor_us) = (per(cpu0.0, cpu1.0), per(cpu0.1, cpu1.1), per(b0, b1));
+    if let (Some(a), Some(b), Some(f)) = (agent_us, broker_us, floor_us) {
+        println!("intake: CPU per command: agent {a:.1} µs, broker {b:.1} µs (the broker's floor run: {f:.1} µs per message)");
+    }
     out.figs.push(Figure {
         name: "durable intake".into(),
         value: rate,
@@ -66,6 +85,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
         goal: "≥ 0.9 × broker QoS1".into(),
         met: rate >= 0.9 * floor,
     });
-    out.json["intake"] = json!({"n": n, "cmd_per_s": rate, "broker_qos1_msg_per_s": floor, "ratio": rate / floor, "payload_bytes": size});
+    out.json["intake"] = json!({"n": n, "cmd_per_s": rate, "broker_qos1_msg_per_s": floor, "ratio": rate / floor, "payload_bytes": size,
+        "agent_cpu_us_per_cmd": agent_us, "broker_cpu_us_per_cmd": broker_us, "broker_cpu_us_per_msg_floor": floor_us});
     Ok(())
 }

@@ -142,3 +142,15 @@ pub(crate) async fn wait_online(c: &mut Client, within: Duration) -> Result<()> 
     }
     Ok(())
 }
+
+/// CPU time the live threads of process `pid` have run so far, in ns
+/// (`/proc/<pid>/task/*/schedstat`, first field).
+pub(crate) fn cpu_ns(pid: Option<u32>) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", pid?)).ok()?;
+    let mut total = 0;
+    for t in tasks.flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        total += s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
+}
