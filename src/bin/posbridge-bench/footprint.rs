@@ -1,5 +1,6 @@
 //! Footprint: idle RSS with one terminal of each of the five kinds (against their
-//! simulators), the stripped binary's size, and the time from start to `online`.
+//! simulators), the stripped binary's size, and the time from start to `online`; and the
+//! idle RSS of an agent whose store holds a retention's worth of finished payments.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use serde_json::json;
 
 use crate::kit::{agent_bin, ip_sim, ip_terminal, spec, start_online, Client};
 use crate::{Figure, Report};
+use rumqttc::QoS;
 
 pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result<()> {
     let port = broker.port();
@@ -109,4 +111,83 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
     });
     out.json["footprint"] = json!({"idle_rss_mib": rss, "binary_mib": size, "binary_stripped_mib": stripped, "start_to_online_ms": start_ms, "arch": std::env::consts::ARCH});
     Ok(())
+}
+
+/// Idle RSS of an agent restarted on a store of `n` finished payments (run through the IP
+/// simulator, so each record has its journal and result), against the same agent on an
+/// empty store: what the records the store keeps (`store.retention`) cost in memory.
+pub(crate) async fn bench_store_rss(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
+    const TERMINALS: usize = 4;
+    let port = broker.port();
+    let (sim_addr, _sim) = ip_sim(0).await?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = spec("bench-st", port, n / TERMINALS + 10);
+    for t in 0..TERMINALS {
+        spec = ip_terminal(spec, &format!("ip-{t}"), &sim_addr)?;
+    }
+    let mut status = Client::of(port, "bench-st", "status", "status", true).await?;
+    let mut cloud = Client::of(port, "bench-st", "cloud", "result", true).await?;
+    let idle_rss = |agent: &posbridge::testkit::Agent| {
+        let mib = |f: &str| agent.proc_status(f).unwrap_or(0) as f64 / 1024.0;
+        (mib("VmRSS:"), mib("RssAnon:"))
+    };
+    // Idle long enough for the first prune pass (right after the open), which hands the
+    // memory the open's checks freed back to the kernel.
+    let settle = Duration::from_secs(3);
+    let mut agent = start_online(dir.path(), &spec, &mut status).await?;
+    tokio::time::sleep(settle).await;
+    let (empty, empty_anon) = idle_rss(&agent);
+    for i in 0..n {
+        let cmd = json!({"v":1,"id":format!("st-{i}"),"op":"payment","terminal":format!("ip-{}", i % TERMINALS),"amount":100 + (i % 900) as i64,"currency":"AZN"});
+        cloud
+            .client
+            .publish("posbridge/bench-st/cmd", QoS::AtLeastOnce, false, cmd.to_string())
+            .await?;
+    }
+    let mut done = 0;
+    while done < n {
+        let (_, p) = match cloud.recv(Duration::from_secs(60)).await {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{done}/{n} payments answered: {e:#}\n{}", agent.log_tail(20)),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&p)?;
+        if v["state"] != "succeeded" {
+            anyhow::bail!("a store-filling payment ended {v}");
+        }
+        done += 1;
+    }
+    agent.stop();
+    let agent = start_online(dir.path(), &spec, &mut status).await?;
+    tokio::time::sleep(settle).await;
+    let (full, full_anon) = idle_rss(&agent);
+    let store_mib = dir_bytes(&dir.path().join("store")) as f64 / (1024.0 * 1024.0);
+    let per_1000 = (full - empty) / n as f64 * 1000.0;
+    println!(
+        "footprint: idle RSS on a store of {n} finished payments ({store_mib:.1} MiB on disk): {full:.1} MiB (anon {full_anon:.1}); on an empty store {empty:.1} MiB (anon {empty_anon:.1}): {per_1000:+.2} MiB per 1 000 payments kept"
+    );
+    out.figs.push(Figure {
+        name: format!("idle RSS, store of {n} payments"),
+        value: full,
+        unit: "MiB",
+        limit: empty,
+        ratio: full / empty,
+        goal: "report (empty store = limit)".into(),
+        met: true,
+    });
+    out.json["store_rss"] = json!({"payments": n, "store_mib": store_mib, "rss_mib": full, "rss_anon_mib": full_anon,
+        "empty_rss_mib": empty, "empty_rss_anon_mib": empty_anon, "mib_per_1000_payments": per_1000});
+    Ok(())
+}
+
+/// Bytes of the files under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

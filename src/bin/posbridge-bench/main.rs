@@ -160,9 +160,12 @@ struct Args {
 fn main() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
     let (mut n_e2e, mut n_intake, mut n_drain, mut n_codec) = (300, 10_000, 10_000, 20_000);
+    // Finished payments in the store for the "idle RSS on a full store" figure: about a
+    // busy shop's 30 days (store.retention's default).
+    let mut n_store = 20_000;
     let mut runs = args.runs as usize;
     if args.quick {
-        (n_e2e, n_intake, n_drain, n_codec) = (20, 200, 200, 200);
+        (n_e2e, n_intake, n_drain, n_codec, n_store) = (20, 200, 200, 200, 200);
         runs = 1;
     }
     if let Some(n) = args.n {
@@ -203,6 +206,7 @@ fn main() -> Result<()> {
                     "footprint",
                     footprint::bench_footprint(&broker, &mut out).await,
                 );
+                report("store footprint", footprint::bench_store_rss(&broker, n_store, &mut out).await);
             }
             if all || what == What::Codec {
                 report("codec", codec::bench_codec(n_codec, &mut out));
