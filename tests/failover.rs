@@ -117,3 +117,25 @@ async fn doctor_checks_every_broker_of_the_list() {
     let fix = t.lines().skip_while(|l| *l != down).nth(1).unwrap_or("");
     assert!(fix.contains("fix:") && fix.contains("mqtt.urls[1]"), "{t}");
 }
+
+/// A broker that cannot be reached is retried without end (5 attempts a second for the
+/// first 10 s of an outage) and logged at `warn` once, with the attempts after it at
+/// `debug`: a field engineer's journal is not flooded while the shop's network is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_retried_and_logged_once() {
+    let spec = AgentSpec::new("fo-quiet", free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_with(&spec, dir.path(), &[], &[]);
+    let log = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let log = agent.log();
+            if log.matches("broker still unreachable").count() >= 5 {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no five reconnect attempts:\n{}", agent.log()));
+    assert_eq!(log.matches("broker connection lost").count(), 1, "{log}");
+}
