@@ -387,12 +387,12 @@ impl Syncer {
                 }
                 res.map_err(StoreError::Sync)
             }
-            None => self.request(|w| self.tx.send((self.db.clone(), w)).map_err(|_| ())).await,
+            None => self.commit_on_sync_thread().await,
         }
     }
 
-    /// A commit made by the sync thread, as when another commit is running.
-    #[cfg(test)]
+    /// A commit made by the sync thread (when another commit is running; the store's
+    /// tests call it directly).
     pub(super) async fn commit_on_sync_thread(&self) -> Result<(), StoreError> {
         self.request(|w| self.tx.send((self.db.clone(), w)).map_err(|_| ())).await
     }

@@ -9,7 +9,9 @@ use anyhow::Result;
 use posbridge::testkit::Broker;
 use serde_json::json;
 
-use crate::kit::{agent_bin, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::kit::{
+    agent_bin, ip_sim, ip_terminal, ip_terminals, spec, start_online, status_mib, Client,
+};
 use crate::{Figure, Report};
 use rumqttc::QoS;
 
@@ -57,9 +59,8 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
     let start_ms = t.elapsed().as_secs_f64() * 1000.0;
     // Idle: let the drivers finish connecting and the allocator settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss = agent.proc_status("VmRSS:").unwrap_or(0) as f64 / 1024.0;
-    let mib = |f: &str| agent.proc_status(f).unwrap_or(0) as f64 / 1024.0;
-    let (anon, file) = (mib("RssAnon:"), mib("RssFile:"));
+    let rss = status_mib(&agent, "VmRSS:");
+    let (anon, file) = (status_mib(&agent, "RssAnon:"), status_mib(&agent, "RssFile:"));
     let threads = agent.proc_status("Threads:").unwrap_or(0);
     println!("footprint: idle RSS {rss:.1} MiB = anon {anon:.1} + file-backed {file:.1} (+ shmem); {threads} threads");
     out.json["footprint_parts"] =
@@ -121,15 +122,12 @@ pub(crate) async fn bench_store_rss(broker: &Broker, n: usize, out: &mut Report)
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = tempfile::tempdir()?;
-    let mut spec = spec("bench-st", port, n / TERMINALS + 10);
-    for t in 0..TERMINALS {
-        spec = ip_terminal(spec, &format!("ip-{t}"), &sim_addr)?;
-    }
+    let spec =
+        ip_terminals(spec("bench-st", port, n / TERMINALS + 10), "ip-", TERMINALS, &sim_addr)?;
     let mut status = Client::of(port, "bench-st", "status", "status", true).await?;
     let mut cloud = Client::of(port, "bench-st", "cloud", "result", true).await?;
     let idle_rss = |agent: &posbridge::testkit::Agent| {
-        let mib = |f: &str| agent.proc_status(f).unwrap_or(0) as f64 / 1024.0;
-        (mib("VmRSS:"), mib("RssAnon:"))
+        (status_mib(agent, "VmRSS:"), status_mib(agent, "RssAnon:"))
     };
     // Idle long enough for the first prune pass (right after the open), which hands the
     // memory the open's checks freed back to the kernel.

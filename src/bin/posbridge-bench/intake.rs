@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use serde_json::json;
 
 use crate::floors::floor_throughput;
-use crate::kit::{contains, cpu_ns, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::kit::{contains, cpu_ns, ip_sim, ip_terminals, spec, start_online, Client};
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
@@ -18,10 +18,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     // Every terminal's first payment hangs at the (slow) simulator; the rest queue behind it.
     let (sim_addr, _sim) = ip_sim(600_000).await?;
     let dir = tempfile::tempdir()?;
-    let mut spec = spec("bench-in", port, n / TERMINALS + 10);
-    for t in 0..TERMINALS {
-        spec = ip_terminal(spec, &format!("t{t}"), &sim_addr)?;
-    }
+    let spec = ip_terminals(spec("bench-in", port, n / TERMINALS + 10), "t", TERMINALS, &sim_addr)?;
     // `accepted` events are QoS 0 and may be dropped by the broker in a burst (the
     // contract allows it), so they cannot be counted. Instead a `ping` goes last: intake
     // stores and acknowledges in arrival order, so its (QoS 1) result means every payment

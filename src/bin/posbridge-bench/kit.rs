@@ -88,6 +88,21 @@ pub(crate) fn ip_terminal(s: AgentSpec, id: &str, addr: &str) -> Result<AgentSpe
     Ok(s.ip_with(id, addr.parse()?, &[("op_timeout", "120s")]))
 }
 
+/// `n` IP terminals `{prefix}0` … at the same simulator.
+pub(crate) fn ip_terminals(
+    mut s: AgentSpec, prefix: &str, n: usize, addr: &str,
+) -> Result<AgentSpec> {
+    for t in 0..n {
+        s = ip_terminal(s, &format!("{prefix}{t}"), addr)?;
+    }
+    Ok(s)
+}
+
+/// A `kB` field of the agent's `/proc/<pid>/status` (`VmRSS:`, `RssAnon:` …) in MiB.
+pub(crate) fn status_mib(agent: &Agent, field: &str) -> f64 {
+    agent.proc_status(field).unwrap_or(0) as f64 / 1024.0
+}
+
 pub(crate) fn start_agent(dir: &Path, spec: &AgentSpec) -> Result<Agent> {
     // The kit's Agent runs the binary named here (built if missing).
     std::env::set_var("POSBRIDGE_BIN", agent_bin()?);
