@@ -235,6 +235,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         out_tx,
         engine_stop.clone(),
     ));
+    // The memory the start-up and each burst of work used, given back once idle.
+    tokio::spawn(crate::telemetry::release_when_idle(
+        engine.clone(),
+        bus_stats.clone(),
+        engine_stop.clone(),
+    ));
     tracing::info!(agent_id = %cfg.agent_id, terminals = cfg.terminals.len(), "agent started");
     let supervisor_done = CancellationToken::new();
     let supervisor_task = crate::systemd::Notifier::from_env().map(|notifier| {

@@ -421,3 +421,56 @@ async fn doctor_fails_an_unchecked_kaspi_certificate_and_warns_on_unsigned() {
     assert_eq!(status_of(row(&t, "security")), "WARN", "{t}");
     assert_eq!(out.status.code(), Some(1), "{t}");
 }
+
+/// An idle agent gives back the memory its start and its last burst of work used: the
+/// code and read-only data that ran stop counting in its RSS (they stay in the page
+/// cache; `telemetry::release_when_idle`), and it goes on working. docs/performance.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_gives_back_the_code_pages_it_ran() {
+    let broker = embedded();
+    let (addr, stop) = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-idle", broker.port()).ip("ip-1", addr);
+    let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
+    let file_rss = || agent.proc_status("RssFile:").expect("RssFile");
+    // Until the file-backed RSS is below half of `from` (KiB), within `within`.
+    let halved = |from: u64, within: Duration, what: &str| {
+        let deadline = std::time::Instant::now() + within;
+        let what = what.to_string();
+        let file_rss = &file_rss;
+        async move {
+            loop {
+                let now = file_rss();
+                if now * 2 < from {
+                    return now;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: file-backed RSS {now} KiB, from {from} KiB: never released"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // The start's own release, 2 s after the connect, first: the payments come after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains("after=\"start\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no release after the start: {}",
+            agent.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        let r = cloud.ask(pay(&format!("idle-{i}"), "ip-1", 100)).await;
+        assert_eq!(r["state"], "succeeded", "{r}");
+    }
+    let worked = file_rss();
+    let idle = halved(worked, Duration::from_secs(40), "after payments").await;
+    assert!(agent.log().contains("after=\"work\""), "{}", agent.log_tail(20));
+    eprintln!("file-backed RSS (KiB): {worked} after 3 payments, {idle} idle again");
+    let r = cloud.ask(pay("idle-9", "ip-1", 100)).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    stop.cancel();
+}

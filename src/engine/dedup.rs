@@ -71,8 +71,9 @@ pub(super) async fn prune_loop(inner: Arc<Inner>) {
             },
         }
         // The first pass runs right after the store's open, whose checks walked every
-        // record: what they freed goes back to the kernel (after each prune too).
-        crate::telemetry::release_freed_memory();
+        // record: what they freed goes back to the kernel (after each prune too), and the
+        // code that ran stops counting in the RSS until it runs again.
+        crate::telemetry::release_idle_memory("prune");
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep(prune_every(inner.cfg.retention)) => {}

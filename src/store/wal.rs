@@ -25,6 +25,10 @@
 //! CRC-32C of the generation (distinct for generations below 2^32), so one left from an
 //! earlier generation fails its checksum and ends the replay there. Records without the
 //! top bit (written before reuse) are checked as they are; such files are never reused.
+//!
+//! Where the file system takes direct I/O, commits are written around the page cache in
+//! whole device sectors ([`Direct`]): a 1 KB commit then costs the SD card two 512 B
+//! sectors instead of one or two 4 KiB pages. The format and the replay are the same.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -346,6 +350,9 @@ pub(crate) struct LogFile {
     pub(crate) len: u64,
     /// Bytes allocated ahead (the file's size once `fallocate` succeeded).
     allocated: u64,
+    /// Commits written in device sectors around the page cache, where the file system
+    /// can ([`Direct`]); `None`: through the page cache.
+    direct: Option<Direct>,
 }
 
 /// How much log space is allocated at a time.
@@ -360,10 +367,11 @@ impl LogFile {
         if let Some((held, path)) = spare(dir)? {
             if held < generation {
                 std::fs::rename(&path, &name)?;
-                let file = std::fs::OpenOptions::new().write(true).open(&name)?;
+                let file = std::fs::OpenOptions::new().read(true).write(true).open(&name)?;
                 let allocated = file.metadata()?.len();
                 File::open(dir)?.sync_all()?;
-                return Ok(LogFile { generation, file, len: 0, allocated });
+                let direct = Direct::open(&name, &file);
+                return Ok(LogFile { generation, file, len: 0, allocated, direct });
             }
             // A spare that held this generation or a later one (logs deleted by hand):
             // never written over.
@@ -379,12 +387,17 @@ impl LogFile {
     /// spare; a log that outgrew the spare). Made durable with its directory entry: the
     /// first commit's `fdatasync` then has no size change to write.
     fn written_ahead(dir: &Path, name: &Path, generation: u64) -> std::io::Result<LogFile> {
-        let file =
-            std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(name)?;
-        let mut log = LogFile { generation, file, len: 0, allocated: 0 };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(name)?;
+        let mut log = LogFile { generation, file, len: 0, allocated: 0, direct: None };
         log.prewrite(PREALLOCATE);
         log.file.sync_all()?;
         File::open(dir)?.sync_all()?;
+        log.direct = Direct::open(name, &log.file);
         Ok(log)
     }
 
@@ -446,23 +459,182 @@ impl LogFile {
             // writes the new size too.)
             self.allocate(end.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE);
         }
-        // Each record bound to this file's generation (see the module's doc).
-        let mut bytes = bytes.to_vec();
-        let mut at = 0;
-        while let Some(head) = bytes.get_mut(at..at + 8) {
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            head[..4].copy_from_slice(&(len | BOUND).to_le_bytes());
-            head[4..].copy_from_slice(&(crc ^ binding(self.generation)).to_le_bytes());
-            at += 8 + (len & !BOUND) as usize;
-        }
         crate::faults::io("wal:append")?;
-        self.file.write_all_at(&bytes, self.len)?;
+        let written = match self.direct.as_mut() {
+            Some(d) => d.write(&self.file, self.len, bytes, self.generation),
+            None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        match written {
+            Ok(()) => {}
+            // No direct I/O here after all (the file system refused the alignment, or
+            // there is none): through the page cache from now on.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if self.direct.take().is_some() {
+                    tracing::debug!(error = %e, "store log: direct writes refused; writing through the page cache");
+                }
+                let mut owned = bytes.to_vec();
+                bind(&mut owned, self.generation);
+                self.file.write_all_at(&owned, self.len)?;
+            }
+            Err(e) => return Err(e),
+        }
         crate::faults::io("wal:sync")?;
         self.file.sync_data()?;
         self.len = end;
         Ok(())
     }
+
+    /// Whether commits go around the page cache (the file system takes direct I/O).
+    #[cfg(test)]
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+/// Bind each record in `frames` (whole records, as framed) to `generation`: the length
+/// field's top bit set, the checksum XORed with the generation's (see the module's doc).
+fn bind(frames: &mut [u8], generation: u64) {
+    let mut at = 0;
+    while let Some(head) = frames.get_mut(at..at + 8) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        head[..4].copy_from_slice(&(len | BOUND).to_le_bytes());
+        head[4..].copy_from_slice(&(crc ^ binding(generation)).to_le_bytes());
+        at += 8 + (len & !BOUND) as usize;
+    }
+}
+
+/// A log's commits written around the page cache (`O_DIRECT`), in whole sectors of the
+/// device rather than whole memory pages.
+///
+/// Through the page cache, a commit's `fdatasync` writes every page the commit touched:
+/// at least 4 KiB, more when it crosses a page boundary, for a commit of a few hundred
+/// bytes (an SD card's wear, and the kernel's `write_bytes`, count those pages). Written
+/// directly, a commit costs the sectors it touches: 512 B each on an SD card. The
+/// `fdatasync` after it is still what makes it durable (the device's write cache).
+///
+/// The file is written in whole sectors, so the first and last sector a commit touches
+/// are rewritten with what they already hold around the new bytes: the `window` mirrors
+/// the file from `start` (read through the page cache when it moves on, since a reused
+/// log holds an earlier generation's records after the end, which must stay as they are
+/// for the replay to tell them apart from a torn record).
+struct Direct {
+    file: File,
+    /// The device's direct-I/O alignment (offsets, lengths and memory), in bytes.
+    sector: usize,
+    /// Backing memory, over-allocated so an aligned window fits in it.
+    mem: Vec<u8>,
+    /// Where the aligned window starts in `mem`, and its length.
+    at: usize,
+    len: usize,
+    /// The file offset the window mirrors from.
+    start: u64,
+}
+
+/// How much of the log the window mirrors at a time (a read through the page cache each
+/// time a commit goes past it).
+const WINDOW: usize = 64 * 1024;
+/// Memory alignment of the window (any direct-I/O alignment up to a page).
+const PAGE: usize = 4096;
+
+impl Direct {
+    /// The log at `path` (already open as `file`) opened for direct writes, when its file
+    /// system takes them (`statx` reports its alignment, Linux ≥ 6.1); else `None`.
+    fn open(path: &Path, file: &File) -> Option<Direct> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // An escape hatch for a file system whose direct I/O misbehaves, and for the
+        // bench's comparison (docs/configuration.md).
+        if std::env::var_os("POSBRIDGE_STORE_DIRECT").is_some_and(|v| v == "0") {
+            return None;
+        }
+        let sector = dio_alignment(file)?;
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .map_err(|e| tracing::debug!(error = %e, "store log: no direct writes"))
+            .ok()?;
+        Some(Direct { file: direct, sector, mem: Vec::new(), at: 0, len: 0, start: 0 })
+    }
+
+    /// Write `bytes` at file offset `at` (bound to `generation`), in whole sectors.
+    fn write(
+        &mut self, file: &File, at: u64, bytes: &[u8], generation: u64,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let s = self.sector as u64;
+        let from = at / s * s;
+        let to = (at + bytes.len() as u64).div_ceil(s) * s;
+        if from < self.start || to > self.start + self.len as u64 {
+            self.load(file, from, (to - from) as usize)?;
+        }
+        let window = &mut self.mem[self.at..self.at + self.len];
+        let i = (at - self.start) as usize;
+        let new = &mut window[i..i + bytes.len()];
+        new.copy_from_slice(bytes);
+        bind(new, generation);
+        let (a, b) = ((from - self.start) as usize, (to - self.start) as usize);
+        let written = self.file.write_all_at(&window[a..b], from);
+        if written.is_err() {
+            // What the file holds there is unknown now: read it again before the next.
+            self.len = 0;
+        }
+        written
+    }
+
+    /// Mirror the file from `from` (sector-aligned), at least `need` bytes of it.
+    fn load(&mut self, file: &File, from: u64, need: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = need.max(WINDOW).div_ceil(PAGE) * PAGE;
+        // Grown for a large commit (a burst's), and back to a window's size after it.
+        if self.mem.len() < len + PAGE || self.mem.len() > 4 * (len + PAGE) {
+            self.mem = vec![0; len + PAGE];
+        }
+        let at = self.mem.as_ptr().align_offset(PAGE);
+        if at >= PAGE || self.sector > PAGE {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let window = &mut self.mem[at..at + len];
+        let mut got = 0;
+        while got < len {
+            match file.read_at(&mut window[got..], from + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.len = 0;
+                    return Err(e);
+                }
+            }
+        }
+        window[got..].fill(0);
+        (self.at, self.len, self.start) = (at, len, from);
+        Ok(())
+    }
+}
+
+/// The direct-I/O alignment `file`'s file system asks for (offsets and memory), when it
+/// takes direct I/O for it at all.
+fn dio_alignment(file: &File) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `statx` writes only into `buf`, a plain C struct of the right type; the
+    // path is an empty C string and `AT_EMPTY_PATH` makes the call about `file`'s
+    // descriptor, which outlives the call.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut buf,
+        )
+    };
+    if rc != 0 || buf.stx_mask & libc::STATX_DIOALIGN == 0 || buf.stx_dio_offset_align == 0 {
+        return None;
+    }
+    let sector = buf.stx_dio_offset_align.max(buf.stx_dio_mem_align) as usize;
+    (sector.is_power_of_two() && sector <= PAGE).then_some(sector)
 }
 
 /// Bytes of whole records at the start of a log file's bytes (the rest is a torn tail or
@@ -672,6 +844,39 @@ mod tests {
         assert_eq!(seen.records, 1);
         assert!(seen.torn_bytes > 0, "{seen:?}");
         assert_eq!(values, vec![Some("new3".to_string()), None]);
+    }
+
+    /// Where the file system takes direct I/O (ext4, xfs, btrfs; Linux ≥ 6.1), a small
+    /// commit costs the device sectors it touches, not a 4 KiB page of the page cache (an
+    /// SD card's wear; the kernel's `write_bytes`); either way every commit replays.
+    #[test]
+    fn a_small_commit_writes_sectors_not_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = LogFile::create(dir.path(), 1).expect("create");
+        let probe = File::open(file_name(dir.path(), 1)).expect("open");
+        assert_eq!(log.is_direct(), dio_alignment(&probe).is_some());
+        let written = || -> u64 {
+            let io = std::fs::read_to_string("/proc/thread-self/io").expect("io");
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("write_bytes")
+        };
+        let value = "v".repeat(300);
+        let keys: Vec<String> = (0..40).map(|k| format!("k{k}")).collect();
+        let before = written();
+        for k in &keys {
+            append(&mut log, &[(k, Some(&value))]);
+        }
+        let per_commit = (written() - before) / keys.len() as u64;
+        if log.is_direct() {
+            // ~320 B records: one sector, or two where one crosses a sector's end.
+            assert!(per_commit <= 1024, "{per_commit} B written per commit");
+        }
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (seen, values) = replayed(dir.path(), &names);
+        assert_eq!(seen, Replayed { records: 40, torn_bytes: 0 });
+        assert!(values.iter().all(|v| v.as_deref() == Some(value.as_str())));
     }
 
     /// Damage inside a reused log is found as before: a bad record with a good one of

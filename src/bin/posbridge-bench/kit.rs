@@ -52,6 +52,11 @@ pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 pub(crate) fn agent_bin() -> Result<PathBuf> {
+    // `BENCH_AGENT_BIN=…`: another build of the agent (the production build, say:
+    // `cargo build --release --no-default-features --bin posbridge --target-dir target/prod`).
+    if let Some(p) = std::env::var_os("BENCH_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("posbridge");
     if !bin.exists() {

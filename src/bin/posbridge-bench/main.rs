@@ -206,6 +206,8 @@ fn main() -> Result<()> {
                     "footprint",
                     footprint::bench_footprint(&broker, &mut out).await,
                 );
+                let watch = Duration::from_secs(if args.quick { 3 } else { 60 });
+                report("idle footprint", footprint::bench_idle_rss(&broker, watch, &mut out).await);
                 report("store footprint", footprint::bench_store_rss(&broker, n_store, &mut out).await);
             }
             if all || what == What::Codec {
