@@ -12,7 +12,8 @@ use posbridge::testkit::Broker;
 use serde_json::json;
 
 use crate::kit::{
-    agent_bin, ip_sim, ip_terminal, ip_terminals, spec, start_online, status_mib, Client,
+    agent_bin, ip_sim, ip_terminal, ip_terminals, production_build, spec, start_online, status_mib,
+    Client,
 };
 use crate::{Figure, Report};
 use rumqttc::QoS;
@@ -94,15 +95,15 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
         goal: "≤ 8 MiB".into(),
         met: rss <= 8.0,
     });
-    out.figs.push(Figure {
+    out.figs.push(goal_for_production(Figure {
         name: format!("binary, stripped ({})", std::env::consts::ARCH),
         value: stripped,
         unit: "MiB",
         limit: 8.0,
         ratio: stripped / 8.0,
-        goal: "≤ 8 MiB (aarch64)".into(),
+        goal: "≤ 8 MiB".into(),
         met: stripped <= 8.0,
-    });
+    })?);
     out.figs.push(Figure {
         name: "start to online".into(),
         value: start_ms,
@@ -161,7 +162,7 @@ pub(crate) async fn bench_idle_rss(
         agent_bin()?.display(),
         shown.join(" ")
     );
-    out.figs.push(Figure {
+    out.figs.push(goal_for_production(Figure {
         name: "idle RSS, 1 IP terminal (highest)".into(),
         value: max,
         unit: "MiB",
@@ -169,10 +170,24 @@ pub(crate) async fn bench_idle_rss(
         ratio: max / 8.0,
         goal: "≤ 8 MiB".into(),
         met: max <= 8.0,
-    });
+    })?);
     out.json["idle_rss"] =
         json!({"started_mib": started, "samples_mib": samples, "max_mib": max, "last_mib": last});
     Ok(())
+}
+
+/// A goal that issue 17 sets for the production build (`--no-default-features`): the
+/// figure says which build it measured, and with the default build (the simulators
+/// compiled in) it is a report; `BENCH_AGENT_BIN` runs the figure on a production build.
+fn goal_for_production(mut fig: Figure) -> Result<Figure> {
+    if production_build(&agent_bin()?) {
+        fig.name = format!("{}, production", fig.name);
+    } else {
+        fig.name = format!("{}, default build", fig.name);
+        fig.goal = format!("report ({} in production)", fig.goal);
+        fig.met = true;
+    }
+    Ok(fig)
 }
 
 /// Idle RSS of an agent restarted on a store of `n` finished payments (run through the IP

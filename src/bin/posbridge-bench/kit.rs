@@ -76,6 +76,16 @@ pub(crate) fn agent_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Whether `bin` is a production build (`--no-default-features`: no simulators but the IP
+/// terminal's), which the footprint goals are for.
+pub(crate) fn production_build(bin: &Path) -> bool {
+    Command::new(bin)
+        .args(["sim", "--help"])
+        .output()
+        .map(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("token"))
+        .unwrap_or(false)
+}
+
 /// The agent for one figure: unsigned commands, quiet logs (BENCH_LOG=debug to see what it
 /// does; logging costs time), no telemetry during the run.
 pub(crate) fn spec(agent_id: &str, port: u16, queue_depth: usize) -> AgentSpec {
