@@ -67,8 +67,17 @@ pub async fn run(
 /// What the agent can give back while idle: freed heap ([`release_freed_memory`]) and
 /// the mappings of code it no longer runs ([`release_code_pages`]). Run after each prune
 /// pass and by [`release_when_idle`].
-/// `after` says what preceded it (`"start"`, `"work"`, `"prune"`), for the log.
+/// `after` says what preceded it (`"start"`, `"work"`, `"prune"`), for the log. Once a
+/// second at most per process (`posbridge fleet` runs many agents in one).
 pub fn release_idle_memory(after: &'static str) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
     release_freed_memory();
     let released = release_code_pages();
     tracing::debug!(after, released_kib = released / 1024, "released idle memory");

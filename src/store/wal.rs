@@ -879,6 +879,26 @@ mod tests {
         assert!(values.iter().all(|v| v.as_deref() == Some(value.as_str())));
     }
 
+    /// A direct write the file system refuses (here: an alignment it does not take, which
+    /// it answers with EINVAL) is written through the page cache instead, and the log goes
+    /// on that way: nothing is lost and the commit still succeeds.
+    #[test]
+    fn refused_direct_writes_fall_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = LogFile::create(dir.path(), 1).expect("create");
+        let Some(direct) = log.direct.as_mut() else {
+            return; // no direct I/O on this file system: nothing to fall back from
+        };
+        assert!(direct.sector >= 512);
+        direct.sector = 256; // a 256-byte write: refused by a device of 512-byte sectors
+        append(&mut log, &[("a", Some("1"))]);
+        assert!(!log.is_direct(), "falls back after a refused write");
+        append(&mut log, &[("b", Some("2"))]);
+        let (seen, values) = replayed(dir.path(), &["a", "b"]);
+        assert_eq!(seen, Replayed { records: 2, torn_bytes: 0 });
+        assert_eq!(values, vec![Some("1".to_string()), Some("2".to_string())]);
+    }
+
     /// Damage inside a reused log is found as before: a bad record with a good one of
     /// the same generation after it.
     #[test]
