@@ -65,9 +65,9 @@ pub async fn run(
 }
 
 /// What the agent can give back while idle: freed heap ([`release_freed_memory`]) and
-/// the mappings of code it no longer runs ([`release_code_pages`]). Run after each prune
-/// pass and by [`release_when_idle`].
-/// `after` says what preceded it (`"start"`, `"work"`, `"prune"`), for the log. Once a
+/// the mappings of code it no longer runs ([`release_code_pages`]). Run by
+/// [`release_when_idle`].
+/// `after` says what preceded it (`"start"`, `"work"`), for the log. Once a
 /// second at most per process (`posbridge fleet` runs many agents in one).
 pub fn release_idle_memory(after: &'static str) {
     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);

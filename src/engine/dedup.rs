@@ -71,9 +71,10 @@ pub(super) async fn prune_loop(inner: Arc<Inner>) {
             },
         }
         // The first pass runs right after the store's open, whose checks walked every
-        // record: what they freed goes back to the kernel (after each prune too), and the
-        // code that ran stops counting in the RSS until it runs again.
-        crate::telemetry::release_idle_memory("prune");
+        // record: what they freed goes back to the kernel (after each prune too). (Code
+        // pages are released only when the agent is idle: `telemetry::release_when_idle`;
+        // a busy agent would only map its hot code again.)
+        crate::telemetry::release_freed_memory();
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep(prune_every(inner.cfg.retention)) => {}
