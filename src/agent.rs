@@ -252,11 +252,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         };
         let stats = bus_stats.clone();
         // The store is open and resumed; ready once the broker connection is up.
-        let connected = async move {
-            while !stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
+        let connected = async move { stats.until_connected().await };
         tokio::spawn(sup.run(connected, shutdown.clone(), supervisor_done.clone()))
     });
 

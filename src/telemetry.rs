@@ -67,6 +67,7 @@ pub async fn run(
 /// What the agent can give back while idle: freed heap ([`release_freed_memory`]) and
 /// the mappings of code it no longer runs ([`release_code_pages`]). Run by
 /// [`release_when_idle`].
+///
 /// `after` says what preceded it (`"start"`, `"work"`), for the log. Once a
 /// second at most per process (`posbridge fleet` runs many agents in one).
 pub fn release_idle_memory(after: &'static str) {
@@ -97,9 +98,7 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(10);
 pub async fn release_when_idle(engine: Engine, bus: Arc<BusStats>, stop: CancellationToken) {
     let received = || engine.stats().commands_received.load(Ordering::Relaxed);
     let settled = async {
-        while !bus.connected.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        bus.until_connected().await;
         tokio::time::sleep(SETTLE).await;
     };
     tokio::select! {

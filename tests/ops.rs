@@ -433,41 +433,27 @@ async fn an_idle_agent_gives_back_the_code_pages_it_ran() {
     let spec = AgentSpec::new("shop-idle", broker.port()).ip("ip-1", addr);
     let (cloud, agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
     let file_rss = || agent.proc_status("RssFile:").expect("RssFile");
-    // Until the file-backed RSS is below half of `from` (KiB), within `within`.
-    let halved = |from: u64, within: Duration, what: &str| {
-        let deadline = std::time::Instant::now() + within;
-        let what = what.to_string();
-        let file_rss = &file_rss;
-        async move {
-            loop {
-                let now = file_rss();
-                if now * 2 < from {
-                    return now;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{what}: file-backed RSS {now} KiB, from {from} KiB: never released"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
     // The start's own release, 2 s after the connect, first: the payments come after it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !agent.log().contains("after=\"start\"") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no release after the start: {}",
-            agent.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_log(agent.log_path(), "no release after the start", |l| l.contains("after=\"start\""))
+        .await;
     for i in 0..3 {
         let r = cloud.ask(pay(&format!("idle-{i}"), "ip-1", 100)).await;
         assert_eq!(r["state"], "succeeded", "{r}");
     }
+    // Then the file-backed RSS halves once the agent is idle.
     let worked = file_rss();
-    let idle = halved(worked, Duration::from_secs(40), "after payments").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let idle = loop {
+        let now = file_rss();
+        if now * 2 < worked {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "file-backed RSS {now} KiB, {worked} KiB after the payments: never released"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(agent.log().contains("after=\"work\""), "{}", agent.log_tail(20));
     eprintln!("file-backed RSS (KiB): {worked} after 3 payments, {idle} idle again");
     let r = cloud.ask(pay("idle-9", "ip-1", 100)).await;

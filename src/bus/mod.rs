@@ -89,6 +89,15 @@ pub struct BusStats {
     pub broker: Mutex<Option<String>>,
 }
 
+impl BusStats {
+    /// Until the broker connection is up (checked every 50 ms).
+    pub async fn until_connected(&self) {
+        while !self.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// The `offline` status: the will, and what a clean shutdown publishes. It names the
 /// version, so a fleet view still tells which version an agent that went away ran.
 pub(crate) fn offline_status() -> Vec<u8> {

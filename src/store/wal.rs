@@ -460,23 +460,26 @@ impl LogFile {
             self.allocate(end.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE);
         }
         crate::faults::io("wal:append")?;
-        let written = match self.direct.as_mut() {
-            Some(d) => d.write(&self.file, self.len, bytes, self.generation),
-            None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
-        };
-        match written {
-            Ok(()) => {}
-            // No direct I/O here after all (the file system refused the alignment, or
-            // there is none): through the page cache from now on.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                if self.direct.take().is_some() {
-                    tracing::debug!(error = %e, "store log: direct writes refused; writing through the page cache");
-                }
-                let mut owned = bytes.to_vec();
-                bind(&mut owned, self.generation);
-                self.file.write_all_at(&owned, self.len)?;
+        let direct = match self
+            .direct
+            .as_mut()
+            .map(|d| d.write(&self.file, self.len, bytes, self.generation))
+        {
+            Some(Ok(())) => true,
+            // The file system refused the alignment after all: through the page cache
+            // from now on.
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!(error = %e, "store log: direct writes refused; writing through the page cache");
+                self.direct = None;
+                false
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
+            None => false,
+        };
+        if !direct {
+            let mut owned = bytes.to_vec();
+            bind(&mut owned, self.generation);
+            self.file.write_all_at(&owned, self.len)?;
         }
         crate::faults::io("wal:sync")?;
         self.file.sync_data()?;

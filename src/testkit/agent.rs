@@ -279,6 +279,11 @@ impl Agent {
         s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// The file the agent logs to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
