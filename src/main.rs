@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before the runtime's threads exist: the arena limit applies to threads started later.
+    posbridge::telemetry::tune_allocator();
     let cli = posbridge::cli::Cli::parse();
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

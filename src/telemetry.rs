@@ -71,13 +71,9 @@ pub async fn run(
 /// `after` says what preceded it (`"start"`, `"work"`), for the log. Once a
 /// second at most per process (`posbridge fleet` runs many agents in one).
 pub fn release_idle_memory(after: &'static str) {
-    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    {
-        let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        *last = Some(std::time::Instant::now());
+    static LAST: Once1s = Once1s::new();
+    if !LAST.due() {
+        return;
     }
     release_freed_memory();
     let released = release_code_pages();
@@ -117,6 +113,69 @@ pub async fn release_when_idle(engine: Engine, bus: Arc<BusStats>, stop: Cancell
         } else if busy {
             busy = false;
             release_idle_memory("work");
+        }
+    }
+}
+
+/// Give back what a checkpoint freed ([`release_freed_memory`]): putting the changes into
+/// sled and dropping them from the store's memory frees a few hundred KiB at a time, in
+/// holes glibc keeps. Run after each checkpoint, so the agent's RSS under a steady load
+/// stays level instead of climbing between the prune passes that trimmed before
+/// (`docs/performance.md`, eighth measurement). Once a second at most per process
+/// (`posbridge fleet` checkpoints many agents).
+pub fn release_after_checkpoint() {
+    static LAST: Once1s = Once1s::new();
+    if LAST.due() {
+        release_freed_memory();
+    }
+}
+
+/// A process-wide "at most once a second".
+struct Once1s(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Once1s {
+    const fn new() -> Self {
+        Once1s(std::sync::Mutex::new(None))
+    }
+
+    /// True (and the second starts) when the last `true` is a second old or more.
+    fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
+
+/// Set glibc's allocator up for a small, long-running agent, before any thread starts
+/// (`main`). Left as glibc's defaults when `GLIBC_TUNABLES` sets any `glibc.malloc.*`
+/// (the operator's choice wins). glibc only; a no-op elsewhere.
+///
+/// - One arena (`M_ARENA_MAX`). glibc gives each thread that allocates under contention
+///   an arena of its own, up to 8 per core, each a 64 MiB reservation whose freed holes
+///   only that arena reuses. The agent's threads (two runtime workers, the store's sync
+///   and checkpoint threads, sled's) allocate little each; glibc's per-thread cache
+///   serves their small blocks without the arena's lock.
+/// - Fixed thresholds (`M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`: glibc's initial 128 KiB).
+///   Left dynamic, the first large block freed (sled's buffers) raises both, after which
+///   such blocks come from the heap and leave holes there instead of going back to the
+///   kernel when freed.
+///
+/// Together they took the 10-minute soak's swing from 3.0 to 1.7 MiB and its level from
+/// 22.5 to 20.3 MiB (`docs/performance.md`, eighth measurement).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+            return;
+        }
+        // SAFETY: mallopt takes two integers; it only changes glibc's allocator settings.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
         }
     }
 }

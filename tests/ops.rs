@@ -422,6 +422,22 @@ async fn doctor_fails_an_unchecked_kaspi_certificate_and_warns_on_unsigned() {
     assert_eq!(out.status.code(), Some(1), "{t}");
 }
 
+/// glibc's arenas besides the main one in process `pid`: each keeps the unused part of
+/// its 64 MiB reservation as an anonymous mapping with no access (thread stacks' guards
+/// are a page).
+fn thread_arenas(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    maps.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let size = f[0].split_once('-').map_or(0, |(a, b)| {
+                u64::from_str_radix(b, 16).unwrap_or(0) - u64::from_str_radix(a, 16).unwrap_or(0)
+            });
+            f.len() == 5 && f[1] == "---p" && size >= 1 << 20
+        })
+        .count()
+}
+
 /// An idle agent gives back the memory its start and its last burst of work used: the
 /// code and read-only data that ran stop counting in its RSS (they stay in the page
 /// cache; `telemetry::release_when_idle`), and it goes on working. docs/performance.md.
@@ -440,6 +456,10 @@ async fn an_idle_agent_gives_back_the_code_pages_it_ran() {
         let r = cloud.ask(pay(&format!("idle-{i}"), "ip-1", 100)).await;
         assert_eq!(r["state"], "succeeded", "{r}");
     }
+    // glibc gave the agent's threads no arenas of their own (`telemetry::tune_allocator`):
+    // each would be a 64 MiB reservation whose holes only it reuses.
+    let arenas = thread_arenas(agent.pid().expect("pid"));
+    assert_eq!(arenas, 0, "the agent has {arenas} thread arenas besides glibc's main one");
     // Then the file-backed RSS halves once the agent is idle.
     let worked = file_rss();
     let deadline = std::time::Instant::now() + Duration::from_secs(40);

@@ -282,6 +282,7 @@ async fn checkpoint_loop(inner: Arc<Inner>) {
         if let Err(e) = inner.store.checkpoint().await {
             tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log is kept");
         }
+        crate::telemetry::release_after_checkpoint();
     }
 }
 
