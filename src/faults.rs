@@ -25,6 +25,23 @@ pub fn hit(point: &str) {
 #[inline(always)]
 pub fn hit(_point: &str) {}
 
+/// `POSBRIDGE_TEST_SHORT_RETENTION=1`: accept a `store.retention` below its floor
+/// (`config::MIN_RETENTION`), so that the soak bench can keep a store pruned as fast as it
+/// fills. Compiled in only with the `failpoints` feature: no environment variable can
+/// shorten a shop's idempotency window.
+pub const SHORT_RETENTION_ENV: &str = "POSBRIDGE_TEST_SHORT_RETENTION";
+
+#[cfg(feature = "failpoints")]
+pub fn short_retention_allowed() -> bool {
+    std::env::var(SHORT_RETENTION_ENV).is_ok_and(|v| v == "1")
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn short_retention_allowed() -> bool {
+    false
+}
+
 /// `POSBRIDGE_IO_FAULTS=<point>=<eio|enospc>@<n>[,…]`: the `n`-th time (1-based) the
 /// store reaches `<point>` and every time after, the I/O there fails with that error
 /// instead of running. `@if:<path>` instead of `@<n>`: it fails whenever `<path>` exists

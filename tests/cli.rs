@@ -54,6 +54,30 @@ fn env_overrides_reach_check() {
     assert_eq!(v["commands"]["queue_depth"], 3);
 }
 
+/// `store.retention` is the idempotency window: under a day is refused with the key named
+/// (a resent payment whose id was pruned would run again). Only a test build's
+/// `POSBRIDGE_TEST_SHORT_RETENTION=1` (the soak bench) accepts a shorter one.
+#[test]
+fn a_retention_under_a_day_is_refused_unless_a_test_build_asks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = minimal(dir.path()).replace("[store]", "[store]\nretention = \"2m\"");
+    let cfg = write_config(dir.path(), "posbridge.toml", &text);
+    let out = posbridge_with(&["check"], &cfg)
+        .env_remove(posbridge::faults::SHORT_RETENTION_ENV)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.retention: must be at least 1d"), "{err}");
+    let out = posbridge_with(&["check"], &cfg)
+        .env(posbridge::faults::SHORT_RETENTION_ENV, "1")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["store"]["retention"], "2m");
+}
+
 #[test]
 fn secret_set_stores_encrypted_and_never_echoes() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -247,3 +247,22 @@ fn cross_key_rules() {
         assert!(Config::from_toml_str(&ok).is_ok(), "{ok}");
     }
 }
+
+/// A retention shorter than a day would let a resent payment run again once its id was
+/// pruned: refused, whatever the unit, unless a test build asks for a short one (the soak
+/// bench, `POSBRIDGE_TEST_SHORT_RETENTION`).
+#[test]
+fn a_retention_under_a_day_is_refused() {
+    let floor = "store.retention: must be at least 1d";
+    refused(&[
+        (format!("{MINIMAL}[store]\nretention = \"2m\"\n"), floor),
+        (format!("{MINIMAL}[store]\nretention = \"23h\"\n"), floor),
+        (format!("{MINIMAL}[store]\nretention = \"0s\"\n"), floor),
+    ]);
+    assert!(Config::from_toml_str(&format!("{MINIMAL}[store]\nretention = \"1d\"\n")).is_ok());
+    let day = Duration::from_secs(86_400);
+    assert!(validate::check_retention(day, false).is_ok());
+    assert!(validate::check_retention(day - Duration::from_secs(1), false).is_err());
+    assert!(validate::check_retention(Duration::from_secs(120), true).is_ok());
+    assert!(validate::check_retention(Duration::ZERO, true).is_err());
+}

@@ -119,6 +119,9 @@ pub struct MqttConfig {
     pub allow_plaintext: bool,
 }
 
+/// The shortest `store.retention` a configuration may set: a day.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
@@ -126,7 +129,8 @@ pub struct StoreConfig {
     /// Empty in the file means `<path>/device.key` (filled in by `load`).
     pub key_file: PathBuf,
     /// Finished commands older than this are deleted (ids older than this may run again:
-    /// the idempotency window). Unfinished ones are never deleted.
+    /// the idempotency window); at least [`MIN_RETENTION`]. Unfinished ones are never
+    /// deleted.
     #[serde(with = "duration_str")]
     pub retention: Duration,
 }

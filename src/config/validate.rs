@@ -52,6 +52,7 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             return invalid("store.path", "must not be empty");
         }
+        check_retention(self.store.retention, crate::faults::short_retention_allowed())?;
         check_positive("commands.default_ttl", self.commands.default_ttl)?;
         let max_bytes = self.commands.max_bytes;
         if !(MIN_MAX_BYTES..=MAX_MAX_BYTES).contains(&max_bytes) {
@@ -420,6 +421,24 @@ fn check_topic_prefix(prefix: &str) -> Result {
         return invalid(
             "topic_prefix",
             format!("{prefix:?} must be MQTT topic levels without wildcards, '$' or empty levels"),
+        );
+    }
+    Ok(())
+}
+
+/// `store.retention` is the idempotency window of unsigned commands: an id pruned from
+/// the store would run again if the cloud sent it once more. A day at least (the floor
+/// covers a cloud POS retrying a payment it got no answer for, through a night offline);
+/// `allow_short` (a test build's `POSBRIDGE_TEST_SHORT_RETENTION`) lowers the floor to
+/// more than 0s, for the soak bench.
+pub(crate) fn check_retention(retention: Duration, allow_short: bool) -> Result {
+    if allow_short {
+        return check_positive("store.retention", retention);
+    }
+    if retention < super::MIN_RETENTION {
+        return invalid(
+            "store.retention",
+            "must be at least 1d: a command id is de-duplicated only this long after its command finished, and a payment resent after its id was pruned would run again",
         );
     }
     Ok(())

@@ -31,6 +31,8 @@ pub(crate) async fn bench_soak(
     let mut spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
     if let Some(r) = retention {
         spec.extra = format!("[store]\nretention = {}\n", Value::from(r));
+        // Under the configuration's one-day floor: accepted by this (test) build only.
+        std::env::set_var(posbridge::faults::SHORT_RETENTION_ENV, "1");
     }
     let mut cloud = Client::of(port, "bench-soak", "cloud", "#", true).await?;
     let agent = start_online(dir.path(), &spec, &mut cloud).await?;
