@@ -20,6 +20,7 @@ use rumqttc::QoS;
 use serde_json::{json, Value};
 
 use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
+use crate::wear::process_written;
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_soak(
@@ -47,6 +48,11 @@ pub(crate) async fn bench_soak(
     let mut lat = Latencies::default();
     let mut samples: Vec<(f64, u64)> = Vec::new();
     let mut at_warm: Option<u64> = None;
+    // What the agent wrote towards its store's device from the warm-up on, per payment:
+    // SD-card wear in a steady state (a store that is pruned, and sled cleaning its
+    // segments), where the `e2e` figure measures a fresh store.
+    let pid = agent.pid().map(|p| p.to_string()).unwrap_or_default();
+    let mut written_at_warm: Option<(u64, u64)> = None;
     while start.elapsed() < run {
         tokio::select! {
             _ = tick.tick() => {
@@ -64,6 +70,7 @@ pub(crate) async fn bench_soak(
                 samples.push((t.as_secs_f64(), kib()));
                 if at_warm.is_none() && t >= warm {
                     at_warm = Some(kib());
+                    written_at_warm = process_written(&pid).map(|w| (w, sent));
                 }
             }
             m = cloud.recv(Duration::from_secs(30)) => {
@@ -96,6 +103,15 @@ pub(crate) async fn bench_soak(
     }
     let end = kib();
     let warm_kib = at_warm.unwrap_or(end);
+    let written_per_payment = match (written_at_warm, process_written(&pid)) {
+        (Some((w0, n0)), Some(w1)) if sent > n0 => {
+            Some((w1.saturating_sub(w0)) as f64 / (sent - n0) as f64)
+        }
+        _ => None,
+    };
+    if let Some(b) = written_per_payment {
+        println!("soak: the agent wrote {b:.0} B per payment after the warm-up (`/proc/PID/io` write_bytes: the store's log and sled, steady state)");
+    }
     let after: Vec<u64> =
         samples.iter().filter(|(t, _)| *t >= warm.as_secs_f64()).map(|(_, k)| *k).collect();
     let (lo, hi) =
@@ -124,7 +140,7 @@ pub(crate) async fn bench_soak(
         "minutes": minutes, "rate_per_s": rate, "retention": retention, "sent": sent, "unanswered": lost,
         "warmup_s": warm.as_secs_f64(), "rss_kib_after_warmup": warm_kib, "rss_kib_end": end,
         "rss_kib_min_after_warmup": lo, "rss_kib_max_after_warmup": hi,
-        "growth_mib": growth_mib, "spread_mib": spread_mib,
+        "growth_mib": growth_mib, "spread_mib": spread_mib, "written_bytes_per_payment_after_warmup": written_per_payment,
         "samples": samples.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
         "results": lat.json(),
     });
