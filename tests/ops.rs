@@ -430,10 +430,11 @@ fn thread_arenas(pid: u32) -> usize {
     maps.lines()
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let size = f[0].split_once('-').map_or(0, |(a, b)| {
-                u64::from_str_radix(b, 16).unwrap_or(0) - u64::from_str_radix(a, 16).unwrap_or(0)
-            });
-            f.len() == 5 && f[1] == "---p" && size >= 1 << 20
+            let size = || {
+                let (a, b) = f.first()?.split_once('-')?;
+                u64::from_str_radix(b, 16).ok()?.checked_sub(u64::from_str_radix(a, 16).ok()?)
+            };
+            f.len() == 5 && f[1] == "---p" && size().is_some_and(|s| s >= 1 << 20)
         })
         .count()
 }
