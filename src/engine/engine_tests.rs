@@ -155,3 +155,75 @@ async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
     assert!(why.contains("while queued"), "{why}");
     assert_eq!(slow.executed.load(Ordering::SeqCst), 1, "the terminal ran only the first");
 }
+
+/// A wall clock that stands still at one moment.
+#[derive(Debug)]
+struct Fixed(chrono::DateTime<chrono::Utc>);
+
+impl Clock for Fixed {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0
+    }
+}
+
+fn engine_on(
+    store: &Store, clock: Arc<dyn Clock>, driver: Arc<Fake>,
+) -> (Engine, CancellationToken) {
+    let (out, _out_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            default_ttl: Duration::from_secs(3600),
+            max_bytes: 65536,
+            queue_depth: 16,
+            health_interval: Duration::from_secs(3600),
+            version: "test".into(),
+            retention: Duration::from_secs(86_400),
+            command_keys: Default::default(),
+            agent_id: "a".into(),
+            max_command_age: Duration::from_secs(900),
+            allow_unreferenced_refunds: false,
+            clock,
+        },
+        vec![("t".into(), driver)],
+        Arc::new(Notify::new()),
+        out,
+        stop.clone(),
+    );
+    (engine, stop)
+}
+
+/// The prune loop (its pass on a blocking thread) forgets finished commands past
+/// `store.retention` once the engine starts, and keeps the newest (the store's watermark).
+#[tokio::test]
+async fn a_started_engine_prunes_commands_finished_before_the_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("store")).expect("open");
+    let approve = || {
+        Arc::new(Fake::new(Fact::approved(None, Some(json!({"ok": true}))), vec![], Duration::ZERO))
+    };
+    // Three days ago: two payments, finished then.
+    let then = chrono::Utc::now() - chrono::Duration::days(3);
+    let (old, stop_old) = engine_on(&store, Arc::new(Fixed(then)), approve());
+    old.start().expect("start");
+    for id in ["old-1", "old-2"] {
+        old.intake_batch(vec![payment(id, None)]).await.expect("intake");
+        assert_eq!(state_of(&store, id).await, CmdState::Succeeded);
+    }
+    stop_old.cancel();
+    store.commit().await.expect("commit");
+
+    // Today, with a one-day retention: the first pass runs at start.
+    let (now, stop_now) = engine_on(&store, Arc::new(Fixed(chrono::Utc::now())), approve());
+    now.start().expect("start");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.get("old-1").expect("get").is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("old-1 pruned");
+    assert!(store.get("old-2").expect("get").is_some(), "the newest record is kept");
+    stop_now.cancel();
+}
