@@ -12,14 +12,14 @@ use serde_json::{json, Value};
 
 use crate::breakdown;
 use crate::floors::{floor_rr, floor_sim, floor_sync, PROMISE_SYNCS};
-use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
+use crate::kit::{agent_dir, ip_sim, ip_terminal, spec, start_online, Client};
 use crate::wear::{self, Written};
 use crate::{micros, pct, Figure, Report};
 
 pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = agent_dir()?;
     let spec = ip_terminal(spec("bench-e2e", port, 16), "ip-1", &sim_addr)?;
     let mut cloud = Client::of(port, "bench-e2e", "cloud", "#", true).await?;
     // The agent notes each payment's stages (posbridge::stages), written when it stops.

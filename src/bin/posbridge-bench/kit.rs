@@ -76,6 +76,18 @@ pub(crate) fn agent_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A new directory for an agent's files (its store, its configuration), under
+/// `BENCH_STORE_DIR` when that is set, else the system's temporary directory. Given a file
+/// system of its own (a loop-mounted ext4, say), the device counter `e2e` and `soak` read
+/// then counts the agent's writes alone, its file system's journal included
+/// (`docs/performance.md`).
+pub(crate) fn agent_dir() -> Result<tempfile::TempDir> {
+    Ok(match std::env::var_os("BENCH_STORE_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    })
+}
+
 /// Whether `bin` is a production build (`--no-default-features`: no simulators but the IP
 /// terminal's), which the footprint goals are for.
 pub(crate) fn production_build(bin: &Path) -> bool {

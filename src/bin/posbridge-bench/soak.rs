@@ -19,8 +19,8 @@ use posbridge::testkit::Broker;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-use crate::kit::{ip_sim, ip_terminal, spec, start_online, Client};
-use crate::wear::process_written;
+use crate::kit::{agent_dir, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::wear::Written;
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_soak(
@@ -28,7 +28,7 @@ pub(crate) async fn bench_soak(
 ) -> Result<()> {
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = agent_dir()?;
     let mut spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
     if let Some(r) = retention {
         spec.extra = format!("[store]\nretention = {}\n", Value::from(r));
@@ -50,9 +50,10 @@ pub(crate) async fn bench_soak(
     let mut at_warm: Option<u64> = None;
     // What the agent wrote towards its store's device from the warm-up on, per payment:
     // SD-card wear in a steady state (a store that is pruned, and sled cleaning its
-    // segments), where the `e2e` figure measures a fresh store.
-    let pid = agent.pid().map(|p| p.to_string()).unwrap_or_default();
-    let mut written_at_warm: Option<(u64, u64)> = None;
+    // segments), where the `e2e` figure measures a fresh store. Both counters: the
+    // process's `write_bytes` and the store's device (see `wear.rs`).
+    let store_dir = dir.path().join("store");
+    let mut written_at_warm: Option<(Written, u64)> = None;
     while start.elapsed() < run {
         tokio::select! {
             _ = tick.tick() => {
@@ -70,7 +71,7 @@ pub(crate) async fn bench_soak(
                 samples.push((t.as_secs_f64(), kib()));
                 if at_warm.is_none() && t >= warm {
                     at_warm = Some(kib());
-                    written_at_warm = process_written(&pid).map(|w| (w, sent));
+                    written_at_warm = Some((Written::now(agent.pid(), &store_dir), sent));
                 }
             }
             m = cloud.recv(Duration::from_secs(30)) => {
@@ -103,15 +104,18 @@ pub(crate) async fn bench_soak(
     }
     let end = kib();
     let warm_kib = at_warm.unwrap_or(end);
-    let written_per_payment = match (written_at_warm, process_written(&pid)) {
-        (Some((w0, n0)), Some(w1)) if sent > n0 => {
-            Some((w1.saturating_sub(w0)) as f64 / (sent - n0) as f64)
+    let (written_per_payment, device_per_payment) = match written_at_warm {
+        Some((w0, n0)) if sent > n0 => {
+            w0.per_op(&Written::now(agent.pid(), &store_dir), (sent - n0) as usize)
         }
-        _ => None,
+        _ => (None, None),
     };
-    if let Some(b) = written_per_payment {
-        println!("soak: the agent wrote {b:.0} B per payment after the warm-up (`/proc/PID/io` write_bytes: the store's log and sled, steady state)");
-    }
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} B"));
+    println!(
+        "soak: store writes per payment after the warm-up (steady state): agent process {} (`/proc/PID/io` write_bytes, whole page-cache folios), device {} (all processes on it; alone with BENCH_STORE_DIR on a file system of its own)",
+        show(written_per_payment),
+        show(device_per_payment)
+    );
     let after: Vec<u64> =
         samples.iter().filter(|(t, _)| *t >= warm.as_secs_f64()).map(|(_, k)| *k).collect();
     let (lo, hi) =
@@ -141,6 +145,7 @@ pub(crate) async fn bench_soak(
         "warmup_s": warm.as_secs_f64(), "rss_kib_after_warmup": warm_kib, "rss_kib_end": end,
         "rss_kib_min_after_warmup": lo, "rss_kib_max_after_warmup": hi,
         "growth_mib": growth_mib, "spread_mib": spread_mib, "written_bytes_per_payment_after_warmup": written_per_payment,
+        "device_bytes_per_payment_after_warmup": device_per_payment,
         "samples": samples.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
         "results": lat.json(),
     });

@@ -4,11 +4,18 @@
 //! Two counters, read around the e2e loop and again after the store's next checkpoint
 //! (sled made durable, the log dropped; `engine::CHECKPOINT_EVERY`), so checkpoints are
 //! paid for:
-//! - `/proc/<agent>/io` `write_bytes`: what the agent process sent towards the device
-//!   (page-granular: a 400 B record synced alone costs a 4 KiB page);
+//! - `/proc/<agent>/io` `write_bytes`: what the agent process sent towards the device,
+//!   counted in whole page-cache folios when a write dirties one: a 400 B record synced
+//!   alone costs a 4 KiB page, and a few bytes written into a file the kernel caches in
+//!   large folios (ext4 since Linux 6.16: up to 2 MiB) count the whole folio, while the
+//!   device is sent only the blocks written (measured on a loop-mounted ext4: 100 B into
+//!   a cached 8 MiB file, 2 097 152 B of `write_bytes`, 1 024 B to the device). sled's
+//!   data file is such a file, so in a steady store this counter runs far above the
+//!   device's;
 //! - `/sys/dev/block/<store's device>/stat` sectors written: what the device really took,
 //!   the file system's journal included, but from every process on that device (noisy on
-//!   a shared machine; reported beside the figure).
+//!   a shared machine; reported beside the figure). With `BENCH_STORE_DIR` on a file
+//!   system of its own, it is the agent's alone.
 //!
 //! The floor is the same counter read around the `floor_sync` loop in this process
 //! (one ~400 B append + `fdatasync`), times the promise's 3 syncs.
