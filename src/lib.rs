@@ -1,7 +1,6 @@
 //! posbridge: an edge agent between a cloud POS (MQTT) and shop payment/fiscal terminals.
 
 pub mod agent; //       wiring: store + engine + bus + drivers + telemetry
-pub mod allocator; //   the global allocator: sled's segment buffers kept for reuse
 pub mod api; //         the MQTT contract: types, topics, validation (no I/O)
 #[cfg(feature = "embedded-broker")]
 pub mod broker; //      embedded rumqttd for the demo and tests

@@ -5,10 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// sled's segment buffers kept for reuse, everything else glibc's (`allocator.rs`).
-#[global_allocator]
-static ALLOCATOR: posbridge::allocator::Allocator = posbridge::allocator::Allocator::new();
-
 fn main() -> ExitCode {
     // Before the runtime's threads exist: the arena limit applies to threads started later.
     posbridge::telemetry::tune_allocator();

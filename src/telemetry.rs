@@ -75,10 +75,9 @@ pub fn release_idle_memory(after: &'static str) {
     if !LAST.due() {
         return;
     }
-    let buffers = crate::allocator::release_kept();
     release_freed_memory();
     let released = release_code_pages();
-    tracing::debug!(after, released_kib = released / 1024, buffers, "released idle memory");
+    tracing::debug!(after, released_kib = released / 1024, "released idle memory");
 }
 
 /// How long after the first connect the start-up's memory is released: the drivers'
