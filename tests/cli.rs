@@ -1,4 +1,7 @@
 //! The command line a field engineer uses: check, secret set, a damaged store at start.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

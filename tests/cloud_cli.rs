@@ -1,5 +1,8 @@
 //! `posbridge cloud …` against a running agent: a payment by decimal amount, its status,
 //! a refusal's exit code, no result in time; `reconcile` and `watch`.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

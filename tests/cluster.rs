@@ -8,6 +8,9 @@
 //!
 //! Needs rabbitmq-server (`.ci/run` installs it). Without it the test says SKIP, except
 //! where `POSBRIDGE_REQUIRE_RABBITMQ` is set (CI), where a missing broker fails the test.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! The MQTT contract end to end: the real binary, a real broker (embedded rumqttd and
 //! mosquitto), the IP terminal simulator, a cloud POS client. Loopback only.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

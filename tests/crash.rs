@@ -1,5 +1,8 @@
 //! Durability: kill -9 at every journal point, broker outages, commands sent while the
 //! agent is down, and proof that the store really calls fdatasync.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -2,6 +2,9 @@
 //! mid-payment, the agent moves to the next one, the result arrives there, and nothing
 //! runs twice; its telemetry heartbeat names the broker and the terminals' states. `doctor`
 //! checks every broker of the list.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -6,6 +6,9 @@
 //!
 //! A short run is part of the normal suite. The soak: `POSBRIDGE_SOAK_FAULTS=1000 cargo
 //! test --release --test faults -- --nocapture`.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! `posbridge fleet` end to end: a small fleet in one process under load, with its broker
 //! stopped mid-run (when mosquitto is installed: CI installs it) and a share of the agents
 //! restarted; the report says every command got its one result and none ran twice.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

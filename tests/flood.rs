@@ -4,6 +4,9 @@
 //! result. (Dropping the connection as soon as the queue was full sent the queued
 //! commands' PUBACKs to a dead connection: the broker delivered them again and again, and
 //! a flood of 60 000 made next to no progress.)
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,4 +1,7 @@
 //! Hostile inputs: each gets a clear error, nothing crashes, nothing is lost.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! Kaspi Smart POS end to end: the real binary, an embedded broker, the Kaspi simulator
 //! (HTTP or HTTPS) on 127.0.0.1 port 0, a cloud POS client.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

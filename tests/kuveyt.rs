@@ -2,6 +2,9 @@
 //! broker and the pay-by-link mock (`posbridge::sim::kuveyt`) on 127.0.0.1 port 0.
 //! Outcomes are chosen by the mock's amount conventions (the last two minor digits); the
 //! verify interval is the minimum the config allows (2 s).
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! Operations, black-box: `posbridge doctor` against a live broker + simulator + agent and
 //! against a dead broker, `posbridge provision`, and the agent's systemd notifications
 //! (READY/WATCHDOG/STOPPING) on a fake NOTIFY_SOCKET. Loopback only.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! Black-box tests of the `paywall` terminal: the real binary, an embedded broker, and
 //! the Paywall mock (`posbridge::sim::paywall`) on 127.0.0.1 port 0. Outcomes are chosen
 //! by the mock's amount conventions (the last two minor digits).
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -15,6 +15,9 @@
 //!   channels name the schemas this test validates against.
 //!
 //! A failure prints the message, the schema file and every validation error.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

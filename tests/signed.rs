@@ -2,6 +2,9 @@
 //! key run; unsigned, forged, unknown-kid and replayed-with-another-signature commands are
 //! `rejected`/`unauthorized` and never reach the terminal. `posbridge sign` produces
 //! envelopes the agent accepts.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! `POSBRIDGE_STAGES`: the agent notes when each payment reaches each stage of its path,
 //! for `posbridge-bench`'s breakdown (docs/performance.md), and writes them at stop.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! MQTT over TLS against a real mosquitto: server verified against a CA file, mutual TLS
 //! with a client certificate, username + password file. Certificates are made by the test.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! The Token fiscal register end to end: the real binary, an embedded broker, the
 //! register simulator speaking the real protocol over TCP on loopback.
+// The test kit (brokers, simulators, the agent as a child process) is a default
+// feature; a `--no-default-features` build of the tests leaves this file out.
+#![cfg(feature = "testkit")]
 
 mod common;
 

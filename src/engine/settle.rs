@@ -69,12 +69,12 @@ impl Outcome {
         self
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "sims"))]
     pub(crate) fn state(&self) -> FinalState {
         self.state
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "sims"))]
     pub(crate) fn error(&self) -> Option<&ErrorBody> {
         self.error.as_ref()
     }

@@ -504,6 +504,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Session<Ready, T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sims"))]
 #[path = "session_tests.rs"]
 mod tests;

@@ -9,7 +9,9 @@
 
 pub mod aoa;
 pub mod descriptor;
+// (Partly used by the tests that need the simulators, a default feature.)
 #[cfg(test)]
+#[cfg_attr(not(feature = "sims"), allow(dead_code))]
 pub(crate) mod fake;
 pub mod hotplug;
 pub mod list;
@@ -22,9 +24,9 @@ pub mod stream;
 
 #[cfg(test)]
 mod aoa_tests;
-#[cfg(test)]
+#[cfg(all(test, feature = "sims"))]
 mod driver_tests;
-#[cfg(test)]
+#[cfg(all(test, feature = "sims"))]
 mod link_tests;
 
 use std::fmt;
