@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, TokioClock};
-use super::{Engine, EngineConfig, Incoming};
+use super::{Engine, EngineConfig, Incoming, Outbound};
 use crate::api::Op;
 use crate::drivers::{Caps, Driver, Fact, Health, OpContext};
 use crate::store::{CmdState, Store};
@@ -119,27 +119,7 @@ async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
     let (store, _) = Store::open(&dir.path().join("store")).expect("open");
     let clock = Arc::new(TokioClock::new());
     let slow = Arc::new(Fake::gated(Fact::approved(None, Some(json!({ "ok": true })))));
-    let (out, _out_rx) = mpsc::unbounded_channel();
-    let engine = Engine::new(
-        store.clone(),
-        EngineConfig {
-            default_ttl: Duration::from_secs(3600),
-            max_bytes: 65536,
-            queue_depth: 16,
-            health_interval: Duration::from_secs(3600),
-            version: "test".into(),
-            retention: Duration::from_secs(86_400),
-            command_keys: Default::default(),
-            agent_id: "a".into(),
-            max_command_age: Duration::from_secs(900),
-            allow_unreferenced_refunds: false,
-            clock: clock.clone(),
-        },
-        vec![("t".into(), slow.clone())],
-        Arc::new(Notify::new()),
-        out,
-        CancellationToken::new(),
-    );
+    let (engine, _stop, _out) = engine_on(&store, clock.clone(), slow.clone());
     engine.start().expect("start");
     engine.intake_batch(vec![payment("first", None)]).await.expect("intake");
     slow.started.notified().await;
@@ -166,10 +146,12 @@ impl Clock for Fixed {
     }
 }
 
+/// An engine over `store` with one fake terminal `t`, on `clock`; with its stop token, and
+/// the receiving end of its outbound channel (kept by the caller for the test's length).
 fn engine_on(
     store: &Store, clock: Arc<dyn Clock>, driver: Arc<Fake>,
-) -> (Engine, CancellationToken) {
-    let (out, _out_rx) = mpsc::unbounded_channel();
+) -> (Engine, CancellationToken, mpsc::UnboundedReceiver<Outbound>) {
+    let (out, out_rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let engine = Engine::new(
         store.clone(),
@@ -191,7 +173,7 @@ fn engine_on(
         out,
         stop.clone(),
     );
-    (engine, stop)
+    (engine, stop, out_rx)
 }
 
 /// The prune loop (its pass on a blocking thread) forgets finished commands past
@@ -205,7 +187,7 @@ async fn a_started_engine_prunes_commands_finished_before_the_retention() {
     };
     // Three days ago: two payments, finished then.
     let then = chrono::Utc::now() - chrono::Duration::days(3);
-    let (old, stop_old) = engine_on(&store, Arc::new(Fixed(then)), approve());
+    let (old, stop_old, _old_out) = engine_on(&store, Arc::new(Fixed(then)), approve());
     old.start().expect("start");
     for id in ["old-1", "old-2"] {
         old.intake_batch(vec![payment(id, None)]).await.expect("intake");
@@ -215,7 +197,8 @@ async fn a_started_engine_prunes_commands_finished_before_the_retention() {
     store.commit().await.expect("commit");
 
     // Today, with a one-day retention: the first pass runs at start.
-    let (now, stop_now) = engine_on(&store, Arc::new(Fixed(chrono::Utc::now())), approve());
+    let (now, stop_now, _now_out) =
+        engine_on(&store, Arc::new(Fixed(chrono::Utc::now())), approve());
     now.start().expect("start");
     tokio::time::timeout(Duration::from_secs(30), async {
         while store.get("old-1").expect("get").is_some() {
