@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, TokioClock};
-use super::{Engine, EngineConfig, Incoming, Outbound};
+use super::{CheckpointSchedule, Engine, EngineConfig, Incoming, Outbound};
 use crate::api::Op;
 use crate::drivers::{Caps, Driver, Fact, Health, OpContext};
 use crate::store::{CmdState, Store};
@@ -151,6 +151,13 @@ impl Clock for Fixed {
 fn engine_on(
     store: &Store, clock: Arc<dyn Clock>, driver: Arc<Fake>,
 ) -> (Engine, CancellationToken, mpsc::UnboundedReceiver<Outbound>) {
+    engine_checkpointing(store, clock, driver, CheckpointSchedule::default())
+}
+
+/// [`engine_on`] with its own checkpoint schedule.
+fn engine_checkpointing(
+    store: &Store, clock: Arc<dyn Clock>, driver: Arc<Fake>, checkpoints: CheckpointSchedule,
+) -> (Engine, CancellationToken, mpsc::UnboundedReceiver<Outbound>) {
     let (out, out_rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let engine = Engine::new(
@@ -167,6 +174,7 @@ fn engine_on(
             max_command_age: Duration::from_secs(900),
             allow_unreferenced_refunds: false,
             clock,
+            checkpoints,
         },
         vec![("t".into(), driver)],
         Arc::new(Notify::new()),
@@ -209,4 +217,47 @@ async fn a_started_engine_prunes_commands_finished_before_the_retention() {
     .expect("old-1 pruned");
     assert!(store.get("old-2").expect("get").is_some(), "the newest record is kept");
     stop_now.cancel();
+}
+
+/// The started engine checkpoints the store on its schedule: a payment's changes are put
+/// into sled (and dropped from memory) at the first look once they reach `held_bytes`,
+/// or once `at_most_every` has passed with fewer.
+#[tokio::test]
+async fn a_started_engine_checkpoints_on_held_bytes_or_after_its_bound() {
+    let look = Duration::from_millis(20);
+    let by_size = CheckpointSchedule {
+        look_every: look,
+        held_bytes: 1,
+        at_most_every: Duration::from_secs(3600),
+    };
+    let by_time = CheckpointSchedule {
+        look_every: look,
+        held_bytes: usize::MAX,
+        at_most_every: Duration::from_millis(200),
+    };
+    for (n, schedule) in [by_size, by_time].into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(&dir.path().join("store")).expect("open");
+        let approve = Arc::new(Fake::new(
+            Fact::approved(None, Some(json!({"ok": true}))),
+            vec![],
+            Duration::ZERO,
+        ));
+        let (engine, stop, _out) =
+            engine_checkpointing(&store, Arc::new(Fixed(chrono::Utc::now())), approve, schedule);
+        engine.start().expect("start");
+        let id = format!("ck-{n}");
+        engine.intake_batch(vec![payment(&id, None)]).await.expect("intake");
+        assert_eq!(state_of(&store, &id).await, CmdState::Succeeded);
+        // Only a checkpoint drops held changes (the store's own test shows they are held).
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while store.held_bytes() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{schedule:?}: no checkpoint"));
+        assert!(store.get(&id).expect("get").is_some(), "the record is in sled");
+        stop.cancel();
+    }
 }

@@ -5,6 +5,7 @@
 mod admit;
 mod authorize;
 mod cancel;
+mod checkpoint;
 pub mod clock;
 mod deadline;
 mod dedup;
@@ -17,6 +18,7 @@ mod resume;
 pub(crate) mod settle;
 mod worker;
 
+pub use checkpoint::CheckpointSchedule;
 pub use intake::Incoming;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -87,6 +89,8 @@ pub struct EngineConfig {
     pub allow_unreferenced_refunds: bool,
     /// The wall clock every deadline and window is decided on.
     pub clock: Arc<dyn clock::Clock>,
+    /// When the store is checkpointed.
+    pub checkpoints: CheckpointSchedule,
 }
 
 struct Terminal {
@@ -255,7 +259,7 @@ impl Engine {
         let inner = self.inner.clone();
         self.inner.tasks.spawn(async move { dedup::prune_loop(inner).await });
         let inner = self.inner.clone();
-        self.inner.tasks.spawn(async move { checkpoint_loop(inner).await });
+        self.inner.tasks.spawn(async move { checkpoint::run(inner).await });
         for t in self.inner.terminals.values() {
             let inner = self.inner.clone();
             let t = t.clone();
@@ -270,24 +274,6 @@ impl Engine {
         tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
     }
 }
-
-/// Make sled durable and drop the store's write-ahead log now and then, so a restart
-/// replays little. Commits never wait for this (they only write the log).
-async fn checkpoint_loop(inner: Arc<Inner>) {
-    loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
-        }
-        if let Err(e) = inner.store.checkpoint().await {
-            tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log is kept");
-        }
-        crate::telemetry::release_after_checkpoint();
-    }
-}
-
-/// How often the store is checkpointed (the bench waits one out to count its writes).
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another task panicked mid-update of plain data.

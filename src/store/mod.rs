@@ -332,6 +332,12 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes of keys and values changed since the last checkpoint and not yet in sled
+    /// (what a checkpoint would put there; `engine`'s checkpoint schedule reads it).
+    pub fn held_bytes(&self) -> usize {
+        lock_pending(&self.pending).held_bytes()
+    }
+
     /// Outbox entries not yet acknowledged by the broker.
     pub fn outbox_len(&self) -> usize {
         self.scan_prefix(OUTBOX, false).filter(Result::is_ok).count()

@@ -131,6 +131,11 @@ impl PendingLog {
         self.dirty.get(key).map(|d| d.value.clone())
     }
 
+    /// Bytes of keys and values in `dirty`.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
     /// Past [`DIRTY_CHECKPOINT_BYTES`] of changes held for sled.
     fn wants_checkpoint(&self) -> bool {
         self.dirty_bytes > DIRTY_CHECKPOINT_BYTES

@@ -337,6 +337,29 @@ async fn a_commit_is_one_log_write_and_sled_waits_for_the_checkpoint() {
     assert!(held < wal::list(&sled_dir).expect("list")[0].0);
 }
 
+/// `held_bytes` (what the engine's checkpoint schedule reads) counts the changes not yet
+/// in sled, each key once at its newest value, and drops to 0 at a checkpoint.
+#[tokio::test]
+async fn held_bytes_count_the_changes_a_checkpoint_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    store.checkpoint().await.expect("checkpoint");
+    assert_eq!(store.held_bytes(), 0);
+    let r = record(&store, "x");
+    store.write(&[&r], &[]).expect("write");
+    let one = store.held_bytes();
+    assert!(one > 0, "a change is held until the checkpoint");
+    store.write(&[&r], &[]).expect("write again");
+    assert_eq!(store.held_bytes(), one, "a key rewritten counts once");
+    let r2 = record(&store, "y");
+    store.write(&[&r2], &[]).expect("write");
+    assert!(store.held_bytes() > one);
+    store.commit().await.expect("commit");
+    assert!(store.held_bytes() > one, "a commit only writes the log");
+    store.checkpoint().await.expect("checkpoint");
+    assert_eq!(store.held_bytes(), 0, "the checkpoint put them into sled");
+}
+
 /// Sequence numbers order records (recency) and the outbox (the pump reads forward from a
 /// cursor): after a crash they must continue above everything committed, including what
 /// only the log had — sled's own id generator only knows what sled persisted.

@@ -5,7 +5,7 @@
 //! commit on this hardware. So every change is applied to sled *and* appended to an
 //! in-memory buffer, in the same order, under one lock. A commit writes that buffer to
 //! the current log file and `fdatasync`s it; sled is made durable only at a checkpoint
-//! (idle, or when the log grows), after which the log is dropped. On open, the logs are
+//! (`engine::CheckpointSchedule`, or when the log grows), after which the log is dropped. On open, the logs are
 //! replayed over sled in order; every operation carries the whole value, so replaying
 //! something sled already has changes nothing.
 //!

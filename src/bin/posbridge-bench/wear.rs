@@ -2,8 +2,8 @@
 //! kernel's own counters, against the floor of the durability promise's syncs.
 //!
 //! Two counters, read around the e2e loop and again after the store's next checkpoint
-//! (sled made durable, the log dropped; `engine::CHECKPOINT_EVERY`), so checkpoints are
-//! paid for:
+//! (sled made durable, the log dropped: [`next_checkpoint`]), so checkpoints are paid
+//! for:
 //! - `/proc/<agent>/io` `write_bytes`: what the agent process sent towards the device,
 //!   counted in whole page-cache folios when a write dirties one: a 400 B record synced
 //!   alone costs a 4 KiB page, and a few bytes written into a file the kernel caches in
@@ -59,4 +59,36 @@ impl Written {
         let d = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / ops as f64);
         (d(self.process, later.process), d(self.device, later.device))
     }
+}
+
+/// The write-ahead log generations in the agent's store at `store` (`store/wal.rs`:
+/// `posbridge-wal.<generation>` in sled's directory). A checkpoint starts a new one, then,
+/// once sled is durable, retires the older ones.
+fn log_generations(store: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(store.join("sled")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("posbridge-wal.")?.parse().ok())
+        .collect()
+}
+
+/// The newest log generation in the store at `store`.
+pub(crate) fn log_generation(store: &Path) -> Option<u64> {
+    log_generations(store).into_iter().max()
+}
+
+/// Wait until a checkpoint that began after generation `after` has finished (its older
+/// logs retired): at most `posbridge::engine::CheckpointSchedule`'s bound and two looks.
+/// False if none did.
+pub(crate) async fn next_checkpoint(store: &Path, after: Option<u64>) -> bool {
+    let s = posbridge::engine::CheckpointSchedule::default();
+    let until = std::time::Instant::now() + s.at_most_every + s.look_every * 2;
+    while std::time::Instant::now() < until {
+        let g = log_generations(store);
+        if !g.is_empty() && g.iter().all(|&g| Some(g) > after) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }

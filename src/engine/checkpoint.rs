@@ -1,0 +1,98 @@
+//! When the store is checkpointed: sled made durable and the write-ahead log dropped
+//! (`store::sync`). Commits never wait for a checkpoint; it bounds the replay at the next
+//! start and the memory the changes not yet in sled take, and it costs the SD card a fixed
+//! price each time whatever it carries: the log's rotation (a rename and a directory
+//! `fsync` each way, each an ext4 journal commit) and sled's flush and `fdatasync`. At one
+//! payment a second, a checkpoint every 5 s made that fixed price most of the 22 KB a
+//! payment wrote to the device (`docs/performance.md`, ninth measurement). So a quiet
+//! shop's payments share one checkpoint a minute, and a busy shop's are checkpointed as
+//! soon as they hold enough to be worth it, which keeps the memory held as it was.
+//!
+//! The store's own bounds still apply between looks: a log past 8 MiB or 2 MiB of changes
+//! held asks the checkpoint thread at once (a flood).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Inner;
+
+/// When a checkpoint is due.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointSchedule {
+    /// How often the store is looked at.
+    pub look_every: Duration,
+    /// A checkpoint once this many bytes of changes are held for sled …
+    pub held_bytes: usize,
+    /// … or once the last checkpoint is this old and something changed since, whichever
+    /// comes first.
+    pub at_most_every: Duration,
+}
+
+impl Default for CheckpointSchedule {
+    fn default() -> Self {
+        CheckpointSchedule {
+            look_every: Duration::from_secs(5),
+            held_bytes: 256 * 1024,
+            at_most_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl CheckpointSchedule {
+    /// Is a checkpoint due, with `held` bytes of changes held and the last checkpoint
+    /// `since` ago? Nothing held: never (a checkpoint of nothing is skipped anyway).
+    pub fn due(&self, held: usize, since: Duration) -> bool {
+        held > 0 && (held >= self.held_bytes || since >= self.at_most_every)
+    }
+}
+
+/// Checkpoint the store whenever [`CheckpointSchedule::due`] says, until shutdown.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let schedule = inner.cfg.checkpoints;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(schedule.look_every) => {}
+        }
+        let (held, since) = (inner.store.held_bytes(), last.elapsed());
+        if !schedule.due(held, since) {
+            continue;
+        }
+        tracing::debug!(held_bytes = held, since_ms = since.as_millis() as u64, "store checkpoint");
+        last = tokio::time::Instant::now();
+        if let Err(e) = inner.store.checkpoint().await {
+            tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log is kept");
+        }
+        crate::telemetry::release_after_checkpoint();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: CheckpointSchedule = CheckpointSchedule {
+        look_every: Duration::from_secs(5),
+        held_bytes: 1000,
+        at_most_every: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn a_quiet_store_waits_for_the_minute() {
+        assert!(!S.due(999, Duration::from_secs(5)));
+        assert!(!S.due(999, Duration::from_secs(59)));
+        assert!(S.due(1, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_busy_store_does_not_wait() {
+        assert!(S.due(1000, Duration::ZERO));
+        assert!(S.due(5000, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn nothing_held_is_never_due() {
+        assert!(!S.due(0, Duration::from_secs(3600)));
+    }
+}
