@@ -197,6 +197,7 @@ async fn prune_deletes_old_finished_records_only() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut r = record(&store, &format!("p{i}"));
+        r.received_at = old - chrono::Duration::hours(1);
         if i != 2 {
             let mut res = ResultMsg::new(Some(r.cmd.id.to_string()), FinalState::Succeeded);
             res.finished_at = Some(crate::api::ts(old));
@@ -221,6 +222,42 @@ async fn prune_deletes_old_finished_records_only() {
     assert!(store.get("p4").expect("get").is_some());
     let left: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id.to_string()).collect();
     assert_eq!(left, vec!["p4".to_string(), "p2".to_string(), "p1".to_string()]);
+}
+
+/// A prune pass stops at the first record that arrived after its cut (none after it can
+/// have finished before it), except at one stamped ahead of now: it keeps more, never less.
+#[tokio::test]
+async fn prune_reads_up_to_the_first_record_that_arrived_after_the_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("s")).expect("open");
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::days(40);
+    let arrivals = [
+        old,                               // f0: pruned
+        now + chrono::Duration::days(365), // f1: stamped ahead (a clock that ran ahead): read past
+        old,                               // f2: pruned
+        now - chrono::Duration::hours(1),  // f3: after the cut: the pass stops here
+        old,                               // f4: a clock stepped back: kept until a later pass
+        old,                               // f5: the newest, kept
+    ];
+    for (i, at) in arrivals.iter().enumerate() {
+        let mut r = record(&store, &format!("f{i}"));
+        r.received_at = *at;
+        let mut res = ResultMsg::new(Some(r.cmd.id.to_string()), FinalState::Succeeded);
+        res.finished_at = Some(crate::api::ts(old));
+        r.state = CmdState::Succeeded;
+        r.result = Some(res);
+        store.write(&[&r], &[]).expect("write");
+    }
+    store.commit().await.expect("commit");
+    let n = store.prune(now - chrono::Duration::days(30), 100).expect("prune");
+    assert_eq!(n, 3);
+    for gone in ["f0", "f1", "f2"] {
+        assert!(store.get(gone).expect("get").is_none(), "{gone} pruned");
+    }
+    for kept in ["f3", "f4", "f5"] {
+        assert!(store.get(kept).expect("get").is_some(), "{kept} kept");
+    }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
