@@ -1,8 +1,8 @@
 //! When the store is checkpointed: sled made durable and the write-ahead log dropped
 //! (`store::sync`). Commits never wait for a checkpoint; it bounds the replay at the next
 //! start and the memory the changes not yet in sled take, and it costs the SD card a fixed
-//! price each time whatever it carries: the log's rotation (a rename and a directory
-//! `fsync` each way, each an ext4 journal commit) and sled's flush and `fdatasync`. At one
+//! price each time whatever it carries: the log's rotation (two renames, one with its
+//! directory's `fsync`: ext4 journal commits) and sled's flush and `fdatasync`. At one
 //! payment a second, a checkpoint every 5 s made that fixed price most of the 22 KB a
 //! payment wrote to the device (`docs/performance.md`, ninth measurement). So a quiet
 //! shop's payments share one checkpoint a minute, and a busy shop's are checkpointed as
