@@ -167,7 +167,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             max_command_age: cfg.security.max_command_age,
             allow_unreferenced_refunds: cfg.security.allow_unreferenced_refunds,
             clock: Arc::new(crate::engine::clock::SystemClock),
-            checkpoints: crate::engine::CheckpointSchedule::default(),
+            checkpoints: crate::engine::CheckpointSchedule::for_agent(),
         },
         build_drivers(&cfg, &env),
         outbox_notify.clone(),

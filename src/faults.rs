@@ -42,6 +42,23 @@ pub fn short_retention_allowed() -> bool {
     false
 }
 
+/// `POSBRIDGE_TEST_CHECKPOINT_EVERY=<seconds>` (at least 1): the checkpoint schedule's
+/// time bound (`engine::CheckpointSchedule`: an hour), for tests and benches that need a
+/// checkpoint within their run. Compiled in only with the `failpoints` feature.
+pub const CHECKPOINT_EVERY_ENV: &str = "POSBRIDGE_TEST_CHECKPOINT_EVERY";
+
+#[cfg(feature = "failpoints")]
+pub fn checkpoint_every() -> Option<std::time::Duration> {
+    let secs: u64 = std::env::var(CHECKPOINT_EVERY_ENV).ok()?.parse().ok()?;
+    (secs >= 1).then(|| std::time::Duration::from_secs(secs))
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn checkpoint_every() -> Option<std::time::Duration> {
+    None
+}
+
 /// `POSBRIDGE_IO_FAULTS=<point>=<eio|enospc>@<n>[,…]`: the `n`-th time (1-based) the
 /// store reaches `<point>` and every time after, the I/O there fails with that error
 /// instead of running. `@if:<path>` instead of `@<n>`: it fails whenever `<path>` exists

@@ -82,6 +82,41 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
     stop.cancel();
 }
 
+/// kill -9 inside a checkpoint, after its changes went into sled and before sled was made
+/// durable (sled may have written some of them on its own): the restart replays the log
+/// over whatever sled holds. The payment's outcome survives, the terminal ran it once, and
+/// its id is still known: sent again, it gets the stored result, not a second charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_inside_a_checkpoint_loses_nothing_and_charges_once() {
+    let broker = embedded();
+    let (sim, stop) = sim(0).await;
+    let addr = sim.local_addr();
+    let stats = sim.stats();
+    let _sim = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("crash-ckpt", broker.port()).ip("ip-1", addr);
+    let point = "store:checkpoint:applied";
+    // A checkpoint within a second of the payment's changes (an hour in production).
+    let env = [(posbridge::faults::ENV, point), (posbridge::faults::CHECKPOINT_EVERY_ENV, "1")];
+    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &env).await;
+    cloud.send(pay("ck-1", "ip-1", 700)).await;
+    assert_aborts_at(&mut agent, point, Duration::from_secs(20));
+    assert!(agent.log().contains(&format!("aborting at {point}")), "{}", agent.log());
+
+    agent.restart(&[]);
+    let r = cloud.result("ck-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
+    assert_eq!(stats.executions("ck-1"), 1, "the terminal ran it once");
+    let before = cloud.results_for("ck-1").len();
+    cloud.send(pay("ck-1", "ip-1", 700)).await;
+    let all =
+        cloud.wait_n("result", Duration::from_secs(10), before + 1, |v| v["id"] == "ck-1").await;
+    assert!(all.iter().all(|v| *v == r), "the resend gets the stored result: {all:?}");
+    assert_eq!(stats.executions("ck-1"), 1, "the resend was answered from the store");
+    assert!(agent.sigterm().success(), "clean stop\n{}", agent.log());
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_while_a_payment_runs_loses_nothing() {
     let Some(mut m) = Mosquitto::if_installed() else { return };

@@ -267,7 +267,12 @@ async fn mixed_commands_under_faults_keep_every_promise() {
             }
             0..=4 => {
                 let point = JOURNAL_POINTS[rng.random_range(0..JOURNAL_POINTS.len())];
-                agent.restart(&[(posbridge::faults::ENV, point)]);
+                // Checkpoints within a second (an hour in production), so that the
+                // checkpoint's point is reached too.
+                agent.restart(&[
+                    (posbridge::faults::ENV, point),
+                    (posbridge::faults::CHECKPOINT_EVERY_ENV, "1"),
+                ]);
                 // Re-send the batch's ids as duplicates so the restarted agent has work
                 // that crosses the point even if the batch was already finished.
                 let extra = format!("f{round}-x");

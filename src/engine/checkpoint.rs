@@ -2,14 +2,22 @@
 //! (`store::sync`). Commits never wait for a checkpoint; it bounds the replay at the next
 //! start and the memory the changes not yet in sled take, and it costs the SD card a fixed
 //! price each time whatever it carries: the log's rotation (two renames, one with its
-//! directory's `fsync`: ext4 journal commits) and sled's flush and `fdatasync`. At one
-//! payment a second, a checkpoint every 5 s made that fixed price most of the 22 KB a
-//! payment wrote to the device (`docs/performance.md`, ninth measurement). So a quiet
-//! shop's payments share one checkpoint a minute, and a busy shop's are checkpointed as
-//! soon as they hold enough to be worth it, which keeps the memory held as it was.
+//! directory's `fsync`: ext4 journal commits) and sled's flush and `fdatasync`, 60–80 KB
+//! at the device for a handful of payments (`docs/performance.md`, eleventh measurement).
+//! So a checkpoint waits until it carries enough to be worth that price: 256 KiB of
+//! changes held (about 300 payments), which a busy shop holds within seconds (as much
+//! memory held as before) and a quiet one within hours, or an hour after the last one,
+//! so that a shop's slow day still shares one checkpoint among its payments.
+//!
+//! A checkpoint is not what makes anything durable (the log's commit is), so the bound
+//! costs no promise: a crash or power cut replays at most 256 KiB of changes at the next
+//! start, and a log found damaged is searched for command ids like sled's files are
+//! (`store::salvage`).
 //!
 //! The store's own bounds still apply between looks: a log past 8 MiB or 2 MiB of changes
-//! held asks the checkpoint thread at once (a flood).
+//! held asks the checkpoint thread at once (a flood). A test build can shorten the bound
+//! (`POSBRIDGE_TEST_CHECKPOINT_EVERY`, `faults::checkpoint_every`), for tests and benches
+//! that need a checkpoint within their run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +41,26 @@ impl Default for CheckpointSchedule {
         CheckpointSchedule {
             look_every: Duration::from_secs(5),
             held_bytes: 256 * 1024,
-            at_most_every: Duration::from_secs(60),
+            at_most_every: Duration::from_secs(3600),
         }
     }
 }
 
 impl CheckpointSchedule {
+    /// The agent's schedule: the default, or in a test build the bound
+    /// `POSBRIDGE_TEST_CHECKPOINT_EVERY` sets (and looks at least as often).
+    pub fn for_agent() -> Self {
+        let d = Self::default();
+        match crate::faults::checkpoint_every() {
+            Some(every) => CheckpointSchedule {
+                look_every: d.look_every.min(every),
+                at_most_every: every,
+                ..d
+            },
+            None => d,
+        }
+    }
+
     /// Is a checkpoint due, with `held` bytes of changes held and the last checkpoint
     /// `since` ago? Nothing held: never (a checkpoint of nothing is skipped anyway).
     pub fn due(&self, held: usize, since: Duration) -> bool {

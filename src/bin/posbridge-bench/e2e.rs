@@ -25,8 +25,13 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     // The agent notes each payment's stages (posbridge::stages), written when it stops.
     let stages_file = dir.path().join("stages.jsonl");
     std::env::set_var(posbridge::stages::ENV, &stages_file);
+    std::env::set_var(
+        posbridge::faults::CHECKPOINT_EVERY_ENV,
+        wear::E2E_CHECKPOINT_EVERY_S.to_string(),
+    );
     let started = start_online(dir.path(), &spec, &mut cloud).await;
     std::env::remove_var(posbridge::stages::ENV);
+    std::env::remove_var(posbridge::faults::CHECKPOINT_EVERY_ENV);
     let mut agent = started?;
     let mut lat = Vec::with_capacity(n);
     let mut times: HashMap<String, (u64, u64)> = HashMap::new();
@@ -67,7 +72,8 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     }
     let after_loop = Written::now(agent.pid(), &store_dir);
     // One checkpoint (sled made durable, the log dropped) is part of what payments cost:
-    // the next one, when the agent's schedule makes it (up to a minute for these few).
+    // the next one, when the agent's schedule makes it (up to a minute for these few, with
+    // the bound this bench starts it with).
     let generation = wear::log_generation(&store_dir);
     if !wear::next_checkpoint(&store_dir, generation).await {
         eprintln!("e2e: no checkpoint came; the wear figure leaves it out");

@@ -148,13 +148,23 @@ struct Args {
     /// soak: how long, in minutes.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
     minutes: u64,
-    /// soak: payments per second.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=2000))]
-    rate: u64,
+    /// soak: payments per second; under 1 for a shop's pace (0.1: one every 10 s).
+    #[arg(long, default_value_t = 50.0, value_parser = parse_rate)]
+    rate: f64,
     /// soak: the agent's `store.retention` (e.g. "2m": the store is pruned as fast as it
     /// fills, as a shop's store is in its steady state); the agent's default when absent.
     #[arg(long)]
     retention: Option<String>,
+}
+
+/// `--rate`: a positive number of payments per second, at most 2 000.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 2000.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}`: payments per second, more than 0 and at most 2000 (0.1: one every 10 s)"
+        )),
+    }
 }
 
 fn main() -> Result<()> {
@@ -268,4 +278,19 @@ fn main() -> Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn a_rate_is_a_positive_number_of_payments_per_second() {
+        assert_eq!(parse_rate("0.05"), Ok(0.05));
+        assert_eq!(parse_rate("50"), Ok(50.0));
+        for bad in ["0", "-1", "fast", "NaN", "inf", "2001"] {
+            let e = parse_rate(bad).expect_err(bad);
+            assert!(e.contains(bad) && e.contains("payments per second"), "{e}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ use crate::wear::Written;
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_soak(
-    broker: &Broker, minutes: u64, rate: u64, retention: Option<&str>, out: &mut Report,
+    broker: &Broker, minutes: u64, rate: f64, retention: Option<&str>, out: &mut Report,
 ) -> Result<()> {
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
@@ -57,7 +57,7 @@ pub(crate) async fn bench_soak(
     while start.elapsed() < run {
         tokio::select! {
             _ = tick.tick() => {
-                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
                 while sent < due {
                     let id = format!("soak-{sent}");
                     let cmd = json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":100 + (sent % 900) as i64,"currency":"AZN"});
