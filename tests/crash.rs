@@ -88,33 +88,31 @@ async fn kill9_at_every_journal_point_never_charges_twice() {
 /// its id is still known: sent again, it gets the stored result, not a second charge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_inside_a_checkpoint_loses_nothing_and_charges_once() {
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(1), 0, &stop).await;
     let broker = embedded();
-    let (sim, stop) = sim(0).await;
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let _sim = sim.spawn(stop.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("crash-ckpt", broker.port()).ip("ip-1", addr);
+    let dir = tempfile::tempdir().expect("tempdir");
     let point = "store:checkpoint:applied";
     // A checkpoint within a second of the payment's changes (an hour in production).
     let env = [(posbridge::faults::ENV, point), (posbridge::faults::CHECKPOINT_EVERY_ENV, "1")];
-    let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &env).await;
-    cloud.send(pay("ck-1", "ip-1", 700)).await;
-    assert_aborts_at(&mut agent, point, Duration::from_secs(20));
-    assert!(agent.log().contains(&format!("aborting at {point}")), "{}", agent.log());
+    let mut rig = Rig::start(broker, dir, &spec, &env, stats, stop).await;
+    rig.crash_at(pay("ck-1", "ip-1", 700), point).await;
+    assert!(rig.agent.log().contains(&format!("aborting at {point}")), "{}", rig.agent.log());
 
-    agent.restart(&[]);
-    let r = cloud.result("ck-1").await;
-    assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.log());
-    assert_eq!(stats.executions("ck-1"), 1, "the terminal ran it once");
-    let before = cloud.results_for("ck-1").len();
-    cloud.send(pay("ck-1", "ip-1", 700)).await;
-    let all =
-        cloud.wait_n("result", Duration::from_secs(10), before + 1, |v| v["id"] == "ck-1").await;
+    rig.agent.restart(&[]);
+    let r = rig.cloud.result("ck-1").await;
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", rig.agent.log());
+    assert_eq!(rig.stats.executions("ck-1"), 1, "the terminal ran it once");
+    let before = rig.cloud.results_for("ck-1").len();
+    rig.cloud.send(pay("ck-1", "ip-1", 700)).await;
+    let all = rig
+        .cloud
+        .wait_n("result", Duration::from_secs(10), before + 1, |v| v["id"] == "ck-1")
+        .await;
     assert!(all.iter().all(|v| *v == r), "the resend gets the stored result: {all:?}");
-    assert_eq!(stats.executions("ck-1"), 1, "the resend was answered from the store");
-    assert!(agent.sigterm().success(), "clean stop\n{}", agent.log());
-    stop.cancel();
+    assert_eq!(rig.stats.executions("ck-1"), 1, "the resend was answered from the store");
+    assert!(rig.agent.sigterm().success(), "clean stop\n{}", rig.agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
