@@ -1,9 +1,10 @@
 //! When the store is checkpointed: sled made durable and the write-ahead log dropped
 //! (`store::sync`). Commits never wait for a checkpoint; it bounds the replay at the next
 //! start and the memory the changes not yet in sled take, and it costs the SD card a fixed
-//! price each time whatever it carries: the log's rotation (two renames, one with its
-//! directory's `fsync`: ext4 journal commits) and sled's flush and `fdatasync`, 75–90 KB
-//! at the device for a handful of payments (`docs/performance.md`, eleventh measurement).
+//! price each time on top of what it carries (about 3 KB a payment): the log's rotation
+//! (two renames, one with its directory's `fsync`: ext4 journal commits) and sled's flush
+//! and `fdatasync`, 75–90 KB at the device for a handful of payments
+//! (`docs/performance.md`, eleventh measurement).
 //! So a checkpoint waits until it carries enough to be worth that price: 256 KiB of
 //! changes held (about 300 payments), which a busy shop holds within seconds (as much
 //! memory held as before) and a quiet one within hours, or an hour after the last one,
