@@ -9,14 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use posbridge::sim::ip::{IpSim, SimOptions, SimStats};
+use posbridge::sim::ip::SimStats;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-async fn sim(delay_ms: u64) -> (IpSim, CancellationToken) {
-    let s = IpSim::loopback(SimOptions::approving(Some(1), delay_ms)).await.expect("sim");
-    (s, CancellationToken::new())
-}
 
 /// Wait (by the simulator's events) until the terminal has executed `id`.
 async fn executed(stats: &SimStats, id: &str) {
@@ -50,10 +45,8 @@ fn assert_degraded_then_stops(agent: &mut Agent, degraded: &Value, why: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_every_journal_point_never_charges_twice() {
     let broker = embedded();
-    let (sim, stop) = sim(100).await;
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let _sim = sim.spawn(stop.clone());
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(1), 100, &stop).await;
     for (n, point) in IP_JOURNAL_POINTS.iter().enumerate() {
         let agent_id = format!("crash-{n}");
         let id = format!("k-{n}");
@@ -119,10 +112,8 @@ async fn kill9_inside_a_checkpoint_loses_nothing_and_charges_once() {
 async fn broker_restart_while_a_payment_runs_loses_nothing() {
     let Some(mut m) = Mosquitto::if_installed() else { return };
     let port = m.port;
-    let (sim, stop) = sim(1500).await;
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let _sim = sim.spawn(stop.clone());
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(1), 1500, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-outage", port).ip("ip-1", addr);
     let (cloud, agent) = Cloud::with_agent_persistent(&spec, dir.path(), &[]).await;
@@ -155,10 +146,8 @@ async fn broker_restart_while_a_payment_runs_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_sent_while_the_agent_is_down_are_run_after_restart() {
     let Some(m) = Mosquitto::if_installed() else { return };
-    let (sim, stop) = sim(0).await;
-    let addr = sim.local_addr();
-    let stats = sim.stats();
-    let _sim = sim.spawn(stop.clone());
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(1), 0, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-down", m.port).ip("ip-1", addr);
     let (cloud, mut agent) = Cloud::with_agent(&spec, dir.path(), &[]).await;
@@ -193,9 +182,8 @@ async fn store_writes_are_fdatasynced() {
         return;
     }
     let broker = embedded();
-    let (sim, stop) = sim(0).await;
-    let addr = sim.local_addr();
-    let _sim = sim.spawn(stop.clone());
+    let stop = CancellationToken::new();
+    let (addr, _) = approving_ip_sim(Some(1), 0, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("strace.out");
     let trace_s = trace.display().to_string();
@@ -231,9 +219,9 @@ async fn store_writes_are_fdatasynced() {
 async fn sync_errors_stop_acknowledging_and_lose_nothing() {
     for (n, fail_on) in ["result", "intake"].iter().enumerate() {
         let broker = embedded();
-        let (sim, stop) = sim(if *fail_on == "result" { 400 } else { 0 }).await;
-        let (addr, stats) = (sim.local_addr(), sim.stats());
-        let _sim = sim.spawn(stop.clone());
+        let stop = CancellationToken::new();
+        let (addr, stats) =
+            approving_ip_sim(Some(1), if *fail_on == "result" { 400 } else { 0 }, &stop).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let trigger = dir.path().join("disk-fails");
         let agent_id = format!("failstop-{n}");
@@ -280,9 +268,8 @@ async fn sync_errors_stop_acknowledging_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_agent_and_loses_nothing() {
     let broker = embedded();
-    let (sim, stop) = sim(0).await;
-    let (addr, stats) = (sim.local_addr(), sim.stats());
-    let _sim = sim.spawn(stop.clone());
+    let stop = CancellationToken::new();
+    let (addr, stats) = approving_ip_sim(Some(1), 0, &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(_fs) = posbridge::testkit::Tmpfs::mount(&dir.path().join("store"), "6m") else {
         return;

@@ -39,7 +39,7 @@ pub(crate) async fn bench_drain(broker: &mut Broker, n: usize, out: &mut Report)
         }
         store.commit().await?;
     }
-    let agent = start_agent(dir.path(), &spec("bench-dr", port, 16))?;
+    let agent = start_agent(dir.path(), &spec("bench-dr", port, 16), &[])?;
     // The agent is up, has tried and failed to connect; the broker is away 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     resume(broker);

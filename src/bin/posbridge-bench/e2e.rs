@@ -24,15 +24,13 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     let mut cloud = Client::of(port, "bench-e2e", "cloud", "#", true).await?;
     // The agent notes each payment's stages (posbridge::stages), written when it stops.
     let stages_file = dir.path().join("stages.jsonl");
-    std::env::set_var(posbridge::stages::ENV, &stages_file);
-    std::env::set_var(
-        posbridge::faults::CHECKPOINT_EVERY_ENV,
-        wear::E2E_CHECKPOINT_EVERY_S.to_string(),
-    );
-    let started = start_online(dir.path(), &spec, &mut cloud).await;
-    std::env::remove_var(posbridge::stages::ENV);
-    std::env::remove_var(posbridge::faults::CHECKPOINT_EVERY_ENV);
-    let mut agent = started?;
+    let (stages_path, every) =
+        (stages_file.display().to_string(), wear::E2E_CHECKPOINT_EVERY_S.to_string());
+    let env = [
+        (posbridge::stages::ENV, stages_path.as_str()),
+        (posbridge::faults::CHECKPOINT_EVERY_ENV, every.as_str()),
+    ];
+    let mut agent = start_online(dir.path(), &spec, &env, &mut cloud).await?;
     let mut lat = Vec::with_capacity(n);
     let mut times: HashMap<String, (u64, u64)> = HashMap::new();
     let store_dir = dir.path().join("store");

@@ -58,7 +58,7 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
     let mut cloud = Client::of(port, "bench-fp", "cloud", "status", true).await?;
     let bin = agent_bin()?;
     let t = Instant::now();
-    let agent = start_online(dir.path(), &spec, &mut cloud).await?;
+    let agent = start_online(dir.path(), &spec, &[], &mut cloud).await?;
     let start_ms = t.elapsed().as_secs_f64() * 1000.0;
     // Idle: let the drivers finish connecting and the allocator settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -131,7 +131,7 @@ pub(crate) async fn bench_idle_rss(
     let spec = ip_terminal(spec("bench-idle", port, 16), "ip-1", &sim_addr)?;
     let mut status = Client::of(port, "bench-idle", "status", "status", true).await?;
     let mut cloud = Client::of(port, "bench-idle", "cloud", "result", true).await?;
-    let agent = start_online(dir.path(), &spec, &mut status).await?;
+    let agent = start_online(dir.path(), &spec, &[], &mut status).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = status_mib(&agent, "VmRSS:");
     for i in 0..5 {
@@ -208,7 +208,7 @@ pub(crate) async fn bench_store_rss(broker: &Broker, n: usize, out: &mut Report)
     // Idle long enough for the first prune pass (right after the open), which hands the
     // memory the open's checks freed back to the kernel.
     let settle = Duration::from_secs(3);
-    let mut agent = start_online(dir.path(), &spec, &mut status).await?;
+    let mut agent = start_online(dir.path(), &spec, &[], &mut status).await?;
     tokio::time::sleep(settle).await;
     let (empty, empty_anon) = idle_rss(&agent);
     for i in 0..n {
@@ -231,7 +231,7 @@ pub(crate) async fn bench_store_rss(broker: &Broker, n: usize, out: &mut Report)
         done += 1;
     }
     agent.stop();
-    let agent = start_online(dir.path(), &spec, &mut status).await?;
+    let agent = start_online(dir.path(), &spec, &[], &mut status).await?;
     tokio::time::sleep(settle).await;
     let (full, full_anon) = idle_rss(&agent);
     let store_mib = dir_bytes(&dir.path().join("store")) as f64 / (1024.0 * 1024.0);

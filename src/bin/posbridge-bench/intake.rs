@@ -25,7 +25,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     // before it was stored, synced and PUBACKed. Any payment result would be a rejection.
     let mut cloud = Client::of(port, "bench-in", "cloud", "result", true).await?;
     let mut status = Client::of(port, "bench-in", "status", "status", true).await?;
-    let agent = start_online(dir.path(), &spec, &mut status).await?;
+    let agent = start_online(dir.path(), &spec, &[], &mut status).await?;
     let mut cmds: Vec<String> = (0..n)
         .map(|i| {
             json!({"v":1,"id":format!("in-{i}"),"op":"payment","terminal":format!("t{}", i % TERMINALS),"amount":1500,"currency":"AZN"}).to_string()

@@ -130,14 +130,16 @@ pub(crate) fn status_mib(agent: &Agent, field: &str) -> f64 {
     agent.proc_status(field).unwrap_or(0) as f64 / 1024.0
 }
 
-pub(crate) fn start_agent(dir: &Path, spec: &AgentSpec) -> Result<Agent> {
+/// The agent started on `spec` in `dir`, with `env` set in its environment (a test
+/// build's variables: the stages file, a short retention, the checkpoint bound).
+pub(crate) fn start_agent(dir: &Path, spec: &AgentSpec, env: &[(&str, &str)]) -> Result<Agent> {
     // The kit's Agent runs the binary named here (built if missing).
     std::env::set_var("POSBRIDGE_BIN", agent_bin()?);
     // `BENCH_WRAP="heaptrack -o /tmp/agent"`: the agent under a profiler (its figures
     // then describe the profiler too: for finding where memory goes, not for numbers).
     let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
     let wrapper: Vec<&str> = wrap.split_whitespace().collect();
-    Ok(Agent::start_with(spec, dir, &[], &wrapper))
+    Ok(Agent::start_with(spec, dir, env, &wrapper))
 }
 
 /// Graceful broker stop (mosquitto saves its sessions) and start again.
@@ -169,9 +171,9 @@ pub(crate) async fn ip_sim(delay_ms: u64) -> Result<(String, tokio_util::sync::C
 /// The agent started on `spec` in `dir`, once `status` (subscribed to its status) saw it
 /// online; else the error with the log's tail.
 pub(crate) async fn start_online(
-    dir: &Path, spec: &AgentSpec, status: &mut Client,
+    dir: &Path, spec: &AgentSpec, env: &[(&str, &str)], status: &mut Client,
 ) -> Result<Agent> {
-    let agent = start_agent(dir, spec)?;
+    let agent = start_agent(dir, spec, env)?;
     if let Err(e) = wait_online(status, Duration::from_secs(20)).await {
         bail!("{e:#}\n{}", agent.log_tail(20));
     }

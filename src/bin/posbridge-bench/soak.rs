@@ -30,13 +30,14 @@ pub(crate) async fn bench_soak(
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = agent_dir()?;
     let mut spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
+    let mut env = Vec::new();
     if let Some(r) = retention {
         spec.extra = format!("[store]\nretention = {}\n", Value::from(r));
         // Under the configuration's one-day floor: accepted by this (test) build only.
-        std::env::set_var(posbridge::faults::SHORT_RETENTION_ENV, "1");
+        env.push((posbridge::faults::SHORT_RETENTION_ENV, "1"));
     }
     let mut cloud = Client::of(port, "bench-soak", "cloud", "#", true).await?;
-    let agent = start_online(dir.path(), &spec, &mut cloud).await?;
+    let agent = start_online(dir.path(), &spec, &env, &mut cloud).await?;
     let run = Duration::from_secs(minutes * 60);
     let warm = (run / 10).max(Duration::from_secs(60)).min(run);
     let kib = || agent.proc_status("VmRSS:").unwrap_or(0);
