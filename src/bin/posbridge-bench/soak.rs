@@ -3,6 +3,8 @@
 //! After a warm-up (a tenth of the run, at least one minute) the RSS must stay flat:
 //! growth from the end of the warm-up to the end, and the spread of the samples after it,
 //! within 1 MiB. Every payment must get its result. Not part of `all` (it takes minutes).
+//! Every 0.5 s after the warm-up it also samples what the RSS is made of (file-backed,
+//! heap, sled's segment buffers) and prints the range of each: what moves the figure.
 //!
 //! It also prints how long results took (command published → result received: median,
 //! p99, the longest and when) and how many payments were rejected `busy`: the terminal's
@@ -44,6 +46,8 @@ pub(crate) async fn bench_soak(
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut sample = tokio::time::interval(Duration::from_secs(10));
+    let mut fine = tokio::time::interval(Duration::from_millis(500));
+    let mut parts = RssParts::default();
     let (mut sent, mut answered) = (0u64, HashSet::new());
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let mut lat = Latencies::default();
@@ -73,6 +77,11 @@ pub(crate) async fn bench_soak(
                 if at_warm.is_none() && t >= warm {
                     at_warm = Some(kib());
                     written_at_warm = Some((Written::now(agent.pid(), &store_dir), sent));
+                }
+            }
+            _ = fine.tick() => {
+                if start.elapsed() >= warm {
+                    parts.sample(agent.pid());
                 }
             }
             m = cloud.recv(Duration::from_secs(30)) => {
@@ -132,6 +141,7 @@ pub(crate) async fn bench_soak(
         end as f64 / 1024.0
     );
     lat.print();
+    parts.print();
     out.figs.push(Figure {
         name: format!("RSS growth over {minutes} min soak"),
         value: growth_mib.abs().max(spread_mib),
@@ -150,11 +160,97 @@ pub(crate) async fn bench_soak(
         "device_bytes_per_payment_after_warmup": device_per_payment,
         "samples": samples.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
         "results": lat.json(),
+        "rss_parts_mib": parts.json(),
     });
     if lost > 0 {
         bail!("{lost} soak payments got no result");
     }
     Ok(())
+}
+
+/// Where the agent's RSS is, every 0.5 s after the warm-up: the figure's 10-s samples say
+/// how far it moves, these say what moves (twelfth measurement in `docs/performance.md`).
+/// Each sample: RSS, file-backed pages (code), the heap, and the anonymous mappings of
+/// 256 KiB to 1 MiB: sled's segment buffers (512 KiB each, the only allocations that size,
+/// each mapped when sled starts a segment and unmapped once it is written).
+#[derive(Default)]
+struct RssParts {
+    samples: Vec<[u64; 4]>,
+}
+
+impl RssParts {
+    const NAMES: [&'static str; 4] = ["rss", "file", "heap", "segment_buffers"];
+
+    fn sample(&mut self, pid: Option<u32>) {
+        if let Some(s) = pid.and_then(rss_parts) {
+            self.samples.push(s);
+        }
+    }
+
+    /// Lowest and highest of part `i`, MiB.
+    fn range(&self, i: usize) -> Option<(f64, f64)> {
+        let v = self.samples.iter().map(|s| s[i] as f64 / 1024.0);
+        Some((v.clone().reduce(f64::min)?, v.reduce(f64::max)?))
+    }
+
+    fn print(&self) {
+        let show = |i: usize| {
+            self.range(i)
+                .map_or("n/a".into(), |(lo, hi)| format!("{lo:.2}–{hi:.2} (spread {:.2})", hi - lo))
+        };
+        println!(
+            "soak: RSS every 0.5 s after the warm-up, MiB ({} samples): RSS {}; file-backed {}; heap {}; sled's segment buffers {}",
+            self.samples.len(),
+            show(0),
+            show(1),
+            show(2),
+            show(3)
+        );
+    }
+
+    fn json(&self) -> Value {
+        let parts: serde_json::Map<String, Value> = Self::NAMES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| self.range(i).map(|(lo, hi)| (n.to_string(), json!([lo, hi]))))
+            .collect();
+        json!({ "samples": self.samples.len(), "min_max": parts })
+    }
+}
+
+/// [`RssParts`]'s sample of process `pid` (KiB), from `/proc/<pid>/status` and `smaps`.
+fn rss_parts(pid: u32) -> Option<[u64; 4]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |f: &str| -> Option<u64> {
+        status.lines().find(|l| l.starts_with(f))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    let (rss, file) = (field("VmRSS:")?, field("RssFile:")?);
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut heap, mut buffers) = (0, 0);
+    // Which kind the mapping being read is: 2 heap, 3 a segment buffer, else none.
+    let mut kind = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let size =
+                u64::from_str_radix(b, 16).ok()?.saturating_sub(u64::from_str_radix(a, 16).ok()?);
+            let path = words.nth(4);
+            kind = match path {
+                Some("[heap]") => Some(2),
+                None if (256 << 10..1 << 20).contains(&size) => Some(3),
+                _ => None,
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|k| k.parse().ok()).unwrap_or(0);
+            match kind {
+                Some(2) => heap += kib,
+                Some(3) => buffers += kib,
+                _ => {}
+            }
+        }
+    }
+    Some([rss, file, heap, buffers])
 }
 
 /// Command published → result received, over the soak.
