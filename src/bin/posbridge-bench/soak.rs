@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use posbridge::testkit::Broker;
+use posbridge::testkit::{Agent, Broker};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
@@ -81,7 +81,7 @@ pub(crate) async fn bench_soak(
             }
             _ = fine.tick() => {
                 if start.elapsed() >= warm {
-                    parts.sample(agent.pid());
+                    parts.sample(&agent);
                 }
             }
             m = cloud.recv(Duration::from_secs(30)) => {
@@ -181,9 +181,13 @@ struct RssParts {
 impl RssParts {
     const NAMES: [&'static str; 4] = ["rss", "file", "heap", "segment_buffers"];
 
-    fn sample(&mut self, pid: Option<u32>) {
-        if let Some(s) = pid.and_then(rss_parts) {
-            self.samples.push(s);
+    fn sample(&mut self, agent: &Agent) {
+        let (Some(rss), Some(file)) = (agent.proc_status("VmRSS:"), agent.proc_status("RssFile:"))
+        else {
+            return;
+        };
+        if let Some([heap, buffers]) = agent.pid().and_then(heap_and_segment_buffers) {
+            self.samples.push([rss, file, heap, buffers]);
         }
     }
 
@@ -218,39 +222,30 @@ impl RssParts {
     }
 }
 
-/// [`RssParts`]'s sample of process `pid` (KiB), from `/proc/<pid>/status` and `smaps`.
-fn rss_parts(pid: u32) -> Option<[u64; 4]> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |f: &str| -> Option<u64> {
-        status.lines().find(|l| l.starts_with(f))?.split_whitespace().nth(1)?.parse().ok()
-    };
-    let (rss, file) = (field("VmRSS:")?, field("RssFile:")?);
+/// The resident KiB of process `pid`'s heap and of sled's segment buffers (its anonymous
+/// mappings of 256 KiB to 1 MiB), from `/proc/<pid>/smaps`.
+fn heap_and_segment_buffers(pid: u32) -> Option<[u64; 2]> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let (mut heap, mut buffers) = (0, 0);
-    // Which kind the mapping being read is: 2 heap, 3 a segment buffer, else none.
-    let mut kind = None;
+    let mut kib = [0u64; 2];
+    // Where the mapping being read counts: 0 the heap, 1 a segment buffer, None neither.
+    let mut counts_in = None;
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         let Some(first) = words.next() else { continue };
         if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            // A mapping's header: start-end perms offset dev inode [path].
             let size =
                 u64::from_str_radix(b, 16).ok()?.saturating_sub(u64::from_str_radix(a, 16).ok()?);
-            let path = words.nth(4);
-            kind = match path {
-                Some("[heap]") => Some(2),
-                None if (256 << 10..1 << 20).contains(&size) => Some(3),
+            counts_in = match words.nth(4) {
+                Some("[heap]") => Some(0),
+                None if (256 << 10..1 << 20).contains(&size) => Some(1),
                 _ => None,
             };
-        } else if first == "Rss:" {
-            let kib: u64 = words.next().and_then(|k| k.parse().ok()).unwrap_or(0);
-            match kind {
-                Some(2) => heap += kib,
-                Some(3) => buffers += kib,
-                _ => {}
-            }
+        } else if let (Some(i), "Rss:") = (counts_in, first) {
+            kib[i] += words.next().and_then(|k| k.parse::<u64>().ok()).unwrap_or(0);
         }
     }
-    Some([rss, file, heap, buffers])
+    Some(kib)
 }
 
 /// Command published → result received, over the soak.
