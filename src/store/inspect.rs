@@ -45,13 +45,16 @@ impl Store {
         let mut out =
             Inspection { size_bytes: db.size_on_disk().unwrap_or(0), ..Default::default() };
         for item in db.scan_prefix(CMD) {
-            let (_, v) = item?;
+            let (k, v) = item?;
             out.records += 1;
-            match serde_json::from_slice::<CommandRecord>(&v) {
-                Ok(r) if !r.state.is_final() => out.unfinished += 1,
-                Ok(r) if r.state == CmdState::Unknown && r.reconciled.is_none() => out.unknown += 1,
-                Ok(_) => {}
-                Err(_) => out.corrupt += 1,
+            let json = super::packed::plain(&k, &v);
+            match json.map(|j| serde_json::from_slice::<CommandRecord>(&j)) {
+                Ok(Ok(r)) if !r.state.is_final() => out.unfinished += 1,
+                Ok(Ok(r)) if r.state == CmdState::Unknown && r.reconciled.is_none() => {
+                    out.unknown += 1
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => out.corrupt += 1,
             }
         }
         out.outbox = db.scan_prefix(OUTBOX).count();

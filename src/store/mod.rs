@@ -15,6 +15,7 @@
 mod inspect;
 mod mark;
 mod open;
+mod packed;
 mod record;
 pub mod salvage;
 mod sync;
@@ -48,6 +49,9 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("store record {key} is corrupt: {source}")]
     Corrupt { key: String, source: serde_json::Error },
+    /// A command record sled holds deflated (`packed.rs`) does not inflate.
+    #[error("store record {key} is damaged: {why}")]
+    Packed { key: String, why: String },
     #[error("store sync failed: {0}")]
     Sync(String),
     /// sled panicked while opening (it does on some garbled files).
@@ -215,7 +219,7 @@ impl Store {
         if let Some(v) = lock_pending(&self.pending).get(k) {
             return Ok(v.map(Val::Mem));
         }
-        Ok(self.db.get(k)?.map(Val::Sled))
+        self.db.get(k)?.map(|v| from_sled(k, v)).transpose()
     }
 
     /// The entries from `from` to `to`, with the changes not yet in sled laid over sled's,
@@ -488,6 +492,30 @@ impl std::ops::Deref for Val {
     }
 }
 
+/// A value as sled holds it under `k`, command records unpacked (`packed.rs`).
+fn from_sled(k: &[u8], v: sled::IVec) -> Result<Val, StoreError> {
+    match packed::unpack(k, &v) {
+        Ok(None) => Ok(Val::Sled(v)),
+        Ok(Some(json)) => Ok(Val::Mem(json.into())),
+        Err(why) => Err(StoreError::Packed { key: record_name(k), why }),
+    }
+}
+
+/// [`from_sled`] for a scan: a record that does not inflate is logged and yielded as sled
+/// holds it, which no reader decodes (each counts or skips it as undecodable, as it does
+/// a damaged plain record), so one bad record does not end the scan.
+fn scanned(k: &[u8], v: sled::IVec) -> Val {
+    from_sled(k, v.clone()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "undecodable command record in store");
+        Val::Sled(v)
+    })
+}
+
+/// A key as error messages name it: without its prefix.
+fn record_name(k: &[u8]) -> String {
+    String::from_utf8_lossy(k.get(2..).unwrap_or(k)).into_owned()
+}
+
 /// A change not yet in sled: key, and value (`None`: removed).
 type Change = (Vec<u8>, Option<Arc<[u8]>>);
 
@@ -573,7 +601,7 @@ impl Iterator for Scan {
             };
             if order == std::cmp::Ordering::Less {
                 let (k, v) = self.sled.next()?.ok()?;
-                return Some(Ok((k.to_vec(), Val::Sled(v))));
+                return Some(Ok((k.to_vec(), scanned(&k, v))));
             }
             if order == std::cmp::Ordering::Equal {
                 self.sled.next();

@@ -4,10 +4,12 @@
 //!
 //! The damaged copy cannot be trusted to open, so its files (sled's data file, blobs and
 //! snapshots, the write-ahead logs) are read as bytes and searched for what the store
-//! writes: whole command records (JSON objects starting `{"seq":`) and, as a fallback,
-//! the `"cmd":{"id":…,"op":…` of a record or the `\"id\":…,\"op\":…` of a result in the
-//! outbox. sled keeps older versions of a record beside newer ones, so a record is taken
-//! as final only when every final version found agrees; anything else becomes `unknown`
+//! writes: whole command records (JSON objects starting `{"seq":`, and the records sled
+//! holds deflated, `packed.rs`) and, as a fallback, the `"cmd":{"id":…,"op":…` of a
+//! record (a deflated one names it in clear, so even a damaged one gives its id) or the
+//! `\"id\":…,\"op\":…` of a result in the outbox. sled keeps older versions of a record
+//! beside newer ones, so a record is taken as final only when every final version found
+//! agrees; anything else becomes `unknown`
 //! with `needs_reconciliation` — never resumed, never executed.
 
 use std::collections::BTreeMap;
@@ -161,6 +163,15 @@ fn scan(bytes: &[u8], found: &mut BTreeMap<String, Found>) {
         }
         at = start + RECORD.len();
     }
+    // Records sled held deflated (`packed.rs`); one whose deflated part is damaged still
+    // names its id in its head, which the patterns below find.
+    for (at, id, _) in super::packed::find_packed(bytes) {
+        let json = super::packed::inflate(&bytes[at..]);
+        let r = json.ok().and_then(|j| serde_json::from_slice::<CommandRecord>(&j).ok());
+        if let Some(r) = r.filter(|r| r.cmd.id.as_str() == id && is_valid_request_id(id)) {
+            found.entry(id.to_string()).or_default().versions.push(r);
+        }
+    }
     let text = String::from_utf8_lossy(bytes);
     for re in patterns() {
         for c in re.captures_iter(&text) {
@@ -255,6 +266,41 @@ mod tests {
         }
         assert_eq!(by["out-1"].cmd.op(), Op::Refund);
         assert_eq!(s.files_read, 2);
+    }
+
+    #[test]
+    fn finds_deflated_records_and_the_ids_of_damaged_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pack = |r: &CommandRecord| {
+            // Padded past the size records are deflated from.
+            let mut r = r.clone();
+            r.journal.push(salvaged_step(&"x".repeat(600), true));
+            let json = serde_json::to_vec(&r).expect("json");
+            let k = super::super::key(super::super::CMD, r.cmd.id.as_bytes());
+            super::super::packed::pack(&k, &json).into_owned()
+        };
+        let mut bytes = vec![0x11u8; 64];
+        let done = pack(&rec("done-2", CmdState::Succeeded));
+        assert_eq!(done[0], 0, "deflated");
+        assert!(find(&done, b"{\"seq\":").is_none(), "no plain record left in it");
+        bytes.extend(done);
+        let run = pack(&rec("run-2", CmdState::Running));
+        assert_ne!(run[0], 0, "an unfinished record is kept plain");
+        bytes.extend(run);
+        let mut damaged = pack(&rec("bad-2", CmdState::Succeeded));
+        let n = damaged.len();
+        damaged[n - 40..].fill(0xA5);
+        bytes.extend(damaged);
+        std::fs::write(dir.path().join("db"), &bytes).expect("write");
+        let s = salvage(dir.path(), "aside");
+        let by: BTreeMap<&str, &CommandRecord> =
+            s.records.iter().map(|r| (r.cmd.id.as_str(), r)).collect();
+        assert_eq!(by.len(), 3, "{:?}", by.keys());
+        assert_eq!(by["done-2"].state, CmdState::Succeeded, "a whole final record is kept");
+        assert_eq!(by["run-2"].state, CmdState::Unknown, "running: unknown");
+        assert!(by["run-2"].journal.iter().any(|j| j.step == "salvaged"));
+        assert_eq!(by["bad-2"].state, CmdState::Unknown, "damaged: its id, as unknown");
+        assert_eq!(by["bad-2"].cmd.op(), Op::Payment);
     }
 
     #[test]

@@ -520,7 +520,7 @@ fn finish_checkpoint(
     for (k, d) in &snapshot {
         match &d.value {
             Some(v) => {
-                db.insert(&k[..], &v[..]).map_err(write)?;
+                db.insert(&k[..], &*super::packed::pack(k, v)).map_err(write)?;
             }
             // A key sled never had (an outbox entry acknowledged within one checkpoint)
             // costs sled nothing.

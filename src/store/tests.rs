@@ -783,3 +783,110 @@ async fn a_commit_does_not_wait_for_a_running_checkpoint() {
     assert!(store.get("during").expect("get").is_some());
     assert!(store.get("flood-29999").expect("get").is_some());
 }
+
+/// A finished payment's record with a journal: long enough to reach sled deflated.
+fn finished(store: &Store, id: &str) -> CommandRecord {
+    let mut r = record(store, id);
+    r.state = CmdState::Succeeded;
+    r.journal = (0..4)
+        .map(|i| JournalEntry {
+            step: format!("step-{i}"),
+            at: chrono::Utc::now(),
+            data: serde_json::json!({ "ref": id, "answer": "approved" }),
+            sends: i == 1,
+        })
+        .collect();
+    r.result = Some(ResultMsg::new(Some(id.into()), FinalState::Succeeded));
+    r
+}
+
+/// A finished record reaches sled deflated and reads back whole: by id, in `recent`, in
+/// `unfinished`'s scan, across a reopen. A record sled holds plain (as a store written
+/// before keeps them) reads as it is; a deflated one that is damaged is an error naming it.
+#[tokio::test]
+async fn finished_records_are_kept_deflated_in_sled_and_read_back_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s");
+    let (store, _) = Store::open(&path).expect("open");
+    let a = finished(&store, "a-1");
+    let plain = serde_json::to_vec(&a).expect("json");
+    assert!(plain.len() >= packed::MIN_PACKED, "{}", plain.len());
+    let b = record(&store, "b-1");
+    store.write(&[&a, &b], &[]).expect("write");
+    store.checkpoint().await.expect("checkpoint");
+    let v = in_sled(&store, &key(CMD, b"a-1")).expect("in sled");
+    assert_eq!(v[0], 0, "deflated");
+    assert!(v.len() < plain.len() * 3 / 4, "{} of {}", v.len(), plain.len());
+    let short = in_sled(&store, &key(CMD, b"b-1")).expect("in sled");
+    assert!(serde_json::from_slice::<CommandRecord>(&short).is_ok(), "a short record stays plain");
+    assert_eq!(store.get("a-1").expect("get"), Some(a.clone()));
+    let ids: Vec<String> = store.recent().map(|r| r.expect("rec").cmd.id.to_string()).collect();
+    assert_eq!(ids, ["b-1", "a-1"]);
+    assert_eq!(store.unfinished().expect("scan").len(), 1, "b-1 only");
+    // A plain record of the same size, as an earlier version put it into sled.
+    let old = finished(&store, "old-1");
+    store.db.insert(key(CMD, b"old-1"), serde_json::to_vec(&old).expect("json")).expect("put");
+    assert_eq!(store.get("old-1").expect("get"), Some(old));
+    drop(store);
+    // `doctor`'s look decodes them too (once sled's threads have let go of the store).
+    let t0 = std::time::Instant::now();
+    let seen = loop {
+        match Store::inspect(&path) {
+            Err(StoreError::InUse { .. }) if t0.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => break other.expect("inspect").expect("a store"),
+        }
+    };
+    assert_eq!((seen.records, seen.corrupt, seen.unfinished), (3, 0, 1), "{seen:?}");
+    let (store, report) = Store::open(&path).expect("reopen");
+    assert_eq!(report.corrupt_records, 0, "{report:?}");
+    assert_eq!(store.get("a-1").expect("get"), Some(a));
+    let mut damaged = v.clone();
+    let n = damaged.len();
+    damaged[n - 12..].fill(0xA5);
+    store.db.insert(key(CMD, b"a-1"), damaged).expect("put");
+    let e = store.get("a-1").expect_err("damage is an error, not a record");
+    assert!(e.to_string().contains("a-1"), "{e}");
+    // The others are still read, and a scan goes on past it.
+    let listed: Vec<bool> = store.recent().map(|r| r.is_ok()).collect();
+    assert_eq!(listed, [true, false], "b-1 listed, a-1 reported");
+    assert!(store.get("old-1").expect("get").is_some());
+    assert_eq!(store.unfinished().expect("scan").len(), 1);
+}
+
+/// A store whose data file is cut short after its finished records reached sled deflated:
+/// the salvage inflates the records it finds whole and keeps their outcomes, so the ids
+/// of what is left are remembered as they ended, not only as `unknown`.
+#[tokio::test]
+async fn deflated_records_are_salvaged_with_their_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let n = 400;
+    {
+        let (store, _) = Store::open(&path).expect("open");
+        for i in 0..n {
+            let r = finished(&store, &format!("f{i}"));
+            store.write(&[&r], &[]).expect("write");
+        }
+        store.checkpoint().await.expect("checkpoint");
+        let k = key(CMD, b"f7");
+        assert_eq!(in_sled(&store, &k).map(|v| v[0]), Some(0), "deflated in sled");
+    }
+    let db = path.join("sled").join("db");
+    let f = std::fs::OpenOptions::new().write(true).open(&db).expect("open");
+    let len = f.metadata().expect("meta").len();
+    f.set_len(len * 3 / 4).expect("truncate");
+    drop(f);
+    let (store, report) = Store::open(&path).expect("reopen after damage");
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    let mut kept = 0;
+    for i in 0..n {
+        if let Some(r) = store.get(&format!("f{i}")).expect("get") {
+            assert!(r.state.is_final(), "never resumed: {r:?}");
+            kept += usize::from(r.state == CmdState::Succeeded);
+        }
+    }
+    assert!(kept > 0, "records found whole keep their outcome");
+    assert!(store.unfinished().expect("scan").is_empty(), "nothing resumes");
+}
