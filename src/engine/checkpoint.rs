@@ -1,7 +1,8 @@
 //! When the store is checkpointed: sled made durable and the write-ahead log dropped
 //! (`store::sync`). Commits never wait for a checkpoint; it bounds the replay at the next
 //! start and the memory the changes not yet in sled take, and it costs the SD card a fixed
-//! price each time on top of what it carries (about 3 KB a payment): the log's rotation
+//! price each time on top of what it carries (about 1.5 KB a payment, finished records
+//! deflated, `store::packed`): the log's rotation
 //! (two renames, one with its directory's `fsync`: ext4 journal commits) and sled's flush
 //! and `fdatasync`, 75–90 KB at the device for a handful of payments
 //! (`docs/performance.md`, eleventh measurement).
