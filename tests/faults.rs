@@ -217,11 +217,21 @@ async fn mixed_commands_under_faults_keep_every_promise() {
                 let kind = if rng.random_bool(0.5) { "wal:sync=eio" } else { "wal:append=enospc" };
                 let spec = format!("{kind}@{}", rng.random_range(1..6));
                 agent.restart(&[(posbridge::faults::IO_ENV, &spec)]);
-                let id = format!("f{round}-io");
-                let cmd = pay(&id, "ip-1", 222);
-                send_booked(&cloud, &mut sent, &mut counts, cmd).await;
-                paid.push(id);
-                match agent.wait_exit(Duration::from_secs(20)) {
+                // One payment takes two or three syncs, and whatever else the restart has to
+                // write may be little: another payment each second until the n-th sync has
+                // come, so the fault is always reached (at most 20).
+                let mut exited = None;
+                for k in 0..20 {
+                    let id = format!("f{round}-io{k}");
+                    let cmd = pay(&id, "ip-1", 222);
+                    send_booked(&cloud, &mut sent, &mut counts, cmd).await;
+                    paid.push(id);
+                    exited = agent.wait_exit(Duration::from_secs(1));
+                    if exited.is_some() {
+                        break;
+                    }
+                }
+                match exited {
                     Some(st) if !st.success() => counts.sync_errors += 1,
                     Some(st) => violations_early
                         .push(format!("{spec}: the agent exited {st:?} after a store failure")),
