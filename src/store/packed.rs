@@ -179,22 +179,27 @@ pub(crate) fn find_packed(bytes: &[u8]) -> impl Iterator<Item = (usize, &str, &s
         let i = bytes.get(at..)?.windows(START.len()).position(|w| w == START)?;
         let start = at + i;
         at = start + START.len();
-        // The head as `head` reads it from a record's JSON.
+        // The id and op as `head` reads them from a record's JSON, then the whole head as
+        // `write_head` writes it for them, and its closing NUL: anything else is not one.
+        let tail = &bytes[start + 1..];
         let mut json = b"{\"seq\":0,".to_vec();
-        let tail = bytes.get(start + 1..)?;
-        let end = tail.iter().take(128).position(|&b| b == TAG);
-        let Some(end) = end else { continue };
-        json.extend_from_slice(&tail[..end]);
-        let ok = head(&json).is_some() && json.ends_with(b"\"}");
-        if !ok {
+        json.extend_from_slice(&tail[..tail.len().min(128)]);
+        let Some((id, op)) = head(&json) else { continue };
+        let mut expected = Vec::with_capacity(128);
+        write_head(&mut expected, id, op);
+        expected.push(TAG);
+        if !tail.starts_with(&expected) {
             continue;
         }
-        let text = std::str::from_utf8(&tail[..end]).ok()?;
+        // Both are ASCII (`head` checked their bytes), so these cannot fail.
         let id_at = HEAD_ID.len() - 1;
-        let id_end = id_at + text[id_at..].find('"')?;
-        let op_at = id_end + HEAD_OP.len();
-        let op_end = op_at + text[op_at..].find('"')?;
-        return Some((start + 1 + end + 1, &text[id_at..id_end], &text[op_at..op_end]));
+        let (Ok(id), Ok(op)) = (
+            std::str::from_utf8(&tail[id_at..id_at + id.len()]),
+            std::str::from_utf8(&tail[id_at + id.len() + HEAD_OP.len()..][..op.len()]),
+        ) else {
+            continue;
+        };
+        return Some((start + 1 + expected.len(), id, op));
     })
 }
 
@@ -277,8 +282,11 @@ mod tests {
         bytes.extend(&a);
         bytes.extend([0u8; 7]);
         bytes.extend(&b[..b.len() / 2]);
+        let mut fake = b"\0\"cmd\":{\"id\":\"x-1\",\"op\":\"payment\"\xFF\"}\0".to_vec();
+        fake.extend(&bytes);
+        let bytes = fake;
         let found: Vec<(usize, &str, &str)> = find_packed(&bytes).collect();
-        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found.len(), 2, "a head with other bytes in it is skipped: {found:?}");
         assert_eq!((found[0].1, found[0].2), ("pay-1", "payment"));
         assert_eq!(inflate(&bytes[found[0].0..]).expect("whole"), record("pay-1", 400));
         assert_eq!((found[1].1, found[1].2), ("ref.2:x", "payment"));
