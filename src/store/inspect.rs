@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use super::{
-    CmdState, CommandRecord, MoneyHold, Store, StoreError, CACHE_BYTES, CMD, HOLD, OUTBOX,
-};
+use super::{CmdState, MoneyHold, Store, StoreError, CACHE_BYTES, CMD, HOLD, OUTBOX};
 
 /// What `posbridge doctor` reports about a store it could open.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,14 +45,13 @@ impl Store {
         for item in db.scan_prefix(CMD) {
             let (k, v) = item?;
             out.records += 1;
-            let json = super::packed::plain(&k, &v);
-            match json.map(|j| serde_json::from_slice::<CommandRecord>(&j)) {
-                Ok(Ok(r)) if !r.state.is_final() => out.unfinished += 1,
-                Ok(Ok(r)) if r.state == CmdState::Unknown && r.reconciled.is_none() => {
+            match super::packed::record(&k, &v) {
+                Some(r) if !r.state.is_final() => out.unfinished += 1,
+                Some(r) if r.state == CmdState::Unknown && r.reconciled.is_none() => {
                     out.unknown += 1
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => out.corrupt += 1,
+                Some(_) => {}
+                None => out.corrupt += 1,
             }
         }
         out.outbox = db.scan_prefix(OUTBOX).count();

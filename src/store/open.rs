@@ -165,8 +165,7 @@ impl Store {
         report.money_blocked = store.money_hold()?;
         for item in store.db.scan_prefix(CMD) {
             let (k, v) = item?;
-            let json = super::packed::plain(&k, &v);
-            if json.map_or(true, |j| serde_json::from_slice::<CommandRecord>(&j).is_err()) {
+            if super::packed::record(&k, &v).is_none() {
                 report.corrupt_records += 1;
                 tracing::error!(key = %String::from_utf8_lossy(&k[2..]), "undecodable command record in store");
             }

@@ -84,9 +84,11 @@ pub(crate) fn unpack(key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, String
     inflate(&value[end + 2..]).map(Some)
 }
 
-/// The record's JSON from what sled holds under `key`, packed or not.
-pub(crate) fn plain<'a>(key: &[u8], value: &'a [u8]) -> Result<Cow<'a, [u8]>, String> {
-    Ok(unpack(key, value)?.map_or(Cow::Borrowed(value), Cow::Owned))
+/// The command record sled holds under `key`, packed or not; `None` when it does not
+/// decode (the store's open and `doctor`'s look count it as corrupt).
+pub(crate) fn record(key: &[u8], value: &[u8]) -> Option<super::CommandRecord> {
+    let json = unpack(key, value).ok()?;
+    serde_json::from_slice(json.as_deref().unwrap_or(value)).ok()
 }
 
 /// The id and op at the start of a record's JSON (`{"seq":N,"cmd":{"id":"…","op":"…"`),
