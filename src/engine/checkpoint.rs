@@ -85,8 +85,14 @@ pub(super) async fn run(inner: Arc<Inner>) {
         }
         tracing::debug!(held_bytes = held, since_ms = since.as_millis() as u64, "store checkpoint");
         last = tokio::time::Instant::now();
-        if let Err(e) = inner.store.checkpoint().await {
-            tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log is kept");
+        match inner.store.checkpoint().await {
+            Ok(()) => tracing::debug!(
+                took_ms = last.elapsed().as_millis() as u64,
+                "store checkpoint done"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log is kept")
+            }
         }
         crate::telemetry::release_after_checkpoint();
     }

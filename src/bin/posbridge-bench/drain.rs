@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use posbridge::testkit::Broker;
 use serde_json::{json, Value};
 
-use crate::kit::{pause, resume, spec, start_agent, Client};
+use crate::kit::{pause, resume, run_id, spec, start_agent, Client};
 use crate::{Figure, Report};
 
 pub(crate) async fn bench_drain(broker: &mut Broker, n: usize, out: &mut Report) -> Result<()> {
@@ -18,9 +18,10 @@ pub(crate) async fn bench_drain(broker: &mut Broker, n: usize, out: &mut Report)
     let port = broker.port();
     let dir = tempfile::tempdir()?;
     let store_dir = dir.path().join("store");
+    let agent_id = run_id("bench-dr");
     // A persistent cloud session, so results published while it reconnects are queued.
     {
-        let c = Client::of(port, "bench-dr", "cloud", "result", false).await?;
+        let c = Client::of(port, &agent_id, "cloud", "result", false).await?;
         c.client.disconnect().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -39,12 +40,12 @@ pub(crate) async fn bench_drain(broker: &mut Broker, n: usize, out: &mut Report)
         }
         store.commit().await?;
     }
-    let agent = start_agent(dir.path(), &spec("bench-dr", port, 16), &[])?;
+    let agent = start_agent(dir.path(), &spec(&agent_id, port, 16), &[])?;
     // The agent is up, has tried and failed to connect; the broker is away 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     resume(broker);
     let t = Instant::now();
-    let mut cloud = Client::of(port, "bench-dr", "cloud", "result", false).await?;
+    let mut cloud = Client::of(port, &agent_id, "cloud", "result", false).await?;
     let mut got = std::collections::HashSet::new();
     // The first result marks the agent's reconnect: how the figure splits between the
     // reconnect cycle (the agent's backoff) and the drain itself.

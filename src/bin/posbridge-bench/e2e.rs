@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::breakdown;
 use crate::floors::{floor_rr, floor_sim, floor_sync, PROMISE_SYNCS};
-use crate::kit::{agent_dir, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::kit::{agent_dir, cmd_topic, ip_sim, ip_terminal, run_id, spec, start_online, Client};
 use crate::wear::{self, Written};
 use crate::{micros, pct, Figure, Report};
 
@@ -20,8 +20,10 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = agent_dir()?;
-    let spec = ip_terminal(spec("bench-e2e", port, 16), "ip-1", &sim_addr)?;
-    let mut cloud = Client::of(port, "bench-e2e", "cloud", "#", true).await?;
+    let agent_id = run_id("bench-e2e");
+    let cmd_to = cmd_topic(&agent_id);
+    let spec = ip_terminal(spec(&agent_id, port, 16), "ip-1", &sim_addr)?;
+    let mut cloud = Client::of(port, &agent_id, "cloud", "#", true).await?;
     // The agent notes each payment's stages (posbridge::stages), written when it stops.
     let stages_file = dir.path().join("stages.jsonl");
     let (stages_path, every) =
@@ -44,10 +46,7 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
             json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":1500,"currency":"AZN"});
         let t = Instant::now();
         let sent = posbridge::stages::monotonic_ns();
-        cloud
-            .client
-            .publish("posbridge/bench-e2e/cmd", QoS::AtLeastOnce, false, cmd.to_string())
-            .await?;
+        cloud.client.publish(cmd_to.as_str(), QoS::AtLeastOnce, false, cmd.to_string()).await?;
         loop {
             let (topic, p) = match cloud.recv(Duration::from_secs(30)).await {
                 Ok(m) => m,

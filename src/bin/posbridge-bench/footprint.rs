@@ -12,8 +12,8 @@ use posbridge::testkit::Broker;
 use serde_json::json;
 
 use crate::kit::{
-    agent_bin, ip_sim, ip_terminal, ip_terminals, production_build, spec, start_online, status_mib,
-    Client,
+    agent_bin, cmd_topic, ip_sim, ip_terminal, ip_terminals, production_build, run_id, spec,
+    start_online, status_mib, Client,
 };
 use crate::{Figure, Report};
 use rumqttc::QoS;
@@ -43,10 +43,11 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
     pw.spawn(shutdown.clone());
     kv.spawn(shutdown.clone());
     let dir = tempfile::tempdir()?;
+    let fp_id = run_id("bench-fp");
     let (k, s) = (dir.path().join("api_key"), dir.path().join("secret"));
     std::fs::write(&k, "test-api-key")?;
     std::fs::write(&s, "test-secret")?;
-    let mut spec = ip_terminal(spec("bench-fp", port, 16), "ip-1", &ip_addr)?;
+    let mut spec = ip_terminal(spec(&fp_id, port, 16), "ip-1", &ip_addr)?;
     spec.extra = format!(
         "[[terminals]]\nid = \"token-1\"\nkind = \"token\"\ntransport = \"tcp\"\naddr = \"{token_addr}\"\n\
          [[terminals]]\nid = \"kaspi-1\"\nkind = \"kaspi\"\nurl = \"{kaspi_url}\"\nprotected = false\n\
@@ -55,7 +56,7 @@ pub(crate) async fn bench_footprint(broker: &Broker, out: &mut Report) -> Result
         k = k.display(),
         s = s.display()
     );
-    let mut cloud = Client::of(port, "bench-fp", "cloud", "status", true).await?;
+    let mut cloud = Client::of(port, &fp_id, "cloud", "status", true).await?;
     let bin = agent_bin()?;
     let t = Instant::now();
     let agent = start_online(dir.path(), &spec, &[], &mut cloud).await?;
@@ -128,18 +129,16 @@ pub(crate) async fn bench_idle_rss(
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = tempfile::tempdir()?;
-    let spec = ip_terminal(spec("bench-idle", port, 16), "ip-1", &sim_addr)?;
-    let mut status = Client::of(port, "bench-idle", "status", "status", true).await?;
-    let mut cloud = Client::of(port, "bench-idle", "cloud", "result", true).await?;
+    let idle_id = run_id("bench-idle");
+    let spec = ip_terminal(spec(&idle_id, port, 16), "ip-1", &sim_addr)?;
+    let mut status = Client::of(port, &idle_id, "status", "status", true).await?;
+    let mut cloud = Client::of(port, &idle_id, "cloud", "result", true).await?;
     let agent = start_online(dir.path(), &spec, &[], &mut status).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = status_mib(&agent, "VmRSS:");
     for i in 0..5 {
         let cmd = json!({"v":1,"id":format!("idle-{i}"),"op":"payment","terminal":"ip-1","amount":100,"currency":"AZN"});
-        cloud
-            .client
-            .publish("posbridge/bench-idle/cmd", QoS::AtLeastOnce, false, cmd.to_string())
-            .await?;
+        cloud.client.publish(cmd_topic(&idle_id), QoS::AtLeastOnce, false, cmd.to_string()).await?;
         let (_, p) = cloud.recv(Duration::from_secs(20)).await?;
         let v: serde_json::Value = serde_json::from_slice(&p)?;
         if v["state"] != "succeeded" {
@@ -198,10 +197,10 @@ pub(crate) async fn bench_store_rss(broker: &Broker, n: usize, out: &mut Report)
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = tempfile::tempdir()?;
-    let spec =
-        ip_terminals(spec("bench-st", port, n / TERMINALS + 10), "ip-", TERMINALS, &sim_addr)?;
-    let mut status = Client::of(port, "bench-st", "status", "status", true).await?;
-    let mut cloud = Client::of(port, "bench-st", "cloud", "result", true).await?;
+    let st_id = run_id("bench-st");
+    let spec = ip_terminals(spec(&st_id, port, n / TERMINALS + 10), "ip-", TERMINALS, &sim_addr)?;
+    let mut status = Client::of(port, &st_id, "status", "status", true).await?;
+    let mut cloud = Client::of(port, &st_id, "cloud", "result", true).await?;
     let idle_rss = |agent: &posbridge::testkit::Agent| {
         (status_mib(agent, "VmRSS:"), status_mib(agent, "RssAnon:"))
     };
@@ -213,10 +212,7 @@ pub(crate) async fn bench_store_rss(broker: &Broker, n: usize, out: &mut Report)
     let (empty, empty_anon) = idle_rss(&agent);
     for i in 0..n {
         let cmd = json!({"v":1,"id":format!("st-{i}"),"op":"payment","terminal":format!("ip-{}", i % TERMINALS),"amount":100 + (i % 900) as i64,"currency":"AZN"});
-        cloud
-            .client
-            .publish("posbridge/bench-st/cmd", QoS::AtLeastOnce, false, cmd.to_string())
-            .await?;
+        cloud.client.publish(cmd_topic(&st_id), QoS::AtLeastOnce, false, cmd.to_string()).await?;
     }
     let mut done = 0;
     while done < n {

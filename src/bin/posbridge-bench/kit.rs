@@ -47,6 +47,23 @@ impl std::ops::Deref for Client {
     }
 }
 
+/// `base` with this process's count of agents so far (`bench-in-3`): each run's agent gets a
+/// client id, and so a broker session, of its own. A broker keeps a persistent session's
+/// unacknowledged commands for the next agent of that id, and an agent killed right after
+/// it published a result may not yet have acknowledged the command: reused, the next run's
+/// agent ran that command again and its result ended the run at once (an `intake` run of
+/// 4 million commands a second, its agent's CPU unmoved).
+pub(crate) fn run_id(base: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static AGENTS: AtomicUsize = AtomicUsize::new(0);
+    format!("{base}-{}", AGENTS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The topic the agent `agent_id` takes commands on.
+pub(crate) fn cmd_topic(agent_id: &str) -> String {
+    format!("{}/cmd", pos::root(agent_id))
+}
+
 pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }

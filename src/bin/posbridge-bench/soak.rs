@@ -21,7 +21,7 @@ use posbridge::testkit::{Agent, Broker};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-use crate::kit::{agent_dir, ip_sim, ip_terminal, spec, start_online, Client};
+use crate::kit::{agent_dir, cmd_topic, ip_sim, ip_terminal, run_id, spec, start_online, Client};
 use crate::wear::Written;
 use crate::{Figure, Report};
 
@@ -31,14 +31,16 @@ pub(crate) async fn bench_soak(
     let port = broker.port();
     let (sim_addr, _sim) = ip_sim(0).await?;
     let dir = agent_dir()?;
-    let mut spec = ip_terminal(spec("bench-soak", port, 64), "ip-1", &sim_addr)?;
+    let agent_id = run_id("bench-soak");
+    let cmd_to = cmd_topic(&agent_id);
+    let mut spec = ip_terminal(spec(&agent_id, port, 64), "ip-1", &sim_addr)?;
     let mut env = Vec::new();
     if let Some(r) = retention {
         spec.extra = format!("[store]\nretention = {}\n", Value::from(r));
         // Under the configuration's one-day floor: accepted by this (test) build only.
         env.push((posbridge::faults::SHORT_RETENTION_ENV, "1"));
     }
-    let mut cloud = Client::of(port, "bench-soak", "cloud", "#", true).await?;
+    let mut cloud = Client::of(port, &agent_id, "cloud", "#", true).await?;
     let agent = start_online(dir.path(), &spec, &env, &mut cloud).await?;
     let run = Duration::from_secs(minutes * 60);
     let warm = (run / 10).max(Duration::from_secs(60)).min(run);
@@ -66,7 +68,7 @@ pub(crate) async fn bench_soak(
                 while sent < due {
                     let id = format!("soak-{sent}");
                     let cmd = json!({"v":1,"id":id,"op":"payment","terminal":"ip-1","amount":100 + (sent % 900) as i64,"currency":"AZN"});
-                    cloud.client.publish("posbridge/bench-soak/cmd", QoS::AtLeastOnce, false, cmd.to_string()).await?;
+                    cloud.client.publish(cmd_to.as_str(), QoS::AtLeastOnce, false, cmd.to_string()).await?;
                     sent_at.insert(id, Instant::now());
                     sent += 1;
                 }
@@ -81,7 +83,7 @@ pub(crate) async fn bench_soak(
             }
             _ = fine.tick() => {
                 if start.elapsed() >= warm {
-                    parts.sample(&agent);
+                    parts.sample(&agent, start.elapsed().as_secs_f64());
                 }
             }
             m = cloud.recv(Duration::from_secs(30)) => {
@@ -142,6 +144,7 @@ pub(crate) async fn bench_soak(
     );
     lat.print();
     parts.print();
+    parts.write_series(&agent)?;
     out.figs.push(Figure {
         name: format!("RSS growth over {minutes} min soak"),
         value: growth_mib.abs().max(spread_mib),
@@ -176,18 +179,21 @@ pub(crate) async fn bench_soak(
 #[derive(Default)]
 struct RssParts {
     samples: Vec<[u64; 4]>,
+    /// When each sample was taken, seconds into the run.
+    at: Vec<f64>,
 }
 
 impl RssParts {
     const NAMES: [&'static str; 4] = ["rss", "file", "heap", "segment_buffers"];
 
-    fn sample(&mut self, agent: &Agent) {
+    fn sample(&mut self, agent: &Agent, at: f64) {
         let (Some(rss), Some(file)) = (agent.proc_status("VmRSS:"), agent.proc_status("RssFile:"))
         else {
             return;
         };
         if let Some([heap, buffers]) = agent.pid().and_then(heap_and_segment_buffers) {
             self.samples.push([rss, file, heap, buffers]);
+            self.at.push(at);
         }
     }
 
@@ -210,6 +216,24 @@ impl RssParts {
             show(2),
             show(3)
         );
+    }
+
+    /// `BENCH_SOAK_SERIES=FILE`: every sample, one line each (seconds into the run, then
+    /// the parts in KiB), to set beside the agent's log (`BENCH_LOG`) and see what moves
+    /// them when; the agent's log is copied beside it (`FILE.agent.log`), since its
+    /// directory goes at the end of the run.
+    fn write_series(&self, agent: &Agent) -> Result<()> {
+        let Some(path) = std::env::var_os("BENCH_SOAK_SERIES") else { return Ok(()) };
+        let mut text = format!("t_s {}\n", Self::NAMES.join(" "));
+        for (t, s) in self.at.iter().zip(&self.samples) {
+            text += &format!("{t:.1} {} {} {} {}\n", s[0], s[1], s[2], s[3]);
+        }
+        std::fs::write(&path, text)?;
+        let mut log = path.clone();
+        log.push(".agent.log");
+        std::fs::copy(agent.log_path(), &log)?;
+        println!("soak: the 0.5-s samples are in {}", std::path::Path::new(&path).display());
+        Ok(())
     }
 
     fn json(&self) -> Value {
