@@ -48,11 +48,10 @@ impl std::ops::Deref for Client {
 }
 
 /// `base` with this process's count of agents so far (`bench-in-3`): each run's agent gets a
-/// client id, and so a broker session, of its own. A broker keeps a persistent session's
-/// unacknowledged commands for the next agent of that id, and an agent killed right after
-/// it published a result may not yet have acknowledged the command: reused, the next run's
-/// agent ran that command again and its result ended the run at once (an `intake` run of
-/// 4 million commands a second, its agent's CPU unmoved).
+/// client id, and so a broker session and topics, of its own. With one id for every run,
+/// whatever the broker kept for a killed agent's session, or a late result of it, could
+/// reach the next run (an `intake` run of 4 million commands a second, its agent's CPU
+/// unmoved: performance.md, fourteenth measurement).
 pub(crate) fn run_id(base: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static AGENTS: AtomicUsize = AtomicUsize::new(0);
