@@ -96,13 +96,14 @@ impl Inner {
             starts_now = q.is_empty() && lock(&term.running).is_none();
             q.push_back(rec.cmd.id.to_string());
         }
-        let queued = lock(&term.queue).len();
-        let mut accepted = Evt::new(&rec.cmd.id, crate::api::Progress::Accepted);
-        accepted.detail = Some(serde_json::json!({ "terminal": tid, "queue_position": queued }));
-        Ok(vec![
-            After::Evt(accepted),
-            After::Evt(Evt::new(&rec.cmd.id, crate::api::Progress::Queued)),
-            if starts_now { After::Start(tid) } else { After::Wake(tid) },
-        ])
+        // One progress event for the state the command enters: `accepted` when it starts
+        // at once (the worker's `in_progress` follows), `queued` when it waits behind
+        // others. Both say it is stored and acknowledged, and where it stands.
+        let position = lock(&term.queue).len();
+        let state =
+            if starts_now { crate::api::Progress::Accepted } else { crate::api::Progress::Queued };
+        let mut evt = Evt::new(&rec.cmd.id, state);
+        evt.detail = Some(serde_json::json!({ "terminal": tid, "queue_position": position }));
+        Ok(vec![After::Evt(evt), if starts_now { After::Start(tid) } else { After::Wake(tid) }])
     }
 }

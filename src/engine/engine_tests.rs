@@ -136,6 +136,50 @@ async fn a_deadline_that_passes_in_the_queue_expires_the_command_untouched() {
     assert_eq!(slow.executed.load(Ordering::SeqCst), 1, "the terminal ran only the first");
 }
 
+/// Each admitted command gets one progress event for the state it enters (`mqtt-api.md`,
+/// `evt`): `accepted` when it starts at once, `queued` when it waits behind another, each
+/// with its terminal and place in the queue.
+#[tokio::test(start_paused = true)]
+async fn an_admitted_command_gets_one_progress_event_for_the_state_it_enters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("store")).expect("open");
+    let slow = Arc::new(Fake::gated(Fact::approved(None, Some(json!({ "ok": true })))));
+    let (engine, _stop, mut out) = engine_on(&store, Arc::new(TokioClock::new()), slow.clone());
+    engine.start().expect("start");
+    engine.intake_batch(vec![payment("first", None)]).await.expect("intake");
+    slow.started.notified().await;
+    engine
+        .intake_batch(vec![payment("second", None), payment("third", None)])
+        .await
+        .expect("intake");
+    slow.release.notify_one();
+    for _ in 0..2 {
+        slow.started.notified().await;
+        slow.release.notify_one();
+    }
+    assert_eq!(state_of(&store, "third").await, CmdState::Succeeded);
+    let mut seen: Vec<(String, String, serde_json::Value)> = Vec::new();
+    while let Ok(o) = out.try_recv() {
+        if let Outbound::Evt(e) = o {
+            let state = serde_json::to_value(e.state).expect("json");
+            seen.push((e.id, state.as_str().unwrap_or_default().to_string(), json!(e.detail)));
+        }
+    }
+    let admitted = |id: &str| -> Vec<(String, serde_json::Value)> {
+        seen.iter()
+            .filter(|(i, s, _)| i == id && s != "in_progress")
+            .map(|(_, s, d)| (s.clone(), d.clone()))
+            .collect()
+    };
+    let at = |n: u32| json!({"terminal": "t", "queue_position": n});
+    assert_eq!(admitted("first"), vec![("accepted".to_string(), at(1))], "{seen:?}");
+    assert_eq!(admitted("second"), vec![("queued".to_string(), at(1))], "{seen:?}");
+    assert_eq!(admitted("third"), vec![("queued".to_string(), at(2))], "{seen:?}");
+    for id in ["first", "second", "third"] {
+        assert!(seen.iter().any(|(i, s, _)| i == id && s == "in_progress"), "{id}: {seen:?}");
+    }
+}
+
 /// A wall clock that stands still at one moment.
 #[derive(Debug)]
 struct Fixed(chrono::DateTime<chrono::Utc>);
