@@ -69,7 +69,7 @@ impl Inner {
                 }
             }
         }
-        let starts_now;
+        let (starts_now, position);
         {
             let mut q = lock(&term.queue);
             if q.len() >= self.cfg.queue_depth {
@@ -95,15 +95,20 @@ impl Inner {
             // worker woken early never runs ahead of this record's durability.
             starts_now = q.is_empty() && lock(&term.running).is_none();
             q.push_back(rec.cmd.id.to_string());
+            position = q.len();
         }
         // One progress event for the state the command enters: `accepted` when it starts
         // at once (the worker's `in_progress` follows), `queued` when it waits behind
         // others. Both say it is stored and acknowledged, and where it stands.
-        let position = lock(&term.queue).len();
-        let state =
-            if starts_now { crate::api::Progress::Accepted } else { crate::api::Progress::Queued };
+        // `position` was read under the lock that queued it: its place just after it joined.
+        let detail = serde_json::json!({ "terminal": tid, "queue_position": position });
+        let (state, go) = if starts_now {
+            (crate::api::Progress::Accepted, After::Start(tid))
+        } else {
+            (crate::api::Progress::Queued, After::Wake(tid))
+        };
         let mut evt = Evt::new(&rec.cmd.id, state);
-        evt.detail = Some(serde_json::json!({ "terminal": tid, "queue_position": position }));
-        Ok(vec![After::Evt(evt), if starts_now { After::Start(tid) } else { After::Wake(tid) }])
+        evt.detail = Some(detail);
+        Ok(vec![After::Evt(evt), go])
     }
 }

@@ -158,25 +158,25 @@ async fn an_admitted_command_gets_one_progress_event_for_the_state_it_enters() {
         slow.release.notify_one();
     }
     assert_eq!(state_of(&store, "third").await, CmdState::Succeeded);
-    let mut seen: Vec<(String, String, serde_json::Value)> = Vec::new();
+    use crate::api::Progress::{Accepted, InProgress, Queued};
+    let mut seen = Vec::new();
     while let Ok(o) = out.try_recv() {
         if let Outbound::Evt(e) = o {
-            let state = serde_json::to_value(e.state).expect("json");
-            seen.push((e.id, state.as_str().unwrap_or_default().to_string(), json!(e.detail)));
+            seen.push((e.id, e.state, e.detail));
         }
     }
-    let admitted = |id: &str| -> Vec<(String, serde_json::Value)> {
+    let admitted = |id: &str| -> Vec<_> {
         seen.iter()
-            .filter(|(i, s, _)| i == id && s != "in_progress")
-            .map(|(_, s, d)| (s.clone(), d.clone()))
+            .filter(|(i, s, _)| i == id && *s != InProgress)
+            .map(|(_, s, d)| (*s, d.clone()))
             .collect()
     };
-    let at = |n: u32| json!({"terminal": "t", "queue_position": n});
-    assert_eq!(admitted("first"), vec![("accepted".to_string(), at(1))], "{seen:?}");
-    assert_eq!(admitted("second"), vec![("queued".to_string(), at(1))], "{seen:?}");
-    assert_eq!(admitted("third"), vec![("queued".to_string(), at(2))], "{seen:?}");
+    let at = |n: u32| Some(json!({"terminal": "t", "queue_position": n}));
+    assert_eq!(admitted("first"), vec![(Accepted, at(1))], "{seen:?}");
+    assert_eq!(admitted("second"), vec![(Queued, at(1))], "{seen:?}");
+    assert_eq!(admitted("third"), vec![(Queued, at(2))], "{seen:?}");
     for id in ["first", "second", "third"] {
-        assert!(seen.iter().any(|(i, s, _)| i == id && s == "in_progress"), "{id}: {seen:?}");
+        assert!(seen.iter().any(|(i, s, _)| i == id && *s == InProgress), "{id}: {seen:?}");
     }
 }
 
