@@ -484,3 +484,23 @@ async fn an_idle_agent_gives_back_the_code_pages_it_ran() {
     assert_eq!(r["state"], "succeeded", "{r}");
     stop.cancel();
 }
+
+/// The bench's `BENCH_WRAP` (a profiler around the agent): under a wrapper that runs the
+/// agent as its child, the kit's pid is the agent's (what the bench reads memory, CPU and
+/// writes of), and dropping the kit's agent ends the agent, not only its wrapper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_agent_is_measured_and_ended_as_the_agent() {
+    let broker = embedded();
+    let (addr, _sim) = sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = AgentSpec::new("shop-wrap", broker.port()).ip("ip-1", addr);
+    let cloud = Cloud::connect(broker.port(), "shop-wrap", "cloud-wrap", false).await;
+    // `"$@"; exit $?`: sh runs the agent as a child of its own (no exec of a last command).
+    let agent = Agent::start_with(&spec, dir.path(), &[], &["sh", "-c", "\"$@\"; exit $?", "sh"]);
+    cloud.online().await;
+    let pid = agent.pid().expect("running");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the agent's exe");
+    assert_eq!(exe.file_name(), Some("posbridge".as_ref()), "pid {pid} is {}", exe.display());
+    drop(agent);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the agent outlived its wrapper");
+}

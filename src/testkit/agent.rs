@@ -228,11 +228,8 @@ impl Agent {
     /// which a SIGKILL of the wrapper would leave running.
     pub fn kill9_tree(&mut self) {
         if let Some(c) = &self.child {
-            let pid = c.id();
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            for child in children.split_whitespace() {
-                let _ = Command::new("kill").arg("-9").arg(child).status();
+            for child in children(c.id()) {
+                let _ = Command::new("kill").arg("-9").arg(child.to_string()).status();
             }
         }
         self.kill9();
@@ -269,8 +266,40 @@ impl Agent {
         None
     }
 
+    /// The agent's process: the child, or under a wrapper (`BENCH_WRAP`, strace) the
+    /// wrapper's descendant that runs the agent's binary, so that what is read of it
+    /// (memory, CPU, writes) is the agent's. A wrapper that runs the agent in its own
+    /// process (`env`, valgrind) is that process.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        let wrapper = self.child.as_ref()?.id();
+        if self.wrapper.is_empty() {
+            return Some(wrapper);
+        }
+        let bin = std::fs::canonicalize(agent_bin()).ok();
+        let mut todo = vec![wrapper];
+        while let Some(p) = todo.pop() {
+            let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok();
+            if exe.is_some() && exe == bin {
+                return Some(p);
+            }
+            todo.extend(children(p));
+        }
+        Some(wrapper)
+    }
+
+    /// Under a wrapper: SIGKILL the agent, give the wrapper `within` to end by itself (a
+    /// profiler writing its file), then SIGKILL what is left of it. Without one: SIGKILL.
+    fn kill9_wrapped(&mut self, within: Duration) {
+        if !self.wrapper.is_empty() {
+            let wrapper = self.child.as_ref().map(|c| c.id());
+            if let Some(agent) = self.pid().filter(|p| Some(*p) != wrapper) {
+                let _ = Command::new("kill").arg("-9").arg(agent.to_string()).status();
+                if self.wait_exit(within).is_some() {
+                    return;
+                }
+            }
+        }
+        self.kill9_tree();
     }
 
     /// A `kB` (or count) field of `/proc/<pid>/status`, e.g. `VmRSS:`.
@@ -298,8 +327,18 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.kill9();
+        self.kill9_wrapped(Duration::from_secs(30));
     }
+}
+
+/// The child processes of `pid` (every thread's).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
 }
 
 #[cfg(test)]
