@@ -36,8 +36,11 @@ use thiserror::Error;
 use sync::{lock_pending, Pending, Syncer};
 use wal::LoggedBatch;
 
-/// sled's default cache is 1 GiB; a Raspberry Pi wants a few MiB.
-pub const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// sled's default cache is 1 GiB; a Raspberry Pi wants a few MiB. 1 MiB rather than 4:
+/// side by side in 30-minute soaks at 50/s the agent's RSS was 1 MiB lower and its heap
+/// swung about half as much, with results as fast (`docs/performance.md`, sixteenth
+/// measurement). What the cache does not hold, sled reads back from the page cache.
+pub const CACHE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
