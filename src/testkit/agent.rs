@@ -229,7 +229,7 @@ impl Agent {
     pub fn kill9_tree(&mut self) {
         if let Some(c) = &self.child {
             for child in children(c.id()) {
-                let _ = Command::new("kill").arg("-9").arg(child.to_string()).status();
+                super::broker::signal(child, libc::SIGKILL);
             }
         }
         self.kill9();
@@ -293,7 +293,7 @@ impl Agent {
         if !self.wrapper.is_empty() {
             let wrapper = self.child.as_ref().map(|c| c.id());
             if let Some(agent) = self.pid().filter(|p| Some(*p) != wrapper) {
-                let _ = Command::new("kill").arg("-9").arg(agent.to_string()).status();
+                super::broker::signal(agent, libc::SIGKILL);
                 if self.wait_exit(within).is_some() {
                     return;
                 }

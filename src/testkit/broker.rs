@@ -164,8 +164,13 @@ impl Drop for Mosquitto {
 
 /// SIGTERM to a child process.
 pub(super) fn sigterm(c: &Child) {
-    if let Ok(pid) = i32::try_from(c.id()) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    signal(c.id(), libc::SIGTERM);
+}
+
+/// Send `sig` to process `pid` (one of ours or its descendant); a gone process is no error.
+pub(super) fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) takes two integers; it has no memory-safety preconditions.
+        unsafe { libc::kill(pid, sig) };
     }
 }
