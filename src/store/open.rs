@@ -161,8 +161,10 @@ impl Store {
             path: path.to_path_buf(),
             pending,
             seq: std::sync::Arc::new(AtomicU64::new(seq_start)),
+            hold_on: std::sync::Arc::new(AtomicBool::new(true)),
         };
         report.money_blocked = store.money_hold()?;
+        store.hold_on.store(report.money_blocked.is_some(), Ordering::Release);
         for item in store.db.scan_prefix(CMD) {
             let (k, v) = item?;
             if super::packed::record(&k, &v).is_none() {
@@ -211,6 +213,11 @@ impl Store {
 
     /// The money hold after store damage, if an operator has not lifted it yet.
     pub fn money_hold(&self) -> Result<Option<MoneyHold>, StoreError> {
+        if !self.hold_on.load(Ordering::Acquire) {
+            // As `read` would: nothing is answered from a store that failed.
+            self.refuse_after_failure()?;
+            return Ok(None);
+        }
         match self.read(HOLD)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
@@ -227,6 +234,7 @@ impl Store {
             b.remove(HOLD);
             self.apply(b)?;
             self.commit().await?;
+            self.hold_on.store(false, Ordering::Release);
         }
         Ok(hold)
     }

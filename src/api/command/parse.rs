@@ -1,6 +1,7 @@
 //! Parsing and validation of one payload from `{root}/cmd`, naming the offending field.
 //!
-//! Parsing goes through `serde_json::Value` first so that a command with one bad field
+//! Parsing goes through `serde_json::Value` first (one pass that also refuses a key given
+//! twice, [`crate::api::strict_json::parse`]) so that a command with one bad field
 //! still yields its `id` — the rejection can then be tied to the request instead of
 //! being answered with `"id": null`. The checks shared by every op run first, then the
 //! op's own: what it requires, in [`per_op`].
@@ -10,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{Command, Op, Rejection, Wire};
 use crate::api::error::ErrorCode;
+use crate::api::strict_json::Strict;
 use crate::api::{is_valid_name, is_valid_request_id, API_VERSION};
 
 /// Top-level fields a command may carry besides the common ones; anything else is a
@@ -58,14 +60,13 @@ pub fn parse_command(payload: &[u8], max_bytes: usize) -> Result<Command, Reject
             payload,
         ));
     }
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| Rejection::bad_payload(format!("payload is not valid JSON: {e}"), payload))?;
-    if let Some(key) = crate::api::strict_json::duplicate_key(payload) {
-        return Err(Rejection::bad_payload(
+    let value = crate::api::strict_json::parse(payload).map_err(|e| match e {
+        Strict::Invalid(e) => Rejection::bad_payload(format!("payload is not valid JSON: {e}"), payload),
+        Strict::Duplicate(key) => Rejection::bad_payload(
             format!("payload has the key {key} twice in one object (not accepted: readers disagree on which one counts)"),
             payload,
-        ));
-    }
+        ),
+    })?;
     let Value::Object(mut obj) = value else {
         return Err(Rejection::bad_payload("payload is not a JSON object", payload));
     };

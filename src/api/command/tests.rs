@@ -24,6 +24,26 @@ mod cases {
         assert_eq!(r.raw.as_deref(), Some("{not json"));
     }
 
+    /// A key given twice, at the top or deep in a driver field, refuses the payload
+    /// naming the key, before any field is read (which `amount` would count?).
+    #[test]
+    fn a_key_given_twice_is_refused_naming_it() {
+        let r = parse(r#"{"v":1,"id":"d-1","op":"payment","terminal":"t","amount":1,"amount":99999,"currency":"AZN"}"#)
+            .expect_err("amount twice");
+        assert_eq!(r.code, ErrorCode::BadRequest);
+        assert!(r.message.contains(r#"the key "amount" twice"#), "{}", r.message);
+        let r = parse(r#"{"v":1,"id":"d-2","op":"payment","terminal":"t","amount":1,"currency":"AZN","basket":{"items":[{"price":1,"price":2}]}}"#)
+            .expect_err("price twice");
+        assert!(r.message.contains(r#"the key "price" twice"#), "{}", r.message);
+        // Not JSON stays "not valid JSON", with serde_json's position.
+        let r = parse(r#"{"v":1,"id":"d-3","op":"ping"} trailing"#).expect_err("trailing");
+        assert!(
+            r.message.starts_with("payload is not valid JSON") && r.message.contains("column"),
+            "{}",
+            r.message
+        );
+    }
+
     #[test]
     fn oversize_is_rejected_unparsed() {
         let big = format!(r#"{{"v":1,"id":"x","op":"ping","pad":"{}"}}"#, "a".repeat(2000));
