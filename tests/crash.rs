@@ -198,7 +198,7 @@ async fn store_writes_are_fdatasynced() {
     cloud.online().await;
     cloud.send(pay("sync-1", "ip-1", 100)).await;
     assert_eq!(cloud.result("sync-1").await["state"], "succeeded");
-    agent.kill9_tree();
+    agent.kill9();
     let out = std::fs::read_to_string(&trace).expect("trace");
     let n =
         out.lines().filter(|l| l.contains("fdatasync(") && l.contains("posbridge-wal.")).count();

@@ -485,9 +485,12 @@ async fn an_idle_agent_gives_back_the_code_pages_it_ran() {
     stop.cancel();
 }
 
-/// The bench's `BENCH_WRAP` (a profiler around the agent): under a wrapper that runs the
-/// agent as its child, the kit's pid is the agent's (what the bench reads memory, CPU and
-/// writes of), and dropping the kit's agent ends the agent, not only its wrapper.
+/// The bench's `BENCH_WRAP` (a profiler around the agent) and the crash tests' strace:
+/// under a wrapper that runs the agent as its child, the kit's pid is the agent's (what
+/// the bench reads memory, CPU and writes of), and every way the kit ends an agent
+/// (restart, SIGTERM, stop, drop) ends the agent, not only its wrapper. The wrapper here
+/// is a shell that, like strace, dies of a SIGTERM or SIGKILL sent to it and leaves its
+/// child running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrapped_agent_is_measured_and_ended_as_the_agent() {
     let broker = embedded();
@@ -495,12 +498,44 @@ async fn a_wrapped_agent_is_measured_and_ended_as_the_agent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = AgentSpec::new("shop-wrap", broker.port()).ip("ip-1", addr);
     let cloud = Cloud::connect(broker.port(), "shop-wrap", "cloud-wrap", false).await;
-    // `"$@"; exit $?`: sh runs the agent as a child of its own (no exec of a last command).
-    let agent = Agent::start_with(&spec, dir.path(), &[], &["sh", "-c", "\"$@\"; exit $?", "sh"]);
+    let is_online = |v: &serde_json::Value| v["state"] == "online";
+    // `"$@"; exit $?`: sh runs the agent as a child of its own (no exec of a last command)
+    // and passes its exit status on.
+    let mut agent =
+        Agent::start_with(&spec, dir.path(), &[], &["sh", "-c", "\"$@\"; exit $?", "sh"]);
     cloud.online().await;
-    let pid = agent.pid().expect("running");
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the agent's exe");
-    assert_eq!(exe.file_name(), Some("posbridge".as_ref()), "pid {pid} is {}", exe.display());
+    let first = agent.pid().expect("running");
+    let exe = std::fs::read_link(format!("/proc/{first}/exe")).expect("the agent's exe");
+    assert_eq!(exe.file_name(), Some("posbridge".as_ref()), "pid {first} is {}", exe.display());
+    // A restart (kill -9, as the crash tests use it) ends the agent itself.
+    let onlines = cloud.all("status").iter().filter(|v| is_online(v)).count();
+    agent.restart(&[]);
+    assert!(!running(first), "kill -9 left the agent {first} running");
+    cloud.wait_n("status", Duration::from_secs(20), onlines + 1, is_online).await;
+    let second = agent.pid().expect("running");
+    assert_ne!(second, first);
+    // SIGTERM reaches the agent, which stops cleanly (exit 0, passed on by the wrapper).
+    assert!(agent.sigterm().success(), "the agent did not stop cleanly on SIGTERM");
+    assert!(!running(second), "SIGTERM left the agent {second} running");
+    // `stop` (the bench's end of a figure) too.
+    let onlines = cloud.all("status").iter().filter(|v| is_online(v)).count();
+    agent.restart(&[]);
+    cloud.wait_n("status", Duration::from_secs(20), onlines + 1, is_online).await;
+    let third = agent.pid().expect("running");
+    agent.stop();
+    assert!(!running(third), "stop left the agent {third} running");
+    // And dropping the kit's agent.
+    agent.restart(&[]);
+    cloud.wait_n("status", Duration::from_secs(20), onlines + 2, is_online).await;
+    let fourth = agent.pid().expect("running");
     drop(agent);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the agent outlived its wrapper");
+    assert!(!running(fourth), "the agent {fourth} outlived its wrapper");
+}
+
+/// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }

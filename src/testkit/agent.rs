@@ -217,35 +217,45 @@ impl Agent {
         self.spawn(env);
     }
 
+    /// kill -9 the agent (a crash, a power cut). Under a wrapper (strace, `BENCH_WRAP`),
+    /// the agent first, then the wrapper's other children and the wrapper: a SIGKILL of
+    /// the wrapper alone would leave the agent running, detached.
     pub fn kill9(&mut self) {
+        if self.wrapped() {
+            if let Some(agent) = self.agent_pid() {
+                super::broker::signal(agent, libc::SIGKILL);
+                // The wrapper reaps it and ends by itself (strace, `sh -c`).
+                if self.wait_exit(Duration::from_secs(2)).is_some() {
+                    return;
+                }
+            }
+            if let Some(c) = &self.child {
+                for child in children(c.id()) {
+                    super::broker::signal(child, libc::SIGKILL);
+                }
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// kill -9 the agent started under a wrapper (strace): the wrapper's children first,
-    /// which a SIGKILL of the wrapper would leave running.
-    pub fn kill9_tree(&mut self) {
-        if let Some(c) = &self.child {
-            for child in children(c.id()) {
-                super::broker::signal(child, libc::SIGKILL);
-            }
-        }
-        self.kill9();
-    }
-
-    /// SIGTERM and wait for the exit.
+    /// SIGTERM to the agent (under a wrapper, to the agent itself: strace and a shell end
+    /// on SIGTERM and leave their child running) and wait for the exit: the agent's exit
+    /// status, or its wrapper's, which strace and `sh -c '"$@"; exit $?'` pass on.
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let target = self.pid().expect("running");
         let mut c = self.child.take().expect("running");
-        super::broker::sigterm(&c);
+        super::broker::signal(target, libc::SIGTERM);
         c.wait().expect("wait")
     }
 
-    /// SIGTERM, and SIGKILL if it has not stopped within 5 s.
+    /// SIGTERM (to the agent, as [`Agent::sigterm`]), and SIGKILL if it has not stopped
+    /// within 5 s.
     pub fn stop(&mut self) {
-        if let Some(c) = &self.child {
-            super::broker::sigterm(c);
+        if let Some(target) = self.pid() {
+            super::broker::signal(target, libc::SIGTERM);
         }
         if self.wait_exit(Duration::from_secs(5)).is_none() {
             self.kill9();
@@ -290,16 +300,23 @@ impl Agent {
     /// Under a wrapper: SIGKILL the agent, give the wrapper `within` to end by itself (a
     /// profiler writing its file), then SIGKILL what is left of it. Without one: SIGKILL.
     fn kill9_wrapped(&mut self, within: Duration) {
-        if !self.wrapper.is_empty() {
-            let wrapper = self.child.as_ref().map(|c| c.id());
-            if let Some(agent) = self.pid().filter(|p| Some(*p) != wrapper) {
-                super::broker::signal(agent, libc::SIGKILL);
-                if self.wait_exit(within).is_some() {
-                    return;
-                }
+        if let Some(agent) = self.agent_pid() {
+            super::broker::signal(agent, libc::SIGKILL);
+            if self.wait_exit(within).is_some() {
+                return;
             }
         }
-        self.kill9_tree();
+        self.kill9();
+    }
+
+    fn wrapped(&self) -> bool {
+        !self.wrapper.is_empty()
+    }
+
+    /// Under a wrapper, the agent's own process when it is not the wrapper's.
+    fn agent_pid(&self) -> Option<u32> {
+        let wrapper = self.child.as_ref()?.id();
+        self.pid().filter(|p| self.wrapped() && *p != wrapper)
     }
 
     /// A `kB` (or count) field of `/proc/<pid>/status`, e.g. `VmRSS:`.

@@ -153,7 +153,7 @@ pub(crate) fn start_agent(dir: &Path, spec: &AgentSpec, env: &[(&str, &str)]) ->
     std::env::set_var("POSBRIDGE_BIN", agent_bin()?);
     // `BENCH_WRAP="heaptrack -o /tmp/agent"`: the agent under a profiler (its figures
     // then describe the profiler too: for finding where memory goes, not for numbers).
-    // The kit reads and kills the agent's own process, the wrapper's child.
+    // The kit reads and signals (stops, kills) the agent's own process, the wrapper's child.
     let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
     let wrapper: Vec<&str> = wrap.split_whitespace().collect();
     Ok(Agent::start_with(spec, dir, env, &wrapper))
