@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::floors::floor_throughput;
 use crate::kit::{
-    cmd_topic, contains, cpu_ns, ip_sim, ip_terminals, run_id, spec, start_online, Client,
+    cmd_topic, contains, cpu_ns, cpu_ns_by_thread, ip_sim, ip_terminals, per_op_by_thread, run_id,
+    spec, start_online, Client,
 };
 use crate::{Figure, Report};
 
@@ -50,6 +51,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     // share, the sum per command is what bounds the rate.
     let me = Some(std::process::id());
     let cpu = || (cpu_ns(agent.pid()), cpu_ns(broker_pid), cpu_ns(me));
+    let threads0 = cpu_ns_by_thread(agent.pid());
     let cpu0 = cpu();
     let t = Instant::now();
     let c = publ.client.clone();
@@ -80,6 +82,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let cpu1 = cpu();
+    let threads1 = cpu_ns_by_thread(agent.pid());
     feeder.abort();
     drop(agent);
     let (b0, c0) = (cpu_ns(broker_pid), cpu_ns(me));
@@ -105,6 +108,20 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
             f + fc
         );
     }
+    // The agent's part by thread: the runtime's workers (MQTT, parsing, the id check, the
+    // log), the checkpoint thread (the flood's changes into sled), sled's I/O threads.
+    let by_thread = match (&threads0, &threads1) {
+        (Some(a), Some(b)) => per_op_by_thread(a, b, n),
+        _ => Default::default(),
+    };
+    if !by_thread.is_empty() {
+        let parts: Vec<String> = by_thread
+            .iter()
+            .filter(|(_, us)| **us >= 0.05)
+            .map(|(name, us)| format!("{name} {us:.1} µs"))
+            .collect();
+        println!("intake: the agent's CPU per command by thread: {}", parts.join(", "));
+    }
     out.figs.push(Figure {
         name: "durable intake".into(),
         value: rate,
@@ -116,6 +133,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     });
     out.json["intake"] = json!({"n": n, "cmd_per_s": rate, "broker_qos1_msg_per_s": floor, "ratio": rate / floor, "payload_bytes": size,
         "agent_cpu_us_per_cmd": agent_us, "broker_cpu_us_per_cmd": broker_us, "clients_cpu_us_per_cmd": clients_us,
-        "broker_cpu_us_per_msg_floor": floor_us, "clients_cpu_us_per_msg_floor": floor_clients_us});
+        "broker_cpu_us_per_msg_floor": floor_us, "clients_cpu_us_per_msg_floor": floor_clients_us,
+        "agent_cpu_us_per_cmd_by_thread": by_thread});
     Ok(())
 }

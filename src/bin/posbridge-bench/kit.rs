@@ -4,6 +4,7 @@
 //! resumed, an IP simulator, the wait for the agent's `online` status, and a byte search
 //! in payloads.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -207,11 +208,87 @@ pub(crate) async fn wait_online(c: &mut Client, within: Duration) -> Result<()> 
 /// CPU time the live threads of process `pid` have run so far, in ns
 /// (`/proc/<pid>/task/*/schedstat`, first field).
 pub(crate) fn cpu_ns(pid: Option<u32>) -> Option<u64> {
+    Some(cpu_ns_by_thread(pid)?.values().sum())
+}
+
+/// [`cpu_ns`] by thread name, threads of one pool together (`sled-io-0`, `sled-io-1`, …
+/// are `sled-io`): what explains where a figure's CPU went (the runtime's workers, the
+/// checkpoint thread putting changes into sled, sled's I/O threads). A thread that ended
+/// meanwhile is no longer counted.
+pub(crate) fn cpu_ns_by_thread(pid: Option<u32>) -> Option<BTreeMap<String, u64>> {
     let tasks = std::fs::read_dir(format!("/proc/{}/task", pid?)).ok()?;
-    let mut total = 0;
+    let mut by = BTreeMap::new();
     for t in tasks.flatten() {
         let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        total += s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let ns = s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        *by.entry(thread_group(name.trim())).or_insert(0) += ns;
     }
-    Some(total)
+    Some(by)
+}
+
+/// A thread's name without a pool's trailing `-<number>`.
+pub(crate) fn thread_group(name: &str) -> String {
+    match name.rsplit_once('-') {
+        Some((pool, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => pool.into(),
+        _ => name.into(),
+    }
+}
+
+/// µs of CPU per operation of each thread group between two [`cpu_ns_by_thread`] readings
+/// (a group that started meanwhile counts from zero).
+pub(crate) fn per_op_by_thread(
+    before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, ops: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, ns)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            (name.clone(), ns.saturating_sub(was) as f64 / ops.max(1) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_grouped_by_name() {
+        assert_eq!(thread_group("sled-io-12"), "sled-io");
+        assert_eq!(thread_group("posbridge-ckpt"), "posbridge-ckpt");
+        assert_eq!(thread_group("tokio-rt-worker"), "tokio-rt-worker");
+        assert_eq!(thread_group("x-"), "x-");
+    }
+
+    /// A named thread that burns CPU shows under its name, and its time between two
+    /// readings is what it ran.
+    #[test]
+    fn a_threads_cpu_is_found_under_its_name() {
+        let me = Some(std::process::id());
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("bench-burn-7".into())
+            .spawn(move || {
+                let _ = wait.recv();
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < Duration::from_millis(50) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                }
+                let _ = done.send(());
+                // Alive until read: an ended thread is no longer counted.
+                std::thread::park();
+            })
+            .expect("spawn");
+        let before = cpu_ns_by_thread(me).expect("readable");
+        go.send(()).expect("go");
+        finished.recv().expect("burned");
+        let after = cpu_ns_by_thread(me).expect("readable");
+        let per = per_op_by_thread(&before, &after, 1);
+        worker.thread().unpark();
+        let burned = per.get("bench-burn").copied().unwrap_or(0.0);
+        assert!(burned >= 20_000.0, "bench-burn ran {burned} µs of a 50 ms spin: {per:?}");
+    }
 }
