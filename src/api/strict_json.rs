@@ -36,15 +36,6 @@ pub fn parse(bytes: &[u8]) -> Result<Value, Strict> {
     }
 }
 
-/// The first key found twice in one object of `bytes`, if any. Malformed JSON is not this
-/// check's business (`None`).
-pub fn duplicate_key(bytes: &[u8]) -> Option<String> {
-    match parse(bytes) {
-        Err(Strict::Duplicate(key)) => Some(key),
-        _ => None,
-    }
-}
-
 /// A [`Value`] builder that stops at the first key given twice, noting it in the cell
 /// (serde's error type cannot carry it, only a message).
 #[derive(Clone, Copy)]
@@ -122,6 +113,14 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first key found twice in one object of `bytes`, if any (malformed JSON: `None`).
+    fn duplicate_key(bytes: &[u8]) -> Option<String> {
+        match parse(bytes) {
+            Err(Strict::Duplicate(key)) => Some(key),
+            _ => None,
+        }
+    }
 
     #[test]
     fn duplicate_keys_are_found_at_any_depth() {
