@@ -221,24 +221,8 @@ impl Agent {
     /// the agent first, then the wrapper's other children and the wrapper: a SIGKILL of
     /// the wrapper alone would leave the agent running, detached.
     pub fn kill9(&mut self) {
-        if self.wrapped() {
-            if let Some(agent) = self.agent_pid() {
-                super::broker::signal(agent, libc::SIGKILL);
-                // The wrapper reaps it and ends by itself (strace, `sh -c`).
-                if self.wait_exit(Duration::from_secs(2)).is_some() {
-                    return;
-                }
-            }
-            if let Some(c) = &self.child {
-                for child in children(c.id()) {
-                    super::broker::signal(child, libc::SIGKILL);
-                }
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The wrapper reaps it and ends by itself (strace, `sh -c`).
+        self.kill9_within(Duration::from_secs(2));
     }
 
     /// SIGTERM to the agent (under a wrapper, to the agent itself: strace and a shell end
@@ -297,16 +281,26 @@ impl Agent {
         Some(wrapper)
     }
 
-    /// Under a wrapper: SIGKILL the agent, give the wrapper `within` to end by itself (a
-    /// profiler writing its file), then SIGKILL what is left of it. Without one: SIGKILL.
-    fn kill9_wrapped(&mut self, within: Duration) {
+    /// SIGKILL the agent; under a wrapper, give the wrapper `within` to end by itself (a
+    /// profiler writing its file), then SIGKILL what is left of it.
+    fn kill9_within(&mut self, within: Duration) {
         if let Some(agent) = self.agent_pid() {
             super::broker::signal(agent, libc::SIGKILL);
             if self.wait_exit(within).is_some() {
                 return;
             }
         }
-        self.kill9();
+        if self.wrapped() {
+            if let Some(c) = &self.child {
+                for child in children(c.id()) {
+                    super::broker::signal(child, libc::SIGKILL);
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     fn wrapped(&self) -> bool {
@@ -344,7 +338,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.kill9_wrapped(Duration::from_secs(30));
+        self.kill9_within(Duration::from_secs(30));
     }
 }
 
