@@ -50,8 +50,8 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     // And this process's (the feeding and receiving clients): on two cores the three
     // share, the sum per command is what bounds the rate.
     let me = Some(std::process::id());
-    let cpu = || (cpu_ns(agent.pid()), cpu_ns(broker_pid), cpu_ns(me));
-    let threads0 = cpu_ns_by_thread(agent.pid());
+    // The agent's by thread (its total is their sum), the broker's, this process's.
+    let cpu = || (cpu_ns_by_thread(agent.pid()), cpu_ns(broker_pid), cpu_ns(me));
     let cpu0 = cpu();
     let t = Instant::now();
     let c = publ.client.clone();
@@ -82,7 +82,6 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let cpu1 = cpu();
-    let threads1 = cpu_ns_by_thread(agent.pid());
     feeder.abort();
     drop(agent);
     let (b0, c0) = (cpu_ns(broker_pid), cpu_ns(me));
@@ -92,7 +91,11 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / n as f64 / 1000.0),
         _ => None,
     };
-    let (agent_us, broker_us, floor_us) = (per(cpu0.0, cpu1.0), per(cpu0.1, cpu1.1), per(b0, b1));
+    let total = |by: &Option<std::collections::BTreeMap<String, u64>>| {
+        by.as_ref().map(|by| by.values().sum::<u64>())
+    };
+    let agent_us = per(total(&cpu0.0), total(&cpu1.0));
+    let (broker_us, floor_us) = (per(cpu0.1, cpu1.1), per(b0, b1));
     // An agent that stored and acknowledged n commands spent CPU on each: a run where it
     // did not measured something else.
     if let Some(a) = agent_us.filter(|a| *a < 1.0) {
@@ -110,7 +113,7 @@ pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) ->
     }
     // The agent's part by thread: the runtime's workers (MQTT, parsing, the id check, the
     // log), the checkpoint thread (the flood's changes into sled), sled's I/O threads.
-    let by_thread = match (&threads0, &threads1) {
+    let by_thread = match (&cpu0.0, &cpu1.0) {
         (Some(a), Some(b)) => per_op_by_thread(a, b, n),
         _ => Default::default(),
     };
