@@ -32,6 +32,19 @@ pub const PATH: [&str; 7] = [
 /// The command's own sync and PUBACK, beside [`PATH`]: after `received`, in this order.
 pub const COMMAND_ACK: [&str; 2] = ["durable", "puback"];
 
+/// A log commit's steps (`store/wal.rs`), noted under ids [`next_commit`] hands out: the
+/// write began, the write returned, the `fdatasync` returned.
+pub const COMMIT: [&str; 3] = ["log_write", "log_written", "log_synced"];
+
+/// The id to note the next log commit's steps under; `None` when recording is off.
+pub fn next_commit() -> Option<String> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    enabled().then(|| format!("{COMMIT_PREFIX}{}", N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// What every log commit's id starts with.
+pub const COMMIT_PREFIX: &str = "log-commit-";
+
 struct Recorder {
     path: std::path::PathBuf,
     marks: Mutex<Vec<(String, &'static str, u64)>>,

@@ -34,13 +34,19 @@ async fn every_stage_of_a_payment_is_noted_in_order() {
     assert!(agent.sigterm().success(), "{}", agent.log());
     let text = std::fs::read_to_string(&stages).expect("stages written at stop");
     let mut at: HashMap<String, u64> = HashMap::new();
+    // Each log commit's steps, by its id.
+    let mut commits: HashMap<String, HashMap<String, u64>> = HashMap::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        if v["id"] == "st-1" {
-            at.insert(
-                v["stage"].as_str().expect("stage").to_string(),
-                v["ns"].as_u64().expect("ns"),
-            );
+        let (id, stage, ns) = (
+            v["id"].as_str().expect("id"),
+            v["stage"].as_str().expect("stage").to_string(),
+            v["ns"].as_u64().expect("ns"),
+        );
+        if id == "st-1" {
+            at.insert(stage, ns);
+        } else if id.starts_with(posbridge::stages::COMMIT_PREFIX) {
+            commits.entry(id.to_string()).or_default().insert(stage, ns);
         }
     }
     let mut last = 0;
@@ -55,5 +61,22 @@ async fn every_stage_of_a_payment_is_noted_in_order() {
     // The terminal was idle: the payment's one sync before the device call is the
     // worker's first journal step, which covers the command too (one sync less).
     assert!(durable >= stage_at("worker"), "the command was synced on its own: {at:?}");
+    // Each log commit notes its write and its fdatasync, in order; one began inside each
+    // of the payment's two syncs (the bench splits them into write and fdatasync).
+    let commits: Vec<[u64; 3]> = commits
+        .values()
+        .map(|c| {
+            posbridge::stages::COMMIT
+                .map(|s| *c.get(s).unwrap_or_else(|| panic!("a commit without {s}: {c:?}")))
+        })
+        .collect();
+    assert!(commits.iter().all(|[a, b, c]| a <= b && b <= c), "{commits:?}");
+    for (from, to) in [("device_call", "device_answer"), ("device_answer", "result_durable")] {
+        let (a, b) = (stage_at(from), stage_at(to));
+        assert!(
+            commits.iter().any(|[w, _, s]| a <= *w && *s <= b),
+            "no log commit between {from} and {to}: {commits:?} {at:?}"
+        );
+    }
     stop.cancel();
 }

@@ -460,6 +460,14 @@ impl LogFile {
             self.allocate(end.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE);
         }
         crate::faults::io("wal:append")?;
+        // The bench's stage timestamps (`crate::stages`): a commit's write and its sync.
+        let noted = crate::stages::next_commit();
+        let note = |step: usize| {
+            if let Some(id) = &noted {
+                crate::stages::mark(id, crate::stages::COMMIT[step]);
+            }
+        };
+        note(0);
         let direct = match self
             .direct
             .as_mut()
@@ -481,8 +489,10 @@ impl LogFile {
             bind(&mut owned, self.generation);
             self.file.write_all_at(&owned, self.len)?;
         }
+        note(1);
         crate::faults::io("wal:sync")?;
         self.file.sync_data()?;
+        note(2);
         self.len = end;
         Ok(())
     }

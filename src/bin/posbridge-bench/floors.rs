@@ -12,58 +12,101 @@ use rumqttc::QoS;
 use crate::kit::Client;
 use crate::micros;
 
-/// QoS 1 request → reply between two plain clients through the broker: `n` samples (µs).
-pub(crate) async fn floor_rr(port: u16, n: usize) -> Result<Vec<f64>> {
-    let mut a = Client::connect(port, "floor-a", Some("floor/rep"), true).await?;
-    let mut b = Client::connect(port, "floor-b", Some("floor/req"), true).await?;
-    let payload = vec![b'x'; 120];
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let t = Instant::now();
-        a.client.publish("floor/req", QoS::AtLeastOnce, false, payload.clone()).await?;
-        let (_, p) = b.recv(Duration::from_secs(5)).await?;
-        b.client.publish("floor/rep", QoS::AtLeastOnce, false, p.to_vec()).await?;
-        a.recv(Duration::from_secs(5)).await?;
-        if i >= 20 {
-            out.push(micros(t.elapsed()));
-        }
-    }
-    Ok(out)
+/// Samples each floor takes before it counts: connections and caches warmed.
+const WARM_UP: usize = 20;
+
+/// QoS 1 request → reply between two plain clients through the broker.
+pub(crate) struct RrFloor {
+    a: Client,
+    b: Client,
+    payload: Vec<u8>,
 }
 
-/// One pay on a kept-alive connection to the IP simulator: `n` samples (µs).
-pub(crate) async fn floor_sim(addr: &str, n: usize) -> Result<Vec<f64>> {
-    use posbridge::drivers::ip::proto::{IpClient, Request};
-    let mut c = IpClient::connect(addr, Duration::from_secs(5)).await?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let req =
-            Request::Pay { r#ref: format!("floor-{i}"), amount: 1500, currency: "AZN".into() };
-        let t = Instant::now();
-        c.call(&req, Duration::from_secs(5)).await?;
-        if i >= 20 {
+impl RrFloor {
+    pub(crate) async fn connect(port: u16) -> Result<RrFloor> {
+        let a = Client::connect(port, "floor-a", Some("floor/rep"), true).await?;
+        let b = Client::connect(port, "floor-b", Some("floor/req"), true).await?;
+        let mut f = RrFloor { a, b, payload: vec![b'x'; 120] };
+        f.sample(WARM_UP, &mut Vec::new()).await?;
+        Ok(f)
+    }
+
+    /// `k` more samples (µs) into `out`.
+    pub(crate) async fn sample(&mut self, k: usize, out: &mut Vec<f64>) -> Result<()> {
+        for _ in 0..k {
+            let t = Instant::now();
+            self.a
+                .client
+                .publish("floor/req", QoS::AtLeastOnce, false, self.payload.clone())
+                .await?;
+            let (_, p) = self.b.recv(Duration::from_secs(5)).await?;
+            self.b.client.publish("floor/rep", QoS::AtLeastOnce, false, p.to_vec()).await?;
+            self.a.recv(Duration::from_secs(5)).await?;
             out.push(micros(t.elapsed()));
         }
+        Ok(())
     }
-    Ok(out)
+}
+
+/// One pay on a kept-alive connection to the IP simulator.
+pub(crate) struct SimFloor {
+    c: posbridge::drivers::ip::proto::IpClient,
+    next: usize,
+}
+
+impl SimFloor {
+    pub(crate) async fn connect(addr: &str) -> Result<SimFloor> {
+        let c =
+            posbridge::drivers::ip::proto::IpClient::connect(addr, Duration::from_secs(5)).await?;
+        let mut f = SimFloor { c, next: 0 };
+        f.sample(WARM_UP, &mut Vec::new()).await?;
+        Ok(f)
+    }
+
+    /// `k` more samples (µs) into `out`.
+    pub(crate) async fn sample(&mut self, k: usize, out: &mut Vec<f64>) -> Result<()> {
+        use posbridge::drivers::ip::proto::Request;
+        for _ in 0..k {
+            self.next += 1;
+            let req = Request::Pay {
+                r#ref: format!("floor-{}", self.next),
+                amount: 1500,
+                currency: "AZN".into(),
+            };
+            let t = Instant::now();
+            self.c.call(&req, Duration::from_secs(5)).await?;
+            out.push(micros(t.elapsed()));
+        }
+        Ok(())
+    }
 }
 
 /// One durable write at its physical limit: append ~400 B to a file and `fdatasync` it
-/// (what no store can go below: one write and one sync of the device), `n` samples (µs).
-pub(crate) fn floor_sync(dir: &Path, n: usize) -> Result<Vec<f64>> {
-    let mut f =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("floor-log"))?;
-    let v = vec![b'r'; 400];
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let t = Instant::now();
-        f.write_all(&v)?;
-        f.sync_data()?;
-        if i >= 20 {
+/// (what no store can go below: one write and one sync of the device).
+pub(crate) struct SyncFloor {
+    f: std::fs::File,
+    record: Vec<u8>,
+}
+
+impl SyncFloor {
+    pub(crate) fn open(dir: &Path) -> Result<SyncFloor> {
+        let f =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("floor-log"))?;
+        let mut s = SyncFloor { f, record: vec![b'r'; 400] };
+        s.sample(WARM_UP, &mut Vec::new())?;
+        Ok(s)
+    }
+
+    /// `k` more samples (µs) into `out`.
+    pub(crate) fn sample(&mut self, k: usize, out: &mut Vec<f64>) -> Result<()> {
+        for _ in 0..k {
+            let t = Instant::now();
+            self.f.write_all(&self.record)?;
+            self.f.sync_data()?;
             out.push(micros(t.elapsed()));
         }
+        Ok(())
     }
-    Ok(out)
 }
 
 /// Syncs the durability promise needs for one payment: the command before its PUBACK, the

@@ -12,7 +12,8 @@
 //! together with its limit in the same run. Prints a table and one JSON line
 //! (`BENCH_JSON {...}`). Each figure is measured `--runs` times (default 3) and reported as
 //! the median with the spread of its ratio, since one run on a shared machine says little;
-//! e2e also prints where the median payment's time goes, stage by stage (`breakdown`). The
+//! e2e also prints where the median payment's time goes, stage by stage, and inside each of
+//! its syncs the log write and the `fdatasync` (`breakdown`). The
 //! full run takes minutes and depends on the machine; CI runs only `all --quick` (one run),
 //! to prove every figure still runs.
 //!

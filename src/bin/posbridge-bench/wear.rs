@@ -1,7 +1,7 @@
 //! SD-card wear: bytes the agent writes to its store's device per payment, from the
 //! kernel's own counters, against the floor of the durability promise's syncs.
 //!
-//! Two counters, read around the e2e loop and again after the store's next checkpoint
+//! Two counters, read around the e2e payments and again after the store's next checkpoint
 //! (sled made durable, the log dropped: [`next_checkpoint`]), so checkpoints are paid
 //! for:
 //! - `/proc/<agent>/io` `write_bytes`: what the agent process sent towards the device,
@@ -15,10 +15,13 @@
 //! - `/sys/dev/block/<store's device>/stat` sectors written: what the device really took,
 //!   the file system's journal included, but from every process on that device (noisy on
 //!   a shared machine; reported beside the figure). With `BENCH_STORE_DIR` on a file
-//!   system of its own, it is the agent's alone.
+//!   system of its own, it is the agent's alone. The floor's samples interleaved with
+//!   the payments (`e2e`) write to it too: what the device took during them is taken out,
+//!   unless one of the agent's checkpoints ran meanwhile (then it all counts as the
+//!   agent's).
 //!
-//! The floor is the same counter read around the `floor_sync` loop in this process
-//! (one ~400 B append + `fdatasync`), times the promise's 3 syncs.
+//! The floor is the same process counter read around the floor's syncs in this process
+//! (one ~400 B append + `fdatasync` each), times the promise's 3 syncs.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -54,6 +57,12 @@ impl Written {
         }
     }
 
+    /// The same, with `bytes` another writer put on the store's device taken out.
+    pub(crate) fn less_device(mut self, bytes: u64) -> Written {
+        self.device = self.device.map(|d| d.saturating_sub(bytes));
+        self
+    }
+
     /// Bytes per operation between `self` (earlier) and `later`: (process, device).
     pub(crate) fn per_op(&self, later: &Written, ops: usize) -> (Option<f64>, Option<f64>) {
         let d = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / ops as f64);
@@ -64,7 +73,7 @@ impl Written {
 /// The write-ahead log generations in the agent's store at `store` (`store/wal.rs`:
 /// `posbridge-wal.<generation>` in sled's directory). A checkpoint starts a new one, then,
 /// once sled is durable, retires the older ones.
-fn log_generations(store: &Path) -> Vec<u64> {
+pub(crate) fn log_generations(store: &Path) -> Vec<u64> {
     let Ok(entries) = std::fs::read_dir(store.join("sled")) else { return Vec::new() };
     entries
         .flatten()
