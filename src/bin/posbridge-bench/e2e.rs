@@ -11,13 +11,10 @@ use rumqttc::QoS;
 use serde_json::{json, Value};
 
 use crate::breakdown;
-use crate::floors::{RrFloor, SimFloor, SyncFloor, PROMISE_SYNCS};
+use crate::floors::{RrFloor, SimFloor, SyncFloor, PROMISE_SYNCS, WARM_UP};
 use crate::kit::{agent_dir, cmd_topic, ip_sim, ip_terminal, run_id, spec, start_online, Client};
 use crate::wear::{self, Written};
 use crate::{micros, pct, Figure, Report};
-
-/// Payments before the figure counts (connections, caches and the store warmed).
-const WARM_UP: usize = 20;
 
 /// The payments are measured in this many blocks, each followed by as many samples of
 /// every part of the floor: agent and floor then see the same minutes of the machine,
@@ -66,16 +63,17 @@ pub(crate) async fn bench_e2e(broker: &Broker, n: usize, out: &mut Report) -> Re
     // Bytes the floor's syncs wrote: this process's counter, and the store's device's
     // where it is the same device (taken out of the agent's device figure below).
     let (mut floor_written, mut floor_device) = (Some(0u64), 0u64);
-    let mut done = 0;
-    for block in 0..BLOCKS.min(n) {
-        let k = n / BLOCKS.min(n) + usize::from(block < n % BLOCKS.min(n));
-        for i in WARM_UP + done..WARM_UP + done + k {
+    let blocks = BLOCKS.min(n);
+    let mut next = WARM_UP;
+    for block in 0..blocks {
+        let k = n / blocks + usize::from(block < n % blocks);
+        for i in next..next + k {
             let (id, cmd) = pay(i);
             let sent = posbridge::stages::monotonic_ns();
             lat.push(payment(&mut cloud, &cmd_to, &id, cmd, &agent).await?);
             times.insert(id, (sent, posbridge::stages::monotonic_ns()));
         }
-        done += k;
+        next += k;
         // As many samples of each floor part, in the same minute of the machine.
         let generations = wear::log_generations(&store_dir);
         let device = wear::device_written(&store_dir);

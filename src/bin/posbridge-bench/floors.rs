@@ -12,8 +12,9 @@ use rumqttc::QoS;
 use crate::kit::Client;
 use crate::micros;
 
-/// Samples each floor takes before it counts: connections and caches warmed.
-const WARM_UP: usize = 20;
+/// Samples taken before a figure counts, the agent's payments and each floor's alike:
+/// connections and caches warmed.
+pub(crate) const WARM_UP: usize = 20;
 
 /// QoS 1 request → reply between two plain clients through the broker.
 pub(crate) struct RrFloor {
