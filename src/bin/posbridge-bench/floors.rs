@@ -114,9 +114,17 @@ impl SyncFloor {
 /// journal before the device step, the answer + result before the result is published.
 pub(crate) const PROMISE_SYNCS: f64 = 3.0;
 
-/// Broker QoS 1 throughput between two plain clients: msg/s for `n` messages of `size`.
-pub(crate) async fn floor_throughput(port: u16, n: usize, size: usize) -> Result<f64> {
-    let mut sub = Client::connect(port, "tp-sub", Some("tp/x"), true).await?;
+/// QoS 1 throughput between two plain clients through the broker: `n` messages of `size`
+/// bytes, msg/s. With `receiver` CPUs, the subscriber runs on a thread and runtime of its
+/// own pinned to them, as the agent's process is for the same figure (`cores`); without,
+/// it shares this process's runtime with the publisher.
+pub(crate) async fn floor_throughput(
+    port: u16, n: usize, size: usize, receiver: Option<&[usize]>,
+) -> Result<f64> {
+    let sub = match receiver {
+        Some(cpus) => PinnedSub::start(port, n, cpus.to_vec()).await?.into(),
+        None => Sub::Here(Client::connect(port, "tp-sub", Some("tp/x"), true).await?),
+    };
     let publ = Client::connect(port, "tp-pub", None, true).await?;
     let payload = vec![b'x'; size];
     let t = Instant::now();
@@ -128,10 +136,76 @@ pub(crate) async fn floor_throughput(port: u16, n: usize, size: usize) -> Result
             }
         }
     });
+    let received = match sub {
+        Sub::Here(sub) => receive(sub, n).await,
+        Sub::Pinned(p) => p.receive().await,
+    };
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    feeder.abort();
+    received?;
+    Ok(rate)
+}
+
+async fn receive(mut sub: Client, n: usize) -> Result<()> {
     for _ in 0..n {
         sub.recv(Duration::from_secs(30)).await?;
     }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
-    feeder.abort();
-    Ok(rate)
+    Ok(())
+}
+
+enum Sub {
+    Here(Client),
+    Pinned(PinnedSub),
+}
+
+impl From<PinnedSub> for Sub {
+    fn from(p: PinnedSub) -> Sub {
+        Sub::Pinned(p)
+    }
+}
+
+/// The floor's subscriber on a thread of its own, pinned: connected and subscribed when
+/// [`PinnedSub::start`] returns, receiving once told to.
+struct PinnedSub {
+    go: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<Result<()>>,
+}
+
+impl PinnedSub {
+    async fn start(port: u16, n: usize, cpus: Vec<usize>) -> Result<PinnedSub> {
+        use tokio::sync::oneshot;
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        let (go, go_rx) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel::<Result<()>>();
+        std::thread::Builder::new().name("floor-sub".into()).spawn(move || {
+            let run = async move {
+                let sub = Client::connect(port, "tp-sub", Some("tp/x"), true).await?;
+                let _ = ready_tx.send(());
+                // Told to go, or the figure was given up: nothing to receive.
+                if go_rx.await.is_err() {
+                    return Ok(());
+                }
+                receive(sub, n).await
+            };
+            let r =
+                crate::cores::pin_this_thread(&cpus).map_err(anyhow::Error::from).and_then(|()| {
+                    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+                });
+            let _ = done_tx.send(match r {
+                Ok(rt) => rt.block_on(run),
+                Err(e) => Err(e),
+            });
+        })?;
+        if ready_rx.await.is_err() {
+            // It ended before it connected: its error.
+            let ended = || anyhow::anyhow!("the floor's subscriber ended before it connected");
+            return Err(done.await.unwrap_or_else(|_| Err(ended())).err().unwrap_or_else(ended));
+        }
+        Ok(PinnedSub { go, done })
+    }
+
+    async fn receive(self) -> Result<()> {
+        let _ = self.go.send(());
+        self.done.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the floor's subscriber ended")))
+    }
 }

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 mod breakdown;
 mod codec;
+mod cores;
 mod drain;
 mod e2e;
 mod floors;
