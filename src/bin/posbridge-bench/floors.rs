@@ -122,7 +122,7 @@ pub(crate) async fn floor_throughput(
     port: u16, n: usize, size: usize, receiver: Option<&[usize]>,
 ) -> Result<f64> {
     let sub = match receiver {
-        Some(cpus) => PinnedSub::start(port, n, cpus.to_vec()).await?.into(),
+        Some(cpus) => Sub::Pinned(PinnedSub::start(port, n, cpus.to_vec()).await?),
         None => Sub::Here(Client::connect(port, "tp-sub", Some("tp/x"), true).await?),
     };
     let publ = Client::connect(port, "tp-pub", None, true).await?;
@@ -156,12 +156,6 @@ async fn receive(mut sub: Client, n: usize) -> Result<()> {
 enum Sub {
     Here(Client),
     Pinned(PinnedSub),
-}
-
-impl From<PinnedSub> for Sub {
-    fn from(p: PinnedSub) -> Sub {
-        Sub::Pinned(p)
-    }
 }
 
 /// The floor's subscriber on a thread of its own, pinned: connected and subscribed when
