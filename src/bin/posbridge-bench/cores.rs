@@ -13,7 +13,7 @@
 use std::io;
 
 /// Which CPUs each side gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Split {
     pub(crate) broker: Vec<usize>,
     pub(crate) receiver: Vec<usize>,

@@ -19,38 +19,50 @@ use crate::kit::{
 };
 use crate::{Figure, Report};
 
+/// The goal, on the split figure (or on the shared one where the cores cannot be split).
+const GOAL: &str = "≥ 0.9 × broker QoS1";
+
 pub(crate) async fn bench_intake(broker: &Broker, n: usize, out: &mut Report) -> Result<()> {
-    match Split::of_this_process().map(|s| (Pinned::new(&s, broker_pid(broker)), s)) {
+    let split = match Split::of_this_process().map(|s| (Pinned::new(&s, broker_pid(broker)), s)) {
         Some((Ok(pinned), split)) => {
             let m = measure(broker, n, Some(&split.receiver)).await;
             drop(pinned);
             let m = m?;
             println!("{}", m.cpu_line("cores split"));
-            out.figs.push(m.figure("durable intake", "≥ 0.9 × broker QoS1", true));
-            out.json["intake"] = m.json(Some(&split));
+            Some((m, split))
         }
         // A container whose CPUs cannot be chosen: measured on the machine as it is.
         Some((Err(e), _)) => {
             println!(
                 "intake: the cores could not be split ({e:#}): the shared figure stands for it"
-            )
+            );
+            None
         }
-        None => println!("intake: one CPU, so no split figure: the shared one stands for it"),
-    }
-    let m = measure(broker, n, None).await?;
-    println!("{}", m.cpu_line("one machine shared"));
-    let only = out.figs.iter().all(|f| f.name != "durable intake");
-    out.figs.push(if only {
-        m.figure("durable intake", "≥ 0.9 × broker QoS1", true)
-    } else {
-        m.figure("durable intake, one machine shared", "report (the goal's is split)", false)
-    });
+        None => {
+            println!("intake: one CPU, so no split figure: the shared one stands for it");
+            None
+        }
+    };
+    let shared = measure(broker, n, None).await?;
+    println!("{}", shared.cpu_line("one machine shared"));
     // `intake` is the goal's figure; the shared one is `intake_shared`, or both when it is
     // all there is.
-    if only {
-        out.json["intake"] = m.json(None);
+    match &split {
+        Some((m, cpus)) => {
+            out.figs.push(m.figure("durable intake", GOAL, true));
+            out.figs.push(shared.figure(
+                "durable intake, one machine shared",
+                "report (the goal's is split)",
+                false,
+            ));
+            out.json["intake"] = m.json(Some(cpus));
+        }
+        None => {
+            out.figs.push(shared.figure("durable intake", GOAL, true));
+            out.json["intake"] = shared.json(None);
+        }
     }
-    out.json["intake_shared"] = m.json(None);
+    out.json["intake_shared"] = shared.json(None);
     Ok(())
 }
 
